@@ -1,0 +1,84 @@
+use serde::{Deserialize, Serialize};
+
+/// Why a metric (or the event as a whole) looks anomalous.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum Cause {
+    /// The value lies `z` standard deviations from what the model expected.
+    Deviation { z: f64 },
+    /// The value has not changed for `repeats` events although the metric normally varies.
+    Stuck { repeats: u32 },
+    /// No event arrived for `gap_ms`, about `ratio` times the device's usual interval.
+    Gap { gap_ms: i64, ratio: f64 },
+}
+
+/// The score of one part of an event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricScore {
+    /// Metric name, or `(interval)` for the time between events.
+    pub metric: String,
+    pub value: f64,
+    pub expected: f64,
+    /// In [0, 1].
+    pub score: f64,
+    pub cause: Cause,
+}
+
+/// The score of one event: the largest part score, and the parts ordered by score.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// In [0, 1]; compare with the model's recommended threshold.
+    pub value: f64,
+    /// False while the model is still warming up for this device: no verdict yet.
+    pub ready: bool,
+    /// Largest score first.
+    pub contributors: Vec<MetricScore>,
+}
+
+impl Score {
+    pub(crate) fn from_parts(mut parts: Vec<MetricScore>) -> Self {
+        parts.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Self {
+            value: parts.first().map_or(0.0, |top| top.score),
+            ready: true,
+            contributors: parts,
+        }
+    }
+
+    /// One sentence naming what is wrong, for alerts.
+    pub fn reason(&self) -> String {
+        let Some(top) = self.contributors.first() else {
+            return "no metrics".to_owned();
+        };
+        let main = match &top.cause {
+            Cause::Deviation { z } => format!(
+                "{} = {:.3} is {:.1} standard deviations {} the expected {:.3}",
+                top.metric,
+                top.value,
+                z.abs(),
+                if *z >= 0.0 { "above" } else { "below" },
+                top.expected
+            ),
+            Cause::Stuck { repeats } => format!(
+                "{} stuck at {:.3} for {repeats} readings although it normally varies",
+                top.metric, top.value
+            ),
+            Cause::Gap { gap_ms, ratio } => format!(
+                "no data for {:.1} s, {ratio:.0} times the usual interval",
+                *gap_ms as f64 / 1000.0
+            ),
+        };
+        let others: Vec<&str> = self
+            .contributors
+            .iter()
+            .skip(1)
+            .filter(|part| part.score >= top.score * 0.5 && part.score > 0.0)
+            .map(|part| part.metric.as_str())
+            .collect();
+        if others.is_empty() {
+            main
+        } else {
+            format!("{main}; also unusual: {}", others.join(", "))
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The wire contract of fleetwatch: MQTT topics, Kafka topics and the JSON messages that
+//! travel on them. Shared by the service, the simulator and the tests; deliberately free of
+//! rdkafka and actix so that anything can speak the protocol. docs/protocol.md is the prose
+//! version of this crate.
+
+mod device_id;
+mod kafka;
+mod messages;
+mod mqtt;
+
+pub use device_id::{DeviceId, DeviceIdError};
+pub use kafka::{KafkaTopics, TopicSpec};
+pub use messages::*;
+pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};
+
+/// Milliseconds since the Unix epoch, the one time unit on the wire.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,330 @@
+//! The JSON messages. MQTT payloads are what devices send and receive; Kafka records wrap
+//! them with what the service learned on the way (device id from the topic, arrival time).
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::DeviceId;
+
+/// Most metrics one telemetry message may carry.
+pub const MAX_METRICS: usize = 64;
+/// Longest metric name.
+pub const MAX_METRIC_NAME_LEN: usize = 64;
+
+/// Why a payload was refused. The text is what lands in the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not valid UTF-8 JSON of the expected shape: {0}")]
+    Json(String),
+    #[error("metrics is empty; telemetry carries at least one metric")]
+    NoMetrics,
+    #[error("{0} metrics; the limit is {MAX_METRICS}")]
+    TooManyMetrics(usize),
+    #[error("metric name {0:?} is invalid: 1 to 64 characters from letters, digits and _ . -")]
+    BadMetricName(String),
+    #[error("metric {0:?} is not a finite number")]
+    NotFinite(String),
+    #[error("ts {0} is not a plausible time in milliseconds since 1970")]
+    BadTimestamp(i64),
+}
+
+fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
+    serde_json::from_slice(bytes).map_err(|error| PayloadError::Json(error.to_string()))
+}
+
+/// Plausible device clocks: after 2001-09-09 and before 2286. Catches seconds sent as
+/// milliseconds and garbage.
+fn check_timestamp(ts: i64) -> Result<(), PayloadError> {
+    if (1_000_000_000_000..10_000_000_000_000).contains(&ts) {
+        Ok(())
+    } else {
+        Err(PayloadError::BadTimestamp(ts))
+    }
+}
+
+/// `devices/{id}/telemetry`: named numeric metrics at a device timestamp.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryPayload {
+    /// Device clock, milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// Per-device sequence number, increasing by one per message the device produces.
+    /// Used to drop duplicates (QoS 1 is at-least-once).
+    pub seq: u64,
+    /// Metric name → finite value.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl TelemetryPayload {
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let payload: Self = decode_json(bytes)?;
+        payload.validate()?;
+        Ok(payload)
+    }
+
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        check_timestamp(self.ts)?;
+        if self.metrics.is_empty() {
+            return Err(PayloadError::NoMetrics);
+        }
+        if self.metrics.len() > MAX_METRICS {
+            return Err(PayloadError::TooManyMetrics(self.metrics.len()));
+        }
+        for (name, value) in &self.metrics {
+            let name_ok = !name.is_empty()
+                && name.len() <= MAX_METRIC_NAME_LEN
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !name_ok {
+                return Err(PayloadError::BadMetricName(name.clone()));
+            }
+            if !value.is_finite() {
+                return Err(PayloadError::NotFinite(name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `devices/{id}/state`: the device's reported state, a JSON object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatePayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+    pub reported: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StatePayload {
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let payload: Self = decode_json(bytes)?;
+        if let Some(ts) = payload.ts {
+            check_timestamp(ts)?;
+        }
+        Ok(payload)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connectivity {
+    Online,
+    Offline,
+}
+
+/// `devices/{id}/status`: online or offline. Devices set `{"status":"offline"}` as their
+/// MQTT Last Will so that the broker reports a lost connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusPayload {
+    pub status: Connectivity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+}
+
+impl StatusPayload {
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        decode_json(bytes)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckOutcome {
+    Received,
+    Succeeded,
+    Failed,
+}
+
+/// `devices/{id}/acks`: a device's answer to a command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AckPayload {
+    pub command_id: String,
+    pub outcome: AckOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+}
+
+impl AckPayload {
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        decode_json(bytes)
+    }
+}
+
+/// `devices/{id}/commands`: a command for the device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandPayload {
+    pub command_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+    pub ts: i64,
+}
+
+/// What a device said, as carried on `iot.telemetry` (key: device id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    pub device_id: DeviceId,
+    /// When ingest received it (service clock, ms).
+    pub received_ms: i64,
+    pub body: DeviceEventBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceEventBody {
+    Telemetry(TelemetryPayload),
+    State(StatePayload),
+    Status(StatusPayload),
+    Ack(AckPayload),
+}
+
+/// A refused input on `iot.dlq`, with the reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Human-readable reason, e.g. "metric \"temp\" is not a finite number".
+    pub reason: String,
+    /// Where it came from, e.g. "mqtt".
+    pub source: String,
+    /// MQTT topic (or other origin) it arrived on.
+    pub topic: String,
+    /// The device, when the topic named a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    /// The payload as text (lossy UTF-8), cut to [`DeadLetter::KEPT_PAYLOAD_BYTES`].
+    pub payload: String,
+    /// The payload's full size in bytes.
+    pub payload_bytes: usize,
+    pub received_ms: i64,
+}
+
+impl DeadLetter {
+    pub const KEPT_PAYLOAD_BYTES: usize = 1024;
+
+    pub fn new(
+        reason: String,
+        topic: &str,
+        device_id: Option<DeviceId>,
+        payload: &[u8],
+        received_ms: i64,
+    ) -> Self {
+        let kept = &payload[..payload.len().min(Self::KEPT_PAYLOAD_BYTES)];
+        Self {
+            reason,
+            source: "mqtt".to_owned(),
+            topic: topic.to_owned(),
+            device_id,
+            payload: String::from_utf8_lossy(kept).into_owned(),
+            payload_bytes: payload.len(),
+            received_ms,
+        }
+    }
+}
+
+/// Model parameters for one device on `iot.model-params` (compacted; key: device id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamsEnvelope<P> {
+    pub device_id: DeviceId,
+    /// Increases by one with every publication for this device.
+    pub version: u64,
+    /// Telemetry events the trainer had learned from when it published.
+    pub trained_events: u64,
+    pub published_ms: i64,
+    pub params: P,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    /// An anomaly episode started.
+    Raised,
+    /// The episode ended: the device behaves normally again.
+    Cleared,
+}
+
+/// How much one metric contributed to an anomaly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contributor {
+    pub metric: String,
+    pub value: f64,
+    /// What the model expected (its running mean).
+    pub expected: f64,
+    /// The metric's own anomaly score in [0, 1].
+    pub score: f64,
+}
+
+/// An alert on `iot.alerts` (key: device id), pushed to customers over WebSockets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `{device}:{episode}`: the same for the raise and the clear of one episode.
+    pub alert_id: String,
+    pub device_id: DeviceId,
+    pub state: AlertState,
+    /// Anomaly score in [0, 1] of the event that changed the state.
+    pub score: f64,
+    pub threshold: f64,
+    /// One sentence a person can act on.
+    pub reason: String,
+    /// Metrics ordered by contribution, largest first.
+    pub contributors: Vec<Contributor>,
+    /// Device timestamp and sequence number of the event that changed the state.
+    pub event_ts: i64,
+    pub event_seq: u64,
+    /// When the scorer emitted it (service clock, ms).
+    pub emitted_ms: i64,
+    /// Version of the parameters the scorer used.
+    pub model_version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_good_telemetry() {
+        let payload =
+            TelemetryPayload::decode(br#"{"ts":1700000000000,"seq":3,"metrics":{"temp":21.5}}"#)
+                .unwrap();
+        assert_eq!(payload.seq, 3);
+        assert_eq!(payload.metrics["temp"], 21.5);
+    }
+
+    #[test]
+    fn refuses_bad_telemetry_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{not json", "JSON"),
+            (br#"{"ts":1700000000000,"seq":1}"#, "missing field `metrics`"),
+            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":"hot"}}"#, "invalid type"),
+            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":NaN}}"#, "JSON"),
+            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":1e999}}"#, "JSON"),
+            (br#"{"ts":1700000000000,"seq":1,"metrics":{}}"#, "empty"),
+            (br#"{"ts":1700000000,"seq":1,"metrics":{"t":1}}"#, "plausible"),
+            (br#"{"ts":1700000000000,"seq":-1,"metrics":{"t":1}}"#, "JSON"),
+            (br#"{"ts":1700000000000,"seq":1,"metrics":{"a b":1}}"#, "invalid"),
+        ];
+        for (payload, expected) in cases {
+            let error = TelemetryPayload::decode(payload).unwrap_err().to_string();
+            assert!(
+                error.contains(expected),
+                "{} gave {error:?}, wanted {expected:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn device_event_round_trips() {
+        let event = DeviceEvent {
+            device_id: DeviceId::parse("d1").unwrap(),
+            received_ms: 5,
+            body: DeviceEventBody::Status(StatusPayload {
+                status: Connectivity::Offline,
+                ts: None,
+            }),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""kind":"status""#), "{json}");
+        assert_eq!(serde_json::from_str::<DeviceEvent>(&json).unwrap(), event);
+    }
+}
