@@ -7,10 +7,12 @@ mod device_id;
 mod kafka;
 mod messages;
 mod mqtt;
+mod sequence;
 
 pub use device_id::{DeviceId, DeviceIdError};
 pub use kafka::{KafkaTopics, TopicSpec};
 pub use messages::*;
+pub use sequence::SequenceTracker;
 pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire.

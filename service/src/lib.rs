@@ -1,1 +1,28 @@
+//! fleetwatch: actor-based IoT telemetry and anomaly detection.
+//!
+//! One folder per component, each with its configuration in `config.rs`:
+//! - [`ingest`]: MQTT → `iot.telemetry` / `iot.dlq`
+//! - [`devices`]: one actix actor per device, fed from `iot.telemetry`
+//! - [`trainer`]: online models → `iot.model-params`
+//! - [`scorer`]: scores telemetry with the latest params → `iot.alerts`
+//! - [`alerts`]: WebSocket push of `iot.alerts`
+//! - [`http`]: REST, Prometheus metrics and the live page
+//! - [`kafka`], [`mqtt`]: the plumbing every role shares
+//! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
 
+pub mod alerts;
+pub mod app;
+pub mod demo;
+pub mod devices;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod mqtt;
+pub mod scorer;
+pub mod settings;
+pub mod trainer;
+
+pub use error::Error;
+pub use tokio_util::sync::CancellationToken as Shutdown;

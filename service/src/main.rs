@@ -1,1 +1,109 @@
-fn main() {}
+//! The `fleetwatch` binary: the CLI edge. Errors become anyhow reports here and nowhere
+//! else.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleetwatch::app::{self, Roles};
+use fleetwatch::demo::{self, DemoOptions};
+use fleetwatch::settings::Settings;
+use fleetwatch::Shutdown;
+
+#[derive(Parser)]
+#[command(name = "fleetwatch", version, about = "Actor-based IoT telemetry and anomaly detection")]
+struct Cli {
+    /// Log format: `text` or `json`. Log level from RUST_LOG (default info).
+    #[arg(long, env = "FLEETWATCH_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run roles against real brokers (Kafka, MQTT), as in production.
+    Run {
+        /// TOML configuration file; FLEETWATCH_<SECTION>__<FIELD> variables override it.
+        #[arg(long, env = "FLEETWATCH_CONFIG")]
+        config: Option<PathBuf>,
+        /// `all`, or a comma-separated list of ingest, devices, trainer, scorer, alerts.
+        #[arg(long, env = "FLEETWATCH_ROLES", default_value = "all")]
+        roles: Roles,
+    },
+    /// Everything in one process with no outside service: embedded MQTT broker,
+    /// in-process Kafka cluster, the simulator and the live page.
+    Demo(DemoOptions),
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Config {
+        #[arg(long, env = "FLEETWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("unknown log format {other:?}; use text or json"),
+    }
+    Ok(())
+}
+
+fn load_settings(config: Option<&PathBuf>) -> anyhow::Result<Settings> {
+    Settings::load(config.map(PathBuf::as_path), std::env::vars()).context("loading configuration")
+}
+
+/// Cancel `shutdown` on SIGTERM or Ctrl-C.
+fn cancel_on_signals(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format)?;
+    // An actix System for the device actors, over a multi-threaded tokio runtime for the
+    // Kafka and MQTT loops.
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    let outcome = system.block_on(async move {
+        match cli.command {
+            Command::Config { config } => {
+                print!("{}", load_settings(config.as_ref())?.to_toml());
+                Ok(())
+            }
+            Command::Run { config, roles } => {
+                let settings = load_settings(config.as_ref())?;
+                let shutdown = Shutdown::new();
+                cancel_on_signals(shutdown.clone());
+                let running = app::start(&settings, roles, shutdown).await?;
+                running.wait().await?;
+                Ok(())
+            }
+            Command::Demo(options) => {
+                let shutdown = Shutdown::new();
+                cancel_on_signals(shutdown.clone());
+                let summary = demo::run(options, shutdown).await?;
+                println!("{}", serde_json::to_string(&summary)?);
+                Ok(())
+            }
+        }
+    });
+    actix_rt::System::current().stop();
+    outcome
+}

@@ -1,0 +1,193 @@
+//! `fleetwatch demo`: the production roles, unchanged, on embedded infrastructure — an
+//! in-process MQTT broker (rumqttd) and librdkafka's mock Kafka cluster — driven by the
+//! simulator, with the live page. A default for trying fleetwatch out, not a second
+//! pipeline: [`crate::app::start`] is the same call `fleetwatch run` makes.
+
+mod broker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use fleetwatch_sim::{evaluate, run_fleet, AlertListener, AnomalyKind, FleetStats, SimConfig};
+use rdkafka::mocking::MockCluster;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Roles};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+
+#[derive(Args, Clone, Debug)]
+pub struct DemoOptions {
+    /// Stop by itself after this many seconds and print a JSON summary as the last line.
+    #[arg(long)]
+    pub exit_after: Option<u64>,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Milliseconds between two readings of one device.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+    /// Anomalies injected per minute across the fleet.
+    #[arg(long, default_value_t = 100.0)]
+    pub anomalies_per_minute: f64,
+    /// Seconds before the first anomaly, while the models learn.
+    #[arg(long, default_value_t = 25.0)]
+    pub warmup_secs: f64,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Port of the live page and REST API (a free one is used if it is taken).
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Port of the alerts WebSocket (a free one is used if it is taken).
+    #[arg(long, default_value_t = 8081)]
+    pub ws_port: u16,
+    /// Partitions of the in-process Kafka topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Write the injected anomalies (ground truth) as JSON lines to this file.
+    #[arg(long)]
+    pub ground_truth: Option<std::path::PathBuf>,
+}
+
+/// The demo's last line of output.
+#[derive(Debug, Serialize)]
+pub struct DemoSummary {
+    pub devices: usize,
+    /// Telemetry messages ingest forwarded to Kafka.
+    pub telemetry_in: u64,
+    pub dead_letters: u64,
+    /// Alerts raised by the scorer.
+    pub alerts_out: u64,
+    /// Raised alerts a WebSocket client received.
+    pub alerts_received: usize,
+    pub anomalies_injected: usize,
+    pub anomalies_detected: usize,
+    pub duplicate_alerts: usize,
+    pub false_alerts: usize,
+    /// Device publish → alert at the WebSocket client, over detected anomalies.
+    pub latency_ms_p50: Option<i64>,
+    pub latency_ms_p99: Option<i64>,
+    /// Per anomaly kind: [injected, detected].
+    pub by_kind: BTreeMap<AnomalyKind, (usize, usize)>,
+}
+
+/// Time after the devices stop for the last alerts to arrive.
+const DRAIN: Duration = Duration::from_secs(3);
+/// How late an alert may come after its anomaly ended and still count for it.
+const MATCH_GRACE_MS: i64 = 5_000;
+
+pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result<DemoSummary> {
+    let mut settings = Settings::default();
+    let broker = broker::start(settings.mqtt.max_packet_bytes)?;
+
+    let cluster = MockCluster::new(1).map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
+    settings.kafka.brokers = cluster.bootstrap_servers();
+    settings.kafka.partitions = options.partitions;
+    settings.mqtt.host = broker.v5.ip().to_string();
+    settings.mqtt.port = broker.v5.port();
+    settings.mqtt.instance_id = Some("demo".to_owned());
+    settings.http.bind = format!("127.0.0.1:{}", options.http_port);
+    settings.http.fallback_to_free_port = true;
+    settings.alerts.bind = format!("127.0.0.1:{}", options.ws_port);
+    settings.alerts.fallback_to_free_port = true;
+
+    let app_stop = CancellationToken::new();
+    let app = app::start(&settings, Roles::ALL, app_stop.clone()).await?;
+    let http = app.http_addr;
+    let ws = app.ws_addr.expect("the demo runs the alerts role");
+    println!("fleetwatch demo: every role in one process, no outside service");
+    println!("  live page      http://{http}/");
+    println!("  REST           http://{http}/devices");
+    println!("  metrics        http://{http}/metrics");
+    println!("  health         http://{http}/healthz");
+    println!("  alerts         ws://{ws}/");
+    println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
+    println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
+    println!("  Kafka          {} (in-process mock cluster)", settings.kafka.brokers);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !app.is_ready(Roles::ALL) {
+        if Instant::now() > deadline {
+            return Err(Error::RoleFailed { role: "demo", reason: "roles not ready within 60 s".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listener = AlertListener::connect(&format!("ws://{ws}/"), "")
+        .await
+        .map_err(|e| Error::RoleFailed { role: "demo", reason: e.to_string() })?;
+
+    let mut sim = SimConfig::new(&broker.v4.ip().to_string(), broker.v4.port(), options.devices);
+    sim.interval_ms = options.interval_ms;
+    sim.seed = options.seed;
+    sim.anomalies_per_minute = options.anomalies_per_minute;
+    sim.warmup_secs = options.warmup_secs;
+    sim.ground_truth = options.ground_truth.clone();
+    sim.duration_secs = options
+        .exit_after
+        .map(|secs| (secs as f64 - DRAIN.as_secs_f64()).max(1.0));
+    println!(
+        "  simulator      {} devices, a reading every {} ms, anomalies after {} s{}",
+        sim.devices,
+        sim.interval_ms,
+        sim.warmup_secs,
+        options.exit_after.map_or(String::new(), |s| format!(", stopping after {s} s"))
+    );
+
+    let stats = Arc::new(FleetStats::default());
+    let fleet = tokio::spawn(run_fleet(sim, stats.clone(), interrupted.child_token()));
+    let started = Instant::now();
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    progress.tick().await;
+    let injected = {
+        tokio::pin!(fleet);
+        loop {
+            tokio::select! {
+                finished = &mut fleet => break finished
+                    .map_err(|e| Error::RoleFailed { role: "simulator", reason: e.to_string() })?
+                    .map_err(|e| Error::RoleFailed { role: "simulator", reason: e.to_string() })?,
+                _ = progress.tick() => {
+                    let metrics = &app.metrics;
+                    println!(
+                        "  [{:>4}s] devices connected {}  telemetry in {}  anomalies injected {}  alerts raised {}",
+                        started.elapsed().as_secs(),
+                        stats.connected.load(Ordering::Relaxed),
+                        metrics.ingest_messages.with_label_values(&["forwarded"]).get(),
+                        stats.anomalies.load(Ordering::Relaxed),
+                        metrics.alerts_emitted.with_label_values(&["raised"]).get(),
+                    );
+                }
+            }
+        }
+    };
+    tokio::time::sleep(DRAIN).await;
+    listener.close();
+
+    let received = listener.alerts();
+    let evaluation = evaluate(&injected, &received, MATCH_GRACE_MS);
+    let metrics = app.metrics.clone();
+    app_stop.cancel();
+    app.wait().await?;
+    drop(cluster);
+    Ok(DemoSummary {
+        devices: options.devices,
+        telemetry_in: metrics.ingest_messages.with_label_values(&["forwarded"]).get(),
+        dead_letters: metrics.ingest_messages.with_label_values(&["dead_lettered"]).get(),
+        alerts_out: metrics.alerts_emitted.with_label_values(&["raised"]).get(),
+        alerts_received: received
+            .iter()
+            .filter(|r| r.alert.state == fleetwatch_protocol::AlertState::Raised)
+            .count(),
+        anomalies_injected: evaluation.anomalies_injected,
+        anomalies_detected: evaluation.anomalies_detected,
+        duplicate_alerts: evaluation.duplicate_alerts,
+        false_alerts: evaluation.false_alerts,
+        latency_ms_p50: evaluation.latency_ms_p50,
+        latency_ms_p99: evaluation.latency_ms_p99,
+        by_kind: evaluation.by_kind,
+    })
+}

@@ -1,0 +1,26 @@
+use serde::{Deserialize, Serialize};
+
+/// The ingest role: MQTT → Kafka. Section `[ingest]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Shared-subscription group: every ingest instance with the same group splits the
+    /// device traffic (`$share/<group>/devices/+/+`).
+    pub share_group: String,
+    /// Largest accepted payload in bytes; larger ones are dead-lettered.
+    pub max_payload_bytes: usize,
+    /// Most MQTT messages received but not yet confirmed by Kafka. Announced to the broker
+    /// as MQTT v5 Receive Maximum, so when it is reached the broker holds further messages
+    /// back (in the persistent session) until ingest acknowledges some.
+    pub max_inflight: u16,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            share_group: "fleetwatch-ingest".to_owned(),
+            max_payload_bytes: 64 * 1024,
+            max_inflight: 1000,
+        }
+    }
+}

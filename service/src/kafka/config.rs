@@ -1,0 +1,43 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How fleetwatch reaches Kafka. Section `[kafka]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Prefix for every topic name (e.g. `staging.` gives `staging.iot.telemetry`), so
+    /// several deployments can share a cluster.
+    pub topic_prefix: String,
+    /// Prefix of every consumer group id; the role name is appended.
+    pub group_prefix: String,
+    /// Partitions of topics created at start. The co-partitioned topics must keep equal
+    /// counts: it bounds how many instances of a role share the work.
+    pub partitions: i32,
+    /// Replication factor of topics created at start.
+    pub replication: i32,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// How long a produced record may wait for delivery (ms) before the producer gives up.
+    /// Ingest stops (and so leaves the MQTT message unacknowledged) when this runs out.
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topic_prefix: String::new(),
+            group_prefix: "fleetwatch-".to_owned(),
+            partitions: 12,
+            replication: 1,
+            create_topics: true,
+            delivery_timeout_ms: 120_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}

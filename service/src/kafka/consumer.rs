@@ -1,0 +1,311 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Which role a consumer serves; names its group and its metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerRole {
+    Devices,
+    Trainer,
+    Scorer,
+    /// The scorer's reader of `iot.model-params`.
+    ScorerParams,
+    Alerts,
+}
+
+impl ConsumerRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Devices => "devices",
+            Self::Trainer => "trainer",
+            Self::Scorer => "scorer",
+            Self::ScorerParams => "scorer-params",
+            Self::Alerts => "alerts",
+        }
+    }
+}
+
+/// Observes rebalances: keeps the assigned-partitions gauge current.
+pub struct RoleContext {
+    role: ConsumerRole,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for RoleContext {}
+
+impl ConsumerContext for RoleContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let gauge = self
+            .metrics
+            .assigned_partitions
+            .with_label_values(&[self.role.name()]);
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                gauge.set(partitions.count() as i64);
+                tracing::info!(role = self.role.name(), partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                gauge.set(0);
+                tracing::info!(role = self.role.name(), partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(role = self.role.name(), %error, "rebalance error")
+            }
+        }
+    }
+}
+
+/// A consumer of one role, configured for commit-after-effect: offsets are stored only
+/// once a record's effect is done, and stored offsets are committed every second and at
+/// shutdown.
+pub struct RoleConsumer {
+    pub role: ConsumerRole,
+    inner: StreamConsumer<RoleContext>,
+    metrics: Arc<Metrics>,
+    /// Whether this consumer commits offsets (group members) or not (whole-topic readers).
+    commits: bool,
+}
+
+/// Where a consumer starts when its group has no committed offset.
+#[derive(Clone, Copy, Debug)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+}
+
+impl RoleConsumer {
+    fn create(
+        config: &KafkaConfig,
+        role: ConsumerRole,
+        group_id: &str,
+        start_at: StartAt,
+        commit: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let context = RoleContext {
+            role,
+            metrics: metrics.clone(),
+        };
+        let inner: StreamConsumer<RoleContext> = config
+            .client_config()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", commit.to_string())
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match start_at {
+                    StartAt::Earliest => "earliest",
+                    StartAt::Latest => "latest",
+                },
+            )
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(context)
+            .map_err(|e| Error::kafka(format!("creating {} consumer", role.name()), e))?;
+        Ok(Self {
+            role,
+            inner,
+            metrics,
+            commits: commit,
+        })
+    }
+
+    /// Join the role's consumer group on `topics`.
+    pub fn subscribe(
+        config: &KafkaConfig,
+        role: ConsumerRole,
+        group_id: &str,
+        topics: &[&str],
+        start_at: StartAt,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let consumer = Self::create(config, role, group_id, start_at, true, metrics)?;
+        consumer
+            .inner
+            .subscribe(topics)
+            .map_err(|e| Error::kafka(format!("subscribing {}", role.name()), e))?;
+        Ok(consumer)
+    }
+
+    /// Read every partition of `topic` from the beginning, outside any group and without
+    /// committing: for a compacted topic that each instance needs in full.
+    pub async fn read_whole_topic(
+        config: &KafkaConfig,
+        role: ConsumerRole,
+        topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let group_id = config.group_id(role.name());
+        let consumer = Self::create(config, role, &group_id, StartAt::Earliest, false, metrics)?;
+        let inner = &consumer.inner;
+        let metadata = inner
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .map_err(|e| Error::kafka("building assignment", e))?;
+        }
+        consumer
+            .metrics
+            .assigned_partitions
+            .with_label_values(&[role.name()])
+            .set(assignment.count() as i64);
+        inner
+            .assign(&assignment)
+            .map_err(|e| Error::kafka(format!("assigning {topic}"), e))?;
+        Ok(consumer)
+    }
+
+    fn commit_stored(&self) {
+        if !self.commits {
+            return;
+        }
+        match self.inner.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!(role = self.role.name(), "offsets committed"),
+            // Nothing consumed since the last commit.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(role = self.role.name(), %error, "final commit failed"),
+        }
+    }
+}
+
+/// Why a record could not be handled.
+#[derive(Debug)]
+pub enum HandleError {
+    /// A transient failure (Kafka unavailable, say): the same record is tried again.
+    Retry(String),
+    /// The role cannot go on.
+    Fatal(String),
+}
+
+/// What a role does with each record.
+pub trait RecordHandler: Send {
+    /// Apply the record's effect. Return only once the effect is done: the offset is
+    /// stored right after. Undecodable records are the handler's to count and skip.
+    fn handle(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// How often [`RecordHandler::on_tick`] runs, if at all.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic work between records (time-based publishing, say).
+    fn on_tick(&mut self) -> impl Future<Output = Result<(), HandleError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Run a role's consumer until shutdown: each record is handled, then its offset stored;
+/// transient failures retry the same record with backoff. At shutdown the stored offsets
+/// are committed synchronously.
+pub async fn consume<H: RecordHandler>(
+    consumer: RoleConsumer,
+    mut handler: H,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let role = consumer.role.name();
+    let consumed = consumer.metrics.consumed.with_label_values(&[role]);
+    let mut ticker = handler.tick_interval().map(|every| {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+
+    let outcome = loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(ticker) => ticker.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let record = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tick => {
+                if let Err(HandleError::Fatal(reason)) = handler.on_tick().await {
+                    break Err(Error::RoleFailed { role: "consumer", reason });
+                }
+                continue;
+            }
+            record = consumer.inner.recv() => record,
+        };
+        let record = match record {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(role, %error, "consumer error");
+                tokio::time::sleep(RETRY_BACKOFF_START).await;
+                continue;
+            }
+        };
+
+        let mut backoff = RETRY_BACKOFF_START;
+        let handled = loop {
+            match handler.handle(&record).await {
+                Ok(()) => break Ok(true),
+                Err(HandleError::Retry(reason)) => {
+                    tracing::warn!(role, %reason, ?backoff, "retrying record");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break Ok(false),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+                Err(HandleError::Fatal(reason)) => {
+                    break Err(Error::RoleFailed { role: "consumer", reason })
+                }
+            }
+        };
+        match handled {
+            Ok(true) => {
+                consumed.inc();
+                if let Err(error) = consumer.inner.store_offset_from_message(&record) {
+                    tracing::warn!(role, %error, "storing offset failed");
+                }
+            }
+            Ok(false) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    consumer.commit_stored();
+    outcome
+}
+
+/// Decode a record's JSON payload. Undecodable records are logged, counted and skipped:
+/// the role's own producers only write valid records, so they can only come from
+/// elsewhere, and stopping on them would stall the partition.
+pub fn decode_record<T: serde::de::DeserializeOwned>(
+    record: &BorrowedMessage<'_>,
+    role: &str,
+    metrics: &Metrics,
+) -> Option<T> {
+    use rdkafka::Message;
+    match serde_json::from_slice(record.payload().unwrap_or_default()) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::warn!(role, %error, partition = record.partition(), offset = record.offset(), "undecodable record skipped");
+            metrics.skipped.with_label_values(&[role, "undecodable"]).inc();
+            None
+        }
+    }
+}

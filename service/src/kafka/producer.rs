@@ -1,0 +1,82 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::Serialize;
+
+use super::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// An idempotent producer (acks=all) that never gives up on a full queue: it waits and
+/// retries, counting each wait.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    metrics: Arc<Metrics>,
+}
+
+/// How long to wait before retrying when librdkafka's local queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+impl Producer {
+    pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        let inner = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "none")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .create()
+            .map_err(|e| Error::kafka("creating producer", e))?;
+        Ok(Self { inner, metrics })
+    }
+
+    /// Queue a record and return its pending delivery. Records queued one after the other
+    /// keep their order within a partition (the idempotent producer guarantees it).
+    pub async fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
+        loop {
+            let record = FutureRecord::to(topic).key(key).payload(payload);
+            match self.inner.send_result(record) {
+                Ok(delivery) => return Delivery(Ok(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.metrics.kafka_queue_full.inc();
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                // Only QueueFull is transient at enqueue time; anything else (an oversized
+                // record, say) would fail again, so it becomes a failed delivery.
+                Err((error, _)) => return Delivery(Err(error)),
+            }
+        }
+    }
+
+    /// Queue a JSON record and wait until Kafka confirmed it.
+    pub async fn send_json<T: Serialize>(&self, topic: &str, key: &str, value: &T) -> Result<()> {
+        let payload = serde_json::to_vec(value).expect("wire types serialize");
+        self.enqueue(topic, key, &payload).await.confirmed().await
+    }
+
+    /// Wait until everything queued so far is delivered, up to `timeout`.
+    pub async fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
+    }
+}
+
+/// A record on its way to Kafka.
+pub struct Delivery(std::result::Result<DeliveryFuture, KafkaError>);
+
+impl Delivery {
+    /// Wait until Kafka confirmed the record (acks=all) or the delivery failed for good.
+    pub async fn confirmed(self) -> Result<()> {
+        let future = self.0.map_err(|e| Error::kafka("queueing record", e))?;
+        match future.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(Error::kafka("delivering record", error)),
+            Err(_canceled) => Err(Error::kafka("delivering record", KafkaError::Canceled)),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The service's Prometheus metrics. Names are fixed (dashboards and alerts depend on
+//! them); all live in one [`Metrics`] value per process, passed to the components, so
+//! tests can assert on them and several instances can share a process.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Ingested MQTT messages by outcome: forwarded, dead_lettered, ignored.
+    pub ingest_messages: IntCounterVec,
+    /// MQTT messages received but not yet confirmed by Kafka.
+    pub ingest_inflight: IntGauge,
+    /// MQTT (re)connections of the ingest client.
+    pub ingest_connections: IntCounter,
+    /// 1 while ingest is connected and subscribed, else 0.
+    pub ingest_subscribed: IntGauge,
+    /// Dead letters by reason class (json, topic, device_id, size, ...).
+    pub dead_letters: IntCounterVec,
+    /// Times the Kafka producer queue was full and a send was retried.
+    pub kafka_queue_full: IntCounter,
+    /// Records handled by each role's consumer.
+    pub consumed: IntCounterVec,
+    /// Records a role skipped, by role and reason (duplicate, undecodable, ...).
+    pub skipped: IntCounterVec,
+    /// Partitions currently assigned, by role.
+    pub assigned_partitions: IntGaugeVec,
+    /// Live device actors.
+    pub device_actors: IntGauge,
+    /// Parameter snapshots published by the trainer.
+    pub params_published: IntCounter,
+    /// Parameter snapshots the scorer received.
+    pub params_received: IntCounter,
+    /// Events scored.
+    pub events_scored: IntCounter,
+    /// Alerts emitted, by state (raised, cleared).
+    pub alerts_emitted: IntCounterVec,
+    /// Connected WebSocket clients.
+    pub ws_clients: IntGauge,
+    /// Alerts sent to WebSocket clients.
+    pub ws_alerts_sent: IntCounter,
+    /// Alerts a slow WebSocket client missed because its queue was full.
+    pub ws_alerts_dropped: IntCounter,
+    /// Bad frames received from WebSocket clients.
+    pub ws_bad_frames: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(counter.clone())).expect("unique metric");
+            counter
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(counter.clone())).expect("unique metric");
+            counter
+        };
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(gauge.clone())).expect("unique metric");
+            gauge
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(gauge.clone())).expect("unique metric");
+            gauge
+        };
+        Self {
+            ingest_messages: counter_vec(
+                "fleetwatch_ingest_messages_total",
+                "MQTT messages ingested, by outcome",
+                &["outcome"],
+            ),
+            ingest_inflight: gauge(
+                "fleetwatch_ingest_inflight",
+                "MQTT messages awaiting Kafka confirmation",
+            ),
+            ingest_connections: counter(
+                "fleetwatch_ingest_mqtt_connections_total",
+                "MQTT connections made by ingest",
+            ),
+            ingest_subscribed: gauge(
+                "fleetwatch_ingest_subscribed",
+                "1 while ingest is connected and subscribed",
+            ),
+            dead_letters: counter_vec(
+                "fleetwatch_dead_letters_total",
+                "Inputs sent to the dead-letter topic, by reason class",
+                &["reason"],
+            ),
+            kafka_queue_full: counter(
+                "fleetwatch_kafka_queue_full_total",
+                "Sends retried because the producer queue was full",
+            ),
+            consumed: counter_vec(
+                "fleetwatch_consumed_records_total",
+                "Kafka records handled, by role",
+                &["role"],
+            ),
+            skipped: counter_vec(
+                "fleetwatch_skipped_records_total",
+                "Kafka records skipped, by role and reason",
+                &["role", "reason"],
+            ),
+            assigned_partitions: gauge_vec(
+                "fleetwatch_assigned_partitions",
+                "Partitions assigned, by role",
+                &["role"],
+            ),
+            device_actors: gauge("fleetwatch_device_actors", "Live device actors"),
+            params_published: counter(
+                "fleetwatch_params_published_total",
+                "Model parameter snapshots published",
+            ),
+            params_received: counter(
+                "fleetwatch_params_received_total",
+                "Model parameter snapshots received by the scorer",
+            ),
+            events_scored: counter("fleetwatch_events_scored_total", "Telemetry events scored"),
+            alerts_emitted: counter_vec(
+                "fleetwatch_alerts_total",
+                "Alerts emitted, by state",
+                &["state"],
+            ),
+            ws_clients: gauge("fleetwatch_ws_clients", "Connected WebSocket clients"),
+            ws_alerts_sent: counter(
+                "fleetwatch_ws_alerts_sent_total",
+                "Alerts sent to WebSocket clients",
+            ),
+            ws_alerts_dropped: counter(
+                "fleetwatch_ws_alerts_dropped_total",
+                "Alerts a slow WebSocket client missed",
+            ),
+            ws_bad_frames: counter(
+                "fleetwatch_ws_bad_frames_total",
+                "Unusable frames received from WebSocket clients",
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

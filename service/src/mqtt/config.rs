@@ -1,0 +1,45 @@
+use serde::{Deserialize, Serialize};
+
+/// How fleetwatch reaches the MQTT broker. Section `[mqtt]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (MQTT v5 over TCP).
+    pub port: u16,
+    /// Client id prefix; the role and an instance id are appended. The id must be stable
+    /// across restarts of one instance so its persistent session (and the messages queued
+    /// in it while it was away) is picked up again.
+    pub client_id_prefix: String,
+    /// Instance id used in client ids. Defaults to the host name (the pod name in
+    /// Kubernetes).
+    pub instance_id: Option<String>,
+    /// Keep-alive interval in seconds.
+    pub keep_alive_secs: u64,
+    /// How long the broker keeps a disconnected session and its queued messages (s).
+    pub session_expiry_secs: u32,
+    /// Largest MQTT packet the service accepts. The broker drops larger packets for us
+    /// (MQTT v5 Maximum Packet Size); keep it above `ingest.max_payload_bytes` so that
+    /// oversized payloads reach ingest and are dead-lettered with a reason.
+    pub max_packet_bytes: u32,
+    /// Optional user name and password.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            client_id_prefix: "fleetwatch".to_owned(),
+            instance_id: None,
+            keep_alive_secs: 30,
+            session_expiry_secs: 3600,
+            max_packet_bytes: 1024 * 1024,
+            username: None,
+            password: None,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The whole configuration: one section per component, each documented field by field in
+//! its own `config.rs`. Sources, later ones winning: defaults, the TOML file, then
+//! environment variables named `FLEETWATCH_<SECTION>__<FIELD>` (double underscore between
+//! levels), e.g. `FLEETWATCH_KAFKA__BROKERS=kafka:9092` or
+//! `FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA=0.1`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::AlertsConfig;
+use crate::devices::DevicesConfig;
+use crate::error::{Error, Result};
+use crate::http::HttpConfig;
+use crate::ingest::IngestConfig;
+use crate::kafka::KafkaConfig;
+use crate::mqtt::MqttConfig;
+use crate::scorer::ScorerConfig;
+use crate::trainer::TrainerConfig;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
+    pub devices: DevicesConfig,
+    pub trainer: TrainerConfig,
+    pub scorer: ScorerConfig,
+    pub alerts: AlertsConfig,
+    pub http: HttpConfig,
+}
+
+const ENV_PREFIX: &str = "FLEETWATCH_";
+
+impl Settings {
+    /// Defaults, then `file` if given, then the `FLEETWATCH_*` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Variables of the CLI itself (FLEETWATCH_CONFIG, FLEETWATCH_ROLES) have no
+            // double underscore and are not settings.
+            if !path.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            set_path(&mut tree, &keys, parse_env_value(&raw))
+                .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+        }
+        let settings: Settings = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        settings.validate()
+    }
+
+    fn validate(self) -> Result<Self> {
+        self.trainer.model.clone().validate().map_err(|e| Error::Config(e.to_string()))?;
+        if self.kafka.partitions < 1 {
+            return Err(Error::Config("kafka.partitions must be at least 1".into()));
+        }
+        if self.ingest.max_payload_bytes as u64 >= self.mqtt.max_packet_bytes as u64 {
+            return Err(Error::Config(
+                "ingest.max_payload_bytes must be below mqtt.max_packet_bytes, or oversized payloads are dropped by the broker instead of dead-lettered".into(),
+            ));
+        }
+        if self.ingest.max_inflight == 0 || self.alerts.client_queue == 0 || self.devices.mailbox_capacity == 0 {
+            return Err(Error::Config(
+                "ingest.max_inflight, alerts.client_queue and devices.mailbox_capacity must be positive".into(),
+            ));
+        }
+        if !(self.scorer.clear_ratio > 0.0 && self.scorer.clear_ratio <= 1.0) {
+            return Err(Error::Config("scorer.clear_ratio must be in (0, 1]".into()));
+        }
+        Ok(self)
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("settings serialize")
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one (numbers, booleans, quoted
+/// strings, arrays), else plain strings.
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("value = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> std::result::Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty name")?;
+    let mut current = table;
+    for key in parents {
+        current = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{key} is not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(settings, Settings::default());
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("fw-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("fleetwatch.toml");
+        std::fs::write(&file, "[kafka]\nbrokers = \"file:9092\"\npartitions = 3\n").unwrap();
+        let settings = Settings::load(
+            Some(&file),
+            env(&[
+                ("FLEETWATCH_KAFKA__BROKERS", "env:9092"),
+                ("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "0.1"),
+                ("FLEETWATCH_CONFIG", "ignored"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.kafka.brokers, "env:9092");
+        assert_eq!(settings.kafka.partitions, 3);
+        assert_eq!(settings.trainer.model.mean_alpha, 0.1);
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_clear_errors() {
+        let unknown = Settings::load(None, env(&[("FLEETWATCH_KAFKA__BROKER", "x")])).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `broker`"), "{unknown}");
+        let wrong_type = Settings::load(None, env(&[("FLEETWATCH_KAFKA__PARTITIONS", "many")])).unwrap_err();
+        assert!(wrong_type.to_string().contains("partitions"), "{wrong_type}");
+        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "2")])).unwrap_err();
+        assert!(invalid.to_string().contains("mean_alpha"), "{invalid}");
+    }
+}

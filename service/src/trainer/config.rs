@@ -1,0 +1,25 @@
+use fleetwatch_models::baseline::BaselineConfig;
+use serde::{Deserialize, Serialize};
+
+/// The trainer role: learns a model per device. Section `[trainer]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Publish a device's parameters after this many new events...
+    pub publish_every_events: u32,
+    /// ...or this long (ms) after the previous publication, whichever comes first, as long
+    /// as there is something new.
+    pub publish_every_ms: u64,
+    /// The model's settings (section `[trainer.model]`).
+    pub model: BaselineConfig,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            publish_every_events: 10,
+            publish_every_ms: 5_000,
+            model: BaselineConfig::default(),
+        }
+    }
+}

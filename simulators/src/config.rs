@@ -1,0 +1,75 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::AnomalyKind;
+
+/// What to simulate. Every field is also a `fleetsim` flag.
+#[derive(Args, Clone, Debug)]
+pub struct SimConfig {
+    /// MQTT broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub mqtt_host: String,
+    /// MQTT broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// Number of devices, each with its own MQTT connection.
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Device ids are this prefix and a zero-padded number.
+    #[arg(long, default_value = "sim-")]
+    pub id_prefix: String,
+    /// Milliseconds between two readings of one device.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Seed of every random choice: the same seed gives the same fleet and anomalies.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Anomalies started per minute across the fleet (Poisson arrivals).
+    #[arg(long, default_value_t = 10.0)]
+    pub anomalies_per_minute: f64,
+    /// No anomaly starts in the first seconds, while models learn.
+    #[arg(long, default_value_t = 60.0)]
+    pub warmup_secs: f64,
+    /// Stop after this many seconds (unset: run until interrupted).
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// No anomaly starts in the last seconds of a run with a duration, so each one can end
+    /// and be detected before the run stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub quiet_tail_secs: f64,
+    /// Length of a device's "day" in seconds (the period of its daily cycle).
+    #[arg(long, default_value_t = 86_400.0)]
+    pub day_secs: f64,
+    /// Kinds of anomaly to inject (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "spike,level_shift,drift,stuck,dropout")]
+    pub kinds: Vec<AnomalyKind>,
+    /// Write the ground truth (one JSON line per injected anomaly) to this file.
+    #[arg(long)]
+    pub ground_truth: Option<PathBuf>,
+}
+
+impl SimConfig {
+    /// Devices that are `devices` in number with defaults otherwise; for tests and the demo.
+    pub fn new(mqtt_host: &str, mqtt_port: u16, devices: usize) -> Self {
+        Self {
+            mqtt_host: mqtt_host.to_owned(),
+            mqtt_port,
+            devices,
+            id_prefix: "sim-".to_owned(),
+            interval_ms: 1000,
+            seed: 7,
+            anomalies_per_minute: 10.0,
+            warmup_secs: 60.0,
+            duration_secs: None,
+            quiet_tail_secs: 10.0,
+            day_secs: 86_400.0,
+            kinds: AnomalyKind::ALL.to_vec(),
+            ground_truth: None,
+        }
+    }
+
+    pub fn device_id(&self, index: usize) -> String {
+        format!("{}{index:05}", self.id_prefix)
+    }
+}

@@ -1,0 +1,300 @@
+//! Running the fleet: one task and one MQTT connection per device.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetwatch_protocol::{
+    now_ms, Connectivity, DeviceId, DeviceTopic, DeviceTopicKind, StatusPayload, TelemetryPayload,
+};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+use crate::anomaly::{ActiveAnomaly, Effect};
+use crate::signal::DeviceSignal;
+use crate::{Injected, SimConfig};
+
+/// Live counters of a running fleet.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// Devices connected now.
+    pub connected: AtomicU64,
+    /// Telemetry messages handed to the MQTT client.
+    pub published: AtomicU64,
+    /// Telemetry messages the broker acknowledged (QoS 1).
+    pub acknowledged: AtomicU64,
+    /// Anomalies started.
+    pub anomalies: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid simulator configuration: {0}")]
+    Config(String),
+    #[error("ground truth file {path}: {source}")]
+    GroundTruth {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where ground truth goes: kept in memory and, if configured, appended to a file.
+struct GroundTruth {
+    injected: Mutex<Vec<Injected>>,
+    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl GroundTruth {
+    fn record(&self, injected: &Injected) {
+        if let Some(file) = &self.file {
+            let mut file = file.lock();
+            let line = serde_json::to_string(injected).expect("serializes");
+            if let Err(error) = writeln!(file, "{line}").and_then(|_| file.flush()) {
+                tracing::warn!(%error, "could not write ground truth");
+            }
+        }
+        self.injected.lock().push(injected.clone());
+    }
+}
+
+/// The clock of the run: instants mapped to wall-clock milliseconds, so readings carry
+/// the time they were scheduled for even when the process falls behind.
+#[derive(Clone, Copy)]
+struct RunClock {
+    started: Instant,
+    started_ms: i64,
+}
+
+impl RunClock {
+    fn ms(&self, at: Instant) -> i64 {
+        self.started_ms + at.saturating_duration_since(self.started).as_millis() as i64
+    }
+}
+
+/// Run the fleet until `shutdown` or the configured duration; returns the ground truth of
+/// every anomaly injected.
+pub async fn run_fleet(
+    config: SimConfig,
+    stats: Arc<FleetStats>,
+    shutdown: CancellationToken,
+) -> Result<Vec<Injected>, SimError> {
+    if config.devices == 0 || config.interval_ms == 0 {
+        return Err(SimError::Config("devices and interval_ms must be positive".into()));
+    }
+    if config.kinds.is_empty() && config.anomalies_per_minute > 0.0 {
+        return Err(SimError::Config("no anomaly kinds to inject".into()));
+    }
+    if !(config.anomalies_per_minute >= 0.0) {
+        return Err(SimError::Config("anomalies_per_minute must not be negative".into()));
+    }
+    for index in [0, config.devices - 1] {
+        DeviceId::parse(&config.device_id(index))
+            .map_err(|e| SimError::Config(format!("device ids from prefix {:?}: {e}", config.id_prefix)))?;
+    }
+    let file = match &config.ground_truth {
+        Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| SimError::GroundTruth {
+                path: path.display().to_string(),
+                source,
+            })?,
+        ))),
+        None => None,
+    };
+    let truth = Arc::new(GroundTruth {
+        injected: Mutex::new(Vec::new()),
+        file,
+    });
+    let clock = RunClock {
+        started: Instant::now(),
+        started_ms: now_ms(),
+    };
+    let stop = shutdown.child_token();
+    if let Some(duration) = config.duration_secs {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            stop.cancel();
+        });
+    }
+    let config = Arc::new(config);
+    let mut devices = tokio::task::JoinSet::new();
+    for index in 0..config.devices {
+        devices.spawn(run_device(index, config.clone(), clock, truth.clone(), stats.clone(), stop.clone()));
+    }
+    while devices.join_next().await.is_some() {}
+    let injected = std::mem::take(&mut *truth.injected.lock());
+    Ok(injected)
+}
+
+/// When anomalies may start and how often, per device.
+struct Schedule {
+    not_before_ms: i64,
+    not_after_ms: i64,
+    /// Mean time between anomaly starts on one device, ms.
+    mean_gap_ms: f64,
+}
+
+/// Time after an anomaly during which the device stays normal, so its alert can clear.
+const COOLDOWN_MS: i64 = 20_000;
+
+impl Schedule {
+    fn next_start(&self, rng: &mut impl Rng, after_ms: i64) -> Option<i64> {
+        if !self.mean_gap_ms.is_finite() {
+            return None;
+        }
+        let wait = -self.mean_gap_ms * (1.0 - rng.random::<f64>()).ln();
+        let start = after_ms.max(self.not_before_ms) + wait as i64;
+        (start <= self.not_after_ms).then_some(start)
+    }
+}
+
+async fn run_device(
+    index: usize,
+    config: Arc<SimConfig>,
+    clock: RunClock,
+    truth: Arc<GroundTruth>,
+    stats: Arc<FleetStats>,
+    stop: CancellationToken,
+) {
+    let id = config.device_id(index);
+    let device_id = DeviceId::parse(&id).expect("validated at start");
+    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
+    let signal = DeviceSignal::random(&mut rng, config.day_secs);
+    let metric_names: Vec<&str> = signal.metrics.iter().map(|m| m.name).collect();
+    let sigmas: Vec<f64> = signal.metrics.iter().map(|m| m.sigma).collect();
+    let topic = |kind| DeviceTopic::new(device_id.clone(), kind).to_string();
+    let status = |status| {
+        serde_json::to_vec(&StatusPayload { status, ts: Some(now_ms()) }).expect("serializes")
+    };
+
+    let mut options = MqttOptions::new(id.clone(), &config.mqtt_host, config.mqtt_port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_last_will(LastWill::new(
+            topic(DeviceTopicKind::Status),
+            status(Connectivity::Offline),
+            QoS::AtLeastOnce,
+            false,
+        ));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let unacknowledged = Arc::new(AtomicU64::new(0));
+    let connection = {
+        let (stats, unacknowledged, stop) = (stats.clone(), unacknowledged.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut connected = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if !connected {
+                            stats.connected.fetch_add(1, Ordering::Relaxed);
+                            connected = true;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        unacknowledged.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        if connected {
+                            stats.connected.fetch_sub(1, Ordering::Relaxed);
+                            connected = false;
+                        }
+                        tracing::debug!(%error, "device connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            if connected {
+                stats.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let _ = client
+        .publish(topic(DeviceTopicKind::Status), QoS::AtLeastOnce, false, status(Connectivity::Online))
+        .await;
+    let schedule = Schedule {
+        not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
+        not_after_ms: config.duration_secs.map_or(i64::MAX, |d| {
+            clock.started_ms + ((d - config.quiet_tail_secs) * 1000.0) as i64
+        }),
+        mean_gap_ms: 60_000.0 * config.devices as f64 / config.anomalies_per_minute,
+    };
+    let mut next_anomaly = schedule.next_start(&mut rng, clock.started_ms);
+    let mut active: Option<ActiveAnomaly> = None;
+    let mut previous: Vec<f64> = Vec::new();
+    let mut seq: u64 = 0;
+
+    let interval = Duration::from_millis(config.interval_ms);
+    let offset = Duration::from_millis(rng.random_range(0..config.interval_ms));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(clock.started + offset), interval);
+    let telemetry_topic = topic(DeviceTopicKind::Telemetry);
+    loop {
+        let tick = tokio::select! {
+            _ = stop.cancelled() => break,
+            tick = ticker.tick() => tick,
+        };
+        let t_ms = clock.ms(tick.into_std());
+        if active.as_ref().is_some_and(|anomaly| anomaly.is_over(t_ms)) {
+            let ended = active.take().expect("checked").truth.end_ms;
+            next_anomaly = schedule.next_start(&mut rng, ended + COOLDOWN_MS);
+        }
+        if active.is_none() && next_anomaly.is_some_and(|start| t_ms >= start) {
+            let kind = config.kinds[rng.random_range(0..config.kinds.len())];
+            let anomaly = ActiveAnomaly::plan(&mut rng, kind, &id, &metric_names, t_ms, config.interval_ms);
+            truth.record(&anomaly.truth);
+            stats.anomalies.fetch_add(1, Ordering::Relaxed);
+            active = Some(anomaly);
+        }
+        let mut values = signal.sample(t_ms, &mut rng);
+        if previous.is_empty() {
+            previous = values.clone();
+        }
+        let effect = match active.as_mut() {
+            Some(anomaly) => anomaly.apply(t_ms, &mut values, &sigmas, &previous),
+            None => Effect::Publish,
+        };
+        seq += 1;
+        if effect == Effect::Silence {
+            continue;
+        }
+        let payload = TelemetryPayload {
+            ts: t_ms,
+            seq,
+            metrics: metric_names.iter().map(|n| n.to_string()).zip(values.iter().copied()).collect(),
+        };
+        previous = values;
+        unacknowledged.fetch_add(1, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(&payload).expect("serializes");
+        if client.publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes).await.is_err() {
+            unacknowledged.fetch_sub(1, Ordering::Relaxed);
+            break;
+        }
+        stats.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
+    // offline, disconnect.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unacknowledged.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = client
+        .publish(topic(DeviceTopicKind::Status), QoS::AtLeastOnce, false, status(Connectivity::Offline))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+}
