@@ -88,9 +88,20 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let cluster = MockCluster::new(1).map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
     settings.kafka.brokers = cluster.bootstrap_servers();
     settings.kafka.partitions = options.partitions;
+    // librdkafka's mock cluster does not implement CreateTopics, so the demo provisions the
+    // topics itself, as an operator would on a cluster that forbids creating them;
+    // `ensure_topics` then finds them in place.
+    for spec in settings.kafka.topics().all() {
+        cluster
+            .create_topic(&spec.name, options.partitions, 1)
+            .map_err(|e| Error::kafka(format!("creating {} in the in-process cluster", spec.name), e))?;
+    }
     settings.mqtt.host = broker.v5.ip().to_string();
     settings.mqtt.port = broker.v5.port();
     settings.mqtt.instance_id = Some("demo".to_owned());
+    // rumqttd 0.20 panics saving a persistent session that holds a shared subscription,
+    // and the embedded broker dies with the process anyway: nothing to persist for.
+    settings.mqtt.persistent_session = false;
     settings.http.bind = format!("127.0.0.1:{}", options.http_port);
     settings.http.fallback_to_free_port = true;
     settings.alerts.bind = format!("127.0.0.1:{}", options.ws_port);

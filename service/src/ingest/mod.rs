@@ -6,6 +6,8 @@
 mod classify;
 mod config;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +15,7 @@ use fleetwatch_protocol::{now_ms, DeviceTopic, KafkaTopics};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 pub use classify::{classify, Verdict};
@@ -33,32 +34,41 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
 }
 
+/// A message on its way to Kafka: resolves to the confirmation and the message to ack.
+type InFlight = Pin<Box<dyn Future<Output = (Result<()>, Publish)> + Send>>;
+
 /// How long shutdown waits for in-flight messages to be confirmed and acknowledged.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let max_inflight = self.config.max_inflight as usize;
         let mut options = self.mqtt.v5_options("ingest");
         options
             .set_manual_acks(true)
             .set_receive_maximum(Some(self.config.max_inflight));
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        // Room for one ack per in-flight message, so queueing an ack never waits.
+        let (client, mut eventloop) = AsyncClient::new(options, max_inflight + 16);
         let filter = format!(
             "$share/{}/{}",
             self.config.share_group,
             DeviceTopic::filter_all_devices(None)
         );
-        let inflight = Arc::new(Semaphore::new(self.config.max_inflight as usize));
-        let mut deliveries: JoinSet<()> = JoinSet::new();
-        let (failed_tx, mut failed_rx) = mpsc::channel::<Error>(1);
+        // Messages on their way to Kafka, in arrival order. MQTT requires acknowledgements
+        // in the order messages arrived (MQTT 5 §4.6), so a message is acknowledged only
+        // once it and everything before it is confirmed: head-of-line order.
+        let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
 
         let outcome = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                Some(error) = failed_rx.recv() => break Err(error),
-                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+                Some((confirmed, publish)) = pending.next(), if !pending.is_empty() => {
+                    if let Err(error) = self.settle(&client, confirmed, &publish) {
+                        break Err(error);
+                    }
+                }
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         self.metrics.ingest_connections.inc();
@@ -71,24 +81,23 @@ impl Ingest {
                         self.metrics.ingest_subscribed.set(1);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let permit = inflight.clone().acquire_owned().await.expect("never closed");
+                        // Full: wait for the oldest confirmation before taking more. The
+                        // broker holds further messages back meanwhile (Receive Maximum).
+                        if pending.len() >= max_inflight {
+                            let (confirmed, oldest) = pending.next().await.expect("not empty");
+                            if let Err(error) = self.settle(&client, confirmed, &oldest) {
+                                break Err(error);
+                            }
+                        }
                         self.metrics.ingest_inflight.inc();
                         let delivery = self.forward(&publish).await;
-                        let client = client.clone();
-                        let metrics = self.metrics.clone();
-                        let failed_tx = failed_tx.clone();
-                        deliveries.spawn(async move {
-                            match delivery {
-                                Some(delivery) => match delivery.confirmed().await {
-                                    Ok(()) => ack(&client, &publish).await,
-                                    // Not acknowledged: the broker keeps it for our session.
-                                    Err(error) => { let _ = failed_tx.try_send(error); }
-                                },
-                                None => ack(&client, &publish).await,
-                            }
-                            metrics.ingest_inflight.dec();
-                            drop(permit);
-                        });
+                        pending.push_back(Box::pin(async move {
+                            let confirmed = match delivery {
+                                Some(delivery) => delivery.confirmed().await,
+                                None => Ok(()),
+                            };
+                            (confirmed, publish)
+                        }));
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -106,9 +115,13 @@ impl Ingest {
         // Let confirmations still on their way finish and their acks go out; the event
         // loop must keep running for the acks to be sent.
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while !deliveries.is_empty() {
+            while !pending.is_empty() {
                 tokio::select! {
-                    _ = deliveries.join_next() => {}
+                    Some((confirmed, publish)) = pending.next() => {
+                        if self.settle(&client, confirmed, &publish).is_err() {
+                            break;
+                        }
+                    }
                     _ = eventloop.poll() => {}
                 }
             }
@@ -120,10 +133,21 @@ impl Ingest {
             }
         })
         .await;
-        if drained.is_err() {
+        if drained.is_err() || !pending.is_empty() {
             tracing::warn!("ingest shutdown: in-flight messages left unacknowledged; the broker will redeliver them");
         }
         outcome
+    }
+
+    /// Acknowledge a confirmed message. A failed confirmation stops ingest without
+    /// acknowledging: the broker keeps the message in our session and redelivers it.
+    fn settle(&self, client: &AsyncClient, confirmed: Result<()>, publish: &Publish) -> Result<()> {
+        self.metrics.ingest_inflight.dec();
+        confirmed?;
+        if let Err(error) = client.try_ack(publish) {
+            tracing::warn!(%error, "could not acknowledge MQTT message; the broker will redeliver it");
+        }
+        Ok(())
     }
 
     /// Produce the message where it belongs; `None` when there is nothing to produce.
@@ -155,11 +179,5 @@ impl Ingest {
                 None
             }
         }
-    }
-}
-
-async fn ack(client: &AsyncClient, publish: &Publish) {
-    if let Err(error) = client.ack(publish).await {
-        tracing::warn!(%error, "could not acknowledge MQTT message; the broker will redeliver it");
     }
 }

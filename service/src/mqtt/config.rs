@@ -17,6 +17,10 @@ pub struct MqttConfig {
     pub instance_id: Option<String>,
     /// Keep-alive interval in seconds.
     pub keep_alive_secs: u64,
+    /// Ask the broker to keep the session (subscriptions and unacknowledged messages)
+    /// across disconnects, so nothing is lost while the service restarts. Only the demo
+    /// turns it off (see docs/architecture.md).
+    pub persistent_session: bool,
     /// How long the broker keeps a disconnected session and its queued messages (s).
     pub session_expiry_secs: u32,
     /// Largest MQTT packet the service accepts. The broker drops larger packets for us
@@ -36,6 +40,7 @@ impl Default for MqttConfig {
             client_id_prefix: "fleetwatch".to_owned(),
             instance_id: None,
             keep_alive_secs: 30,
+            persistent_session: true,
             session_expiry_secs: 3600,
             max_packet_bytes: 1024 * 1024,
             username: None,
