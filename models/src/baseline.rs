@@ -214,7 +214,10 @@ impl Trainer for BaselineTrainer {
                     .learn(interval as f64, config.var_alpha, config.var_alpha);
             }
         }
-        self.last_ts = Some(self.last_ts.map_or(observation.ts_ms, |t| t.max(observation.ts_ms)));
+        self.last_ts = Some(
+            self.last_ts
+                .map_or(observation.ts_ms, |t| t.max(observation.ts_ms)),
+        );
 
         for (name, &value) in observation.metrics {
             let std = self
@@ -318,7 +321,10 @@ impl Scorer for BaselineScorer {
                 });
             }
         }
-        self.last_ts = Some(self.last_ts.map_or(observation.ts_ms, |t| t.max(observation.ts_ms)));
+        self.last_ts = Some(
+            self.last_ts
+                .map_or(observation.ts_ms, |t| t.max(observation.ts_ms)),
+        );
 
         for (name, &value) in observation.metrics {
             let repeats = match self.last_values.get_mut(name) {
@@ -347,7 +353,12 @@ impl Scorer for BaselineScorer {
                 -(repeats as f64) * metric.repeat_rate.max(MIN_REPEAT_RATE).log10();
             let stuck = (stuck_surprisal / SURPRISAL_AT_ONE).clamp(0.0, 1.0);
             let (score, cause) = if stuck > deviation {
-                (stuck, Cause::Stuck { repeats: repeats + 1 })
+                (
+                    stuck,
+                    Cause::Stuck {
+                        repeats: repeats + 1,
+                    },
+                )
             } else {
                 (deviation, Cause::Deviation { z })
             };

@@ -294,14 +294,35 @@ mod tests {
     fn refuses_bad_telemetry_with_a_reason() {
         let cases: &[(&[u8], &str)] = &[
             (b"{not json", "JSON"),
-            (br#"{"ts":1700000000000,"seq":1}"#, "missing field `metrics`"),
-            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":"hot"}}"#, "invalid type"),
-            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":NaN}}"#, "JSON"),
-            (br#"{"ts":1700000000000,"seq":1,"metrics":{"t":1e999}}"#, "JSON"),
+            (
+                br#"{"ts":1700000000000,"seq":1}"#,
+                "missing field `metrics`",
+            ),
+            (
+                br#"{"ts":1700000000000,"seq":1,"metrics":{"t":"hot"}}"#,
+                "invalid type",
+            ),
+            (
+                br#"{"ts":1700000000000,"seq":1,"metrics":{"t":NaN}}"#,
+                "JSON",
+            ),
+            (
+                br#"{"ts":1700000000000,"seq":1,"metrics":{"t":1e999}}"#,
+                "JSON",
+            ),
             (br#"{"ts":1700000000000,"seq":1,"metrics":{}}"#, "empty"),
-            (br#"{"ts":1700000000,"seq":1,"metrics":{"t":1}}"#, "plausible"),
-            (br#"{"ts":1700000000000,"seq":-1,"metrics":{"t":1}}"#, "JSON"),
-            (br#"{"ts":1700000000000,"seq":1,"metrics":{"a b":1}}"#, "invalid"),
+            (
+                br#"{"ts":1700000000,"seq":1,"metrics":{"t":1}}"#,
+                "plausible",
+            ),
+            (
+                br#"{"ts":1700000000000,"seq":-1,"metrics":{"t":1}}"#,
+                "JSON",
+            ),
+            (
+                br#"{"ts":1700000000000,"seq":1,"metrics":{"a b":1}}"#,
+                "invalid",
+            ),
         ];
         for (payload, expected) in cases {
             let error = TelemetryPayload::decode(payload).unwrap_err().to_string();

@@ -106,7 +106,12 @@ impl DeviceTopic {
 
 impl std::fmt::Display for DeviceTopic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{MQTT_TOPIC_ROOT}/{}/{}", self.device_id, self.kind.as_str())
+        write!(
+            f,
+            "{MQTT_TOPIC_ROOT}/{}/{}",
+            self.device_id,
+            self.kind.as_str()
+        )
     }
 }
 

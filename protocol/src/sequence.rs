@@ -24,7 +24,11 @@ impl SequenceTracker {
         };
         if seq > highest {
             let shift = seq - highest;
-            self.seen = if shift >= Self::WINDOW { 0 } else { self.seen << shift };
+            self.seen = if shift >= Self::WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             self.highest = Some(seq);
             return true;

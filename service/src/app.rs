@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{AlertsHandler, AlertsConfig};
+use crate::alerts::{AlertsConfig, AlertsHandler};
 use crate::devices::{DeviceRegistry, DevicesHandler};
 use crate::error::{Error, Result};
 use crate::http::HttpState;
@@ -122,7 +122,11 @@ pub struct RunningApp {
 
 /// Start `roles`. Must run inside an actix `System` (the device actors need one).
 /// Everything stops when `shutdown` is cancelled, or when any role fails.
-pub async fn start(settings: &Settings, roles: Roles, shutdown: CancellationToken) -> Result<RunningApp> {
+pub async fn start(
+    settings: &Settings,
+    roles: Roles,
+    shutdown: CancellationToken,
+) -> Result<RunningApp> {
     let metrics = Arc::new(Metrics::new());
     let kafka = &settings.kafka;
     let topics = kafka.topics();
@@ -143,12 +147,20 @@ pub async fn start(settings: &Settings, roles: Roles, shutdown: CancellationToke
     }
 
     let group_consumer = |role: ConsumerRole, topic: String, start_at: StartAt| {
-        RoleConsumer::subscribe(kafka, role, &kafka.group_id(role.name()), &[&topic], start_at, metrics.clone())
+        RoleConsumer::subscribe(
+            kafka,
+            role,
+            &kafka.group_id(role.name()),
+            &[&topic],
+            start_at,
+            metrics.clone(),
+        )
     };
 
     let registry = if roles.devices {
         let registry = Arc::new(DeviceRegistry::new(&settings.devices, metrics.clone()));
-        let consumer = group_consumer(ConsumerRole::Devices, topics.telemetry(), StartAt::Earliest)?;
+        let consumer =
+            group_consumer(ConsumerRole::Devices, topics.telemetry(), StartAt::Earliest)?;
         let handler = DevicesHandler {
             registry: registry.clone(),
             metrics: metrics.clone(),
@@ -160,19 +172,36 @@ pub async fn start(settings: &Settings, roles: Roles, shutdown: CancellationToke
     };
 
     if roles.trainer {
-        let consumer = group_consumer(ConsumerRole::Trainer, topics.telemetry(), StartAt::Earliest)?;
-        let handler = TrainerHandler::new(settings.trainer.clone(), &topics, producer.clone(), metrics.clone());
+        let consumer =
+            group_consumer(ConsumerRole::Trainer, topics.telemetry(), StartAt::Earliest)?;
+        let handler = TrainerHandler::new(
+            settings.trainer.clone(),
+            &topics,
+            producer.clone(),
+            metrics.clone(),
+        );
         tasks.spawn(consume_as("trainer", consumer, handler, shutdown.clone()));
     }
 
     if roles.scorer {
         let params = Arc::new(RwLock::new(HashMap::new()));
-        let reader = RoleConsumer::read_whole_topic(kafka, ConsumerRole::ScorerParams, &topics.model_params(), metrics.clone()).await?;
+        let reader = RoleConsumer::read_whole_topic(
+            kafka,
+            ConsumerRole::ScorerParams,
+            &topics.model_params(),
+            metrics.clone(),
+        )
+        .await?;
         let params_handler = ParamsHandler {
             params: params.clone(),
             metrics: metrics.clone(),
         };
-        tasks.spawn(consume_as("scorer-params", reader, params_handler, shutdown.clone()));
+        tasks.spawn(consume_as(
+            "scorer-params",
+            reader,
+            params_handler,
+            shutdown.clone(),
+        ));
         let consumer = group_consumer(ConsumerRole::Scorer, topics.telemetry(), StartAt::Earliest)?;
         let handler = ScoringHandler::new(
             &settings.scorer,
@@ -186,13 +215,22 @@ pub async fn start(settings: &Settings, roles: Roles, shutdown: CancellationToke
     }
 
     let ws_addr = if roles.alerts {
-        Some(start_alerts(&settings.alerts, kafka, &topics.alerts(), &metrics, &mut tasks, &shutdown)?)
+        Some(start_alerts(
+            &settings.alerts,
+            kafka,
+            &topics.alerts(),
+            &metrics,
+            &mut tasks,
+            &shutdown,
+        )?)
     } else {
         None
     };
 
     let listener = bind(&settings.http.bind, settings.http.fallback_to_free_port)?;
-    let http_addr = listener.local_addr().map_err(|e| Error::io("reading HTTP address", e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading HTTP address", e))?;
     let http = crate::http::start(
         listener,
         HttpState {
@@ -225,7 +263,9 @@ fn start_alerts(
     shutdown: &CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = bind(&config.bind, config.fallback_to_free_port)?;
-    let ws_addr = listener.local_addr().map_err(|e| Error::io("reading WebSocket address", e))?;
+    let ws_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading WebSocket address", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("configuring WebSocket listener", e))?;
@@ -239,7 +279,14 @@ fn start_alerts(
         std::process::id(),
         fleetwatch_protocol::now_ms()
     );
-    let consumer = RoleConsumer::subscribe(kafka, ConsumerRole::Alerts, &group, &[topic], StartAt::Latest, metrics.clone())?;
+    let consumer = RoleConsumer::subscribe(
+        kafka,
+        ConsumerRole::Alerts,
+        &group,
+        &[topic],
+        StartAt::Latest,
+        metrics.clone(),
+    )?;
     let handler = AlertsHandler {
         frames: frames.clone(),
         metrics: metrics.clone(),
@@ -265,7 +312,13 @@ async fn consume_as<H: crate::kafka::RecordHandler>(
 impl RunningApp {
     /// True once every role has connected and been assigned its partitions.
     pub fn is_ready(&self, roles: Roles) -> bool {
-        let assigned = |role: &str| self.metrics.assigned_partitions.with_label_values(&[role]).get() > 0;
+        let assigned = |role: &str| {
+            self.metrics
+                .assigned_partitions
+                .with_label_values(&[role])
+                .get()
+                > 0
+        };
         (!roles.ingest || self.metrics.ingest_subscribed.get() == 1)
             && (!roles.devices || assigned("devices"))
             && (!roles.trainer || assigned("trainer"))
@@ -280,13 +333,22 @@ impl RunningApp {
         while let Some(joined) = self.tasks.join_next().await {
             let (role, outcome) = match joined {
                 Ok(result) => result,
-                Err(panic) => ("unknown", Err(Error::RoleFailed { role: "unknown", reason: panic.to_string() })),
+                Err(panic) => (
+                    "unknown",
+                    Err(Error::RoleFailed {
+                        role: "unknown",
+                        reason: panic.to_string(),
+                    }),
+                ),
             };
             match outcome {
                 Ok(()) if self.shutdown.is_cancelled() => tracing::info!(role, "stopped"),
                 Ok(()) => {
                     tracing::error!(role, "stopped unexpectedly; stopping everything");
-                    first_error.get_or_insert(Error::RoleFailed { role, reason: "ended without shutdown".into() });
+                    first_error.get_or_insert(Error::RoleFailed {
+                        role,
+                        reason: "ended without shutdown".into(),
+                    });
                     self.shutdown.cancel();
                 }
                 Err(error) => {

@@ -11,10 +11,19 @@ use fleetwatch::settings::Settings;
 use fleetwatch::Shutdown;
 
 #[derive(Parser)]
-#[command(name = "fleetwatch", version, about = "Actor-based IoT telemetry and anomaly detection")]
+#[command(
+    name = "fleetwatch",
+    version,
+    about = "Actor-based IoT telemetry and anomaly detection"
+)]
 struct Cli {
     /// Log format: `text` or `json`. Log level from RUST_LOG (default info).
-    #[arg(long, env = "FLEETWATCH_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "FLEETWATCH_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -42,9 +51,14 @@ enum Command {
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off,librdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,rumqttd=warn,rumqttd::router::routing=off,librdkafka=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -60,8 +74,9 @@ fn load_settings(config: Option<&PathBuf>) -> anyhow::Result<Settings> {
 /// Cancel `shutdown` on SIGTERM or Ctrl-C.
 fn cancel_on_signals(shutdown: Shutdown) {
     tokio::spawn(async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
@@ -92,6 +107,16 @@ fn main() -> anyhow::Result<()> {
                 let shutdown = Shutdown::new();
                 cancel_on_signals(shutdown.clone());
                 let running = app::start(&settings, roles, shutdown).await?;
+                // One machine-readable line with the bound addresses (ports may be 0 in
+                // the configuration); logs go to stderr.
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "started",
+                        "http": running.http_addr.to_string(),
+                        "ws": running.ws_addr.map(|addr| addr.to_string()),
+                    })
+                );
                 running.wait().await?;
                 Ok(())
             }

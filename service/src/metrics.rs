@@ -49,22 +49,30 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let counter = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(counter.clone())).expect("unique metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric");
             counter
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(counter.clone())).expect("unique metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric");
             counter
         };
         let gauge = |name: &str, help: &str| {
             let gauge = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(gauge.clone())).expect("unique metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique metric");
             gauge
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(gauge.clone())).expect("unique metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique metric");
             gauge
         };
         Self {

@@ -3,7 +3,19 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum AnomalyKind {
@@ -80,7 +92,11 @@ impl ActiveAnomaly {
             AnomalyKind::Dropout => (8.0..20.0, 0.0..0.0),
         };
         let draw = |rng: &mut dyn rand::RngCore, range: std::ops::Range<f64>| {
-            if range.is_empty() { range.start } else { rng.random_range(range) }
+            if range.is_empty() {
+                range.start
+            } else {
+                rng.random_range(range)
+            }
         };
         let duration_ms = ((draw(rng, seconds) * 1000.0) as i64).max(interval_ms as i64);
         let magnitude = sign * draw(rng, sigmas);
@@ -88,7 +104,8 @@ impl ActiveAnomaly {
             truth: Injected {
                 device: device.to_owned(),
                 kind,
-                metric: (kind != AnomalyKind::Dropout).then(|| metric_names[metric_index].to_owned()),
+                metric: (kind != AnomalyKind::Dropout)
+                    .then(|| metric_names[metric_index].to_owned()),
                 magnitude_sigmas: magnitude,
                 start_ms,
                 end_ms: start_ms + duration_ms,
@@ -103,13 +120,22 @@ impl ActiveAnomaly {
     }
 
     /// Change this reading as the anomaly demands. `previous` are the readings last sent.
-    pub fn apply(&mut self, t_ms: i64, values: &mut [f64], sigmas: &[f64], previous: &[f64]) -> Effect {
+    pub fn apply(
+        &mut self,
+        t_ms: i64,
+        values: &mut [f64],
+        sigmas: &[f64],
+        previous: &[f64],
+    ) -> Effect {
         let i = self.metric_index;
         let truth = &self.truth;
         match truth.kind {
-            AnomalyKind::Spike | AnomalyKind::LevelShift => values[i] += truth.magnitude_sigmas * sigmas[i],
+            AnomalyKind::Spike | AnomalyKind::LevelShift => {
+                values[i] += truth.magnitude_sigmas * sigmas[i]
+            }
             AnomalyKind::Drift => {
-                let progress = (t_ms - truth.start_ms) as f64 / (truth.end_ms - truth.start_ms) as f64;
+                let progress =
+                    (t_ms - truth.start_ms) as f64 / (truth.end_ms - truth.start_ms) as f64;
                 values[i] += progress.clamp(0.0, 1.0) * truth.magnitude_sigmas * sigmas[i];
             }
             AnomalyKind::Stuck => values[i] = *self.stuck_value.get_or_insert(previous[i]),

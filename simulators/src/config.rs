@@ -42,7 +42,11 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 86_400.0)]
     pub day_secs: f64,
     /// Kinds of anomaly to inject (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "spike,level_shift,drift,stuck,dropout")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "spike,level_shift,drift,stuck,dropout"
+    )]
     pub kinds: Vec<AnomalyKind>,
     /// Write the ground truth (one JSON line per injected anomaly) to this file.
     #[arg(long)]

@@ -123,7 +123,11 @@ mod tests {
 
     #[test]
     fn matches_by_device_and_window() {
-        let injected = [anomaly("a", 1000, 2000), anomaly("b", 1000, 2000), anomaly("c", 5000, 6000)];
+        let injected = [
+            anomaly("a", 1000, 2000),
+            anomaly("b", 1000, 2000),
+            anomaly("c", 5000, 6000),
+        ];
         let alerts = [
             raised("a", 1500, 1700),
             raised("a", 1800, 1900), // duplicate for the same anomaly

@@ -84,17 +84,25 @@ pub async fn run_fleet(
     shutdown: CancellationToken,
 ) -> Result<Vec<Injected>, SimError> {
     if config.devices == 0 || config.interval_ms == 0 {
-        return Err(SimError::Config("devices and interval_ms must be positive".into()));
+        return Err(SimError::Config(
+            "devices and interval_ms must be positive".into(),
+        ));
     }
     if config.kinds.is_empty() && config.anomalies_per_minute > 0.0 {
         return Err(SimError::Config("no anomaly kinds to inject".into()));
     }
     if !(config.anomalies_per_minute >= 0.0) {
-        return Err(SimError::Config("anomalies_per_minute must not be negative".into()));
+        return Err(SimError::Config(
+            "anomalies_per_minute must not be negative".into(),
+        ));
     }
     for index in [0, config.devices - 1] {
-        DeviceId::parse(&config.device_id(index))
-            .map_err(|e| SimError::Config(format!("device ids from prefix {:?}: {e}", config.id_prefix)))?;
+        DeviceId::parse(&config.device_id(index)).map_err(|e| {
+            SimError::Config(format!(
+                "device ids from prefix {:?}: {e}",
+                config.id_prefix
+            ))
+        })?;
     }
     let file = match &config.ground_truth {
         Some(path) => Some(Mutex::new(std::io::BufWriter::new(
@@ -124,7 +132,14 @@ pub async fn run_fleet(
     let config = Arc::new(config);
     let mut devices = tokio::task::JoinSet::new();
     for index in 0..config.devices {
-        devices.spawn(run_device(index, config.clone(), clock, truth.clone(), stats.clone(), stop.clone()));
+        devices.spawn(run_device(
+            index,
+            config.clone(),
+            clock,
+            truth.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
     }
     while devices.join_next().await.is_some() {}
     let injected = std::mem::take(&mut *truth.injected.lock());
@@ -163,13 +178,18 @@ async fn run_device(
 ) {
     let id = config.device_id(index);
     let device_id = DeviceId::parse(&id).expect("validated at start");
-    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
+    let mut rng =
+        StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
     let signal = DeviceSignal::random(&mut rng, config.day_secs);
     let metric_names: Vec<&str> = signal.metrics.iter().map(|m| m.name).collect();
     let sigmas: Vec<f64> = signal.metrics.iter().map(|m| m.sigma).collect();
     let topic = |kind| DeviceTopic::new(device_id.clone(), kind).to_string();
     let status = |status| {
-        serde_json::to_vec(&StatusPayload { status, ts: Some(now_ms()) }).expect("serializes")
+        serde_json::to_vec(&StatusPayload {
+            status,
+            ts: Some(now_ms()),
+        })
+        .expect("serializes")
     };
 
     let mut options = MqttOptions::new(id.clone(), &config.mqtt_host, config.mqtt_port);
@@ -223,7 +243,12 @@ async fn run_device(
     };
 
     let _ = client
-        .publish(topic(DeviceTopicKind::Status), QoS::AtLeastOnce, false, status(Connectivity::Online))
+        .publish(
+            topic(DeviceTopicKind::Status),
+            QoS::AtLeastOnce,
+            false,
+            status(Connectivity::Online),
+        )
         .await;
     let schedule = Schedule {
         not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
@@ -239,7 +264,10 @@ async fn run_device(
 
     let interval = Duration::from_millis(config.interval_ms);
     let offset = Duration::from_millis(rng.random_range(0..config.interval_ms));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(clock.started + offset), interval);
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::from_std(clock.started + offset),
+        interval,
+    );
     let telemetry_topic = topic(DeviceTopicKind::Telemetry);
     loop {
         let tick = tokio::select! {
@@ -253,7 +281,8 @@ async fn run_device(
         }
         if active.is_none() && next_anomaly.is_some_and(|start| t_ms >= start) {
             let kind = config.kinds[rng.random_range(0..config.kinds.len())];
-            let anomaly = ActiveAnomaly::plan(&mut rng, kind, &id, &metric_names, t_ms, config.interval_ms);
+            let anomaly =
+                ActiveAnomaly::plan(&mut rng, kind, &id, &metric_names, t_ms, config.interval_ms);
             truth.record(&anomaly.truth);
             stats.anomalies.fetch_add(1, Ordering::Relaxed);
             active = Some(anomaly);
@@ -273,12 +302,20 @@ async fn run_device(
         let payload = TelemetryPayload {
             ts: t_ms,
             seq,
-            metrics: metric_names.iter().map(|n| n.to_string()).zip(values.iter().copied()).collect(),
+            metrics: metric_names
+                .iter()
+                .map(|n| n.to_string())
+                .zip(values.iter().copied())
+                .collect(),
         };
         previous = values;
         unacknowledged.fetch_add(1, Ordering::Relaxed);
         let bytes = serde_json::to_vec(&payload).expect("serializes");
-        if client.publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes).await.is_err() {
+        if client
+            .publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes)
+            .await
+            .is_err()
+        {
             unacknowledged.fetch_sub(1, Ordering::Relaxed);
             break;
         }
@@ -292,7 +329,12 @@ async fn run_device(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = client
-        .publish(topic(DeviceTopicKind::Status), QoS::AtLeastOnce, false, status(Connectivity::Offline))
+        .publish(
+            topic(DeviceTopicKind::Status),
+            QoS::AtLeastOnce,
+            false,
+            status(Connectivity::Offline),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = client.disconnect().await;

@@ -51,7 +51,10 @@ impl AlertListener {
     pub async fn connect(url: &str, device_prefix: &str) -> Result<Self, ListenerError> {
         let (mut socket, _) = tokio_tungstenite::connect_async(url)
             .await
-            .map_err(|source| ListenerError::Connect { url: url.to_owned(), source })?;
+            .map_err(|source| ListenerError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         let request = serde_json::json!({ "type": "subscribe", "device_prefix": device_prefix });
         socket
             .send(Message::text(request.to_string()))
@@ -84,7 +87,9 @@ impl AlertListener {
                 };
                 let received_ms = now_ms();
                 match serde_json::from_str::<Frame>(&text) {
-                    Ok(Frame::Alert { alert }) => sink.lock().push(ReceivedAlert { alert, received_ms }),
+                    Ok(Frame::Alert { alert }) => {
+                        sink.lock().push(ReceivedAlert { alert, received_ms })
+                    }
                     Ok(Frame::Lagged { missed }) => *missed_count.lock() += missed,
                     Ok(Frame::Error { message }) => tracing::warn!(%message, "alerts server error"),
                     Ok(Frame::Subscribed {}) => {}
@@ -93,7 +98,11 @@ impl AlertListener {
             }
             let _ = socket.close(None).await;
         });
-        Ok(Self { received, missed, stop })
+        Ok(Self {
+            received,
+            missed,
+            stop,
+        })
     }
 
     /// Every alert received so far.

@@ -11,7 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "fleetsim", version, about = "Simulated IoT devices for fleetwatch")]
+#[command(
+    name = "fleetsim",
+    version,
+    about = "Simulated IoT devices for fleetwatch"
+)]
 struct Cli {
     #[command(flatten)]
     sim: SimConfig,
@@ -48,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let stats = Arc::new(FleetStats::default());
     let progress = ProgressBar::new_spinner();
-    progress.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")?);
+    progress.set_style(ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} {msg}",
+    )?);
     let ticker = {
         let (stats, progress) = (stats.clone(), progress.clone());
         let devices = cli.sim.devices;

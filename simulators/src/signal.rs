@@ -20,7 +20,9 @@ pub struct MetricSignal {
 impl MetricSignal {
     pub fn value(&self, cycle: f64, shared_noise: f64, own_noise: f64) -> f64 {
         let own_weight = (1.0 - self.shared * self.shared).sqrt();
-        self.base + self.amplitude * cycle + self.sigma * (self.shared * shared_noise + own_weight * own_noise)
+        self.base
+            + self.amplitude * cycle
+            + self.sigma * (self.shared * shared_noise + own_weight * own_noise)
     }
 }
 
@@ -39,9 +41,27 @@ impl DeviceSignal {
         let temperature_base = rng.random_range(18.0..24.0);
         Self {
             metrics: vec![
-                MetricSignal { name: "temperature", base: temperature_base, amplitude: 3.0, sigma: 0.3, shared: 0.7 },
-                MetricSignal { name: "humidity", base: rng.random_range(40.0..60.0), amplitude: -8.0, sigma: 1.0, shared: -0.6 },
-                MetricSignal { name: "power", base: rng.random_range(80.0..160.0), amplitude: 25.0, sigma: 2.0, shared: 0.8 },
+                MetricSignal {
+                    name: "temperature",
+                    base: temperature_base,
+                    amplitude: 3.0,
+                    sigma: 0.3,
+                    shared: 0.7,
+                },
+                MetricSignal {
+                    name: "humidity",
+                    base: rng.random_range(40.0..60.0),
+                    amplitude: -8.0,
+                    sigma: 1.0,
+                    shared: -0.6,
+                },
+                MetricSignal {
+                    name: "power",
+                    base: rng.random_range(80.0..160.0),
+                    amplitude: 25.0,
+                    sigma: 2.0,
+                    shared: 0.8,
+                },
             ],
             phase: rng.random_range(0.0..std::f64::consts::TAU),
             day_secs,
@@ -50,7 +70,8 @@ impl DeviceSignal {
 
     /// Readings at `t_ms`, rounded to the precision a real sensor reports.
     pub fn sample(&self, t_ms: i64, rng: &mut impl Rng) -> Vec<f64> {
-        let cycle = (std::f64::consts::TAU * (t_ms as f64 / 1000.0) / self.day_secs + self.phase).sin();
+        let cycle =
+            (std::f64::consts::TAU * (t_ms as f64 / 1000.0) / self.day_secs + self.phase).sin();
         let shared: f64 = StandardNormal.sample(rng);
         self.metrics
             .iter()

@@ -1,1 +1,359 @@
+//! Harness for the end-to-end tests: the brokers `scripts/test` started, fleetwatch
+//! processes, and small clients for HTTP, MQTT and Kafka.
+//!
+//! Tests share one Mosquitto and one tansu; each test isolates itself with its own Kafka
+//! topic prefix, consumer-group prefix, MQTT share group and device-id prefix.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// Where the brokers are, from the variables `scripts/test` exports.
+#[derive(Clone, Debug)]
+pub struct Rig {
+    pub kafka: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub fleetwatch_bin: String,
+}
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the end-to-end tests run through scripts/test, which starts the brokers")
+    })
+}
+
+impl Rig {
+    pub fn from_env() -> Self {
+        Self {
+            kafka: required("FLEETWATCH_TEST_KAFKA"),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: required("FLEETWATCH_TEST_MQTT_PORT")
+                .parse()
+                .expect("a port"),
+            fleetwatch_bin: required("FLEETWATCH_BIN"),
+        }
+    }
+}
+
+/// A name unique to this test run, for prefixes.
+pub fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{test}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// One fleetwatch process.
+pub struct Service {
+    child: Child,
+    pub http: SocketAddr,
+    pub ws: Option<SocketAddr>,
+    pub topic_prefix: String,
+}
+
+/// How a test's service is set up; processes with the same namespace form one deployment.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn new(test: &str) -> Self {
+        Self { name: unique(test) }
+    }
+
+    pub fn topic_prefix(&self) -> String {
+        format!("{}.", self.name)
+    }
+
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.topic_prefix())
+    }
+
+    /// Device ids of this test start with this.
+    pub fn device_prefix(&self) -> String {
+        format!("{}-", self.name.replace('.', "-"))
+    }
+}
+
+impl Service {
+    /// Start `fleetwatch run --roles <roles>` in `namespace` and wait until it is ready.
+    pub fn start(rig: &Rig, namespace: &Namespace, roles: &str, instance: &str) -> Self {
+        let mut child = Command::new(&rig.fleetwatch_bin)
+            .args(["run", "--roles", roles])
+            .env("FLEETWATCH_KAFKA__BROKERS", &rig.kafka)
+            .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
+            .env(
+                "FLEETWATCH_KAFKA__GROUP_PREFIX",
+                format!("{}-", namespace.name),
+            )
+            .env("FLEETWATCH_KAFKA__PARTITIONS", "4")
+            .env("FLEETWATCH_MQTT__HOST", &rig.mqtt_host)
+            .env("FLEETWATCH_MQTT__PORT", rig.mqtt_port.to_string())
+            .env(
+                "FLEETWATCH_MQTT__INSTANCE_ID",
+                format!("{}-{instance}", namespace.name),
+            )
+            .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
+            .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+            .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fleetwatch=info".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fleetwatch binary starts");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .expect("fleetwatch prints its addresses");
+        let started: serde_json::Value = serde_json::from_str(&first_line)
+            .unwrap_or_else(|e| panic!("unexpected first line {first_line:?}: {e}"));
+        let service = Self {
+            child,
+            http: started["http"].as_str().unwrap().parse().unwrap(),
+            ws: started["ws"].as_str().map(|ws| ws.parse().unwrap()),
+            topic_prefix: namespace.topic_prefix(),
+        };
+        service.wait_ready(Duration::from_secs(60));
+        service
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, body)) = http_get(self.http, "/healthz") {
+                let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if health["ready"] == true {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not ready in {timeout:?}: {body}"
+                );
+            }
+            assert!(Instant::now() < deadline, "no health answer in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_get(self.http, path).expect("HTTP answer");
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.ws.expect("alerts role runs"))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET, enough for JSON endpoints.
+pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    // actix answers small bodies with a length, but decode chunked ones too.
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Every record of `topic` from the beginning up to its current end: (key, payload).
+pub fn read_topic(kafka: &str, topic: &str) -> Vec<(String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    let mut ends = Vec::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Offset(low))
+                .unwrap();
+            remaining += high - low;
+            ends.push((partition.id(), high));
+        }
+    }
+    if remaining == 0 {
+        return Vec::new();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let end = ends
+                .iter()
+                .find(|(p, _)| *p == message.partition())
+                .unwrap()
+                .1;
+            if message.offset() < end {
+                remaining -= 1;
+                records.push((
+                    String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+                ));
+            }
+        }
+    }
+    records
+}
+
+/// Committed offset of `group` on each partition of `topic`, beside the partition's end.
+pub fn committed_vs_end(kafka: &str, group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+                .unwrap();
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            (element.partition(), offset, high)
+        })
+        .collect()
+}
+
+/// Publish raw payloads with QoS 1 over a v3.1.1 connection and wait for the broker's
+/// acknowledgements.
+pub async fn publish_raw(rig: &Rig, client_id: &str, messages: &[(String, Vec<u8>)]) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(client_id, &rig.mqtt_host, rig.mqtt_port);
+    options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, messages.len() + 10);
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut acknowledged = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acknowledged < messages.len() {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acknowledged += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("MQTT error: {error}"),
+            Err(_) => panic!(
+                "broker acknowledged {acknowledged} of {} messages",
+                messages.len()
+            ),
+        }
+    }
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+}
+
+/// Poll `check` until it returns Some, or panic after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -12,8 +12,12 @@ pub struct EmbeddedBroker {
 }
 
 fn free_port() -> Result<u16> {
-    let probe = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
-    Ok(probe.local_addr().map_err(|e| Error::io("finding a free port", e))?.port())
+    let probe =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
+    Ok(probe
+        .local_addr()
+        .map_err(|e| Error::io("finding a free port", e))?
+        .port())
 }
 
 /// Start rumqttd on its own thread and wait until it accepts connections.

@@ -85,7 +85,8 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let mut settings = Settings::default();
     let broker = broker::start(settings.mqtt.max_packet_bytes)?;
 
-    let cluster = MockCluster::new(1).map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
+    let cluster = MockCluster::new(1)
+        .map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
     settings.kafka.brokers = cluster.bootstrap_servers();
     settings.kafka.partitions = options.partitions;
     // librdkafka's mock cluster does not implement CreateTopics, so the demo provisions the
@@ -94,7 +95,12 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     for spec in settings.kafka.topics().all() {
         cluster
             .create_topic(&spec.name, options.partitions, 1)
-            .map_err(|e| Error::kafka(format!("creating {} in the in-process cluster", spec.name), e))?;
+            .map_err(|e| {
+                Error::kafka(
+                    format!("creating {} in the in-process cluster", spec.name),
+                    e,
+                )
+            })?;
     }
     settings.mqtt.host = broker.v5.ip().to_string();
     settings.mqtt.port = broker.v5.port();
@@ -119,20 +125,33 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     println!("  alerts         ws://{ws}/");
     println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
     println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
-    println!("  Kafka          {} (in-process mock cluster)", settings.kafka.brokers);
+    println!(
+        "  Kafka          {} (in-process mock cluster)",
+        settings.kafka.brokers
+    );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while !app.is_ready(Roles::ALL) {
         if Instant::now() > deadline {
-            return Err(Error::RoleFailed { role: "demo", reason: "roles not ready within 60 s".into() });
+            return Err(Error::RoleFailed {
+                role: "demo",
+                reason: "roles not ready within 60 s".into(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let listener = AlertListener::connect(&format!("ws://{ws}/"), "")
         .await
-        .map_err(|e| Error::RoleFailed { role: "demo", reason: e.to_string() })?;
+        .map_err(|e| Error::RoleFailed {
+            role: "demo",
+            reason: e.to_string(),
+        })?;
 
-    let mut sim = SimConfig::new(&broker.v4.ip().to_string(), broker.v4.port(), options.devices);
+    let mut sim = SimConfig::new(
+        &broker.v4.ip().to_string(),
+        broker.v4.port(),
+        options.devices,
+    );
     sim.interval_ms = options.interval_ms;
     sim.seed = options.seed;
     sim.anomalies_per_minute = options.anomalies_per_minute;
@@ -146,7 +165,9 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
         sim.devices,
         sim.interval_ms,
         sim.warmup_secs,
-        options.exit_after.map_or(String::new(), |s| format!(", stopping after {s} s"))
+        options
+            .exit_after
+            .map_or(String::new(), |s| format!(", stopping after {s} s"))
     );
 
     let stats = Arc::new(FleetStats::default());
@@ -186,8 +207,14 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     drop(cluster);
     Ok(DemoSummary {
         devices: options.devices,
-        telemetry_in: metrics.ingest_messages.with_label_values(&["forwarded"]).get(),
-        dead_letters: metrics.ingest_messages.with_label_values(&["dead_lettered"]).get(),
+        telemetry_in: metrics
+            .ingest_messages
+            .with_label_values(&["forwarded"])
+            .get(),
+        dead_letters: metrics
+            .ingest_messages
+            .with_label_values(&["dead_lettered"])
+            .get(),
         alerts_out: metrics.alerts_emitted.with_label_values(&["raised"]).get(),
         alerts_received: received
             .iter()

@@ -38,7 +38,9 @@ impl RecordHandler for DevicesHandler {
                     .inc();
                 Ok(())
             }
-            Err(error) => Err(HandleError::Fatal(format!("device actor unreachable: {error}"))),
+            Err(error) => Err(HandleError::Fatal(format!(
+                "device actor unreachable: {error}"
+            ))),
         }
     }
 }

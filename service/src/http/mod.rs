@@ -57,7 +57,12 @@ async fn list_devices(
 ) -> HttpResponse {
     let query = match query {
         Ok(query) => query.into_inner(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}; use ?prefix=&limit=")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad query: {e}; use ?prefix=&limit="),
+            )
+        }
     };
     let registry = match registry(&state) {
         Ok(registry) => registry,
@@ -96,11 +101,17 @@ async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> Htt
         Err(response) => return response,
     };
     let Some(actor) = registry.get(&device_id) else {
-        return error(StatusCode::NOT_FOUND, format!("no device {device_id} seen here"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no device {device_id} seen here"),
+        );
     };
     match actor.send(GetSnapshot).await {
         Ok(snapshot) => HttpResponse::Ok().json(snapshot),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("device actor unavailable: {e}")),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("device actor unavailable: {e}"),
+        ),
     }
 }
 
@@ -126,7 +137,10 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             "scorer" => {
                 let telemetry = assigned("scorer");
                 let params = assigned("scorer-params");
-                (telemetry > 0 && params > 0, json!({ "assigned_partitions": telemetry, "params_partitions": params }))
+                (
+                    telemetry > 0 && params > 0,
+                    json!({ "assigned_partitions": telemetry, "params_partitions": params }),
+                )
             }
             other => {
                 let partitions = assigned(other);
@@ -134,7 +148,10 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             }
         };
         ready &= role_ready;
-        roles.insert(role.to_owned(), json!({ "ready": role_ready, "detail": detail }));
+        roles.insert(
+            role.to_owned(),
+            json!({ "ready": role_ready, "detail": detail }),
+        );
     }
     HttpResponse::Ok().json(json!({
         "status": "ok",
@@ -145,14 +162,19 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 async fn page(state: web::Data<HttpState>) -> HttpResponse {
-    let ws_port = state.ws_port.map_or_else(|| "null".to_owned(), |p| p.to_string());
+    let ws_port = state
+        .ws_port
+        .map_or_else(|| "null".to_owned(), |p| p.to_string());
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE.replace("__WS_PORT__", &ws_port))
 }
 
 async fn not_found() -> HttpResponse {
-    error(StatusCode::NOT_FOUND, "no such endpoint; see GET /devices, /devices/{id}, /metrics, /healthz")
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /devices, /devices/{id}, /metrics, /healthz",
+    )
 }
 
 /// Start the server on `listener`; returns the handle that stops it.

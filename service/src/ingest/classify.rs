@@ -15,7 +15,12 @@ pub enum Verdict {
     Ignore,
 }
 
-pub fn classify(topic: &str, payload: &[u8], max_payload_bytes: usize, received_ms: i64) -> Verdict {
+pub fn classify(
+    topic: &str,
+    payload: &[u8],
+    max_payload_bytes: usize,
+    received_ms: i64,
+) -> Verdict {
     let dead_letter = |reason: String, class, device_id| {
         Verdict::DeadLetter(
             DeadLetter::new(reason, topic, device_id, payload, received_ms),
@@ -44,7 +49,9 @@ pub fn classify(topic: &str, payload: &[u8], max_payload_bytes: usize, received_
         );
     }
     let body = match parsed.kind {
-        DeviceTopicKind::Telemetry => TelemetryPayload::decode(payload).map(DeviceEventBody::Telemetry),
+        DeviceTopicKind::Telemetry => {
+            TelemetryPayload::decode(payload).map(DeviceEventBody::Telemetry)
+        }
         DeviceTopicKind::State => StatePayload::decode(payload).map(DeviceEventBody::State),
         DeviceTopicKind::Status => StatusPayload::decode(payload).map(DeviceEventBody::Status),
         DeviceTopicKind::Acks => AckPayload::decode(payload).map(DeviceEventBody::Ack),
@@ -84,18 +91,35 @@ mod tests {
 
     #[test]
     fn ignores_commands_it_publishes_itself() {
-        assert_eq!(classify("devices/d1/commands", b"{}", 1024, 0), Verdict::Ignore);
+        assert_eq!(
+            classify("devices/d1/commands", b"{}", 1024, 0),
+            Verdict::Ignore
+        );
     }
 
     #[test]
     fn dead_letters_with_reasons() {
-        assert_eq!(reason(classify("devices/d1/telemetry", GOOD, 10, 0)).1, "size");
-        assert_eq!(reason(classify("devices/d1/bogus", GOOD, 1024, 0)).1, "topic");
-        assert_eq!(reason(classify("devices/b@d/telemetry", GOOD, 1024, 0)).1, "device_id");
+        assert_eq!(
+            reason(classify("devices/d1/telemetry", GOOD, 10, 0)).1,
+            "size"
+        );
+        assert_eq!(
+            reason(classify("devices/d1/bogus", GOOD, 1024, 0)).1,
+            "topic"
+        );
+        assert_eq!(
+            reason(classify("devices/b@d/telemetry", GOOD, 1024, 0)).1,
+            "device_id"
+        );
         let (text, class) = reason(classify("devices/d1/telemetry", b"{", 1024, 0));
         assert_eq!(class, "payload");
         assert!(text.contains("JSON"), "{text}");
-        let (text, _) = reason(classify("devices/d1/status", br#"{"status":"sleepy"}"#, 1024, 0));
+        let (text, _) = reason(classify(
+            "devices/d1/status",
+            br#"{"status":"sleepy"}"#,
+            1024,
+            0,
+        ));
         assert!(text.contains("unknown variant"), "{text}");
     }
 }

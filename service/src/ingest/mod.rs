@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_protocol::{now_ms, DeviceTopic, KafkaTopics};
+use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
-use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 pub use classify::{classify, Verdict};
@@ -153,9 +153,17 @@ impl Ingest {
     /// Produce the message where it belongs; `None` when there is nothing to produce.
     async fn forward(&self, publish: &Publish) -> Option<crate::kafka::Delivery> {
         let topic = String::from_utf8_lossy(&publish.topic);
-        match classify(&topic, &publish.payload, self.config.max_payload_bytes, now_ms()) {
+        match classify(
+            &topic,
+            &publish.payload,
+            self.config.max_payload_bytes,
+            now_ms(),
+        ) {
             Verdict::Forward(event) => {
-                self.metrics.ingest_messages.with_label_values(&["forwarded"]).inc();
+                self.metrics
+                    .ingest_messages
+                    .with_label_values(&["forwarded"])
+                    .inc();
                 let payload = serde_json::to_vec(&event).expect("wire types serialize");
                 Some(
                     self.producer
@@ -165,17 +173,27 @@ impl Ingest {
             }
             Verdict::DeadLetter(letter, class) => {
                 tracing::debug!(topic = %topic, reason = %letter.reason, "dead letter");
-                self.metrics.ingest_messages.with_label_values(&["dead_lettered"]).inc();
+                self.metrics
+                    .ingest_messages
+                    .with_label_values(&["dead_lettered"])
+                    .inc();
                 self.metrics.dead_letters.with_label_values(&[class]).inc();
                 let key = letter
                     .device_id
                     .as_ref()
                     .map_or_else(|| letter.topic.clone(), |id| id.to_string());
                 let payload = serde_json::to_vec(&letter).expect("wire types serialize");
-                Some(self.producer.enqueue(&self.topics.dlq(), &key, &payload).await)
+                Some(
+                    self.producer
+                        .enqueue(&self.topics.dlq(), &key, &payload)
+                        .await,
+                )
             }
             Verdict::Ignore => {
-                self.metrics.ingest_messages.with_label_values(&["ignored"]).inc();
+                self.metrics
+                    .ingest_messages
+                    .with_label_values(&["ignored"])
+                    .inc();
                 None
             }
         }

@@ -54,11 +54,19 @@ impl ConsumerContext for RoleContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 gauge.set(partitions.count() as i64);
-                tracing::info!(role = self.role.name(), partitions = partitions.count(), "partitions assigned");
+                tracing::info!(
+                    role = self.role.name(),
+                    partitions = partitions.count(),
+                    "partitions assigned"
+                );
             }
             Rebalance::Revoke(partitions) => {
                 gauge.set(0);
-                tracing::info!(role = self.role.name(), partitions = partitions.count(), "partitions revoked");
+                tracing::info!(
+                    role = self.role.name(),
+                    partitions = partitions.count(),
+                    "partitions revoked"
+                );
             }
             Rebalance::Error(error) => {
                 tracing::warn!(role = self.role.name(), %error, "rebalance error")
@@ -272,7 +280,10 @@ pub async fn consume<H: RecordHandler>(
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
                 Err(HandleError::Fatal(reason)) => {
-                    break Err(Error::RoleFailed { role: "consumer", reason })
+                    break Err(Error::RoleFailed {
+                        role: "consumer",
+                        reason,
+                    })
                 }
             }
         };
@@ -304,7 +315,10 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(
         Ok(value) => Some(value),
         Err(error) => {
             tracing::warn!(role, %error, partition = record.partition(), offset = record.offset(), "undecodable record skipped");
-            metrics.skipped.with_label_values(&[role, "undecodable"]).inc();
+            metrics
+                .skipped
+                .with_label_values(&[role, "undecodable"])
+                .inc();
             None
         }
     }

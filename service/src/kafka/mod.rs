@@ -14,7 +14,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 pub use config::KafkaConfig;
-pub use consumer::{consume, decode_record, ConsumerRole, HandleError, RecordHandler, RoleConsumer, StartAt};
+pub use consumer::{
+    consume, decode_record, ConsumerRole, HandleError, RecordHandler, RoleConsumer, StartAt,
+};
 pub use producer::{Delivery, Producer};
 
 use crate::error::{Error, Result};
@@ -102,13 +104,17 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
         .map_err(|e| Error::kafka("creating topics", e))?;
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = config.partitions, "created topic")
+            }
             // Another instance may have created it at the same moment.
             Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %name, "topic already exists")
             }
             Err((name, code)) => {
-                return Err(Error::Config(format!("could not create topic {name}: {code}")))
+                return Err(Error::Config(format!(
+                    "could not create topic {name}: {code}"
+                )))
             }
         }
     }

@@ -25,7 +25,9 @@ impl MqttConfig {
         options
             .set_keep_alive(Duration::from_secs(self.keep_alive_secs))
             .set_clean_start(!self.persistent_session)
-            .set_session_expiry_interval(self.persistent_session.then_some(self.session_expiry_secs))
+            .set_session_expiry_interval(
+                self.persistent_session.then_some(self.session_expiry_secs),
+            )
             .set_max_packet_size(Some(self.max_packet_bytes));
         if let (Some(user), Some(password)) = (&self.username, &self.password) {
             options.set_credentials(user, password);

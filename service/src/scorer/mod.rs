@@ -119,7 +119,10 @@ impl ScoringHandler {
             AlertState::Raised => "raised",
             AlertState::Cleared => "cleared",
         };
-        self.metrics.alerts_emitted.with_label_values(&[state]).inc();
+        self.metrics
+            .alerts_emitted
+            .with_label_values(&[state])
+            .inc();
         self.unsent = None;
         Ok(())
     }
@@ -129,18 +132,27 @@ impl RecordHandler for ScoringHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
-        let Some(DeviceEvent { device_id, body: DeviceEventBody::Telemetry(telemetry), .. }) =
-            decode_record::<DeviceEvent>(record, "scorer", &self.metrics)
+        let Some(DeviceEvent {
+            device_id,
+            body: DeviceEventBody::Telemetry(telemetry),
+            ..
+        }) = decode_record::<DeviceEvent>(record, "scorer", &self.metrics)
         else {
             return Ok(());
         };
         let device = self.devices.entry(device_id.clone()).or_default();
         if !device.sequence.accept(telemetry.seq) {
-            self.metrics.skipped.with_label_values(&["scorer", "duplicate"]).inc();
+            self.metrics
+                .skipped
+                .with_label_values(&["scorer", "duplicate"])
+                .inc();
             return Ok(());
         }
         let Some(params) = self.params.read().get(&device_id).cloned() else {
-            self.metrics.skipped.with_label_values(&["scorer", "no_params"]).inc();
+            self.metrics
+                .skipped
+                .with_label_values(&["scorer", "no_params"])
+                .inc();
             return Ok(());
         };
         let score = device.scorer.score(
@@ -154,7 +166,10 @@ impl RecordHandler for ScoringHandler {
         if !score.ready {
             return Ok(());
         }
-        let Some(state) = device.episode.observe(&self.rules, score.value, telemetry.seq) else {
+        let Some(state) = device
+            .episode
+            .observe(&self.rules, score.value, telemetry.seq)
+        else {
             return Ok(());
         };
         let opened_at = device.episode.opened_at();

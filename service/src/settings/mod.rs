@@ -68,7 +68,11 @@ impl Settings {
     }
 
     fn validate(self) -> Result<Self> {
-        self.trainer.model.clone().validate().map_err(|e| Error::Config(e.to_string()))?;
+        self.trainer
+            .model
+            .clone()
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
         if self.kafka.partitions < 1 {
             return Err(Error::Config("kafka.partitions must be at least 1".into()));
         }
@@ -77,7 +81,10 @@ impl Settings {
                 "ingest.max_payload_bytes must be below mqtt.max_packet_bytes, or oversized payloads are dropped by the broker instead of dead-lettered".into(),
             ));
         }
-        if self.ingest.max_inflight == 0 || self.alerts.client_queue == 0 || self.devices.mailbox_capacity == 0 {
+        if self.ingest.max_inflight == 0
+            || self.alerts.client_queue == 0
+            || self.devices.mailbox_capacity == 0
+        {
             return Err(Error::Config(
                 "ingest.max_inflight, alerts.client_queue and devices.mailbox_capacity must be positive".into(),
             ));
@@ -104,7 +111,11 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> std::result::Result<(), String> {
+fn set_path(
+    table: &mut toml::Table,
+    keys: &[String],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
     let (last, parents) = keys.split_last().ok_or("empty name")?;
     let mut current = table;
     for key in parents {
@@ -123,7 +134,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -156,10 +170,18 @@ mod tests {
     #[test]
     fn unknown_and_invalid_settings_are_clear_errors() {
         let unknown = Settings::load(None, env(&[("FLEETWATCH_KAFKA__BROKER", "x")])).unwrap_err();
-        assert!(unknown.to_string().contains("unknown field `broker`"), "{unknown}");
-        let wrong_type = Settings::load(None, env(&[("FLEETWATCH_KAFKA__PARTITIONS", "many")])).unwrap_err();
-        assert!(wrong_type.to_string().contains("partitions"), "{wrong_type}");
-        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "2")])).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `broker`"),
+            "{unknown}"
+        );
+        let wrong_type =
+            Settings::load(None, env(&[("FLEETWATCH_KAFKA__PARTITIONS", "many")])).unwrap_err();
+        assert!(
+            wrong_type.to_string().contains("partitions"),
+            "{wrong_type}"
+        );
+        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "2")]))
+            .unwrap_err();
         assert!(invalid.to_string().contains("mean_alpha"), "{invalid}");
     }
 }

@@ -39,7 +39,12 @@ pub struct TrainerHandler {
 }
 
 impl TrainerHandler {
-    pub fn new(config: TrainerConfig, topics: &KafkaTopics, producer: Producer, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: TrainerConfig,
+        topics: &KafkaTopics,
+        producer: Producer,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             config,
             topic: topics.model_params(),
@@ -64,13 +69,19 @@ impl TrainerHandler {
             params: model.trainer.snapshot(),
         };
         let payload = serde_json::to_vec(&envelope).expect("wire types serialize");
-        let delivery = self.producer.enqueue(&self.topic, device_id.as_str(), &payload).await;
+        let delivery = self
+            .producer
+            .enqueue(&self.topic, device_id.as_str(), &payload)
+            .await;
         self.metrics.params_published.inc();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = delivery.confirmed().await {
                 tracing::warn!(%error, "parameter publication lost; the next one replaces it");
-                metrics.skipped.with_label_values(&["trainer", "publish_failed"]).inc();
+                metrics
+                    .skipped
+                    .with_label_values(&["trainer", "publish_failed"])
+                    .inc();
             }
         });
     }
@@ -78,8 +89,11 @@ impl TrainerHandler {
 
 impl RecordHandler for TrainerHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
-        let Some(DeviceEvent { device_id, body: DeviceEventBody::Telemetry(telemetry), .. }) =
-            decode_record::<DeviceEvent>(record, "trainer", &self.metrics)
+        let Some(DeviceEvent {
+            device_id,
+            body: DeviceEventBody::Telemetry(telemetry),
+            ..
+        }) = decode_record::<DeviceEvent>(record, "trainer", &self.metrics)
         else {
             return Ok(());
         };
@@ -95,7 +109,10 @@ impl RecordHandler for TrainerHandler {
                 last_published: Instant::now(),
             });
         if !model.sequence.accept(telemetry.seq) {
-            self.metrics.skipped.with_label_values(&["trainer", "duplicate"]).inc();
+            self.metrics
+                .skipped
+                .with_label_values(&["trainer", "duplicate"])
+                .inc();
             return Ok(());
         }
         model.trainer.update(&Observation {
@@ -104,7 +121,8 @@ impl RecordHandler for TrainerHandler {
         });
         model.unpublished += 1;
         let due = model.unpublished >= self.config.publish_every_events
-            || model.last_published.elapsed() >= Duration::from_millis(self.config.publish_every_ms);
+            || model.last_published.elapsed()
+                >= Duration::from_millis(self.config.publish_every_ms);
         if due {
             self.publish(&device_id).await;
         }
@@ -112,7 +130,9 @@ impl RecordHandler for TrainerHandler {
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        Some(Duration::from_millis((self.config.publish_every_ms / 2).max(50)))
+        Some(Duration::from_millis(
+            (self.config.publish_every_ms / 2).max(50),
+        ))
     }
 
     /// Publish devices that have news but have not reached the event count in time.
