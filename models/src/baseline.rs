@@ -81,13 +81,13 @@ impl BaselineConfig {
         unit("var_alpha", self.var_alpha)?;
         unit("threshold", self.threshold)?;
         unit("min_relative_interval_std", self.min_relative_interval_std)?;
-        if !(self.freeze_z > 0.0) {
+        if self.freeze_z.is_nan() || self.freeze_z <= 0.0 {
             return Err(ModelError::InvalidConfig(format!(
                 "freeze_z must be positive, got {}",
                 self.freeze_z
             )));
         }
-        if !(self.min_relative_std >= 0.0) {
+        if self.min_relative_std.is_nan() || self.min_relative_std < 0.0 {
             return Err(ModelError::InvalidConfig(
                 "min_relative_std must not be negative".to_owned(),
             ));

@@ -74,7 +74,7 @@ pub enum Effect {
 impl ActiveAnomaly {
     /// Choose where, how long and how strong, starting at `start_ms`.
     pub fn plan(
-        rng: &mut (impl Rng + rand::RngCore),
+        rng: &mut impl Rng,
         kind: AnomalyKind,
         device: &str,
         metric_names: &[&str],

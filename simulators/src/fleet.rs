@@ -91,7 +91,7 @@ pub async fn run_fleet(
     if config.kinds.is_empty() && config.anomalies_per_minute > 0.0 {
         return Err(SimError::Config("no anomaly kinds to inject".into()));
     }
-    if !(config.anomalies_per_minute >= 0.0) {
+    if config.anomalies_per_minute.is_nan() || config.anomalies_per_minute < 0.0 {
         return Err(SimError::Config(
             "anomalies_per_minute must not be negative".into(),
         ));

@@ -31,13 +31,43 @@ pub struct HttpState {
 
 const PAGE: &str = include_str!("page.html");
 
-fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message.into() }))
+/// A 4xx/5xx answer: `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, HttpResponse> {
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+    }
+}
+
+type ApiResult = std::result::Result<HttpResponse, ApiError>;
+
+fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
-        error(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the devices role does not run in this process",
         )
@@ -53,27 +83,23 @@ struct ListQuery {
 
 async fn list_devices(
     state: web::Data<HttpState>,
-    query: Result<web::Query<ListQuery>, actix_web::Error>,
-) -> HttpResponse {
-    let query = match query {
-        Ok(query) => query.into_inner(),
-        Err(e) => {
-            return error(
+    query: std::result::Result<web::Query<ListQuery>, actix_web::Error>,
+) -> ApiResult {
+    let query = query
+        .map_err(|e| {
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("bad query: {e}; use ?prefix=&limit="),
             )
-        }
-    };
-    let registry = match registry(&state) {
-        Ok(registry) => registry,
-        Err(response) => return response,
-    };
+        })?
+        .into_inner();
+    let registry = registry(&state)?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > state.max_page_size {
-        return error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("limit must be between 1 and {}", state.max_page_size),
-        );
+        ));
     }
     let prefix = query.prefix.unwrap_or_default();
     let matching: Vec<_> = registry
@@ -88,31 +114,25 @@ async fn list_devices(
             devices.push(snapshot);
         }
     }
-    HttpResponse::Ok().json(json!({ "total": total, "devices": devices }))
+    Ok(HttpResponse::Ok().json(json!({ "total": total, "devices": devices })))
 }
 
-async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> HttpResponse {
-    let device_id = match DeviceId::parse(&path) {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let registry = match registry(&state) {
-        Ok(registry) => registry,
-        Err(response) => return response,
-    };
-    let Some(actor) = registry.get(&device_id) else {
-        return error(
+async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let device_id = DeviceId::parse(&path)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let actor = registry(&state)?.get(&device_id).ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no device {device_id} seen here"),
-        );
-    };
-    match actor.send(GetSnapshot).await {
-        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
-        Err(e) => error(
+        )
+    })?;
+    let snapshot = actor.send(GetSnapshot).await.map_err(|e| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("device actor unavailable: {e}"),
-        ),
-    }
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(snapshot))
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -170,11 +190,11 @@ async fn page(state: web::Data<HttpState>) -> HttpResponse {
         .body(PAGE.replace("__WS_PORT__", &ws_port))
 }
 
-async fn not_found() -> HttpResponse {
-    error(
+async fn not_found() -> ApiResult {
+    Err(ApiError::new(
         StatusCode::NOT_FOUND,
         "no such endpoint; see GET /devices, /devices/{id}, /metrics, /healthz",
-    )
+    ))
 }
 
 /// Start the server on `listener`; returns the handle that stops it.
@@ -183,13 +203,6 @@ pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::PathConfig::default().error_handler(|e, _| {
-                actix_web::error::InternalError::from_response(
-                    e.to_string(),
-                    error(StatusCode::BAD_REQUEST, e.to_string()),
-                )
-                .into()
-            }))
             .route("/", web::get().to(page))
             .route("/devices", web::get().to(list_devices))
             .route("/devices/{id}", web::get().to(get_device))

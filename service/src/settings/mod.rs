@@ -89,7 +89,7 @@ impl Settings {
                 "ingest.max_inflight, alerts.client_queue and devices.mailbox_capacity must be positive".into(),
             ));
         }
-        if !(self.scorer.clear_ratio > 0.0 && self.scorer.clear_ratio <= 1.0) {
+        if !(0.0..=1.0).contains(&self.scorer.clear_ratio) || self.scorer.clear_ratio == 0.0 {
             return Err(Error::Config("scorer.clear_ratio must be in (0, 1]".into()));
         }
         Ok(self)
