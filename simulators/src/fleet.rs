@@ -25,8 +25,12 @@ pub struct FleetStats {
     pub connected: AtomicU64,
     /// Telemetry messages handed to the MQTT client.
     pub published: AtomicU64,
-    /// Telemetry messages the broker acknowledged (QoS 1).
+    /// QoS 1 messages (telemetry and status) the broker acknowledged.
     pub acknowledged: AtomicU64,
+    /// Messages still unacknowledged when their device stopped (should be 0).
+    pub unacknowledged_at_exit: AtomicU64,
+    /// Connections lost and made again.
+    pub reconnects: AtomicU64,
     /// Anomalies started.
     pub anomalies: AtomicU64,
 }
@@ -204,9 +208,11 @@ async fn run_device(
             false,
         ));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let unacknowledged = Arc::new(AtomicU64::new(0));
+    // Every QoS 1 message handed to the client, and every one the broker acknowledged.
+    let handed = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let connection = {
-        let (stats, unacknowledged, stop) = (stats.clone(), unacknowledged.clone(), stop.clone());
+        let (stats, acknowledged, stop) = (stats.clone(), acknowledged.clone(), stop.clone());
         tokio::spawn(async move {
             let mut connected = false;
             loop {
@@ -219,7 +225,7 @@ async fn run_device(
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                        unacknowledged.fetch_sub(1, Ordering::Relaxed);
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(_) => {}
@@ -229,6 +235,7 @@ async fn run_device(
                         }
                         if connected {
                             stats.connected.fetch_sub(1, Ordering::Relaxed);
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             connected = false;
                         }
                         tracing::debug!(%error, "device connection lost; reconnecting");
@@ -309,25 +316,26 @@ async fn run_device(
                 .collect(),
         };
         previous = values;
-        unacknowledged.fetch_add(1, Ordering::Relaxed);
         let bytes = serde_json::to_vec(&payload).expect("serializes");
         if client
             .publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes)
             .await
             .is_err()
         {
-            unacknowledged.fetch_sub(1, Ordering::Relaxed);
             break;
         }
+        handed.fetch_add(1, Ordering::Relaxed);
         stats.published.fetch_add(1, Ordering::Relaxed);
     }
 
     // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
     // offline, disconnect.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while unacknowledged.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    let outstanding = || handed.load(Ordering::Relaxed).saturating_sub(acknowledged.load(Ordering::Relaxed));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outstanding() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    stats.unacknowledged_at_exit.fetch_add(outstanding(), Ordering::Relaxed);
     let _ = client
         .publish(
             topic(DeviceTopicKind::Status),

@@ -228,8 +228,22 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// Every record of `topic` from the beginning up to its current end: (key, payload).
-pub fn read_topic(kafka: &str, topic: &str) -> Vec<(String, String)> {
+/// One record as read back from Kafka.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub payload: String,
+}
+
+/// How long a topic must stay quiet before [`read_topic`] considers it read.
+const READ_IDLE: Duration = Duration::from_secs(2);
+
+/// Every record of `topic` from the beginning, read until nothing new arrives for a
+/// moment. Watermarks are not used: tansu 0.6.0 reports the high watermark as the last
+/// batch's base offset + 1, not the last record's offset + 1 (docs/architecture.md).
+pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("group.id", unique("reader"))
@@ -240,59 +254,46 @@ pub fn read_topic(kafka: &str, topic: &str) -> Vec<(String, String)> {
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    let mut ends = Vec::new();
     for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
             .unwrap();
-        if high > low {
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Offset(low))
-                .unwrap();
-            remaining += high - low;
-            ends.push((partition.id(), high));
-        }
-    }
-    if remaining == 0 {
-        return Vec::new();
     }
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            let end = ends
-                .iter()
-                .find(|(p, _)| *p == message.partition())
-                .unwrap()
-                .1;
-            if message.offset() < end {
-                remaining -= 1;
-                records.push((
-                    String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-                ));
-            }
+    let mut last_news = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_news.elapsed() < READ_IDLE && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            last_news = Instant::now();
+            records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                payload: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+            });
         }
     }
     records
 }
 
-/// Committed offset of `group` on each partition of `topic`, beside the partition's end.
+/// For each partition of `topic` that holds records: (partition, the offset `group`
+/// committed, the offset after the last record).
 pub fn committed_vs_end(kafka: &str, group: &str, topic: &str) -> Vec<(i32, Option<i64>, i64)> {
+    let mut ends: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for record in read_topic(kafka, topic) {
+        let end = ends.entry(record.partition).or_default();
+        *end = (*end).max(record.offset + 1);
+    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
     let mut partitions = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        partitions.add_partition(topic, partition.id());
+    for partition in ends.keys() {
+        partitions.add_partition(topic, *partition);
     }
     let committed = consumer
         .committed_offsets(partitions, Duration::from_secs(10))
@@ -301,14 +302,11 @@ pub fn committed_vs_end(kafka: &str, group: &str, topic: &str) -> Vec<(i32, Opti
         .elements()
         .iter()
         .map(|element| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
-                .unwrap();
             let offset = match element.offset() {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             };
-            (element.partition(), offset, high)
+            (element.partition(), offset, ends[&element.partition()])
         })
         .collect()
 }
