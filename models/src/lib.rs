@@ -11,7 +11,11 @@
 
 pub mod baseline;
 mod calibration;
+pub mod detector;
+pub mod nab;
 mod observation;
+pub mod production;
+pub mod replay;
 mod score;
 
 pub use observation::Observation;

@@ -330,12 +330,18 @@ async fn run_device(
 
     // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
     // offline, disconnect.
-    let outstanding = || handed.load(Ordering::Relaxed).saturating_sub(acknowledged.load(Ordering::Relaxed));
+    let outstanding = || {
+        handed
+            .load(Ordering::Relaxed)
+            .saturating_sub(acknowledged.load(Ordering::Relaxed))
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while outstanding() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stats.unacknowledged_at_exit.fetch_add(outstanding(), Ordering::Relaxed);
+    stats
+        .unacknowledged_at_exit
+        .fetch_add(outstanding(), Ordering::Relaxed);
     let _ = client
         .publish(
             topic(DeviceTopicKind::Status),

@@ -270,7 +270,8 @@ pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
                 partition: message.partition(),
                 offset: message.offset(),
                 key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                payload: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+                payload: String::from_utf8_lossy(message.payload().unwrap_or_default())
+                    .into_owned(),
             });
         }
     }

@@ -14,7 +14,7 @@ mod episode;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetwatch_models::baseline::{BaselineParams, BaselineScorer};
+use fleetwatch_models::production::{ModelScorer, Params};
 use fleetwatch_models::{Observation, Scorer};
 use fleetwatch_protocol::{
     now_ms, Alert, AlertState, Contributor, DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics,
@@ -29,7 +29,7 @@ pub use episode::{Episode, EpisodeRules};
 use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;
 
-pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<ParamsEnvelope<BaselineParams>>>>>;
+pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<ParamsEnvelope<Params>>>>>;
 
 /// Keeps the newest parameters per device.
 pub struct ParamsHandler {
@@ -40,7 +40,7 @@ pub struct ParamsHandler {
 impl RecordHandler for ParamsHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
         let Some(envelope) =
-            decode_record::<ParamsEnvelope<BaselineParams>>(record, "scorer-params", &self.metrics)
+            decode_record::<ParamsEnvelope<Params>>(record, "scorer-params", &self.metrics)
         else {
             return Ok(());
         };
@@ -66,7 +66,7 @@ impl RecordHandler for ParamsHandler {
 
 #[derive(Default)]
 struct DeviceScoring {
-    scorer: BaselineScorer,
+    scorer: ModelScorer,
     sequence: SequenceTracker,
     episode: Episode,
 }

@@ -1,4 +1,4 @@
-use fleetwatch_models::baseline::BaselineConfig;
+use fleetwatch_models::production;
 use serde::{Deserialize, Serialize};
 
 /// The trainer role: learns a model per device. Section `[trainer]`.
@@ -11,15 +11,15 @@ pub struct TrainerConfig {
     /// as there is something new.
     pub publish_every_ms: u64,
     /// The model's settings (section `[trainer.model]`).
-    pub model: BaselineConfig,
+    pub model: production::Config,
 }
 
 impl Default for TrainerConfig {
     fn default() -> Self {
         Self {
-            publish_every_events: 10,
+            publish_every_events: production::DEFAULT_PUBLISH_EVERY,
             publish_every_ms: 5_000,
-            model: BaselineConfig::default(),
+            model: production::Config::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetwatch_models::baseline::BaselineTrainer;
+use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
 use fleetwatch_protocol::{
     now_ms, DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker,
@@ -23,7 +23,7 @@ use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;
 
 struct DeviceModel {
-    trainer: BaselineTrainer,
+    trainer: ModelTrainer,
     sequence: SequenceTracker,
     version: u64,
     unpublished: u32,
@@ -102,7 +102,7 @@ impl RecordHandler for TrainerHandler {
             .devices
             .entry(device_id.clone())
             .or_insert_with(|| DeviceModel {
-                trainer: BaselineTrainer::new(model_config.clone()),
+                trainer: production::trainer(model_config),
                 sequence: SequenceTracker::default(),
                 version: 0,
                 unpublished: 0,

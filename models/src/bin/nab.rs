@@ -1,0 +1,291 @@
+//! The NAB harness: runs the production trainer/scorer pair over every file of the
+//! Numenta Anomaly Benchmark, one record at a time, and scores the result.
+//!
+//! `cargo run --release -p fleetwatch-models --bin nab -- --data ../shared/nab --out DIR`
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fleetwatch_models::detector::{DetectorConfig, DetectorScorer, DetectorTrainer};
+use fleetwatch_models::nab::{
+    self, normalize, optimize_threshold, raw_file_score, FileLabels, PROFILES,
+};
+use fleetwatch_models::production::{self, DEFAULT_PUBLISH_EVERY};
+use fleetwatch_models::replay::replay;
+use plotters::prelude::*;
+
+#[derive(Parser)]
+#[command(about = "Score the production model on the Numenta Anomaly Benchmark")]
+struct Cli {
+    /// NAB folder with data/ and labels/combined_windows.json.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write per-file CSVs, plots and scores.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// The scorer sees parameters published every this many records.
+    #[arg(long, default_value_t = DEFAULT_PUBLISH_EVERY)]
+    publish_every: u32,
+    /// Run the candidate model (`fleetwatch-detector`) instead of the production one.
+    #[arg(long)]
+    candidate: bool,
+    /// Model configuration (JSON) instead of the model's default, for experiments.
+    /// Reported results use the default.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Skip the PNG plots.
+    #[arg(long)]
+    no_plots: bool,
+}
+
+struct NabFile {
+    key: String,
+    raw_timestamps: Vec<String>,
+    timestamps: Vec<i64>,
+    values: Vec<f64>,
+    labels: FileLabels,
+}
+
+fn load(data: &Path) -> Result<Vec<NabFile>> {
+    let windows_path = data.join("labels/combined_windows.json");
+    let windows: BTreeMap<String, Vec<(String, String)>> = serde_json::from_str(
+        &fs::read_to_string(&windows_path)
+            .with_context(|| format!("reading {}", windows_path.display()))?,
+    )?;
+    let mut files = Vec::new();
+    for (key, file_windows) in windows {
+        let path = data.join("data").join(&key);
+        let mut reader =
+            csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (mut raw_timestamps, mut timestamps, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, record) in reader.records().enumerate() {
+            let record = record.with_context(|| format!("{key} row {}", row + 2))?;
+            let ts = nab::parse_timestamp_ms(&record[0]).with_context(|| {
+                format!("{key} row {}: bad timestamp {:?}", row + 2, &record[0])
+            })?;
+            let value: f64 = record[1]
+                .trim()
+                .parse()
+                .with_context(|| format!("{key} row {}: bad value {:?}", row + 2, &record[1]))?;
+            raw_timestamps.push(record[0].to_owned());
+            timestamps.push(ts);
+            values.push(value);
+        }
+        let parsed: Vec<(i64, i64)> = file_windows
+            .iter()
+            .map(|(start, end)| {
+                Ok((
+                    nab::parse_timestamp_ms(start).context("bad window start")?,
+                    nab::parse_timestamp_ms(end).context("bad window end")?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let rows = nab::windows_to_rows(&timestamps, &parsed)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| key.clone())?;
+        let n_rows = values.len();
+        files.push(NabFile {
+            key,
+            raw_timestamps,
+            timestamps,
+            values,
+            labels: FileLabels {
+                n_rows,
+                windows: rows,
+            },
+        });
+    }
+    if files.is_empty() {
+        bail!("no files listed in {}", windows_path.display());
+    }
+    Ok(files)
+}
+
+/// Each file is a fresh device: a new trainer and scorer, one record at a time.
+enum Model {
+    Production(production::Config),
+    Candidate(DetectorConfig),
+}
+
+impl Model {
+    fn load(cli: &Cli) -> Result<Self> {
+        let text = cli.model.as_ref().map(fs::read_to_string).transpose()?;
+        Ok(match (cli.candidate, text) {
+            (false, None) => Model::Production(production::Config::default()),
+            (false, Some(text)) => {
+                Model::Production(serde_json::from_str::<production::Config>(&text)?.validate()?)
+            }
+            (true, None) => Model::Candidate(DetectorConfig::default()),
+            (true, Some(text)) => {
+                Model::Candidate(serde_json::from_str::<DetectorConfig>(&text)?.validate()?)
+            }
+        })
+    }
+}
+
+fn score_file(file: &NabFile, model: &Model, publish_every: u32) -> Vec<f64> {
+    let observations = file
+        .timestamps
+        .iter()
+        .zip(&file.values)
+        .map(|(&ts, &value)| (ts, BTreeMap::from([("value".to_owned(), value)])));
+    let scores = match model {
+        Model::Production(config) => replay(
+            production::trainer(config),
+            production::scorer(),
+            publish_every,
+            observations,
+        ),
+        Model::Candidate(config) => replay(
+            DetectorTrainer::new(config.clone()),
+            DetectorScorer::default(),
+            publish_every,
+            observations,
+        ),
+    };
+    scores
+        .into_iter()
+        .map(|score| if score.ready { score.value } else { 0.0 })
+        .collect()
+}
+
+fn plot(path: &Path, file: &NabFile, scores: &[f64], threshold: f64) -> Result<()> {
+    let root = BitMapBackend::new(path, (1200, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(300);
+    let n = file.values.len();
+    let (lo, hi) = file
+        .values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    let mut chart = ChartBuilder::on(&top)
+        .margin(5)
+        .build_cartesian_2d(0..n, (lo - pad)..(hi + pad))?;
+    for &(start, end) in &file.labels.windows {
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(start, lo - pad), (end, hi + pad)],
+            RGBColor(255, 200, 200).filled(),
+        )))?;
+    }
+    chart.draw_series(LineSeries::new(
+        file.values.iter().enumerate().map(|(i, &v)| (i, v)),
+        &BLUE,
+    ))?;
+    chart.draw_series(
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s >= threshold)
+            .map(|(i, _)| Circle::new((i, file.values[i]), 3, RED.filled())),
+    )?;
+    let mut lower = ChartBuilder::on(&bottom)
+        .margin(5)
+        .build_cartesian_2d(0..n, 0.0..1.0)?;
+    lower.draw_series(LineSeries::new(
+        scores.iter().enumerate().map(|(i, &s)| (i, s)),
+        &BLACK,
+    ))?;
+    lower.draw_series(LineSeries::new([(0, threshold), (n, threshold)], &RED))?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let files = load(&cli.data)?;
+    let model = Model::load(&cli)?;
+    let model = &model;
+    // Files are independent: score them on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut scores: Vec<Vec<f64>> = vec![Vec::new(); files.len()];
+    std::thread::scope(|scope| {
+        let chunk = files.len().div_ceil(threads);
+        for (files, out) in files.chunks(chunk).zip(scores.chunks_mut(chunk)) {
+            scope.spawn(move || {
+                for (file, out) in files.iter().zip(out) {
+                    *out = score_file(file, model, cli.publish_every);
+                }
+            });
+        }
+    });
+
+    for (file, scores) in files.iter().zip(&scores) {
+        let path = cli.out.join(&file.key);
+        fs::create_dir_all(path.parent().unwrap())?;
+        let mut writer = csv::Writer::from_path(&path)?;
+        writer.write_record(["timestamp", "value", "anomaly_score"])?;
+        for ((ts, value), score) in file.raw_timestamps.iter().zip(&file.values).zip(scores) {
+            writer.write_record([ts.clone(), value.to_string(), format!("{score:.9}")])?;
+        }
+        writer.flush()?;
+    }
+
+    let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
+    let pooled: Vec<(&FileLabels, &[f64])> = files
+        .iter()
+        .zip(&scores)
+        .map(|(f, s)| (&f.labels, s.as_slice()))
+        .collect();
+    let mut report = serde_json::Map::new();
+    let mut per_file = csv::Writer::from_path(cli.out.join("files.csv"))?;
+    per_file.write_record(["profile", "file", "threshold", "raw_score"])?;
+    let mut standard_threshold = 0.5;
+    for profile in PROFILES {
+        let (threshold, raw) = optimize_threshold(&pooled, &profile);
+        let score = normalize(raw, &profile, windows);
+        if profile.name == "standard" {
+            standard_threshold = threshold;
+        }
+        println!(
+            "{:<20} score {score:7.2}  threshold {threshold:.6}  raw {raw:.3}",
+            profile.name
+        );
+        for (file, scores) in files.iter().zip(&scores) {
+            let raw = raw_file_score(&file.labels, scores, &profile, threshold);
+            per_file.write_record([
+                profile.name,
+                &file.key,
+                &threshold.to_string(),
+                &format!("{raw:.6}"),
+            ])?;
+        }
+        report.insert(
+            profile.name.to_owned(),
+            serde_json::json!({ "score": score, "threshold": threshold, "raw": raw }),
+        );
+    }
+    per_file.flush()?;
+    let summary = serde_json::json!({
+        "model": if cli.candidate { fleetwatch_models::detector::KIND } else { fleetwatch_models::baseline::KIND },
+        "publish_every": cli.publish_every,
+        "files": files.len(),
+        "windows": windows,
+        "profiles": report,
+    });
+    fs::write(
+        cli.out.join("scores.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+
+    if !cli.no_plots {
+        for (file, scores) in files.iter().zip(&scores) {
+            plot(
+                &cli.out.join(&file.key).with_extension("png"),
+                file,
+                scores,
+                standard_threshold,
+            )
+            .with_context(|| format!("plotting {}", file.key))?;
+        }
+    }
+    println!(
+        "wrote {} (per-file CSVs{}, files.csv, scores.json)",
+        cli.out.display(),
+        if cli.no_plots { "" } else { ", plots" }
+    );
+    Ok(())
+}
