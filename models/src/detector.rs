@@ -511,7 +511,7 @@ mod tests {
             let score = self.scorer.score(&self.params, &observation);
             self.trainer.update(&observation);
             self.events += 1;
-            if self.events % 10 == 0 {
+            if self.events.is_multiple_of(10) {
                 self.params = self.trainer.snapshot();
             }
             score
