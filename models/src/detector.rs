@@ -49,6 +49,9 @@ pub struct DetectorConfig {
     pub range_tolerance: f64,
     /// Score of a value beyond the seen range.
     pub range_score: f64,
+    /// Per event, the seen extremes relax this fraction of the way towards the mean, so
+    /// an old outlier does not mask new ones forever (0: never forget).
+    pub range_decay: f64,
     /// Score stuck sensors (a metric repeating a value far more than it usually does).
     pub stuck_detection: bool,
     /// Score silences far longer than the usual interval between events.
@@ -57,6 +60,20 @@ pub struct DetectorConfig {
     pub gap_min_ratio: f64,
     /// A metric counts as stuck only from this many identical readings in a row on.
     pub stuck_min_repeats: u32,
+    /// Values in a shape (the recent-behaviour embedding); 0 turns shapes off.
+    pub shape_length: usize,
+    /// Centroids remembered per metric.
+    pub shape_centroids: usize,
+    /// Weight of the time of day in the embedding.
+    pub time_of_day_weight: f64,
+    /// A shape farther than this many typical radii from every centroid is new (0 turns
+    /// novelty off).
+    pub shape_vigilance: f64,
+    /// Radius of a new centroid, as a fraction of the typical member distance.
+    pub new_radius_fraction: f64,
+    /// After a score reaches the threshold, later scores are held just below it for this
+    /// many events: an incident is reported once, at its onset (0 turns it off).
+    pub rest_events: u32,
     /// Recommended alert threshold on the score.
     pub threshold: f64,
 }
@@ -64,17 +81,24 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            predictor_alpha: 0.2,
-            error_alpha: 0.01,
-            averaging_window: 10,
-            likelihood_alpha: 0.002,
+            predictor_alpha: 0.1,
+            error_alpha: 0.02,
+            averaging_window: 5,
+            likelihood_alpha: 0.001,
             warmup_events: 30,
             range_tolerance: 0.05,
             range_score: 1.0,
+            range_decay: 0.0002,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
             stuck_min_repeats: 5,
+            shape_length: 6,
+            shape_centroids: 24,
+            time_of_day_weight: 1.0,
+            shape_vigilance: 40.0,
+            new_radius_fraction: 0.01,
+            rest_events: 75,
             threshold: 0.65,
         }
     }
@@ -128,6 +152,16 @@ pub struct MetricParams {
     /// How often the metric repeats its previous value exactly.
     pub repeat_rate: f64,
     pub n: u64,
+    /// Long-run mean and standard deviation of the value, for normalising shapes.
+    pub value_mean: f64,
+    pub value_std: f64,
+    /// Centroids of recent shapes, and the long-run distribution of the averaged log
+    /// distance to the nearest one.
+    pub centroids: Vec<Vec<f64>>,
+    /// Typical squared distance of a centroid's members to it.
+    pub radii: Vec<f64>,
+    pub shape_mean: f64,
+    pub shape_std: f64,
 }
 
 /// A parameter snapshot for one device.
@@ -189,6 +223,74 @@ struct Context {
     /// judged by the behaviour before it, or it would soon make itself look normal.
     run_start_repeat_rate: Option<f64>,
     recent_raw: VecDeque<f64>,
+    recent_values: VecDeque<f64>,
+    recent_shape: VecDeque<f64>,
+}
+
+/// The embedding of the current event: the last values normalised, and the time of day.
+fn embed(
+    values: &VecDeque<f64>,
+    ts_ms: i64,
+    mean: f64,
+    std: f64,
+    config: &DetectorConfig,
+) -> Option<Vec<f64>> {
+    if config.shape_length == 0 || values.len() < config.shape_length {
+        return None;
+    }
+    let std = std.max(1e-9);
+    let mut vector: Vec<f64> = values
+        .iter()
+        .map(|v| ((v - mean) / std).clamp(-10.0, 10.0))
+        .collect();
+    let phase = std::f64::consts::TAU * (ts_ms.rem_euclid(86_400_000) as f64 / 86_400_000.0);
+    vector.push(config.time_of_day_weight * phase.cos());
+    vector.push(config.time_of_day_weight * phase.sin());
+    Some(vector)
+}
+
+fn nearest(centroids: &[Vec<f64>], vector: &[f64]) -> Option<(usize, f64)> {
+    centroids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                i,
+                c.iter()
+                    .zip(vector)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f64>(),
+            )
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+impl Context {
+    /// Remember `value` for shapes; returns the averaged log distance of the current
+    /// shape to the nearest centroid, and the shape.
+    fn observe_shape(
+        &mut self,
+        value: f64,
+        ts_ms: i64,
+        mean: f64,
+        std: f64,
+        centroids: &[Vec<f64>],
+        config: &DetectorConfig,
+    ) -> Option<(f64, Vec<f64>)> {
+        push_limited(&mut self.recent_values, value, config.shape_length);
+        let vector = embed(&self.recent_values, ts_ms, mean, std, config)?;
+        let (_, distance) = nearest(centroids, &vector)?;
+        push_limited(&mut self.recent_shape, distance, config.averaging_window);
+        let average = self.recent_shape.iter().sum::<f64>() / self.recent_shape.len() as f64;
+        Some(((average + 1e-3).ln(), vector))
+    }
+}
+
+fn push_limited(queue: &mut VecDeque<f64>, value: f64, limit: usize) {
+    if queue.len() == limit {
+        queue.pop_front();
+    }
+    queue.push_back(value);
 }
 
 impl Context {
@@ -219,6 +321,12 @@ struct MetricTrainer {
     context: Context,
     error: Running,
     average: Running,
+    value: Running,
+    shape: Running,
+    centroids: Vec<Vec<f64>>,
+    centroid_weights: Vec<f64>,
+    radii: Vec<f64>,
+    typical_distance: Running,
 
     min: f64,
     max: f64,
@@ -309,6 +417,35 @@ impl Trainer for DetectorTrainer {
             if metric.n > config.averaging_window as u64 {
                 metric.average.learn(average, config.likelihood_alpha);
             }
+            let (mean, std) = (metric.value.mean, metric.value.std());
+            if let Some((average, vector)) = metric.context.observe_shape(
+                value,
+                observation.ts_ms,
+                mean,
+                std,
+                &metric.centroids,
+                config,
+            ) {
+                if metric.n > config.warmup_events {
+                    metric.shape.learn(average, config.likelihood_alpha);
+                }
+                learn_shape(metric, vector, config);
+            } else if metric.centroids.is_empty() {
+                if let Some(vector) = embed(
+                    &metric.context.recent_values,
+                    observation.ts_ms,
+                    mean,
+                    std,
+                    config,
+                ) {
+                    learn_shape(metric, vector, config);
+                }
+            }
+            metric.value.learn(value, config.error_alpha / 10.0);
+            if metric.n > config.warmup_events {
+                metric.max -= config.range_decay * (metric.max - metric.value.mean).max(0.0);
+                metric.min += config.range_decay * (metric.value.mean - metric.min).max(0.0);
+            }
             metric.min = metric.min.min(value);
             metric.max = metric.max.max(value);
             let target = if metric.context.repeats > 0 { 1.0 } else { 0.0 };
@@ -343,6 +480,12 @@ impl Trainer for DetectorTrainer {
                             max: m.max,
                             repeat_rate: m.repeat_rate,
                             n: m.n,
+                            value_mean: m.value.mean,
+                            value_std: m.value.std(),
+                            centroids: m.centroids.clone(),
+                            radii: m.radii.clone(),
+                            shape_mean: m.shape.mean,
+                            shape_std: m.shape.std(),
                         },
                     )
                 })
@@ -356,16 +499,66 @@ impl Trainer for DetectorTrainer {
     }
 }
 
+/// Online k-means with novelty: a shape far from every centroid (beyond `vigilance`
+/// typical radii, or simply far while there is room) becomes a centroid of its own,
+/// replacing the least used one when memory is full; otherwise the nearest centroid
+/// moves towards it, ever slower but never below a floor, so the memory keeps adapting.
+fn learn_shape(metric: &mut MetricTrainer, vector: Vec<f64>, config: &DetectorConfig) {
+    let Some((index, distance)) = nearest(&metric.centroids, &vector) else {
+        metric.centroids.push(vector);
+        metric.centroid_weights.push(1.0);
+        metric.radii.push(1.0);
+        return;
+    };
+    // Before any member distance was learned, one unit of normalised squared distance.
+    let typical = if metric.typical_distance.n == 0 {
+        1.0
+    } else {
+        metric.typical_distance.mean.max(1e-6)
+    };
+    let novel = config.shape_vigilance > 0.0
+        && metric.n > config.warmup_events
+        && distance > config.shape_vigilance * metric.radii[index].max(typical);
+    if novel || (metric.centroids.len() < config.shape_centroids && distance > 0.5) {
+        if metric.centroids.len() < config.shape_centroids {
+            metric.centroids.push(vector);
+            metric.centroid_weights.push(1.0);
+            metric.radii.push(typical * config.new_radius_fraction);
+        } else {
+            let least = (0..metric.centroids.len())
+                .min_by(|&a, &b| metric.centroid_weights[a].total_cmp(&metric.centroid_weights[b]))
+                .expect("not empty");
+            metric.centroids[least] = vector;
+            metric.centroid_weights[least] = 1.0;
+            metric.radii[least] = typical * config.new_radius_fraction;
+        }
+        return;
+    }
+    metric.typical_distance.learn(distance, config.error_alpha);
+    metric.centroid_weights[index] += 1.0;
+    let rate = (1.0 / metric.centroid_weights[index]).max(0.01);
+    metric.radii[index] += rate * (distance - metric.radii[index]);
+    for (c, v) in metric.centroids[index].iter_mut().zip(&vector) {
+        *c += rate * (v - *c);
+    }
+    // Slowly forget, so rarely used centroids are the ones replaced.
+    for weight in &mut metric.centroid_weights {
+        *weight *= 0.999;
+    }
+}
+
 /// The scoring half, one per device.
 #[derive(Clone, Debug, Default)]
 pub struct DetectorScorer {
     last_ts: Option<i64>,
     contexts: BTreeMap<String, Context>,
+    /// Events left in the current rest period.
+    resting: u32,
 }
 
-/// Score of an upper-tail probability: ln(p)/ln(1e-30), in [0, 1].
+/// Score of an upper-tail probability: ln(p)/ln(1e-10), in [0, 1].
 fn tail_score(ln_tail: f64) -> f64 {
-    const LN_FLOOR: f64 = -69.077_552_789_821_37; // ln(1e-30)
+    const LN_FLOOR: f64 = -23.025_850_929_940_457; // ln(1e-10)
     (ln_tail.max(LN_FLOOR) / LN_FLOOR).clamp(0.0, 1.0)
 }
 
@@ -429,11 +622,32 @@ impl Scorer for DetectorScorer {
             } else if context.repeats == 0 {
                 context.run_start_repeat_rate = None;
             }
+            let shape = context.observe_shape(
+                value,
+                observation.ts_ms,
+                metric.value_mean,
+                metric.value_std,
+                &metric.centroids,
+                config,
+            );
             if metric.n < config.warmup_events {
                 continue;
             }
             let z = (average - metric.average_mean) / metric.average_std.max(1e-9);
             let mut score = tail_score(ln_upper_tail(z));
+            if let Some((average_shape, vector)) = shape {
+                let z = (average_shape - metric.shape_mean) / metric.shape_std.max(1e-9);
+                score = score.max(tail_score(ln_upper_tail(z)));
+                if config.shape_vigilance > 0.0 {
+                    if let Some((index, distance)) = nearest(&metric.centroids, &vector) {
+                        let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
+                        let ratio = distance / (config.shape_vigilance * radius);
+                        if ratio > 1.0 {
+                            score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
+                        }
+                    }
+                }
+            }
             let mut cause = Cause::Deviation {
                 z: raw * (value - prediction).signum(),
             };
@@ -465,6 +679,12 @@ impl Scorer for DetectorScorer {
         }
         let mut score = Score::from_parts(parts);
         score.ready = params.metrics.values().any(|m| m.n >= config.warmup_events);
+        if self.resting > 0 {
+            self.resting -= 1;
+            score.value = score.value.min(config.threshold * 0.99);
+        } else if score.ready && score.value >= config.threshold {
+            self.resting = config.rest_events;
+        }
         score
     }
 }
