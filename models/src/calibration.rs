@@ -1,12 +1,4 @@
-//! Turning raw deviations into scores in [0, 1].
-//!
-//! A deviation of `z` standard deviations is mapped to its two-sided Gaussian tail
-//! probability `p`, and the score is the surprisal `-log10(p)` divided by
-//! [`SURPRISAL_AT_ONE`], capped at 1. So a score of 0.5 means "one in a million under
-//! normal behaviour" (z ≈ 4.9), and 0.75 means one in a billion (z ≈ 6.1).
-
-/// Surprisal (in decimal digits) that maps to a score of 1.
-pub const SURPRISAL_AT_ONE: f64 = 12.0;
+//! Gaussian tail probabilities in log space, accurate far into the tail.
 
 /// Natural log of the two-sided tail probability P(|N(0,1)| > z), accurate far into the
 /// tail (no underflow), from the erfc approximation of Numerical Recipes (relative error
@@ -25,12 +17,6 @@ pub fn ln_two_sided_tail(z: f64) -> f64 {
     t.ln() + poly
 }
 
-/// Score in [0, 1] of a deviation of `z` standard deviations.
-pub fn deviation_score(z: f64) -> f64 {
-    let surprisal = -ln_two_sided_tail(z) / std::f64::consts::LN_10;
-    (surprisal / SURPRISAL_AT_ONE).clamp(0.0, 1.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,18 +27,5 @@ mod tests {
         assert!((ln_two_sided_tail(1.96).exp() - 0.05).abs() < 1e-4);
         assert!((ln_two_sided_tail(3.0).exp() - 0.0027).abs() < 1e-5);
         assert!((ln_two_sided_tail(6.0).exp() / 1.973e-9 - 1.0).abs() < 1e-3);
-    }
-
-    #[test]
-    fn score_is_monotonic_and_bounded() {
-        let mut previous = 0.0;
-        for step in 0..200 {
-            let score = deviation_score(step as f64 * 0.1);
-            assert!((0.0..=1.0).contains(&score));
-            assert!(score >= previous);
-            previous = score;
-        }
-        assert!(deviation_score(0.0) < 0.01);
-        assert!(deviation_score(100.0) == 1.0);
     }
 }

@@ -45,6 +45,10 @@ pub struct DetectorConfig {
     pub likelihood_alpha: f64,
     /// Observations per metric before it is scored.
     pub warmup_events: u64,
+    /// Observations per metric before the history-hungry checks (likelihood, range,
+    /// shapes) are trusted. Until then a metric is scored by its single prediction error
+    /// against a Gaussian, which needs little history to be right.
+    pub history_events: u64,
     /// Margin, as a fraction of the seen range, beyond which a new extreme is anomalous.
     pub range_tolerance: f64,
     /// Score of a value beyond the seen range.
@@ -86,6 +90,7 @@ impl Default for DetectorConfig {
             averaging_window: 5,
             likelihood_alpha: 0.001,
             warmup_events: 30,
+            history_events: 300,
             range_tolerance: 0.05,
             range_score: 1.0,
             range_decay: 0.0002,
@@ -547,6 +552,47 @@ fn learn_shape(metric: &mut MetricTrainer, vector: Vec<f64>, config: &DetectorCo
     }
 }
 
+/// The score of a metric with enough history: the likelihood of its recent prediction
+/// errors and shapes, and whether it left its range.
+fn history_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    value: f64,
+    prediction: f64,
+    raw: f64,
+    average: f64,
+    shape: Option<&(f64, Vec<f64>)>,
+) -> (f64, Cause) {
+    let z = (average - metric.average_mean) / metric.average_std.max(1e-9);
+    let mut score = tail_score(ln_upper_tail(z));
+    if let Some((average_shape, vector)) = shape {
+        let z = (average_shape - metric.shape_mean) / metric.shape_std.max(1e-9);
+        score = score.max(tail_score(ln_upper_tail(z)));
+        if config.shape_vigilance > 0.0 {
+            if let Some((index, distance)) = nearest(&metric.centroids, &vector) {
+                let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
+                let ratio = distance / (config.shape_vigilance * radius);
+                if ratio > 1.0 {
+                    score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
+                }
+            }
+        }
+    }
+    let range = metric.max - metric.min;
+    let excess = (value - metric.max).max(metric.min - value);
+    if range > 0.0 && excess > config.range_tolerance * range {
+        // Graded, so that the threshold can tell a slight new extreme from a wild one.
+        let beyond = (excess / range - config.range_tolerance).min(1.0);
+        score = score.max(config.range_score * (0.9 + 0.1 * beyond));
+    }
+    (
+        score,
+        Cause::Deviation {
+            z: raw * (value - prediction).signum(),
+        },
+    )
+}
+
 /// The scoring half, one per device.
 #[derive(Clone, Debug, Default)]
 pub struct DetectorScorer {
@@ -633,31 +679,24 @@ impl Scorer for DetectorScorer {
             if metric.n < config.warmup_events {
                 continue;
             }
-            let z = (average - metric.average_mean) / metric.average_std.max(1e-9);
-            let mut score = tail_score(ln_upper_tail(z));
-            if let Some((average_shape, vector)) = shape {
-                let z = (average_shape - metric.shape_mean) / metric.shape_std.max(1e-9);
-                score = score.max(tail_score(ln_upper_tail(z)));
-                if config.shape_vigilance > 0.0 {
-                    if let Some((index, distance)) = nearest(&metric.centroids, &vector) {
-                        let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
-                        let ratio = distance / (config.shape_vigilance * radius);
-                        if ratio > 1.0 {
-                            score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
-                        }
-                    }
-                }
-            }
-            let mut cause = Cause::Deviation {
-                z: raw * (value - prediction).signum(),
+            let (mut score, mut cause) = if metric.n < config.history_events {
+                (
+                    tail_score(ln_two_sided_tail(raw)),
+                    Cause::Deviation {
+                        z: raw * (value - prediction).signum(),
+                    },
+                )
+            } else {
+                self::history_score(
+                    metric,
+                    config,
+                    value,
+                    prediction,
+                    raw,
+                    average,
+                    shape.as_ref(),
+                )
             };
-            let range = metric.max - metric.min;
-            let excess = (value - metric.max).max(metric.min - value);
-            if range > 0.0 && excess > config.range_tolerance * range {
-                // Graded, so that the threshold can tell a slight new extreme from a wild one.
-                let beyond = (excess / range - config.range_tolerance).min(1.0);
-                score = score.max(config.range_score * (0.9 + 0.1 * beyond));
-            }
             let repeats = context.repeats;
             let rate = context
                 .run_start_repeat_rate
@@ -783,17 +822,22 @@ mod tests {
     #[test]
     fn notices_a_stuck_sensor_and_a_gap() {
         let mut rig = Rig::new();
-        rig.warm(300);
-        let stuck: Vec<f64> = (0..15).map(|_| rig.step(20.3, 1000).value).collect();
-        assert!(stuck[2] < THRESHOLD, "{stuck:?}");
-        assert!(stuck[14] >= THRESHOLD, "{stuck:?}");
-        assert!(matches!(
-            rig.step(20.1, 1000).contributors[0].cause,
-            Cause::Deviation { .. }
-        ));
+        rig.warm(1_000);
+        let stuck: Vec<Score> = (0..15).map(|_| rig.step(20.3, 1000)).collect();
+        assert!(stuck[..2].iter().all(|s| s.value < THRESHOLD), "{stuck:?}");
+        // Reported once, at onset; the rest period then holds it below the threshold.
+        let onset = stuck
+            .iter()
+            .position(|s| s.value >= THRESHOLD)
+            .expect("stuck sensor noticed");
+        assert!(
+            matches!(stuck[onset].contributors[0].cause, Cause::Stuck { .. }),
+            "{stuck:?}"
+        );
+        assert!(stuck[onset + 1..].iter().all(|s| s.value < THRESHOLD));
 
         let mut rig = Rig::new();
-        rig.warm(300);
+        rig.warm(1_000);
         let after_gap = rig.step(20.0, 20_000);
         assert!(after_gap.value >= THRESHOLD, "{after_gap:?}");
         assert!(matches!(after_gap.contributors[0].cause, Cause::Gap { .. }));

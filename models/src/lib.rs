@@ -9,7 +9,6 @@
 //! Parameters serialize with a model kind and a format version, so a scorer can refuse
 //! parameters it does not understand instead of misreading them.
 
-pub mod baseline;
 mod calibration;
 pub mod detector;
 pub mod nab;

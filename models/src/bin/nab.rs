@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fleetwatch_models::detector::{DetectorConfig, DetectorScorer, DetectorTrainer};
 use fleetwatch_models::nab::{
     self, normalize, optimize_threshold, raw_file_score, FileLabels, PROFILES,
 };
@@ -29,10 +28,7 @@ struct Cli {
     /// The scorer sees parameters published every this many records.
     #[arg(long, default_value_t = DEFAULT_PUBLISH_EVERY)]
     publish_every: u32,
-    /// Run the candidate model (`fleetwatch-detector`) instead of the production one.
-    #[arg(long)]
-    candidate: bool,
-    /// Model configuration (JSON) instead of the model's default, for experiments.
+    /// Model configuration (JSON) instead of the production default, for experiments.
     /// Reported results use the default.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -105,51 +101,21 @@ fn load(data: &Path) -> Result<Vec<NabFile>> {
 }
 
 /// Each file is a fresh device: a new trainer and scorer, one record at a time.
-enum Model {
-    Production(production::Config),
-    Candidate(DetectorConfig),
-}
-
-impl Model {
-    fn load(cli: &Cli) -> Result<Self> {
-        let text = cli.model.as_ref().map(fs::read_to_string).transpose()?;
-        Ok(match (cli.candidate, text) {
-            (false, None) => Model::Production(production::Config::default()),
-            (false, Some(text)) => {
-                Model::Production(serde_json::from_str::<production::Config>(&text)?.validate()?)
-            }
-            (true, None) => Model::Candidate(DetectorConfig::default()),
-            (true, Some(text)) => {
-                Model::Candidate(serde_json::from_str::<DetectorConfig>(&text)?.validate()?)
-            }
-        })
-    }
-}
-
-fn score_file(file: &NabFile, model: &Model, publish_every: u32) -> Vec<f64> {
+fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -> Vec<f64> {
     let observations = file
         .timestamps
         .iter()
         .zip(&file.values)
         .map(|(&ts, &value)| (ts, BTreeMap::from([("value".to_owned(), value)])));
-    let scores = match model {
-        Model::Production(config) => replay(
-            production::trainer(config),
-            production::scorer(),
-            publish_every,
-            observations,
-        ),
-        Model::Candidate(config) => replay(
-            DetectorTrainer::new(config.clone()),
-            DetectorScorer::default(),
-            publish_every,
-            observations,
-        ),
-    };
-    scores
-        .into_iter()
-        .map(|score| if score.ready { score.value } else { 0.0 })
-        .collect()
+    replay(
+        production::trainer(config),
+        production::scorer(),
+        publish_every,
+        observations,
+    )
+    .into_iter()
+    .map(|score| if score.ready { score.value } else { 0.0 })
+    .collect()
 }
 
 fn plot(path: &Path, file: &NabFile, scores: &[f64], threshold: f64) -> Result<()> {
@@ -197,8 +163,13 @@ fn plot(path: &Path, file: &NabFile, scores: &[f64], threshold: f64) -> Result<(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let files = load(&cli.data)?;
-    let model = Model::load(&cli)?;
-    let model = &model;
+    let config = match &cli.model {
+        Some(path) => {
+            serde_json::from_str::<production::Config>(&fs::read_to_string(path)?)?.validate()?
+        }
+        None => production::Config::default(),
+    };
+    let config = &config;
     // Files are independent: score them on every core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut scores: Vec<Vec<f64>> = vec![Vec::new(); files.len()];
@@ -207,7 +178,7 @@ fn main() -> Result<()> {
         for (files, out) in files.chunks(chunk).zip(scores.chunks_mut(chunk)) {
             scope.spawn(move || {
                 for (file, out) in files.iter().zip(out) {
-                    *out = score_file(file, model, cli.publish_every);
+                    *out = score_file(file, config, cli.publish_every);
                 }
             });
         }
@@ -260,7 +231,7 @@ fn main() -> Result<()> {
     }
     per_file.flush()?;
     let summary = serde_json::json!({
-        "model": if cli.candidate { fleetwatch_models::detector::KIND } else { fleetwatch_models::baseline::KIND },
+        "model": fleetwatch_models::detector::KIND,
         "publish_every": cli.publish_every,
         "files": files.len(),
         "windows": windows,
