@@ -569,7 +569,7 @@ fn history_score(
         let z = (average_shape - metric.shape_mean) / metric.shape_std.max(1e-9);
         score = score.max(tail_score(ln_upper_tail(z)));
         if config.shape_vigilance > 0.0 {
-            if let Some((index, distance)) = nearest(&metric.centroids, &vector) {
+            if let Some((index, distance)) = nearest(&metric.centroids, vector) {
                 let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
                 let ratio = distance / (config.shape_vigilance * radius);
                 if ratio > 1.0 {
