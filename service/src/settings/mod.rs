@@ -2,7 +2,7 @@
 //! its own `config.rs`. Sources, later ones winning: defaults, the TOML file, then
 //! environment variables named `FLEETWATCH_<SECTION>__<FIELD>` (double underscore between
 //! levels), e.g. `FLEETWATCH_KAFKA__BROKERS=kafka:9092` or
-//! `FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA=0.1`.
+//! `FLEETWATCH_TRAINER__MODEL__PREDICTOR_ALPHA=0.2`.
 
 use std::path::Path;
 
@@ -156,7 +156,7 @@ mod tests {
             Some(&file),
             env(&[
                 ("FLEETWATCH_KAFKA__BROKERS", "env:9092"),
-                ("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "0.1"),
+                ("FLEETWATCH_TRAINER__MODEL__PREDICTOR_ALPHA", "0.3"),
                 ("FLEETWATCH_CONFIG", "ignored"),
                 ("OTHER", "ignored"),
             ]),
@@ -164,7 +164,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.kafka.brokers, "env:9092");
         assert_eq!(settings.kafka.partitions, 3);
-        assert_eq!(settings.trainer.model.mean_alpha, 0.1);
+        assert_eq!(settings.trainer.model.predictor_alpha, 0.3);
     }
 
     #[test]
@@ -180,8 +180,8 @@ mod tests {
             wrong_type.to_string().contains("partitions"),
             "{wrong_type}"
         );
-        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__MEAN_ALPHA", "2")]))
+        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__PREDICTOR_ALPHA", "2")]))
             .unwrap_err();
-        assert!(invalid.to_string().contains("mean_alpha"), "{invalid}");
+        assert!(invalid.to_string().contains("predictor_alpha"), "{invalid}");
     }
 }
