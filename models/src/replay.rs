@@ -39,3 +39,301 @@ where
         })
         .collect()
 }
+
+/// What went wrong reading a telemetry table: always names the row (1-based, the header
+/// is row 1) and the column.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("the input is empty: no header row")]
+    Empty,
+    #[error("the input has a header but no data rows")]
+    NoRows,
+    #[error("column {0:?} is not in the header (columns: {1})")]
+    MissingColumn(String, String),
+    #[error("row {row}, column {column:?}: {problem}")]
+    Cell {
+        row: usize,
+        column: String,
+        problem: String,
+    },
+    #[error("row {row}: {problem}")]
+    Row { row: usize, problem: String },
+    #[error("writing the output: {0}")]
+    Write(String),
+}
+
+/// How to read a table.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    pub timestamp_column: String,
+    /// Metric columns; empty means every column but the timestamp.
+    pub metrics: Vec<String>,
+    pub separator: u8,
+    pub publish_every: u32,
+    /// Score at or above which `is_anomaly` is true.
+    pub threshold: f64,
+}
+
+/// Counts of a replay, for the CLI to report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableSummary {
+    pub rows: usize,
+    pub anomalies: usize,
+}
+
+/// Timestamps as epoch seconds or milliseconds (by magnitude), or
+/// `YYYY-MM-DD[ T]HH:MM:SS[.fff][Z]`.
+pub fn parse_any_timestamp(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(number) = text.parse::<f64>() {
+        if !number.is_finite() {
+            return None;
+        }
+        // Below 1e11 it can only be seconds (1e11 ms is 1973).
+        return Some(if number.abs() < 1e11 {
+            (number * 1000.0) as i64
+        } else {
+            number as i64
+        });
+    }
+    crate::nab::parse_timestamp_ms(text.trim_end_matches('Z'))
+}
+
+/// Score every row of a delimited telemetry table with the production model (one row at
+/// a time, parameters published every `publish_every` rows) and write it back with three
+/// more columns: `anomaly_score`, `is_anomaly`, `top_metric`. Empty metric cells are
+/// missing readings; anything else that is not a finite number is an error.
+pub fn replay_table<R: std::io::Read, W: std::io::Write>(
+    input: R,
+    output: W,
+    options: &TableOptions,
+) -> Result<TableSummary, TableError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(options.separator)
+        .flexible(true)
+        .from_reader(input);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| TableError::Row {
+            row: 1,
+            problem: e.to_string(),
+        })?
+        .iter()
+        .map(|name| name.trim().to_owned())
+        .collect();
+    if header.is_empty() || header.iter().all(String::is_empty) {
+        return Err(TableError::Empty);
+    }
+    let find = |name: &str| {
+        header
+            .iter()
+            .position(|column| column == name)
+            .ok_or_else(|| TableError::MissingColumn(name.to_owned(), header.join(", ")))
+    };
+    let ts_index = find(&options.timestamp_column)?;
+    let metric_names: Vec<String> = if options.metrics.is_empty() {
+        header
+            .iter()
+            .filter(|c| **c != options.timestamp_column)
+            .cloned()
+            .collect()
+    } else {
+        options.metrics.clone()
+    };
+    let metric_indexes = metric_names
+        .iter()
+        .map(|m| find(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    if metric_indexes.is_empty() {
+        return Err(TableError::MissingColumn(
+            "(a metric column)".into(),
+            header.join(", "),
+        ));
+    }
+
+    let mut records = Vec::new();
+    let mut observations = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let row = index + 2;
+        let record = record.map_err(|e| TableError::Row {
+            row,
+            problem: e.to_string(),
+        })?;
+        let cell = |i: usize| record.get(i).unwrap_or("").trim();
+        let ts = parse_any_timestamp(cell(ts_index)).ok_or_else(|| TableError::Cell {
+            row,
+            column: options.timestamp_column.clone(),
+            problem: format!(
+                "{:?} is not a timestamp (epoch seconds or ms, or YYYY-MM-DD HH:MM:SS)",
+                cell(ts_index)
+            ),
+        })?;
+        let mut metrics = BTreeMap::new();
+        for (name, &i) in metric_names.iter().zip(&metric_indexes) {
+            let text = cell(i);
+            if text.is_empty() {
+                continue;
+            }
+            let value: f64 = text
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| TableError::Cell {
+                    row,
+                    column: name.clone(),
+                    problem: format!("{text:?} is not a finite number"),
+                })?;
+            metrics.insert(name.clone(), value);
+        }
+        observations.push((ts, metrics));
+        records.push(record);
+    }
+    if records.is_empty() {
+        return Err(TableError::NoRows);
+    }
+
+    let config = crate::production::Config::default();
+    let scores = replay(
+        crate::production::trainer(&config),
+        crate::production::scorer(),
+        options.publish_every,
+        observations,
+    );
+    let mut writer = csv::WriterBuilder::new()
+        .delimiter(options.separator)
+        .from_writer(output);
+    let write_error = |e: csv::Error| TableError::Write(e.to_string());
+    let mut out_header = header.clone();
+    out_header.extend(["anomaly_score", "is_anomaly", "top_metric"].map(String::from));
+    writer.write_record(&out_header).map_err(write_error)?;
+    let mut summary = TableSummary {
+        rows: records.len(),
+        anomalies: 0,
+    };
+    for (record, score) in records.iter().zip(&scores) {
+        let value = if score.ready { score.value } else { 0.0 };
+        let is_anomaly = value >= options.threshold;
+        summary.anomalies += usize::from(is_anomaly);
+        let top = score
+            .contributors
+            .first()
+            .filter(|_| score.ready)
+            .map_or("", |c| c.metric.as_str());
+        let mut fields: Vec<String> = (0..header.len())
+            .map(|i| record.get(i).unwrap_or("").to_owned())
+            .collect();
+        fields.extend([
+            format!("{value:.6}"),
+            is_anomaly.to_string(),
+            top.to_owned(),
+        ]);
+        writer.write_record(&fields).map_err(write_error)?;
+    }
+    writer
+        .flush()
+        .map_err(|e| TableError::Write(e.to_string()))?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> TableOptions {
+        TableOptions {
+            timestamp_column: "time".into(),
+            metrics: vec![],
+            separator: b';',
+            publish_every: 10,
+            threshold: 0.65,
+        }
+    }
+
+    fn run(input: &str, options: &TableOptions) -> Result<(TableSummary, String), TableError> {
+        let mut out = Vec::new();
+        let summary = replay_table(input.as_bytes(), &mut out, options)?;
+        Ok((summary, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn scores_every_row_and_names_the_top_metric() {
+        let mut input = String::from("time;temp;power\n");
+        for i in 0..600 {
+            let temp = if i == 500 {
+                90.0
+            } else {
+                20.0 + ((i * 7919) % 13) as f64 / 10.0
+            };
+            input.push_str(&format!(
+                "{};{temp};{}\n",
+                1_700_000_000 + i * 60,
+                100 + (i * 31) % 7
+            ));
+        }
+        let (summary, output) = run(&input, &options()).unwrap();
+        assert_eq!(summary.rows, 600);
+        let lines: Vec<&str> = output.lines().collect();
+        assert_eq!(
+            lines[0],
+            "time;temp;power;anomaly_score;is_anomaly;top_metric"
+        );
+        assert_eq!(lines.len(), 601);
+        assert!(lines[501].ends_with(";true;temp"), "{}", lines[501]);
+        assert!(summary.anomalies >= 1);
+    }
+
+    #[test]
+    fn bad_tables_name_the_row_and_column() {
+        let error = run("", &options()).unwrap_err().to_string();
+        assert!(error.contains("empty"), "{error}");
+        let error = run("time;temp\n", &options()).unwrap_err().to_string();
+        assert!(error.contains("no data rows"), "{error}");
+        let error = run("when;temp\n1;2\n", &options()).unwrap_err().to_string();
+        assert!(error.contains("\"time\" is not in the header"), "{error}");
+        let error = run("time;temp\n1700000000;20\n1700000060;warm\n", &options())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "row 3, column \"temp\": \"warm\" is not a finite number"
+        );
+        let error = run("time;temp\nyesterday;20\n", &options())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("row 2, column \"time\""), "{error}");
+        let metrics = TableOptions {
+            metrics: vec!["humidity".into()],
+            ..options()
+        };
+        let error = run("time;temp\n1;2\n", &metrics).unwrap_err().to_string();
+        assert!(error.contains("\"humidity\""), "{error}");
+    }
+
+    #[test]
+    fn empty_cells_are_missing_readings() {
+        let (summary, _) = run(
+            "time;temp;power\n1700000000;20;\n1700000060;;100\n",
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(summary.rows, 2);
+    }
+
+    #[test]
+    fn understands_common_timestamps() {
+        assert_eq!(parse_any_timestamp("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_any_timestamp("1700000000123"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_any_timestamp("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_any_timestamp("2023-11-14 22:13:20.5"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(parse_any_timestamp("soon"), None);
+    }
+}

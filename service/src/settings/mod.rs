@@ -180,8 +180,11 @@ mod tests {
             wrong_type.to_string().contains("partitions"),
             "{wrong_type}"
         );
-        let invalid = Settings::load(None, env(&[("FLEETWATCH_TRAINER__MODEL__PREDICTOR_ALPHA", "2")]))
-            .unwrap_err();
+        let invalid = Settings::load(
+            None,
+            env(&[("FLEETWATCH_TRAINER__MODEL__PREDICTOR_ALPHA", "2")]),
+        )
+        .unwrap_err();
         assert!(invalid.to_string().contains("predictor_alpha"), "{invalid}");
     }
 }
