@@ -398,14 +398,16 @@ impl Trainer for DetectorTrainer {
         );
 
         for (name, &value) in observation.metrics {
-            let metric = self
-                .metrics
-                .entry(name.clone())
-                .or_insert_with(|| MetricTrainer {
+            // Look up before inserting: `entry` would allocate a key on every event.
+            if !self.metrics.contains_key(name) {
+                let fresh = MetricTrainer {
                     min: value,
                     max: value,
                     ..MetricTrainer::default()
-                });
+                };
+                self.metrics.insert(name.clone(), fresh);
+            }
+            let metric = self.metrics.get_mut(name).expect("inserted above");
             metric.n += 1;
             let error_std = metric
                 .error
@@ -653,7 +655,10 @@ impl Scorer for DetectorScorer {
         );
 
         for (name, &value) in observation.metrics {
-            let context = self.contexts.entry(name.clone()).or_default();
+            if !self.contexts.contains_key(name) {
+                self.contexts.insert(name.clone(), Context::default());
+            }
+            let context = self.contexts.get_mut(name).expect("inserted above");
             let Some(metric) = params.metrics.get(name) else {
                 context.observe(value, 1.0, config);
                 continue;
