@@ -287,14 +287,16 @@ fn start_alerts(
         StartAt::Latest,
         metrics.clone(),
     )?;
+    let recent = crate::alerts::RecentAlerts::default();
     let handler = AlertsHandler {
         frames: frames.clone(),
+        recent: recent.clone(),
         metrics: metrics.clone(),
     };
     tasks.spawn(consume_as("alerts", consumer, handler, shutdown.clone()));
     let (max_clients, metrics, shutdown) = (config.max_clients, metrics.clone(), shutdown.clone());
     tasks.spawn(async move {
-        crate::alerts::serve(listener, frames, max_clients, metrics, shutdown).await;
+        crate::alerts::serve(listener, frames, recent, max_clients, metrics, shutdown).await;
         ("alerts-ws", Ok(()))
     });
     Ok(ws_addr)

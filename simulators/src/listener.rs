@@ -21,10 +21,18 @@ pub struct ReceivedAlert {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Frame {
-    Alert { alert: Alert },
+    Alert {
+        alert: Alert,
+    },
+    /// Alerts from before this client connected: not what it measures.
+    Recent {},
     Subscribed {},
-    Lagged { missed: u64 },
-    Error { message: String },
+    Lagged {
+        missed: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +100,7 @@ impl AlertListener {
                     }
                     Ok(Frame::Lagged { missed }) => *missed_count.lock() += missed,
                     Ok(Frame::Error { message }) => tracing::warn!(%message, "alerts server error"),
-                    Ok(Frame::Subscribed {}) => {}
+                    Ok(Frame::Subscribed {}) | Ok(Frame::Recent {}) => {}
                     Err(error) => tracing::warn!(%error, "unreadable alert frame"),
                 }
             }

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{AlertFrame, ClientFrame, ServerFrame};
+use super::{AlertFrame, ClientFrame, RecentAlerts, ServerFrame};
 use crate::metrics::Metrics;
 
 /// Largest frame accepted from a client: they only send small subscribe requests.
@@ -19,6 +19,7 @@ const MAX_CLIENT_FRAME_BYTES: usize = 4096;
 pub async fn serve(
     listener: TcpListener,
     frames: broadcast::Sender<AlertFrame>,
+    recent: RecentAlerts,
     max_clients: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -40,11 +41,10 @@ pub async fn serve(
             continue;
         };
         let receiver = frames.subscribe();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
+        let (metrics, shutdown, recent) = (metrics.clone(), shutdown.clone(), recent.clone());
         tokio::spawn(async move {
             metrics.ws_clients.inc();
-            if let Err(error) = serve_client(stream, receiver, &metrics, shutdown).await {
+            if let Err(error) = serve_client(stream, receiver, recent, &metrics, shutdown).await {
                 tracing::debug!(%peer, %error, "WebSocket client ended with an error");
             }
             metrics.ws_clients.dec();
@@ -53,9 +53,20 @@ pub async fn serve(
     }
 }
 
+/// The recent alerts of devices matching `prefix`, oldest first.
+fn recent_frames(recent: &RecentAlerts, prefix: &str) -> Vec<Arc<str>> {
+    recent
+        .lock()
+        .iter()
+        .filter(|frame| frame.device_id.as_str().starts_with(prefix))
+        .map(|frame| frame.recent_text.clone())
+        .collect()
+}
+
 async fn serve_client(
     stream: TcpStream,
     mut alerts: broadcast::Receiver<AlertFrame>,
+    recent: RecentAlerts,
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
@@ -64,6 +75,9 @@ async fn serve_client(
         .max_frame_size(Some(MAX_CLIENT_FRAME_BYTES));
     let mut socket = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
     let mut device_prefix = String::new();
+    for text in recent_frames(&recent, &device_prefix) {
+        socket.send(Message::text(text.to_string())).await?;
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -103,6 +117,11 @@ async fn serve_client(
                     };
                     let text = serde_json::to_string(&reply).expect("serializes");
                     socket.send(Message::text(text)).await?;
+                    if matches!(reply, ServerFrame::Subscribed { .. }) {
+                        for text in recent_frames(&recent, &device_prefix) {
+                            socket.send(Message::text(text.to_string())).await?;
+                        }
+                    }
                 }
                 Some(Ok(Message::Binary(_))) => {
                     metrics.ws_bad_frames.inc();
