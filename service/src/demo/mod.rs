@@ -5,13 +5,12 @@
 
 mod broker;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fleetwatch_sim::{evaluate, run_fleet, AlertListener, AnomalyKind, FleetStats, SimConfig};
+use fleetwatch_sim::{evaluate, run_fleet, AlertListener, Evaluation, FleetStats, SimConfig};
 use rdkafka::mocking::MockCluster;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -65,15 +64,9 @@ pub struct DemoSummary {
     pub alerts_out: u64,
     /// Raised alerts a WebSocket client received.
     pub alerts_received: usize,
-    pub anomalies_injected: usize,
-    pub anomalies_detected: usize,
-    pub duplicate_alerts: usize,
-    pub false_alerts: usize,
-    /// Device publish → alert at the WebSocket client, over detected anomalies.
-    pub latency_ms_p50: Option<i64>,
-    pub latency_ms_p99: Option<i64>,
-    /// Per anomaly kind: [injected, detected].
-    pub by_kind: BTreeMap<AnomalyKind, (usize, usize)>,
+    /// What the WebSocket client's alerts say about the injected anomalies.
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
 }
 
 /// Time after the devices stop for the last alerts to arrive.
@@ -220,12 +213,6 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
             .iter()
             .filter(|r| r.alert.state == fleetwatch_protocol::AlertState::Raised)
             .count(),
-        anomalies_injected: evaluation.anomalies_injected,
-        anomalies_detected: evaluation.anomalies_detected,
-        duplicate_alerts: evaluation.duplicate_alerts,
-        false_alerts: evaluation.false_alerts,
-        latency_ms_p50: evaluation.latency_ms_p50,
-        latency_ms_p99: evaluation.latency_ms_p99,
-        by_kind: evaluation.by_kind,
+        evaluation,
     })
 }

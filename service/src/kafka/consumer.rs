@@ -323,3 +323,23 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(
         }
     }
 }
+
+/// Decode a record of `iot.telemetry` and keep it only if it carries metrics (the roles
+/// that model data skip state, status and acknowledgements).
+pub fn decode_telemetry(
+    record: &BorrowedMessage<'_>,
+    role: &str,
+    metrics: &Metrics,
+) -> Option<(
+    fleetwatch_protocol::DeviceId,
+    fleetwatch_protocol::TelemetryPayload,
+)> {
+    use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
+    let DeviceEvent {
+        device_id, body, ..
+    } = decode_record(record, role, metrics)?;
+    match body {
+        DeviceEventBody::Telemetry(telemetry) => Some((device_id, telemetry)),
+        _ => None,
+    }
+}

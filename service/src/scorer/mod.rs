@@ -17,8 +17,7 @@ use std::sync::Arc;
 use fleetwatch_models::production::{ModelScorer, Params};
 use fleetwatch_models::{Observation, Scorer};
 use fleetwatch_protocol::{
-    now_ms, Alert, AlertState, Contributor, DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics,
-    ParamsEnvelope, SequenceTracker,
+    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker,
 };
 use parking_lot::RwLock;
 use rdkafka::message::BorrowedMessage;
@@ -26,7 +25,7 @@ use rdkafka::message::BorrowedMessage;
 pub use config::ScorerConfig;
 pub use episode::{Episode, EpisodeRules};
 
-use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_record, decode_telemetry, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;
 
 pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<ParamsEnvelope<Params>>>>>;
@@ -132,12 +131,7 @@ impl RecordHandler for ScoringHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
-        let Some(DeviceEvent {
-            device_id,
-            body: DeviceEventBody::Telemetry(telemetry),
-            ..
-        }) = decode_record::<DeviceEvent>(record, "scorer", &self.metrics)
-        else {
+        let Some((device_id, telemetry)) = decode_telemetry(record, "scorer", &self.metrics) else {
             return Ok(());
         };
         let device = self.devices.entry(device_id.clone()).or_default();

@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
-use fleetwatch_protocol::{
-    now_ms, DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker,
-};
+use fleetwatch_protocol::{now_ms, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker};
 use rdkafka::message::BorrowedMessage;
 
 pub use config::TrainerConfig;
 
-use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_telemetry, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;
 
 struct DeviceModel {
@@ -89,11 +87,7 @@ impl TrainerHandler {
 
 impl RecordHandler for TrainerHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
-        let Some(DeviceEvent {
-            device_id,
-            body: DeviceEventBody::Telemetry(telemetry),
-            ..
-        }) = decode_record::<DeviceEvent>(record, "trainer", &self.metrics)
+        let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
         else {
             return Ok(());
         };
