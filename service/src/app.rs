@@ -314,18 +314,10 @@ async fn consume_as<H: crate::kafka::RecordHandler>(
 impl RunningApp {
     /// True once every role has connected and been assigned its partitions.
     pub fn is_ready(&self, roles: Roles) -> bool {
-        let assigned = |role: &str| {
-            self.metrics
-                .assigned_partitions
-                .with_label_values(&[role])
-                .get()
-                > 0
-        };
-        (!roles.ingest || self.metrics.ingest_subscribed.get() == 1)
-            && (!roles.devices || assigned("devices"))
-            && (!roles.trainer || assigned("trainer"))
-            && (!roles.scorer || (assigned("scorer") && assigned("scorer-params")))
-            && (!roles.alerts || assigned("alerts"))
+        roles
+            .names()
+            .into_iter()
+            .all(|role| self.metrics.role_readiness(role).0)
     }
 
     /// Wait until shutdown is requested and every role has stopped, or until a role fails

@@ -149,6 +149,30 @@ impl Metrics {
         }
     }
 
+    /// Whether `role` is ready — connected (ingest) or holding partitions (consumers) —
+    /// and the figures that say so. `/healthz` and the demo both ask this.
+    pub fn role_readiness(&self, role: &str) -> (bool, serde_json::Value) {
+        let assigned = |role: &str| self.assigned_partitions.with_label_values(&[role]).get();
+        match role {
+            "ingest" => {
+                let subscribed = self.ingest_subscribed.get() == 1;
+                (subscribed, serde_json::json!({ "subscribed": subscribed }))
+            }
+            "scorer" => {
+                let (telemetry, params) = (assigned("scorer"), assigned("scorer-params"));
+                let detail = serde_json::json!({ "assigned_partitions": telemetry, "params_partitions": params });
+                (telemetry > 0 && params > 0, detail)
+            }
+            other => {
+                let partitions = assigned(other);
+                (
+                    partitions > 0,
+                    serde_json::json!({ "assigned_partitions": partitions }),
+                )
+            }
+        }
+    }
+
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> String {
         let families = self.registry.gather();

@@ -145,28 +145,10 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
 /// connected and has its partitions.
 async fn health(state: web::Data<HttpState>) -> HttpResponse {
     let metrics = &state.metrics;
-    let assigned = |role: &str| metrics.assigned_partitions.with_label_values(&[role]).get();
     let mut ready = true;
     let mut roles = serde_json::Map::new();
     for &role in &state.roles {
-        let (role_ready, detail) = match role {
-            "ingest" => {
-                let subscribed = metrics.ingest_subscribed.get() == 1;
-                (subscribed, json!({ "subscribed": subscribed }))
-            }
-            "scorer" => {
-                let telemetry = assigned("scorer");
-                let params = assigned("scorer-params");
-                (
-                    telemetry > 0 && params > 0,
-                    json!({ "assigned_partitions": telemetry, "params_partitions": params }),
-                )
-            }
-            other => {
-                let partitions = assigned(other);
-                (partitions > 0, json!({ "assigned_partitions": partitions }))
-            }
-        };
+        let (role_ready, detail) = metrics.role_readiness(role);
         ready &= role_ready;
         roles.insert(
             role.to_owned(),
