@@ -208,8 +208,9 @@ async fn run_device(
             false,
         ));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    // Every QoS 1 message handed to the client, and every one the broker acknowledged.
-    let handed = Arc::new(AtomicU64::new(0));
+    // Every QoS 1 message handed to the client, and every one the broker acknowledged
+    // (counted by the connection task).
+    let mut handed: u64 = 0;
     let acknowledged = Arc::new(AtomicU64::new(0));
     let connection = {
         let (stats, acknowledged, stop) = (stats.clone(), acknowledged.clone(), stop.clone());
@@ -249,14 +250,17 @@ async fn run_device(
         })
     };
 
-    let _ = client
-        .publish(
-            topic(DeviceTopicKind::Status),
-            QoS::AtLeastOnce,
-            false,
-            status(Connectivity::Online),
-        )
-        .await;
+    let status_topic = topic(DeviceTopicKind::Status);
+    let publish_status = |connectivity| {
+        let (client, topic) = (&client, &status_topic);
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, status(connectivity))
+                .await
+                .is_ok()
+        }
+    };
+    handed += u64::from(publish_status(Connectivity::Online).await);
     let schedule = Schedule {
         not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
         not_after_ms: config.duration_secs.map_or(i64::MAX, |d| {
@@ -324,17 +328,13 @@ async fn run_device(
         {
             break;
         }
-        handed.fetch_add(1, Ordering::Relaxed);
+        handed += 1;
         stats.published.fetch_add(1, Ordering::Relaxed);
     }
 
     // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
     // offline, disconnect.
-    let outstanding = || {
-        handed
-            .load(Ordering::Relaxed)
-            .saturating_sub(acknowledged.load(Ordering::Relaxed))
-    };
+    let outstanding = || handed.saturating_sub(acknowledged.load(Ordering::Relaxed));
     let deadline = Instant::now() + Duration::from_secs(10);
     while outstanding() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -342,14 +342,7 @@ async fn run_device(
     stats
         .unacknowledged_at_exit
         .fetch_add(outstanding(), Ordering::Relaxed);
-    let _ = client
-        .publish(
-            topic(DeviceTopicKind::Status),
-            QoS::AtLeastOnce,
-            false,
-            status(Connectivity::Offline),
-        )
-        .await;
+    publish_status(Connectivity::Offline).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
