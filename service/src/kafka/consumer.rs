@@ -255,7 +255,7 @@ pub async fn consume<H: RecordHandler>(
             _ = shutdown.cancelled() => break Ok(()),
             _ = tick => {
                 if let Err(HandleError::Fatal(reason)) = handler.on_tick().await {
-                    break Err(Error::RoleFailed { role: "consumer", reason });
+                    break Err(Error::RoleFailed { role, reason });
                 }
                 continue;
             }
@@ -282,12 +282,7 @@ pub async fn consume<H: RecordHandler>(
                     }
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
-                Err(HandleError::Fatal(reason)) => {
-                    break Err(Error::RoleFailed {
-                        role: "consumer",
-                        reason,
-                    })
-                }
+                Err(HandleError::Fatal(reason)) => break Err(Error::RoleFailed { role, reason }),
             }
         };
         match handled {
