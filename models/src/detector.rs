@@ -254,6 +254,14 @@ fn embed(
     Some(vector)
 }
 
+/// The current shape as the context saw it.
+struct Shape {
+    log_average_distance: f64,
+    vector: Vec<f64>,
+    /// Index of the nearest centroid and the squared distance to it.
+    nearest: (usize, f64),
+}
+
 fn nearest(centroids: &[Vec<f64>], vector: &[f64]) -> Option<(usize, f64)> {
     centroids
         .iter()
@@ -271,8 +279,9 @@ fn nearest(centroids: &[Vec<f64>], vector: &[f64]) -> Option<(usize, f64)> {
 }
 
 impl Context {
-    /// Remember `value` for shapes; returns the averaged log distance of the current
-    /// shape to the nearest centroid, and the shape.
+    /// Remember `value` for shapes; returns the current shape, its nearest centroid and
+    /// the averaged log distance to it (none before the history fills a shape or while
+    /// there is no centroid).
     fn observe_shape(
         &mut self,
         value: f64,
@@ -281,13 +290,17 @@ impl Context {
         std: f64,
         centroids: &[Vec<f64>],
         config: &DetectorConfig,
-    ) -> Option<(f64, Vec<f64>)> {
+    ) -> Option<Shape> {
         push_limited(&mut self.recent_values, value, config.shape_length);
         let vector = embed(&self.recent_values, ts_ms, mean, std, config)?;
-        let (_, distance) = nearest(centroids, &vector)?;
-        push_limited(&mut self.recent_shape, distance, config.averaging_window);
+        let nearest = nearest(centroids, &vector)?;
+        push_limited(&mut self.recent_shape, nearest.1, config.averaging_window);
         let average = self.recent_shape.iter().sum::<f64>() / self.recent_shape.len() as f64;
-        Some(((average + 1e-3).ln(), vector))
+        Some(Shape {
+            log_average_distance: (average + 1e-3).ln(),
+            vector,
+            nearest,
+        })
     }
 }
 
@@ -425,7 +438,7 @@ impl Trainer for DetectorTrainer {
                 metric.average.learn(average, config.likelihood_alpha);
             }
             let (mean, std) = (metric.value.mean, metric.value.std());
-            if let Some((average, vector)) = metric.context.observe_shape(
+            if let Some(shape) = metric.context.observe_shape(
                 value,
                 observation.ts_ms,
                 mean,
@@ -434,9 +447,11 @@ impl Trainer for DetectorTrainer {
                 config,
             ) {
                 if metric.n > config.warmup_events {
-                    metric.shape.learn(average, config.likelihood_alpha);
+                    metric
+                        .shape
+                        .learn(shape.log_average_distance, config.likelihood_alpha);
                 }
-                learn_shape(metric, vector, config);
+                learn_shape(metric, shape.vector, Some(shape.nearest), config);
             } else if metric.centroids.is_empty() {
                 if let Some(vector) = embed(
                     &metric.context.recent_values,
@@ -445,7 +460,7 @@ impl Trainer for DetectorTrainer {
                     std,
                     config,
                 ) {
-                    learn_shape(metric, vector, config);
+                    learn_shape(metric, vector, None, config);
                 }
             }
             metric.value.learn(value, config.error_alpha / 10.0);
@@ -510,8 +525,13 @@ impl Trainer for DetectorTrainer {
 /// typical radii, or simply far while there is room) becomes a centroid of its own,
 /// replacing the least used one when memory is full; otherwise the nearest centroid
 /// moves towards it, ever slower but never below a floor, so the memory keeps adapting.
-fn learn_shape(metric: &mut MetricTrainer, vector: Vec<f64>, config: &DetectorConfig) {
-    let Some((index, distance)) = nearest(&metric.centroids, &vector) else {
+fn learn_shape(
+    metric: &mut MetricTrainer,
+    vector: Vec<f64>,
+    nearest: Option<(usize, f64)>,
+    config: &DetectorConfig,
+) {
+    let Some((index, distance)) = nearest else {
         metric.centroids.push(vector);
         metric.centroid_weights.push(1.0);
         metric.radii.push(1.0);
@@ -563,20 +583,19 @@ fn history_score(
     prediction: f64,
     raw: f64,
     average: f64,
-    shape: Option<&(f64, Vec<f64>)>,
+    shape: Option<&Shape>,
 ) -> (f64, Cause) {
     let z = (average - metric.average_mean) / metric.average_std.max(1e-9);
     let mut score = tail_score(ln_upper_tail(z));
-    if let Some((average_shape, vector)) = shape {
-        let z = (average_shape - metric.shape_mean) / metric.shape_std.max(1e-9);
+    if let Some(shape) = shape {
+        let z = (shape.log_average_distance - metric.shape_mean) / metric.shape_std.max(1e-9);
         score = score.max(tail_score(ln_upper_tail(z)));
         if config.shape_vigilance > 0.0 {
-            if let Some((index, distance)) = nearest(&metric.centroids, vector) {
-                let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
-                let ratio = distance / (config.shape_vigilance * radius);
-                if ratio > 1.0 {
-                    score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
-                }
+            let (index, distance) = shape.nearest;
+            let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
+            let ratio = distance / (config.shape_vigilance * radius);
+            if ratio > 1.0 {
+                score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
             }
         }
     }
