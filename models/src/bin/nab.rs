@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -205,16 +206,19 @@ fn main() -> Result<()> {
     let mut per_file = csv::Writer::from_path(cli.out.join("files.csv"))?;
     per_file.write_record(["profile", "file", "threshold", "raw_score"])?;
     let mut standard_threshold = 0.5;
+    // Printed only once every file is written: a reader that goes away (`| head`) must
+    // not cut the outputs short.
+    let mut summary_lines = Vec::new();
     for profile in PROFILES {
         let (threshold, raw) = optimize_threshold(&pooled, &profile);
         let score = normalize(raw, &profile, windows);
         if profile.name == "standard" {
             standard_threshold = threshold;
         }
-        println!(
+        summary_lines.push(format!(
             "{:<20} score {score:7.2}  threshold {threshold:.6}  raw {raw:.3}",
             profile.name
-        );
+        ));
         for (file, scores) in files.iter().zip(&scores) {
             let raw = raw_file_score(&file.labels, scores, &profile, threshold);
             per_file.write_record([
@@ -253,10 +257,12 @@ fn main() -> Result<()> {
             .with_context(|| format!("plotting {}", file.key))?;
         }
     }
-    println!(
+    summary_lines.push(format!(
         "wrote {} (per-file CSVs{}, files.csv, scores.json)",
         cli.out.display(),
         if cli.no_plots { "" } else { ", plots" }
-    );
+    ));
+    // A closed stdout is the reader's choice, not an error of the run.
+    let _ = writeln!(std::io::stdout(), "{}", summary_lines.join("\n"));
     Ok(())
 }
