@@ -46,9 +46,15 @@ impl KafkaTopics {
     pub fn device_state(&self) -> String {
         self.name("iot.device-state")
     }
-    /// Operator commands for devices.
+    /// Requests for device actors ([`crate::DeviceRequest`]): commands, desired-state
+    /// writes and reads of a twin owned by another instance. Key: device id.
     pub fn commands(&self) -> String {
         self.name("iot.commands")
+    }
+    /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
+    /// ([`crate::DeviceReply`]). Key: the asking instance.
+    pub fn replies(&self) -> String {
+        self.name("iot.replies")
     }
 
     /// Every topic with whether it is compacted and whether it is co-partitioned with
@@ -60,6 +66,7 @@ impl KafkaTopics {
             TopicSpec::new(self.device_state(), true, true),
             TopicSpec::new(self.model_params(), true, true),
             TopicSpec::new(self.alerts(), false, false),
+            TopicSpec::new(self.replies(), false, false),
             TopicSpec::new(self.dlq(), false, false),
         ]
     }

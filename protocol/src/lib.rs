@@ -8,12 +8,14 @@ mod kafka;
 mod messages;
 mod mqtt;
 mod sequence;
+mod twin;
 
 pub use device_id::{DeviceId, DeviceIdError};
 pub use kafka::{KafkaTopics, TopicSpec};
 pub use messages::*;
 pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};
 pub use sequence::SequenceTracker;
+pub use twin::*;
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire.
 pub fn now_ms() -> i64 {

@@ -14,18 +14,22 @@ pub enum DeviceTopicKind {
     State,
     /// Device → service: online/offline, also the device's Last Will ([`crate::StatusPayload`]).
     Status,
-    /// Service → device: commands and desired-state changes ([`crate::CommandPayload`]).
+    /// Service → device: commands ([`crate::CommandPayload`]).
     Commands,
+    /// Service → device: the desired state that differs from the reported one
+    /// ([`crate::DesiredPayload`]).
+    Desired,
     /// Device → service: command acknowledgements ([`crate::AckPayload`]).
     Acks,
 }
 
 impl DeviceTopicKind {
-    pub const ALL: [DeviceTopicKind; 5] = [
+    pub const ALL: [DeviceTopicKind; 6] = [
         Self::Telemetry,
         Self::State,
         Self::Status,
         Self::Commands,
+        Self::Desired,
         Self::Acks,
     ];
 
@@ -35,13 +39,14 @@ impl DeviceTopicKind {
             Self::State => "state",
             Self::Status => "status",
             Self::Commands => "commands",
+            Self::Desired => "desired",
             Self::Acks => "acks",
         }
     }
 
     /// Whether devices publish on this topic (as opposed to the service).
     pub fn is_upstream(self) -> bool {
-        !matches!(self, Self::Commands)
+        !matches!(self, Self::Commands | Self::Desired)
     }
 }
 

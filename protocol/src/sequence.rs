@@ -1,3 +1,5 @@
+use serde::{Deserialize, Serialize};
+
 /// Drops duplicate telemetry by per-device sequence number.
 ///
 /// MQTT QoS 1 and Kafka at-least-once both redeliver; a redelivered message carries the
@@ -6,11 +8,27 @@
 /// inside the window are still accepted once. A number further back than the window is a
 /// duplicate — unless it is below [`SequenceTracker::WINDOW`] itself: devices count from 0
 /// after a reboot, so that is a restart and tracking starts over.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SequenceTracker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     highest: Option<u64>,
-    /// Bit `i` set: `highest - i` was seen.
+    /// Bit `i` set: `highest - i` was seen. Hex text on the wire: JSON readers
+    /// commonly lose integers above 2^53.
+    #[serde(default, with = "hex_u128")]
     seen: u128,
+}
+
+mod hex_u128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{value:x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
 }
 
 impl SequenceTracker {
@@ -61,6 +79,18 @@ impl SequenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn survives_a_round_trip() {
+        let mut tracker = SequenceTracker::default();
+        for seq in [5, 7, 200] {
+            tracker.accept(seq);
+        }
+        let json = serde_json::to_string(&tracker).unwrap();
+        let mut restored: SequenceTracker = serde_json::from_str(&json).unwrap();
+        assert_eq!(restored, tracker);
+        assert!(!restored.accept(200));
+    }
 
     #[test]
     fn drops_redeliveries_and_keeps_late_arrivals() {

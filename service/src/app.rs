@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use parking_lot::RwLock;
@@ -12,12 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{AlertsConfig, AlertsHandler};
-use crate::devices::{DeviceRegistry, DevicesHandler};
+use crate::devices::{Changelog, DeviceRegistry, DevicesHandler};
 use crate::error::{Error, Result};
-use crate::http::HttpState;
+use crate::http::{HttpState, RepliesHandler, RequestClient};
 use crate::ingest::Ingest;
 use crate::kafka::{consume, ensure_topics, ConsumerRole, Producer, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
+use crate::mqtt::MqttPublisher;
 use crate::scorer::{ParamsHandler, ScoringHandler};
 use crate::settings::Settings;
 use crate::trainer::TrainerHandler;
@@ -157,12 +159,75 @@ pub async fn start(
         )
     };
 
+    // This process's name on iot.replies and in marker records: unique per process,
+    // since a restarted instance must not receive its predecessor's replies.
+    let instance = format!(
+        "{}-{}-{:x}",
+        settings.mqtt.instance_id(),
+        std::process::id(),
+        fleetwatch_protocol::now_ms()
+    );
+    let requests = Arc::new(RequestClient::new(
+        instance.clone(),
+        &topics,
+        producer.clone(),
+        settings.http.max_pending_requests,
+        Duration::from_millis(settings.http.request_timeout_ms),
+        metrics.clone(),
+    ));
+    let replies = RoleConsumer::read_whole_topic(
+        kafka,
+        ConsumerRole::Replies,
+        &topics.replies(),
+        StartAt::Latest,
+        metrics.clone(),
+    )
+    .await?;
+    let replies_handler = RepliesHandler {
+        client: requests.clone(),
+        metrics: metrics.clone(),
+    };
+    tasks.spawn(consume_as(
+        "replies",
+        replies,
+        replies_handler,
+        shutdown.clone(),
+    ));
+
     let registry = if roles.devices {
-        let registry = Arc::new(DeviceRegistry::new(&settings.devices, metrics.clone()));
-        let consumer =
-            group_consumer(ConsumerRole::Devices, topics.telemetry(), StartAt::Earliest)?;
+        let changelog = Arc::new(Changelog::new(
+            kafka,
+            topics.device_state(),
+            producer.clone(),
+            &instance,
+            metrics.clone(),
+        )?);
+        let downlink = MqttPublisher::start(
+            &settings.mqtt,
+            "devices",
+            settings.devices.downlink_queue,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let registry = Arc::new(crate::devices::registry(
+            settings.devices.clone(),
+            changelog,
+            downlink,
+            metrics.clone(),
+        ));
+        let consumer = RoleConsumer::subscribe_with_listener(
+            kafka,
+            ConsumerRole::Devices,
+            &kafka.group_id(ConsumerRole::Devices.name()),
+            &[&topics.telemetry(), &topics.commands()],
+            StartAt::Earliest,
+            metrics.clone(),
+            Some(registry.clone()),
+        )?;
         let handler = DevicesHandler {
             registry: registry.clone(),
+            topics: topics.clone(),
+            producer: producer.clone(),
             metrics: metrics.clone(),
         };
         tasks.spawn(consume_as("devices", consumer, handler, shutdown.clone()));
@@ -189,6 +254,7 @@ pub async fn start(
             kafka,
             ConsumerRole::ScorerParams,
             &topics.model_params(),
+            StartAt::Earliest,
             metrics.clone(),
         )
         .await?;
@@ -239,6 +305,9 @@ pub async fn start(
             roles: roles.names(),
             ws_port: ws_addr.map(|addr| addr.port()),
             max_page_size: settings.http.max_page_size,
+            requests,
+            default_command_ttl_ms: settings.http.default_command_ttl_ms,
+            max_command_ttl_ms: settings.http.max_command_ttl_ms,
         },
     )?;
     tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");

@@ -26,6 +26,29 @@ pub struct Metrics {
     pub assigned_partitions: IntGaugeVec,
     /// Live device actors.
     pub device_actors: IntGauge,
+    /// Device actors stopped for being idle (their twin stays in the changelog).
+    pub device_passivations: IntCounter,
+    /// Twin records written to `iot.device-state`.
+    pub twin_writes: IntCounter,
+    /// Twin records that failed to reach the changelog (timer-driven writes only;
+    /// event-driven ones stop the partition until they succeed).
+    pub twin_write_failures: IntCounter,
+    /// Passivated twins read back from the changelog.
+    pub twin_revivals: IntCounter,
+    /// Device connectivity changes, by new state (online, offline) and cause.
+    pub connectivity_changes: IntCounterVec,
+    /// Command state transitions, by the state entered.
+    pub command_transitions: IntCounterVec,
+    /// Requests for device actors handled by the owner, by kind and status.
+    pub device_requests: IntCounterVec,
+    /// REST requests that got no reply from the owning instance in time.
+    pub request_timeouts: IntCounter,
+    /// 1 while the downlink MQTT client is connected.
+    pub downlink_connected: IntGauge,
+    /// Messages handed to the downlink MQTT client (commands, desired deltas).
+    pub downlink_published: IntCounter,
+    /// Messages refused because the downlink queue was full.
+    pub downlink_dropped: IntCounter,
     /// Parameter snapshots published by the trainer.
     pub params_published: IntCounter,
     /// Parameter snapshots the scorer received.
@@ -118,6 +141,53 @@ impl Metrics {
                 &["role"],
             ),
             device_actors: gauge("fleetwatch_device_actors", "Live device actors"),
+            device_passivations: counter(
+                "fleetwatch_device_passivations_total",
+                "Device actors stopped for being idle",
+            ),
+            twin_writes: counter(
+                "fleetwatch_twin_writes_total",
+                "Twin records written to the changelog",
+            ),
+            twin_write_failures: counter(
+                "fleetwatch_twin_write_failures_total",
+                "Timer-driven twin records that failed to reach the changelog",
+            ),
+            twin_revivals: counter(
+                "fleetwatch_twin_revivals_total",
+                "Passivated twins read back from the changelog",
+            ),
+            connectivity_changes: counter_vec(
+                "fleetwatch_device_connectivity_changes_total",
+                "Device connectivity changes, by new state and cause",
+                &["to", "cause"],
+            ),
+            command_transitions: counter_vec(
+                "fleetwatch_command_transitions_total",
+                "Command state transitions, by state entered",
+                &["state"],
+            ),
+            device_requests: counter_vec(
+                "fleetwatch_device_requests_total",
+                "Requests for device actors handled, by kind and status",
+                &["kind", "status"],
+            ),
+            request_timeouts: counter(
+                "fleetwatch_request_timeouts_total",
+                "REST requests the owning instance did not answer in time",
+            ),
+            downlink_connected: gauge(
+                "fleetwatch_downlink_connected",
+                "1 while the downlink MQTT client is connected",
+            ),
+            downlink_published: counter(
+                "fleetwatch_downlink_published_total",
+                "Messages handed to the downlink MQTT client",
+            ),
+            downlink_dropped: counter(
+                "fleetwatch_downlink_dropped_total",
+                "Downlink messages refused because the client queue was full",
+            ),
             params_published: counter(
                 "fleetwatch_params_published_total",
                 "Model parameter snapshots published",

@@ -1,62 +1,253 @@
-//! One actor per device: the device's mirror as last seen.
+//! One actor per device: holds the twin, applies events and requests to it, carries out
+//! the effects (changelog write, messages to the device), runs its timers, and stops
+//! itself when idle (passivation).
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
+    SpawnHandle, WrapFuture,
+};
 use fleetwatch_protocol::{
-    AckPayload, Connectivity, DeviceEvent, DeviceEventBody, DeviceId, SequenceTracker,
-    TelemetryPayload,
+    now_ms, DeviceEvent, DeviceRequestBody, DeviceTopic, DeviceTopicKind, JsonObject,
+    ReplyStatus,
 };
 use serde::Serialize;
+use serde_json::json;
 
-/// What the service knows about a device, as served by `GET /devices/{id}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeviceSnapshot {
-    pub device_id: DeviceId,
-    /// `null` until the device said or showed anything about it.
-    pub connectivity: Option<Connectivity>,
-    /// When connectivity last changed (service clock, ms).
-    pub connectivity_since_ms: Option<i64>,
-    /// When the last event arrived (service clock, ms).
-    pub last_seen_ms: Option<i64>,
-    pub last_telemetry: Option<TelemetryPayload>,
-    /// The device's reported state, merged key by key.
-    pub reported: serde_json::Map<String, serde_json::Value>,
-    pub last_ack: Option<AckPayload>,
-    /// Events applied, and duplicates dropped.
-    pub events: u64,
-    pub duplicates: u64,
-}
+use super::changelog::ChangelogWrite;
+use super::twin::{Downlink, Effects, Twin, TwinError};
+use super::Shared;
 
 pub struct DeviceActor {
-    mailbox_capacity: usize,
-    sequence: SequenceTracker,
-    mirror: DeviceSnapshot,
+    twin: Twin,
+    shared: Arc<Shared>,
+    /// The pending timer and when it fires (service clock, ms).
+    timer: Option<(SpawnHandle, i64)>,
+    /// When the actor last handled an event or a request (service clock, ms).
+    last_activity_ms: i64,
+}
+
+/// What `GET /devices/{id}` shows: the twin and its delta.
+#[derive(Clone, Debug, Serialize)]
+pub struct TwinView {
+    #[serde(flatten)]
+    pub twin: Twin,
+    pub delta: JsonObject,
 }
 
 impl DeviceActor {
-    pub fn new(device_id: DeviceId, mailbox_capacity: usize) -> Self {
+    pub(super) fn new(twin: Twin, shared: Arc<Shared>) -> Self {
         Self {
-            mailbox_capacity,
-            sequence: SequenceTracker::default(),
-            mirror: DeviceSnapshot {
-                device_id,
-                connectivity: None,
-                connectivity_since_ms: None,
-                last_seen_ms: None,
-                last_telemetry: None,
-                reported: serde_json::Map::new(),
-                last_ack: None,
-                events: 0,
-                duplicates: 0,
-            },
+            twin,
+            shared,
+            timer: None,
+            last_activity_ms: now_ms(),
         }
     }
 
-    fn set_connectivity(&mut self, connectivity: Connectivity, at_ms: i64) {
-        if self.mirror.connectivity != Some(connectivity) {
-            self.mirror.connectivity = Some(connectivity);
-            self.mirror.connectivity_since_ms = Some(at_ms);
-            tracing::debug!(device = %self.mirror.device_id, ?connectivity, "connectivity changed");
+    fn view(&self) -> TwinView {
+        TwinView {
+            delta: self.twin.delta(),
+            twin: self.twin.clone(),
         }
+    }
+
+    /// Persist first (queued now, so records keep the order of the changes), then
+    /// publish to the device. Returns the pending write.
+    fn carry_out(&mut self, effects: Effects) -> Option<ChangelogWrite> {
+        let device = &self.twin.device_id;
+        let metrics = &self.shared.metrics;
+        for state in &effects.entered {
+            metrics
+                .command_transitions
+                .with_label_values(&[state.as_str()])
+                .inc();
+        }
+        if let Some(change) = &effects.connectivity {
+            let to = serde_json::to_value(change.to).unwrap_or_default();
+            let to = to.as_str().unwrap_or("unknown");
+            metrics
+                .connectivity_changes
+                .with_label_values(&[to, &change.cause])
+                .inc();
+            tracing::info!(%device, to, cause = %change.cause, "device connectivity changed");
+        }
+        let write = effects
+            .persist
+            .then(|| self.shared.changelog.write(&self.twin));
+        for message in effects.downlink {
+            let (kind, payload) = match &message {
+                Downlink::Command(command) => (
+                    DeviceTopicKind::Commands,
+                    serde_json::to_vec(command),
+                ),
+                Downlink::Desired(desired) => {
+                    (DeviceTopicKind::Desired, serde_json::to_vec(desired))
+                }
+            };
+            let topic = DeviceTopic::new(device.clone(), kind).to_string();
+            self.shared
+                .downlink
+                .publish(topic, payload.expect("wire types serialize"));
+        }
+        write
+    }
+
+    /// Carry out effects that no consumer waits for (timers): the write is confirmed in
+    /// the background and a failure is counted; the twin is rewritten by its next change.
+    fn carry_out_detached(&mut self, effects: Effects, ctx: &mut Context<Self>) {
+        if let Some(write) = self.carry_out(effects) {
+            let metrics = self.shared.metrics.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(error) = write.confirmed().await {
+                        metrics.twin_write_failures.inc();
+                        tracing::warn!(%error, "twin write failed");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Arm the timer for the next thing to do: a twin rule or passivation.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let rules = &self.shared.config.twin;
+        let passivate_at = (self.twin.pending_commands() == 0)
+            .then(|| self.last_activity_ms + self.shared.config.passivate_after_ms as i64);
+        let next = [self.twin.next_deadline(rules), passivate_at]
+            .into_iter()
+            .flatten()
+            .min();
+        if self.timer.map(|(_, at)| at) == next {
+            return;
+        }
+        if let Some((handle, _)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+            let handle = ctx.run_later(wait, |actor, ctx| {
+                actor.timer = None;
+                actor.on_timer(ctx);
+            });
+            self.timer = Some((handle, at));
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let effects = self.twin.on_timer(now, &self.shared.config.twin);
+        self.carry_out_detached(effects, ctx);
+        let idle_for = now - self.last_activity_ms;
+        if self.twin.pending_commands() == 0
+            && idle_for >= self.shared.config.passivate_after_ms as i64
+        {
+            self.passivate(ctx);
+        } else {
+            self.schedule(ctx);
+        }
+    }
+
+    /// Stop, leaving the twin in the changelog: write it once more (telemetry is not
+    /// persisted on its own), wait for the confirmation, leave the registry, stop.
+    fn passivate(&mut self, ctx: &mut Context<Self>) {
+        let write = self.shared.changelog.write(&self.twin);
+        let (shared, device, me) = (
+            self.shared.clone(),
+            self.twin.device_id.clone(),
+            ctx.address(),
+        );
+        ctx.wait(
+            async move {
+                let written = write.confirmed().await;
+                (written, shared, device, me)
+            }
+            .into_actor(self)
+            .map(|(written, shared, device, me), actor, ctx| match written {
+                Ok(()) => {
+                    shared.live.remove_if(&device, &me);
+                    shared.metrics.device_passivations.inc();
+                    tracing::debug!(%device, "device actor passivated");
+                    ctx.stop();
+                }
+                Err(error) => {
+                    // Stay alive: stopping now would lose the unwritten state.
+                    tracing::warn!(%device, %error, "passivation write failed; staying live");
+                    actor.last_activity_ms = now_ms();
+                    actor.schedule(ctx);
+                }
+            }),
+        );
+    }
+
+    fn handle_request(
+        &mut self,
+        body: DeviceRequestBody,
+        at_ms: i64,
+    ) -> (ReplyStatus, serde_json::Value, Effects) {
+        let rules = &self.shared.config.twin;
+        let error = |message: String| json!({ "error": message });
+        match body {
+            DeviceRequestBody::GetTwin => (
+                ReplyStatus::Ok,
+                serde_json::to_value(self.view()).expect("twins serialize"),
+                Effects::default(),
+            ),
+            DeviceRequestBody::GetCommand { command_id } => match self.twin.command(&command_id) {
+                Some(command) => (ReplyStatus::Ok, json!(command), Effects::default()),
+                None => (
+                    ReplyStatus::NotFound,
+                    error(format!(
+                        "device {} has no command {command_id} (finished commands are kept up to devices.twin.kept_finished_commands)",
+                        self.twin.device_id
+                    )),
+                    Effects::default(),
+                ),
+            },
+            DeviceRequestBody::ListCommands => (
+                ReplyStatus::Ok,
+                json!({ "commands": self.twin.commands }),
+                Effects::default(),
+            ),
+            DeviceRequestBody::SendCommand(new) => match self.twin.submit(new, at_ms, rules) {
+                Ok(submitted) => (
+                    if submitted.created {
+                        ReplyStatus::Created
+                    } else {
+                        ReplyStatus::Ok
+                    },
+                    json!(submitted.command),
+                    submitted.effects,
+                ),
+                Err(refused) => (status_of(&refused), error(refused.to_string()), Effects::default()),
+            },
+            DeviceRequestBody::SetDesired {
+                desired,
+                merge,
+                if_match,
+            } => match self.twin.set_desired(desired, merge, if_match, at_ms) {
+                Ok(effects) => (
+                    ReplyStatus::Ok,
+                    json!({
+                        "desired": self.twin.desired,
+                        "version": self.twin.desired_version,
+                        "delta": self.twin.delta(),
+                    }),
+                    effects,
+                ),
+                Err(refused) => (status_of(&refused), error(refused.to_string()), Effects::default()),
+            },
+        }
+    }
+}
+
+fn status_of(error: &TwinError) -> ReplyStatus {
+    match error {
+        TwinError::VersionMismatch { .. } | TwinError::KeyReused { .. } => ReplyStatus::Conflict,
+        TwinError::TooManyPending { .. } => ReplyStatus::TooManyPending,
     }
 }
 
@@ -64,51 +255,106 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.shared.config.mailbox_capacity);
+        self.shared.metrics.device_actors.inc();
+        // A restored twin may have commands to expire or resend, or be due for a
+        // silence check.
+        self.on_timer(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.metrics.device_actors.dec();
     }
 }
 
-/// Apply one event from `iot.telemetry`. Answers false for a duplicate.
+/// What applying an event did.
+pub struct Applied {
+    pub duplicate: bool,
+    /// The twin's changelog write, to be confirmed before the event's offset is stored.
+    pub write: Option<ChangelogWrite>,
+}
+
+/// Apply one event from `iot.telemetry`.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Applied")]
 pub struct ApplyEvent(pub DeviceEvent);
 
 impl Handler<ApplyEvent> for DeviceActor {
-    type Result = bool;
+    type Result = MessageResult<ApplyEvent>;
 
-    fn handle(&mut self, ApplyEvent(event): ApplyEvent, _: &mut Context<Self>) -> bool {
-        let at = event.received_ms;
-        match event.body {
-            DeviceEventBody::Telemetry(telemetry) => {
-                if !self.sequence.accept(telemetry.seq) {
-                    self.mirror.duplicates += 1;
-                    return false;
-                }
-                // Sending is being online, whatever the last status message said.
-                self.set_connectivity(Connectivity::Online, at);
-                self.mirror.last_telemetry = Some(telemetry);
-            }
-            DeviceEventBody::State(state) => {
-                self.mirror.reported.extend(state.reported);
-            }
-            DeviceEventBody::Status(status) => self.set_connectivity(status.status, at),
-            DeviceEventBody::Ack(ack) => self.mirror.last_ack = Some(ack),
-        }
-        self.mirror.events += 1;
-        self.mirror.last_seen_ms = Some(at);
-        true
+    fn handle(&mut self, ApplyEvent(event): ApplyEvent, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_activity_ms = now_ms();
+        let applied = match self
+            .twin
+            .apply_event(event.body, event.received_ms, &self.shared.config.twin)
+        {
+            None => Applied {
+                duplicate: true,
+                write: None,
+            },
+            Some(effects) => Applied {
+                duplicate: false,
+                write: self.carry_out(effects),
+            },
+        };
+        self.schedule(ctx);
+        MessageResult(applied)
     }
 }
 
-/// Read the device's snapshot.
+/// The answer to a request, and the write to confirm before answering.
+pub struct Answered {
+    pub status: ReplyStatus,
+    pub body: serde_json::Value,
+    pub write: Option<ChangelogWrite>,
+}
+
+/// Handle one request from `iot.commands`.
 #[derive(Message)]
-#[rtype(result = "DeviceSnapshot")]
-pub struct GetSnapshot;
+#[rtype(result = "Answered")]
+pub struct HandleRequest {
+    pub body: DeviceRequestBody,
+    pub at_ms: i64,
+}
 
-impl Handler<GetSnapshot> for DeviceActor {
-    type Result = MessageResult<GetSnapshot>;
+impl Handler<HandleRequest> for DeviceActor {
+    type Result = MessageResult<HandleRequest>;
 
-    fn handle(&mut self, _: GetSnapshot, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.mirror.clone())
+    fn handle(&mut self, request: HandleRequest, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_activity_ms = now_ms();
+        let (status, body, effects) = self.handle_request(request.body, request.at_ms);
+        let write = self.carry_out(effects);
+        self.schedule(ctx);
+        MessageResult(Answered {
+            status,
+            body,
+            write,
+        })
+    }
+}
+
+/// Read the twin (a local read; does not count as activity).
+#[derive(Message)]
+#[rtype(result = "TwinView")]
+pub struct GetTwin;
+
+impl Handler<GetTwin> for DeviceActor {
+    type Result = MessageResult<GetTwin>;
+
+    fn handle(&mut self, _: GetTwin, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.view())
+    }
+}
+
+/// Stop now (the partition moved to another instance).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }

@@ -1,46 +1,189 @@
-//! The devices role: consumes `iot.telemetry` (its own partitions, group `devices`) and
-//! hands each event to the device's actor, waiting for the actor to apply it before the
-//! offset is stored.
+//! The devices role: one actor per device holding its twin (reported, desired, delta,
+//! connectivity, command journal). It consumes its partitions of `iot.telemetry` (what
+//! devices say) and `iot.commands` (requests from the REST API) in group `devices`;
+//! every change is written to `iot.device-state` before the record's offset is stored,
+//! so a restart or a new owner continues from exactly the state the effects left.
 
 mod actor;
+mod changelog;
 mod config;
 mod registry;
+mod twin;
 
 use std::sync::Arc;
 
-use fleetwatch_protocol::DeviceEvent;
+use fleetwatch_protocol::{DeviceEvent, DeviceReply, DeviceRequest, KafkaTopics, ReplyStatus};
 use rdkafka::message::BorrowedMessage;
+use rdkafka::Message as _;
 
-pub use actor::{ApplyEvent, DeviceActor, DeviceSnapshot, GetSnapshot};
-pub use config::DevicesConfig;
-pub use registry::DeviceRegistry;
+pub use actor::{Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleRequest, TwinView};
+pub use changelog::Changelog;
+pub use config::{DevicesConfig, TwinRules};
+pub use registry::{DeviceRegistry, LiveActors};
+pub use twin::{ConnectivityChange, Downlink, Effects, Twin, TwinError};
 
-use crate::kafka::{decode_record, HandleError, RecordHandler};
+use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;
+use crate::mqtt::MqttPublisher;
+
+/// What every device actor of an instance shares.
+pub struct Shared {
+    pub config: DevicesConfig,
+    pub changelog: Arc<Changelog>,
+    pub downlink: MqttPublisher,
+    pub metrics: Arc<Metrics>,
+    pub live: LiveActors,
+}
+
+/// Create the registry. Must be called inside an actix `System`.
+pub fn registry(
+    config: DevicesConfig,
+    changelog: Arc<Changelog>,
+    downlink: MqttPublisher,
+    metrics: Arc<Metrics>,
+) -> DeviceRegistry {
+    DeviceRegistry::new(Arc::new(Shared {
+        config,
+        changelog,
+        downlink,
+        metrics,
+        live: LiveActors::default(),
+    }))
+}
 
 pub struct DevicesHandler {
     pub registry: Arc<DeviceRegistry>,
+    pub topics: KafkaTopics,
+    pub producer: Producer,
     pub metrics: Arc<Metrics>,
+}
+
+impl DevicesHandler {
+    fn retry(error: impl std::fmt::Display) -> HandleError {
+        HandleError::Retry(error.to_string())
+    }
+
+    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
+        let device_id = event.device_id.clone();
+        // The actor may passivate between lookup and send: then look again.
+        for _ in 0..2 {
+            let Some(actor) = self
+                .registry
+                .actor_for(&device_id, partition, true)
+                .await
+                .map_err(Self::retry)?
+            else {
+                return Ok(());
+            };
+            match actor.send(ApplyEvent(event.clone())).await {
+                Ok(Applied { duplicate: true, .. }) => {
+                    self.metrics
+                        .skipped
+                        .with_label_values(&["devices", "duplicate"])
+                        .inc();
+                    return Ok(());
+                }
+                Ok(Applied { write, .. }) => {
+                    if let Some(write) = write {
+                        write.confirmed().await.map_err(Self::retry)?;
+                    }
+                    return Ok(());
+                }
+                Err(_) => self.registry.forget(&device_id, &actor),
+            }
+        }
+        Err(HandleError::Retry(format!("actor of {device_id} kept stopping")))
+    }
+
+    async fn handle_request(&self, request: DeviceRequest, partition: i32) -> Result<(), HandleError> {
+        let kind = serde_json::to_value(&request.body)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        let create = !request.body.is_read();
+        let mut answered = None;
+        for _ in 0..2 {
+            let Some(actor) = self
+                .registry
+                .actor_for(&request.device_id, partition, create)
+                .await
+                .map_err(Self::retry)?
+            else {
+                break;
+            };
+            let message = HandleRequest {
+                body: request.body.clone(),
+                at_ms: fleetwatch_protocol::now_ms(),
+            };
+            match actor.send(message).await {
+                Ok(reply) => {
+                    answered = Some(reply);
+                    break;
+                }
+                Err(_) => self.registry.forget(&request.device_id, &actor),
+            }
+        }
+        let Answered {
+            status,
+            body,
+            write,
+        } = answered.unwrap_or_else(|| Answered {
+            status: ReplyStatus::NotFound,
+            body: serde_json::json!({
+                "error": format!("no device {} is known", request.device_id)
+            }),
+            write: None,
+        });
+        if let Some(write) = write {
+            write.confirmed().await.map_err(Self::retry)?;
+        }
+        let status_name = serde_json::to_value(status).unwrap_or_default();
+        self.metrics
+            .device_requests
+            .with_label_values(&[&kind, status_name.as_str().unwrap_or("")])
+            .inc();
+        if let Some(reply_to) = request.reply_to {
+            let reply = DeviceReply {
+                request_id: request.request_id,
+                reply_to,
+                status,
+                body,
+            };
+            // Not awaited: the effect is done; a lost reply makes the asker time out
+            // and retry, which idempotency keys make safe.
+            let payload = serde_json::to_vec(&reply).expect("replies serialize");
+            let delivery = self
+                .producer
+                .enqueue(&self.topics.replies(), &reply.reply_to, &payload)
+                .await;
+            tokio::spawn(async move {
+                if let Err(error) = delivery.confirmed().await {
+                    tracing::warn!(%error, "reply not delivered");
+                }
+            });
+        }
+        Ok(())
+    }
 }
 
 impl RecordHandler for DevicesHandler {
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
-        let Some(event) = decode_record::<DeviceEvent>(record, "devices", &self.metrics) else {
-            return Ok(());
-        };
-        let actor = self.registry.get_or_start(&event.device_id);
-        match actor.send(ApplyEvent(event)).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.metrics
-                    .skipped
-                    .with_label_values(&["devices", "duplicate"])
-                    .inc();
-                Ok(())
+        let partition = record.partition();
+        // A new owner reads the partition's twins before handling anything of it.
+        self.registry
+            .ensure_restored(partition)
+            .await
+            .map_err(Self::retry)?;
+        if record.topic() == self.topics.commands() {
+            match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
+                Some(request) => self.handle_request(request, partition).await,
+                None => Ok(()),
             }
-            Err(error) => Err(HandleError::Fatal(format!(
-                "device actor unreachable: {error}"
-            ))),
+        } else {
+            match decode_record::<DeviceEvent>(record, "devices", &self.metrics) {
+                Some(event) => self.apply_event(event, partition).await,
+                None => Ok(()),
+            }
         }
     }
 }

@@ -2,20 +2,24 @@
 //! live page. Every error is JSON: `{"error": "..."}` with a 4xx or 5xx status.
 
 mod config;
+mod requests;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
-use fleetwatch_protocol::DeviceId;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use fleetwatch_protocol::{
+    DeviceId, DeviceReply, DeviceRequestBody, JsonObject, NewCommand, ReplyStatus,
+};
 use serde::Deserialize;
 use serde_json::json;
 
 pub use config::HttpConfig;
+pub use requests::{RepliesHandler, RequestClient, RequestError};
 
-use crate::devices::{DeviceRegistry, GetSnapshot};
+use crate::devices::{DeviceRegistry, GetTwin};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -27,9 +31,15 @@ pub struct HttpState {
     /// Port of the alerts WebSocket server, for the live page.
     pub ws_port: Option<u16>,
     pub max_page_size: usize,
+    /// Reaches the instance owning a device.
+    pub requests: Arc<RequestClient>,
+    pub default_command_ttl_ms: u64,
+    pub max_command_ttl_ms: u64,
 }
 
 const PAGE: &str = include_str!("page.html");
+/// The REST API's OpenAPI 3 document, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// A 4xx/5xx answer: `{"error": "..."}`.
 #[derive(Debug)]
@@ -65,6 +75,10 @@ impl actix_web::ResponseError for ApiError {
 
 type ApiResult = std::result::Result<HttpResponse, ApiError>;
 
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
 fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -74,6 +88,10 @@ fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, ApiE
     })
 }
 
+fn device_id(raw: &str) -> std::result::Result<DeviceId, ApiError> {
+    DeviceId::parse(raw).map_err(|e| bad_request(e.to_string()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -81,25 +99,21 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// The live devices of this instance (owned partitions, not passivated).
 async fn list_devices(
     state: web::Data<HttpState>,
     query: std::result::Result<web::Query<ListQuery>, actix_web::Error>,
 ) -> ApiResult {
     let query = query
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("bad query: {e}; use ?prefix=&limit="),
-            )
-        })?
+        .map_err(|e| bad_request(format!("bad query: {e}; use ?prefix=&limit=")))?
         .into_inner();
     let registry = registry(&state)?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > state.max_page_size {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {}", state.max_page_size),
-        ));
+        return Err(bad_request(format!(
+            "limit must be between 1 and {}",
+            state.max_page_size
+        )));
     }
     let prefix = query.prefix.unwrap_or_default();
     let matching: Vec<_> = registry
@@ -110,29 +124,281 @@ async fn list_devices(
     let total = matching.len();
     let mut devices = Vec::with_capacity(limit.min(total));
     for (_, actor) in matching.into_iter().take(limit) {
-        if let Ok(snapshot) = actor.send(GetSnapshot).await {
-            devices.push(snapshot);
+        if let Ok(view) = actor.send(GetTwin).await {
+            devices.push(view);
         }
     }
-    Ok(HttpResponse::Ok().json(json!({ "total": total, "devices": devices })))
+    Ok(HttpResponse::Ok().json(json!({
+        "total": total,
+        "known_here": registry.known_devices(),
+        "devices": devices,
+    })))
+}
+
+/// Answer with the owner's reply, mapped to HTTP.
+fn relay(reply: DeviceReply) -> HttpResponse {
+    let status = match reply.status {
+        ReplyStatus::Ok => StatusCode::OK,
+        ReplyStatus::Created => StatusCode::CREATED,
+        ReplyStatus::NotFound => StatusCode::NOT_FOUND,
+        ReplyStatus::Conflict => StatusCode::CONFLICT,
+        ReplyStatus::TooManyPending => StatusCode::TOO_MANY_REQUESTS,
+    };
+    HttpResponse::build(status).json(reply.body)
+}
+
+async fn ask(
+    state: &HttpState,
+    device_id: &DeviceId,
+    body: DeviceRequestBody,
+) -> std::result::Result<DeviceReply, ApiError> {
+    state
+        .requests
+        .ask(device_id, body)
+        .await
+        .map_err(|error| match error {
+            RequestError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            RequestError::Busy(_) | RequestError::Kafka(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+        })
+}
+
+/// The twin, read from the local actor when this instance owns a live one, else
+/// asked of the owner.
+async fn twin_view(
+    state: &HttpState,
+    device_id: &DeviceId,
+) -> std::result::Result<std::result::Result<serde_json::Value, HttpResponse>, ApiError> {
+    if let Some(actor) = state.registry.as_ref().and_then(|r| r.get(device_id)) {
+        if let Ok(view) = actor.send(GetTwin).await {
+            return Ok(Ok(serde_json::to_value(view).expect("twins serialize")));
+        }
+    }
+    let reply = ask(state, device_id, DeviceRequestBody::GetTwin).await?;
+    Ok(match reply.status {
+        ReplyStatus::Ok => Ok(reply.body),
+        _ => Err(relay(reply)),
+    })
 }
 
 async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
-    let device_id = DeviceId::parse(&path)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let actor = registry(&state)?.get(&device_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no device {device_id} seen here"),
-        )
-    })?;
-    let snapshot = actor.send(GetSnapshot).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("device actor unavailable: {e}"),
-        )
-    })?;
-    Ok(HttpResponse::Ok().json(snapshot))
+    let device_id = device_id(&path)?;
+    Ok(match twin_view(&state, &device_id).await? {
+        Ok(view) => HttpResponse::Ok().json(view),
+        Err(response) => response,
+    })
+}
+
+async fn get_desired(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let device_id = device_id(&path)?;
+    Ok(match twin_view(&state, &device_id).await? {
+        Ok(view) => {
+            let version = view["desired_version"].as_u64().unwrap_or(0);
+            HttpResponse::Ok()
+                .insert_header((header::ETAG, format!("\"{version}\"")))
+                .json(json!({
+                    "desired": view["desired"],
+                    "version": version,
+                    "delta": view["delta"],
+                }))
+        }
+        Err(response) => response,
+    })
+}
+
+/// `If-Match: "3"` (or `3`) → Some(3); `*` or absent → None.
+fn expected_version(request: &HttpRequest) -> std::result::Result<Option<u64>, ApiError> {
+    let Some(value) = request.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| bad_request("If-Match must be text"))?
+        .trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            bad_request(format!(
+                "If-Match {text:?} is not a desired-state version (an ETag like \"3\")"
+            ))
+        })
+}
+
+fn json_object(
+    body: std::result::Result<web::Json<serde_json::Value>, actix_web::Error>,
+    what: &str,
+) -> std::result::Result<JsonObject, ApiError> {
+    match body.map_err(|e| bad_request(format!("{what}: {e}")))?.into_inner() {
+        serde_json::Value::Object(object) => Ok(object),
+        other => Err(bad_request(format!(
+            "{what} must be a JSON object, not {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `PUT` replaces the desired state; `PATCH` merges into it (null deletes a key).
+async fn write_desired(
+    state: web::Data<HttpState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: std::result::Result<web::Json<serde_json::Value>, actix_web::Error>,
+) -> ApiResult {
+    let device_id = device_id(&path)?;
+    let if_match = expected_version(&request)?;
+    let desired = json_object(body, "the desired state")?;
+    let merge = request.method() == actix_web::http::Method::PATCH;
+    let reply = ask(
+        &state,
+        &device_id,
+        DeviceRequestBody::SetDesired {
+            desired,
+            merge,
+            if_match,
+        },
+    )
+    .await?;
+    let version = reply.body["version"].as_u64();
+    let mut response = relay(reply);
+    if let Some(version) = version {
+        response.headers_mut().insert(
+            header::ETAG,
+            header::HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are valid"),
+        );
+    }
+    Ok(response)
+}
+
+/// Body of `POST /devices/{id}/commands`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    name: String,
+    #[serde(default)]
+    args: serde_json::Value,
+    idempotency_key: Option<String>,
+    ttl_ms: Option<u64>,
+}
+
+const MAX_COMMAND_NAME: usize = 64;
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+const MAX_ARGS_BYTES: usize = 16 * 1024;
+
+async fn send_command(
+    state: web::Data<HttpState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: std::result::Result<web::Json<CommandRequest>, actix_web::Error>,
+) -> ApiResult {
+    let device_id = device_id(&path)?;
+    let command = body
+        .map_err(|e| bad_request(format!("command: {e}; expected {{\"name\": ..., \"args\": {{...}}, \"idempotency_key\": ..., \"ttl_ms\": ...}}")))?
+        .into_inner();
+    let name_ok = !command.name.is_empty()
+        && command.name.len() <= MAX_COMMAND_NAME
+        && command
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !name_ok {
+        return Err(bad_request(format!(
+            "command name {:?} is invalid: 1 to {MAX_COMMAND_NAME} characters from letters, digits and _ . -",
+            command.name
+        )));
+    }
+    if serde_json::to_vec(&command.args).map_or(0, |b| b.len()) > MAX_ARGS_BYTES {
+        return Err(bad_request(format!("args are larger than {MAX_ARGS_BYTES} bytes")));
+    }
+    let header_key = request
+        .headers()
+        .get("Idempotency-Key")
+        .map(|value| {
+            value
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|_| bad_request("Idempotency-Key must be text"))
+        })
+        .transpose()?;
+    let idempotency_key = match (command.idempotency_key, header_key) {
+        (Some(body), Some(header)) if body != header => {
+            return Err(bad_request(
+                "idempotency_key and the Idempotency-Key header differ",
+            ))
+        }
+        (body, header) => body.or(header),
+    };
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|key| key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(bad_request(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    let ttl_ms = command.ttl_ms.unwrap_or(state.default_command_ttl_ms);
+    if ttl_ms == 0 || ttl_ms > state.max_command_ttl_ms {
+        return Err(bad_request(format!(
+            "ttl_ms must be between 1 and {}",
+            state.max_command_ttl_ms
+        )));
+    }
+    let new = NewCommand {
+        command_id: state.requests.new_id("cmd"),
+        name: command.name,
+        args: command.args,
+        idempotency_key,
+        ttl_ms,
+    };
+    let reply = ask(&state, &device_id, DeviceRequestBody::SendCommand(new)).await?;
+    let location = reply.body["command_id"]
+        .as_str()
+        .map(|id| format!("/devices/{device_id}/commands/{id}"));
+    let mut response = relay(reply);
+    if let Some(location) = location {
+        if let Ok(value) = header::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn list_commands(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let device_id = device_id(&path)?;
+    Ok(relay(ask(&state, &device_id, DeviceRequestBody::ListCommands).await?))
+}
+
+async fn get_command(state: web::Data<HttpState>, path: web::Path<(String, String)>) -> ApiResult {
+    let (device, command_id) = path.into_inner();
+    let device_id = device_id(&device)?;
+    if command_id.is_empty() || command_id.len() > 256 {
+        return Err(bad_request("command ids are 1 to 256 characters"));
+    }
+    Ok(relay(
+        ask(&state, &device_id, DeviceRequestBody::GetCommand { command_id }).await?,
+    ))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -175,7 +441,7 @@ async fn page(state: web::Data<HttpState>) -> HttpResponse {
 async fn not_found() -> ApiResult {
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /devices, /devices/{id}, /metrics, /healthz",
+        "no such endpoint; the API is described at GET /openapi.json",
     ))
 }
 
@@ -186,8 +452,19 @@ pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
         App::new()
             .app_data(state.clone())
             .route("/", web::get().to(page))
+            .app_data(web::JsonConfig::default().limit(64 * 1024))
             .route("/devices", web::get().to(list_devices))
             .route("/devices/{id}", web::get().to(get_device))
+            .route("/devices/{id}/desired", web::get().to(get_desired))
+            .route("/devices/{id}/desired", web::put().to(write_desired))
+            .route("/devices/{id}/desired", web::patch().to(write_desired))
+            .route("/devices/{id}/commands", web::post().to(send_command))
+            .route("/devices/{id}/commands", web::get().to(list_commands))
+            .route(
+                "/devices/{id}/commands/{command_id}",
+                web::get().to(get_command),
+            )
+            .route("/openapi.json", web::get().to(openapi))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(health))
             .default_service(web::to(not_found))

@@ -55,7 +55,9 @@ pub fn classify(
         DeviceTopicKind::State => StatePayload::decode(payload).map(DeviceEventBody::State),
         DeviceTopicKind::Status => StatusPayload::decode(payload).map(DeviceEventBody::Status),
         DeviceTopicKind::Acks => AckPayload::decode(payload).map(DeviceEventBody::Ack),
-        DeviceTopicKind::Commands => unreachable!("downstream kinds are ignored above"),
+        DeviceTopicKind::Commands | DeviceTopicKind::Desired => {
+            unreachable!("downstream kinds are ignored above")
+        }
     };
     match body {
         Ok(body) => Verdict::Forward(DeviceEvent {

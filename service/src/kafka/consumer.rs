@@ -23,6 +23,8 @@ pub enum ConsumerRole {
     /// The scorer's reader of `iot.model-params`.
     ScorerParams,
     Alerts,
+    /// Each instance's reader of `iot.replies`.
+    Replies,
 }
 
 impl ConsumerRole {
@@ -33,20 +35,50 @@ impl ConsumerRole {
             Self::Scorer => "scorer",
             Self::ScorerParams => "scorer-params",
             Self::Alerts => "alerts",
+            Self::Replies => "replies",
         }
     }
 }
 
-/// Observes rebalances: keeps the assigned-partitions gauge current.
+/// Told when a group member's partitions change; runs inside the rebalance, so the
+/// rebalance completes only once it returns.
+pub trait PartitionListener: Send + Sync {
+    /// Partitions are being taken away; `lost` when another member may already own
+    /// them (this one was thrown out of the group).
+    fn revoked(&self, partitions: &[i32], lost: bool);
+    /// The full new assignment (the eager protocol always hands out everything).
+    fn assigned(&self, partitions: &[i32]);
+}
+
+/// Partition numbers of a list, without duplicates (co-partitioned topics repeat them).
+fn partition_numbers(list: &TopicPartitionList) -> Vec<i32> {
+    let mut numbers: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+}
+
+/// Observes rebalances: keeps the assigned-partitions gauge current and tells the
+/// role's listener, if any.
 pub struct RoleContext {
     role: ConsumerRole,
     metrics: Arc<Metrics>,
+    listener: Option<Arc<dyn PartitionListener>>,
 }
 
 impl ClientContext for RoleContext {}
 
 impl ConsumerContext for RoleContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(listener), Rebalance::Revoke(partitions)) = (&self.listener, rebalance) {
+            listener.revoked(&partition_numbers(partitions), consumer.assignment_lost());
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(listener), Rebalance::Assign(partitions)) = (&self.listener, rebalance) {
+            listener.assigned(&partition_numbers(partitions));
+        }
         let gauge = self
             .metrics
             .assigned_partitions
@@ -101,10 +133,12 @@ impl RoleConsumer {
         start_at: StartAt,
         commit: bool,
         metrics: Arc<Metrics>,
+        listener: Option<Arc<dyn PartitionListener>>,
     ) -> Result<Self> {
         let context = RoleContext {
             role,
             metrics: metrics.clone(),
+            listener,
         };
         let inner: StreamConsumer<RoleContext> = config
             .client_config()
@@ -124,6 +158,9 @@ impl RoleConsumer {
             // Alerts cross three consumers: a broker holding an empty fetch for the default
             // 500 ms would add up to 1.5 s of latency when traffic is light.
             .set("fetch.wait.max.ms", "50")
+            // Range assignment gives one member the same partition numbers of every
+            // subscribed topic: what co-partitioning relies on.
+            .set("partition.assignment.strategy", "range")
             .create_with_context(context)
             .map_err(|e| Error::kafka(format!("creating {} consumer", role.name()), e))?;
         Ok(Self {
@@ -143,7 +180,20 @@ impl RoleConsumer {
         start_at: StartAt,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let consumer = Self::create(config, role, group_id, start_at, true, metrics)?;
+        Self::subscribe_with_listener(config, role, group_id, topics, start_at, metrics, None)
+    }
+
+    /// Like [`RoleConsumer::subscribe`], telling `listener` about partition changes.
+    pub fn subscribe_with_listener(
+        config: &KafkaConfig,
+        role: ConsumerRole,
+        group_id: &str,
+        topics: &[&str],
+        start_at: StartAt,
+        metrics: Arc<Metrics>,
+        listener: Option<Arc<dyn PartitionListener>>,
+    ) -> Result<Self> {
+        let consumer = Self::create(config, role, group_id, start_at, true, metrics, listener)?;
         consumer
             .inner
             .subscribe(topics)
@@ -151,16 +201,18 @@ impl RoleConsumer {
         Ok(consumer)
     }
 
-    /// Read every partition of `topic` from the beginning, outside any group and without
-    /// committing: for a compacted topic that each instance needs in full.
+    /// Read every partition of `topic` from `start_at`, outside any group and without
+    /// committing: for a compacted topic that each instance needs in full (from the
+    /// beginning), or for messages addressed to every instance (from the end).
     pub async fn read_whole_topic(
         config: &KafkaConfig,
         role: ConsumerRole,
         topic: &str,
+        start_at: StartAt,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let group_id = config.group_id(role.name());
-        let consumer = Self::create(config, role, &group_id, StartAt::Earliest, false, metrics)?;
+        let consumer = Self::create(config, role, &group_id, start_at, false, metrics, None)?;
         let inner = &consumer.inner;
         let metadata = inner
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -168,7 +220,14 @@ impl RoleConsumer {
         let mut assignment = TopicPartitionList::new();
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .add_partition_offset(
+                    topic,
+                    partition.id(),
+                    match start_at {
+                        StartAt::Earliest => Offset::Beginning,
+                        StartAt::Latest => Offset::End,
+                    },
+                )
                 .map_err(|e| Error::kafka("building assignment", e))?;
         }
         consumer

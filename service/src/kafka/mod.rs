@@ -15,8 +15,8 @@ use rdkafka::ClientConfig;
 
 pub use config::KafkaConfig;
 pub use consumer::{
-    consume, decode_record, decode_telemetry, ConsumerRole, HandleError, RecordHandler,
-    RoleConsumer, StartAt,
+    consume, decode_record, decode_telemetry, ConsumerRole, HandleError, PartitionListener,
+    RecordHandler, RoleConsumer, StartAt,
 };
 pub use producer::{Delivery, Producer};
 

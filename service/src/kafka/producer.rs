@@ -52,10 +52,44 @@ impl Producer {
         }
     }
 
+    /// Queue a record without awaiting: for actors, whose handlers are synchronous and
+    /// whose records must keep the order they were made in. A full local queue blocks
+    /// the calling thread briefly (backpressure on the actor), counted like a wait.
+    pub fn enqueue_now(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
+        loop {
+            let record = FutureRecord::to(topic).key(key).payload(payload);
+            match self.inner.send_result(record) {
+                Ok(delivery) => return Delivery(Ok(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.metrics.kafka_queue_full.inc();
+                    std::thread::sleep(QUEUE_FULL_BACKOFF);
+                }
+                Err((error, _)) => return Delivery(Err(error)),
+            }
+        }
+    }
+
+    /// Queue a record with no payload (a tombstone, or a marker whose key says it all)
+    /// for one partition.
+    pub fn enqueue_empty(&self, topic: &str, partition: i32, key: &str) -> Delivery {
+        let record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).partition(partition).key(key);
+        Delivery(self.inner.send_result(record).map_err(|(error, _)| error))
+    }
+
     /// Queue a JSON record and wait until Kafka confirmed it.
     pub async fn send_json<T: Serialize>(&self, topic: &str, key: &str, value: &T) -> Result<()> {
         let payload = serde_json::to_vec(value).expect("wire types serialize");
         self.enqueue(topic, key, &payload).await.confirmed().await
+    }
+
+    /// Block the calling thread until everything queued so far is delivered, up to
+    /// `timeout`: for callbacks that must not return before (a rebalance, say).
+    pub fn flush_blocking(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        if let Err(error) = self.inner.flush(timeout) {
+            tracing::warn!(%error, "producer flush did not finish");
+        }
     }
 
     /// Wait until everything queued so far is delivered, up to `timeout`.
@@ -72,9 +106,14 @@ pub struct Delivery(std::result::Result<DeliveryFuture, KafkaError>);
 impl Delivery {
     /// Wait until Kafka confirmed the record (acks=all) or the delivery failed for good.
     pub async fn confirmed(self) -> Result<()> {
+        self.confirmed_at().await.map(|_| ())
+    }
+
+    /// Like [`Delivery::confirmed`], with where the record landed: (partition, offset).
+    pub async fn confirmed_at(self) -> Result<(i32, i64)> {
         let future = self.0.map_err(|e| Error::kafka("queueing record", e))?;
         match future.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
             Ok(Err((error, _))) => Err(Error::kafka("delivering record", error)),
             Err(_canceled) => Err(Error::kafka("delivering record", KafkaError::Canceled)),
         }

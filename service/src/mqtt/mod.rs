@@ -1,10 +1,12 @@
 //! MQTT plumbing shared by the roles that talk to devices.
 
 mod config;
+mod publisher;
 
 use std::time::Duration;
 
 pub use config::MqttConfig;
+pub use publisher::MqttPublisher;
 use rumqttc::v5::MqttOptions;
 
 impl MqttConfig {

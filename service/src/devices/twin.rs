@@ -1,0 +1,716 @@
+//! The twin of one device and its command journal, as plain data with the rules that
+//! change it. No actor, clock or I/O here: every method takes the time and returns what
+//! must happen outside (persist, publish), so the rules are tested deterministically.
+
+use std::collections::VecDeque;
+
+use fleetwatch_protocol::{
+    AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep,
+    Connectivity, DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand,
+    SequenceTracker, TelemetryPayload,
+};
+use serde::{Deserialize, Serialize};
+
+use super::config::TwinRules;
+
+/// How many connectivity changes a twin remembers.
+const CONNECTIVITY_HISTORY: usize = 8;
+
+/// One change of connectivity, with its cause.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectivityChange {
+    pub to: Connectivity,
+    /// Service clock, ms.
+    pub at_ms: i64,
+    /// `status message` (the device or its Last Will), `activity` (it sent something
+    /// while marked offline) or `silence` (nothing heard for `offline_after_ms`).
+    pub cause: String,
+}
+
+/// Everything the service knows about a device. This is also the record on
+/// `iot.device-state`, so every field survives a restart or a rebalance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Twin {
+    pub device_id: DeviceId,
+    /// Increases with every change that is persisted (reported, desired, connectivity,
+    /// commands). Telemetry alone does not count: it would change it every second.
+    pub version: u64,
+    /// Increases with every desired-state write; `If-Match` compares against it.
+    pub desired_version: u64,
+    pub desired: JsonObject,
+    /// What the device reported on `devices/{id}/state`, merged key by key.
+    pub reported: JsonObject,
+    /// Service clock (ms) of the last reported-state and desired-state changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_ms: Option<i64>,
+    /// `None` until the device said or showed anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connectivity: Option<Connectivity>,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub connectivity_history: VecDeque<ConnectivityChange>,
+    /// When the last event arrived (service clock, ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryPayload>,
+    #[serde(default)]
+    pub sequence: SequenceTracker,
+    /// Pending commands and the most recent finished ones, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandRecord>,
+    /// Events applied, and duplicates dropped.
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub duplicates: u64,
+}
+
+/// A message for the device.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Downlink {
+    Command(CommandPayload),
+    Desired(DesiredPayload),
+}
+
+/// What a change requires (write the twin to the changelog, publish to the device) and
+/// what happened, for metrics and logs.
+#[derive(Debug, Default, PartialEq)]
+pub struct Effects {
+    pub persist: bool,
+    pub downlink: Vec<Downlink>,
+    /// States commands entered.
+    pub entered: Vec<CommandState>,
+    pub connectivity: Option<ConnectivityChange>,
+}
+
+impl Effects {
+    fn persist() -> Self {
+        Self {
+            persist: true,
+            ..Self::default()
+        }
+    }
+
+    fn merge(&mut self, other: Effects) {
+        self.persist |= other.persist;
+        self.downlink.extend(other.downlink);
+        self.entered.extend(other.entered);
+        self.connectivity = other.connectivity.or(self.connectivity.take());
+    }
+
+    fn send(&mut self, command: &mut CommandRecord, at_ms: i64, rules: &TwinRules) {
+        let was = command.state;
+        self.downlink.push(send(command, at_ms, rules));
+        if command.state != was {
+            self.entered.push(command.state);
+        }
+        self.persist = true;
+    }
+}
+
+/// Why a desired-state write or a command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TwinError {
+    #[error("desired state is at version {current}, not {expected}; read it again and retry")]
+    VersionMismatch { expected: u64, current: u64 },
+    #[error("idempotency key {key:?} was already used for command {command_id} with other content")]
+    KeyReused { key: String, command_id: String },
+    #[error("{pending} commands are already waiting for this device (the limit); retry when some have finished")]
+    TooManyPending { pending: usize },
+}
+
+/// The result of submitting a command: the record, and whether it is new.
+#[derive(Debug)]
+pub struct Submitted {
+    pub command: CommandRecord,
+    pub created: bool,
+    pub effects: Effects,
+}
+
+impl Twin {
+    pub fn new(device_id: DeviceId) -> Self {
+        Self {
+            device_id,
+            version: 0,
+            desired_version: 0,
+            desired: JsonObject::new(),
+            reported: JsonObject::new(),
+            reported_ms: None,
+            desired_ms: None,
+            connectivity: None,
+            connectivity_history: VecDeque::new(),
+            last_seen_ms: None,
+            telemetry: None,
+            sequence: SequenceTracker::default(),
+            commands: Vec::new(),
+            events: 0,
+            duplicates: 0,
+        }
+    }
+
+    /// Desired keys whose value differs from the reported one.
+    pub fn delta(&self) -> JsonObject {
+        self.desired
+            .iter()
+            .filter(|(key, value)| self.reported.get(*key) != Some(value))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.connectivity == Some(Connectivity::Online)
+    }
+
+    pub fn pending_commands(&self) -> usize {
+        self.commands
+            .iter()
+            .filter(|c| !c.state.is_terminal())
+            .count()
+    }
+
+    pub fn command(&self, command_id: &str) -> Option<&CommandRecord> {
+        self.commands.iter().find(|c| c.command_id == command_id)
+    }
+
+    /// Apply what the device said. `None` for a duplicate telemetry message.
+    pub fn apply_event(
+        &mut self,
+        body: DeviceEventBody,
+        at_ms: i64,
+        rules: &TwinRules,
+    ) -> Option<Effects> {
+        let mut effects = Effects::default();
+        match body {
+            DeviceEventBody::Telemetry(telemetry) => {
+                if !self.sequence.accept(telemetry.seq) {
+                    self.duplicates += 1;
+                    return None;
+                }
+                self.telemetry = Some(telemetry);
+                if !self.is_online() {
+                    effects.merge(self.set_connectivity(Connectivity::Online, at_ms, "activity", rules));
+                }
+            }
+            DeviceEventBody::State(state) => {
+                merge_patch(&mut self.reported, state.reported);
+                self.reported_ms = Some(at_ms);
+                effects.persist = true;
+                if !self.is_online() {
+                    effects.merge(self.set_connectivity(Connectivity::Online, at_ms, "activity", rules));
+                }
+            }
+            DeviceEventBody::Status(status) => {
+                effects.merge(self.set_connectivity(status.status, at_ms, "status message", rules));
+            }
+            DeviceEventBody::Ack(ack) => effects.merge(self.apply_ack(ack, at_ms)),
+        }
+        self.events += 1;
+        self.last_seen_ms = Some(at_ms);
+        if effects.persist {
+            self.forget_old_commands(rules.kept_finished_commands);
+            self.version += 1;
+        }
+        Some(effects)
+    }
+
+    fn set_connectivity(
+        &mut self,
+        to: Connectivity,
+        at_ms: i64,
+        cause: &str,
+        rules: &TwinRules,
+    ) -> Effects {
+        if self.connectivity == Some(to) {
+            return Effects::default();
+        }
+        self.connectivity = Some(to);
+        let change = ConnectivityChange {
+            to,
+            at_ms,
+            cause: cause.to_owned(),
+        };
+        self.connectivity_history.push_back(change.clone());
+        while self.connectivity_history.len() > CONNECTIVITY_HISTORY {
+            self.connectivity_history.pop_front();
+        }
+        let mut effects = if to == Connectivity::Online {
+            self.on_reconnect(at_ms, rules)
+        } else {
+            Effects::persist()
+        };
+        effects.connectivity = Some(change);
+        effects
+    }
+
+    /// A device that (re)appears gets its delta and every command not yet acknowledged.
+    fn on_reconnect(&mut self, at_ms: i64, rules: &TwinRules) -> Effects {
+        let mut effects = Effects::persist();
+        let delta = self.delta();
+        if !delta.is_empty() {
+            effects.downlink.push(Downlink::Desired(DesiredPayload {
+                version: self.desired_version,
+                delta,
+                ts: at_ms,
+            }));
+        }
+        for command in self
+            .commands
+            .iter_mut()
+            .filter(|c| matches!(c.state, CommandState::Queued | CommandState::Sent))
+            .filter(|c| c.expires_ms > at_ms)
+        {
+            effects.send(command, at_ms, rules);
+        }
+        effects
+    }
+
+    fn apply_ack(&mut self, ack: AckPayload, at_ms: i64) -> Effects {
+        let Some(command) = self
+            .commands
+            .iter_mut()
+            .find(|c| c.command_id == ack.command_id)
+        else {
+            tracing::debug!(device = %self.device_id, command = %ack.command_id, "ack for an unknown command");
+            return Effects::default();
+        };
+        let to = match ack.outcome {
+            AckOutcome::Received => CommandState::Acked,
+            AckOutcome::Succeeded => CommandState::Succeeded,
+            AckOutcome::Failed => CommandState::Failed,
+        };
+        // Late or repeated acknowledgements never move a command backwards.
+        let rank = |state: CommandState| match state {
+            CommandState::Queued => 0,
+            CommandState::Sent => 1,
+            CommandState::Acked => 2,
+            _ => 3,
+        };
+        if command.state.is_terminal() || rank(to) <= rank(command.state) {
+            return Effects::default();
+        }
+        step(command, to, at_ms, ack.message);
+        command.next_attempt_ms = None;
+        let mut effects = Effects::persist();
+        effects.entered.push(to);
+        effects
+    }
+
+    /// Replace or merge the desired state, if `if_match` (when given) is the current
+    /// desired version.
+    pub fn set_desired(
+        &mut self,
+        desired: JsonObject,
+        merge: bool,
+        if_match: Option<u64>,
+        at_ms: i64,
+    ) -> Result<Effects, TwinError> {
+        if let Some(expected) = if_match {
+            if expected != self.desired_version {
+                return Err(TwinError::VersionMismatch {
+                    expected,
+                    current: self.desired_version,
+                });
+            }
+        }
+        if merge {
+            merge_patch(&mut self.desired, desired);
+        } else {
+            self.desired = desired.into_iter().filter(|(_, v)| !v.is_null()).collect();
+        }
+        self.desired_version += 1;
+        self.desired_ms = Some(at_ms);
+        self.version += 1;
+        let mut effects = Effects::persist();
+        let delta = self.delta();
+        if self.is_online() && !delta.is_empty() {
+            effects.downlink.push(Downlink::Desired(DesiredPayload {
+                version: self.desired_version,
+                delta,
+                ts: at_ms,
+            }));
+        }
+        Ok(effects)
+    }
+
+    /// Journal a new command (or return the existing one for the same id or idempotency
+    /// key) and send it at once if the device is online.
+    pub fn submit(
+        &mut self,
+        new: NewCommand,
+        at_ms: i64,
+        rules: &TwinRules,
+    ) -> Result<Submitted, TwinError> {
+        let existing = self.commands.iter().find(|c| {
+            c.command_id == new.command_id
+                || (new.idempotency_key.is_some() && c.idempotency_key == new.idempotency_key)
+        });
+        if let Some(existing) = existing {
+            if existing.command_id != new.command_id
+                && (existing.name != new.name || existing.args != new.args)
+            {
+                return Err(TwinError::KeyReused {
+                    key: new.idempotency_key.unwrap_or_default(),
+                    command_id: existing.command_id.clone(),
+                });
+            }
+            return Ok(Submitted {
+                command: existing.clone(),
+                created: false,
+                effects: Effects::default(),
+            });
+        }
+        let pending = self.pending_commands();
+        if pending >= rules.max_pending_commands {
+            return Err(TwinError::TooManyPending { pending });
+        }
+        let mut command = CommandRecord {
+            command_id: new.command_id,
+            name: new.name,
+            args: new.args,
+            idempotency_key: new.idempotency_key,
+            state: CommandState::Queued,
+            created_ms: at_ms,
+            expires_ms: at_ms.saturating_add(new.ttl_ms.min(i64::MAX as u64) as i64),
+            attempts: 0,
+            next_attempt_ms: None,
+            history: vec![CommandStep {
+                state: CommandState::Queued,
+                at_ms,
+                detail: None,
+            }],
+        };
+        let mut effects = Effects::persist();
+        effects.entered.push(CommandState::Queued);
+        if self.is_online() {
+            effects.send(&mut command, at_ms, rules);
+        }
+        self.commands.push(command.clone());
+        self.forget_old_commands(rules.kept_finished_commands);
+        self.version += 1;
+        Ok(Submitted {
+            command,
+            created: true,
+            effects,
+        })
+    }
+
+    /// Time-driven rules: expire commands, resend unacknowledged ones, notice silence.
+    pub fn on_timer(&mut self, now_ms: i64, rules: &TwinRules) -> Effects {
+        let mut effects = Effects::default();
+        let online = self.is_online();
+        for command in self.commands.iter_mut().filter(|c| !c.state.is_terminal()) {
+            if command.expires_ms <= now_ms {
+                let detail = format!("no outcome after {} attempt(s)", command.attempts);
+                step(command, CommandState::Expired, now_ms, Some(detail));
+                command.next_attempt_ms = None;
+                effects.persist = true;
+                effects.entered.push(CommandState::Expired);
+            } else if online
+                && command.state == CommandState::Sent
+                && command.next_attempt_ms.is_some_and(|at| at <= now_ms)
+            {
+                effects.send(command, now_ms, rules);
+            }
+        }
+        if online
+            && self
+                .last_seen_ms
+                .is_some_and(|seen| now_ms - seen >= rules.offline_after_ms as i64)
+        {
+            effects.merge(self.set_connectivity(Connectivity::Offline, now_ms, "silence", rules));
+        }
+        if effects.persist {
+            self.forget_old_commands(rules.kept_finished_commands);
+            self.version += 1;
+        }
+        effects
+    }
+
+    /// When [`Twin::on_timer`] next has something to do.
+    pub fn next_deadline(&self, rules: &TwinRules) -> Option<i64> {
+        let online = self.is_online();
+        let commands = self
+            .commands
+            .iter()
+            .filter(|c| !c.state.is_terminal())
+            .flat_map(|c| {
+                let resend = c.next_attempt_ms.filter(|_| online);
+                [Some(c.expires_ms), resend]
+            })
+            .flatten();
+        let silence = self
+            .last_seen_ms
+            .filter(|_| online)
+            .map(|seen| seen + rules.offline_after_ms as i64);
+        commands.chain(silence).min()
+    }
+
+    fn forget_old_commands(&mut self, keep_finished: usize) {
+        let finished = self.commands.len() - self.pending_commands();
+        let mut excess = finished.saturating_sub(keep_finished);
+        self.commands.retain(|c| {
+            if excess > 0 && c.state.is_terminal() {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Publish (or republish) a command: the next attempt waits twice as long as the last.
+fn send(command: &mut CommandRecord, at_ms: i64, rules: &TwinRules) -> Downlink {
+    command.attempts += 1;
+    let backoff = rules
+        .resend_after_ms
+        .saturating_mul(1 << (command.attempts - 1).min(16))
+        .min(rules.max_resend_after_ms);
+    command.next_attempt_ms = Some(at_ms + backoff as i64);
+    if command.state == CommandState::Queued {
+        step(command, CommandState::Sent, at_ms, None);
+    } else if let Some(last) = command.history.last_mut() {
+        last.detail = Some(format!("attempt {}", command.attempts));
+    }
+    Downlink::Command(CommandPayload {
+        command_id: command.command_id.clone(),
+        name: command.name.clone(),
+        args: command.args.clone(),
+        ts: at_ms,
+    })
+}
+
+fn step(command: &mut CommandRecord, to: CommandState, at_ms: i64, detail: Option<String>) {
+    command.state = to;
+    command.history.push(CommandStep {
+        state: to,
+        at_ms,
+        detail,
+    });
+}
+
+/// JSON merge patch (RFC 7386) at the top level: null deletes a key, anything else sets it.
+fn merge_patch(target: &mut JsonObject, patch: JsonObject) {
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(&key);
+        } else {
+            target.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetwatch_protocol::{StatePayload, StatusPayload};
+    use serde_json::json;
+
+    use super::*;
+
+    fn rules() -> TwinRules {
+        TwinRules {
+            offline_after_ms: 10_000,
+            resend_after_ms: 1_000,
+            max_resend_after_ms: 4_000,
+            max_pending_commands: 2,
+            kept_finished_commands: 1,
+        }
+    }
+
+    fn object(value: serde_json::Value) -> JsonObject {
+        value.as_object().unwrap().clone()
+    }
+
+    fn status(to: Connectivity) -> DeviceEventBody {
+        DeviceEventBody::Status(StatusPayload { status: to, ts: None })
+    }
+
+    fn ack(command_id: &str, outcome: AckOutcome) -> DeviceEventBody {
+        DeviceEventBody::Ack(AckPayload {
+            command_id: command_id.into(),
+            outcome,
+            message: None,
+            ts: None,
+        })
+    }
+
+    fn command(id: &str, key: Option<&str>) -> NewCommand {
+        NewCommand {
+            command_id: id.into(),
+            name: "reboot".into(),
+            args: json!({}),
+            idempotency_key: key.map(Into::into),
+            ttl_ms: 60_000,
+        }
+    }
+
+    fn twin() -> Twin {
+        Twin::new(DeviceId::parse("d1").unwrap())
+    }
+
+    #[test]
+    fn delta_is_what_desired_has_and_reported_lacks() {
+        let mut twin = twin();
+        let effects = twin
+            .set_desired(object(json!({"fan": "on", "rate": 5})), false, None, 1)
+            .unwrap();
+        assert!(effects.persist);
+        assert!(effects.downlink.is_empty(), "offline: nothing published");
+        twin.apply_event(
+            DeviceEventBody::State(StatePayload {
+                ts: None,
+                reported: object(json!({"fan": "on", "rate": 1})),
+            }),
+            2,
+            &rules(),
+        );
+        assert_eq!(twin.delta(), object(json!({"rate": 5})));
+    }
+
+    #[test]
+    fn a_stale_version_is_refused() {
+        let mut twin = twin();
+        twin.set_desired(object(json!({"a": 1})), false, Some(0), 1)
+            .unwrap();
+        assert_eq!(twin.desired_version, 1);
+        let error = twin
+            .set_desired(object(json!({"a": 2})), false, Some(0), 2)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            TwinError::VersionMismatch {
+                expected: 0,
+                current: 1
+            }
+        );
+        assert_eq!(twin.desired, object(json!({"a": 1})));
+        twin.set_desired(object(json!({"b": 2, "a": null})), true, Some(1), 3)
+            .unwrap();
+        assert_eq!(twin.desired, object(json!({"b": 2})));
+    }
+
+    #[test]
+    fn a_command_for_an_offline_device_waits_for_it() {
+        let rules = rules();
+        let mut twin = twin();
+        let submitted = twin.submit(command("c1", None), 0, &rules).unwrap();
+        assert!(submitted.created);
+        assert_eq!(submitted.command.state, CommandState::Queued);
+        assert!(submitted.effects.downlink.is_empty());
+        twin.set_desired(object(json!({"fan": "on"})), false, None, 1)
+            .unwrap();
+
+        let effects = twin
+            .apply_event(status(Connectivity::Online), 5, &rules)
+            .unwrap();
+        assert_eq!(effects.downlink.len(), 2, "{effects:?}");
+        assert!(matches!(&effects.downlink[0], Downlink::Desired(d) if d.delta.contains_key("fan")));
+        assert!(matches!(&effects.downlink[1], Downlink::Command(c) if c.command_id == "c1"));
+        assert_eq!(twin.command("c1").unwrap().state, CommandState::Sent);
+    }
+
+    #[test]
+    fn unacknowledged_commands_are_resent_with_backoff_then_expire() {
+        let rules = rules();
+        let mut twin = twin();
+        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.submit(command("c1", None), 0, &rules).unwrap();
+        let mut resent_at = Vec::new();
+        let mut now = 0;
+        while let Some(deadline) = twin.next_deadline(&rules) {
+            now = deadline;
+            // Keep the device looking alive so silence does not interfere.
+            twin.last_seen_ms = Some(now);
+            let effects = twin.on_timer(now, &rules);
+            if !effects.downlink.is_empty() {
+                resent_at.push(now);
+            }
+            if twin.command("c1").unwrap().state.is_terminal() {
+                break;
+            }
+        }
+        assert_eq!(&resent_at[..5], &[1_000, 3_000, 7_000, 11_000, 15_000]);
+        let command = twin.command("c1").unwrap();
+        assert_eq!(command.state, CommandState::Expired);
+        assert_eq!(now, 60_000);
+    }
+
+    #[test]
+    fn acks_move_forward_only() {
+        let rules = rules();
+        let mut twin = twin();
+        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.submit(command("c1", None), 0, &rules).unwrap();
+        twin.apply_event(ack("c1", AckOutcome::Succeeded), 1, &rules);
+        let effects = twin
+            .apply_event(ack("c1", AckOutcome::Received), 2, &rules)
+            .unwrap();
+        assert!(!effects.persist);
+        let states: Vec<_> = twin.command("c1").unwrap().history.iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [CommandState::Queued, CommandState::Sent, CommandState::Succeeded]
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_return_the_same_command() {
+        let rules = rules();
+        let mut twin = twin();
+        let first = twin.submit(command("c1", Some("k")), 0, &rules).unwrap();
+        let again = twin.submit(command("c2", Some("k")), 1, &rules).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.command.command_id, first.command.command_id);
+        let mut other = command("c3", Some("k"));
+        other.name = "shutdown".into();
+        assert!(matches!(
+            twin.submit(other, 2, &rules),
+            Err(TwinError::KeyReused { .. })
+        ));
+        twin.submit(command("c4", None), 3, &rules).unwrap();
+        assert!(matches!(
+            twin.submit(command("c5", None), 4, &rules),
+            Err(TwinError::TooManyPending { pending: 2 })
+        ));
+    }
+
+    #[test]
+    fn silence_marks_the_device_offline_with_the_cause() {
+        let rules = rules();
+        let mut twin = twin();
+        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        assert_eq!(twin.next_deadline(&rules), Some(10_000));
+        let effects = twin.on_timer(10_000, &rules);
+        assert!(effects.persist);
+        assert_eq!(twin.connectivity, Some(Connectivity::Offline));
+        assert_eq!(twin.connectivity_history.back().unwrap().cause, "silence");
+        assert_eq!(twin.next_deadline(&rules), None);
+    }
+
+    #[test]
+    fn finished_commands_beyond_the_limit_are_forgotten() {
+        let rules = rules();
+        let mut twin = twin();
+        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        for id in ["c1", "c2", "c3"] {
+            twin.submit(command(id, None), 0, &rules).unwrap();
+            twin.apply_event(ack(id, AckOutcome::Failed), 1, &rules);
+        }
+        let ids: Vec<_> = twin.commands.iter().map(|c| c.command_id.as_str()).collect();
+        assert_eq!(ids, ["c3"]);
+    }
+
+    #[test]
+    fn the_changelog_record_round_trips() {
+        let rules = rules();
+        let mut twin = twin();
+        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.submit(command("c1", Some("k")), 0, &rules).unwrap();
+        twin.set_desired(object(json!({"fan": "on"})), false, None, 1)
+            .unwrap();
+        let json = serde_json::to_vec(&twin).unwrap();
+        assert_eq!(serde_json::from_slice::<Twin>(&json).unwrap(), twin);
+    }
+}

@@ -1,0 +1,149 @@
+//! Asking the instance that owns a device: a [`DeviceRequest`] goes on `iot.commands`
+//! (key: device id, so it lands in the owner's partition, in order with everything else
+//! for that device) and the owner's [`DeviceReply`] comes back on `iot.replies`, which
+//! every instance reads from its end and filters by its own name.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetwatch_protocol::{
+    now_ms, DeviceId, DeviceReply, DeviceRequest, DeviceRequestBody, KafkaTopics,
+};
+use parking_lot::Mutex;
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::oneshot;
+
+use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
+use crate::metrics::Metrics;
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} requests are already waiting for answers; retry shortly")]
+    Busy(usize),
+    #[error("could not queue the request: {0}")]
+    Kafka(String),
+    #[error("the instance owning the device did not answer within {0:?}; a write may still be applied (retry with the same idempotency key)")]
+    Timeout(Duration),
+}
+
+pub struct RequestClient {
+    /// This instance's name on `iot.replies`.
+    instance: String,
+    commands_topic: String,
+    producer: Producer,
+    pending: Mutex<HashMap<String, oneshot::Sender<DeviceReply>>>,
+    max_pending: usize,
+    timeout: Duration,
+    counter: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl RequestClient {
+    pub fn new(
+        instance: String,
+        topics: &KafkaTopics,
+        producer: Producer,
+        max_pending: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            instance,
+            commands_topic: topics.commands(),
+            producer,
+            pending: Mutex::new(HashMap::new()),
+            max_pending,
+            timeout,
+            counter: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// A new id, unique across instances and restarts.
+    pub fn new_id(&self, kind: &str) -> String {
+        format!(
+            "{kind}-{:x}-{}-{}",
+            now_ms(),
+            self.instance,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Send `body` to the device's owner and wait for its answer.
+    pub async fn ask(
+        &self,
+        device_id: &DeviceId,
+        body: DeviceRequestBody,
+    ) -> Result<DeviceReply, RequestError> {
+        let request_id = self.new_id("req");
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= self.max_pending {
+                return Err(RequestError::Busy(pending.len()));
+            }
+            pending.insert(request_id.clone(), sender);
+        }
+        // Whatever happens next, the slot is given back.
+        let _slot = PendingSlot {
+            client: self,
+            request_id: &request_id,
+        };
+        let request = DeviceRequest {
+            request_id: request_id.clone(),
+            reply_to: Some(self.instance.clone()),
+            device_id: device_id.clone(),
+            sent_ms: now_ms(),
+            body,
+        };
+        self.producer
+            .send_json(&self.commands_topic, device_id.as_str(), &request)
+            .await
+            .map_err(|e| RequestError::Kafka(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.request_timeouts.inc();
+                Err(RequestError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    fn answer(&self, reply: DeviceReply) {
+        if reply.reply_to != self.instance {
+            return;
+        }
+        if let Some(sender) = self.pending.lock().remove(&reply.request_id) {
+            let _ = sender.send(reply);
+        }
+    }
+}
+
+struct PendingSlot<'a> {
+    client: &'a RequestClient,
+    request_id: &'a str,
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.client.pending.lock().remove(self.request_id);
+    }
+}
+
+/// Reads `iot.replies` and hands this instance's replies to the waiting requests.
+pub struct RepliesHandler {
+    pub client: Arc<RequestClient>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RecordHandler for RepliesHandler {
+    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+        if let Some(reply) = decode_record::<DeviceReply>(record, "replies", &self.metrics) {
+            self.client.answer(reply);
+        }
+        Ok(())
+    }
+}
