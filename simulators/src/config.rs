@@ -51,6 +51,23 @@ pub struct SimConfig {
     /// Write the ground truth (one JSON line per injected anomaly) to this file.
     #[arg(long)]
     pub ground_truth: Option<PathBuf>,
+    /// Fraction of commands a device reports as failed (a command's args can force it:
+    /// `{"simulate": "fail"}`, `"slow"` or `"ok"`).
+    #[arg(long, default_value_t = 0.1)]
+    pub command_failure_rate: f64,
+    /// Fraction of commands that take `slow_command_ms` between acknowledgement and
+    /// outcome (args can set it: `{"delay_ms": 3000}`).
+    #[arg(long, default_value_t = 0.2)]
+    pub slow_command_rate: f64,
+    #[arg(long, default_value_t = 5000)]
+    pub slow_command_ms: u64,
+    /// Outages started per minute across the fleet: a device drops its connection
+    /// without saying goodbye (the broker publishes its Last Will), stays away for
+    /// `outage_secs`, and comes back. Recorded in the ground truth as a dropout.
+    #[arg(long, default_value_t = 0.0)]
+    pub outages_per_minute: f64,
+    #[arg(long, default_value_t = 20.0)]
+    pub outage_secs: f64,
 }
 
 impl SimConfig {
@@ -70,6 +87,11 @@ impl SimConfig {
             day_secs: 86_400.0,
             kinds: AnomalyKind::ALL.to_vec(),
             ground_truth: None,
+            command_failure_rate: 0.1,
+            slow_command_rate: 0.2,
+            slow_command_ms: 5000,
+            outages_per_minute: 0.0,
+            outage_secs: 20.0,
         }
     }
 

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch_protocol::{
-    now_ms, Connectivity, DeviceId, DeviceTopic, DeviceTopicKind, StatusPayload, TelemetryPayload,
+    now_ms, AckOutcome, AckPayload, CommandPayload, Connectivity, DesiredPayload, DeviceId,
+    DeviceTopic, DeviceTopicKind, JsonObject, StatePayload, StatusPayload, TelemetryPayload,
 };
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::{ActiveAnomaly, Effect};
+use crate::device::{Answer, CommandBehaviour, DeviceBrain};
 use crate::signal::DeviceSignal;
 use crate::{Injected, SimConfig};
 
@@ -33,6 +36,16 @@ pub struct FleetStats {
     pub reconnects: AtomicU64,
     /// Anomalies started.
     pub anomalies: AtomicU64,
+    /// Commands received (resends included), and outcomes reported.
+    pub commands_received: AtomicU64,
+    pub commands_succeeded: AtomicU64,
+    pub commands_failed: AtomicU64,
+    /// Desired-state deltas applied.
+    pub desired_applied: AtomicU64,
+    /// Outages (connection dropped without goodbye), and the messages they lost
+    /// before the broker acknowledged them.
+    pub outages: AtomicU64,
+    pub lost_in_outages: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +185,33 @@ impl Schedule {
     }
 }
 
+/// A device's lasting state: what survives an outage.
+struct SimDevice {
+    id: String,
+    device_id: DeviceId,
+    rng: StdRng,
+    signal: DeviceSignal,
+    metric_names: Vec<&'static str>,
+    sigmas: Vec<f64>,
+    seq: u64,
+    previous: Vec<f64>,
+    active: Option<ActiveAnomaly>,
+    next_anomaly: Option<i64>,
+    next_outage: Option<i64>,
+    brain: DeviceBrain,
+    /// Slow commands finishing: their outcome comes back here, and is published by
+    /// whichever session is connected then.
+    finished_tx: mpsc::Sender<AckPayload>,
+    finished_rx: mpsc::Receiver<AckPayload>,
+    first_session: bool,
+}
+
+/// How a connected session ended.
+enum SessionEnd {
+    Stopped,
+    Outage,
+}
+
 async fn run_device(
     index: usize,
     config: Arc<SimConfig>,
@@ -185,9 +225,102 @@ async fn run_device(
     let mut rng =
         StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
     let signal = DeviceSignal::random(&mut rng, config.day_secs);
-    let metric_names: Vec<&str> = signal.metrics.iter().map(|m| m.name).collect();
+    let metric_names: Vec<&'static str> = signal.metrics.iter().map(|m| m.name).collect();
     let sigmas: Vec<f64> = signal.metrics.iter().map(|m| m.sigma).collect();
-    let topic = |kind| DeviceTopic::new(device_id.clone(), kind).to_string();
+    let schedule = Schedule {
+        not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
+        not_after_ms: config.duration_secs.map_or(i64::MAX, |d| {
+            clock.started_ms + ((d - config.quiet_tail_secs) * 1000.0) as i64
+        }),
+        mean_gap_ms: 60_000.0 * config.devices as f64 / config.anomalies_per_minute,
+    };
+    let outages = Schedule {
+        mean_gap_ms: 60_000.0 * config.devices as f64 / config.outages_per_minute,
+        ..schedule
+    };
+    let next_anomaly = schedule.next_start(&mut rng, clock.started_ms);
+    let next_outage = outages.next_start(&mut rng, clock.started_ms);
+    let (finished_tx, finished_rx) = mpsc::channel(64);
+    let mut reported = JsonObject::new();
+    reported.insert("firmware".into(), "1.4.2".into());
+    reported.insert("interval_ms".into(), config.interval_ms.into());
+    let mut device = SimDevice {
+        id,
+        device_id,
+        rng,
+        signal,
+        metric_names,
+        sigmas,
+        seq: 0,
+        previous: Vec::new(),
+        active: None,
+        next_anomaly,
+        next_outage,
+        brain: DeviceBrain::new(reported),
+        finished_tx,
+        finished_rx,
+        first_session: true,
+    };
+
+    let interval = Duration::from_millis(config.interval_ms);
+    let offset = Duration::from_millis(device.rng.random_range(0..config.interval_ms));
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::from_std(clock.started + offset),
+        interval,
+    );
+    // After an outage the device resumes on its schedule; it does not replay the past.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let end = session(
+            &mut device,
+            &config,
+            clock,
+            &schedule,
+            &truth,
+            &stats,
+            &mut ticker,
+            &stop,
+        )
+        .await;
+        match end {
+            SessionEnd::Stopped => break,
+            SessionEnd::Outage => {
+                let start_ms = now_ms();
+                let away = Duration::from_secs_f64(config.outage_secs);
+                stats.outages.fetch_add(1, Ordering::Relaxed);
+                truth.record(&Injected {
+                    device: device.id.clone(),
+                    kind: crate::AnomalyKind::Dropout,
+                    metric: None,
+                    magnitude_sigmas: 0.0,
+                    start_ms,
+                    end_ms: start_ms + away.as_millis() as i64,
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(away) => {}
+                }
+                device.seq += (away.as_millis() as u64) / config.interval_ms.max(1);
+                device.next_outage = outages.next_start(&mut device.rng, now_ms() + COOLDOWN_MS);
+            }
+        }
+    }
+}
+
+/// One MQTT connection of a device: from connect until the run stops or an outage cuts
+/// it.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    device: &mut SimDevice,
+    config: &SimConfig,
+    clock: RunClock,
+    schedule: &Schedule,
+    truth: &GroundTruth,
+    stats: &Arc<FleetStats>,
+    ticker: &mut tokio::time::Interval,
+    stop: &CancellationToken,
+) -> SessionEnd {
+    let topic = |kind| DeviceTopic::new(device.device_id.clone(), kind).to_string();
     let status = |status| {
         serde_json::to_vec(&StatusPayload {
             status,
@@ -195,8 +328,7 @@ async fn run_device(
         })
         .expect("serializes")
     };
-
-    let mut options = MqttOptions::new(id.clone(), &config.mqtt_host, config.mqtt_port);
+    let mut options = MqttOptions::new(device.id.clone(), &config.mqtt_host, config.mqtt_port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
@@ -212,8 +344,14 @@ async fn run_device(
     // (counted by the connection task).
     let mut handed: u64 = 0;
     let acknowledged = Arc::new(AtomicU64::new(0));
+    let (incoming_tx, mut incoming) = mpsc::channel::<Publish>(64);
+    let downstream = [
+        topic(DeviceTopicKind::Commands),
+        topic(DeviceTopicKind::Desired),
+    ];
     let connection = {
         let (stats, acknowledged, stop) = (stats.clone(), acknowledged.clone(), stop.clone());
+        let (client, downstream) = (client.clone(), downstream.clone());
         tokio::spawn(async move {
             let mut connected = false;
             loop {
@@ -223,10 +361,18 @@ async fn run_device(
                             stats.connected.fetch_add(1, Ordering::Relaxed);
                             connected = true;
                         }
+                        for filter in &downstream {
+                            let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
+                        }
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         stats.acknowledged.fetch_add(1, Ordering::Relaxed);
                         acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if incoming_tx.send(publish).await.is_err() {
+                            break;
+                        }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(_) => {}
@@ -249,92 +395,147 @@ async fn run_device(
             }
         })
     };
-
-    let status_topic = topic(DeviceTopicKind::Status);
-    let publish_status = |connectivity| {
-        let (client, topic) = (&client, &status_topic);
+    let publish = |kind: DeviceTopicKind, payload: Vec<u8>| {
+        let (client, topic) = (&client, topic(kind));
         async move {
             client
-                .publish(topic, QoS::AtLeastOnce, false, status(connectivity))
+                .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .is_ok()
         }
     };
-    handed += u64::from(publish_status(Connectivity::Online).await);
-    let schedule = Schedule {
-        not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
-        not_after_ms: config.duration_secs.map_or(i64::MAX, |d| {
-            clock.started_ms + ((d - config.quiet_tail_secs) * 1000.0) as i64
-        }),
-        mean_gap_ms: 60_000.0 * config.devices as f64 / config.anomalies_per_minute,
-    };
-    let mut next_anomaly = schedule.next_start(&mut rng, clock.started_ms);
-    let mut active: Option<ActiveAnomaly> = None;
-    let mut previous: Vec<f64> = Vec::new();
-    let mut seq: u64 = 0;
+    let to_json = |value: &dyn erased::Json| value.to_json();
 
-    let interval = Duration::from_millis(config.interval_ms);
-    let offset = Duration::from_millis(rng.random_range(0..config.interval_ms));
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::from_std(clock.started + offset),
-        interval,
-    );
-    let telemetry_topic = topic(DeviceTopicKind::Telemetry);
-    loop {
+    handed += u64::from(publish(DeviceTopicKind::Status, status(Connectivity::Online)).await);
+    if device.first_session {
+        device.first_session = false;
+        let state = StatePayload {
+            ts: Some(now_ms()),
+            reported: device.brain.reported.clone(),
+        };
+        handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
+    }
+    let behaviour = CommandBehaviour {
+        failure_rate: config.command_failure_rate,
+        slow_rate: config.slow_command_rate,
+        slow_ms: config.slow_command_ms,
+    };
+
+    let end = loop {
+        let outage_in = device
+            .next_outage
+            .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64));
         let tick = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => break SessionEnd::Stopped,
+            _ = async { match outage_in {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            } } => break SessionEnd::Outage,
+            Some(message) = incoming.recv() => {
+                let now = now_ms();
+                if message.topic == downstream[0] {
+                    match serde_json::from_slice::<CommandPayload>(&message.payload) {
+                        Ok(command) => {
+                            stats.commands_received.fetch_add(1, Ordering::Relaxed);
+                            for answer in device.brain.on_command(&command, behaviour, &mut device.rng, now) {
+                                match answer {
+                                    Answer::Now(ack) => {
+                                        count_outcome(stats, &ack);
+                                        handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
+                                    }
+                                    Answer::Later { delay_ms, ack } => {
+                                        let finished = device.finished_tx.clone();
+                                        tokio::spawn(async move {
+                                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                                            let _ = finished.send(ack).await;
+                                        });
+                                    }
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "unreadable command"),
+                    }
+                } else {
+                    match serde_json::from_slice::<DesiredPayload>(&message.payload) {
+                        Ok(desired) => {
+                            stats.desired_applied.fetch_add(1, Ordering::Relaxed);
+                            let state = device.brain.on_desired(desired, now);
+                            handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
+                        }
+                        Err(error) => tracing::warn!(%error, "unreadable desired state"),
+                    }
+                }
+                continue;
+            }
+            Some(ack) = device.finished_rx.recv() => {
+                let ack = device.brain.finish(ack);
+                count_outcome(stats, &ack);
+                handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
+                continue;
+            }
             tick = ticker.tick() => tick,
         };
         let t_ms = clock.ms(tick.into_std());
-        if active.as_ref().is_some_and(|anomaly| anomaly.is_over(t_ms)) {
-            let ended = active.take().expect("checked").truth.end_ms;
-            next_anomaly = schedule.next_start(&mut rng, ended + COOLDOWN_MS);
+        if device.active.as_ref().is_some_and(|anomaly| anomaly.is_over(t_ms)) {
+            let ended = device.active.take().expect("checked").truth.end_ms;
+            device.next_anomaly = schedule.next_start(&mut device.rng, ended + COOLDOWN_MS);
         }
-        if active.is_none() && next_anomaly.is_some_and(|start| t_ms >= start) {
-            let kind = config.kinds[rng.random_range(0..config.kinds.len())];
-            let anomaly =
-                ActiveAnomaly::plan(&mut rng, kind, &id, &metric_names, t_ms, config.interval_ms);
+        if device.active.is_none() && device.next_anomaly.is_some_and(|start| t_ms >= start) {
+            let kind = config.kinds[device.rng.random_range(0..config.kinds.len())];
+            let anomaly = ActiveAnomaly::plan(
+                &mut device.rng,
+                kind,
+                &device.id,
+                &device.metric_names,
+                t_ms,
+                config.interval_ms,
+            );
             truth.record(&anomaly.truth);
             stats.anomalies.fetch_add(1, Ordering::Relaxed);
-            active = Some(anomaly);
+            device.active = Some(anomaly);
         }
-        let mut values = signal.sample(t_ms, &mut rng);
-        if previous.is_empty() {
-            previous = values.clone();
+        let mut values = device.signal.sample(t_ms, &mut device.rng);
+        if device.previous.is_empty() {
+            device.previous = values.clone();
         }
-        let effect = match active.as_mut() {
-            Some(anomaly) => anomaly.apply(t_ms, &mut values, &sigmas, &previous),
+        let effect = match device.active.as_mut() {
+            Some(anomaly) => anomaly.apply(t_ms, &mut values, &device.sigmas, &device.previous),
             None => Effect::Publish,
         };
-        seq += 1;
+        device.seq += 1;
         if effect == Effect::Silence {
             continue;
         }
         let payload = TelemetryPayload {
             ts: t_ms,
-            seq,
-            metrics: metric_names
+            seq: device.seq,
+            metrics: device
+                .metric_names
                 .iter()
                 .map(|n| n.to_string())
                 .zip(values.iter().copied())
                 .collect(),
         };
-        previous = values;
-        let bytes = serde_json::to_vec(&payload).expect("serializes");
-        if client
-            .publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes)
-            .await
-            .is_err()
-        {
-            break;
+        device.previous = values;
+        if !publish(DeviceTopicKind::Telemetry, to_json(&payload)).await {
+            break SessionEnd::Stopped;
         }
         handed += 1;
         stats.published.fetch_add(1, Ordering::Relaxed);
-    }
+    };
 
+    let outstanding = || handed.saturating_sub(acknowledged.load(Ordering::Relaxed));
+    if let SessionEnd::Outage = end {
+        // Power lost: no goodbye. Dropping the connection makes the broker publish the
+        // Last Will; what was not acknowledged yet is lost with the device's memory.
+        connection.abort();
+        stats
+            .lost_in_outages
+            .fetch_add(outstanding(), Ordering::Relaxed);
+        return end;
+    }
     // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
     // offline, disconnect.
-    let outstanding = || handed.saturating_sub(acknowledged.load(Ordering::Relaxed));
     let deadline = Instant::now() + Duration::from_secs(10);
     while outstanding() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -342,8 +543,31 @@ async fn run_device(
     stats
         .unacknowledged_at_exit
         .fetch_add(outstanding(), Ordering::Relaxed);
-    publish_status(Connectivity::Offline).await;
+    publish(DeviceTopicKind::Status, status(Connectivity::Offline)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+    end
+}
+
+fn count_outcome(stats: &FleetStats, ack: &AckPayload) {
+    let counter = match ack.outcome {
+        AckOutcome::Received => return,
+        AckOutcome::Succeeded => &stats.commands_succeeded,
+        AckOutcome::Failed => &stats.commands_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+mod erased {
+    /// Serialize any wire type to JSON bytes (they always serialize).
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("wire types serialize")
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod anomaly;
 pub mod config;
+pub mod device;
 pub mod evaluate;
 pub mod fleet;
 pub mod listener;
