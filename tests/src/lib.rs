@@ -4,6 +4,8 @@
 //! Tests share one Mosquitto and one tansu; each test isolates itself with its own Kafka
 //! topic prefix, consumer-group prefix, MQTT share group and device-id prefix.
 
+pub mod device;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -85,8 +87,20 @@ impl Namespace {
 impl Service {
     /// Start `fleetwatch run --roles <roles>` in `namespace` and wait until it is ready.
     pub fn start(rig: &Rig, namespace: &Namespace, roles: &str, instance: &str) -> Self {
+        Self::start_with(rig, namespace, roles, instance, &[])
+    }
+
+    /// Like [`Service::start`], with extra environment (settings) for the process.
+    pub fn start_with(
+        rig: &Rig,
+        namespace: &Namespace,
+        roles: &str,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(&rig.fleetwatch_bin)
             .args(["run", "--roles", roles])
+            .envs(env.iter().copied())
             .env("FLEETWATCH_KAFKA__BROKERS", &rig.kafka)
             .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
             .env(
@@ -152,6 +166,28 @@ impl Service {
         )
     }
 
+    /// Any request with an optional JSON body: (status, headers lower-cased, JSON body
+    /// or the text as a JSON string).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> (u16, Vec<(String, String)>, serde_json::Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, headers, text) =
+            http_request(self.http, method, path, headers, body.as_deref()).expect("HTTP answer");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, json)
+    }
+
+    /// Kill the process at once (SIGKILL): no goodbye, no final commit.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/", self.ws.expect("alerts role runs"))
     }
@@ -187,14 +223,41 @@ impl Drop for Service {
 
 /// A plain HTTP/1.1 GET, enough for JSON endpoints.
 pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(address, "GET", path, &[], None).map(|(status, _, body)| (status, body))
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body: (status, headers, body).
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    let head = response.split_once("\r\n\r\n").map_or("", |(head, _)| head);
+    let response_headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect::<Vec<_>>();
     let status = response
         .split(' ')
         .nth(1)
@@ -210,7 +273,7 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
     } else {
         body.to_owned()
     };
-    Ok((status, body))
+    Ok((status, response_headers, body))
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -166,7 +166,24 @@ impl DevicesHandler {
     }
 }
 
+/// How often owned partitions that saw no record yet are restored anyway, so their
+/// twins' timers (expiries, silence) run.
+const RESTORE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl RecordHandler for DevicesHandler {
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        Some(RESTORE_CHECK)
+    }
+
+    async fn on_tick(&mut self) -> Result<(), HandleError> {
+        for partition in self.registry.unrestored() {
+            if let Err(error) = self.registry.ensure_restored(partition).await {
+                tracing::warn!(partition, %error, "restoring partition failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
         let partition = record.partition();
         // A new owner reads the partition's twins before handling anything of it.

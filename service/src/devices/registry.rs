@@ -46,6 +46,8 @@ pub struct DeviceRegistry {
     shared: Arc<Shared>,
     /// Partitions whose twins were read from the changelog since they were assigned.
     restored: Mutex<HashSet<i32>>,
+    /// The partitions this instance owns now.
+    owned: Mutex<Vec<i32>>,
 }
 
 /// How long giving partitions away waits for twin writes in flight.
@@ -73,7 +75,19 @@ impl DeviceRegistry {
             hasher: RandomState::new(),
             shared,
             restored: Mutex::new(HashSet::new()),
+            owned: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Owned partitions not restored yet.
+    pub fn unrestored(&self) -> Vec<i32> {
+        let restored = self.restored.lock();
+        self.owned
+            .lock()
+            .iter()
+            .copied()
+            .filter(|p| !restored.contains(p))
+            .collect()
     }
 
     pub fn changelog(&self) -> &Arc<Changelog> {
@@ -214,6 +228,7 @@ impl PartitionListener for DeviceRegistry {
             addr.do_send(Stop);
         }
         self.restored.lock().retain(|p| owned.contains(p));
+        *self.owned.lock() = partitions.to_vec();
         self.shared
             .changelog
             .forget_partitions(|p| owned.contains(&p));

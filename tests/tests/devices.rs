@@ -1,0 +1,296 @@
+//! Device twins and commands end to end, against real Mosquitto and tansu through the
+//! fleetwatch binary: every command state, version conflicts, delivery to a device that
+//! was offline, and a rebalance between two instances with one killed.
+
+use std::time::Duration;
+
+use fleetwatch_e2e::device::TestDevice;
+use fleetwatch_e2e::{eventually, Namespace, Rig, Service};
+use serde_json::{json, Value};
+
+async fn start(
+    rig: &Rig,
+    namespace: &Namespace,
+    roles: &'static str,
+    instance: &'static str,
+) -> Service {
+    let (rig, namespace) = (rig.clone(), namespace.clone());
+    tokio::task::spawn_blocking(move || {
+        Service::start_with(
+            &rig,
+            &namespace,
+            roles,
+            instance,
+            &[("FLEETWATCH_DEVICES__TWIN__RESEND_AFTER_MS", "500")],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Run blocking HTTP and polling on this worker without stalling the devices' tasks.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+fn post_command(service: &Service, device: &str, body: Value) -> (u16, Value) {
+    let (status, _, body) = service.request(
+        "POST",
+        &format!("/devices/{device}/commands"),
+        &[],
+        Some(&body),
+    );
+    (status, body)
+}
+
+fn put_desired(service: &Service, device: &str, if_match: &str, desired: Value) -> (u16, Value) {
+    let (status, _, body) = service.request(
+        "PUT",
+        &format!("/devices/{device}/desired"),
+        &[("If-Match", if_match)],
+        Some(&desired),
+    );
+    (status, body)
+}
+
+/// Poll the command until `accept` likes it.
+fn wait_command(
+    service: &Service,
+    device: &str,
+    command: &Value,
+    what: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let id = command["command_id"].as_str().expect("a command id");
+    eventually(Duration::from_secs(30), what, || {
+        let (status, body) = service.get(&format!("/devices/{device}/commands/{id}"));
+        (status == 200 && accept(&body)).then_some(body)
+    })
+}
+
+fn states(command: &Value) -> Vec<String> {
+    command["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn in_state(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |command| command["state"] == state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_reach_every_state_and_stale_writes_conflict() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("twins");
+    let service = start(&rig, &namespace, "ingest,devices", "a").await;
+    let device = format!("{}d1", namespace.device_prefix());
+
+    let reboot = blocking(|| {
+        // Nobody has seen the device: reads say so, bad requests say what is wrong.
+        let (status, body) = service.get(&format!("/devices/{device}"));
+        assert_eq!(status, 404, "{body}");
+        for (body, expected) in [
+            (json!("not an object"), "command"),
+            (json!({"name": "bad name!"}), "invalid"),
+            (json!({"name": "reboot", "ttl_ms": 0}), "ttl_ms"),
+            (json!({"name": "reboot", "colour": "red"}), "unknown field"),
+        ] {
+            let (status, answer) = post_command(&service, &device, body.clone());
+            assert_eq!(status, 400, "{body} → {answer}");
+            assert!(
+                answer["error"].as_str().unwrap().contains(expected),
+                "{body} → {answer}"
+            );
+        }
+        let (status, answer) = put_desired(&service, &device, "\"0\"", json!([1, 2]));
+        assert_eq!(status, 400, "{answer}");
+        let (status, answer) = put_desired(&service, &device, "yesterday", json!({}));
+        assert_eq!(status, 400, "{answer}");
+        let (status, _) = service.get("/devices/bad%20id");
+        assert_eq!(status, 400);
+
+        // Commands for a device that is offline wait; the same key gives the same command.
+        let (status, reboot) = post_command(
+            &service,
+            &device,
+            json!({"name": "reboot", "idempotency_key": "boot-1"}),
+        );
+        assert_eq!(status, 201, "{reboot}");
+        assert_eq!(reboot["state"], "queued");
+        let (status, again) = post_command(
+            &service,
+            &device,
+            json!({"name": "reboot", "idempotency_key": "boot-1"}),
+        );
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["command_id"], reboot["command_id"]);
+        let (status, reused) = post_command(
+            &service,
+            &device,
+            json!({"name": "shutdown", "idempotency_key": "boot-1"}),
+        );
+        assert_eq!(status, 409, "{reused}");
+        let (status, blink) = post_command(&service, &device, json!({"name": "blink", "ttl_ms": 1500}));
+        assert_eq!(status, 201, "{blink}");
+
+        // Optimistic concurrency on the desired state.
+        let (status, desired) = put_desired(&service, &device, "\"0\"", json!({"fan": "on"}));
+        assert_eq!(status, 200, "{desired}");
+        assert_eq!(desired["version"], 1);
+        assert_eq!(desired["delta"], json!({"fan": "on"}));
+        let (status, stale) = put_desired(&service, &device, "\"0\"", json!({"fan": "off"}));
+        assert_eq!(status, 409, "{stale}");
+        assert!(stale["error"].as_str().unwrap().contains("version 1"), "{stale}");
+
+        // Nobody connects in time: the short-lived command expires without being sent.
+        let expired = wait_command(&service, &device, &blink, "blink to expire", in_state("expired"));
+        assert_eq!(states(&expired), ["queued", "expired"]);
+        reboot
+    });
+
+    // The device comes online: the waiting command and the desired state reach it.
+    let online = TestDevice::connect(&rig, &device, false).await;
+    blocking(|| {
+        let done = wait_command(&service, &device, &reboot, "reboot to succeed", in_state("succeeded"));
+        assert_eq!(states(&done), ["queued", "sent", "acked", "succeeded"]);
+        let twin = eventually(Duration::from_secs(20), "the delta to close", || {
+            let (_, twin) = service.get(&format!("/devices/{device}"));
+            (twin["delta"] == json!({}) && twin["reported"]["fan"] == "on").then_some(twin)
+        });
+        assert_eq!(twin["connectivity"], "online");
+        assert_eq!(twin["desired_version"], 1);
+
+        let (_, update) = post_command(&service, &device, json!({"name": "update", "args": {"simulate": "fail"}}));
+        let failed = wait_command(&service, &device, &update, "update to fail", in_state("failed"));
+        assert_eq!(states(&failed), ["queued", "sent", "acked", "failed"]);
+        let reason = failed["history"][3]["detail"].as_str().unwrap_or_default();
+        assert!(reason.contains("simulated failure"), "{failed}");
+
+        // A slow command is seen acknowledged before it succeeds.
+        let (_, slow) = post_command(&service, &device, json!({"name": "calibrate", "args": {"delay_ms": 3000}}));
+        wait_command(&service, &device, &slow, "calibrate to be acked", in_state("acked"));
+        wait_command(&service, &device, &slow, "calibrate to succeed", in_state("succeeded"));
+    });
+
+    // The connection drops: the broker's Last Will marks the device offline.
+    online.cut();
+    blocking(|| {
+        eventually(Duration::from_secs(30), "the device to go offline", || {
+            let (_, twin) = service.get(&format!("/devices/{device}"));
+            let last = twin["connectivity_history"].as_array()?.last()?.clone();
+            (twin["connectivity"] == "offline").then_some(last)
+        })
+    });
+
+    // A device that receives but never answers gets the command again, with backoff.
+    let mute = TestDevice::connect(&rig, &device, true).await;
+    blocking(|| {
+        eventually(Duration::from_secs(20), "the device to be online again", || {
+            (service.get(&format!("/devices/{device}")).1["connectivity"] == "online").then_some(())
+        });
+        let (_, ping) = post_command(&service, &device, json!({"name": "ping"}));
+        let resent = wait_command(&service, &device, &ping, "ping to be resent", |c| {
+            c["state"] == "sent" && c["attempts"].as_u64() >= Some(3)
+        });
+        assert_eq!(states(&resent), ["queued", "sent"]);
+    });
+    assert!(mute.commands_received.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    mute.leave().await;
+
+    blocking(|| {
+        let (status, missing) = service.get(&format!("/devices/{device}/commands/nope"));
+        assert_eq!(status, 404, "{missing}");
+        let (status, api) = service.get("/openapi.json");
+        assert_eq!(status, 200);
+        assert!(api["paths"]["/devices/{id}/commands/{command_id}"].is_object());
+        let (_, _, metrics) = service.request("GET", "/metrics", &[], None);
+        let metrics = metrics.as_str().unwrap().to_owned();
+        for state in ["queued", "sent", "acked", "succeeded", "failed", "expired"] {
+            assert!(
+                metrics.contains(&format!("fleetwatch_command_transitions_total{{state=\"{state}\"}}")),
+                "no transitions to {state} counted"
+            );
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_hands_its_twins_and_commands_to_the_survivor() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("rebalance");
+    let _ingest = start(&rig, &namespace, "ingest", "i").await;
+    let first = start(&rig, &namespace, "devices", "a").await;
+    let devices: Vec<String> = (0..8)
+        .map(|n| format!("{}d{n}", namespace.device_prefix()))
+        .collect();
+
+    // Twins and waiting commands, all owned by the first instance.
+    let commands: Vec<Value> = blocking(|| {
+        devices
+            .iter()
+            .map(|device| {
+                let (status, body) = put_desired(&first, device, "\"0\"", json!({"mode": "eco"}));
+                assert_eq!(status, 200, "{body}");
+                let key = format!("sync-{device}");
+                let (status, command) = post_command(&first, device, json!({"name": "sync", "idempotency_key": key}));
+                assert_eq!(status, 201, "{command}");
+                command
+            })
+            .collect()
+    });
+
+    // A second instance joins: partitions are split, and every twin is still whole,
+    // whichever instance is asked.
+    let second = start(&rig, &namespace, "devices", "b").await;
+    blocking(|| {
+        for service in [&first, &second] {
+            let (_, health) = service.get("/healthz");
+            assert!(
+                health["roles"]["devices"]["detail"]["assigned_partitions"].as_i64() > Some(0),
+                "{health}"
+            );
+        }
+        for device in &devices {
+            let twin = eventually(Duration::from_secs(30), "the twin after the rebalance", || {
+                let (status, twin) = second.get(&format!("/devices/{device}"));
+                (status == 200).then_some(twin)
+            });
+            assert_eq!(twin["desired_version"], 1, "{twin}");
+            assert_eq!(twin["commands"][0]["state"], "queued", "{twin}");
+        }
+    });
+
+    // The first instance dies without a goodbye; the survivor takes over everything.
+    first.kill();
+    let mut connected = Vec::new();
+    for device in &devices {
+        connected.push(TestDevice::connect(&rig, device, false).await);
+    }
+    blocking(|| {
+        for (device, command) in devices.iter().zip(&commands) {
+            let id = command["command_id"].as_str().unwrap();
+            let done = eventually(Duration::from_secs(60), "the command after the kill", || {
+                let (status, body) = second.get(&format!("/devices/{device}/commands/{id}"));
+                (status == 200 && body["state"] == "succeeded").then_some(body)
+            });
+            assert_eq!(states(&done), ["queued", "sent", "acked", "succeeded"]);
+            // The journal kept the idempotency key and the desired version.
+            let key = format!("sync-{device}");
+            let (status, again) = post_command(&second, device, json!({"name": "sync", "idempotency_key": key}));
+            assert_eq!((status, &again["command_id"]), (200, &command["command_id"]));
+            let (status, body) = put_desired(&second, device, "\"1\"", json!({"mode": "boost"}));
+            assert_eq!(status, 200, "{body}");
+        }
+        let (_, health) = second.get("/healthz");
+        assert_eq!(
+            health["roles"]["devices"]["detail"]["assigned_partitions"], 8,
+            "4 partitions of telemetry and of commands: {health}"
+        );
+    });
+    for device in connected {
+        device.leave().await;
+    }
+}
