@@ -187,7 +187,10 @@ mod tests {
             device_id: DeviceId::parse("d1").unwrap(),
             sent_ms: 1,
             body: DeviceRequestBody::SetDesired {
-                desired: serde_json::json!({"fan": "on"}).as_object().unwrap().clone(),
+                desired: serde_json::json!({"fan": "on"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
                 merge: false,
                 if_match: Some(3),
             },

@@ -92,16 +92,30 @@ impl DeviceBrain {
             ack(
                 id,
                 AckOutcome::Failed,
-                Some(format!("simulated failure: {} did not complete", command.name)),
+                Some(format!(
+                    "simulated failure: {} did not complete",
+                    command.name
+                )),
                 now_ms,
             )
         } else {
-            ack(id, AckOutcome::Succeeded, Some(format!("{} done", command.name)), now_ms)
+            ack(
+                id,
+                AckOutcome::Succeeded,
+                Some(format!("{} done", command.name)),
+                now_ms,
+            )
         };
         if delay_ms == 0 {
             vec![received, Answer::Now(self.finish(outcome))]
         } else {
-            vec![received, Answer::Later { delay_ms, ack: outcome }]
+            vec![
+                received,
+                Answer::Later {
+                    delay_ms,
+                    ack: outcome,
+                },
+            ]
         }
     }
 

@@ -476,7 +476,11 @@ async fn session(
             tick = ticker.tick() => tick,
         };
         let t_ms = clock.ms(tick.into_std());
-        if device.active.as_ref().is_some_and(|anomaly| anomaly.is_over(t_ms)) {
+        if device
+            .active
+            .as_ref()
+            .is_some_and(|anomaly| anomaly.is_over(t_ms))
+        {
             let ended = device.active.take().expect("checked").truth.end_ms;
             device.next_anomaly = schedule.next_start(&mut device.rng, ended + COOLDOWN_MS);
         }

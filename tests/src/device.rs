@@ -67,8 +67,11 @@ impl TestDevice {
         );
         let (connected_tx, mut connected_rx) = mpsc::channel(1);
         let task = {
-            let (client, received, status_topic) =
-                (client.clone(), commands_received.clone(), status_topic.clone());
+            let (client, received, status_topic) = (
+                client.clone(),
+                commands_received.clone(),
+                status_topic.clone(),
+            );
             tokio::spawn(async move {
                 let mut brain = DeviceBrain::default();
                 let mut rng = StdRng::seed_from_u64(1);
@@ -142,7 +145,12 @@ impl TestDevice {
     pub async fn leave(self) {
         let _ = self
             .client
-            .publish(&self.status_topic, QoS::AtLeastOnce, false, status(Connectivity::Offline))
+            .publish(
+                &self.status_topic,
+                QoS::AtLeastOnce,
+                false,
+                status(Connectivity::Offline),
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = self.client.disconnect().await;

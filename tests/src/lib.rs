@@ -174,7 +174,7 @@ impl Service {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&serde_json::Value>,
-    ) -> (u16, Vec<(String, String)>, serde_json::Value) {
+    ) -> (u16, Headers, serde_json::Value) {
         let body = body.map(|b| b.to_string());
         let (status, headers, text) =
             http_request(self.http, method, path, headers, body.as_deref()).expect("HTTP answer");
@@ -226,6 +226,9 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
     http_request(address, "GET", path, &[], None).map(|(status, _, body)| (status, body))
 }
 
+/// Response headers, names lower-cased.
+pub type Headers = Vec<(String, String)>;
+
 /// A plain HTTP/1.1 request with an optional JSON body: (status, headers, body).
 pub fn http_request(
     address: SocketAddr,
@@ -233,10 +236,11 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<(u16, Headers, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -10,8 +10,7 @@ use actix::{
     SpawnHandle, WrapFuture,
 };
 use fleetwatch_protocol::{
-    now_ms, DeviceEvent, DeviceRequestBody, DeviceTopic, DeviceTopicKind, JsonObject,
-    ReplyStatus,
+    now_ms, DeviceEvent, DeviceRequestBody, DeviceTopic, DeviceTopicKind, JsonObject, ReplyStatus,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -79,10 +78,9 @@ impl DeviceActor {
             .then(|| self.shared.changelog.write(&self.twin));
         for message in effects.downlink {
             let (kind, payload) = match &message {
-                Downlink::Command(command) => (
-                    DeviceTopicKind::Commands,
-                    serde_json::to_vec(command),
-                ),
+                Downlink::Command(command) => {
+                    (DeviceTopicKind::Commands, serde_json::to_vec(command))
+                }
                 Downlink::Desired(desired) => {
                     (DeviceTopicKind::Desired, serde_json::to_vec(desired))
                 }
@@ -284,19 +282,20 @@ impl Handler<ApplyEvent> for DeviceActor {
 
     fn handle(&mut self, ApplyEvent(event): ApplyEvent, ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity_ms = now_ms();
-        let applied = match self
-            .twin
-            .apply_event(event.body, event.received_ms, &self.shared.config.twin)
-        {
-            None => Applied {
-                duplicate: true,
-                write: None,
-            },
-            Some(effects) => Applied {
-                duplicate: false,
-                write: self.carry_out(effects),
-            },
-        };
+        let applied =
+            match self
+                .twin
+                .apply_event(event.body, event.received_ms, &self.shared.config.twin)
+            {
+                None => Applied {
+                    duplicate: true,
+                    write: None,
+                },
+                Some(effects) => Applied {
+                    duplicate: false,
+                    write: self.carry_out(effects),
+                },
+            };
         self.schedule(ctx);
         MessageResult(applied)
     }

@@ -101,7 +101,9 @@ impl Changelog {
 
     /// Forget the devices of partitions this instance no longer owns.
     pub fn forget_partitions(&self, keep: impl Fn(i32) -> bool) {
-        self.index.write().retain(|_, stored| keep(stored.partition));
+        self.index
+            .write()
+            .retain(|_, stored| keep(stored.partition));
     }
 
     /// Wait until every queued write is delivered (before giving partitions away).
@@ -160,19 +162,23 @@ impl Changelog {
             return Ok(None);
         };
         let mut found: Option<Twin> = None;
-        self.scan(stored.partition, Offset::Offset(stored.offset), |_, key, payload| {
-            if key != device_id.as_str() {
-                return false;
-            }
-            match serde_json::from_slice::<Twin>(payload) {
-                Ok(twin) => {
-                    let done = twin.version >= stored.version;
-                    found = Some(twin);
-                    done
+        self.scan(
+            stored.partition,
+            Offset::Offset(stored.offset),
+            |_, key, payload| {
+                if key != device_id.as_str() {
+                    return false;
                 }
-                Err(_) => false,
-            }
-        })
+                match serde_json::from_slice::<Twin>(payload) {
+                    Ok(twin) => {
+                        let done = twin.version >= stored.version;
+                        found = Some(twin);
+                        done
+                    }
+                    Err(_) => false,
+                }
+            },
+        )
         .await?;
         self.metrics.twin_revivals.inc();
         Ok(found)
@@ -219,7 +225,9 @@ impl Changelog {
                     )));
                 }
                 let Some(message) = reader.poll(Duration::from_millis(100)) else {
-                    if !batch.is_empty() && batches.blocking_send(std::mem::take(&mut batch)).is_err() {
+                    if !batch.is_empty()
+                        && batches.blocking_send(std::mem::take(&mut batch)).is_err()
+                    {
                         break Ok(());
                     }
                     continue;
@@ -234,7 +242,8 @@ impl Changelog {
                 }
                 let payload = message.payload().unwrap_or_default().to_vec();
                 batch.push((message.offset(), key, payload));
-                if batch.len() >= 256 && batches.blocking_send(std::mem::take(&mut batch)).is_err() {
+                if batch.len() >= 256 && batches.blocking_send(std::mem::take(&mut batch)).is_err()
+                {
                     break Ok(());
                 }
             };

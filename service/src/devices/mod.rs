@@ -76,7 +76,9 @@ impl DevicesHandler {
                 return Ok(());
             };
             match actor.send(ApplyEvent(event.clone())).await {
-                Ok(Applied { duplicate: true, .. }) => {
+                Ok(Applied {
+                    duplicate: true, ..
+                }) => {
                     self.metrics
                         .skipped
                         .with_label_values(&["devices", "duplicate"])
@@ -92,10 +94,16 @@ impl DevicesHandler {
                 Err(_) => self.registry.forget(&device_id, &actor),
             }
         }
-        Err(HandleError::Retry(format!("actor of {device_id} kept stopping")))
+        Err(HandleError::Retry(format!(
+            "actor of {device_id} kept stopping"
+        )))
     }
 
-    async fn handle_request(&self, request: DeviceRequest, partition: i32) -> Result<(), HandleError> {
+    async fn handle_request(
+        &self,
+        request: DeviceRequest,
+        partition: i32,
+    ) -> Result<(), HandleError> {
         let kind = serde_json::to_value(&request.body)
             .ok()
             .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))

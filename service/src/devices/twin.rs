@@ -5,9 +5,9 @@
 use std::collections::VecDeque;
 
 use fleetwatch_protocol::{
-    AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep,
-    Connectivity, DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand,
-    SequenceTracker, TelemetryPayload,
+    AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep, Connectivity,
+    DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand, SequenceTracker,
+    TelemetryPayload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,9 @@ impl Effects {
 pub enum TwinError {
     #[error("desired state is at version {current}, not {expected}; read it again and retry")]
     VersionMismatch { expected: u64, current: u64 },
-    #[error("idempotency key {key:?} was already used for command {command_id} with other content")]
+    #[error(
+        "idempotency key {key:?} was already used for command {command_id} with other content"
+    )]
     KeyReused { key: String, command_id: String },
     #[error("{pending} commands are already waiting for this device (the limit); retry when some have finished")]
     TooManyPending { pending: usize },
@@ -190,7 +192,12 @@ impl Twin {
                 }
                 self.telemetry = Some(telemetry);
                 if !self.is_online() {
-                    effects.merge(self.set_connectivity(Connectivity::Online, at_ms, "activity", rules));
+                    effects.merge(self.set_connectivity(
+                        Connectivity::Online,
+                        at_ms,
+                        "activity",
+                        rules,
+                    ));
                 }
             }
             DeviceEventBody::State(state) => {
@@ -198,7 +205,12 @@ impl Twin {
                 self.reported_ms = Some(at_ms);
                 effects.persist = true;
                 if !self.is_online() {
-                    effects.merge(self.set_connectivity(Connectivity::Online, at_ms, "activity", rules));
+                    effects.merge(self.set_connectivity(
+                        Connectivity::Online,
+                        at_ms,
+                        "activity",
+                        rules,
+                    ));
                 }
             }
             DeviceEventBody::Status(status) => {
@@ -524,7 +536,10 @@ mod tests {
     }
 
     fn status(to: Connectivity) -> DeviceEventBody {
-        DeviceEventBody::Status(StatusPayload { status: to, ts: None })
+        DeviceEventBody::Status(StatusPayload {
+            status: to,
+            ts: None,
+        })
     }
 
     fn ack(command_id: &str, outcome: AckOutcome) -> DeviceEventBody {
@@ -606,7 +621,9 @@ mod tests {
             .apply_event(status(Connectivity::Online), 5, &rules)
             .unwrap();
         assert_eq!(effects.downlink.len(), 2, "{effects:?}");
-        assert!(matches!(&effects.downlink[0], Downlink::Desired(d) if d.delta.contains_key("fan")));
+        assert!(
+            matches!(&effects.downlink[0], Downlink::Desired(d) if d.delta.contains_key("fan"))
+        );
         assert!(matches!(&effects.downlink[1], Downlink::Command(c) if c.command_id == "c1"));
         assert_eq!(twin.command("c1").unwrap().state, CommandState::Sent);
     }
@@ -648,10 +665,20 @@ mod tests {
             .apply_event(ack("c1", AckOutcome::Received), 2, &rules)
             .unwrap();
         assert!(!effects.persist);
-        let states: Vec<_> = twin.command("c1").unwrap().history.iter().map(|s| s.state).collect();
+        let states: Vec<_> = twin
+            .command("c1")
+            .unwrap()
+            .history
+            .iter()
+            .map(|s| s.state)
+            .collect();
         assert_eq!(
             states,
-            [CommandState::Queued, CommandState::Sent, CommandState::Succeeded]
+            [
+                CommandState::Queued,
+                CommandState::Sent,
+                CommandState::Succeeded
+            ]
         );
     }
 
@@ -698,7 +725,11 @@ mod tests {
             twin.submit(command(id, None), 0, &rules).unwrap();
             twin.apply_event(ack(id, AckOutcome::Failed), 1, &rules);
         }
-        let ids: Vec<_> = twin.commands.iter().map(|c| c.command_id.as_str()).collect();
+        let ids: Vec<_> = twin
+            .commands
+            .iter()
+            .map(|c| c.command_id.as_str())
+            .collect();
         assert_eq!(ids, ["c3"]);
     }
 

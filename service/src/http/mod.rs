@@ -157,7 +157,9 @@ async fn ask(
         .ask(device_id, body)
         .await
         .map_err(|error| match error {
-            RequestError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            RequestError::Timeout(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, error.to_string())
+            }
             RequestError::Busy(_) | RequestError::Kafka(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
@@ -234,7 +236,10 @@ fn json_object(
     body: std::result::Result<web::Json<serde_json::Value>, actix_web::Error>,
     what: &str,
 ) -> std::result::Result<JsonObject, ApiError> {
-    match body.map_err(|e| bad_request(format!("{what}: {e}")))?.into_inner() {
+    match body
+        .map_err(|e| bad_request(format!("{what}: {e}")))?
+        .into_inner()
+    {
         serde_json::Value::Object(object) => Ok(object),
         other => Err(bad_request(format!(
             "{what} must be a JSON object, not {}",
@@ -324,7 +329,9 @@ async fn send_command(
         )));
     }
     if serde_json::to_vec(&command.args).map_or(0, |b| b.len()) > MAX_ARGS_BYTES {
-        return Err(bad_request(format!("args are larger than {MAX_ARGS_BYTES} bytes")));
+        return Err(bad_request(format!(
+            "args are larger than {MAX_ARGS_BYTES} bytes"
+        )));
     }
     let header_key = request
         .headers()
@@ -381,7 +388,9 @@ async fn send_command(
 
 async fn list_commands(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
     let device_id = device_id(&path)?;
-    Ok(relay(ask(&state, &device_id, DeviceRequestBody::ListCommands).await?))
+    Ok(relay(
+        ask(&state, &device_id, DeviceRequestBody::ListCommands).await?,
+    ))
 }
 
 async fn get_command(state: web::Data<HttpState>, path: web::Path<(String, String)>) -> ApiResult {
@@ -391,7 +400,12 @@ async fn get_command(state: web::Data<HttpState>, path: web::Path<(String, Strin
         return Err(bad_request("command ids are 1 to 256 characters"));
     }
     Ok(relay(
-        ask(&state, &device_id, DeviceRequestBody::GetCommand { command_id }).await?,
+        ask(
+            &state,
+            &device_id,
+            DeviceRequestBody::GetCommand { command_id },
+        )
+        .await?,
     ))
 }
 
