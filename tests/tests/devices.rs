@@ -378,3 +378,49 @@ async fn a_killed_instance_hands_its_twins_and_commands_to_new_owners() {
         device.leave().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_twin_is_passivated_and_comes_back_from_the_changelog() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("passivate");
+    let service = {
+        let (rig, namespace) = (rig.clone(), namespace.clone());
+        tokio::task::spawn_blocking(move || {
+            Service::start_with(
+                &rig,
+                &namespace,
+                "devices",
+                "a",
+                &[("FLEETWATCH_DEVICES__PASSIVATE_AFTER_MS", "1500")],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let device = format!("{}idle", namespace.device_prefix());
+    blocking(|| {
+        let (status, body) = put_desired(&service, &device, "\"0\"", json!({"led": "green"}));
+        assert_eq!(status, 200, "{body}");
+        let metric = |name: &str| -> f64 {
+            let (_, _, text) = service.request("GET", "/metrics", &[], None);
+            text.as_str()
+                .unwrap()
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        eventually(Duration::from_secs(20), "the idle actor to stop", || {
+            (metric("fleetwatch_device_passivations_total ") >= 1.0
+                && metric("fleetwatch_device_actors ") == 0.0)
+                .then_some(())
+        });
+        // The next request brings it back with everything it had.
+        let (status, twin) = service.get(&format!("/devices/{device}"));
+        assert_eq!(status, 200, "{twin}");
+        assert_eq!(twin["desired"], json!({"led": "green"}));
+        assert_eq!(twin["desired_version"], 1);
+        assert!(metric("fleetwatch_twin_revivals_total ") >= 1.0);
+        let (status, body) = put_desired(&service, &device, "\"1\"", json!({"led": "red"}));
+        assert_eq!(status, 200, "{body}");
+    });
+}

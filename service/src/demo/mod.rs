@@ -51,6 +51,10 @@ pub struct DemoOptions {
     /// Write the injected anomalies (ground truth) as JSON lines to this file.
     #[arg(long)]
     pub ground_truth: Option<std::path::PathBuf>,
+    /// Device outages per minute across the fleet: a device drops off without a goodbye
+    /// (its Last Will marks it offline) and comes back 20 s later.
+    #[arg(long, default_value_t = 1.0)]
+    pub outages_per_minute: f64,
 }
 
 /// The demo's last line of output.
@@ -112,7 +116,10 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let ws = app.ws_addr.expect("the demo runs the alerts role");
     println!("fleetwatch demo: every role in one process, no outside service");
     println!("  live page      http://{http}/");
-    println!("  REST           http://{http}/devices");
+    println!("  REST           http://{http}/devices  (API: http://{http}/openapi.json)");
+    println!(
+        "  try            curl -X POST -H 'content-type: application/json' -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
+    );
     println!("  metrics        http://{http}/metrics");
     println!("  health         http://{http}/healthz");
     println!("  alerts         ws://{ws}/");
@@ -150,6 +157,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     sim.anomalies_per_minute = options.anomalies_per_minute;
     sim.warmup_secs = options.warmup_secs;
     sim.ground_truth = options.ground_truth.clone();
+    sim.outages_per_minute = options.outages_per_minute;
     sim.duration_secs = options
         .exit_after
         .map(|secs| (secs as f64 - DRAIN.as_secs_f64()).max(1.0));
