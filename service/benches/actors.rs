@@ -124,7 +124,11 @@ async fn run(count: usize) {
                     .map(|(name, value)| (name.to_owned(), value))
                     .collect(),
             };
-            twin.apply_event(DeviceEventBody::Telemetry(telemetry), 1_800_000_000_000, &rules);
+            twin.apply_event(
+                DeviceEventBody::Telemetry(telemetry),
+                1_800_000_000_000,
+                &rules,
+            );
             twin
         })
         .collect();
@@ -144,8 +148,8 @@ async fn run(count: usize) {
     let (held_after, resident_after) = (HELD.load(Ordering::Relaxed), resident_bytes());
     // The twins were already on the heap before: what the actors add is the rest, and
     // the twins themselves are part of an actor's cost.
-    let per_actor_heap = (held_after as f64 - held_before as f64) / count as f64
-        + twin_bytes as f64 / count as f64;
+    let per_actor_heap =
+        (held_after as f64 - held_before as f64) / count as f64 + twin_bytes as f64 / count as f64;
     let per_actor_rss = (resident_after as f64 - resident_before as f64) / count as f64
         + twin_bytes as f64 / count as f64;
     println!(

@@ -89,6 +89,33 @@ impl Settings {
                 "ingest.max_inflight, alerts.client_queue and devices.mailbox_capacity must be positive".into(),
             ));
         }
+        let twin = &self.devices.twin;
+        if self.devices.downlink_queue == 0
+            || twin.resend_after_ms == 0
+            || twin.max_pending_commands == 0
+            || twin.offline_after_ms == 0
+            || self.devices.passivate_after_ms == 0
+            || self.http.max_pending_requests == 0
+            || self.http.request_timeout_ms == 0
+        {
+            return Err(Error::Config(
+                "devices.downlink_queue, devices.passivate_after_ms, devices.twin.resend_after_ms, devices.twin.offline_after_ms, devices.twin.max_pending_commands, http.max_pending_requests and http.request_timeout_ms must be positive".into(),
+            ));
+        }
+        if twin.max_resend_after_ms < twin.resend_after_ms {
+            return Err(Error::Config(
+                "devices.twin.max_resend_after_ms must be at least devices.twin.resend_after_ms"
+                    .into(),
+            ));
+        }
+        if self.http.default_command_ttl_ms == 0
+            || self.http.default_command_ttl_ms > self.http.max_command_ttl_ms
+        {
+            return Err(Error::Config(
+                "http.default_command_ttl_ms must be positive and at most http.max_command_ttl_ms"
+                    .into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.scorer.clear_ratio) || self.scorer.clear_ratio == 0.0 {
             return Err(Error::Config("scorer.clear_ratio must be in (0, 1]".into()));
         }
@@ -186,5 +213,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(invalid.to_string().contains("predictor_alpha"), "{invalid}");
+        let ttl = Settings::load(
+            None,
+            env(&[("FLEETWATCH_HTTP__DEFAULT_COMMAND_TTL_MS", "999999999999")]),
+        )
+        .unwrap_err();
+        assert!(ttl.to_string().contains("default_command_ttl_ms"), "{ttl}");
+        let nested = Settings::load(
+            None,
+            env(&[("FLEETWATCH_DEVICES__TWIN__RESEND_AFTER_MS", "250")]),
+        )
+        .unwrap();
+        assert_eq!(nested.devices.twin.resend_after_ms, 250);
     }
 }
