@@ -69,9 +69,9 @@ impl DeviceActor {
             let to = to.as_str().unwrap_or("unknown");
             metrics
                 .connectivity_changes
-                .with_label_values(&[to, &change.cause])
+                .with_label_values(&[to, change.cause.as_str()])
                 .inc();
-            tracing::info!(%device, to, cause = %change.cause, "device connectivity changed");
+            tracing::info!(%device, to, cause = change.cause.as_str(), "device connectivity changed");
         }
         let write = effects
             .persist

@@ -20,7 +20,9 @@ pub use actor::{Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleReque
 pub use changelog::Changelog;
 pub use config::{DevicesConfig, TwinRules};
 pub use registry::{DeviceRegistry, LiveActors};
-pub use twin::{ConnectivityChange, Downlink, Effects, Twin, TwinError};
+pub use twin::{
+    ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, Twin, TwinError,
+};
 
 use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
 use crate::metrics::Metrics;

@@ -16,15 +16,36 @@ use super::config::TwinRules;
 /// How many connectivity changes a twin remembers.
 const CONNECTIVITY_HISTORY: usize = 8;
 
+/// Why connectivity changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectivityCause {
+    /// A `status` message: the device's own, or its Last Will, which the broker sends
+    /// when the connection drops or the keep-alive times out.
+    StatusMessage,
+    /// It sent something while marked offline.
+    Activity,
+    /// Nothing heard for `devices.twin.offline_after_ms`.
+    Silence,
+}
+
+impl ConnectivityCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StatusMessage => "status_message",
+            Self::Activity => "activity",
+            Self::Silence => "silence",
+        }
+    }
+}
+
 /// One change of connectivity, with its cause.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnectivityChange {
     pub to: Connectivity,
     /// Service clock, ms.
     pub at_ms: i64,
-    /// `status message` (the device or its Last Will), `activity` (it sent something
-    /// while marked offline) or `silence` (nothing heard for `offline_after_ms`).
-    pub cause: String,
+    pub cause: ConnectivityCause,
 }
 
 /// Everything the service knows about a device. This is also the record on
@@ -54,7 +75,7 @@ pub struct Twin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub telemetry: Option<TelemetryPayload>,
+    pub telemetry: Option<LastTelemetry>,
     #[serde(default)]
     pub sequence: SequenceTracker,
     /// Pending commands and the most recent finished ones, oldest first.
@@ -65,6 +86,54 @@ pub struct Twin {
     pub events: u64,
     #[serde(default)]
     pub duplicates: u64,
+}
+
+/// The last telemetry reading, kept compactly: a live twin holds one per device, and a
+/// vector of (name, value) costs a third of the map the wire format uses. Serialized as
+/// that map all the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastTelemetry {
+    pub ts: i64,
+    pub seq: u64,
+    #[serde(with = "metrics_as_map")]
+    pub metrics: Vec<(Box<str>, f64)>,
+}
+
+impl From<TelemetryPayload> for LastTelemetry {
+    fn from(payload: TelemetryPayload) -> Self {
+        Self {
+            ts: payload.ts,
+            seq: payload.seq,
+            metrics: payload
+                .metrics
+                .into_iter()
+                .map(|(name, value)| (name.into_boxed_str(), value))
+                .collect(),
+        }
+    }
+}
+
+mod metrics_as_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        metrics: &[(Box<str>, f64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(metrics.iter().map(|(name, value)| (name, value)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(Box<str>, f64)>, D::Error> {
+        let map = BTreeMap::<String, f64>::deserialize(deserializer)?;
+        Ok(map
+            .into_iter()
+            .map(|(name, value)| (name.into_boxed_str(), value))
+            .collect())
+    }
 }
 
 /// A message for the device.
@@ -190,12 +259,12 @@ impl Twin {
                     self.duplicates += 1;
                     return None;
                 }
-                self.telemetry = Some(telemetry);
+                self.telemetry = Some(LastTelemetry::from(telemetry));
                 if !self.is_online() {
                     effects.merge(self.set_connectivity(
                         Connectivity::Online,
                         at_ms,
-                        "activity",
+                        ConnectivityCause::Activity,
                         rules,
                     ));
                 }
@@ -208,13 +277,18 @@ impl Twin {
                     effects.merge(self.set_connectivity(
                         Connectivity::Online,
                         at_ms,
-                        "activity",
+                        ConnectivityCause::Activity,
                         rules,
                     ));
                 }
             }
             DeviceEventBody::Status(status) => {
-                effects.merge(self.set_connectivity(status.status, at_ms, "status message", rules));
+                effects.merge(self.set_connectivity(
+                    status.status,
+                    at_ms,
+                    ConnectivityCause::StatusMessage,
+                    rules,
+                ));
             }
             DeviceEventBody::Ack(ack) => effects.merge(self.apply_ack(ack, at_ms)),
         }
@@ -231,18 +305,14 @@ impl Twin {
         &mut self,
         to: Connectivity,
         at_ms: i64,
-        cause: &str,
+        cause: ConnectivityCause,
         rules: &TwinRules,
     ) -> Effects {
         if self.connectivity == Some(to) {
             return Effects::default();
         }
         self.connectivity = Some(to);
-        let change = ConnectivityChange {
-            to,
-            at_ms,
-            cause: cause.to_owned(),
-        };
+        let change = ConnectivityChange { to, at_ms, cause };
         self.connectivity_history.push_back(change.clone());
         while self.connectivity_history.len() > CONNECTIVITY_HISTORY {
             self.connectivity_history.pop_front();
@@ -431,7 +501,12 @@ impl Twin {
                 .last_seen_ms
                 .is_some_and(|seen| now_ms - seen >= rules.offline_after_ms as i64)
         {
-            effects.merge(self.set_connectivity(Connectivity::Offline, now_ms, "silence", rules));
+            effects.merge(self.set_connectivity(
+                Connectivity::Offline,
+                now_ms,
+                ConnectivityCause::Silence,
+                rules,
+            ));
         }
         if effects.persist {
             self.forget_old_commands(rules.kept_finished_commands);
@@ -712,7 +787,10 @@ mod tests {
         let effects = twin.on_timer(10_000, &rules);
         assert!(effects.persist);
         assert_eq!(twin.connectivity, Some(Connectivity::Offline));
-        assert_eq!(twin.connectivity_history.back().unwrap().cause, "silence");
+        assert_eq!(
+            twin.connectivity_history.back().unwrap().cause,
+            ConnectivityCause::Silence
+        );
         assert_eq!(twin.next_deadline(&rules), None);
     }
 
