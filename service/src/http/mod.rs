@@ -459,28 +459,46 @@ async fn not_found() -> ApiResult {
     ))
 }
 
+async fn wrong_method(request: HttpRequest) -> ApiResult {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}; the API is described at GET /openapi.json",
+            request.method(),
+            request.path()
+        ),
+    ))
+}
+
 /// Start the server on `listener`; returns the handle that stops it.
 pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
+        // Each path is one resource, so a wrong method gets 405 rather than 404.
+        let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
         App::new()
             .app_data(state.clone())
-            .route("/", web::get().to(page))
             .app_data(web::JsonConfig::default().limit(64 * 1024))
-            .route("/devices", web::get().to(list_devices))
-            .route("/devices/{id}", web::get().to(get_device))
-            .route("/devices/{id}/desired", web::get().to(get_desired))
-            .route("/devices/{id}/desired", web::put().to(write_desired))
-            .route("/devices/{id}/desired", web::patch().to(write_desired))
-            .route("/devices/{id}/commands", web::post().to(send_command))
-            .route("/devices/{id}/commands", web::get().to(list_commands))
-            .route(
-                "/devices/{id}/commands/{command_id}",
-                web::get().to(get_command),
+            .service(resource("/").route(web::get().to(page)))
+            .service(resource("/devices").route(web::get().to(list_devices)))
+            .service(resource("/devices/{id}").route(web::get().to(get_device)))
+            .service(
+                resource("/devices/{id}/desired")
+                    .route(web::get().to(get_desired))
+                    .route(web::put().to(write_desired))
+                    .route(web::patch().to(write_desired)),
             )
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/metrics", web::get().to(metrics))
-            .route("/healthz", web::get().to(health))
+            .service(
+                resource("/devices/{id}/commands")
+                    .route(web::post().to(send_command))
+                    .route(web::get().to(list_commands)),
+            )
+            .service(
+                resource("/devices/{id}/commands/{command_id}").route(web::get().to(get_command)),
+            )
+            .service(resource("/openapi.json").route(web::get().to(openapi)))
+            .service(resource("/metrics").route(web::get().to(metrics)))
+            .service(resource("/healthz").route(web::get().to(health)))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -492,4 +510,35 @@ pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
     let handle = server.handle();
     tokio::spawn(server);
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(document["openapi"], "3.0.3");
+        let mut paths: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        paths.sort_unstable();
+        let source = include_str!("mod.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut served: Vec<&str> = code
+            .split("resource(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|path| *path != "/")
+            .collect();
+        served.sort_unstable();
+        assert_eq!(
+            served, paths,
+            "served routes (left) and documented ones (right) differ"
+        );
+    }
 }
