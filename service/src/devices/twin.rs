@@ -260,27 +260,13 @@ impl Twin {
                     return None;
                 }
                 self.telemetry = Some(LastTelemetry::from(telemetry));
-                if !self.is_online() {
-                    effects.merge(self.set_connectivity(
-                        Connectivity::Online,
-                        at_ms,
-                        ConnectivityCause::Activity,
-                        rules,
-                    ));
-                }
+                effects.merge(self.heard_from(at_ms, rules));
             }
             DeviceEventBody::State(state) => {
                 merge_patch(&mut self.reported, state.reported);
                 self.reported_ms = Some(at_ms);
                 effects.persist = true;
-                if !self.is_online() {
-                    effects.merge(self.set_connectivity(
-                        Connectivity::Online,
-                        at_ms,
-                        ConnectivityCause::Activity,
-                        rules,
-                    ));
-                }
+                effects.merge(self.heard_from(at_ms, rules));
             }
             DeviceEventBody::Status(status) => {
                 effects.merge(self.set_connectivity(
@@ -299,6 +285,19 @@ impl Twin {
             self.version += 1;
         }
         Some(effects)
+    }
+
+    /// Sending is being online, whatever the last status message said.
+    fn heard_from(&mut self, at_ms: i64, rules: &TwinRules) -> Effects {
+        if self.is_online() {
+            return Effects::default();
+        }
+        self.set_connectivity(
+            Connectivity::Online,
+            at_ms,
+            ConnectivityCause::Activity,
+            rules,
+        )
     }
 
     fn set_connectivity(

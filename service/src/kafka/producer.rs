@@ -38,16 +38,9 @@ impl Producer {
     /// keep their order within a partition (the idempotent producer guarantees it).
     pub async fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
         loop {
-            let record = FutureRecord::to(topic).key(key).payload(payload);
-            match self.inner.send_result(record) {
-                Ok(delivery) => return Delivery(Ok(delivery)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.metrics.kafka_queue_full.inc();
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                // Only QueueFull is transient at enqueue time; anything else (an oversized
-                // record, say) would fail again, so it becomes a failed delivery.
-                Err((error, _)) => return Delivery(Err(error)),
+            match self.try_enqueue(topic, key, payload) {
+                Some(delivery) => return delivery,
+                None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
             }
         }
     }
@@ -57,15 +50,25 @@ impl Producer {
     /// the calling thread briefly (backpressure on the actor), counted like a wait.
     pub fn enqueue_now(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
         loop {
-            let record = FutureRecord::to(topic).key(key).payload(payload);
-            match self.inner.send_result(record) {
-                Ok(delivery) => return Delivery(Ok(delivery)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.metrics.kafka_queue_full.inc();
-                    std::thread::sleep(QUEUE_FULL_BACKOFF);
-                }
-                Err((error, _)) => return Delivery(Err(error)),
+            match self.try_enqueue(topic, key, payload) {
+                Some(delivery) => return delivery,
+                None => std::thread::sleep(QUEUE_FULL_BACKOFF),
             }
+        }
+    }
+
+    /// One attempt: `None` (counted) when librdkafka's local queue is full.
+    fn try_enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Option<Delivery> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match self.inner.send_result(record) {
+            Ok(delivery) => Some(Delivery(Ok(delivery))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                self.metrics.kafka_queue_full.inc();
+                None
+            }
+            // Only QueueFull is transient at enqueue time; anything else (an oversized
+            // record, say) would fail again, so it becomes a failed delivery.
+            Err((error, _)) => Some(Delivery(Err(error))),
         }
     }
 
