@@ -71,7 +71,12 @@ impl DeviceActor {
                 .connectivity_changes
                 .with_label_values(&[to, change.cause.as_str()])
                 .inc();
-            tracing::info!(%device, to, cause = change.cause.as_str(), "device connectivity changed");
+            // Going offline is what operators look for; coming online is routine.
+            if change.to == fleetwatch_protocol::Connectivity::Offline {
+                tracing::info!(%device, cause = change.cause.as_str(), "device went offline");
+            } else {
+                tracing::debug!(%device, cause = change.cause.as_str(), "device came online");
+            }
         }
         let write = effects
             .persist

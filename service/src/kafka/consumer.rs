@@ -225,7 +225,14 @@ impl RoleConsumer {
                     partition.id(),
                     match start_at {
                         StartAt::Earliest => Offset::Beginning,
-                        StartAt::Latest => Offset::End,
+                        // Resolved now rather than at the first fetch, so nothing produced
+                        // after this call returns is skipped (a request's reply, say).
+                        // tansu's high watermark can be short of the end: a few older
+                        // records may be read again, which readers from the end tolerate.
+                        StartAt::Latest => inner
+                            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                            .map(|(_, high)| Offset::Offset(high))
+                            .unwrap_or(Offset::End),
                     },
                 )
                 .map_err(|e| Error::kafka("building assignment", e))?;
