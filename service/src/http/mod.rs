@@ -19,7 +19,7 @@ use serde_json::json;
 pub use config::HttpConfig;
 pub use requests::{RepliesHandler, RequestClient, RequestError};
 
-use crate::devices::{DeviceRegistry, GetTwin};
+use crate::devices::{DeviceRegistry, GetTwin, HandleRequest};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -137,14 +137,18 @@ async fn list_devices(
 
 /// Answer with the owner's reply, mapped to HTTP.
 fn relay(reply: DeviceReply) -> HttpResponse {
-    let status = match reply.status {
+    respond(reply.status, reply.body)
+}
+
+fn respond(status: ReplyStatus, body: serde_json::Value) -> HttpResponse {
+    let status = match status {
         ReplyStatus::Ok => StatusCode::OK,
         ReplyStatus::Created => StatusCode::CREATED,
         ReplyStatus::NotFound => StatusCode::NOT_FOUND,
         ReplyStatus::Conflict => StatusCode::CONFLICT,
         ReplyStatus::TooManyPending => StatusCode::TOO_MANY_REQUESTS,
     };
-    HttpResponse::build(status).json(reply.body)
+    HttpResponse::build(status).json(body)
 }
 
 async fn ask(
@@ -166,47 +170,50 @@ async fn ask(
         })
 }
 
-/// The twin, read from the local actor when this instance owns a live one, else
-/// asked of the owner.
-async fn twin_view(
+/// A read, answered by the device's actor here when this instance has it live (no Kafka
+/// round trip), else by the owner through Kafka.
+async fn read(
     state: &HttpState,
     device_id: &DeviceId,
-) -> std::result::Result<std::result::Result<serde_json::Value, HttpResponse>, ApiError> {
+    body: DeviceRequestBody,
+) -> std::result::Result<(ReplyStatus, serde_json::Value), ApiError> {
+    debug_assert!(body.is_read());
     if let Some(actor) = state.registry.as_ref().and_then(|r| r.get(device_id)) {
-        if let Ok(view) = actor.send(GetTwin).await {
-            return Ok(Ok(serde_json::to_value(view).expect("twins serialize")));
+        let request = HandleRequest {
+            body: body.clone(),
+            at_ms: fleetwatch_protocol::now_ms(),
+        };
+        if let Ok(answer) = actor.send(request).await {
+            return Ok((answer.status, answer.body));
         }
     }
-    let reply = ask(state, device_id, DeviceRequestBody::GetTwin).await?;
-    Ok(match reply.status {
-        ReplyStatus::Ok => Ok(reply.body),
-        _ => Err(relay(reply)),
-    })
+    let reply = ask(state, device_id, body).await?;
+    Ok((reply.status, reply.body))
 }
 
 async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
     let device_id = device_id(&path)?;
-    Ok(match twin_view(&state, &device_id).await? {
-        Ok(view) => HttpResponse::Ok().json(view),
-        Err(response) => response,
-    })
+    let (status, body) = read(&state, &device_id, DeviceRequestBody::GetTwin).await?;
+    Ok(respond(status, body))
 }
 
 async fn get_desired(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
     let device_id = device_id(&path)?;
-    Ok(match twin_view(&state, &device_id).await? {
-        Ok(view) => {
-            let version = view["desired_version"].as_u64().unwrap_or(0);
-            HttpResponse::Ok()
-                .insert_header((header::ETAG, format!("\"{version}\"")))
-                .json(json!({
-                    "desired": view["desired"],
-                    "version": version,
-                    "delta": view["delta"],
-                }))
-        }
-        Err(response) => response,
-    })
+    Ok(
+        match read(&state, &device_id, DeviceRequestBody::GetTwin).await? {
+            (ReplyStatus::Ok, view) => {
+                let version = view["desired_version"].as_u64().unwrap_or(0);
+                HttpResponse::Ok()
+                    .insert_header((header::ETAG, format!("\"{version}\"")))
+                    .json(json!({
+                        "desired": view["desired"],
+                        "version": version,
+                        "delta": view["delta"],
+                    }))
+            }
+            (status, body) => respond(status, body),
+        },
+    )
 }
 
 /// `If-Match: "3"` (or `3`) → Some(3); `*` or absent → None.
@@ -388,9 +395,8 @@ async fn send_command(
 
 async fn list_commands(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
     let device_id = device_id(&path)?;
-    Ok(relay(
-        ask(&state, &device_id, DeviceRequestBody::ListCommands).await?,
-    ))
+    let (status, body) = read(&state, &device_id, DeviceRequestBody::ListCommands).await?;
+    Ok(respond(status, body))
 }
 
 async fn get_command(state: web::Data<HttpState>, path: web::Path<(String, String)>) -> ApiResult {
@@ -399,14 +405,13 @@ async fn get_command(state: web::Data<HttpState>, path: web::Path<(String, Strin
     if command_id.is_empty() || command_id.len() > 256 {
         return Err(bad_request("command ids are 1 to 256 characters"));
     }
-    Ok(relay(
-        ask(
-            &state,
-            &device_id,
-            DeviceRequestBody::GetCommand { command_id },
-        )
-        .await?,
-    ))
+    let (status, body) = read(
+        &state,
+        &device_id,
+        DeviceRequestBody::GetCommand { command_id },
+    )
+    .await?;
+    Ok(respond(status, body))
 }
 
 async fn openapi() -> HttpResponse {
