@@ -26,6 +26,9 @@ pub struct Metrics {
     pub assigned_partitions: IntGaugeVec,
     /// Live device actors.
     pub device_actors: IntGauge,
+    /// Devices whose twin says online, among the live actors of this instance (an online
+    /// device is never passivated, so this is every online device it owns).
+    pub devices_online: IntGauge,
     /// Device actors stopped for being idle (their twin stays in the changelog).
     pub device_passivations: IntCounter,
     /// Twin records written to `iot.device-state`.
@@ -141,6 +144,10 @@ impl Metrics {
                 &["role"],
             ),
             device_actors: gauge("fleetwatch_device_actors", "Live device actors"),
+            devices_online: gauge(
+                "fleetwatch_devices_online",
+                "Devices online among those this instance owns",
+            ),
             device_passivations: counter(
                 "fleetwatch_device_passivations_total",
                 "Device actors stopped for being idle",

@@ -182,6 +182,21 @@ impl Service {
         (status, headers, json)
     }
 
+    /// A sample from `/metrics`: `name` with its labels as exposed, e.g.
+    /// `fleetwatch_alerts_total{state="raised"}`; 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, text) = http_get(self.http, "/metrics").expect("metrics answer");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Kill the process at once (SIGKILL): no goodbye, no final commit.
     pub fn kill(mut self) {
         let _ = self.child.kill();

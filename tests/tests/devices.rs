@@ -181,6 +181,7 @@ async fn commands_reach_every_state_and_stale_writes_conflict() {
         });
         assert_eq!(twin["connectivity"], "online");
         assert_eq!(twin["desired_version"], 1);
+        assert_eq!(service.metric("fleetwatch_devices_online"), 1.0);
 
         let (_, update) = post_command(
             &service,
@@ -223,11 +224,14 @@ async fn commands_reach_every_state_and_stale_writes_conflict() {
     // The connection drops: the broker's Last Will marks the device offline.
     online.cut();
     blocking(|| {
-        eventually(Duration::from_secs(30), "the device to go offline", || {
+        let change = eventually(Duration::from_secs(30), "the device to go offline", || {
             let (_, twin) = service.get(&format!("/devices/{device}"));
             let last = twin["connectivity_history"].as_array()?.last()?.clone();
             (twin["connectivity"] == "offline").then_some(last)
-        })
+        });
+        assert_eq!(change["cause"], "status_message", "{change}");
+        assert!(change["at_ms"].as_i64().is_some(), "{change}");
+        assert_eq!(service.metric("fleetwatch_devices_online"), 0.0);
     });
 
     // A device that receives but never answers gets the command again, with backoff.
@@ -404,17 +408,10 @@ async fn an_idle_twin_is_passivated_and_comes_back_from_the_changelog() {
     blocking(|| {
         let (status, body) = put_desired(&service, &device, "\"0\"", json!({"led": "green"}));
         assert_eq!(status, 200, "{body}");
-        let metric = |name: &str| -> f64 {
-            let (_, _, text) = service.request("GET", "/metrics", &[], None);
-            text.as_str()
-                .unwrap()
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
+        let metric = |name: &str| service.metric(name);
         eventually(Duration::from_secs(20), "the idle actor to stop", || {
-            (metric("fleetwatch_device_passivations_total ") >= 1.0
-                && metric("fleetwatch_device_actors ") == 0.0)
+            (metric("fleetwatch_device_passivations_total") >= 1.0
+                && metric("fleetwatch_device_actors") == 0.0)
                 .then_some(())
         });
         // The next request brings it back with everything it had.
@@ -422,7 +419,7 @@ async fn an_idle_twin_is_passivated_and_comes_back_from_the_changelog() {
         assert_eq!(status, 200, "{twin}");
         assert_eq!(twin["desired"], json!({"led": "green"}));
         assert_eq!(twin["desired_version"], 1);
-        assert!(metric("fleetwatch_twin_revivals_total ") >= 1.0);
+        assert!(metric("fleetwatch_twin_revivals_total") >= 1.0);
         let (status, body) = put_desired(&service, &device, "\"1\"", json!({"led": "red"}));
         assert_eq!(status, 200, "{body}");
     });

@@ -26,6 +26,8 @@ pub struct DeviceActor {
     timer: Option<(SpawnHandle, i64)>,
     /// When the actor last handled an event or a request (service clock, ms).
     last_activity_ms: i64,
+    /// Whether this device is counted in `fleetwatch_devices_online`.
+    counted_online: bool,
 }
 
 /// What `GET /devices/{id}` shows: the twin and its delta.
@@ -43,6 +45,21 @@ impl DeviceActor {
             shared,
             timer: None,
             last_activity_ms: now_ms(),
+            counted_online: false,
+        }
+    }
+
+    /// Keep `fleetwatch_devices_online` in step with the twin.
+    fn count_online(&mut self) {
+        let online = self.twin.is_online();
+        if online != self.counted_online {
+            let gauge = &self.shared.metrics.devices_online;
+            if online {
+                gauge.inc()
+            } else {
+                gauge.dec()
+            }
+            self.counted_online = online;
         }
     }
 
@@ -56,6 +73,7 @@ impl DeviceActor {
     /// Persist first (queued now, so records keep the order of the changes), then
     /// publish to the device. Returns the pending write.
     fn carry_out(&mut self, effects: Effects) -> Option<ChangelogWrite> {
+        self.count_online();
         let device = &self.twin.device_id;
         let metrics = &self.shared.metrics;
         for state in &effects.entered {
@@ -260,6 +278,7 @@ impl Actor for DeviceActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.config.mailbox_capacity);
         self.shared.metrics.device_actors.inc();
+        self.count_online();
         // A restored twin may have commands to expire or resend, or be due for a
         // silence check.
         self.on_timer(ctx);
@@ -267,6 +286,9 @@ impl Actor for DeviceActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.shared.metrics.device_actors.dec();
+        if self.counted_online {
+            self.shared.metrics.devices_online.dec();
+        }
     }
 }
 
