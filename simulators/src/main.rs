@@ -61,11 +61,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 progress.set_message(format!(
-                    "connected {}/{devices}  published {}  acknowledged {}  anomalies {}",
+                    "connected {}/{devices}  published {}  acknowledged {}  anomalies {}  commands {} (ok {}, failed {})  outages {}",
                     stats.connected.load(Ordering::Relaxed),
                     stats.published.load(Ordering::Relaxed),
                     stats.acknowledged.load(Ordering::Relaxed),
                     stats.anomalies.load(Ordering::Relaxed),
+                    stats.commands_received.load(Ordering::Relaxed),
+                    stats.commands_succeeded.load(Ordering::Relaxed),
+                    stats.commands_failed.load(Ordering::Relaxed),
+                    stats.outages.load(Ordering::Relaxed),
                 ));
                 progress.tick();
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -75,10 +79,16 @@ async fn main() -> anyhow::Result<()> {
     let injected = run_fleet(cli.sim.clone(), stats.clone(), shutdown).await?;
     ticker.abort();
     progress.finish_with_message(format!(
-        "done: published {}, acknowledged {}, anomalies {}",
+        "done: published {}, acknowledged {}, anomalies {}, commands {} (ok {}, failed {}), desired applied {}, outages {} (messages lost in them {})",
         stats.published.load(Ordering::Relaxed),
         stats.acknowledged.load(Ordering::Relaxed),
-        injected.len()
+        injected.len(),
+        stats.commands_received.load(Ordering::Relaxed),
+        stats.commands_succeeded.load(Ordering::Relaxed),
+        stats.commands_failed.load(Ordering::Relaxed),
+        stats.desired_applied.load(Ordering::Relaxed),
+        stats.outages.load(Ordering::Relaxed),
+        stats.lost_in_outages.load(Ordering::Relaxed),
     ));
     if let Some(listener) = listener {
         tokio::time::sleep(Duration::from_secs(cli.drain_secs)).await;
