@@ -112,6 +112,15 @@ pub enum Connectivity {
     Offline,
 }
 
+impl Connectivity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
 /// `devices/{id}/status`: online or offline. Devices set `{"status":"offline"}` as their
 /// MQTT Last Will so that the broker reports a lost connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -142,6 +142,17 @@ pub enum DeviceRequestBody {
 }
 
 impl DeviceRequestBody {
+    /// The `kind` tag, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SendCommand(_) => "send_command",
+            Self::SetDesired { .. } => "set_desired",
+            Self::GetTwin => "get_twin",
+            Self::GetCommand { .. } => "get_command",
+            Self::ListCommands => "list_commands",
+        }
+    }
+
     /// Reads never create a twin for a device nobody has seen.
     pub fn is_read(&self) -> bool {
         matches!(
@@ -163,6 +174,18 @@ pub enum ReplyStatus {
     Conflict,
     /// Too many commands are waiting for this device.
     TooManyPending,
+}
+
+impl ReplyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Created => "created",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::TooManyPending => "too_many_pending",
+        }
+    }
 }
 
 /// The answer to a [`DeviceRequest`], on `iot.replies`.
@@ -196,7 +219,16 @@ mod tests {
             },
         };
         let json = serde_json::to_string(&request).unwrap();
-        assert!(json.contains(r#""kind":"set_desired""#), "{json}");
+        assert!(
+            json.contains(&format!(r#""kind":"{}""#, request.body.kind())),
+            "{json}"
+        );
+        for status in [ReplyStatus::Ok, ReplyStatus::TooManyPending] {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
         assert_eq!(
             serde_json::from_str::<DeviceRequest>(&json).unwrap(),
             request

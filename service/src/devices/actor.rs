@@ -83,11 +83,9 @@ impl DeviceActor {
                 .inc();
         }
         if let Some(change) = &effects.connectivity {
-            let to = serde_json::to_value(change.to).unwrap_or_default();
-            let to = to.as_str().unwrap_or("unknown");
             metrics
                 .connectivity_changes
-                .with_label_values(&[to, change.cause.as_str()])
+                .with_label_values(&[change.to.as_str(), change.cause.as_str()])
                 .inc();
             // Going offline is what operators look for; coming online is routine.
             if change.to == fleetwatch_protocol::Connectivity::Offline {

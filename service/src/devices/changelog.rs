@@ -180,7 +180,9 @@ impl Changelog {
             },
         )
         .await?;
-        self.metrics.twin_revivals.inc();
+        if found.is_some() {
+            self.metrics.twin_revivals.inc();
+        }
         Ok(found)
     }
 

@@ -106,10 +106,7 @@ impl DevicesHandler {
         request: DeviceRequest,
         partition: i32,
     ) -> Result<(), HandleError> {
-        let kind = serde_json::to_value(&request.body)
-            .ok()
-            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
-            .unwrap_or_default();
+        let kind = request.body.kind();
         let create = !request.body.is_read();
         let mut answered = None;
         for _ in 0..2 {
@@ -147,10 +144,9 @@ impl DevicesHandler {
         if let Some(write) = write {
             write.confirmed().await.map_err(Self::retry)?;
         }
-        let status_name = serde_json::to_value(status).unwrap_or_default();
         self.metrics
             .device_requests
-            .with_label_values(&[&kind, status_name.as_str().unwrap_or("")])
+            .with_label_values(&[kind, status.as_str()])
             .inc();
         if let Some(reply_to) = request.reply_to {
             let reply = DeviceReply {
