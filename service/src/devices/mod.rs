@@ -65,6 +65,14 @@ impl DevicesHandler {
         HandleError::Retry(error.to_string())
     }
 
+    /// A twin write that failed for good (the producer retried for
+    /// `kafka.delivery_timeout_ms`) stops the role. Retrying the record would apply it to
+    /// the twin a second time; a restart instead restores the twin from the changelog
+    /// and applies the record (whose offset was not stored) once.
+    fn write_failed(error: impl std::fmt::Display) -> HandleError {
+        HandleError::Fatal(format!("twin write failed: {error}"))
+    }
+
     async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
         let device_id = event.device_id.clone();
         // The actor may passivate between lookup and send: then look again.
@@ -89,7 +97,7 @@ impl DevicesHandler {
                 }
                 Ok(Applied { write, .. }) => {
                     if let Some(write) = write {
-                        write.confirmed().await.map_err(Self::retry)?;
+                        write.confirmed().await.map_err(Self::write_failed)?;
                     }
                     return Ok(());
                 }
@@ -142,7 +150,7 @@ impl DevicesHandler {
             write: None,
         });
         if let Some(write) = write {
-            write.confirmed().await.map_err(Self::retry)?;
+            write.confirmed().await.map_err(Self::write_failed)?;
         }
         self.metrics
             .device_requests
