@@ -445,6 +445,7 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         "ready": ready,
         "roles": roles,
         "device_actors": metrics.device_actors.get(),
+        "devices_online": metrics.devices_online.get(),
     }))
 }
 
