@@ -173,6 +173,14 @@ impl DeviceActor {
     /// Stop, leaving the twin in the changelog: write it once more (telemetry is not
     /// persisted on its own), wait for the confirmation, leave the registry, stop.
     fn passivate(&mut self, ctx: &mut Context<Self>) {
+        if self.twin.version == 0 {
+            // Nothing ever changed (a refused write for an unknown device, say): there is
+            // nothing to keep.
+            self.shared.live.remove_if(&self.twin.device_id, &ctx.address());
+            self.shared.metrics.device_passivations.inc();
+            ctx.stop();
+            return;
+        }
         let write = self.shared.changelog.write(&self.twin);
         let (shared, device, me) = (
             self.shared.clone(),
