@@ -176,7 +176,9 @@ impl DeviceActor {
         if self.twin.version == 0 {
             // Nothing ever changed (a refused write for an unknown device, say): there is
             // nothing to keep.
-            self.shared.live.remove_if(&self.twin.device_id, &ctx.address());
+            self.shared
+                .live
+                .remove_if(&self.twin.device_id, &ctx.address());
             self.shared.metrics.device_passivations.inc();
             ctx.stop();
             return;
