@@ -113,6 +113,25 @@ pub async fn run_fleet(
             "anomalies_per_minute must not be negative".into(),
         ));
     }
+    if config.outages_per_minute.is_nan()
+        || config.outages_per_minute < 0.0
+        || config.outage_secs.is_nan()
+        || config.outage_secs <= 0.0
+    {
+        return Err(SimError::Config(
+            "outages_per_minute must not be negative and outage_secs must be positive".into(),
+        ));
+    }
+    for (name, rate) in [
+        ("command_failure_rate", config.command_failure_rate),
+        ("slow_command_rate", config.slow_command_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(SimError::Config(format!(
+                "{name} must be between 0 and 1, not {rate}"
+            )));
+        }
+    }
     for index in [0, config.devices - 1] {
         DeviceId::parse(&config.device_id(index)).map_err(|e| {
             SimError::Config(format!(
