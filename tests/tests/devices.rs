@@ -424,3 +424,49 @@ async fn an_idle_twin_is_passivated_and_comes_back_from_the_changelog() {
         assert_eq!(status, 200, "{body}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_no_twin_and_no_command() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("restart");
+    let device = format!("{}d1", namespace.device_prefix());
+    let before = start(&rig, &namespace, "ingest,devices", "a").await;
+    let command = blocking(|| {
+        let (status, body) = put_desired(&before, &device, "\"0\"", json!({"mode": "eco"}));
+        assert_eq!(status, 200, "{body}");
+        let (status, command) = post_command(
+            &before,
+            &device,
+            json!({"name": "sync", "idempotency_key": "k"}),
+        );
+        assert_eq!(
+            (status, command["state"].as_str()),
+            (201, Some("queued")),
+            "{command}"
+        );
+        command
+    });
+    let status = blocking(|| before.terminate(Duration::from_secs(30)));
+    assert!(status.success(), "{status}");
+
+    let after = start(&rig, &namespace, "ingest,devices", "a").await;
+    blocking(|| {
+        let (status, twin) = after.get(&format!("/devices/{device}"));
+        assert_eq!(status, 200, "{twin}");
+        assert_eq!(twin["desired"], json!({"mode": "eco"}));
+        assert_eq!(twin["commands"][0]["command_id"], command["command_id"]);
+        assert_eq!(twin["commands"][0]["state"], "queued");
+    });
+    let online = TestDevice::connect(&rig, &device, false).await;
+    blocking(|| {
+        let done = wait_command(
+            &after,
+            &device,
+            &command,
+            "the command after the restart",
+            in_state("succeeded"),
+        );
+        assert_eq!(states(&done), ["queued", "sent", "acked", "succeeded"]);
+    });
+    online.leave().await;
+}
