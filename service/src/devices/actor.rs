@@ -131,7 +131,7 @@ impl DeviceActor {
         }
     }
 
-    /// Arm the timer for the next thing to do: a twin rule or passivation.
+    /// Make sure the timer fires by the next thing to do: a twin rule or passivation.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         let rules = &self.shared.config.twin;
         let passivate_at = (self.twin.pending_commands() == 0)
@@ -140,8 +140,13 @@ impl DeviceActor {
             .into_iter()
             .flatten()
             .min();
-        if self.timer.map(|(_, at)| at) == next {
-            return;
+        // An armed timer due no later than needed stays: when it fires, the rules look at
+        // the real deadlines and the timer is armed again. So a device's every message
+        // (which moves its silence deadline) does not cancel and re-create a timer.
+        match (self.timer, next) {
+            (Some((_, armed)), Some(at)) if armed <= at => return,
+            (_, None) => return,
+            _ => {}
         }
         if let Some((handle, _)) = self.timer.take() {
             ctx.cancel_future(handle);
