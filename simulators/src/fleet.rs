@@ -48,6 +48,25 @@ pub struct FleetStats {
     pub lost_in_outages: AtomicU64,
 }
 
+impl FleetStats {
+    /// One line for people: what was sent, answered and lost.
+    pub fn summary(&self) -> String {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        format!(
+            "published {}  acknowledged {}  anomalies {}  commands {} (ok {}, failed {})  desired applied {}  outages {} (messages lost in them {})",
+            get(&self.published),
+            get(&self.acknowledged),
+            get(&self.anomalies),
+            get(&self.commands_received),
+            get(&self.commands_succeeded),
+            get(&self.commands_failed),
+            get(&self.desired_applied),
+            get(&self.outages),
+            get(&self.lost_in_outages),
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("invalid simulator configuration: {0}")]

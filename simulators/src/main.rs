@@ -61,15 +61,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 progress.set_message(format!(
-                    "connected {}/{devices}  published {}  acknowledged {}  anomalies {}  commands {} (ok {}, failed {})  outages {}",
+                    "connected {}/{devices}  {}",
                     stats.connected.load(Ordering::Relaxed),
-                    stats.published.load(Ordering::Relaxed),
-                    stats.acknowledged.load(Ordering::Relaxed),
-                    stats.anomalies.load(Ordering::Relaxed),
-                    stats.commands_received.load(Ordering::Relaxed),
-                    stats.commands_succeeded.load(Ordering::Relaxed),
-                    stats.commands_failed.load(Ordering::Relaxed),
-                    stats.outages.load(Ordering::Relaxed),
+                    stats.summary()
                 ));
                 progress.tick();
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -78,18 +72,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let injected = run_fleet(cli.sim.clone(), stats.clone(), shutdown).await?;
     ticker.abort();
-    progress.finish_with_message(format!(
-        "done: published {}, acknowledged {}, anomalies {}, commands {} (ok {}, failed {}), desired applied {}, outages {} (messages lost in them {})",
-        stats.published.load(Ordering::Relaxed),
-        stats.acknowledged.load(Ordering::Relaxed),
-        injected.len(),
-        stats.commands_received.load(Ordering::Relaxed),
-        stats.commands_succeeded.load(Ordering::Relaxed),
-        stats.commands_failed.load(Ordering::Relaxed),
-        stats.desired_applied.load(Ordering::Relaxed),
-        stats.outages.load(Ordering::Relaxed),
-        stats.lost_in_outages.load(Ordering::Relaxed),
-    ));
+    progress.finish_with_message(format!("done: {}", stats.summary()));
     if let Some(listener) = listener {
         tokio::time::sleep(Duration::from_secs(cli.drain_secs)).await;
         let evaluation = evaluate(&injected, &listener.alerts(), 5_000);
