@@ -72,7 +72,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let injected = run_fleet(cli.sim.clone(), stats.clone(), shutdown).await?;
     ticker.abort();
-    progress.finish_with_message(format!("done: {}", stats.summary()));
+    let done = format!("done: {}", stats.summary());
+    if progress.is_hidden() {
+        // Not a terminal (a script or CI log): the summary still belongs in the output.
+        eprintln!("{done}");
+    } else {
+        progress.finish_with_message(done);
+    }
     if let Some(listener) = listener {
         tokio::time::sleep(Duration::from_secs(cli.drain_secs)).await;
         let evaluation = evaluate(&injected, &listener.alerts(), 5_000);
