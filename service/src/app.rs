@@ -156,6 +156,7 @@ pub async fn start(
             &[&topic],
             start_at,
             metrics.clone(),
+            None,
         )
     };
 
@@ -215,7 +216,7 @@ pub async fn start(
             downlink,
             metrics.clone(),
         ));
-        let consumer = RoleConsumer::subscribe_with_listener(
+        let consumer = RoleConsumer::subscribe(
             kafka,
             ConsumerRole::Devices,
             &kafka.group_id(ConsumerRole::Devices.name()),
@@ -226,7 +227,8 @@ pub async fn start(
         )?;
         let handler = DevicesHandler {
             registry: registry.clone(),
-            topics: topics.clone(),
+            commands_topic: topics.commands(),
+            replies_topic: topics.replies(),
             producer: producer.clone(),
             metrics: metrics.clone(),
         };
@@ -355,6 +357,7 @@ fn start_alerts(
         &[topic],
         StartAt::Latest,
         metrics.clone(),
+        None,
     )?;
     let recent = crate::alerts::RecentAlerts::default();
     let handler = AlertsHandler {

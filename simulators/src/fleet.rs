@@ -442,7 +442,6 @@ async fn session(
                 .is_ok()
         }
     };
-    let to_json = |value: &dyn erased::Json| value.to_json();
 
     handed += u64::from(publish(DeviceTopicKind::Status, status(Connectivity::Online)).await);
     if device.first_session {
@@ -601,15 +600,7 @@ fn count_outcome(stats: &FleetStats, ack: &AckPayload) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-mod erased {
-    /// Serialize any wire type to JSON bytes (they always serialize).
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).expect("wire types serialize")
-        }
-    }
+/// A wire type as JSON bytes (they always serialize).
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("wire types serialize")
 }

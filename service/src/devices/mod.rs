@@ -12,7 +12,7 @@ mod twin;
 
 use std::sync::Arc;
 
-use fleetwatch_protocol::{DeviceEvent, DeviceReply, DeviceRequest, KafkaTopics, ReplyStatus};
+use fleetwatch_protocol::{DeviceEvent, DeviceId, DeviceReply, DeviceRequest, ReplyStatus};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
@@ -55,7 +55,9 @@ pub fn registry(
 
 pub struct DevicesHandler {
     pub registry: Arc<DeviceRegistry>,
-    pub topics: KafkaTopics,
+    /// Names of `iot.commands` and `iot.replies` (kept, not rebuilt per record).
+    pub commands_topic: String,
+    pub replies_topic: String,
     pub producer: Producer,
     pub metrics: Arc<Metrics>,
 }
@@ -73,40 +75,59 @@ impl DevicesHandler {
         HandleError::Fatal(format!("twin write failed: {error}"))
     }
 
-    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
-        let device_id = event.device_id.clone();
-        // The actor may passivate between lookup and send: then look again.
+    /// Send `message()` to the device's actor (started or read back if needed; `None`
+    /// when there is none and `create` is false). An actor may passivate between lookup
+    /// and send: then it is looked up once more.
+    async fn ask_actor<M>(
+        &self,
+        device_id: &DeviceId,
+        partition: i32,
+        create: bool,
+        message: impl Fn() -> M,
+    ) -> Result<Option<M::Result>, HandleError>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        DeviceActor: actix::Handler<M>,
+    {
         for _ in 0..2 {
             let Some(actor) = self
                 .registry
-                .actor_for(&device_id, partition, true)
+                .actor_for(device_id, partition, create)
                 .await
                 .map_err(Self::retry)?
             else {
-                return Ok(());
+                return Ok(None);
             };
-            match actor.send(ApplyEvent(event.clone())).await {
-                Ok(Applied {
-                    duplicate: true, ..
-                }) => {
-                    self.metrics
-                        .skipped
-                        .with_label_values(&["devices", "duplicate"])
-                        .inc();
-                    return Ok(());
-                }
-                Ok(Applied { write, .. }) => {
-                    if let Some(write) = write {
-                        write.confirmed().await.map_err(Self::write_failed)?;
-                    }
-                    return Ok(());
-                }
-                Err(_) => self.registry.forget(&device_id, &actor),
+            match actor.send(message()).await {
+                Ok(answer) => return Ok(Some(answer)),
+                Err(_) => self.registry.forget(device_id, &actor),
             }
         }
         Err(HandleError::Retry(format!(
             "actor of {device_id} kept stopping"
         )))
+    }
+
+    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
+        let device_id = event.device_id.clone();
+        let applied = self
+            .ask_actor(&device_id, partition, true, || ApplyEvent(event.clone()))
+            .await?;
+        match applied {
+            Some(Applied {
+                duplicate: true, ..
+            }) => self
+                .metrics
+                .skipped
+                .with_label_values(&["devices", "duplicate"])
+                .inc(),
+            Some(Applied {
+                write: Some(write), ..
+            }) => write.confirmed().await.map_err(Self::write_failed)?,
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn handle_request(
@@ -116,28 +137,12 @@ impl DevicesHandler {
     ) -> Result<(), HandleError> {
         let kind = request.body.kind();
         let create = !request.body.is_read();
-        let mut answered = None;
-        for _ in 0..2 {
-            let Some(actor) = self
-                .registry
-                .actor_for(&request.device_id, partition, create)
-                .await
-                .map_err(Self::retry)?
-            else {
-                break;
-            };
-            let message = HandleRequest {
+        let answered = self
+            .ask_actor(&request.device_id, partition, create, || HandleRequest {
                 body: request.body.clone(),
                 at_ms: fleetwatch_protocol::now_ms(),
-            };
-            match actor.send(message).await {
-                Ok(reply) => {
-                    answered = Some(reply);
-                    break;
-                }
-                Err(_) => self.registry.forget(&request.device_id, &actor),
-            }
-        }
+            })
+            .await?;
         let Answered {
             status,
             body,
@@ -168,7 +173,7 @@ impl DevicesHandler {
             let payload = serde_json::to_vec(&reply).expect("replies serialize");
             let delivery = self
                 .producer
-                .enqueue(&self.topics.replies(), &reply.reply_to, &payload)
+                .enqueue(&self.replies_topic, &reply.reply_to, &payload)
                 .await;
             tokio::spawn(async move {
                 if let Err(error) = delivery.confirmed().await {
@@ -205,7 +210,7 @@ impl RecordHandler for DevicesHandler {
             .ensure_restored(partition)
             .await
             .map_err(Self::retry)?;
-        if record.topic() == self.topics.commands() {
+        if record.topic() == self.commands_topic {
             match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
                 Some(request) => self.handle_request(request, partition).await,
                 None => Ok(()),

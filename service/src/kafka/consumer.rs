@@ -171,20 +171,9 @@ impl RoleConsumer {
         })
     }
 
-    /// Join the role's consumer group on `topics`.
+    /// Join the role's consumer group on `topics`, telling `listener` (if any) about
+    /// partition changes.
     pub fn subscribe(
-        config: &KafkaConfig,
-        role: ConsumerRole,
-        group_id: &str,
-        topics: &[&str],
-        start_at: StartAt,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self> {
-        Self::subscribe_with_listener(config, role, group_id, topics, start_at, metrics, None)
-    }
-
-    /// Like [`RoleConsumer::subscribe`], telling `listener` about partition changes.
-    pub fn subscribe_with_listener(
         config: &KafkaConfig,
         role: ConsumerRole,
         group_id: &str,
