@@ -28,47 +28,118 @@ impl KafkaTopics {
 
     /// Device events (telemetry, state, status, acks), as ingested. Key: device id.
     pub fn telemetry(&self) -> String {
-        self.name("iot.telemetry")
+        self.of(Topic::Telemetry)
     }
     /// Input that could not be accepted, with the reason ([`crate::DeadLetter`]).
     pub fn dlq(&self) -> String {
-        self.name("iot.dlq")
+        self.of(Topic::Dlq)
     }
     /// Latest model parameters per device. Compacted.
     pub fn model_params(&self) -> String {
-        self.name("iot.model-params")
+        self.of(Topic::ModelParams)
     }
     /// Alerts raised and cleared ([`crate::Alert`]).
     pub fn alerts(&self) -> String {
-        self.name("iot.alerts")
+        self.of(Topic::Alerts)
     }
     /// The device twins' changelog. Compacted.
     pub fn device_state(&self) -> String {
-        self.name("iot.device-state")
+        self.of(Topic::DeviceState)
     }
     /// Requests for device actors ([`crate::DeviceRequest`]): commands, desired-state
     /// writes and reads of a twin owned by another instance. Key: device id.
     pub fn commands(&self) -> String {
-        self.name("iot.commands")
+        self.of(Topic::Commands)
     }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
-        self.name("iot.replies")
+        self.of(Topic::Replies)
     }
 
-    /// Every topic with whether it is compacted and whether it is co-partitioned with
-    /// telemetry.
+    /// The full name of `topic`.
+    pub fn of(&self, topic: Topic) -> String {
+        self.name(topic.base_name())
+    }
+
+    /// Every topic with how it is to be created.
     pub fn all(&self) -> Vec<TopicSpec> {
-        vec![
-            TopicSpec::new(self.telemetry(), false, true),
-            TopicSpec::new(self.commands(), false, true),
-            TopicSpec::new(self.device_state(), true, true),
-            TopicSpec::new(self.model_params(), true, true),
-            TopicSpec::new(self.alerts(), false, false),
-            TopicSpec::new(self.replies(), false, false),
-            TopicSpec::new(self.dlq(), false, false),
-        ]
+        Topic::ALL
+            .iter()
+            .map(|&topic| TopicSpec {
+                name: self.of(topic),
+                topic,
+                compacted: topic.compacted(),
+                co_partitioned: topic.co_partitioned(),
+                retention_ms: topic.retention_ms(),
+            })
+            .collect()
+    }
+}
+
+/// Every topic fleetwatch uses, declared once: its name, compaction, retention and
+/// whether it is co-partitioned with telemetry (same key, same partition count, so one
+/// consumer instance owns all of a device's streams).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Telemetry,
+    Commands,
+    DeviceState,
+    ModelParams,
+    Alerts,
+    Replies,
+    Dlq,
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl Topic {
+    pub const ALL: [Topic; 7] = [
+        Topic::Telemetry,
+        Topic::Commands,
+        Topic::DeviceState,
+        Topic::ModelParams,
+        Topic::Alerts,
+        Topic::Replies,
+        Topic::Dlq,
+    ];
+
+    /// The name without the deployment's prefix.
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Topic::Telemetry => "iot.telemetry",
+            Topic::Commands => "iot.commands",
+            Topic::DeviceState => "iot.device-state",
+            Topic::ModelParams => "iot.model-params",
+            Topic::Alerts => "iot.alerts",
+            Topic::Replies => "iot.replies",
+            Topic::Dlq => "iot.dlq",
+        }
+    }
+
+    /// Compacted topics keep the newest record per key (state, not history).
+    pub fn compacted(self) -> bool {
+        matches!(self, Topic::DeviceState | Topic::ModelParams)
+    }
+
+    /// Keyed by device id and read by the owner of the device's partition.
+    pub fn co_partitioned(self) -> bool {
+        matches!(
+            self,
+            Topic::Telemetry | Topic::Commands | Topic::DeviceState | Topic::ModelParams
+        )
+    }
+
+    /// How long records are kept (`retention.ms`); `None` keeps the broker's default,
+    /// and compacted topics keep their newest record per key for ever.
+    pub fn retention_ms(self) -> Option<i64> {
+        match self {
+            Topic::Telemetry | Topic::Alerts | Topic::Dlq => Some(7 * DAY_MS),
+            Topic::Commands => Some(DAY_MS),
+            // Replies matter for seconds (a REST request's wait).
+            Topic::Replies => Some(60 * 60 * 1000),
+            Topic::DeviceState | Topic::ModelParams => None,
+        }
     }
 }
 
@@ -76,16 +147,8 @@ impl KafkaTopics {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicSpec {
     pub name: String,
+    pub topic: Topic,
     pub compacted: bool,
     pub co_partitioned: bool,
-}
-
-impl TopicSpec {
-    fn new(name: String, compacted: bool, co_partitioned: bool) -> Self {
-        Self {
-            name,
-            compacted,
-            co_partitioned,
-        }
-    }
+    pub retention_ms: Option<i64>,
 }

@@ -11,7 +11,7 @@ mod sequence;
 mod twin;
 
 pub use device_id::{DeviceId, DeviceIdError};
-pub use kafka::{KafkaTopics, TopicSpec};
+pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;
 pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};
 pub use sequence::SequenceTracker;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch::devices::{self, Changelog, Twin};
-use fleetwatch::kafka::{KafkaConfig, Producer};
+use fleetwatch::kafka::{PartitionReader, KafkaConfig, Producer};
 use fleetwatch::metrics::Metrics;
 use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
 use fleetwatch_protocol::{DeviceEventBody, DeviceId, TelemetryPayload};
@@ -103,10 +103,9 @@ async fn run(count: usize) {
     };
     let shutdown = CancellationToken::new();
     let producer = Producer::new(&kafka, metrics.clone()).expect("producer");
-    let changelog = Arc::new(
-        Changelog::new(&kafka, "bench".into(), producer, "bench", metrics.clone())
-            .expect("changelog"),
-    );
+    let reader = PartitionReader::new(&kafka, "bench".into(), "bench", producer.clone(), "bench")
+        .expect("changelog reader");
+    let changelog = Arc::new(Changelog::new(producer, reader, metrics.clone()));
     let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone());
     let config = devices::DevicesConfig::default();
     let rules = config.twin.clone();

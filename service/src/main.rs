@@ -36,7 +36,7 @@ enum Command {
         /// TOML configuration file; FLEETWATCH_<SECTION>__<FIELD> variables override it.
         #[arg(long, env = "FLEETWATCH_CONFIG")]
         config: Option<PathBuf>,
-        /// `all`, or a comma-separated list of ingest, devices, trainer, scorer, alerts.
+        /// `all`, or a comma-separated list of roles (`fleetwatch roles` lists them).
         #[arg(long, env = "FLEETWATCH_ROLES", default_value = "all")]
         roles: Roles,
     },
@@ -48,6 +48,34 @@ enum Command {
         #[arg(long, env = "FLEETWATCH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print every Kafka topic with its partitions, compaction and retention, one JSON
+    /// object a line, for deployment tooling.
+    Topics {
+        #[arg(long, env = "FLEETWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print every role with the topics it consumes and produces, as a Markdown table.
+    Roles {
+        #[arg(long, env = "FLEETWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// One JSON line per topic.
+fn print_topics(settings: &Settings) {
+    for spec in settings.kafka.topics().all() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": spec.name,
+                "partitions": settings.kafka.partitions,
+                "replication": settings.kafka.replication,
+                "compacted": spec.compacted,
+                "co_partitioned": spec.co_partitioned,
+                "retention_ms": spec.retention_ms,
+            })
+        );
+    }
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -100,6 +128,15 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Config { config } => {
                 print!("{}", load_settings(config.as_ref())?.to_toml());
+                Ok(())
+            }
+            Command::Topics { config } => {
+                print_topics(&load_settings(config.as_ref())?);
+                Ok(())
+            }
+            Command::Roles { config } => {
+                let settings = load_settings(config.as_ref())?;
+                print!("{}", app::markdown_table(&settings.kafka.topics()));
                 Ok(())
             }
             Command::Run { config, roles } => {

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub ingest_connections: IntCounter,
     /// 1 while ingest is connected and subscribed, else 0.
     pub ingest_subscribed: IntGauge,
+    /// 1 while this process can reach Kafka (a metadata request answered).
+    pub kafka_reachable: IntGauge,
+    /// Seconds since the epoch when the async runtime last ran the heartbeat task.
+    pub runtime_heartbeat: IntGauge,
     /// Dead letters by reason class (json, topic, device_id, size, ...).
     pub dead_letters: IntCounterVec,
     /// Times the Kafka producer queue was full and a send was retried.
@@ -114,6 +118,14 @@ impl Metrics {
             ingest_connections: counter(
                 "fleetwatch_ingest_mqtt_connections_total",
                 "MQTT connections made by ingest",
+            ),
+            kafka_reachable: gauge(
+                "fleetwatch_kafka_reachable",
+                "1 while this process can reach Kafka",
+            ),
+            runtime_heartbeat: gauge(
+                "fleetwatch_runtime_heartbeat_seconds",
+                "When the async runtime last ran the heartbeat task (seconds since the epoch)",
             ),
             ingest_subscribed: gauge(
                 "fleetwatch_ingest_subscribed",
@@ -223,30 +235,6 @@ impl Metrics {
                 "Unusable frames received from WebSocket clients",
             ),
             registry,
-        }
-    }
-
-    /// Whether `role` is ready — connected (ingest) or holding partitions (consumers) —
-    /// and the figures that say so. `/healthz` and the demo both ask this.
-    pub fn role_readiness(&self, role: &str) -> (bool, serde_json::Value) {
-        let assigned = |role: &str| self.assigned_partitions.with_label_values(&[role]).get();
-        match role {
-            "ingest" => {
-                let subscribed = self.ingest_subscribed.get() == 1;
-                (subscribed, serde_json::json!({ "subscribed": subscribed }))
-            }
-            "scorer" => {
-                let (telemetry, params) = (assigned("scorer"), assigned("scorer-params"));
-                let detail = serde_json::json!({ "assigned_partitions": telemetry, "params_partitions": params });
-                (telemetry > 0 && params > 0, detail)
-            }
-            other => {
-                let partitions = assigned(other);
-                (
-                    partitions > 0,
-                    serde_json::json!({ "assigned_partitions": partitions }),
-                )
-            }
         }
     }
 

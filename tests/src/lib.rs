@@ -143,7 +143,7 @@ impl Service {
     pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok((200, body)) = http_get(self.http, "/healthz") {
+            if let Ok((200, body)) = http_get(self.http, "/readyz") {
                 let health: serde_json::Value = serde_json::from_str(&body).unwrap();
                 if health["ready"] == true {
                     return;

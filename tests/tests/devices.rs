@@ -311,9 +311,9 @@ async fn a_killed_instance_hands_its_twins_and_commands_to_new_owners() {
     let second = start(&rig, &namespace, "devices", "b").await;
     blocking(|| {
         for service in [&first, &second] {
-            let (_, health) = service.get("/healthz");
+            let (_, health) = service.get("/readyz");
             assert!(
-                health["roles"]["devices"]["detail"]["assigned_partitions"].as_i64() > Some(0),
+                health["roles"]["devices"]["detail"]["devices_partitions"].as_i64() > Some(0),
                 "{health}"
             );
         }
@@ -373,8 +373,8 @@ async fn a_killed_instance_hands_its_twins_and_commands_to_new_owners() {
         let assigned: i64 = [&first, &third]
             .iter()
             .map(|service| {
-                let (_, health) = service.get("/healthz");
-                health["roles"]["devices"]["detail"]["assigned_partitions"]
+                let (_, health) = service.get("/readyz");
+                health["roles"]["devices"]["detail"]["devices_partitions"]
                     .as_i64()
                     .unwrap_or(0)
             })

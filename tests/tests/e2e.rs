@@ -191,7 +191,7 @@ async fn malformed_input_goes_to_the_dead_letter_topic_with_a_reason() {
         (status == 200 && body["events"] == 1).then_some(())
     });
     assert!(service.is_running());
-    let (status, _) = service.get("/healthz");
+    let (status, _) = service.get("/readyz");
     assert_eq!(status, 200);
     let (status, body) = service.get("/devices/b@d");
     assert_eq!(status, 400, "{body}");

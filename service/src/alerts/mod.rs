@@ -10,6 +10,7 @@
 //! devices whose id starts with the prefix.
 
 mod config;
+mod role;
 mod ws;
 
 use std::collections::VecDeque;
@@ -17,14 +18,14 @@ use std::sync::Arc;
 
 use fleetwatch_protocol::{Alert, DeviceId};
 use parking_lot::Mutex;
-use rdkafka::message::BorrowedMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use config::AlertsConfig;
+pub use role::ROLE;
 pub use ws::serve;
 
-use crate::kafka::{decode_record, HandleError, RecordHandler};
+use crate::kafka::{decode_record, HandleError, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 /// Alerts kept for clients that connect later.
@@ -69,7 +70,7 @@ pub struct AlertsHandler {
 }
 
 impl RecordHandler for AlertsHandler {
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         let Some(alert) = decode_record::<Alert>(record, "alerts", &self.metrics) else {
             return Ok(());
         };

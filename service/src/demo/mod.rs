@@ -111,7 +111,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     settings.alerts.fallback_to_free_port = true;
 
     let app_stop = CancellationToken::new();
-    let app = app::start(&settings, Roles::ALL, app_stop.clone()).await?;
+    let app = app::start(&settings, Roles::all(), app_stop.clone()).await?;
     let http = app.http_addr;
     let ws = app.ws_addr.expect("the demo runs the alerts role");
     println!("fleetwatch demo: every role in one process, no outside service");
@@ -121,7 +121,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
         "  try            curl -X POST -H 'content-type: application/json' -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
     );
     println!("  metrics        http://{http}/metrics");
-    println!("  health         http://{http}/healthz");
+    println!("  health         http://{http}/readyz  (liveness: /livez)");
     println!("  alerts         ws://{ws}/");
     println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
     println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
@@ -131,7 +131,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !app.is_ready(Roles::ALL) {
+    while !app.is_ready() {
         if Instant::now() > deadline {
             return Err(Error::RoleFailed {
                 role: "demo",

@@ -2,30 +2,20 @@
 //! twin change is written here; a new owner of a partition rebuilds its twins from it,
 //! and a passivated twin is read back from the offset of its last write.
 //!
-//! Reading "to the end" of a partition does not trust high watermarks (tansu reports
-//! them wrong, docs/architecture.md): the reader first writes a marker record of its own
-//! to the partition and reads until it meets it. Everything written before the marker
-//! was confirmed is then known to have been read.
+//! Reading a partition "to the end" is the shared [`PartitionReader`]'s job (it writes
+//! a marker and reads until it meets it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch_protocol::DeviceId;
-use parking_lot::{Mutex, RwLock};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use parking_lot::RwLock;
 
 use super::twin::Twin;
-use crate::error::{Error, Result};
-use crate::kafka::{Delivery, KafkaConfig, Producer};
+use crate::error::Result;
+use crate::kafka::{Delivery, PartitionReader, Producer, ScanFrom};
 use crate::metrics::Metrics;
-
-/// Keys of marker records start with this; device ids cannot contain `/`.
-const MARKER_PREFIX: &str = "marker/";
-/// A scan that has not met its marker by then fails (and is retried by the caller).
-const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a device's newest twin record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,42 +26,22 @@ pub struct Stored {
 }
 
 pub struct Changelog {
-    topic: String,
     producer: Producer,
-    /// One reader, used by one scan at a time (scans run in the devices consumer's
-    /// task, one after the other).
-    reader: Arc<Mutex<BaseConsumer>>,
+    /// Scans run in the devices consumer's task, one after the other.
+    reader: PartitionReader,
     index: RwLock<HashMap<DeviceId, Stored>>,
-    marker_name: String,
-    markers: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl Changelog {
-    pub fn new(
-        config: &KafkaConfig,
-        topic: String,
-        producer: Producer,
-        instance: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self> {
-        let reader: BaseConsumer = config
-            .client_config()
-            .set("group.id", config.group_id("devices-changelog"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .map_err(|e| Error::kafka("creating changelog reader", e))?;
-        Ok(Self {
-            topic,
+    /// The changelog written by `producer` and read back by `reader` (same topic).
+    pub fn new(producer: Producer, reader: PartitionReader, metrics: Arc<Metrics>) -> Self {
+        Self {
             producer,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             index: RwLock::new(HashMap::new()),
-            marker_name: format!("{MARKER_PREFIX}{instance}/"),
-            markers: AtomicU64::new(0),
             metrics,
-        })
+        }
     }
 
     /// Queue the twin's record now (so records keep the order of the changes) and
@@ -83,9 +53,11 @@ impl Changelog {
             changelog: self.clone(),
             device_id: twin.device_id.clone(),
             version: twin.version,
-            delivery: self
-                .producer
-                .enqueue_now(&self.topic, twin.device_id.as_str(), &payload),
+            delivery: self.producer.enqueue_now(
+                self.reader.topic(),
+                twin.device_id.as_str(),
+                &payload,
+            ),
         }
     }
 
@@ -116,22 +88,23 @@ impl Changelog {
         let started = Instant::now();
         let mut newest: HashMap<DeviceId, (Twin, i64)> = HashMap::new();
         let metrics = self.metrics.clone();
-        self.scan(partition, Offset::Beginning, |offset, key, payload| {
-            match serde_json::from_slice::<Twin>(payload) {
-                Ok(twin) if twin.device_id.as_str() == key => {
-                    newest.insert(twin.device_id.clone(), (twin, offset));
+        self.reader
+            .scan(partition, ScanFrom::Beginning, |offset, key, payload| {
+                match serde_json::from_slice::<Twin>(payload) {
+                    Ok(twin) if twin.device_id.as_str() == key => {
+                        newest.insert(twin.device_id.clone(), (twin, offset));
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(partition, offset, key, "unreadable twin record skipped");
+                        metrics
+                            .skipped
+                            .with_label_values(&["devices", "unreadable_twin"])
+                            .inc();
+                    }
                 }
-                Ok(_) | Err(_) => {
-                    tracing::warn!(partition, offset, key, "unreadable twin record skipped");
-                    metrics
-                        .skipped
-                        .with_label_values(&["devices", "unreadable_twin"])
-                        .inc();
-                }
-            }
-            false
-        })
-        .await?;
+                false
+            })
+            .await?;
         let mut index = self.index.write();
         let twins = newest
             .into_values()
@@ -162,118 +135,29 @@ impl Changelog {
             return Ok(None);
         };
         let mut found: Option<Twin> = None;
-        self.scan(
-            stored.partition,
-            Offset::Offset(stored.offset),
-            |_, key, payload| {
-                if key != device_id.as_str() {
-                    return false;
-                }
-                match serde_json::from_slice::<Twin>(payload) {
-                    Ok(twin) => {
-                        let done = twin.version >= stored.version;
-                        found = Some(twin);
-                        done
+        self.reader
+            .scan(
+                stored.partition,
+                ScanFrom::Offset(stored.offset),
+                |_, key, payload| {
+                    if key != device_id.as_str() {
+                        return false;
                     }
-                    Err(_) => false,
-                }
-            },
-        )
-        .await?;
+                    match serde_json::from_slice::<Twin>(payload) {
+                        Ok(twin) => {
+                            let done = twin.version >= stored.version;
+                            found = Some(twin);
+                            done
+                        }
+                        Err(_) => false,
+                    }
+                },
+            )
+            .await?;
         if found.is_some() {
             self.metrics.twin_revivals.inc();
         }
         Ok(found)
-    }
-
-    /// Read `partition` from `from` until `visit` returns true or this instance's new
-    /// marker record comes by. `visit` gets (offset, key, payload) of every twin record.
-    async fn scan(
-        &self,
-        partition: i32,
-        from: Offset,
-        mut visit: impl FnMut(i64, &str, &[u8]) -> bool + Send,
-    ) -> Result<()> {
-        let marker = format!(
-            "{}{}",
-            self.marker_name,
-            self.markers.fetch_add(1, Ordering::Relaxed)
-        );
-        let marker_write: Delivery = self.producer.enqueue_empty(&self.topic, partition, &marker);
-        marker_write.confirmed().await?;
-        let reader = self.reader.clone();
-        let topic = self.topic.clone();
-        // Polling librdkafka blocks, so it runs off the async threads and hands records
-        // back in batches; the visitor runs here.
-        let (batches, mut receive) = tokio::sync::mpsc::channel::<Vec<(i64, String, Vec<u8>)>>(4);
-        let scanning = tokio::task::spawn_blocking(move || -> Result<()> {
-            let reader = reader.lock();
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(&topic, partition, from)
-                .map_err(|e| Error::kafka("building changelog assignment", e))?;
-            reader
-                .assign(&assignment)
-                .map_err(|e| Error::kafka("assigning changelog partition", e))?;
-            let deadline = Instant::now() + SCAN_TIMEOUT;
-            let mut batch = Vec::new();
-            let outcome = loop {
-                if batches.is_closed() {
-                    break Ok(());
-                }
-                if Instant::now() > deadline {
-                    break Err(Error::Config(format!(
-                        "changelog partition {partition}: marker not reached within {SCAN_TIMEOUT:?}"
-                    )));
-                }
-                let Some(message) = reader.poll(Duration::from_millis(100)) else {
-                    if !batch.is_empty()
-                        && batches.blocking_send(std::mem::take(&mut batch)).is_err()
-                    {
-                        break Ok(());
-                    }
-                    continue;
-                };
-                let message = message.map_err(|e| Error::kafka("reading changelog", e))?;
-                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                if key == marker {
-                    break Ok(());
-                }
-                if key.starts_with(MARKER_PREFIX) {
-                    continue;
-                }
-                let payload = message.payload().unwrap_or_default().to_vec();
-                batch.push((message.offset(), key, payload));
-                if batch.len() >= 256 && batches.blocking_send(std::mem::take(&mut batch)).is_err()
-                {
-                    break Ok(());
-                }
-            };
-            if !batch.is_empty() {
-                let _ = batches.blocking_send(batch);
-            }
-            let _ = reader.unassign();
-            outcome
-        });
-        let mut stopped = false;
-        while let Some(batch) = receive.recv().await {
-            if stopped {
-                continue;
-            }
-            for (offset, key, payload) in batch {
-                if visit(offset, &key, &payload) {
-                    stopped = true;
-                    break;
-                }
-            }
-            if stopped {
-                // Dropping the receiver ends the blocking scan at its next batch.
-                receive.close();
-            }
-        }
-        scanning
-            .await
-            .map_err(|e| Error::Config(format!("changelog scan task failed: {e}")))?
     }
 }
 

@@ -8,23 +8,23 @@ mod actor;
 mod changelog;
 mod config;
 mod registry;
+mod role;
 mod twin;
 
 use std::sync::Arc;
 
 use fleetwatch_protocol::{DeviceEvent, DeviceId, DeviceReply, DeviceRequest, ReplyStatus};
-use rdkafka::message::BorrowedMessage;
-use rdkafka::Message as _;
 
 pub use actor::{Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleRequest, TwinView};
 pub use changelog::Changelog;
 pub use config::{DevicesConfig, TwinRules};
 pub use registry::{DeviceRegistry, LiveActors};
+pub use role::ROLE;
 pub use twin::{
     ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, Twin, TwinError,
 };
 
-use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_record, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttPublisher;
 
@@ -203,14 +203,14 @@ impl RecordHandler for DevicesHandler {
         Ok(())
     }
 
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
-        let partition = record.partition();
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        let partition = record.partition;
         // A new owner reads the partition's twins before handling anything of it.
         self.registry
             .ensure_restored(partition)
             .await
             .map_err(Self::retry)?;
-        if record.topic() == self.commands_topic {
+        if record.topic == self.commands_topic {
             match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
                 Some(request) => self.handle_request(request, partition).await,
                 None => Ok(()),

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-/// The HTTP server: REST API, `/metrics`, `/healthz` and the live page. Section `[http]`.
+/// The HTTP server: REST API, `/metrics`, health (`/readyz`, `/livez`) and the live page. Section `[http]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -20,6 +20,10 @@ pub struct HttpConfig {
     pub default_command_ttl_ms: u64,
     /// Longest time to live a command may ask for (ms).
     pub max_command_ttl_ms: u64,
+    /// `/livez` fails when the async runtime has not run its once-a-second heartbeat for
+    /// this long (s): the process is wedged and a restart is the cure. Broker outages
+    /// never fail liveness.
+    pub wedged_after_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -32,6 +36,7 @@ impl Default for HttpConfig {
             max_pending_requests: 1024,
             default_command_ttl_ms: 60 * 60 * 1000,
             max_command_ttl_ms: 7 * 24 * 60 * 60 * 1000,
+            wedged_after_secs: 30,
         }
     }
 }

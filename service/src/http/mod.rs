@@ -5,7 +5,7 @@ mod config;
 mod requests;
 
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::{header, StatusCode};
@@ -19,22 +19,77 @@ use serde_json::json;
 pub use config::HttpConfig;
 pub use requests::{RepliesHandler, RequestClient, RequestError};
 
+use crate::app::Roles;
 use crate::devices::{DeviceRegistry, GetTwin, HandleRequest};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 
-/// What the handlers can reach.
+/// What the handlers can reach. The server starts before the roles (so health answers
+/// while Kafka is slow); what the roles provide is connected once they have started.
 pub struct HttpState {
-    pub registry: Option<Arc<DeviceRegistry>>,
     pub metrics: Arc<Metrics>,
-    pub roles: Vec<&'static str>,
-    /// Port of the alerts WebSocket server, for the live page.
-    pub ws_port: Option<u16>,
+    pub roles: Roles,
     pub max_page_size: usize,
-    /// Reaches the instance owning a device.
-    pub requests: Arc<RequestClient>,
     pub default_command_ttl_ms: u64,
     pub max_command_ttl_ms: u64,
+    /// How long the async runtime may miss its heartbeat before liveness fails.
+    pub wedged_after_secs: i64,
+    started: OnceLock<Started>,
+}
+
+/// What the roles provide once started.
+struct Started {
+    registry: Option<Arc<DeviceRegistry>>,
+    /// Reaches the instance owning a device.
+    requests: Arc<RequestClient>,
+    /// Port of the alerts WebSocket server, for the live page.
+    ws_port: Option<u16>,
+}
+
+impl HttpState {
+    pub fn new(settings: &Settings, roles: Roles, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            roles,
+            max_page_size: settings.http.max_page_size,
+            default_command_ttl_ms: settings.http.default_command_ttl_ms,
+            max_command_ttl_ms: settings.http.max_command_ttl_ms,
+            wedged_after_secs: settings.http.wedged_after_secs as i64,
+            started: OnceLock::new(),
+        }
+    }
+
+    /// Hand the server what the started roles provide.
+    pub fn connect(
+        &self,
+        registry: Option<Arc<DeviceRegistry>>,
+        requests: Arc<RequestClient>,
+        ws_port: Option<u16>,
+    ) {
+        let _ = self.started.set(Started {
+            registry,
+            requests,
+            ws_port,
+        });
+    }
+
+    fn started(&self) -> std::result::Result<&Started, ApiError> {
+        self.started.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fleetwatch is starting; retry shortly",
+            )
+        })
+    }
+
+    fn local_registry(&self) -> Option<&Arc<DeviceRegistry>> {
+        self.started.get().and_then(|s| s.registry.as_ref())
+    }
+
+    fn requests(&self) -> std::result::Result<&Arc<RequestClient>, ApiError> {
+        Ok(&self.started()?.requests)
+    }
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -80,7 +135,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, ApiError> {
-    state.registry.as_ref().ok_or_else(|| {
+    state.started()?.registry.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the devices role does not run in this process",
@@ -157,7 +212,7 @@ async fn ask(
     body: DeviceRequestBody,
 ) -> std::result::Result<DeviceReply, ApiError> {
     state
-        .requests
+        .requests()?
         .ask(device_id, body)
         .await
         .map_err(|error| match error {
@@ -178,7 +233,7 @@ async fn read(
     body: DeviceRequestBody,
 ) -> std::result::Result<(ReplyStatus, serde_json::Value), ApiError> {
     debug_assert!(body.is_read());
-    if let Some(actor) = state.registry.as_ref().and_then(|r| r.get(device_id)) {
+    if let Some(actor) = state.local_registry().and_then(|r| r.get(device_id)) {
         let request = HandleRequest {
             body: body.clone(),
             at_ms: fleetwatch_protocol::now_ms(),
@@ -374,7 +429,7 @@ async fn send_command(
         )));
     }
     let new = NewCommand {
-        command_id: state.requests.new_id("cmd"),
+        command_id: state.requests()?.new_id("cmd"),
         name: command.name,
         args: command.args,
         idempotency_key,
@@ -426,22 +481,18 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// Liveness and readiness in one: `ready` is true once every role this process runs is
-/// connected and has its partitions.
-async fn health(state: web::Data<HttpState>) -> HttpResponse {
+/// Readiness: 200 once every role of this process is ready (connected, holding its
+/// partitions, Kafka reachable), 503 before and whenever one is not; per-role detail in
+/// the body. For an orchestrator's readiness probe (traffic, rollouts).
+async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     let metrics = &state.metrics;
-    let mut ready = true;
-    let mut roles = serde_json::Map::new();
-    for &role in &state.roles {
-        let (role_ready, detail) = metrics.role_readiness(role);
-        ready &= role_ready;
-        roles.insert(
-            role.to_owned(),
-            json!({ "ready": role_ready, "detail": detail }),
-        );
-    }
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
+    let (ready, roles) = state.roles.readiness(metrics);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(json!({
         "ready": ready,
         "roles": roles,
         "device_actors": metrics.device_actors.get(),
@@ -449,9 +500,27 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     }))
 }
 
+/// Liveness: 503 only when the process is wedged (its async runtime stopped running the
+/// heartbeat), never for a broker outage, so a probe restarts a stuck pod and leaves a
+/// waiting one alone.
+async fn live(state: web::Data<HttpState>) -> HttpResponse {
+    let beat = state.metrics.runtime_heartbeat.get();
+    let silent_secs = fleetwatch_protocol::now_ms() / 1000 - beat;
+    let live = beat == 0 || silent_secs <= state.wedged_after_secs;
+    let status = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status)
+        .json(json!({ "live": live, "runtime_silent_secs": silent_secs.max(0) }))
+}
+
 async fn page(state: web::Data<HttpState>) -> HttpResponse {
     let ws_port = state
-        .ws_port
+        .started
+        .get()
+        .and_then(|started| started.ws_port)
         .map_or_else(|| "null".to_owned(), |p| p.to_string());
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -477,8 +546,8 @@ async fn wrong_method(request: HttpRequest) -> ApiResult {
 }
 
 /// Start the server on `listener`; returns the handle that stops it.
-pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
-    let state = web::Data::new(state);
+pub fn start(listener: TcpListener, state: Arc<HttpState>) -> Result<ServerHandle> {
+    let state = web::Data::from(state);
     let server = HttpServer::new(move || {
         // Each path is one resource, so a wrong method gets 405 rather than 404.
         let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
@@ -504,7 +573,8 @@ pub fn start(listener: TcpListener, state: HttpState) -> Result<ServerHandle> {
             )
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
-            .service(resource("/healthz").route(web::get().to(health)))
+            .service(resource("/readyz").route(web::get().to(ready)))
+            .service(resource("/livez").route(web::get().to(live)))
             .default_service(web::to(not_found))
     })
     .workers(1)

@@ -12,10 +12,9 @@ use fleetwatch_protocol::{
     now_ms, DeviceId, DeviceReply, DeviceRequest, DeviceRequestBody, KafkaTopics,
 };
 use parking_lot::Mutex;
-use rdkafka::message::BorrowedMessage;
 use tokio::sync::oneshot;
 
-use crate::kafka::{decode_record, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_record, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 /// Why a request got no answer.
@@ -140,7 +139,7 @@ pub struct RepliesHandler {
 }
 
 impl RecordHandler for RepliesHandler {
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         if let Some(reply) = decode_record::<DeviceReply>(record, "replies", &self.metrics) {
             self.client.answer(reply);
         }

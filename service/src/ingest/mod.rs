@@ -5,6 +5,7 @@
 
 mod classify;
 mod config;
+mod role;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use classify::{classify, Verdict};
 pub use config::IngestConfig;
+pub use role::ROLE;
 
 use crate::error::{Error, Result};
 use crate::kafka::Producer;

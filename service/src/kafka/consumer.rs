@@ -6,10 +6,10 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::record::{from_message, Record};
 use super::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -193,6 +193,7 @@ impl RoleConsumer {
     /// Read every partition of `topic` from `start_at`, outside any group and without
     /// committing: for a compacted topic that each instance needs in full (from the
     /// beginning), or for messages addressed to every instance (from the end).
+    /// Metadata and watermarks are fetched off the async threads (they block).
     pub async fn read_whole_topic(
         config: &KafkaConfig,
         role: ConsumerRole,
@@ -200,41 +201,51 @@ impl RoleConsumer {
         start_at: StartAt,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let group_id = config.group_id(role.name());
-        let consumer = Self::create(config, role, &group_id, start_at, false, metrics, None)?;
-        let inner = &consumer.inner;
-        let metadata = inner
+        let (config, topic) = (config.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let group_id = config.group_id(role.name());
+            let consumer = Self::create(&config, role, &group_id, start_at, false, metrics, None)?;
+            let assignment = consumer.whole_topic(&topic, start_at)?;
+            consumer
+                .metrics
+                .assigned_partitions
+                .with_label_values(&[role.name()])
+                .set(assignment.count() as i64);
+            consumer
+                .inner
+                .assign(&assignment)
+                .map_err(|e| Error::kafka(format!("assigning {topic}"), e))?;
+            Ok(consumer)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("assignment task failed: {e}")))?
+    }
+
+    /// Every partition of `topic`, starting at `start_at`. Blocks.
+    fn whole_topic(&self, topic: &str, start_at: StartAt) -> Result<TopicPartitionList> {
+        let metadata = self
+            .inner
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
         let mut assignment = TopicPartitionList::new();
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let offset = match start_at {
+                StartAt::Earliest => Offset::Beginning,
+                // Resolved now rather than at the first fetch, so nothing produced after
+                // this call returns is skipped (a request's reply, say). tansu's high
+                // watermark can be short of the end: a few older records may be read
+                // again, which readers from the end tolerate.
+                StartAt::Latest => self
+                    .inner
+                    .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                    .map(|(_, high)| Offset::Offset(high))
+                    .unwrap_or(Offset::End),
+            };
             assignment
-                .add_partition_offset(
-                    topic,
-                    partition.id(),
-                    match start_at {
-                        StartAt::Earliest => Offset::Beginning,
-                        // Resolved now rather than at the first fetch, so nothing produced
-                        // after this call returns is skipped (a request's reply, say).
-                        // tansu's high watermark can be short of the end: a few older
-                        // records may be read again, which readers from the end tolerate.
-                        StartAt::Latest => inner
-                            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                            .map(|(_, high)| Offset::Offset(high))
-                            .unwrap_or(Offset::End),
-                    },
-                )
+                .add_partition_offset(topic, partition.id(), offset)
                 .map_err(|e| Error::kafka("building assignment", e))?;
         }
-        consumer
-            .metrics
-            .assigned_partitions
-            .with_label_values(&[role.name()])
-            .set(assignment.count() as i64);
-        inner
-            .assign(&assignment)
-            .map_err(|e| Error::kafka(format!("assigning {topic}"), e))?;
-        Ok(consumer)
+        Ok(assignment)
     }
 
     fn commit_stored(&self) {
@@ -265,7 +276,7 @@ pub trait RecordHandler: Send {
     /// stored right after. Undecodable records are the handler's to count and skip.
     fn handle(
         &mut self,
-        record: &BorrowedMessage<'_>,
+        record: &Record<'_>,
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 
     /// How often [`RecordHandler::on_tick`] runs, if at all.
@@ -316,8 +327,8 @@ pub async fn consume<H: RecordHandler>(
             }
             record = consumer.inner.recv() => record,
         };
-        let record = match record {
-            Ok(record) => record,
+        let message = match record {
+            Ok(message) => message,
             Err(error) => {
                 tracing::warn!(role, %error, "consumer error");
                 tokio::time::sleep(RETRY_BACKOFF_START).await;
@@ -325,6 +336,7 @@ pub async fn consume<H: RecordHandler>(
             }
         };
 
+        let record = from_message(&message);
         let mut backoff = RETRY_BACKOFF_START;
         let handled = loop {
             match handler.handle(&record).await {
@@ -343,7 +355,7 @@ pub async fn consume<H: RecordHandler>(
         match handled {
             Ok(true) => {
                 consumed.inc();
-                if let Err(error) = consumer.inner.store_offset_from_message(&record) {
+                if let Err(error) = consumer.inner.store_offset_from_message(&message) {
                     tracing::warn!(role, %error, "storing offset failed");
                 }
             }
@@ -351,7 +363,8 @@ pub async fn consume<H: RecordHandler>(
             Err(error) => break Err(error),
         }
     };
-    consumer.commit_stored();
+    // A synchronous commit blocks: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || consumer.commit_stored()).await;
     outcome
 }
 
@@ -359,15 +372,14 @@ pub async fn consume<H: RecordHandler>(
 /// the role's own producers only write valid records, so they can only come from
 /// elsewhere, and stopping on them would stall the partition.
 pub fn decode_record<T: serde::de::DeserializeOwned>(
-    record: &BorrowedMessage<'_>,
+    record: &Record<'_>,
     role: &str,
     metrics: &Metrics,
 ) -> Option<T> {
-    use rdkafka::Message;
-    match serde_json::from_slice(record.payload().unwrap_or_default()) {
+    match serde_json::from_slice(record.payload) {
         Ok(value) => Some(value),
         Err(error) => {
-            tracing::warn!(role, %error, partition = record.partition(), offset = record.offset(), "undecodable record skipped");
+            tracing::warn!(role, %error, partition = record.partition, offset = record.offset, "undecodable record skipped");
             metrics
                 .skipped
                 .with_label_values(&[role, "undecodable"])
@@ -380,7 +392,7 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(
 /// Decode a record of `iot.telemetry` and keep it only if it carries metrics (the roles
 /// that model data skip state, status and acknowledgements).
 pub fn decode_telemetry(
-    record: &BorrowedMessage<'_>,
+    record: &Record<'_>,
     role: &str,
     metrics: &Metrics,
 ) -> Option<(

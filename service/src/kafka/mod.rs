@@ -3,24 +3,34 @@
 
 mod config;
 mod consumer;
+pub mod memory;
+mod partition_reader;
 mod producer;
+mod record;
 
 use std::time::Duration;
 
-use fleetwatch_protocol::KafkaTopics;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleetwatch_protocol::{KafkaTopics, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
 
 pub use config::KafkaConfig;
 pub use consumer::{
     consume, decode_record, decode_telemetry, ConsumerRole, HandleError, PartitionListener,
     RecordHandler, RoleConsumer, StartAt,
 };
+pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
+pub use record::Record;
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 impl KafkaConfig {
     /// A librdkafka configuration with the brokers and the extra properties.
@@ -44,35 +54,71 @@ impl KafkaConfig {
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Create the topics that do not exist yet. Existing topics are left as they are.
-pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
-    let topics = config.topics().all();
+/// Partition counts of the cluster's topics, by name. Blocks: call off the async threads.
+fn partition_counts(probe: &BaseConsumer, timeout: Duration) -> Result<HashMap<String, usize>> {
+    let metadata = probe
+        .fetch_metadata(None, timeout)
+        .map_err(|e| Error::kafka("fetching metadata", e))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|topic| (topic.name().to_owned(), topic.partitions().len()))
+        .collect())
+}
+
+async fn fetch_partition_counts(config: &KafkaConfig) -> Result<HashMap<String, usize>> {
     let probe: BaseConsumer = config
         .client_config()
         .create()
         .map_err(|e| Error::kafka("creating metadata client", e))?;
-    let existing: Vec<String> = tokio::task::spawn_blocking(move || {
-        probe
-            .fetch_metadata(None, METADATA_TIMEOUT)
-            .map(|metadata| {
-                metadata
-                    .topics()
-                    .iter()
-                    .map(|topic| topic.name().to_owned())
-                    .collect()
-            })
-    })
-    .await
-    .map_err(|e| Error::Config(format!("metadata task failed: {e}")))?
-    .map_err(|e| Error::kafka("fetching metadata", e))?;
+    tokio::task::spawn_blocking(move || partition_counts(&probe, METADATA_TIMEOUT))
+        .await
+        .map_err(|e| Error::Config(format!("metadata task failed: {e}")))?
+}
 
-    let missing: Vec<_> = topics
+/// Create the topics that do not exist yet (existing ones are left as they are), then
+/// check that the co-partitioned topics have equal partition counts: a device's streams
+/// must land on the same partition number of each, or two instances would own it.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
+    let topics = config.topics().all();
+    let existing = fetch_partition_counts(config).await?;
+    let missing: Vec<&TopicSpec> = topics
         .iter()
-        .filter(|spec| !existing.contains(&spec.name))
+        .filter(|spec| !existing.contains_key(&spec.name))
         .collect();
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        create_topics(config, &missing).await?;
     }
+    let counts = if missing.is_empty() {
+        existing
+    } else {
+        fetch_partition_counts(config).await?
+    };
+    check_co_partitioned(&topics, &counts)
+}
+
+/// Refuse co-partitioned topics whose partition counts differ, naming both.
+pub fn check_co_partitioned(topics: &[TopicSpec], counts: &HashMap<String, usize>) -> Result<()> {
+    let mut co_partitioned = topics
+        .iter()
+        .filter(|spec| spec.co_partitioned)
+        .filter_map(|spec| Some((spec.name.as_str(), *counts.get(&spec.name)?)));
+    let Some((first, expected)) = co_partitioned.next() else {
+        return Ok(());
+    };
+    for (name, count) in co_partitioned {
+        if count != expected {
+            return Err(Error::Config(format!(
+                "topic {name} has {count} partitions but {first} has {expected}: co-partitioned \
+                 topics (keyed by device id) must have the same partition count; recreate \
+                 {name} with {expected} partitions or add partitions to match"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn create_topics(config: &KafkaConfig, missing: &[&TopicSpec]) -> Result<()> {
     if !config.create_topics {
         let names: Vec<_> = missing.iter().map(|spec| spec.name.as_str()).collect();
         return Err(Error::Config(format!(
@@ -84,19 +130,26 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
         .client_config()
         .create()
         .map_err(|e| Error::kafka("creating admin client", e))?;
+    let retention: Vec<Option<String>> = missing
+        .iter()
+        .map(|spec| spec.retention_ms.map(|ms| ms.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic> = missing
         .iter()
-        .map(|spec| {
-            let topic = NewTopic::new(
+        .zip(&retention)
+        .map(|(spec, retention)| {
+            let mut topic = NewTopic::new(
                 &spec.name,
                 config.partitions,
                 TopicReplication::Fixed(config.replication),
             );
             if spec.compacted {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
+                topic = topic.set("cleanup.policy", "compact");
             }
+            if let Some(retention) = retention {
+                topic = topic.set("retention.ms", retention);
+            }
+            topic
         })
         .collect();
     let results = admin
@@ -120,4 +173,36 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often the process checks that it can reach Kafka, for readiness.
+const REACHABILITY_CHECK: Duration = Duration::from_secs(2);
+
+/// Keep `fleetwatch_kafka_reachable` current until shutdown: 1 while a metadata request
+/// is answered within a few seconds, 0 otherwise. Readiness of every Kafka role uses it.
+pub async fn watch_reachability(
+    config: KafkaConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let probe: Arc<BaseConsumer> = match config.client_config().create() {
+        Ok(probe) => Arc::new(probe),
+        Err(error) => {
+            tracing::warn!(%error, "cannot create the Kafka reachability probe");
+            return;
+        }
+    };
+    loop {
+        let client = probe.clone();
+        let reachable = tokio::task::spawn_blocking(move || {
+            client.fetch_metadata(None, REACHABILITY_CHECK).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        metrics.kafka_reachable.set(i64::from(reachable));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REACHABILITY_CHECK) => {}
+        }
+    }
 }

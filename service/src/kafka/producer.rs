@@ -5,6 +5,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 
+use super::memory::MemoryLog;
 use super::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -13,8 +14,15 @@ use crate::metrics::Metrics;
 /// retries, counting each wait.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Sink,
     metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Kafka(FutureProducer),
+    /// Unit tests of roles: records land in memory, confirmed at once.
+    Memory(MemoryLog),
 }
 
 /// How long to wait before retrying when librdkafka's local queue is full.
@@ -31,7 +39,26 @@ impl Producer {
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create()
             .map_err(|e| Error::kafka("creating producer", e))?;
-        Ok(Self { inner, metrics })
+        Ok(Self {
+            inner: Sink::Kafka(inner),
+            metrics,
+        })
+    }
+
+    /// The Kafka client, unless this producer writes to memory.
+    fn kafka(&self) -> Option<&FutureProducer> {
+        match &self.inner {
+            Sink::Kafka(producer) => Some(producer),
+            Sink::Memory(_) => None,
+        }
+    }
+
+    /// A producer whose records go to `log`, for unit tests of roles.
+    pub fn in_memory(log: &MemoryLog, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Sink::Memory(log.clone()),
+            metrics,
+        }
     }
 
     /// Queue a record and return its pending delivery. Records queued one after the other
@@ -59,25 +86,33 @@ impl Producer {
 
     /// One attempt: `None` (counted) when librdkafka's local queue is full.
     fn try_enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Option<Delivery> {
+        let producer = match &self.inner {
+            Sink::Kafka(producer) => producer,
+            Sink::Memory(log) => return Some(log.append(topic, None, key, payload)),
+        };
         let record = FutureRecord::to(topic).key(key).payload(payload);
-        match self.inner.send_result(record) {
-            Ok(delivery) => Some(Delivery(Ok(delivery))),
+        match producer.send_result(record) {
+            Ok(delivery) => Some(Delivery::kafka(Ok(delivery))),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.kafka_queue_full.inc();
                 None
             }
             // Only QueueFull is transient at enqueue time; anything else (an oversized
             // record, say) would fail again, so it becomes a failed delivery.
-            Err((error, _)) => Some(Delivery(Err(error))),
+            Err((error, _)) => Some(Delivery::kafka(Err(error))),
         }
     }
 
     /// Queue a record with no payload (a tombstone, or a marker whose key says it all)
     /// for one partition.
     pub fn enqueue_empty(&self, topic: &str, partition: i32, key: &str) -> Delivery {
+        let producer = match &self.inner {
+            Sink::Kafka(producer) => producer,
+            Sink::Memory(log) => return log.append(topic, Some(partition), key, &[]),
+        };
         let record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(topic).partition(partition).key(key);
-        Delivery(self.inner.send_result(record).map_err(|(error, _)| error))
+        Delivery::kafka(producer.send_result(record).map_err(|(error, _)| error))
     }
 
     /// Queue a JSON record and wait until Kafka confirmed it.
@@ -90,7 +125,10 @@ impl Producer {
     /// `timeout`: for callbacks that must not return before (a rebalance, say).
     pub fn flush_blocking(&self, timeout: Duration) {
         use rdkafka::producer::Producer as _;
-        if let Err(error) = self.inner.flush(timeout) {
+        let Some(producer) = self.kafka() else {
+            return;
+        };
+        if let Err(error) = producer.flush(timeout) {
             tracing::warn!(%error, "producer flush did not finish");
         }
     }
@@ -98,15 +136,32 @@ impl Producer {
     /// Wait until everything queued so far is delivered, up to `timeout`.
     pub async fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer as _;
-        let inner = self.inner.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
+        let Some(producer) = self.kafka() else {
+            return;
+        };
+        let producer = producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
 }
 
 /// A record on its way to Kafka.
-pub struct Delivery(std::result::Result<DeliveryFuture, KafkaError>);
+pub struct Delivery(Pending);
+
+enum Pending {
+    Kafka(std::result::Result<DeliveryFuture, KafkaError>),
+    /// Already confirmed at (partition, offset): the in-memory log of unit tests.
+    Landed(i32, i64),
+}
 
 impl Delivery {
+    fn kafka(queued: std::result::Result<DeliveryFuture, KafkaError>) -> Self {
+        Self(Pending::Kafka(queued))
+    }
+
+    pub(super) fn landed(partition: i32, offset: i64) -> Self {
+        Self(Pending::Landed(partition, offset))
+    }
+
     /// Wait until Kafka confirmed the record (acks=all) or the delivery failed for good.
     pub async fn confirmed(self) -> Result<()> {
         self.confirmed_at().await.map(|_| ())
@@ -114,7 +169,11 @@ impl Delivery {
 
     /// Like [`Delivery::confirmed`], with where the record landed: (partition, offset).
     pub async fn confirmed_at(self) -> Result<(i32, i64)> {
-        let future = self.0.map_err(|e| Error::kafka("queueing record", e))?;
+        let queued = match self.0 {
+            Pending::Kafka(queued) => queued,
+            Pending::Landed(partition, offset) => return Ok((partition, offset)),
+        };
+        let future = queued.map_err(|e| Error::kafka("queueing record", e))?;
         match future.await {
             Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
             Ok(Err((error, _))) => Err(Error::kafka("delivering record", error)),

@@ -10,6 +10,7 @@
 
 mod config;
 mod episode;
+mod role;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,12 +21,12 @@ use fleetwatch_protocol::{
     now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker,
 };
 use parking_lot::RwLock;
-use rdkafka::message::BorrowedMessage;
 
 pub use config::ScorerConfig;
 pub use episode::{Episode, EpisodeRules};
+pub use role::ROLE;
 
-use crate::kafka::{decode_record, decode_telemetry, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_record, decode_telemetry, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<ParamsEnvelope<Params>>>>>;
@@ -37,7 +38,7 @@ pub struct ParamsHandler {
 }
 
 impl RecordHandler for ParamsHandler {
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         let Some(envelope) =
             decode_record::<ParamsEnvelope<Params>>(record, "scorer-params", &self.metrics)
         else {
@@ -128,7 +129,7 @@ impl ScoringHandler {
 }
 
 impl RecordHandler for ScoringHandler {
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
         let Some((device_id, telemetry)) = decode_telemetry(record, "scorer", &self.metrics) else {

@@ -5,6 +5,7 @@
 //! few events, so a lost publication is replaced by the next one. Failures are counted.
 
 mod config;
+mod role;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +14,11 @@ use std::time::{Duration, Instant};
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
 use fleetwatch_protocol::{now_ms, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker};
-use rdkafka::message::BorrowedMessage;
 
 pub use config::TrainerConfig;
+pub use role::ROLE;
 
-use crate::kafka::{decode_telemetry, HandleError, Producer, RecordHandler};
+use crate::kafka::{decode_telemetry, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 struct DeviceModel {
@@ -86,7 +87,7 @@ impl TrainerHandler {
 }
 
 impl RecordHandler for TrainerHandler {
-    async fn handle(&mut self, record: &BorrowedMessage<'_>) -> Result<(), HandleError> {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
         else {
             return Ok(());

@@ -1,0 +1,67 @@
+//! The alerts role as the process starts it: a reader of every alert and the WebSocket
+//! server.
+
+use tokio::sync::broadcast;
+
+use fleetwatch_protocol::Topic;
+
+use super::{AlertsHandler, RecentAlerts};
+use crate::app::{bind, holds_partitions, Launch, Membership, RoleSpec};
+use crate::error::{Error, Result};
+use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
+use crate::metrics::Metrics;
+
+pub const ROLE: RoleSpec = RoleSpec {
+    name: "alerts",
+    summary: "pushes every alert to its WebSocket clients, with the recent ones to clients that connect later",
+    consumes: &[Topic::Alerts],
+    produces: &[],
+    membership: Membership::EveryInstance,
+    start,
+    ready,
+};
+
+fn start(launch: &mut Launch<'_>) -> Result<()> {
+    let config = &launch.settings.alerts;
+    let kafka = &launch.settings.kafka;
+    let listener = bind(&config.bind, config.fallback_to_free_port)?;
+    let ws_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading WebSocket address", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("configuring WebSocket listener", e))?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| Error::io("registering WebSocket listener", e))?;
+    let (frames, _) = broadcast::channel(config.client_queue);
+    // Every instance pushes every alert: a group of its own, starting at the newest.
+    let group = format!("{}-{}", kafka.group_id("alerts"), launch.instance);
+    let consumer = RoleConsumer::subscribe(
+        kafka,
+        ConsumerRole::Alerts,
+        &group,
+        &[&launch.topics.alerts()],
+        StartAt::Latest,
+        launch.metrics.clone(),
+        None,
+    )?;
+    let recent = RecentAlerts::default();
+    let handler = AlertsHandler {
+        frames: frames.clone(),
+        recent: recent.clone(),
+        metrics: launch.metrics.clone(),
+    };
+    launch.consume("alerts", consumer, handler);
+    let (max_clients, metrics) = (config.max_clients, launch.metrics.clone());
+    let shutdown = launch.shutdown.clone();
+    launch.tasks.spawn(async move {
+        super::serve(listener, frames, recent, max_clients, metrics, shutdown).await;
+        ("alerts-ws", Ok(()))
+    });
+    launch.ws_addr = Some(ws_addr);
+    Ok(())
+}
+
+fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {
+    holds_partitions(metrics, &["alerts"])
+}

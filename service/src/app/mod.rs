@@ -1,0 +1,203 @@
+//! Starting the roles a process runs, and stopping them together. What each role is and
+//! how it starts is declared in its own folder ([`roles::ROLES`]); this composes them.
+
+mod roles;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use roles::{
+    bind, holds_partitions, markdown_table, Launch, Membership, RoleSpec, RoleTasks, Roles, ROLES,
+};
+
+use crate::devices::DeviceRegistry;
+use crate::error::{Error, Result};
+use crate::http::{HttpState, RepliesHandler, RequestClient};
+use crate::kafka::{consume, ensure_topics, watch_reachability, ConsumerRole, Producer};
+use crate::kafka::{RoleConsumer, StartAt};
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+
+/// The running roles of one process.
+pub struct RunningApp {
+    pub http_addr: SocketAddr,
+    pub ws_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Option<Arc<DeviceRegistry>>,
+    roles: Roles,
+    tasks: RoleTasks,
+    http: ServerHandle,
+    shutdown: CancellationToken,
+}
+
+/// Start `roles`. Must run inside an actix `System` (the device actors need one).
+/// The HTTP server (health, metrics) comes up first, so an orchestrator sees "not ready"
+/// rather than nothing while Kafka is slow. Everything stops when `shutdown` is
+/// cancelled, or when any role fails.
+pub async fn start(
+    settings: &Settings,
+    roles: Roles,
+    shutdown: CancellationToken,
+) -> Result<RunningApp> {
+    let metrics = Arc::new(Metrics::new());
+    let mut tasks = RoleTasks::new();
+    tasks.spawn(heartbeat(metrics.clone(), shutdown.clone()));
+    let kafka = &settings.kafka;
+    tokio::spawn(watch_reachability(
+        kafka.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let listener = bind(&settings.http.bind, settings.http.fallback_to_free_port)?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading HTTP address", e))?;
+    let http_state = Arc::new(HttpState::new(settings, roles.clone(), metrics.clone()));
+    let http = crate::http::start(listener, http_state.clone())?;
+
+    ensure_topics(kafka).await?;
+    let producer = Producer::new(kafka, metrics.clone())?;
+    let instance = instance_name(settings);
+    let requests = start_replies(
+        settings, &instance, &producer, &metrics, &mut tasks, &shutdown,
+    )
+    .await?;
+    let mut launch = Launch {
+        settings,
+        topics: kafka.topics(),
+        producer,
+        metrics: metrics.clone(),
+        instance,
+        requests: requests.clone(),
+        shutdown: shutdown.clone(),
+        tasks: &mut tasks,
+        registry: None,
+        ws_addr: None,
+    };
+    for role in roles.specs() {
+        (role.start)(&mut launch)?;
+    }
+    let (registry, ws_addr) = (launch.registry.take(), launch.ws_addr);
+    http_state.connect(registry.clone(), requests, ws_addr.map(|addr| addr.port()));
+    tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");
+    Ok(RunningApp {
+        http_addr,
+        ws_addr,
+        metrics,
+        registry,
+        roles,
+        tasks,
+        http,
+        shutdown,
+    })
+}
+
+/// This process's name on `iot.replies` and in marker records: unique per process, since
+/// a restarted instance must not receive its predecessor's replies.
+fn instance_name(settings: &Settings) -> String {
+    format!(
+        "{}-{}-{:x}",
+        settings.mqtt.instance_id(),
+        std::process::id(),
+        fleetwatch_protocol::now_ms()
+    )
+}
+
+/// Every process answers REST requests, so every process reads the replies addressed
+/// to it, whatever roles it runs.
+async fn start_replies(
+    settings: &Settings,
+    instance: &str,
+    producer: &Producer,
+    metrics: &Arc<Metrics>,
+    tasks: &mut RoleTasks,
+    shutdown: &CancellationToken,
+) -> Result<Arc<RequestClient>> {
+    let topics = settings.kafka.topics();
+    let requests = Arc::new(RequestClient::new(
+        instance.to_owned(),
+        &topics,
+        producer.clone(),
+        settings.http.max_pending_requests,
+        Duration::from_millis(settings.http.request_timeout_ms),
+        metrics.clone(),
+    ));
+    let replies = RoleConsumer::read_whole_topic(
+        &settings.kafka,
+        ConsumerRole::Replies,
+        &topics.replies(),
+        StartAt::Latest,
+        metrics.clone(),
+    )
+    .await?;
+    let handler = RepliesHandler {
+        client: requests.clone(),
+        metrics: metrics.clone(),
+    };
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move { ("replies", consume(replies, handler, shutdown).await) });
+    Ok(requests)
+}
+
+/// How often the runtime proves it is not wedged; liveness fails when it stops.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Stamp the time every [`HEARTBEAT`] on the async runtime. The HTTP server runs on its
+/// own thread, so `/livez` can tell when the runtime stopped doing so.
+async fn heartbeat(
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (&'static str, Result<()>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("heartbeat", Ok(())),
+            _ = ticks.tick() => metrics.runtime_heartbeat.set(fleetwatch_protocol::now_ms() / 1000),
+        }
+    }
+}
+
+impl RunningApp {
+    /// True once every role has connected and been assigned its partitions.
+    pub fn is_ready(&self) -> bool {
+        self.roles.readiness(&self.metrics).0
+    }
+
+    /// Wait until shutdown is requested and every role has stopped, or until a role fails
+    /// (which stops the others). Returns the first failure.
+    pub async fn wait(mut self) -> Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (role, outcome) = joined.unwrap_or_else(|panic| {
+                let reason = panic.to_string();
+                (
+                    "unknown",
+                    Err(Error::RoleFailed {
+                        role: "unknown",
+                        reason,
+                    }),
+                )
+            });
+            let failure = match outcome {
+                Ok(()) if self.shutdown.is_cancelled() => {
+                    tracing::info!(role, "stopped");
+                    continue;
+                }
+                Ok(()) => Error::RoleFailed {
+                    role,
+                    reason: "ended without shutdown".into(),
+                },
+                Err(error) => error,
+            };
+            tracing::error!(role, error = %failure, "failed; stopping everything");
+            first_error.get_or_insert(failure);
+            self.shutdown.cancel();
+        }
+        self.http.stop(true).await;
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,76 @@
+//! The devices role as the process starts it: the twins' changelog, the downlink MQTT
+//! client, the actor registry and the consumer of telemetry and commands.
+
+use std::sync::Arc;
+
+use fleetwatch_protocol::Topic;
+
+use super::{Changelog, DevicesHandler};
+use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
+use crate::error::Result;
+use crate::kafka::{ConsumerRole, PartitionReader, RoleConsumer, StartAt};
+use crate::metrics::Metrics;
+use crate::mqtt::MqttPublisher;
+
+pub const ROLE: RoleSpec = RoleSpec {
+    name: "devices",
+    summary: "one actor per device: the twin (reported, desired, delta, connectivity) and its journaled commands; answers REST requests",
+    consumes: &[Topic::Telemetry, Topic::Commands],
+    produces: &[Topic::DeviceState, Topic::Replies],
+    membership: Membership::Group("devices"),
+    start,
+    ready,
+};
+
+fn start(launch: &mut Launch<'_>) -> Result<()> {
+    let settings = launch.settings;
+    let kafka = &settings.kafka;
+    let reader = PartitionReader::new(
+        kafka,
+        launch.topics.device_state(),
+        "devices-changelog",
+        launch.producer.clone(),
+        &launch.instance,
+    )?;
+    let changelog = Arc::new(Changelog::new(
+        launch.producer.clone(),
+        reader,
+        launch.metrics.clone(),
+    ));
+    let downlink = MqttPublisher::start(
+        &settings.mqtt,
+        "devices",
+        settings.devices.downlink_queue,
+        launch.metrics.clone(),
+        launch.shutdown.clone(),
+    );
+    let registry = Arc::new(super::registry(
+        settings.devices.clone(),
+        changelog,
+        downlink,
+        launch.metrics.clone(),
+    ));
+    let consumer = RoleConsumer::subscribe(
+        kafka,
+        ConsumerRole::Devices,
+        &kafka.group_id("devices"),
+        &[&launch.topics.telemetry(), &launch.topics.commands()],
+        StartAt::Earliest,
+        launch.metrics.clone(),
+        Some(registry.clone()),
+    )?;
+    let handler = DevicesHandler {
+        registry: registry.clone(),
+        commands_topic: launch.topics.commands(),
+        replies_topic: launch.topics.replies(),
+        producer: launch.producer.clone(),
+        metrics: launch.metrics.clone(),
+    };
+    launch.consume("devices", consumer, handler);
+    launch.registry = Some(registry);
+    Ok(())
+}
+
+fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {
+    holds_partitions(metrics, &["devices"])
+}
