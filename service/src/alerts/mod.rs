@@ -92,3 +92,6 @@ impl RecordHandler for AlertsHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -223,3 +223,6 @@ impl RecordHandler for DevicesHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

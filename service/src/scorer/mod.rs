@@ -198,3 +198,6 @@ impl RecordHandler for ScoringHandler {
         self.send_unsent().await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -145,3 +145,6 @@ impl RecordHandler for TrainerHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
