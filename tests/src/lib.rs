@@ -5,6 +5,7 @@
 //! topic prefix, consumer-group prefix, MQTT share group and device-id prefix.
 
 pub mod device;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -98,9 +99,21 @@ impl Service {
         instance: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        let service = Self::spawn(rig, namespace, roles, instance, env);
+        service.wait_ready(Duration::from_secs(60));
+        service
+    }
+
+    /// Start the process and wait only for its addresses, not for readiness.
+    pub fn spawn(
+        rig: &Rig,
+        namespace: &Namespace,
+        roles: &str,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(&rig.fleetwatch_bin)
             .args(["run", "--roles", roles])
-            .envs(env.iter().copied())
             .env("FLEETWATCH_KAFKA__BROKERS", &rig.kafka)
             .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
             .env(
@@ -121,6 +134,8 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fleetwatch=info".into()),
             )
+            // Last, so a test's settings win over the defaults above.
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("fleetwatch binary starts");
@@ -130,14 +145,12 @@ impl Service {
             .expect("fleetwatch prints its addresses");
         let started: serde_json::Value = serde_json::from_str(&first_line)
             .unwrap_or_else(|e| panic!("unexpected first line {first_line:?}: {e}"));
-        let service = Self {
+        Self {
             child,
             http: started["http"].as_str().unwrap().parse().unwrap(),
             ws: started["ws"].as_str().map(|ws| ws.parse().unwrap()),
             topic_prefix: namespace.topic_prefix(),
-        };
-        service.wait_ready(Duration::from_secs(60));
-        service
+        }
     }
 
     pub fn wait_ready(&self, timeout: Duration) {

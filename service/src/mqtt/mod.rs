@@ -6,7 +6,7 @@ mod publisher;
 use std::time::Duration;
 
 pub use config::MqttConfig;
-pub use publisher::MqttPublisher;
+pub use publisher::{MqttPublisher, Published};
 use rumqttc::v5::MqttOptions;
 
 impl MqttConfig {

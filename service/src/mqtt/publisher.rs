@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
@@ -18,8 +19,31 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// caller's own retry rule applies (commands are resent until acknowledged).
 #[derive(Clone)]
 pub struct MqttPublisher {
-    client: AsyncClient,
+    sink: Sink,
     metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Mqtt(AsyncClient),
+    /// Unit tests of roles: messages are kept in memory, in order.
+    Memory(Published),
+}
+
+/// What an in-memory publisher was handed: (MQTT topic, payload), oldest first.
+#[derive(Clone, Default)]
+pub struct Published(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+
+impl Published {
+    /// Every message published so far.
+    pub fn all(&self) -> Vec<(String, Vec<u8>)> {
+        self.0.lock().clone()
+    }
+
+    /// The messages published so far, forgetting them.
+    pub fn take(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut *self.0.lock())
+    }
 }
 
 impl MqttPublisher {
@@ -62,13 +86,34 @@ impl MqttPublisher {
             }
             connected.set(0);
         });
-        Self { client, metrics }
+        Self {
+            sink: Sink::Mqtt(client),
+            metrics,
+        }
+    }
+
+    /// A publisher that keeps what it is handed in memory (never full, no broker), and
+    /// the handle to read it back: for unit tests of roles.
+    pub fn in_memory(metrics: Arc<Metrics>) -> (Self, Published) {
+        let published = Published::default();
+        let publisher = Self {
+            sink: Sink::Memory(published.clone()),
+            metrics,
+        };
+        (publisher, published)
     }
 
     /// Hand a message to the client; false (and counted) when its queue is full.
     pub fn publish(&self, topic: String, payload: Vec<u8>) -> bool {
-        match self
-            .client
+        let client = match &self.sink {
+            Sink::Mqtt(client) => client,
+            Sink::Memory(published) => {
+                published.0.lock().push((topic, payload));
+                self.metrics.downlink_published.inc();
+                return true;
+            }
+        };
+        match client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             Ok(()) => {
