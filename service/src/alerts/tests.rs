@@ -1,3 +1,251 @@
 //! Unit tests of the alerts role's handler on in-memory records: no broker needed.
+//! The WebSocket tests use a real local socket (port 0) and a tokio-tungstenite client.
+
+use std::time::Duration;
+
+use fleetwatch_protocol::{AlertState, Contributor};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use super::*;
+
+const TOPIC: &str = "iot.alerts";
+
+fn alert(device: &str, episode: u64) -> Alert {
+    Alert {
+        alert_id: format!("{device}:{episode}"),
+        device_id: DeviceId::parse(device).unwrap(),
+        state: AlertState::Raised,
+        score: 0.97,
+        threshold: 0.9,
+        reason: "temperature far above its usual range".into(),
+        contributors: vec![Contributor {
+            metric: "temperature".into(),
+            value: 80.0,
+            expected: 21.0,
+            score: 0.97,
+        }],
+        event_ts: 1_700_000_000_000 + episode as i64,
+        event_seq: episode,
+        emitted_ms: 1_700_000_000_100,
+        model_version: 3,
+    }
+}
+
+fn handler(queue: usize) -> AlertsHandler {
+    let (frames, _) = broadcast::channel(queue);
+    AlertsHandler {
+        frames,
+        recent: RecentAlerts::default(),
+        metrics: Arc::new(Metrics::new()),
+    }
+}
+
+async fn feed(handler: &mut AlertsHandler, alert: &Alert) {
+    let payload = serde_json::to_vec(alert).unwrap();
+    let record = Record::new(TOPIC, alert.device_id.as_str(), &payload).at(0, 0);
+    handler.handle(&record).await.expect("handled");
+}
+
+/// The frame a client gets for `alert`, as JSON.
+fn frame(kind: &str, alert: &Alert) -> Value {
+    json!({"type": kind, "alert": alert})
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn an_alert_becomes_a_frame_for_every_subscriber() {
+    let mut handler = handler(16);
+    let (mut first, mut second) = (handler.frames.subscribe(), handler.frames.subscribe());
+    let (a1, b1) = (alert("a1", 1), alert("b1", 1));
+    feed(&mut handler, &a1).await;
+    feed(&mut handler, &b1).await;
+
+    // No tenants yet: every subscriber gets every device's alerts, in order.
+    for receiver in [&mut first, &mut second] {
+        for expected in [&a1, &b1] {
+            let got = receiver.try_recv().unwrap();
+            assert_eq!(got.device_id, expected.device_id);
+            assert_eq!(parse(&got.text), frame("alert", expected));
+            assert_eq!(parse(&got.recent_text), frame("recent", expected));
+        }
+        assert!(matches!(receiver.try_recv(), Err(TryRecvError::Empty)));
+    }
+    let recent: Vec<Value> = handler
+        .recent
+        .lock()
+        .iter()
+        .map(|frame| parse(&frame.recent_text))
+        .collect();
+    assert_eq!(recent, [frame("recent", &a1), frame("recent", &b1)]);
+}
+
+#[tokio::test]
+async fn alerts_are_kept_without_subscribers_up_to_the_recent_limit() {
+    let mut handler = handler(4);
+    let extra = 5;
+    for episode in 0..(RECENT_ALERTS + extra) as u64 {
+        feed(&mut handler, &alert("d1", episode)).await;
+    }
+    let recent = handler.recent.lock();
+    assert_eq!(recent.len(), RECENT_ALERTS);
+    let kept: Vec<Value> = recent.iter().map(|f| parse(&f.text)).collect();
+    let expected: Vec<Value> = (extra..RECENT_ALERTS + extra)
+        .map(|episode| frame("alert", &alert("d1", episode as u64)))
+        .collect();
+    assert_eq!(kept, expected, "the oldest are dropped, order is kept");
+    assert_eq!(handler.metrics.skipped.with_label_values(&["alerts", "undecodable"]).get(), 0);
+}
+
+#[tokio::test]
+async fn undecodable_records_are_skipped() {
+    let mut handler = handler(16);
+    let mut receiver = handler.frames.subscribe();
+    for payload in [&b"not json"[..], br#"{"alert_id":"x"}"#, b""] {
+        let record = Record::new(TOPIC, "d1", payload).at(0, 7);
+        handler.handle(&record).await.expect("skipping is not an error");
+    }
+    let skipped = handler.metrics.skipped.with_label_values(&["alerts", "undecodable"]);
+    assert_eq!(skipped.get(), 3);
+    assert!(handler.recent.lock().is_empty());
+    assert!(matches!(receiver.try_recv(), Err(TryRecvError::Empty)));
+}
+
+/// A WebSocket server on a free local port, fed by `handler`'s channel.
+async fn serve_on_free_port(handler: &AlertsHandler, shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        handler.frames.clone(),
+        handler.recent.clone(),
+        8,
+        handler.metrics.clone(),
+        shutdown.clone(),
+    ));
+    format!("ws://{address}")
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    client
+}
+
+/// The next text frame, as JSON (fails the test after two seconds).
+async fn next_frame(client: &mut Client) -> Value {
+    let message = tokio::time::timeout(Duration::from_secs(2), client.next())
+        .await
+        .expect("a frame within 2 s")
+        .expect("connection open")
+        .expect("a good frame");
+    match message {
+        Message::Text(text) => parse(&text),
+        other => panic!("unexpected frame {other:?}"),
+    }
+}
+
+/// Ask the server to subscribe `client` to `prefix` and wait for the confirmation:
+/// everything the server sent before is then sent (and counted).
+async fn subscribe(client: &mut Client, prefix: &str) {
+    let request = json!({"type": "subscribe", "device_prefix": prefix}).to_string();
+    client.send(Message::text(request)).await.unwrap();
+    let confirmed = json!({"type": "subscribed", "device_prefix": prefix});
+    assert_eq!(next_frame(client).await, confirmed);
+}
+
+#[tokio::test]
+async fn websocket_clients_get_the_recent_alerts_then_every_alert() {
+    let mut handler = handler(16);
+    let shutdown = CancellationToken::new();
+    let url = serve_on_free_port(&handler, &shutdown).await;
+    let earlier = alert("a1", 0);
+    feed(&mut handler, &earlier).await;
+
+    let mut clients = [connect(&url).await, connect(&url).await];
+    let (a1, b1) = (alert("a1", 1), alert("b1", 1));
+    feed(&mut handler, &a1).await;
+    feed(&mut handler, &b1).await;
+    for client in &mut clients {
+        assert_eq!(next_frame(client).await, frame("recent", &earlier));
+        assert_eq!(next_frame(client).await, frame("alert", &a1));
+        assert_eq!(next_frame(client).await, frame("alert", &b1));
+        subscribe(client, "").await;
+        // Subscribing sends the recent alerts again, for the new prefix.
+        for sent in [&earlier, &a1, &b1] {
+            assert_eq!(next_frame(client).await, frame("recent", sent));
+        }
+    }
+    let metrics = &handler.metrics;
+    assert_eq!(metrics.ws_clients.get(), 2);
+    assert_eq!(metrics.ws_alerts_sent.get(), 4);
+    assert_eq!(metrics.ws_alerts_dropped.get(), 0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_subscribed_prefix_narrows_the_stream_and_bad_frames_get_an_error() {
+    let mut handler = handler(16);
+    let shutdown = CancellationToken::new();
+    let url = serve_on_free_port(&handler, &shutdown).await;
+    feed(&mut handler, &alert("a1", 0)).await;
+    let b0 = alert("b1", 0);
+    feed(&mut handler, &b0).await;
+    let mut client = connect(&url).await;
+    next_frame(&mut client).await;
+    next_frame(&mut client).await;
+
+    subscribe(&mut client, "b").await;
+    assert_eq!(next_frame(&mut client).await, frame("recent", &b0));
+    let b2 = alert("b1", 2);
+    feed(&mut handler, &alert("a1", 2)).await;
+    feed(&mut handler, &b2).await;
+    assert_eq!(next_frame(&mut client).await, frame("alert", &b2));
+
+    client.send(Message::text("hello")).await.unwrap();
+    let error = next_frame(&mut client).await;
+    assert_eq!(error["type"], json!("error"));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.starts_with("unusable frame ("), "{message}");
+    assert_eq!(handler.metrics.ws_bad_frames.get(), 1);
+    assert_eq!(handler.metrics.ws_alerts_sent.get(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_is_told_how_many_alerts_it_missed() {
+    // Room for two alerts per client. The test's runtime has one thread and feeding
+    // never waits, so the server's client task cannot run until all five are queued:
+    // it is behind by three.
+    let mut handler = handler(2);
+    let shutdown = CancellationToken::new();
+    let url = serve_on_free_port(&handler, &shutdown).await;
+    let mut client = connect(&url).await;
+    let alerts: Vec<Alert> = (0..5).map(|episode| alert("d1", episode)).collect();
+    for alert in &alerts {
+        feed(&mut handler, alert).await;
+    }
+
+    assert_eq!(
+        next_frame(&mut client).await,
+        json!({"type": "lagged", "missed": 3})
+    );
+    assert_eq!(next_frame(&mut client).await, frame("alert", &alerts[3]));
+    assert_eq!(next_frame(&mut client).await, frame("alert", &alerts[4]));
+    subscribe(&mut client, "").await;
+    let metrics = &handler.metrics;
+    assert_eq!(metrics.ws_alerts_dropped.get(), 3);
+    assert_eq!(metrics.ws_alerts_sent.get(), 2);
+    // Recent alerts are kept whatever the clients' queues.
+    assert_eq!(handler.recent.lock().len(), 5);
+    shutdown.cancel();
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use fleetwatch_sim::{evaluate, run_fleet, AlertListener, Evaluation, FleetStats, SimConfig};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -81,122 +82,22 @@ const MATCH_GRACE_MS: i64 = 5_000;
 pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result<DemoSummary> {
     let mut settings = Settings::default();
     let broker = broker::start(settings.mqtt.max_packet_bytes)?;
-
-    let cluster = MockCluster::new(1)
-        .map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
-    settings.kafka.brokers = cluster.bootstrap_servers();
-    settings.kafka.partitions = options.partitions;
-    // librdkafka's mock cluster does not implement CreateTopics, so the demo provisions the
-    // topics itself, as an operator would on a cluster that forbids creating them;
-    // `ensure_topics` then finds them in place.
-    for spec in settings.kafka.topics().all() {
-        cluster
-            .create_topic(&spec.name, options.partitions, 1)
-            .map_err(|e| {
-                Error::kafka(
-                    format!("creating {} in the in-process cluster", spec.name),
-                    e,
-                )
-            })?;
-    }
-    settings.mqtt.host = broker.v5.ip().to_string();
-    settings.mqtt.port = broker.v5.port();
-    settings.mqtt.instance_id = Some("demo".to_owned());
-    // rumqttd 0.20 panics saving a persistent session that holds a shared subscription,
-    // and the embedded broker dies with the process anyway: nothing to persist for.
-    settings.mqtt.persistent_session = false;
-    settings.http.bind = format!("127.0.0.1:{}", options.http_port);
-    settings.http.fallback_to_free_port = true;
-    settings.alerts.bind = format!("127.0.0.1:{}", options.ws_port);
-    settings.alerts.fallback_to_free_port = true;
+    let cluster = kafka_cluster(&mut settings, options.partitions)?;
+    embed(&mut settings, &broker, &options);
 
     let app_stop = CancellationToken::new();
     let app = app::start(&settings, Roles::all(), app_stop.clone()).await?;
-    let http = app.http_addr;
+    print_addresses(&app, &broker, &settings);
+    wait_until_ready(&app).await?;
     let ws = app.ws_addr.expect("the demo runs the alerts role");
-    println!("fleetwatch demo: every role in one process, no outside service");
-    println!("  live page      http://{http}/");
-    println!("  REST           http://{http}/devices  (API: http://{http}/openapi.json)");
-    println!(
-        "  try            curl -X POST -H 'content-type: application/json' -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
-    );
-    println!("  metrics        http://{http}/metrics");
-    println!("  health         http://{http}/readyz  (liveness: /livez)");
-    println!("  alerts         ws://{ws}/");
-    println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
-    println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
-    println!(
-        "  Kafka          {} (in-process mock cluster)",
-        settings.kafka.brokers
-    );
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !app.is_ready() {
-        if Instant::now() > deadline {
-            return Err(Error::RoleFailed {
-                role: "demo",
-                reason: "roles not ready within 60 s".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let listener = AlertListener::connect(&format!("ws://{ws}/"), "")
         .await
         .map_err(|e| Error::RoleFailed {
             role: "demo",
             reason: e.to_string(),
         })?;
-
-    let mut sim = SimConfig::new(
-        &broker.v4.ip().to_string(),
-        broker.v4.port(),
-        options.devices,
-    );
-    sim.interval_ms = options.interval_ms;
-    sim.seed = options.seed;
-    sim.anomalies_per_minute = options.anomalies_per_minute;
-    sim.warmup_secs = options.warmup_secs;
-    sim.ground_truth = options.ground_truth.clone();
-    sim.outages_per_minute = options.outages_per_minute;
-    sim.duration_secs = options
-        .exit_after
-        .map(|secs| (secs as f64 - DRAIN.as_secs_f64()).max(1.0));
-    println!(
-        "  simulator      {} devices, a reading every {} ms, anomalies after {} s{}",
-        sim.devices,
-        sim.interval_ms,
-        sim.warmup_secs,
-        options
-            .exit_after
-            .map_or(String::new(), |s| format!(", stopping after {s} s"))
-    );
-
-    let stats = Arc::new(FleetStats::default());
-    let fleet = tokio::spawn(run_fleet(sim, stats.clone(), interrupted.child_token()));
-    let started = Instant::now();
-    let mut progress = tokio::time::interval(Duration::from_secs(5));
-    progress.tick().await;
-    let injected = {
-        tokio::pin!(fleet);
-        loop {
-            tokio::select! {
-                finished = &mut fleet => break finished
-                    .map_err(|e| Error::RoleFailed { role: "simulator", reason: e.to_string() })?
-                    .map_err(|e| Error::RoleFailed { role: "simulator", reason: e.to_string() })?,
-                _ = progress.tick() => {
-                    let metrics = &app.metrics;
-                    println!(
-                        "  [{:>4}s] devices connected {}  telemetry in {}  anomalies injected {}  alerts raised {}",
-                        started.elapsed().as_secs(),
-                        stats.connected.load(Ordering::Relaxed),
-                        metrics.ingest_messages.with_label_values(&["forwarded"]).get(),
-                        stats.anomalies.load(Ordering::Relaxed),
-                        metrics.alerts_emitted.with_label_values(&["raised"]).get(),
-                    );
-                }
-            }
-        }
-    };
+    let sim = simulator(&options, &broker);
+    let injected = drive(&app, sim, interrupted).await?;
     tokio::time::sleep(DRAIN).await;
     listener.close();
 
@@ -223,4 +124,136 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
             .count(),
         evaluation,
     })
+}
+
+/// The in-process Kafka cluster with every topic provisioned. librdkafka's mock cluster
+/// does not implement CreateTopics, so the demo provisions the topics itself, as an
+/// operator would on a cluster that forbids creating them; `ensure_topics` then finds
+/// them in place.
+fn kafka_cluster(settings: &mut Settings, partitions: i32) -> Result<MockCluster<'static, DefaultProducerContext>> {
+    let cluster = MockCluster::new(1)
+        .map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
+    settings.kafka.brokers = cluster.bootstrap_servers();
+    settings.kafka.partitions = partitions;
+    for spec in settings.kafka.topics().all() {
+        cluster.create_topic(&spec.name, partitions, 1).map_err(|e| {
+            Error::kafka(format!("creating {} in the in-process cluster", spec.name), e)
+        })?;
+    }
+    Ok(cluster)
+}
+
+/// Point the settings at the embedded MQTT broker and the demo's ports.
+fn embed(settings: &mut Settings, broker: &broker::EmbeddedBroker, options: &DemoOptions) {
+    settings.mqtt.host = broker.v5.ip().to_string();
+    settings.mqtt.port = broker.v5.port();
+    settings.mqtt.instance_id = Some("demo".to_owned());
+    // rumqttd 0.20 panics saving a persistent session that holds a shared subscription,
+    // and the embedded broker dies with the process anyway: nothing to persist for.
+    settings.mqtt.persistent_session = false;
+    settings.http.bind = format!("127.0.0.1:{}", options.http_port);
+    settings.http.fallback_to_free_port = true;
+    settings.alerts.bind = format!("127.0.0.1:{}", options.ws_port);
+    settings.alerts.fallback_to_free_port = true;
+}
+
+fn print_addresses(app: &app::RunningApp, broker: &broker::EmbeddedBroker, settings: &Settings) {
+    let http = app.http_addr;
+    let ws = app.ws_addr.expect("the demo runs the alerts role");
+    println!("fleetwatch demo: every role in one process, no outside service");
+    println!("  live page      http://{http}/");
+    println!("  REST           http://{http}/devices  (API: http://{http}/openapi.json)");
+    println!(
+        "  try            curl -X POST -H 'content-type: application/json' -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
+    );
+    println!("  metrics        http://{http}/metrics");
+    println!("  health         http://{http}/readyz  (liveness: /livez)");
+    println!("  alerts         ws://{ws}/");
+    println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
+    println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
+    println!(
+        "  Kafka          {} (in-process mock cluster)",
+        settings.kafka.brokers
+    );
+}
+
+async fn wait_until_ready(app: &app::RunningApp) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !app.is_ready() {
+        if Instant::now() > deadline {
+            return Err(Error::RoleFailed {
+                role: "demo",
+                reason: "roles not ready within 60 s".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The simulated fleet, connected to the embedded broker's v3.1.1 listener.
+fn simulator(options: &DemoOptions, broker: &broker::EmbeddedBroker) -> SimConfig {
+    let mut sim = SimConfig::new(
+        &broker.v4.ip().to_string(),
+        broker.v4.port(),
+        options.devices,
+    );
+    sim.interval_ms = options.interval_ms;
+    sim.seed = options.seed;
+    sim.anomalies_per_minute = options.anomalies_per_minute;
+    sim.warmup_secs = options.warmup_secs;
+    sim.ground_truth = options.ground_truth.clone();
+    sim.outages_per_minute = options.outages_per_minute;
+    sim.duration_secs = options
+        .exit_after
+        .map(|secs| (secs as f64 - DRAIN.as_secs_f64()).max(1.0));
+    println!(
+        "  simulator      {} devices, a reading every {} ms, anomalies after {} s{}",
+        sim.devices,
+        sim.interval_ms,
+        sim.warmup_secs,
+        options
+            .exit_after
+            .map_or(String::new(), |s| format!(", stopping after {s} s"))
+    );
+    sim
+}
+
+/// Run the fleet to its end (or until interrupted), printing progress every 5 s; returns
+/// the injected anomalies.
+async fn drive(
+    app: &app::RunningApp,
+    sim: SimConfig,
+    interrupted: CancellationToken,
+) -> Result<Vec<fleetwatch_sim::Injected>> {
+    let failed = |reason: String| Error::RoleFailed {
+        role: "simulator",
+        reason,
+    };
+    let stats = Arc::new(FleetStats::default());
+    let fleet = tokio::spawn(run_fleet(sim, stats.clone(), interrupted.child_token()));
+    tokio::pin!(fleet);
+    let started = Instant::now();
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            finished = &mut fleet => {
+                return finished
+                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| failed(e.to_string()));
+            }
+            _ = progress.tick() => {
+                let metrics = &app.metrics;
+                println!(
+                    "  [{:>4}s] devices connected {}  telemetry in {}  anomalies injected {}  alerts raised {}",
+                    started.elapsed().as_secs(),
+                    stats.connected.load(Ordering::Relaxed),
+                    metrics.ingest_messages.with_label_values(&["forwarded"]).get(),
+                    stats.anomalies.load(Ordering::Relaxed),
+                    metrics.alerts_emitted.with_label_values(&["raised"]).get(),
+                );
+            }
+        }
+    }
 }

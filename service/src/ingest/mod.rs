@@ -16,7 +16,7 @@ use fleetwatch_protocol::{now_ms, DeviceTopic, KafkaTopics};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio_util::sync::CancellationToken;
 
 pub use classify::{classify, Verdict};
@@ -83,23 +83,9 @@ impl Ingest {
                         self.metrics.ingest_subscribed.set(1);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        // Full: wait for the oldest confirmation before taking more. The
-                        // broker holds further messages back meanwhile (Receive Maximum).
-                        if pending.len() >= max_inflight {
-                            let (confirmed, oldest) = pending.next().await.expect("not empty");
-                            if let Err(error) = self.settle(&client, confirmed, &oldest) {
-                                break Err(error);
-                            }
+                        if let Err(error) = self.accept(&client, &mut pending, max_inflight, publish).await {
+                            break Err(error);
                         }
-                        self.metrics.ingest_inflight.inc();
-                        let delivery = self.forward(&publish).await;
-                        pending.push_back(Box::pin(async move {
-                            let confirmed = match delivery {
-                                Some(delivery) => delivery.confirmed().await,
-                                None => Ok(()),
-                            };
-                            (confirmed, publish)
-                        }));
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -114,13 +100,48 @@ impl Ingest {
             }
         };
 
-        // Let confirmations still on their way finish and their acks go out; the event
-        // loop must keep running for the acks to be sent.
+        self.drain(&client, &mut eventloop, &mut pending).await;
+        outcome
+    }
+
+    /// Start forwarding one message. Full: wait for the oldest confirmation before taking
+    /// more; the broker holds further messages back meanwhile (Receive Maximum).
+    async fn accept(
+        &self,
+        client: &AsyncClient,
+        pending: &mut FuturesOrdered<InFlight>,
+        max_inflight: usize,
+        publish: Publish,
+    ) -> Result<()> {
+        if pending.len() >= max_inflight {
+            let (confirmed, oldest) = pending.next().await.expect("not empty");
+            self.settle(client, confirmed, &oldest)?;
+        }
+        self.metrics.ingest_inflight.inc();
+        let delivery = self.forward(&publish).await;
+        pending.push_back(Box::pin(async move {
+            let confirmed = match delivery {
+                Some(delivery) => delivery.confirmed().await,
+                None => Ok(()),
+            };
+            (confirmed, publish)
+        }));
+        Ok(())
+    }
+
+    /// At shutdown: let confirmations still on their way finish and their acks go out
+    /// (the event loop must keep running for the acks to be sent), then disconnect.
+    async fn drain(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        pending: &mut FuturesOrdered<InFlight>,
+    ) {
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while !pending.is_empty() {
                 tokio::select! {
                     Some((confirmed, publish)) = pending.next() => {
-                        if self.settle(&client, confirmed, &publish).is_err() {
+                        if self.settle(client, confirmed, &publish).is_err() {
                             break;
                         }
                     }
@@ -138,7 +159,6 @@ impl Ingest {
         if drained.is_err() || !pending.is_empty() {
             tracing::warn!("ingest shutdown: in-flight messages left unacknowledged; the broker will redeliver them");
         }
-        outcome
     }
 
     /// Acknowledge a confirmed message. A failed confirmation stops ingest without

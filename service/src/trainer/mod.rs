@@ -86,6 +86,21 @@ impl TrainerHandler {
     }
 }
 
+#[cfg(test)]
+impl TrainerHandler {
+    /// Move `device_id`'s last publication `ago` further into the past, as if that much
+    /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
+    /// paused clock would not do: the handler reads `std::time::Instant`.)
+    pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
+        if let Some(model) = self.devices.get_mut(device_id) {
+            model.last_published = model
+                .last_published
+                .checked_sub(ago)
+                .expect("the monotonic clock started long enough ago");
+        }
+    }
+}
+
 impl RecordHandler for TrainerHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
