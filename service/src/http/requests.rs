@@ -146,3 +146,99 @@ impl RecordHandler for RepliesHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fleetwatch_protocol::ReplyStatus;
+    use serde_json::json;
+
+    use super::*;
+    use crate::kafka::memory::MemoryLog;
+
+    const INSTANCE: &str = "i1";
+
+    struct Fixture {
+        client: Arc<RequestClient>,
+        replies: RepliesHandler,
+        log: MemoryLog,
+        topics: KafkaTopics,
+        metrics: Arc<Metrics>,
+    }
+
+    fn fixture(max_pending: usize, timeout: Duration) -> Fixture {
+        let metrics = Arc::new(Metrics::new());
+        let log = MemoryLog::default();
+        let topics = KafkaTopics::default();
+        let producer = Producer::in_memory(&log, metrics.clone());
+        let client = Arc::new(RequestClient::new(
+            INSTANCE.into(),
+            &topics,
+            producer,
+            max_pending,
+            timeout,
+            metrics.clone(),
+        ));
+        let replies = RepliesHandler {
+            client: client.clone(),
+            metrics: metrics.clone(),
+        };
+        Fixture {
+            client,
+            replies,
+            log,
+            topics,
+            metrics,
+        }
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::parse("d1").unwrap()
+    }
+
+    impl Fixture {
+        /// Ask in a task of its own and return it once the request is on
+        /// `iot.commands`, with the request.
+        async fn ask_in_background(
+            &self,
+        ) -> (
+            tokio::task::JoinHandle<Result<DeviceReply, RequestError>>,
+            DeviceRequest,
+        ) {
+            let before = self.requests().len();
+            let client = self.client.clone();
+            let asking =
+                tokio::spawn(async move { client.ask(&device(), DeviceRequestBody::GetTwin).await });
+            for _ in 0..100 {
+                if let Some(request) = self.requests().get(before) {
+                    return (asking, request.clone());
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("the request never reached iot.commands");
+        }
+
+        fn requests(&self) -> Vec<DeviceRequest> {
+            self.log.json(&self.topics.commands())
+        }
+
+        async fn reply(&mut self, reply: &DeviceReply) {
+            let payload = serde_json::to_vec(reply).unwrap();
+            let topic = self.topics.replies();
+            let record = Record::new(&topic, &reply.reply_to, &payload).at(0, 0);
+            self.replies.handle(&record).await.expect("handled");
+        }
+
+        fn pending(&self) -> usize {
+            self.client.pending.lock().len()
+        }
+    }
+
+    fn answer(request: &DeviceRequest, reply_to: &str) -> DeviceReply {
+        DeviceReply {
+            request_id: request.request_id.clone(),
+            reply_to: reply_to.into(),
+            status: ReplyStatus::Ok,
+            body: json!({"device_id": "d1"}),
+        }
+    }
+}
