@@ -41,14 +41,20 @@ pub struct SimConfig {
     /// Length of a device's "day" in seconds (the period of its daily cycle).
     #[arg(long, default_value_t = 86_400.0)]
     pub day_secs: f64,
-    /// Kinds of anomaly to inject (comma-separated).
+    /// Kinds of anomaly to inject (comma-separated), the mix: each anomaly's kind is
+    /// drawn uniformly from this list, so a kind listed twice comes twice as often. In a
+    /// run with a duration, a drift (at least 50 readings of ramp, then a short hold) is
+    /// started early enough to end before the devices stop; where the run is too short
+    /// for one, another kind is drawn instead.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "spike,level_shift,drift,stuck,dropout"
+        default_value = "spike,level_shift,drift,stuck,decorrelation,dropout"
     )]
     pub kinds: Vec<AnomalyKind>,
-    /// Write the ground truth (one JSON line per injected anomaly) to this file.
+    /// Write the ground truth (one JSON line per injected anomaly: device, kind, metric,
+    /// magnitude_sigmas, start_ms, end_ms, and peak_ms for a drift; each field is
+    /// described in simulators/src/anomaly.rs) to this file.
     #[arg(long)]
     pub ground_truth: Option<PathBuf>,
     /// Fraction of commands a device reports as failed (a command's args can force it:
@@ -97,5 +103,34 @@ impl SimConfig {
 
     pub fn device_id(&self, index: usize) -> String {
         format!("{}{index:05}", self.id_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimConfig,
+    }
+
+    #[test]
+    fn the_flags_default_to_every_kind_as_the_library_does() {
+        let cli = Cli::parse_from(["fleetsim"]);
+        assert_eq!(cli.sim.kinds, SimConfig::new("h", 1, 1).kinds);
+        assert_eq!(cli.sim.kinds, AnomalyKind::ALL.to_vec());
+        let mix = Cli::parse_from(["fleetsim", "--kinds", "drift,drift,decorrelation"]);
+        assert_eq!(
+            mix.sim.kinds,
+            [
+                AnomalyKind::Drift,
+                AnomalyKind::Drift,
+                AnomalyKind::Decorrelation
+            ]
+        );
     }
 }

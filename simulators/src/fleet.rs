@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::anomaly::{ActiveAnomaly, Effect};
 use crate::device::{Answer, CommandBehaviour, DeviceBrain};
 use crate::signal::DeviceSignal;
-use crate::{Injected, SimConfig};
+use crate::{AnomalyKind, Injected, SimConfig};
 
 /// Live counters of a running fleet.
 #[derive(Debug, Default)]
@@ -202,9 +202,12 @@ pub async fn run_fleet(
 }
 
 /// When anomalies may start and how often, per device.
+#[derive(Clone, Copy, Debug)]
 struct Schedule {
     not_before_ms: i64,
     not_after_ms: i64,
+    /// When the devices stop, in a run with a duration.
+    stop_ms: Option<i64>,
     /// Mean time between anomaly starts on one device, ms.
     mean_gap_ms: f64,
 }
@@ -213,6 +216,20 @@ struct Schedule {
 const COOLDOWN_MS: i64 = 20_000;
 
 impl Schedule {
+    /// Anomaly starts of a run that started at `started_ms`: after the warm-up, not in the
+    /// quiet tail.
+    fn anomalies(config: &SimConfig, started_ms: i64) -> Self {
+        let at = |secs: f64| started_ms + (secs * 1000.0) as i64;
+        Self {
+            not_before_ms: at(config.warmup_secs),
+            not_after_ms: config
+                .duration_secs
+                .map_or(i64::MAX, |d| at(d - config.quiet_tail_secs)),
+            stop_ms: config.duration_secs.map(at),
+            mean_gap_ms: 60_000.0 * config.devices as f64 / config.anomalies_per_minute,
+        }
+    }
+
     fn next_start(&self, rng: &mut impl Rng, after_ms: i64) -> Option<i64> {
         if !self.mean_gap_ms.is_finite() {
             return None;
@@ -220,6 +237,61 @@ impl Schedule {
         let wait = -self.mean_gap_ms * (1.0 - rng.random::<f64>()).ln();
         let start = after_ms.max(self.not_before_ms) + wait as i64;
         (start <= self.not_after_ms).then_some(start)
+    }
+
+    /// A device's next anomaly after `after_ms`: when, and of which kind (drawn uniformly
+    /// from `kinds`, so a kind listed twice comes twice as often). A kind that must be
+    /// seen whole (a slow drift) is started early enough to end before the devices stop:
+    /// where it cannot, another kind is drawn among those that can.
+    fn next_anomaly(
+        &self,
+        rng: &mut impl Rng,
+        after_ms: i64,
+        kinds: &[AnomalyKind],
+        interval_ms: u64,
+    ) -> Option<(i64, AnomalyKind)> {
+        let start = self.next_start(rng, after_ms)?;
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        let fitted = |kind| self.fitted(start, after_ms, kind, interval_ms);
+        if let Some(start) = fitted(kind) {
+            return Some((start, kind));
+        }
+        let fitting: Vec<AnomalyKind> = kinds
+            .iter()
+            .copied()
+            .filter(|&kind| fitted(kind).is_some())
+            .collect();
+        let kind = *fitting.get(rng.random_range(0..fitting.len().max(1)))?;
+        Some((fitted(kind)?, kind))
+    }
+
+    /// `start`, moved earlier if the anomaly would not be over before the devices stop:
+    /// the starts of such a kind are squeezed (linearly) from `[first, not_after]` into
+    /// `[first, latest]`, the part of the window where it fits whole, so they keep their
+    /// number and stay spread out. `None` where it cannot fit at all.
+    fn fitted(
+        &self,
+        start: i64,
+        after_ms: i64,
+        kind: AnomalyKind,
+        interval_ms: u64,
+    ) -> Option<i64> {
+        let (Some(stop_ms), Some(span_ms)) = (
+            self.stop_ms,
+            ActiveAnomaly::whole_span_ms(kind, interval_ms),
+        ) else {
+            return Some(start);
+        };
+        let first = after_ms.max(self.not_before_ms);
+        let latest = stop_ms - span_ms;
+        if latest < first {
+            return None;
+        }
+        if self.not_after_ms <= latest {
+            return Some(start);
+        }
+        let fraction = (start - first) as f64 / (self.not_after_ms - first).max(1) as f64;
+        Some(first + (fraction * (latest - first) as f64) as i64)
     }
 }
 
@@ -230,11 +302,10 @@ struct SimDevice {
     rng: StdRng,
     signal: DeviceSignal,
     metric_names: Vec<&'static str>,
-    sigmas: Vec<f64>,
     seq: u64,
     previous: Vec<f64>,
     active: Option<ActiveAnomaly>,
-    next_anomaly: Option<i64>,
+    next_anomaly: Option<(i64, AnomalyKind)>,
     next_outage: Option<i64>,
     brain: DeviceBrain,
     /// Slow commands finishing: their outcome comes back here, and is published by
@@ -242,6 +313,66 @@ struct SimDevice {
     finished_tx: mpsc::Sender<AckPayload>,
     finished_rx: mpsc::Receiver<AckPayload>,
     first_session: bool,
+}
+
+/// The random generator of device `index`: the same seed gives the same device.
+fn device_rng(seed: u64, index: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64)
+}
+
+impl SimDevice {
+    /// The device's reading at `t_ms`, anomalies started, applied and ended as scheduled;
+    /// `None` when the device stays silent. Counts the sequence number either way.
+    fn reading(
+        &mut self,
+        t_ms: i64,
+        config: &SimConfig,
+        schedule: &Schedule,
+        truth: &GroundTruth,
+        stats: &FleetStats,
+    ) -> Option<Vec<f64>> {
+        if self.active.as_ref().is_some_and(|a| a.is_over(t_ms)) {
+            let ended = self.active.take().expect("checked").truth.end_ms;
+            self.next_anomaly = schedule.next_anomaly(
+                &mut self.rng,
+                ended + COOLDOWN_MS,
+                &config.kinds,
+                config.interval_ms,
+            );
+        }
+        if let Some((start, kind)) = self.next_anomaly.filter(|_| self.active.is_none()) {
+            if t_ms >= start {
+                let anomaly = ActiveAnomaly::plan(
+                    &mut self.rng,
+                    kind,
+                    &self.id,
+                    &self.signal,
+                    t_ms,
+                    config.interval_ms,
+                );
+                truth.record(&anomaly.truth);
+                stats.anomalies.fetch_add(1, Ordering::Relaxed);
+                self.active = Some(anomaly);
+                self.next_anomaly = None;
+            }
+        }
+        let mut values = self.signal.sample(t_ms, &mut self.rng);
+        if self.previous.is_empty() {
+            self.previous = values.clone();
+        }
+        let effect = match self.active.as_mut() {
+            Some(anomaly) => anomaly.apply(
+                t_ms,
+                &mut values,
+                &self.signal,
+                &self.previous,
+                &mut self.rng,
+            ),
+            None => Effect::Publish,
+        };
+        self.seq += 1;
+        (effect == Effect::Publish).then_some(values)
+    }
 }
 
 /// How a connected session ended.
@@ -260,23 +391,20 @@ async fn run_device(
 ) {
     let id = config.device_id(index);
     let device_id = DeviceId::parse(&id).expect("validated at start");
-    let mut rng =
-        StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
+    let mut rng = device_rng(config.seed, index);
     let signal = DeviceSignal::random(&mut rng, config.day_secs);
     let metric_names: Vec<&'static str> = signal.metrics.iter().map(|m| m.name).collect();
-    let sigmas: Vec<f64> = signal.metrics.iter().map(|m| m.sigma).collect();
-    let schedule = Schedule {
-        not_before_ms: clock.started_ms + (config.warmup_secs * 1000.0) as i64,
-        not_after_ms: config.duration_secs.map_or(i64::MAX, |d| {
-            clock.started_ms + ((d - config.quiet_tail_secs) * 1000.0) as i64
-        }),
-        mean_gap_ms: 60_000.0 * config.devices as f64 / config.anomalies_per_minute,
-    };
+    let schedule = Schedule::anomalies(&config, clock.started_ms);
     let outages = Schedule {
         mean_gap_ms: 60_000.0 * config.devices as f64 / config.outages_per_minute,
         ..schedule
     };
-    let next_anomaly = schedule.next_start(&mut rng, clock.started_ms);
+    let next_anomaly = schedule.next_anomaly(
+        &mut rng,
+        clock.started_ms,
+        &config.kinds,
+        config.interval_ms,
+    );
     let next_outage = outages.next_start(&mut rng, clock.started_ms);
     let (finished_tx, finished_rx) = mpsc::channel(64);
     let mut reported = JsonObject::new();
@@ -288,7 +416,6 @@ async fn run_device(
         rng,
         signal,
         metric_names,
-        sigmas,
         seq: 0,
         previous: Vec::new(),
         active: None,
@@ -333,6 +460,7 @@ async fn run_device(
                     magnitude_sigmas: 0.0,
                     start_ms,
                     end_ms: start_ms + away.as_millis() as i64,
+                    peak_ms: None,
                 });
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -358,7 +486,9 @@ async fn session(
     ticker: &mut tokio::time::Interval,
     stop: &CancellationToken,
 ) -> SessionEnd {
-    let topic = |kind| DeviceTopic::new(device.device_id.clone(), kind).to_string();
+    // Its own copy of the id, so that the device stays free to change.
+    let device_id = device.device_id.clone();
+    let topic = |kind| DeviceTopic::new(device_id.clone(), kind).to_string();
     let status = |status| {
         serde_json::to_vec(&StatusPayload {
             status,
@@ -513,40 +643,9 @@ async fn session(
             tick = ticker.tick() => tick,
         };
         let t_ms = clock.ms(tick.into_std());
-        if device
-            .active
-            .as_ref()
-            .is_some_and(|anomaly| anomaly.is_over(t_ms))
-        {
-            let ended = device.active.take().expect("checked").truth.end_ms;
-            device.next_anomaly = schedule.next_start(&mut device.rng, ended + COOLDOWN_MS);
-        }
-        if device.active.is_none() && device.next_anomaly.is_some_and(|start| t_ms >= start) {
-            let kind = config.kinds[device.rng.random_range(0..config.kinds.len())];
-            let anomaly = ActiveAnomaly::plan(
-                &mut device.rng,
-                kind,
-                &device.id,
-                &device.metric_names,
-                t_ms,
-                config.interval_ms,
-            );
-            truth.record(&anomaly.truth);
-            stats.anomalies.fetch_add(1, Ordering::Relaxed);
-            device.active = Some(anomaly);
-        }
-        let mut values = device.signal.sample(t_ms, &mut device.rng);
-        if device.previous.is_empty() {
-            device.previous = values.clone();
-        }
-        let effect = match device.active.as_mut() {
-            Some(anomaly) => anomaly.apply(t_ms, &mut values, &device.sigmas, &device.previous),
-            None => Effect::Publish,
-        };
-        device.seq += 1;
-        if effect == Effect::Silence {
+        let Some(values) = device.reading(t_ms, config, schedule, truth, stats) else {
             continue;
-        }
+        };
         let payload = TelemetryPayload {
             ts: t_ms,
             seq: device.seq,
@@ -603,4 +702,92 @@ fn count_outcome(stats: &FleetStats, ack: &AckPayload) {
 /// A wire type as JSON bytes (they always serialize).
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("wire types serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STARTED_MS: i64 = 1_800_000_000_000;
+
+    /// The demo's simulator (`fleetwatch demo --exit-after 60`): 1,000 devices, a reading
+    /// every 500 ms, 100 anomalies a minute from second 25, devices stopping at second 57.
+    fn demo(exit_after_secs: f64) -> SimConfig {
+        let mut config = SimConfig::new("127.0.0.1", 1883, 1000);
+        config.interval_ms = 500;
+        config.anomalies_per_minute = 100.0;
+        config.warmup_secs = 25.0;
+        config.duration_secs = Some(exit_after_secs - 3.0);
+        config
+    }
+
+    /// Every device's first anomaly, drawn as `run_device` draws it (later ones depend on
+    /// the readings drawn in between, and are rare: a device's mean gap is ten minutes).
+    fn first_anomalies(config: &SimConfig) -> Vec<(i64, AnomalyKind)> {
+        let schedule = Schedule::anomalies(config, STARTED_MS);
+        (0..config.devices)
+            .filter_map(|index| {
+                let mut rng = device_rng(config.seed, index);
+                DeviceSignal::random(&mut rng, config.day_secs);
+                schedule.next_anomaly(&mut rng, STARTED_MS, &config.kinds, config.interval_ms)
+            })
+            .collect()
+    }
+
+    fn count(anomalies: &[(i64, AnomalyKind)], kind: AnomalyKind) -> usize {
+        anomalies.iter().filter(|(_, k)| *k == kind).count()
+    }
+
+    #[test]
+    fn in_the_demo_every_kind_is_injected_and_every_drift_ends_before_the_devices_stop() {
+        let config = demo(60.0);
+        let stop_ms = STARTED_MS + 57_000;
+        let mut totals = [0; AnomalyKind::ALL.len()];
+        for seed in 0..20 {
+            let anomalies = first_anomalies(&SimConfig {
+                seed,
+                ..config.clone()
+            });
+            for (total, kind) in totals.iter_mut().zip(AnomalyKind::ALL) {
+                *total += count(&anomalies, kind);
+            }
+            for &(start, kind) in &anomalies {
+                assert!((STARTED_MS + 25_000..=STARTED_MS + 47_000).contains(&start));
+                // The drift as planned at its first reading, at most a reading later.
+                let mut rng = device_rng(seed, 0);
+                let signal = DeviceSignal::random(&mut rng, config.day_secs);
+                let planned = ActiveAnomaly::plan(&mut rng, kind, "d", &signal, start + 500, 500);
+                assert!(kind != AnomalyKind::Drift || planned.truth.end_ms <= stop_ms);
+            }
+            if seed == config.seed {
+                let counts: Vec<_> = AnomalyKind::ALL
+                    .iter()
+                    .map(|&kind| (kind, count(&anomalies, kind)))
+                    .collect();
+                println!("seed {seed}: {} anomalies {counts:?}", anomalies.len());
+            }
+        }
+        // 100 a minute over the 22 s between the warm-up and the quiet tail: 36.7 a run,
+        // a sixth of them of each kind.
+        println!("mean of 20 seeds: {:?}", totals.map(|t| t as f64 / 20.0));
+        for total in totals {
+            assert!((90..=160).contains(&total), "{totals:?}");
+        }
+    }
+
+    #[test]
+    fn where_a_drift_cannot_end_before_the_devices_stop_another_kind_is_drawn() {
+        // scripts/test's demo: `--exit-after 55` stops the devices 27 s after the warm-up,
+        // too soon for a slow drift at 500 ms a reading (about 30 s).
+        let short = first_anomalies(&demo(55.0));
+        assert_eq!(count(&short, AnomalyKind::Drift), 0);
+        assert!(count(&short, AnomalyKind::Spike) > 0);
+        // Without a duration nothing is moved.
+        let mut endless = demo(60.0);
+        endless.duration_secs = None;
+        let schedule = Schedule::anomalies(&endless, STARTED_MS);
+        let late = STARTED_MS + 3_600_000;
+        let fitted = schedule.fitted(late, STARTED_MS, AnomalyKind::Drift, 500);
+        assert_eq!(fitted, Some(late));
+    }
 }
