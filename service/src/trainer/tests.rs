@@ -38,7 +38,10 @@ impl Lcg {
 fn reading(seq: u64, level: f64, noise: &mut Lcg) -> TelemetryPayload {
     let phase = seq as f64 * std::f64::consts::TAU / 60.0;
     let metrics = BTreeMap::from([
-        ("temp".to_owned(), level + 2.0 * phase.sin() + 0.3 * noise.noise()),
+        (
+            "temp".to_owned(),
+            level + 2.0 * phase.sin() + 0.3 * noise.noise(),
+        ),
         ("vibration".to_owned(), 1.0 + 0.05 * noise.noise()),
     ]);
     TelemetryPayload {
@@ -95,7 +98,11 @@ impl Rig {
             publish_every_ms,
             model: production::Config::default(),
         };
-        let (log, metrics, topics) = (MemoryLog::default(), Arc::new(Metrics::new()), KafkaTopics::default());
+        let (log, metrics, topics) = (
+            MemoryLog::default(),
+            Arc::new(Metrics::new()),
+            KafkaTopics::default(),
+        );
         let producer = Producer::in_memory(&log, metrics.clone());
         Self {
             handler: TrainerHandler::new(config, &topics, producer, metrics.clone()),
@@ -133,7 +140,11 @@ impl Rig {
     fn published(&self) -> Vec<ParamsEnvelope<Params>> {
         let records = self.log.records(&self.topics.model_params());
         let decoded: Vec<ParamsEnvelope<Params>> = self.log.json(&self.topics.model_params());
-        assert_eq!(decoded.len(), records.len(), "every record is a ParamsEnvelope");
+        assert_eq!(
+            decoded.len(),
+            records.len(),
+            "every record is a ParamsEnvelope"
+        );
         for (record, envelope) in records.iter().zip(&decoded) {
             assert_eq!(record.key, envelope.device_id.as_str(), "keyed by device");
         }
@@ -192,7 +203,11 @@ async fn on_tick_publishes_news_once_publish_every_ms_has_passed() {
     rig.handler
         .backdate_last_publication(&device("pump-1"), Duration::from_millis(5_000));
     rig.tick().await;
-    assert_eq!(rig.versions_of("pump-1"), vec![(1, 3)], "nothing new: nothing sent");
+    assert_eq!(
+        rig.versions_of("pump-1"),
+        vec![(1, 3)],
+        "nothing new: nothing sent"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +219,11 @@ async fn an_event_arriving_after_publish_every_ms_is_published_at_once() {
     rig.handler
         .backdate_last_publication(&device("pump-1"), Duration::from_millis(5_000));
     rig.feed_readings("pump-1", 2..4, 20.0).await;
-    assert_eq!(rig.versions_of("pump-1"), vec![(1, 3)], "the first late event publishes");
+    assert_eq!(
+        rig.versions_of("pump-1"),
+        vec![(1, 3)],
+        "the first late event publishes"
+    );
 }
 
 #[test]
@@ -252,11 +271,19 @@ async fn state_status_and_undecodable_records_are_skipped_without_failing() {
     rig.feed("pump-1", bad_id.as_bytes()).await;
 
     assert_eq!(rig.published(), vec![]);
-    assert_eq!(rig.skipped("undecodable"), 4, "state and status are not counted");
+    assert_eq!(
+        rig.skipped("undecodable"),
+        4,
+        "state and status are not counted"
+    );
     assert_eq!(rig.skipped("duplicate"), 0);
 
     rig.feed_readings("pump-1", 0..1, 20.0).await;
-    assert_eq!(rig.versions_of("pump-1"), vec![(1, 1)], "the device still trains");
+    assert_eq!(
+        rig.versions_of("pump-1"),
+        vec![(1, 1)],
+        "the device still trains"
+    );
 }
 
 // ---- devices ------------------------------------------------------------------------------
@@ -276,7 +303,11 @@ async fn each_device_has_its_own_model_and_version_count() {
 
     assert_eq!(rig.versions_of("pump-1"), vec![(1, 4), (2, 8)]);
     assert_eq!(rig.versions_of("fan-2"), vec![(1, 4), (2, 8)]);
-    assert_eq!(rig.skipped("duplicate"), 0, "one device's seq is not another's");
+    assert_eq!(
+        rig.skipped("duplicate"),
+        0,
+        "one device's seq is not another's"
+    );
     let latest_temp_mean = |device_id: &str| {
         let published = rig.published();
         let latest = published
@@ -286,6 +317,12 @@ async fn each_device_has_its_own_model_and_version_count() {
         latest.params.metrics["temp"].value_mean
     };
     let (pump, fan) = (latest_temp_mean("pump-1"), latest_temp_mean("fan-2"));
-    assert!((18.0..24.0).contains(&pump), "pump learned its own level: {pump}");
-    assert!((78.0..84.0).contains(&fan), "fan learned its own level: {fan}");
+    assert!(
+        (18.0..24.0).contains(&pump),
+        "pump learned its own level: {pump}"
+    );
+    assert!(
+        (78.0..84.0).contains(&fan),
+        "fan learned its own level: {fan}"
+    );
 }
