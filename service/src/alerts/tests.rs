@@ -101,7 +101,14 @@ async fn alerts_are_kept_without_subscribers_up_to_the_recent_limit() {
         .map(|episode| frame("alert", &alert("d1", episode as u64)))
         .collect();
     assert_eq!(kept, expected, "the oldest are dropped, order is kept");
-    assert_eq!(handler.metrics.skipped.with_label_values(&["alerts", "undecodable"]).get(), 0);
+    assert_eq!(
+        handler
+            .metrics
+            .skipped
+            .with_label_values(&["alerts", "undecodable"])
+            .get(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -110,9 +117,15 @@ async fn undecodable_records_are_skipped() {
     let mut receiver = handler.frames.subscribe();
     for payload in [&b"not json"[..], br#"{"alert_id":"x"}"#, b""] {
         let record = Record::new(TOPIC, "d1", payload).at(0, 7);
-        handler.handle(&record).await.expect("skipping is not an error");
+        handler
+            .handle(&record)
+            .await
+            .expect("skipping is not an error");
     }
-    let skipped = handler.metrics.skipped.with_label_values(&["alerts", "undecodable"]);
+    let skipped = handler
+        .metrics
+        .skipped
+        .with_label_values(&["alerts", "undecodable"]);
     assert_eq!(skipped.get(), 3);
     assert!(handler.recent.lock().is_empty());
     assert!(matches!(receiver.try_recv(), Err(TryRecvError::Empty)));

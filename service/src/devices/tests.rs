@@ -2,8 +2,7 @@
 
 use fleetwatch_protocol::{
     CommandPayload, CommandRecord, CommandState, Connectivity, DesiredPayload, DeviceEventBody,
-    DeviceRequestBody,
-    JsonObject, KafkaTopics, NewCommand, TelemetryPayload,
+    DeviceRequestBody, JsonObject, KafkaTopics, NewCommand, TelemetryPayload,
 };
 use serde_json::json;
 
@@ -226,7 +225,10 @@ async fn a_state_report_is_persisted_with_a_new_version() {
     let versions: Vec<u64> = records.iter().map(|twin| twin.version).collect();
     assert_eq!(versions, [1, 2]);
     let last = &records[1];
-    assert_eq!(last.reported, object(json!({"fan": "off", "firmware": "1.2"})));
+    assert_eq!(
+        last.reported,
+        object(json!({"fan": "off", "firmware": "1.2"}))
+    );
     assert_eq!(last.reported_ms, Some(received_ms));
     assert_eq!(fx.twin("d1").await, *last);
 }
@@ -234,8 +236,12 @@ async fn a_state_report_is_persisted_with_a_new_version() {
 #[actix_rt::test]
 async fn a_desired_state_write_is_answered_and_a_stale_if_match_conflicts() {
     let mut fx = fixture();
-    fx.ask(&request("r1", "d1", set_desired(json!({"fan": "on"}), Some(0))))
-        .await;
+    fx.ask(&request(
+        "r1",
+        "d1",
+        set_desired(json!({"fan": "on"}), Some(0)),
+    ))
+    .await;
     let replies = fx.replies();
     assert_eq!(replies.len(), 1);
     assert_eq!(
@@ -253,8 +259,12 @@ async fn a_desired_state_write_is_answered_and_a_stale_if_match_conflicts() {
     assert_eq!((records[0].version, records[0].desired_version), (1, 1));
     assert_eq!(records[0].desired, object(json!({"fan": "on"})));
 
-    fx.ask(&request("r2", "d1", set_desired(json!({"fan": "off"}), Some(0))))
-        .await;
+    fx.ask(&request(
+        "r2",
+        "d1",
+        set_desired(json!({"fan": "off"}), Some(0)),
+    ))
+    .await;
     let stale = &fx.replies()[1];
     assert_eq!(stale.request_id, "r2");
     assert_eq!(stale.status, ReplyStatus::Conflict);
@@ -262,11 +272,18 @@ async fn a_desired_state_write_is_answered_and_a_stale_if_match_conflicts() {
         stale.body,
         json!({"error": "desired state is at version 1, not 0; read it again and retry"})
     );
-    assert_eq!(fx.twin_records().len(), 1, "a refused write changes nothing");
+    assert_eq!(
+        fx.twin_records().len(),
+        1,
+        "a refused write changes nothing"
+    );
     assert_eq!(fx.twin("d1").await.desired, object(json!({"fan": "on"})));
     assert_eq!(fx.requests("set_desired", "ok"), 1);
     assert_eq!(fx.requests("set_desired", "conflict"), 1);
-    assert!(fx.published.all().is_empty(), "the device was never seen online");
+    assert!(
+        fx.published.all().is_empty(),
+        "the device was never seen online"
+    );
 }
 
 #[actix_rt::test]
@@ -292,7 +309,10 @@ async fn a_command_for_an_offline_device_is_queued_then_sent_when_it_appears() {
     fx.ask(&request("r1", "d1", reboot("c1"))).await;
 
     let reply = &fx.replies()[0];
-    assert_eq!((reply.request_id.as_str(), reply.status), ("r1", ReplyStatus::Created));
+    assert_eq!(
+        (reply.request_id.as_str(), reply.status),
+        ("r1", ReplyStatus::Created)
+    );
     let command: CommandRecord = serde_json::from_value(reply.body.clone()).unwrap();
     assert_eq!(command.command_id, "c1");
     assert_eq!(command.state, CommandState::Queued);
@@ -314,7 +334,10 @@ async fn a_command_for_an_offline_device_is_queued_then_sent_when_it_appears() {
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].0, "devices/d1/commands");
     let sent: CommandPayload = serde_json::from_slice(&published[0].1).unwrap();
-    assert_eq!((sent.command_id.as_str(), sent.name.as_str()), ("c1", "reboot"));
+    assert_eq!(
+        (sent.command_id.as_str(), sent.name.as_str()),
+        ("c1", "reboot")
+    );
     assert_eq!(sent.args, json!({"delay_s": 1}));
     let last = fx.twin_records().pop().unwrap();
     assert_eq!(last.commands[0].state, CommandState::Sent);
@@ -337,7 +360,10 @@ async fn a_command_for_an_online_device_is_sent_at_once_and_only_once() {
     // The same command again (a retried request) returns it, sends nothing new.
     fx.ask(&request("r2", "d1", reboot("c1"))).await;
     let again = &fx.replies()[1];
-    assert_eq!((again.request_id.as_str(), again.status), ("r2", ReplyStatus::Ok));
+    assert_eq!(
+        (again.request_id.as_str(), again.status),
+        ("r2", ReplyStatus::Ok)
+    );
     assert_eq!(again.body["command_id"], json!("c1"));
     assert!(fx.published.all().is_empty());
     assert_eq!(fx.requests("send_command", "created"), 1);
@@ -368,9 +394,14 @@ async fn a_read_for_an_unknown_device_is_not_found_and_creates_nothing() {
 #[actix_rt::test]
 async fn reads_of_a_known_device_answer_from_its_actor() {
     let mut fx = fixture();
-    fx.ask(&request("r1", "d1", set_desired(json!({"fan": "on"}), None)))
+    fx.ask(&request(
+        "r1",
+        "d1",
+        set_desired(json!({"fan": "on"}), None),
+    ))
+    .await;
+    fx.ask(&request("r2", "d1", DeviceRequestBody::GetTwin))
         .await;
-    fx.ask(&request("r2", "d1", DeviceRequestBody::GetTwin)).await;
     let get_command = DeviceRequestBody::GetCommand {
         command_id: "nope".into(),
     };
@@ -447,7 +478,8 @@ async fn undecodable_records_are_skipped() {
     let mut fx = fixture();
     let (telemetry_topic, commands_topic) = (fx.topics.telemetry(), fx.topics.commands());
     fx.feed(&telemetry_topic, "d1", b"not json").await;
-    fx.feed(&telemetry_topic, "d1", br#"{"device_id":"d1"}"#).await;
+    fx.feed(&telemetry_topic, "d1", br#"{"device_id":"d1"}"#)
+        .await;
     fx.feed(&commands_topic, "d1", b"{}").await;
 
     assert_eq!(fx.skipped("undecodable"), 3);
@@ -466,7 +498,8 @@ async fn a_new_owner_restores_twins_from_the_changelog() {
     let rules = TwinRules::default();
     online.apply_event(telemetry("d1", 7, 21.5).body, received_ms(), &rules);
     let mut quiet = Twin::new(id("d2"));
-    quiet.set_desired(object(json!({"fan": "on"})), false, None, received_ms())
+    quiet
+        .set_desired(object(json!({"fan": "on"})), false, None, received_ms())
         .unwrap();
     for twin in [&online, &quiet] {
         let payload = serde_json::to_vec(twin).unwrap();
@@ -479,7 +512,8 @@ async fn a_new_owner_restores_twins_from_the_changelog() {
 
     // The first record of the partition restores it: the online twin gets an actor,
     // the quiet one is read back only when asked for.
-    fx.ask(&request("r1", "d2", DeviceRequestBody::GetTwin)).await;
+    fx.ask(&request("r1", "d2", DeviceRequestBody::GetTwin))
+        .await;
     let reply = &fx.replies()[0];
     assert_eq!(reply.status, ReplyStatus::Ok);
     assert_eq!(reply.body["desired"], json!({"fan": "on"}));

@@ -207,7 +207,9 @@ mod tests {
             let before = self.requests().len();
             let client = self.client.clone();
             let asking =
-                tokio::spawn(async move { client.ask(&device(), DeviceRequestBody::GetTwin).await });
+                tokio::spawn(
+                    async move { client.ask(&device(), DeviceRequestBody::GetTwin).await },
+                );
             for _ in 0..100 {
                 if let Some(request) = self.requests().get(before) {
                     return (asking, request.clone());
@@ -240,5 +242,109 @@ mod tests {
             status: ReplyStatus::Ok,
             body: json!({"device_id": "d1"}),
         }
+    }
+
+    /// Long enough never to fire in the tests that expect a reply.
+    const PATIENT: Duration = Duration::from_secs(10);
+
+    async fn finished(
+        asking: tokio::task::JoinHandle<Result<DeviceReply, RequestError>>,
+    ) -> Result<DeviceReply, RequestError> {
+        tokio::time::timeout(Duration::from_secs(2), asking)
+            .await
+            .expect("answered within 2 s")
+            .expect("the asking task did not panic")
+    }
+
+    #[tokio::test]
+    async fn a_reply_completes_its_request() {
+        let mut fx = fixture(4, PATIENT);
+        let (asking, request) = fx.ask_in_background().await;
+        assert_eq!(request.reply_to.as_deref(), Some(INSTANCE));
+        assert_eq!(request.device_id, device());
+        assert_eq!(request.body, DeviceRequestBody::GetTwin);
+        assert!(
+            request.request_id.starts_with("req-"),
+            "{}",
+            request.request_id
+        );
+        assert!(
+            request.request_id.ends_with("-i1-0"),
+            "{}",
+            request.request_id
+        );
+        assert_eq!(fx.log.records(&fx.topics.commands())[0].key, "d1");
+        assert_eq!(fx.pending(), 1);
+
+        let reply = answer(&request, INSTANCE);
+        fx.reply(&reply).await;
+        assert_eq!(finished(asking).await.unwrap(), reply);
+        assert_eq!(fx.pending(), 0);
+        assert_eq!(fx.metrics.request_timeouts.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn replies_for_unknown_requests_or_other_instances_are_ignored() {
+        let mut fx = fixture(4, PATIENT);
+        let (asking, request) = fx.ask_in_background().await;
+        let mut unknown = answer(&request, INSTANCE);
+        unknown.request_id = "req-unknown".into();
+        fx.reply(&unknown).await;
+        fx.reply(&answer(&request, "i2")).await;
+        let topic = fx.topics.replies();
+        let garbage = Record::new(&topic, INSTANCE, b"not json");
+        fx.replies.handle(&garbage).await.expect("skipped");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!asking.is_finished());
+        assert_eq!(fx.pending(), 1);
+        let undecodable = fx
+            .metrics
+            .skipped
+            .with_label_values(&["replies", "undecodable"]);
+        assert_eq!(undecodable.get(), 1);
+
+        let reply = answer(&request, INSTANCE);
+        fx.reply(&reply).await;
+        assert_eq!(finished(asking).await.unwrap(), reply);
+    }
+
+    #[tokio::test]
+    async fn no_reply_in_time_is_a_timeout_and_frees_the_slot() {
+        let timeout = Duration::from_millis(20);
+        let mut fx = fixture(4, timeout);
+        let outcome = fx.client.ask(&device(), DeviceRequestBody::GetTwin).await;
+        assert!(
+            matches!(outcome, Err(RequestError::Timeout(waited)) if waited == timeout),
+            "{outcome:?}"
+        );
+        assert_eq!(fx.metrics.request_timeouts.get(), 1);
+        assert_eq!(fx.pending(), 0);
+        // The owner answers late: nobody waits any more, nothing happens.
+        let request = fx.requests().pop().unwrap();
+        fx.reply(&answer(&request, INSTANCE)).await;
+        assert_eq!(fx.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn more_than_max_pending_requests_are_refused_as_busy() {
+        let mut fx = fixture(1, PATIENT);
+        let (asking, request) = fx.ask_in_background().await;
+        let refused = fx.client.ask(&device(), DeviceRequestBody::GetTwin).await;
+        assert!(matches!(refused, Err(RequestError::Busy(1))), "{refused:?}");
+        assert_eq!(fx.requests().len(), 1, "a refused request is not sent");
+        assert_eq!(fx.pending(), 1);
+
+        fx.reply(&answer(&request, INSTANCE)).await;
+        finished(asking).await.unwrap();
+        // The slot is free again.
+        let (asking, request) = fx.ask_in_background().await;
+        fx.reply(&answer(&request, INSTANCE)).await;
+        assert_eq!(
+            finished(asking).await.unwrap().request_id,
+            request.request_id
+        );
+        assert_eq!(fx.metrics.request_timeouts.get(), 0);
     }
 }

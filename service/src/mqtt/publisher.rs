@@ -30,18 +30,21 @@ enum Sink {
     Memory(Published),
 }
 
-/// What an in-memory publisher was handed: (MQTT topic, payload), oldest first.
+/// One message handed to the publisher: (MQTT topic, payload).
+pub type PublishedMessage = (String, Vec<u8>);
+
+/// What an in-memory publisher was handed, oldest first.
 #[derive(Clone, Default)]
-pub struct Published(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+pub struct Published(Arc<Mutex<Vec<PublishedMessage>>>);
 
 impl Published {
     /// Every message published so far.
-    pub fn all(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn all(&self) -> Vec<PublishedMessage> {
         self.0.lock().clone()
     }
 
     /// The messages published so far, forgetting them.
-    pub fn take(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn take(&self) -> Vec<PublishedMessage> {
         std::mem::take(&mut *self.0.lock())
     }
 }
@@ -113,9 +116,7 @@ impl MqttPublisher {
                 return true;
             }
         };
-        match client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-        {
+        match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             Ok(()) => {
                 self.metrics.downlink_published.inc();
                 true
