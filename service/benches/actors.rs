@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch::devices::{self, Changelog, Twin};
-use fleetwatch::kafka::{PartitionReader, KafkaConfig, Producer};
+use fleetwatch::kafka::{KafkaConfig, PartitionReader, Producer};
 use fleetwatch::metrics::Metrics;
 use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
 use fleetwatch_protocol::{DeviceEventBody, DeviceId, TelemetryPayload};

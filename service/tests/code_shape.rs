@@ -39,13 +39,20 @@ fn code_only(source: &str) -> String {
         } else if rest[0] == '"' || (rest[0] == 'r' && raw_string_hashes(rest).is_some()) {
             string_length(rest)
         } else if rest[0] == '\'' && rest.len() > 2 && (rest[2] == '\'' || rest[1] == '\\') {
-            rest.iter().skip(1).position(|&c| c == '\'').map_or(1, |p| p + 2)
+            rest.iter()
+                .skip(1)
+                .position(|&c| c == '\'')
+                .map_or(1, |p| p + 2)
         } else {
             out.push(rest[0]);
             i += 1;
             continue;
         };
-        out.extend(rest[..end].iter().map(|&c| if c == '\n' { '\n' } else { ' ' }));
+        out.extend(
+            rest[..end]
+                .iter()
+                .map(|&c| if c == '\n' { '\n' } else { ' ' }),
+        );
         i += end;
     }
     out
@@ -160,7 +167,10 @@ fn role_folders_do_not_use_the_kafka_client_library() {
             }
         }
     }
-    assert!(offending.is_empty(), "role files using rdkafka: {offending:?}");
+    assert!(
+        offending.is_empty(),
+        "role files using rdkafka: {offending:?}"
+    );
 }
 
 #[test]

@@ -55,7 +55,10 @@ async fn refuses_to_start_when_co_partitioned_topics_differ() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    let telemetry = format!("{}iot.telemetry", params.trim_end_matches("iot.model-params"));
+    let telemetry = format!(
+        "{}iot.telemetry",
+        params.trim_end_matches("iot.model-params")
+    );
     assert!(
         stderr.contains(&format!("{params} has 2 partitions"))
             && stderr.contains(&format!("{telemetry} has 4")),

@@ -130,15 +130,23 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
 /// does not implement CreateTopics, so the demo provisions the topics itself, as an
 /// operator would on a cluster that forbids creating them; `ensure_topics` then finds
 /// them in place.
-fn kafka_cluster(settings: &mut Settings, partitions: i32) -> Result<MockCluster<'static, DefaultProducerContext>> {
+fn kafka_cluster(
+    settings: &mut Settings,
+    partitions: i32,
+) -> Result<MockCluster<'static, DefaultProducerContext>> {
     let cluster = MockCluster::new(1)
         .map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
     settings.kafka.brokers = cluster.bootstrap_servers();
     settings.kafka.partitions = partitions;
     for spec in settings.kafka.topics().all() {
-        cluster.create_topic(&spec.name, partitions, 1).map_err(|e| {
-            Error::kafka(format!("creating {} in the in-process cluster", spec.name), e)
-        })?;
+        cluster
+            .create_topic(&spec.name, partitions, 1)
+            .map_err(|e| {
+                Error::kafka(
+                    format!("creating {} in the in-process cluster", spec.name),
+                    e,
+                )
+            })?;
     }
     Ok(cluster)
 }

@@ -112,7 +112,7 @@ impl ConsumerContext for RoleContext {
 /// shutdown.
 pub struct RoleConsumer {
     pub role: ConsumerRole,
-    inner: StreamConsumer<RoleContext>,
+    inner: Arc<StreamConsumer<RoleContext>>,
     metrics: Arc<Metrics>,
     /// Whether this consumer commits offsets (group members) or not (whole-topic readers).
     commits: bool,
@@ -165,7 +165,7 @@ impl RoleConsumer {
             .map_err(|e| Error::kafka(format!("creating {} consumer", role.name()), e))?;
         Ok(Self {
             role,
-            inner,
+            inner: Arc::new(inner),
             metrics,
             commits: commit,
         })
@@ -246,6 +246,33 @@ impl RoleConsumer {
                 .map_err(|e| Error::kafka("building assignment", e))?;
         }
         Ok(assignment)
+    }
+
+    /// A consumer outside any group with nothing assigned yet: a [`Follower`] assigns it
+    /// the partitions another consumer's group hands out.
+    pub fn follower(
+        config: &KafkaConfig,
+        role: ConsumerRole,
+        topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Follower)> {
+        let group_id = config.group_id(role.name());
+        let consumer = Self::create(
+            config,
+            role,
+            &group_id,
+            StartAt::Earliest,
+            false,
+            metrics,
+            None,
+        )?;
+        let follower = Follower {
+            consumer: consumer.inner.clone(),
+            topic: topic.to_owned(),
+            role,
+            metrics: consumer.metrics.clone(),
+        };
+        Ok((consumer, follower))
     }
 
     fn commit_stored(&self) {
@@ -406,5 +433,41 @@ pub fn decode_telemetry(
     match body {
         DeviceEventBody::Telemetry(telemetry) => Some((device_id, telemetry)),
         _ => None,
+    }
+}
+
+/// Reads the same partition numbers of its topic, from the beginning, as a group member
+/// owns of a co-partitioned one: for state keyed by device (a compacted topic) that the
+/// owner of a device's partition needs whole.
+#[derive(Clone)]
+pub struct Follower {
+    consumer: Arc<StreamConsumer<RoleContext>>,
+    topic: String,
+    role: ConsumerRole,
+    metrics: Arc<Metrics>,
+}
+
+impl Follower {
+    /// Read exactly `partitions`, each from its beginning. Assignment is local to the
+    /// client (no broker round trip), so this may run inside a rebalance callback.
+    pub fn follow(&self, partitions: &[i32]) {
+        let mut assignment = TopicPartitionList::new();
+        for &partition in partitions {
+            if let Err(error) =
+                assignment.add_partition_offset(&self.topic, partition, Offset::Beginning)
+            {
+                tracing::warn!(%error, partition, "cannot follow partition");
+            }
+        }
+        match self.consumer.assign(&assignment) {
+            Ok(()) => self
+                .metrics
+                .assigned_partitions
+                .with_label_values(&[self.role.name()])
+                .set(partitions.len() as i64),
+            Err(error) => {
+                tracing::warn!(role = self.role.name(), %error, "follower assignment failed")
+            }
+        }
     }
 }

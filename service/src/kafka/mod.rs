@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::KafkaConfig;
 pub use consumer::{
-    consume, decode_record, decode_telemetry, ConsumerRole, HandleError, PartitionListener,
-    RecordHandler, RoleConsumer, StartAt,
+    consume, decode_record, decode_telemetry, ConsumerRole, Follower, HandleError,
+    PartitionListener, RecordHandler, RoleConsumer, StartAt,
 };
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
