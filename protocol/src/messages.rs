@@ -27,6 +27,8 @@ pub enum PayloadError {
     NotFinite(String),
     #[error("ts {0} is not a plausible time in milliseconds since 1970")]
     BadTimestamp(i64),
+    #[error("not a binary parameters record: {0}")]
+    Binary(String),
 }
 
 fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
@@ -243,11 +245,61 @@ pub struct ParamsEnvelope<P> {
     pub params: P,
 }
 
+/// First bytes of a binary parameters record, the last one the layout's version.
+const PARAMS_MAGIC: [u8; 4] = *b"FWP\x01";
+
+/// The binary layout of `iot.model-params` records: compact (parameters are most of
+/// the traffic between trainer and scorers) and versioned. The parameters themselves are
+/// the model's own bytes, which carry the model kind and its format.
+///
+/// ```text
+/// "FWP" 0x01 | version u64 | trained_events u64 | published_ms i64 | id length u16 |
+/// device id (UTF-8) | parameters (the rest)          integers little-endian
+/// ```
+impl ParamsEnvelope<Vec<u8>> {
+    pub fn encode(&self) -> Vec<u8> {
+        let id = self.device_id.as_str().as_bytes();
+        let mut out = Vec::with_capacity(30 + id.len() + self.params.len());
+        out.extend_from_slice(&PARAMS_MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.trained_events.to_le_bytes());
+        out.extend_from_slice(&self.published_ms.to_le_bytes());
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&self.params);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let bad = |what: &str| PayloadError::Binary(what.to_owned());
+        let rest = bytes
+            .strip_prefix(&PARAMS_MAGIC)
+            .ok_or_else(|| bad("unknown magic or layout version"))?;
+        if rest.len() < 26 {
+            return Err(bad("truncated header"));
+        }
+        let word = |at: usize| <[u8; 8]>::try_from(&rest[at..at + 8]).expect("8 bytes");
+        let id_len = u16::from_le_bytes([rest[24], rest[25]]) as usize;
+        let id = rest.get(26..26 + id_len).ok_or_else(|| bad("truncated device id"))?;
+        let id = std::str::from_utf8(id).map_err(|_| bad("device id is not UTF-8"))?;
+        Ok(Self {
+            device_id: DeviceId::parse(id).map_err(|e| bad(&e.to_string()))?,
+            version: u64::from_le_bytes(word(0)),
+            trained_events: u64::from_le_bytes(word(8)),
+            published_ms: i64::from_le_bytes(word(16)),
+            params: rest[26 + id_len..].to_vec(),
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     /// An anomaly episode started.
     Raised,
+    /// The open episode got worse (a higher score) or another metric or cause broke: the
+    /// same incident, with the new peak and reason.
+    Updated,
     /// The episode ended: the device behaves normally again.
     Cleared,
 }
@@ -356,5 +408,24 @@ mod tests {
         let json = serde_json::to_string(&event).unwrap();
         assert!(json.contains(r#""kind":"status""#), "{json}");
         assert_eq!(serde_json::from_str::<DeviceEvent>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn binary_parameters_round_trip_and_refuse_garbage() {
+        let envelope = ParamsEnvelope {
+            device_id: DeviceId::parse("pump-7").unwrap(),
+            version: 42,
+            trained_events: 420,
+            published_ms: 1_800_000_000_000,
+            params: vec![1, 2, 3, 250],
+        };
+        let bytes = envelope.encode();
+        assert_eq!(bytes.len(), 4 + 26 + 6 + 4);
+        assert_eq!(ParamsEnvelope::decode(&bytes).unwrap(), envelope);
+        assert!(ParamsEnvelope::decode(b"{\"device_id\":\"x\"}").is_err());
+        assert!(ParamsEnvelope::decode(&bytes[..20]).is_err());
+        let mut long_id = bytes.clone();
+        long_id[28] = 200;
+        assert!(ParamsEnvelope::decode(&long_id).is_err());
     }
 }

@@ -330,6 +330,8 @@ pub struct Record {
     pub offset: i64,
     pub key: String,
     pub payload: String,
+    /// The payload as it is (binary records).
+    pub bytes: Vec<u8>,
 }
 
 /// How long a topic must stay quiet before [`read_topic`] considers it read.
@@ -367,6 +369,7 @@ pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
                 key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
                 payload: String::from_utf8_lossy(message.payload().unwrap_or_default())
                     .into_owned(),
+                bytes: message.payload().unwrap_or_default().to_vec(),
             });
         }
     }
@@ -405,6 +408,28 @@ pub fn committed_vs_end(kafka: &str, group: &str, topic: &str) -> Vec<(i32, Opti
             (element.partition(), offset, ends[&element.partition()])
         })
         .collect()
+}
+
+/// Produce records `(key, payload)` to `topic` and wait until Kafka confirmed each.
+pub async fn produce(kafka: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let deliveries: Vec<_> = records
+        .iter()
+        .map(|(key, payload)| {
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .map_err(|(error, _)| error)
+                .expect("queued")
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.unwrap().expect("delivered");
+    }
 }
 
 /// Publish raw payloads with QoS 1 over a v3.1.1 connection and wait for the broker's
