@@ -3,6 +3,10 @@
 separately from the Rust one in models/src/nab/scoring.rs, to check that the per-row CSVs
 the `nab` harness writes reproduce the score it reports.
 
+Detections are what the product alerts on: rows where the episode machine (written here
+again from docs/models.md, not from the Rust code) opens or escalates an episode, with one
+threshold per profile for all files, chosen from the grid 0.300, 0.305, ..., 1.000.
+
 usage: scripts/nab_score.py NAB_DIR RESULTS_DIR   (prints one JSON object: profile -> score)
 """
 import csv
@@ -22,9 +26,42 @@ def sigmoid_scaled(y):
     return -1.0 if y > 3 else 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
 
 
+GRID = [0.3 + 0.005 * i for i in range(141)]
+# Production episode rules, as fractions of the threshold (docs/models.md).
+CLEAR_RATIO, CLEAR_AFTER, ESCALATE_RATIO, MAX_CAUSES = 0.5, 30, 1.2, 8
+
+
 def rows_of(results_dir, key):
     with open(os.path.join(results_dir, key)) as handle:
-        return [(r["timestamp"], float(r["anomaly_score"])) for r in csv.DictReader(handle)]
+        return [
+            (r["timestamp"], float(r["anomaly_score"]), r["cause"]) for r in csv.DictReader(handle)
+        ]
+
+
+def episode_detections(rows, threshold):
+    """Row indexes where an episode opens or escalates."""
+    found, is_open, calm, reported, causes = [], False, 0, 0.0, []
+    clear_below = CLEAR_RATIO * threshold
+    for i, (_, score, cause) in enumerate(rows):
+        if not is_open:
+            if score >= threshold:
+                is_open, calm, reported = True, 0, score
+                causes = [cause] if cause else []
+                found.append(i)
+        elif score < clear_below:
+            calm += 1
+            if calm >= CLEAR_AFTER:
+                is_open = False
+        else:
+            calm = 0
+            if score >= threshold:
+                new_cause = bool(cause) and cause not in causes
+                if new_cause and len(causes) < MAX_CAUSES:
+                    causes.append(cause)
+                if new_cause or score >= ESCALATE_RATIO * reported:
+                    reported = max(reported, score)
+                    found.append(i)
+    return found
 
 
 def window_rows(timestamps, windows):
@@ -65,34 +102,32 @@ def main():
     files = []
     for key, windows in sorted(labels.items()):
         rows = rows_of(results_dir, key)
-        timestamps = [t for t, _ in rows]
-        files.append((rows, window_rows(timestamps, windows)))
-    total_windows = sum(len(spans) for _, spans in files)
+        timestamps = [t for t, _, _ in rows]
+        # Only rows at or above the lowest threshold can open an episode, but calm rows
+        # close them: keep every row, the machine is cheap.
+        detections = {theta: set(episode_detections(rows, theta)) for theta in GRID}
+        files.append((len(rows), window_rows(timestamps, windows), detections))
+    total_windows = sum(len(spans) for _, spans, _ in files)
     report = {}
     for name, (tp, fp, fn) in PROFILES.items():
-        pooled, offset = [], 0
-        for rows, spans in files:
-            weights = weighted_rows(len(rows), spans, tp, fp)
-            scores = [s for _, s in rows][len(rows) - len(weights):]
-            for (window, weight), score in zip(weights, scores):
-                pooled.append((score, None if window is None else offset + window, weight))
-            offset += len(spans)
-        pooled.sort(key=lambda row: -row[0])
-        best = [None] * total_windows
-        raw = -fn * total_windows
-        best_raw, i = raw, 0
-        while i < len(pooled):
-            level = pooled[i][0]
-            while i < len(pooled) and pooled[i][0] == level:
-                _, window, weight = pooled[i]
-                if window is None:
-                    raw += weight
-                else:
-                    old = -fn if best[window] is None else best[window]
-                    best[window] = weight if best[window] is None else max(best[window], weight)
-                    raw += best[window] - old
-                i += 1
-            best_raw = max(best_raw, raw)
+        weighted = [weighted_rows(n, spans, tp, fp) for n, spans, _ in files]
+        best_raw = None
+        for theta in GRID:
+            raw = 0.0
+            for (n, spans, detections), weights in zip(files, weighted):
+                skipped = n - len(weights)
+                best = [None] * len(spans)
+                for i in detections[theta]:
+                    if i < skipped:
+                        continue
+                    window, weight = weights[i - skipped]
+                    if window is None:
+                        raw += weight
+                    else:
+                        best[window] = weight if best[window] is None else max(best[window], weight)
+                raw += sum(-fn if b is None else b for b in best)
+            if best_raw is None or raw >= best_raw:
+                best_raw = raw
         null = -fn * total_windows
         report[name] = 100.0 * (best_raw - null) / (tp * total_windows - null)
     print(json.dumps(report))

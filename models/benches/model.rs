@@ -1,25 +1,57 @@
-//! Cost per event of the production model: one trainer update, and one score from a
-//! parameter snapshot, for devices with 1, 8 and 32 metrics.
+//! Cost per event of the production model: one trainer update (refits included), one
+//! score from a parameter snapshot, and one refit of the relation model, for devices with
+//! 1, 8 and 32 metrics; and the sizes that matter per device: the parameters' binary
+//! encoding, the trainer's state bytes, and the trainer's live heap (counted by a
+//! counting allocator, not estimated).
 //!
 //! `cargo bench -p fleetwatch-models --bench model`
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use fleetwatch_models::production::{self, Config};
+use criterion::{criterion_group, criterion_main, Criterion};
+use fleetwatch_models::production::{self, Config, ModelTrainer};
+use fleetwatch_models::synthetic::Rng;
 use fleetwatch_models::{Observation, Scorer, Trainer};
 
+/// Live heap bytes of this process.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Metrics that share a daily-like cycle in pairs, with noise: relations to learn.
 fn series(metrics: usize, events: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
+    let mut rng = Rng::new(42);
     (0..events)
         .map(|i| {
+            let cycle = (i as f64 / 50.0).sin();
             let values = (0..metrics)
                 .map(|m| {
-                    let noise = ((i * 7919 + m * 104_729) % 1000) as f64 / 1000.0;
-                    (
-                        format!("metric_{m:02}"),
-                        20.0 + (i as f64 / 50.0).sin() * 3.0 + noise,
-                    )
+                    let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
+                    let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
+                    (format!("metric_{m:02}"), value)
                 })
                 .collect();
             (1_700_000_000_000 + i as i64 * 1000, values)
@@ -27,43 +59,67 @@ fn series(metrics: usize, events: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
         .collect()
 }
 
-fn model(c: &mut Criterion) {
-    for metrics in [1, 8, 32] {
-        let data = series(metrics, 2_000);
-        let config = Config::default();
-        let mut trainer = production::trainer(&config);
-        for (ts, values) in &data[..1_000] {
-            trainer.update(&Observation {
-                ts_ms: *ts,
-                metrics: values,
-            });
-        }
-        let params = trainer.snapshot();
-        let size = serde_json::to_vec(&params).unwrap().len();
-        println!("params with {metrics} metrics: {size} bytes as JSON");
+fn trained(config: &Config, data: &[(i64, BTreeMap<String, f64>)]) -> ModelTrainer {
+    let mut trainer = production::trainer(config);
+    for (ts, values) in data {
+        trainer.update(&Observation {
+            ts_ms: *ts,
+            metrics: values,
+        });
+    }
+    trainer
+}
 
-        let mut next = 1_000;
-        c.bench_function(&format!("update/{metrics}_metrics"), |b| {
+fn sizes(metrics: usize, config: &Config, data: &[(i64, BTreeMap<String, f64>)]) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let trainer = trained(config, data);
+    let heap = LIVE.load(Ordering::Relaxed) - before;
+    let inline = std::mem::size_of::<ModelTrainer>();
+    let params = trainer.snapshot();
+    println!(
+        "{metrics} metrics: params {} bytes binary ({} as JSON); trainer state {} bytes; \
+         trainer heap {heap} bytes + {inline} inline",
+        params.to_bytes().len(),
+        serde_json::to_vec(&params).map_or(0, |j| j.len()),
+        trainer.state_bytes().len(),
+    );
+}
+
+fn model(c: &mut Criterion) {
+    let config = Config::default();
+    for metrics in [1, 8, 32] {
+        let data = series(metrics, 3_000);
+        sizes(metrics, &config, &data[..2_000]);
+        let trainer = trained(&config, &data[..2_000]);
+        let params = trainer.snapshot();
+
+        // Updates over 1,000 events in a row, so that the refits (every
+        // `relation.refit_every` events) are amortised as in production.
+        c.bench_function(&format!("update_1000/{metrics}_metrics"), |b| {
             b.iter_batched_ref(
                 || trainer.clone(),
                 |trainer| {
-                    let (ts, values) = &data[next];
-                    next = if next + 1 < data.len() {
-                        next + 1
-                    } else {
-                        1_000
-                    };
-                    trainer.update(black_box(&Observation {
-                        ts_ms: *ts,
-                        metrics: values,
-                    }));
+                    for (ts, values) in &data[2_000..] {
+                        trainer.update(black_box(&Observation {
+                            ts_ms: *ts,
+                            metrics: values,
+                        }));
+                    }
                 },
-                BatchSize::LargeInput,
+                criterion::BatchSize::LargeInput,
+            )
+        });
+
+        c.bench_function(&format!("refit/{metrics}_metrics"), |b| {
+            b.iter_batched_ref(
+                || trainer.clone(),
+                |trainer| trainer.refit_relations(),
+                criterion::BatchSize::LargeInput,
             )
         });
 
         let mut scorer = production::scorer();
-        for (ts, values) in &data[..1_000] {
+        for (ts, values) in &data[..2_000] {
             scorer.score(
                 &params,
                 &Observation {
@@ -72,14 +128,14 @@ fn model(c: &mut Criterion) {
                 },
             );
         }
-        let mut next = 1_000;
+        let mut next = 2_000;
         c.bench_function(&format!("score/{metrics}_metrics"), |b| {
             b.iter(|| {
                 let (ts, values) = &data[next];
                 next = if next + 1 < data.len() {
                     next + 1
                 } else {
-                    1_000
+                    2_000
                 };
                 black_box(scorer.score(
                     black_box(&params),

@@ -10,25 +10,42 @@
 //!   compared with the long-run distribution of that average (learned by the trainer), and
 //!   the score is the upper-tail surprisal `ln(tail)/ln(1e-10)`, in [0, 1]. A score of 0.5
 //!   is a one-in-100,000 event for this series.
+//! - **Drift.** An exponential average of the *signed* prediction errors, against its
+//!   learned long-run distribution: a slow ramp makes the smoother lag one way.
 //! - **Range.** A value beyond everything seen so far (by a margin of the seen range) is
 //!   anomalous whatever its residual.
-//! - **Stuck sensor** and **gap**: as in the IoT simulator's failure modes — a metric that
-//!   rarely repeats a value repeating it many times, or a silence many times the usual
-//!   interval.
+//! - **Shapes.** Prototypes of recent shapes; a shape far from all of them is new.
+//! - **Stuck sensor** and **gap**: a metric that rarely repeats a value repeating it many
+//!   times, or a silence many times the usual interval.
+//!
+//! Across metrics, [`crate::relation`] scores broken relations (PCA: T² and SPE).
 //!
 //! The scorer can use parameters a few events old: they hold only slowly-changing
 //! quantities; everything that changes with each event lives in the scorer's own state.
+//! The model never hides a score: repeats of one incident are the episode machine's
+//! business ([`crate::episode`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use linfa::ParamGuard;
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::ln_two_sided_tail;
+use crate::relation::{
+    RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
+};
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const INTERVAL_METRIC: &str = "(interval)";
+/// The model kind's number in the binary encodings.
+const KIND_ID: u8 = 1;
+const PARAMS_MAGIC: &[u8; 2] = b"FP";
+const STATE_MAGIC: &[u8; 2] = b"FT";
+const STATE_VERSION: u16 = 1;
+/// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
+const CENTROID_UNIT: f64 = 1.0 / 3000.0;
 
 /// Settings of the detector. Start from [`DetectorConfig::default`], then
 /// [`DetectorConfig::validate`].
@@ -45,14 +62,22 @@ pub struct DetectorConfig {
     pub likelihood_alpha: f64,
     /// Observations per metric before it is scored.
     pub warmup_events: u64,
-    /// Observations per metric before the history-hungry checks (likelihood, range,
-    /// shapes) are trusted. Until then a metric is scored by its single prediction error
-    /// against a Gaussian, which needs little history to be right.
+    /// Observations per metric before the history-hungry checks (likelihood, drift,
+    /// range, shapes) are trusted. Until then a metric is scored by its single prediction
+    /// error against a Gaussian, which needs little history to be right.
     pub history_events: u64,
     /// Margin, as a fraction of the seen range, beyond which a new extreme is anomalous.
     pub range_tolerance: f64,
     /// Score of a value beyond the seen range.
     pub range_score: f64,
+    /// How a value beyond the range is scored: the probability of its distance from the
+    /// long-run mean (Gaussian, in long-run standard deviations) times this. Values
+    /// beyond the relaxing range are rare, but in stationary noise they are not rare
+    /// enough to alert on by themselves; 0 scores every one as `range_score`.
+    pub range_prior: f64,
+    /// Observations per metric before the range counts: it must have seen the series'
+    /// cycles (a season's trough is not an anomaly because the first peak came first).
+    pub range_events: u64,
     /// Per event, the seen extremes relax this fraction of the way towards the mean, so
     /// an old outlier does not mask new ones forever (0: never forget).
     pub range_decay: f64,
@@ -66,8 +91,11 @@ pub struct DetectorConfig {
     pub stuck_min_repeats: u32,
     /// Values in a shape (the recent-behaviour embedding); 0 turns shapes off.
     pub shape_length: usize,
-    /// Centroids remembered per metric.
+    /// Prototypes remembered per metric, at most.
     pub shape_centroids: usize,
+    /// Prototypes per device, shared by its metrics: what keeps parameters and trainer
+    /// state small for devices with many metrics.
+    pub shape_budget: usize,
     /// Weight of the time of day in the embedding.
     pub time_of_day_weight: f64,
     /// A shape farther than this many typical radii from every centroid is new (0 turns
@@ -75,9 +103,21 @@ pub struct DetectorConfig {
     pub shape_vigilance: f64,
     /// Radius of a new centroid, as a fraction of the typical member distance.
     pub new_radius_fraction: f64,
-    /// After a score reaches the threshold, later scores are held just below it for this
-    /// many events: an incident is reported once, at its onset (0 turns it off).
-    pub rest_events: u32,
+    /// Shape distances have heavier tails than a Gaussian (an autocorrelated series
+    /// lingers in rare shapes): their z-scores are divided by this before scoring.
+    pub shape_z_scale: f64,
+    /// Observations per metric before a new shape counts (the memory of shapes must
+    /// have seen the series' usual variety first).
+    pub novelty_events: u64,
+    /// A new shape scores at most the probability of its distance (as for the range)
+    /// times this; 0 leaves novelty unbounded.
+    pub shape_prior: f64,
+    /// Score slow drifts (the signed prediction errors leaning one way).
+    pub drift_detection: bool,
+    /// Weight of the newest signed error in the drift average, in (0, 1].
+    pub drift_alpha: f64,
+    /// Broken relations between metrics.
+    pub relation: RelationConfig,
     /// Recommended alert threshold on the score.
     pub threshold: f64,
 }
@@ -93,6 +133,8 @@ impl Default for DetectorConfig {
             history_events: 300,
             range_tolerance: 0.05,
             range_score: 1.0,
+            range_prior: 1e-2,
+            range_events: 1000,
             range_decay: 0.0002,
             stuck_detection: true,
             gap_detection: true,
@@ -100,10 +142,16 @@ impl Default for DetectorConfig {
             stuck_min_repeats: 5,
             shape_length: 6,
             shape_centroids: 24,
+            shape_budget: 48,
             time_of_day_weight: 1.0,
             shape_vigilance: 40.0,
             new_radius_fraction: 0.01,
-            rest_events: 75,
+            shape_z_scale: 2.0,
+            shape_prior: 1e-2,
+            novelty_events: 300,
+            drift_detection: true,
+            drift_alpha: 0.05,
+            relation: RelationConfig::default(),
             threshold: 0.65,
         }
     }
@@ -115,6 +163,7 @@ impl DetectorConfig {
             ("predictor_alpha", self.predictor_alpha),
             ("error_alpha", self.error_alpha),
             ("likelihood_alpha", self.likelihood_alpha),
+            ("drift_alpha", self.drift_alpha),
             ("threshold", self.threshold),
             ("range_score", self.range_score.max(f64::MIN_POSITIVE)),
         ] {
@@ -129,6 +178,11 @@ impl DetectorConfig {
                 "averaging_window must be in 1..=100".into(),
             ));
         }
+        if self.shape_length > 32 || self.shape_centroids > 256 {
+            return Err(ModelError::InvalidConfig(
+                "shape_length must be at most 32 and shape_centroids at most 256".into(),
+            ));
+        }
         if self.range_tolerance.is_nan() || self.range_tolerance < 0.0 {
             return Err(ModelError::InvalidConfig(
                 "range_tolerance must not be negative".into(),
@@ -139,34 +193,44 @@ impl DetectorConfig {
                 "warmup_events must be at least 2".into(),
             ));
         }
+        self.relation.check_ref()?;
         Ok(self)
+    }
+
+    /// Prototypes per metric for a device with `metrics` metrics.
+    fn centroid_cap(&self, metrics: usize) -> usize {
+        (self.shape_budget / metrics.max(1)).clamp(2, self.shape_centroids.max(2))
     }
 }
 
 /// What the scorer needs of one metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricParams {
+    pub name: String,
     /// Standard deviation of the prediction error.
     pub error_std: f64,
-    /// Long-run mean and standard deviation of the averaged raw score.
+    /// Long-run mean and standard deviation of the averaged raw score (log space).
     pub average_mean: f64,
-    pub average_std: f64,
+    pub average_std: f32,
+    /// Long-run mean and standard deviation of the drift average.
+    pub drift_mean: f64,
+    pub drift_std: f32,
     /// Range seen so far.
     pub min: f64,
     pub max: f64,
     /// How often the metric repeats its previous value exactly.
-    pub repeat_rate: f64,
+    pub repeat_rate: f32,
     pub n: u64,
     /// Long-run mean and standard deviation of the value, for normalising shapes.
     pub value_mean: f64,
     pub value_std: f64,
-    /// Centroids of recent shapes, and the long-run distribution of the averaged log
-    /// distance to the nearest one.
-    pub centroids: Vec<Vec<f64>>,
-    /// Typical squared distance of a centroid's members to it.
-    pub radii: Vec<f64>,
+    /// Prototypes of recent shapes, one after the other, in units of 1/3000.
+    pub centroids: Vec<i16>,
+    /// Typical squared distance of a prototype's members to it.
+    pub radii: Vec<f32>,
+    /// Long-run distribution of the averaged log distance to the nearest prototype.
     pub shape_mean: f64,
-    pub shape_std: f64,
+    pub shape_std: f32,
 }
 
 /// A parameter snapshot for one device.
@@ -175,10 +239,50 @@ pub struct DetectorParams {
     pub kind: String,
     pub format: u32,
     pub config: DetectorConfig,
-    pub metrics: BTreeMap<String, MetricParams>,
+    /// Sorted by name.
+    pub metrics: Vec<MetricParams>,
     /// Usual interval between events (ms) and the fraction of samples that go missing,
     /// once known.
     pub interval: Option<(f64, f64)>,
+    /// Relations between metrics, once fitted.
+    pub relation: Option<RelationParams>,
+}
+
+/// The binary body of the parameters (kind and version travel in the header).
+type ParamsBody = (
+    DetectorConfig,
+    Vec<MetricParams>,
+    Option<(f64, f64)>,
+    Option<RelationParams>,
+);
+
+fn check_header(
+    bytes: &[u8],
+    magic: &[u8; 2],
+    version: u16,
+    what: &'static str,
+) -> Result<(), ModelError> {
+    if bytes.len() < 5 || &bytes[..2] != magic {
+        return Err(ModelError::Decode(format!("not fleetwatch {what}")));
+    }
+    let found_version = u16::from_le_bytes([bytes[3], bytes[4]]);
+    if bytes[2] != KIND_ID || found_version != version {
+        return Err(ModelError::IncompatibleParams {
+            found: format!("kind #{}", bytes[2]),
+            found_version: u32::from(found_version),
+            expected: KIND,
+            expected_version: u32::from(version),
+        });
+    }
+    Ok(())
+}
+
+fn header(magic: &[u8; 2], version: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2048);
+    out.extend_from_slice(magic);
+    out.push(KIND_ID);
+    out.extend_from_slice(&version.to_le_bytes());
+    out
 }
 
 impl DetectorParams {
@@ -194,18 +298,49 @@ impl DetectorParams {
             })
         }
     }
+
+    /// Compact binary encoding: `FP`, the kind's number, the format version (u16 LE),
+    /// then the body (postcard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = (&self.config, &self.metrics, &self.interval, &self.relation);
+        let out = header(PARAMS_MAGIC, FORMAT_VERSION as u16);
+        postcard::to_extend(&body, out).expect("a Vec grows as needed")
+    }
+
+    /// Decode [`DetectorParams::to_bytes`]; refuses other kinds and versions.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        check_header(bytes, PARAMS_MAGIC, FORMAT_VERSION as u16, "parameters")?;
+        let (config, metrics, interval, relation): ParamsBody =
+            postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
+        let config = config.validate()?;
+        Ok(Self {
+            kind: KIND.to_owned(),
+            format: FORMAT_VERSION,
+            config,
+            metrics,
+            interval,
+            relation,
+        })
+    }
+
+    fn metric(&self, name: &str) -> Option<&MetricParams> {
+        self.metrics
+            .binary_search_by(|m| m.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.metrics[i])
+    }
 }
 
 /// Exponentially weighted mean and variance; the first observations get weight 1/n.
-#[derive(Clone, Debug, Default)]
-struct Running {
-    mean: f64,
-    var: f64,
-    n: u64,
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Running {
+    pub(crate) mean: f64,
+    pub(crate) var: f64,
+    pub(crate) n: u64,
 }
 
 impl Running {
-    fn learn(&mut self, value: f64, alpha: f64) {
+    pub(crate) fn learn(&mut self, value: f64, alpha: f64) {
         self.n += 1;
         let weight = alpha.max(1.0 / self.n as f64);
         let delta = value - self.mean;
@@ -213,67 +348,79 @@ impl Running {
         self.var += weight * (delta * (value - self.mean) - self.var);
     }
 
-    fn std(&self) -> f64 {
+    pub(crate) fn std(&self) -> f64 {
         self.var.max(0.0).sqrt()
     }
 }
 
+pub(crate) fn push_limited<T>(queue: &mut VecDeque<T>, value: T, limit: usize) {
+    if queue.len() >= limit {
+        queue.pop_front();
+    }
+    queue.push_back(value);
+}
+
 /// Recent context of one metric, kept by trainer and scorer alike.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Context {
     prediction: Option<f64>,
     last_value: Option<f64>,
     repeats: u32,
     /// The repeat rate the scorer's parameters had when the current run began: a run is
     /// judged by the behaviour before it, or it would soon make itself look normal.
-    run_start_repeat_rate: Option<f64>,
-    recent_raw: VecDeque<f64>,
+    run_start_repeat_rate: Option<f32>,
+    recent_raw: VecDeque<f32>,
     recent_values: VecDeque<f64>,
-    recent_shape: VecDeque<f64>,
+    recent_shape: VecDeque<f32>,
+    /// Exponential average of the signed prediction errors (in error deviations).
+    drift: f64,
 }
 
 /// The embedding of the current event: the last values normalised, and the time of day.
+/// Written into `out`; false before the history fills a shape.
 fn embed(
     values: &VecDeque<f64>,
     ts_ms: i64,
     mean: f64,
     std: f64,
     config: &DetectorConfig,
-) -> Option<Vec<f64>> {
+    out: &mut [f64; 34],
+) -> bool {
     if config.shape_length == 0 || values.len() < config.shape_length {
-        return None;
+        return false;
     }
     let std = std.max(1e-9);
-    let mut vector: Vec<f64> = values
-        .iter()
-        .map(|v| ((v - mean) / std).clamp(-10.0, 10.0))
-        .collect();
+    for (slot, v) in out.iter_mut().zip(values) {
+        *slot = ((v - mean) / std).clamp(-10.0, 10.0);
+    }
     let phase = std::f64::consts::TAU * (ts_ms.rem_euclid(86_400_000) as f64 / 86_400_000.0);
-    vector.push(config.time_of_day_weight * phase.cos());
-    vector.push(config.time_of_day_weight * phase.sin());
-    Some(vector)
+    out[config.shape_length] = config.time_of_day_weight * phase.cos();
+    out[config.shape_length + 1] = config.time_of_day_weight * phase.sin();
+    true
 }
 
 /// The current shape as the context saw it.
 struct Shape {
     log_average_distance: f64,
-    vector: Vec<f64>,
+    vector: [f64; 34],
     /// Index of the nearest centroid and the squared distance to it.
     nearest: (usize, f64),
 }
 
-fn nearest(centroids: &[Vec<f64>], vector: &[f64]) -> Option<(usize, f64)> {
+fn nearest(centroids: &[i16], dims: usize, vector: &[f64]) -> Option<(usize, f64)> {
     centroids
-        .iter()
+        .chunks_exact(dims)
         .enumerate()
         .map(|(i, c)| {
-            (
-                i,
-                c.iter()
-                    .zip(vector)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f64>(),
-            )
+            let distance = c
+                .iter()
+                .zip(vector)
+                .map(|(&a, b)| {
+                    let d = f64::from(a) * CENTROID_UNIT - b;
+                    d * d
+                })
+                .sum::<f64>();
+            (i, distance)
         })
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
@@ -286,66 +433,68 @@ impl Context {
         &mut self,
         value: f64,
         ts_ms: i64,
-        mean: f64,
-        std: f64,
-        centroids: &[Vec<f64>],
+        metric: (f64, f64, &[i16]),
         config: &DetectorConfig,
     ) -> Option<Shape> {
+        let (mean, std, centroids) = metric;
         push_limited(&mut self.recent_values, value, config.shape_length);
-        let vector = embed(&self.recent_values, ts_ms, mean, std, config)?;
-        let nearest = nearest(centroids, &vector)?;
-        push_limited(&mut self.recent_shape, nearest.1, config.averaging_window);
-        let average = self.recent_shape.iter().sum::<f64>() / self.recent_shape.len() as f64;
+        let mut vector = [0.0; 34];
+        if !embed(&self.recent_values, ts_ms, mean, std, config, &mut vector) {
+            return None;
+        }
+        let dims = config.shape_length + 2;
+        let nearest = nearest(centroids, dims, &vector[..dims])?;
+        push_limited(
+            &mut self.recent_shape,
+            nearest.1 as f32,
+            config.averaging_window,
+        );
+        let sum: f64 = self.recent_shape.iter().map(|&d| f64::from(d)).sum();
+        let average = sum / self.recent_shape.len() as f64;
         Some(Shape {
             log_average_distance: (average + 1e-3).ln(),
             vector,
             nearest,
         })
     }
-}
 
-fn push_limited(queue: &mut VecDeque<f64>, value: f64, limit: usize) {
-    if queue.len() == limit {
-        queue.pop_front();
-    }
-    queue.push_back(value);
-}
-
-impl Context {
     /// Raw score of `value` against the current prediction, then advance the context.
-    /// Returns (raw, prediction, average of recent raw scores including this one).
+    /// Returns (raw, prediction, ln of the average of recent raw scores including this
+    /// one).
     fn observe(&mut self, value: f64, error_std: f64, config: &DetectorConfig) -> (f64, f64, f64) {
         let prediction = self.prediction.unwrap_or(value);
-        let raw = ((value - prediction).abs() / error_std.max(1e-12)).min(1e6);
+        let signed = ((value - prediction) / error_std.max(1e-12)).clamp(-1e6, 1e6);
+        let raw = signed.abs();
         self.prediction = Some(prediction + config.predictor_alpha * (value - prediction));
+        // Clamped so one wild value does not stand for a drift for long.
+        self.drift += config.drift_alpha * (signed.clamp(-5.0, 5.0) - self.drift);
         self.repeats = if self.last_value == Some(value) {
             self.repeats + 1
         } else {
             0
         };
         self.last_value = Some(value);
-        if self.recent_raw.len() == config.averaging_window {
-            self.recent_raw.pop_front();
-        }
-        self.recent_raw.push_back(raw);
-        let average = self.recent_raw.iter().sum::<f64>() / self.recent_raw.len() as f64;
+        push_limited(&mut self.recent_raw, raw as f32, config.averaging_window);
+        let sum: f64 = self.recent_raw.iter().map(|&r| f64::from(r)).sum();
+        let average = sum / self.recent_raw.len() as f64;
         // Averages of heavy-tailed errors are far from Gaussian; their logarithm is close.
         (raw, prediction, (average + 1e-3).ln())
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MetricTrainer {
     context: Context,
     error: Running,
     average: Running,
     value: Running,
     shape: Running,
-    centroids: Vec<Vec<f64>>,
-    centroid_weights: Vec<f64>,
-    radii: Vec<f64>,
+    drift: Running,
+    /// Prototypes (i16, see `CENTROID_UNIT`), their use weights and radii.
+    centroids: Vec<i16>,
+    weights: Vec<f32>,
+    radii: Vec<f32>,
     typical_distance: Running,
-
     min: f64,
     max: f64,
     repeat_rate: f64,
@@ -353,10 +502,13 @@ struct MetricTrainer {
 }
 
 /// The learning half, one per device.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetectorTrainer {
+    #[serde(skip)]
     config: DetectorConfig,
-    metrics: BTreeMap<String, MetricTrainer>,
+    /// Sorted by name.
+    metrics: Vec<(String, MetricTrainer)>,
+    relation: RelationTrainer,
     interval: Running,
     /// Fraction of expected samples that did not arrive.
     missing_rate: f64,
@@ -364,31 +516,50 @@ pub struct DetectorTrainer {
     events: u64,
 }
 
+/// Smallest error standard deviation relative to the value's magnitude, so a constant
+/// series stays scorable.
+const MIN_RELATIVE_ERROR_STD: f64 = 1e-6;
+
 impl DetectorTrainer {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
-            metrics: BTreeMap::new(),
+            metrics: Vec::new(),
+            relation: RelationTrainer::default(),
             interval: Running::default(),
             missing_rate: 0.0,
             last_ts: None,
             events: 0,
         }
     }
-}
 
-/// Smallest error standard deviation relative to the value's magnitude, so a constant
-/// series stays scorable.
-const MIN_RELATIVE_ERROR_STD: f64 = 1e-6;
+    /// Everything the trainer has learned, for restoring it after a restart or a
+    /// rebalance ([`DetectorTrainer::from_state_bytes`]). The configuration is not
+    /// included: it is the service's.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let out = header(STATE_MAGIC, STATE_VERSION);
+        postcard::to_extend(self, out).expect("a Vec grows as needed")
+    }
 
-impl Trainer for DetectorTrainer {
-    type Params = DetectorParams;
+    /// A trainer that continues exactly where the one that wrote `bytes` stopped.
+    pub fn from_state_bytes(config: DetectorConfig, bytes: &[u8]) -> Result<Self, ModelError> {
+        check_header(bytes, STATE_MAGIC, STATE_VERSION, "trainer state")?;
+        let mut trainer: Self =
+            postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
+        trainer.config = config.validate()?;
+        Ok(trainer)
+    }
 
-    fn update(&mut self, observation: &Observation<'_>) {
-        self.events += 1;
+    /// Refit the relation model now (it refits itself every `relation.refit_every`
+    /// events; this is for measuring the cost of one refit).
+    pub fn refit_relations(&mut self) {
+        self.relation.refit(&self.config.relation);
+    }
+
+    fn learn_interval(&mut self, ts_ms: i64) {
         let config = &self.config;
         if let Some(last_ts) = self.last_ts {
-            let interval = (observation.ts_ms - last_ts) as f64;
+            let interval = (ts_ms - last_ts) as f64;
             let known = self.interval.n >= config.warmup_events;
             // Intervals of about the usual length teach the usual length; longer ones teach
             // how often samples go missing.
@@ -405,80 +576,159 @@ impl Trainer for DetectorTrainer {
                 self.missing_rate += weight * (missed / (1.0 + missed) - self.missing_rate);
             }
         }
-        self.last_ts = Some(
-            self.last_ts
-                .map_or(observation.ts_ms, |t| t.max(observation.ts_ms)),
-        );
+        self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
+    }
 
+    fn learn_relation(&mut self, observation: &Observation<'_>) {
+        let config = &self.config;
+        let names: Vec<&String> = if self.relation.names().is_empty() {
+            observation.metrics.keys().collect()
+        } else {
+            Vec::new()
+        };
+        let mut values = [0.0; MAX_COLUMNS];
+        let mut complete = true;
+        for (slot, name) in values.iter_mut().zip(self.relation.names()) {
+            match observation.metrics.get(name) {
+                Some(&v) => *slot = v,
+                None => complete = false,
+            }
+        }
+        let m = self.relation.names().len();
+        self.relation.update(
+            &config.relation,
+            config.averaging_window,
+            config.likelihood_alpha,
+            &names,
+            complete.then_some(&values[..m]),
+        );
+    }
+}
+
+/// Learn one value of one metric.
+fn learn_metric(
+    metric: &mut MetricTrainer,
+    value: f64,
+    ts_ms: i64,
+    cap: usize,
+    config: &DetectorConfig,
+) {
+    metric.n += 1;
+    let error_std = metric
+        .error
+        .std()
+        .max(MIN_RELATIVE_ERROR_STD * value.abs())
+        .max(1e-12);
+    let had_prediction = metric.context.prediction;
+    let (_, _, average) = metric.context.observe(value, error_std, config);
+    if let Some(prediction) = had_prediction {
+        metric.error.learn(value - prediction, config.error_alpha);
+        // The error variance is centred on zero, not on its mean.
+        metric.error.mean = 0.0;
+    }
+    if metric.n > config.averaging_window as u64 {
+        metric.average.learn(average, config.likelihood_alpha);
+        metric
+            .drift
+            .learn(metric.context.drift, config.likelihood_alpha);
+    }
+    learn_shape_of(metric, value, ts_ms, cap, config);
+    metric.value.learn(value, config.error_alpha / 10.0);
+    if metric.n > config.warmup_events {
+        metric.max -= config.range_decay * (metric.max - metric.value.mean).max(0.0);
+        metric.min += config.range_decay * (metric.value.mean - metric.min).max(0.0);
+    }
+    metric.min = metric.min.min(value);
+    metric.max = metric.max.max(value);
+    let target = if metric.context.repeats > 0 { 1.0 } else { 0.0 };
+    metric.repeat_rate +=
+        config.error_alpha.max(1.0 / metric.n as f64) * (target - metric.repeat_rate);
+}
+
+fn learn_shape_of(
+    metric: &mut MetricTrainer,
+    value: f64,
+    ts_ms: i64,
+    cap: usize,
+    config: &DetectorConfig,
+) {
+    let (mean, std) = (metric.value.mean, metric.value.std());
+    let shape = metric
+        .context
+        .observe_shape(value, ts_ms, (mean, std, &metric.centroids), config);
+    if let Some(shape) = shape {
+        if metric.n > config.warmup_events {
+            metric
+                .shape
+                .learn(shape.log_average_distance, config.likelihood_alpha);
+        }
+        learn_shape(metric, &shape.vector, Some(shape.nearest), cap, config);
+    } else if metric.centroids.is_empty() {
+        let mut vector = [0.0; 34];
+        if embed(
+            &metric.context.recent_values,
+            ts_ms,
+            mean,
+            std,
+            config,
+            &mut vector,
+        ) {
+            learn_shape(metric, &vector, None, cap, config);
+        }
+    }
+}
+
+fn quantize(v: f64) -> i16 {
+    (v / CENTROID_UNIT).round().clamp(-32767.0, 32767.0) as i16
+}
+
+impl Trainer for DetectorTrainer {
+    type Params = DetectorParams;
+
+    fn update(&mut self, observation: &Observation<'_>) {
+        self.events += 1;
+        self.learn_interval(observation.ts_ms);
         for (name, &value) in observation.metrics {
-            // Look up before inserting: `entry` would allocate a key on every event.
-            if !self.metrics.contains_key(name) {
-                let fresh = MetricTrainer {
-                    min: value,
-                    max: value,
-                    ..MetricTrainer::default()
-                };
-                self.metrics.insert(name.clone(), fresh);
-            }
-            let metric = self.metrics.get_mut(name).expect("inserted above");
-            metric.n += 1;
-            let error_std = metric
-                .error
-                .std()
-                .max(MIN_RELATIVE_ERROR_STD * value.abs())
-                .max(1e-12);
-            let had_prediction = metric.context.prediction;
-            let (_, _, average) = metric.context.observe(value, error_std, config);
-            if let Some(prediction) = had_prediction {
-                metric.error.learn(value - prediction, config.error_alpha);
-                // The error variance is centred on zero, not on its mean.
-                metric.error.mean = 0.0;
-            }
-            if metric.n > config.averaging_window as u64 {
-                metric.average.learn(average, config.likelihood_alpha);
-            }
-            let (mean, std) = (metric.value.mean, metric.value.std());
-            if let Some(shape) = metric.context.observe_shape(
+            let index = match self.metrics.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+                Ok(i) => i,
+                Err(i) => {
+                    let fresh = MetricTrainer {
+                        min: value,
+                        max: value,
+                        ..MetricTrainer::default()
+                    };
+                    self.metrics.insert(i, (name.clone(), fresh));
+                    i
+                }
+            };
+            let cap = self.config.centroid_cap(self.metrics.len());
+            learn_metric(
+                &mut self.metrics[index].1,
                 value,
                 observation.ts_ms,
-                mean,
-                std,
-                &metric.centroids,
-                config,
-            ) {
-                if metric.n > config.warmup_events {
-                    metric
-                        .shape
-                        .learn(shape.log_average_distance, config.likelihood_alpha);
-                }
-                learn_shape(metric, shape.vector, Some(shape.nearest), config);
-            } else if metric.centroids.is_empty() {
-                if let Some(vector) = embed(
-                    &metric.context.recent_values,
-                    observation.ts_ms,
-                    mean,
-                    std,
-                    config,
-                ) {
-                    learn_shape(metric, vector, None, config);
-                }
-            }
-            metric.value.learn(value, config.error_alpha / 10.0);
-            if metric.n > config.warmup_events {
-                metric.max -= config.range_decay * (metric.max - metric.value.mean).max(0.0);
-                metric.min += config.range_decay * (metric.value.mean - metric.min).max(0.0);
-            }
-            metric.min = metric.min.min(value);
-            metric.max = metric.max.max(value);
-            let target = if metric.context.repeats > 0 { 1.0 } else { 0.0 };
-            metric.repeat_rate +=
-                config.error_alpha.max(1.0 / metric.n as f64) * (target - metric.repeat_rate);
+                cap,
+                &self.config,
+            );
         }
+        self.learn_relation(observation);
     }
 
     fn snapshot(&self) -> DetectorParams {
         let interval = (self.interval.n >= self.config.warmup_events)
             .then_some((self.interval.mean, self.missing_rate));
+        let relation = self.relation.params().map(|fitted| {
+            let columns = self
+                .relation
+                .names()
+                .iter()
+                .filter_map(|name| self.metrics.binary_search_by(|(n, _)| n.cmp(name)).ok())
+                .map(|i| i as u8)
+                .collect();
+            RelationParams {
+                columns,
+                ..fitted.clone()
+            }
+        });
         DetectorParams {
             kind: KIND.to_owned(),
             format: FORMAT_VERSION,
@@ -486,38 +736,41 @@ impl Trainer for DetectorTrainer {
             metrics: self
                 .metrics
                 .iter()
-                .map(|(name, m)| {
-                    let magnitude = m.max.abs().max(m.min.abs());
-                    (
-                        name.clone(),
-                        MetricParams {
-                            error_std: m
-                                .error
-                                .std()
-                                .max(MIN_RELATIVE_ERROR_STD * magnitude)
-                                .max(1e-12),
-                            average_mean: m.average.mean,
-                            average_std: m.average.std(),
-                            min: m.min,
-                            max: m.max,
-                            repeat_rate: m.repeat_rate,
-                            n: m.n,
-                            value_mean: m.value.mean,
-                            value_std: m.value.std(),
-                            centroids: m.centroids.clone(),
-                            radii: m.radii.clone(),
-                            shape_mean: m.shape.mean,
-                            shape_std: m.shape.std(),
-                        },
-                    )
-                })
+                .map(|(name, m)| metric_params(name, m))
                 .collect(),
             interval,
+            relation,
         }
     }
 
     fn events(&self) -> u64 {
         self.events
+    }
+}
+
+fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
+    let magnitude = m.max.abs().max(m.min.abs());
+    MetricParams {
+        name: name.to_owned(),
+        error_std: m
+            .error
+            .std()
+            .max(MIN_RELATIVE_ERROR_STD * magnitude)
+            .max(1e-12),
+        average_mean: m.average.mean,
+        average_std: m.average.std() as f32,
+        drift_mean: m.drift.mean,
+        drift_std: m.drift.std() as f32,
+        min: m.min,
+        max: m.max,
+        repeat_rate: m.repeat_rate as f32,
+        n: m.n,
+        value_mean: m.value.mean,
+        value_std: m.value.std(),
+        centroids: m.centroids.clone(),
+        radii: m.radii.clone(),
+        shape_mean: m.shape.mean,
+        shape_std: m.shape.std() as f32,
     }
 }
 
@@ -527,13 +780,16 @@ impl Trainer for DetectorTrainer {
 /// moves towards it, ever slower but never below a floor, so the memory keeps adapting.
 fn learn_shape(
     metric: &mut MetricTrainer,
-    vector: Vec<f64>,
+    vector: &[f64; 34],
     nearest: Option<(usize, f64)>,
+    cap: usize,
     config: &DetectorConfig,
 ) {
+    let dims = config.shape_length + 2;
+    let vector = &vector[..dims];
     let Some((index, distance)) = nearest else {
-        metric.centroids.push(vector);
-        metric.centroid_weights.push(1.0);
+        metric.centroids.extend(vector.iter().map(|&v| quantize(v)));
+        metric.weights.push(1.0);
         metric.radii.push(1.0);
         return;
     };
@@ -543,94 +799,144 @@ fn learn_shape(
     } else {
         metric.typical_distance.mean.max(1e-6)
     };
+    let count = metric.weights.len();
     let novel = config.shape_vigilance > 0.0
         && metric.n > config.warmup_events
-        && distance > config.shape_vigilance * metric.radii[index].max(typical);
-    if novel || (metric.centroids.len() < config.shape_centroids && distance > 0.5) {
-        if metric.centroids.len() < config.shape_centroids {
-            metric.centroids.push(vector);
-            metric.centroid_weights.push(1.0);
-            metric.radii.push(typical * config.new_radius_fraction);
+        && distance > config.shape_vigilance * f64::from(metric.radii[index]).max(typical);
+    if novel || (count < cap && distance > 0.5) {
+        let radius = (typical * config.new_radius_fraction) as f32;
+        if count < cap {
+            metric.centroids.extend(vector.iter().map(|&v| quantize(v)));
+            metric.weights.push(1.0);
+            metric.radii.push(radius);
         } else {
-            let least = (0..metric.centroids.len())
-                .min_by(|&a, &b| metric.centroid_weights[a].total_cmp(&metric.centroid_weights[b]))
-                .expect("not empty");
-            metric.centroids[least] = vector;
-            metric.centroid_weights[least] = 1.0;
-            metric.radii[least] = typical * config.new_radius_fraction;
+            let least = (0..count)
+                .min_by(|&a, &b| metric.weights[a].total_cmp(&metric.weights[b]))
+                .unwrap_or(0);
+            for (c, &v) in metric.centroids[least * dims..][..dims]
+                .iter_mut()
+                .zip(vector)
+            {
+                *c = quantize(v);
+            }
+            metric.weights[least] = 1.0;
+            metric.radii[least] = radius;
         }
         return;
     }
     metric.typical_distance.learn(distance, config.error_alpha);
-    metric.centroid_weights[index] += 1.0;
-    let rate = (1.0 / metric.centroid_weights[index]).max(0.01);
-    metric.radii[index] += rate * (distance - metric.radii[index]);
-    for (c, v) in metric.centroids[index].iter_mut().zip(&vector) {
-        *c += rate * (v - *c);
+    metric.weights[index] += 1.0;
+    let rate = (1.0 / f64::from(metric.weights[index])).max(0.01);
+    let radius = &mut metric.radii[index];
+    *radius += (rate * (distance - f64::from(*radius))) as f32;
+    for (c, v) in metric.centroids[index * dims..][..dims]
+        .iter_mut()
+        .zip(vector)
+    {
+        let current = f64::from(*c) * CENTROID_UNIT;
+        *c = quantize(current + rate * (v - current));
     }
     // Slowly forget, so rarely used centroids are the ones replaced.
-    for weight in &mut metric.centroid_weights {
+    for weight in &mut metric.weights {
         *weight *= 0.999;
     }
 }
 
-/// The score of a metric with enough history: the likelihood of its recent prediction
-/// errors and shapes, and whether it left its range.
-fn history_score(
-    metric: &MetricParams,
-    config: &DetectorConfig,
+/// Everything the per-metric score looks at for one event.
+struct Reading<'a> {
     value: f64,
     prediction: f64,
     raw: f64,
+    /// ln of the average of recent raw scores.
     average: f64,
-    shape: Option<&Shape>,
-) -> (f64, Cause) {
-    let z = (average - metric.average_mean) / metric.average_std.max(1e-9);
+    drift: f64,
+    shape: Option<&'a Shape>,
+}
+
+/// The score of a metric with enough history: the likelihood of its recent prediction
+/// errors and shapes, its drift, and whether it left its range.
+fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
+    let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(1e-9);
     let mut score = tail_score(ln_upper_tail(z));
-    if let Some(shape) = shape {
-        let z = (shape.log_average_distance - metric.shape_mean) / metric.shape_std.max(1e-9);
-        score = score.max(tail_score(ln_upper_tail(z)));
-        if config.shape_vigilance > 0.0 {
+    let mut cause = Cause::Deviation {
+        z: r.raw * (r.value - r.prediction).signum(),
+    };
+    if let Some(shape) = r.shape {
+        let z = (shape.log_average_distance - metric.shape_mean)
+            / f64::from(metric.shape_std).max(1e-9)
+            / config.shape_z_scale.max(1e-9);
+        let likely = tail_score(ln_upper_tail(z));
+        if likely > score {
+            score = likely;
+            cause = Cause::NewShape { ratio: 0.0 };
+        }
+        if config.shape_vigilance > 0.0 && metric.n >= config.novelty_events {
             let (index, distance) = shape.nearest;
-            let radius = metric.radii.get(index).copied().unwrap_or(1.0).max(1e-6);
+            let radius = metric
+                .radii
+                .get(index)
+                .map_or(1.0, |&r| f64::from(r))
+                .max(1e-6);
             let ratio = distance / (config.shape_vigilance * radius);
-            if ratio > 1.0 {
-                score = score.max(0.5 + 0.5 * (1.0 - 1.0 / ratio));
+            let mut novel = 0.5 + 0.5 * (1.0 - 1.0 / ratio);
+            if config.shape_prior > 0.0 {
+                novel = novel.min(tail_score(ln_upper_tail(z) + config.shape_prior.ln()));
+            }
+            if ratio > 1.0 && novel > score {
+                score = novel;
+                cause = Cause::NewShape { ratio };
             }
         }
     }
+    if config.drift_detection {
+        // A floor on the spread: a series learned as perfectly regular must not call
+        // every tiny lean a drift.
+        let z = (r.drift - metric.drift_mean) / f64::from(metric.drift_std).max(0.05);
+        let drift = tail_score(ln_two_sided_tail(z));
+        if drift > score {
+            score = drift;
+            cause = Cause::Drift { z };
+        }
+    }
     let range = metric.max - metric.min;
-    let excess = (value - metric.max).max(metric.min - value);
-    if range > 0.0 && excess > config.range_tolerance * range {
+    let excess = (r.value - metric.max).max(metric.min - r.value);
+    if range > 0.0 && excess > config.range_tolerance * range && metric.n >= config.range_events {
         // Graded, so that the threshold can tell a slight new extreme from a wild one.
         let beyond = (excess / range - config.range_tolerance).min(1.0);
-        score = score.max(config.range_score * (0.9 + 0.1 * beyond));
+        let mut ranged = config.range_score * (0.9 + 0.1 * beyond);
+        if config.range_prior > 0.0 {
+            let z = (r.value - metric.value_mean) / metric.value_std.max(1e-12);
+            let surprise = tail_score(ln_two_sided_tail(z) + config.range_prior.ln());
+            ranged = ranged.min(surprise);
+        }
+        if ranged > score {
+            score = ranged;
+            cause = Cause::OutOfRange {
+                min: metric.min,
+                max: metric.max,
+            };
+        }
     }
-    (
-        score,
-        Cause::Deviation {
-            z: raw * (value - prediction).signum(),
-        },
-    )
+    (score, cause)
 }
 
 /// The scoring half, one per device.
 #[derive(Clone, Debug, Default)]
 pub struct DetectorScorer {
     last_ts: Option<i64>,
-    contexts: BTreeMap<String, Context>,
-    /// Events left in the current rest period.
-    resting: u32,
+    /// Sorted by name.
+    contexts: Vec<(String, Context)>,
+    relation: RelationContext,
 }
 
 /// Score of an upper-tail probability: ln(p)/ln(1e-10), in [0, 1].
-fn tail_score(ln_tail: f64) -> f64 {
+pub(crate) fn tail_score(ln_tail: f64) -> f64 {
     const LN_FLOOR: f64 = -23.025_850_929_940_457; // ln(1e-10)
     (ln_tail.max(LN_FLOOR) / LN_FLOOR).clamp(0.0, 1.0)
 }
 
 /// ln P(Z > z) for a standard normal Z.
-fn ln_upper_tail(z: f64) -> f64 {
+pub(crate) fn ln_upper_tail(z: f64) -> f64 {
     if z <= 0.0 {
         // At most ln(1) = 0; the mirror keeps it smooth.
         (1.0 - 0.5 * ln_two_sided_tail(z).exp()).ln()
@@ -643,111 +949,202 @@ const MIN_REPEAT_RATE: f64 = 0.01;
 /// Below this repeat rate a metric counts as one that (almost) never repeats.
 const RARE_REPEAT_RATE: f64 = 0.02;
 const MIN_MISSING_RATE: f64 = 0.01;
+/// Smallest spread of the relation scores' calibration (log space).
+const MIN_RELATION_STD: f64 = 0.1;
+
+impl DetectorScorer {
+    fn gap_part(&mut self, params: &DetectorParams, ts_ms: i64) -> Option<MetricScore> {
+        let config = &params.config;
+        let interval = params.interval.filter(|_| config.gap_detection);
+        let previous = self.last_ts;
+        self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
+        let (last_ts, (mean, missing_rate)) = (previous?, interval?);
+        let gap_ms = ts_ms - last_ts;
+        let missed = (gap_ms as f64 / mean - 1.0).round();
+        if (gap_ms as f64) < config.gap_min_ratio * mean {
+            return None;
+        }
+        // `missed` samples in a row, each missing with the learned rate.
+        Some(MetricScore {
+            metric: INTERVAL_METRIC.to_owned(),
+            value: gap_ms as f64,
+            expected: mean,
+            score: tail_score(missed * missing_rate.max(MIN_MISSING_RATE).ln()),
+            cause: Cause::Gap {
+                gap_ms,
+                ratio: gap_ms as f64 / mean.max(1.0),
+            },
+        })
+    }
+
+    fn context(&mut self, name: &String) -> &mut Context {
+        let index = match self.contexts.binary_search_by(|(n, _)| n.cmp(name)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.contexts.insert(i, (name.clone(), Context::default()));
+                i
+            }
+        };
+        &mut self.contexts[index].1
+    }
+
+    /// The part of one metric, or none while it warms up.
+    fn metric_part(
+        &mut self,
+        params: &DetectorParams,
+        name: &String,
+        value: f64,
+        ts_ms: i64,
+    ) -> Option<MetricScore> {
+        let config = &params.config;
+        let context = self.context(name);
+        let Some(metric) = params.metric(name) else {
+            context.observe(value, 1.0, config);
+            return None;
+        };
+        let (raw, prediction, average) = context.observe(value, metric.error_std, config);
+        if context.repeats == 1 {
+            // Only metrics that almost never repeat are judged by the rate before the
+            // run; for the others (and runs begun while warming up) the current rate.
+            context.run_start_repeat_rate = (metric.n >= config.warmup_events
+                && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE)
+                .then_some(metric.repeat_rate);
+        } else if context.repeats == 0 {
+            context.run_start_repeat_rate = None;
+        }
+        let shape = context.observe_shape(
+            value,
+            ts_ms,
+            (metric.value_mean, metric.value_std, &metric.centroids),
+            config,
+        );
+        if metric.n < config.warmup_events {
+            return None;
+        }
+        let reading = Reading {
+            value,
+            prediction,
+            raw,
+            average,
+            drift: context.drift,
+            shape: shape.as_ref(),
+        };
+        let (mut score, mut cause) = if metric.n < config.history_events {
+            (
+                tail_score(ln_two_sided_tail(raw)),
+                Cause::Deviation {
+                    z: raw * (value - prediction).signum(),
+                },
+            )
+        } else {
+            history_score(metric, config, &reading)
+        };
+        let repeats = context.repeats;
+        let rate = context
+            .run_start_repeat_rate
+            .map_or(metric.repeat_rate, |r| r.min(metric.repeat_rate));
+        let stuck = tail_score(repeats as f64 * f64::from(rate).max(MIN_REPEAT_RATE).ln());
+        if config.stuck_detection && repeats + 1 >= config.stuck_min_repeats && stuck > score {
+            score = stuck;
+            cause = Cause::Stuck {
+                repeats: repeats + 1,
+            };
+        }
+        Some(MetricScore {
+            metric: name.clone(),
+            value,
+            expected: prediction,
+            score,
+            cause,
+        })
+    }
+
+    /// The part of the relations between metrics: the larger of the calibrated T² and
+    /// SPE scores, attributed to the metrics that carry it.
+    fn relation_part(
+        &mut self,
+        params: &DetectorParams,
+        observation: &Observation<'_>,
+    ) -> Option<MetricScore> {
+        let relation = params
+            .relation
+            .as_ref()
+            .filter(|_| params.config.relation.enabled)?;
+        let m = relation.columns.len();
+        if m != relation.mean.len() {
+            return None;
+        }
+        let mut values = [0.0; MAX_COLUMNS];
+        for (slot, &column) in values.iter_mut().zip(&relation.columns) {
+            let name = &params.metrics.get(usize::from(column))?.name;
+            *slot = *observation.metrics.get(name)?;
+        }
+        let eval = relation.evaluate(&values[..m]);
+        let (t2, spe) = self
+            .relation
+            .observe(relation, &eval, params.config.averaging_window);
+        if !relation.ready {
+            return None;
+        }
+        let calibrated = |x: f64, (mean, std): (f32, f32)| {
+            let z = (x - f64::from(mean)) / f64::from(std).max(MIN_RELATION_STD);
+            tail_score(ln_upper_tail(z))
+        };
+        let (t2_score, spe_score) = (
+            calibrated(t2, relation.t2_calibration),
+            calibrated(spe, relation.spe_calibration),
+        );
+        let name = |j: usize| {
+            params.metrics[usize::from(relation.columns[j])]
+                .name
+                .clone()
+        };
+        if spe_score >= t2_score {
+            let share = |j: usize| eval.residual[j] * eval.residual[j];
+            let top = (0..m).max_by(|&a, &b| share(a).total_cmp(&share(b)))?;
+            let with = (0..m)
+                .filter(|&j| j != top && share(j) >= 0.5 * share(top))
+                .take(2)
+                .map(name)
+                .collect();
+            Some(MetricScore {
+                metric: name(top),
+                value: values[top],
+                expected: relation.expected(&eval, top),
+                score: spe_score,
+                cause: Cause::Relation {
+                    with,
+                    ratio: eval.spe / f64::from(relation.spe_limit).max(1e-9),
+                },
+            })
+        } else {
+            let top = (0..m).max_by(|&a, &b| eval.t2_share[a].total_cmp(&eval.t2_share[b]))?;
+            Some(MetricScore {
+                metric: name(top),
+                value: values[top],
+                expected: f64::from(relation.mean[top]),
+                score: t2_score,
+                cause: Cause::Deviation { z: eval.z[top] },
+            })
+        }
+    }
+}
 
 impl Scorer for DetectorScorer {
     type Params = DetectorParams;
 
     fn score(&mut self, params: &DetectorParams, observation: &Observation<'_>) -> Score {
-        let config = &params.config;
-        let mut parts = Vec::with_capacity(observation.metrics.len() + 1);
-        let interval = params.interval.filter(|_| config.gap_detection);
-        if let (Some(last_ts), Some((mean, missing_rate))) = (self.last_ts, interval) {
-            let gap_ms = observation.ts_ms - last_ts;
-            let missed = (gap_ms as f64 / mean - 1.0).round();
-            if gap_ms as f64 >= config.gap_min_ratio * mean {
-                // `missed` samples in a row, each missing with the learned rate.
-                parts.push(MetricScore {
-                    metric: INTERVAL_METRIC.to_owned(),
-                    value: gap_ms as f64,
-                    expected: mean,
-                    score: tail_score(missed * missing_rate.max(MIN_MISSING_RATE).ln()),
-                    cause: Cause::Gap {
-                        gap_ms,
-                        ratio: gap_ms as f64 / mean.max(1.0),
-                    },
-                });
-            }
-        }
-        self.last_ts = Some(
-            self.last_ts
-                .map_or(observation.ts_ms, |t| t.max(observation.ts_ms)),
-        );
-
+        let mut parts = Vec::with_capacity(observation.metrics.len() + 2);
+        parts.extend(self.gap_part(params, observation.ts_ms));
         for (name, &value) in observation.metrics {
-            if !self.contexts.contains_key(name) {
-                self.contexts.insert(name.clone(), Context::default());
-            }
-            let context = self.contexts.get_mut(name).expect("inserted above");
-            let Some(metric) = params.metrics.get(name) else {
-                context.observe(value, 1.0, config);
-                continue;
-            };
-            let (raw, prediction, average) = context.observe(value, metric.error_std, config);
-            if context.repeats == 1 {
-                // Only metrics that almost never repeat are judged by the rate before the
-                // run; for the others (and runs begun while warming up) the current rate.
-                context.run_start_repeat_rate = (metric.n >= config.warmup_events
-                    && metric.repeat_rate < RARE_REPEAT_RATE)
-                    .then_some(metric.repeat_rate);
-            } else if context.repeats == 0 {
-                context.run_start_repeat_rate = None;
-            }
-            let shape = context.observe_shape(
-                value,
-                observation.ts_ms,
-                metric.value_mean,
-                metric.value_std,
-                &metric.centroids,
-                config,
-            );
-            if metric.n < config.warmup_events {
-                continue;
-            }
-            let (mut score, mut cause) = if metric.n < config.history_events {
-                (
-                    tail_score(ln_two_sided_tail(raw)),
-                    Cause::Deviation {
-                        z: raw * (value - prediction).signum(),
-                    },
-                )
-            } else {
-                self::history_score(
-                    metric,
-                    config,
-                    value,
-                    prediction,
-                    raw,
-                    average,
-                    shape.as_ref(),
-                )
-            };
-            let repeats = context.repeats;
-            let rate = context
-                .run_start_repeat_rate
-                .map_or(metric.repeat_rate, |r| r.min(metric.repeat_rate));
-            let stuck = tail_score(repeats as f64 * rate.max(MIN_REPEAT_RATE).ln());
-            if config.stuck_detection && repeats + 1 >= config.stuck_min_repeats && stuck > score {
-                score = stuck;
-                cause = Cause::Stuck {
-                    repeats: repeats + 1,
-                };
-            }
-            parts.push(MetricScore {
-                metric: name.clone(),
-                value,
-                expected: prediction,
-                score,
-                cause,
-            });
+            parts.extend(self.metric_part(params, name, value, observation.ts_ms));
         }
+        parts.extend(self.relation_part(params, observation));
         let mut score = Score::from_parts(parts);
-        score.ready = params.metrics.values().any(|m| m.n >= config.warmup_events);
-        if self.resting > 0 {
-            self.resting -= 1;
-            score.value = score.value.min(config.threshold * 0.99);
-        } else if score.ready && score.value >= config.threshold {
-            self.resting = config.rest_events;
-        }
+        score.ready = params
+            .metrics
+            .iter()
+            .any(|m| m.n >= params.config.warmup_events);
         score
     }
 }
@@ -755,6 +1152,7 @@ impl Scorer for DetectorScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     /// Deterministic pseudo-noise in [-1, 1] without pulling a RNG into the crate.
     fn noise(i: u64) -> f64 {
@@ -839,7 +1237,7 @@ mod tests {
     #[test]
     fn a_level_shift_is_noticed_at_once() {
         let mut rig = Rig::new();
-        rig.warm(500);
+        rig.warm(1_200);
         assert!(rig.step(30.0, 1000).value >= THRESHOLD);
     }
 
@@ -849,7 +1247,7 @@ mod tests {
         rig.warm(1_000);
         let stuck: Vec<Score> = (0..15).map(|_| rig.step(20.3, 1000)).collect();
         assert!(stuck[..2].iter().all(|s| s.value < THRESHOLD), "{stuck:?}");
-        // Reported once, at onset; the rest period then holds it below the threshold.
+        // Scores are never held: once noticed, every later stuck reading scores high.
         let onset = stuck
             .iter()
             .position(|s| s.value >= THRESHOLD)
@@ -858,7 +1256,7 @@ mod tests {
             matches!(stuck[onset].contributors[0].cause, Cause::Stuck { .. }),
             "{stuck:?}"
         );
-        assert!(stuck[onset + 1..].iter().all(|s| s.value < THRESHOLD));
+        assert!(stuck[onset..].iter().all(|s| s.value >= THRESHOLD));
 
         let mut rig = Rig::new();
         rig.warm(1_000);
@@ -870,8 +1268,9 @@ mod tests {
     #[test]
     fn a_constant_metric_is_not_stuck() {
         let mut rig = Rig::new();
-        for _ in 0..500 {
-            assert!(rig.step(5.0, 1000).value < THRESHOLD);
+        for i in 0..500 {
+            let score = rig.step(5.0, 1000);
+            assert!(score.value < THRESHOLD, "{i}: {score:?}");
         }
     }
 
@@ -890,6 +1289,16 @@ mod tests {
         let back: DetectorParams = serde_json::from_str(&json).unwrap();
         assert_eq!(back, params);
         assert!(back.check().is_ok());
+        let bytes = params.to_bytes();
+        assert_eq!(DetectorParams::from_bytes(&bytes).unwrap(), params);
+        let mut other_version = bytes.clone();
+        other_version[3] = 99;
+        assert!(matches!(
+            DetectorParams::from_bytes(&other_version),
+            Err(ModelError::IncompatibleParams { .. })
+        ));
+        assert!(DetectorParams::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+        assert!(DetectorParams::from_bytes(b"{}").is_err());
         assert!(DetectorParams {
             kind: "other".into(),
             ..back

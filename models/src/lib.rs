@@ -11,11 +11,14 @@
 
 mod calibration;
 pub mod detector;
+pub mod episode;
 pub mod nab;
 mod observation;
 pub mod production;
+pub mod relation;
 pub mod replay;
 mod score;
+pub mod synthetic;
 
 pub use observation::Observation;
 pub use score::{Cause, MetricScore, Score};
@@ -32,6 +35,8 @@ pub enum ModelError {
         expected: &'static str,
         expected_version: u32,
     },
+    #[error("cannot decode: {0}")]
+    Decode(String),
 }
 
 /// The learning half of a model: one instance per device.

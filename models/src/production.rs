@@ -1,11 +1,15 @@
 //! The model production runs: what the service's trainer and scorer roles, the NAB
 //! harness and the replay CLI all use. Changing the production model is changing this
-//! file.
+//! file: the per-metric checks and the relations between metrics are parts of one
+//! detector, whose single score is calibrated the same way for every part (the upper-tail
+//! surprisal `ln p / ln 1e-10`); each part has its switch in [`Config`] (for example
+//! `relation.enabled`, `drift_detection`).
 
 pub use crate::detector::{
     DetectorConfig as Config, DetectorParams as Params, DetectorScorer as ModelScorer,
     DetectorTrainer as ModelTrainer,
 };
+pub use crate::episode::{Episode, EpisodeRules, Transition};
 
 /// Publish a device's parameters every this many events, unless configured otherwise.
 pub const DEFAULT_PUBLISH_EVERY: u32 = 10;
@@ -16,4 +20,9 @@ pub fn trainer(config: &Config) -> ModelTrainer {
 
 pub fn scorer() -> ModelScorer {
     ModelScorer::default()
+}
+
+/// The episode rules that go with the model's recommended threshold.
+pub fn episode_rules(config: &Config) -> EpisodeRules {
+    EpisodeRules::recommended(config.threshold)
 }

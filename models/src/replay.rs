@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::episode::{Episode, EpisodeRules, Transition};
 use crate::{Observation, Score, Scorer, Trainer};
 
 /// Score every observation in order; returns one score per observation.
@@ -78,7 +79,39 @@ pub struct TableOptions {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TableSummary {
     pub rows: usize,
+    /// Rows marked anomalous (inside an episode).
     pub anomalies: usize,
+    /// Episodes opened.
+    pub episodes: usize,
+}
+
+/// Which rows belong to an episode, as the production episode machine (the scorer role's)
+/// sees the scores: from the row that opens it to its last row that is not calm. The
+/// calm rows that close an episode are not part of the fault.
+pub fn episode_rows(scores: &[Score], rules: &EpisodeRules) -> (Vec<bool>, usize) {
+    let mut marks = vec![false; scores.len()];
+    let mut episode = Episode::default();
+    let mut episodes = 0;
+    let mut last_active = 0;
+    for (i, score) in scores.iter().enumerate() {
+        let transition = episode.observe(rules, score, i as u64);
+        if transition == Some(Transition::Opened) {
+            episodes += 1;
+        }
+        if episode.is_open() {
+            marks[i] = true;
+            let value = if score.ready { score.value } else { 0.0 };
+            if value >= rules.clear_below {
+                last_active = i;
+            }
+        } else if transition == Some(Transition::Closed) {
+            marks[last_active + 1..i].fill(false);
+        }
+    }
+    if episode.is_open() {
+        marks[last_active + 1..].fill(false);
+    }
+    (marks, episodes)
 }
 
 /// Timestamps as epoch seconds or milliseconds (by magnitude), or
@@ -101,17 +134,60 @@ pub fn parse_any_timestamp(text: &str) -> Option<i64> {
 
 /// Score every row of a delimited telemetry table with the production model (one row at
 /// a time, parameters published every `publish_every` rows) and write it back with three
-/// more columns: `anomaly_score`, `is_anomaly`, `top_metric`. Empty metric cells are
-/// missing readings; anything else that is not a finite number is an error.
+/// more columns: `anomaly_score` (the raw score of the row), `is_anomaly` (the row is
+/// part of an episode of the production episode machine at `threshold`: a fault is
+/// marked for its whole length) and `top_metric`. Empty metric cells are missing
+/// readings; anything else that is not a finite number is an error.
+#[cfg(feature = "cli")]
 pub fn replay_table<R: std::io::Read, W: std::io::Write>(
     input: R,
     output: W,
     options: &TableOptions,
 ) -> Result<TableSummary, TableError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(options.separator)
-        .flexible(true)
-        .from_reader(input);
+    let table = read_table(input, options)?;
+    let config = crate::production::Config::default();
+    let scores = replay(
+        crate::production::trainer(&config),
+        crate::production::scorer(),
+        options.publish_every,
+        table.observations,
+    );
+    let rules = EpisodeRules::recommended(options.threshold)
+        .check()
+        .map_err(|e| TableError::Write(e.to_string()))?;
+    let (marks, episodes) = episode_rows(&scores, &rules);
+    write_table(
+        output,
+        options.separator,
+        &table.header,
+        &table.records,
+        &scores,
+        &marks,
+    )?;
+    Ok(TableSummary {
+        rows: table.records.len(),
+        anomalies: marks.iter().filter(|&&m| m).count(),
+        episodes,
+    })
+}
+
+/// A table as read: its header, raw records and one observation per record.
+#[cfg(feature = "cli")]
+struct Table {
+    header: Vec<String>,
+    records: Vec<csv::StringRecord>,
+    observations: Vec<(i64, BTreeMap<String, f64>)>,
+}
+
+/// The header's names, the timestamp column and the metric columns (name, index).
+#[cfg(feature = "cli")]
+type Header = (Vec<String>, usize, Vec<(String, usize)>);
+
+#[cfg(feature = "cli")]
+fn read_header<R: std::io::Read>(
+    reader: &mut csv::Reader<R>,
+    options: &TableOptions,
+) -> Result<Header, TableError> {
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| TableError::Row {
@@ -140,17 +216,26 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
     } else {
         options.metrics.clone()
     };
-    let metric_indexes = metric_names
-        .iter()
-        .map(|m| find(m))
+    let metrics = metric_names
+        .into_iter()
+        .map(|m| find(&m).map(|i| (m, i)))
         .collect::<Result<Vec<_>, _>>()?;
-    if metric_indexes.is_empty() {
+    if metrics.is_empty() {
         return Err(TableError::MissingColumn(
             "(a metric column)".into(),
             header.join(", "),
         ));
     }
+    Ok((header, ts_index, metrics))
+}
 
+#[cfg(feature = "cli")]
+fn read_table<R: std::io::Read>(input: R, options: &TableOptions) -> Result<Table, TableError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(options.separator)
+        .flexible(true)
+        .from_reader(input);
+    let (header, ts_index, metric_columns) = read_header(&mut reader, options)?;
     let mut records = Vec::new();
     let mut observations = Vec::new();
     for (index, record) in reader.records().enumerate() {
@@ -169,8 +254,8 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
             ),
         })?;
         let mut metrics = BTreeMap::new();
-        for (name, &i) in metric_names.iter().zip(&metric_indexes) {
-            let text = cell(i);
+        for (name, i) in &metric_columns {
+            let text = cell(*i);
             if text.is_empty() {
                 continue;
             }
@@ -191,29 +276,31 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
     if records.is_empty() {
         return Err(TableError::NoRows);
     }
-
-    let config = crate::production::Config::default();
-    let scores = replay(
-        crate::production::trainer(&config),
-        crate::production::scorer(),
-        options.publish_every,
+    Ok(Table {
+        header,
+        records,
         observations,
-    );
+    })
+}
+
+#[cfg(feature = "cli")]
+fn write_table<W: std::io::Write>(
+    output: W,
+    separator: u8,
+    header: &[String],
+    records: &[csv::StringRecord],
+    scores: &[Score],
+    marks: &[bool],
+) -> Result<(), TableError> {
     let mut writer = csv::WriterBuilder::new()
-        .delimiter(options.separator)
+        .delimiter(separator)
         .from_writer(output);
     let write_error = |e: csv::Error| TableError::Write(e.to_string());
-    let mut out_header = header.clone();
+    let mut out_header = header.to_vec();
     out_header.extend(["anomaly_score", "is_anomaly", "top_metric"].map(String::from));
     writer.write_record(&out_header).map_err(write_error)?;
-    let mut summary = TableSummary {
-        rows: records.len(),
-        anomalies: 0,
-    };
-    for (record, score) in records.iter().zip(&scores) {
+    for ((record, score), &is_anomaly) in records.iter().zip(scores).zip(marks) {
         let value = if score.ready { score.value } else { 0.0 };
-        let is_anomaly = value >= options.threshold;
-        summary.anomalies += usize::from(is_anomaly);
         let top = score
             .contributors
             .first()
@@ -229,13 +316,10 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
         ]);
         writer.write_record(&fields).map_err(write_error)?;
     }
-    writer
-        .flush()
-        .map_err(|e| TableError::Write(e.to_string()))?;
-    Ok(summary)
+    writer.flush().map_err(|e| TableError::Write(e.to_string()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use super::*;
 

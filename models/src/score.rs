@@ -10,6 +10,18 @@ pub enum Cause {
     Stuck { repeats: u32 },
     /// No event arrived for `gap_ms`, about `ratio` times the device's usual interval.
     Gap { gap_ms: i64, ratio: f64 },
+    /// The value lies beyond the range seen so far (`min`..`max`) by a clear margin.
+    OutOfRange { min: f64, max: f64 },
+    /// The recent shape of the metric is unlike every shape remembered, `ratio` times
+    /// the distance that counts as new.
+    NewShape { ratio: f64 },
+    /// The metric has drifted away from what the model predicts: its recent errors lean
+    /// one way, `z` standard deviations of their usual average.
+    Drift { z: f64 },
+    /// The relation between metrics broke: the metric is off from the value the other
+    /// metrics imply (`expected`), together with `with`; `ratio` is the residual's size
+    /// against its usual size.
+    Relation { with: Vec<String>, ratio: f64 },
 }
 
 /// The score of one part of an event.
@@ -67,6 +79,35 @@ impl Score {
                 "no data for {:.1} s, {ratio:.0} times the usual interval",
                 *gap_ms as f64 / 1000.0
             ),
+            Cause::OutOfRange { min, max } => format!(
+                "{} = {:.3} is outside the range seen so far ({min:.3} to {max:.3})",
+                top.metric, top.value
+            ),
+            Cause::NewShape { ratio } => format!(
+                "{} = {:.3} moves in a way not seen before ({ratio:.1} times farther from \
+                 every remembered pattern than a new one)",
+                top.metric, top.value
+            ),
+            Cause::Drift { z } => format!(
+                "{} = {:.3} has drifted {} the expected {:.3} ({:.1} standard deviations of its usual drift)",
+                top.metric,
+                top.value,
+                if *z >= 0.0 { "above" } else { "below" },
+                top.expected,
+                z.abs()
+            ),
+            Cause::Relation { with, ratio } => {
+                let broken = if with.is_empty() {
+                    format!("{} no longer follows the other metrics", top.metric)
+                } else {
+                    format!("{} and {} no longer move together", top.metric, with.join(" and "))
+                };
+                format!(
+                    "{broken}: {} = {:.3} where the others imply {:.3} \
+                     (relation error {ratio:.0} times its usual size)",
+                    top.metric, top.value, top.expected
+                )
+            }
         };
         let others: Vec<&str> = self
             .contributors

@@ -1,5 +1,8 @@
 //! The NAB harness: runs the production trainer/scorer pair over every file of the
-//! Numenta Anomaly Benchmark, one record at a time, and scores the result.
+//! Numenta Anomaly Benchmark, one record at a time, and scores what the product alerts on:
+//! a detection is a row where the episode machine opens or escalates an episode, at one
+//! threshold per profile for all files (from a fixed grid). Also reports each profile
+//! with leave-one-category-out thresholds.
 //!
 //! `cargo run --release -p fleetwatch-models --bin nab -- --data ../shared/nab --out DIR`
 
@@ -10,9 +13,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fleetwatch_models::nab::{
-    self, normalize, optimize_threshold, raw_file_score, FileLabels, PROFILES,
+use fleetwatch_models::episode::cause_label;
+use fleetwatch_models::nab::episodes::{
+    best_threshold, detections_with, leave_one_category_out, raw_table, threshold_grid, Row,
+    ScoredFile,
 };
+use fleetwatch_models::nab::{self, normalize, raw_file_score, FileLabels, PROFILES};
 use fleetwatch_models::production::{self, DEFAULT_PUBLISH_EVERY};
 use fleetwatch_models::replay::replay;
 use plotters::prelude::*;
@@ -101,8 +107,10 @@ fn load(data: &Path) -> Result<Vec<NabFile>> {
     Ok(files)
 }
 
-/// Each file is a fresh device: a new trainer and scorer, one record at a time.
-fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -> Vec<f64> {
+/// Each file is a fresh device: a new trainer and scorer, one record at a time. Scores
+/// are rounded as written to the per-row CSVs, so an independent scorer reading them
+/// sees exactly what was scored.
+fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -> Vec<Row> {
     let observations = file
         .timestamps
         .iter()
@@ -115,11 +123,23 @@ fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -
         observations,
     )
     .into_iter()
-    .map(|score| if score.ready { score.value } else { 0.0 })
+    .map(|score| {
+        let value = if score.ready { score.value } else { 0.0 };
+        Row {
+            score: format!("{value:.9}").parse().unwrap_or(0.0),
+            cause: if score.ready {
+                cause_label(&score)
+            } else {
+                String::new()
+            },
+        }
+    })
     .collect()
 }
 
-fn plot(path: &Path, file: &NabFile, scores: &[f64], threshold: f64) -> Result<()> {
+fn plot(path: &Path, file: &NabFile, rows: &[Row], threshold: f64) -> Result<()> {
+    let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
+    let found = detections_with(rows, &production_rules(threshold));
     let root = BitMapBackend::new(path, (1200, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(300);
@@ -146,7 +166,7 @@ fn plot(path: &Path, file: &NabFile, scores: &[f64], threshold: f64) -> Result<(
         scores
             .iter()
             .enumerate()
-            .filter(|(_, &s)| s >= threshold)
+            .filter(|(i, _)| found[*i] == 1.0)
             .map(|(i, _)| Circle::new((i, file.values[i]), 3, RED.filled())),
     )?;
     let mut lower = ChartBuilder::on(&bottom)
@@ -171,74 +191,16 @@ fn main() -> Result<()> {
         None => production::Config::default(),
     };
     let config = &config;
-    // Files are independent: score them on every core.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut scores: Vec<Vec<f64>> = vec![Vec::new(); files.len()];
-    std::thread::scope(|scope| {
-        let chunk = files.len().div_ceil(threads);
-        for (files, out) in files.chunks(chunk).zip(scores.chunks_mut(chunk)) {
-            scope.spawn(move || {
-                for (file, out) in files.iter().zip(out) {
-                    *out = score_file(file, config, cli.publish_every);
-                }
-            });
-        }
-    });
-
-    for (file, scores) in files.iter().zip(&scores) {
-        let path = cli.out.join(&file.key);
-        fs::create_dir_all(path.parent().unwrap())?;
-        let mut writer = csv::Writer::from_path(&path)?;
-        writer.write_record(["timestamp", "value", "anomaly_score"])?;
-        for ((ts, value), score) in file.raw_timestamps.iter().zip(&file.values).zip(scores) {
-            writer.write_record([ts.clone(), value.to_string(), format!("{score:.9}")])?;
-        }
-        writer.flush()?;
-    }
-
+    let scores = score_all(&files, config, cli.publish_every);
+    write_rows(&cli.out, &files, &scores)?;
+    let (report, summary_lines, standard_threshold) = score_profiles(&cli.out, &files, &scores)?;
     let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
-    let pooled: Vec<(&FileLabels, &[f64])> = files
-        .iter()
-        .zip(&scores)
-        .map(|(f, s)| (&f.labels, s.as_slice()))
-        .collect();
-    let mut report = serde_json::Map::new();
-    let mut per_file = csv::Writer::from_path(cli.out.join("files.csv"))?;
-    per_file.write_record(["profile", "file", "threshold", "raw_score"])?;
-    let mut standard_threshold = 0.5;
-    // Printed only once every file is written: a reader that goes away (`| head`) must
-    // not cut the outputs short.
-    let mut summary_lines = Vec::new();
-    for profile in PROFILES {
-        let (threshold, raw) = optimize_threshold(&pooled, &profile);
-        let score = normalize(raw, &profile, windows);
-        if profile.name == "standard" {
-            standard_threshold = threshold;
-        }
-        summary_lines.push(format!(
-            "{:<20} score {score:7.2}  threshold {threshold:.6}  raw {raw:.3}",
-            profile.name
-        ));
-        for (file, scores) in files.iter().zip(&scores) {
-            let raw = raw_file_score(&file.labels, scores, &profile, threshold);
-            per_file.write_record([
-                profile.name,
-                &file.key,
-                &threshold.to_string(),
-                &format!("{raw:.6}"),
-            ])?;
-        }
-        report.insert(
-            profile.name.to_owned(),
-            serde_json::json!({ "score": score, "threshold": threshold, "raw": raw }),
-        );
-    }
-    per_file.flush()?;
     let summary = serde_json::json!({
         "model": fleetwatch_models::detector::KIND,
         "publish_every": cli.publish_every,
         "files": files.len(),
         "windows": windows,
+        "detection": "rows where an episode opens or escalates (production episode rules)",
         "profiles": report,
     });
     fs::write(
@@ -247,16 +209,17 @@ fn main() -> Result<()> {
     )?;
 
     if !cli.no_plots {
-        for (file, scores) in files.iter().zip(&scores) {
+        for (file, rows) in files.iter().zip(&scores) {
             plot(
                 &cli.out.join(&file.key).with_extension("png"),
                 file,
-                scores,
+                rows,
                 standard_threshold,
             )
             .with_context(|| format!("plotting {}", file.key))?;
         }
     }
+    let mut summary_lines = summary_lines;
     summary_lines.push(format!(
         "wrote {} (per-file CSVs{}, files.csv, scores.json)",
         cli.out.display(),
@@ -265,4 +228,115 @@ fn main() -> Result<()> {
     // A closed stdout is the reader's choice, not an error of the run.
     let _ = writeln!(std::io::stdout(), "{}", summary_lines.join("\n"));
     Ok(())
+}
+
+/// Files are independent: score them on every core.
+fn score_all(files: &[NabFile], config: &production::Config, publish_every: u32) -> Vec<Vec<Row>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut scores: Vec<Vec<Row>> = vec![Vec::new(); files.len()];
+    std::thread::scope(|scope| {
+        let chunk = files.len().div_ceil(threads);
+        for (files, out) in files.chunks(chunk).zip(scores.chunks_mut(chunk)) {
+            scope.spawn(move || {
+                for (file, out) in files.iter().zip(out) {
+                    *out = score_file(file, config, publish_every);
+                }
+            });
+        }
+    });
+    scores
+}
+
+fn write_rows(out: &Path, files: &[NabFile], scores: &[Vec<Row>]) -> Result<()> {
+    for (file, rows) in files.iter().zip(scores) {
+        let path = out.join(&file.key);
+        fs::create_dir_all(path.parent().context("a file key has a folder")?)?;
+        let mut writer = csv::Writer::from_path(&path)?;
+        writer.write_record(["timestamp", "value", "anomaly_score", "cause"])?;
+        for ((ts, value), row) in file.raw_timestamps.iter().zip(&file.values).zip(rows) {
+            writer.write_record([
+                ts.clone(),
+                value.to_string(),
+                format!("{:.9}", row.score),
+                row.cause.clone(),
+            ])?;
+        }
+        writer.flush()?;
+    }
+    Ok(())
+}
+
+type ProfileReport = (serde_json::Map<String, serde_json::Value>, Vec<String>, f64);
+
+/// Every profile at its best grid threshold, and with leave-one-category-out thresholds;
+/// writes files.csv. Returns the report, the summary lines and the standard threshold.
+fn score_profiles(out: &Path, files: &[NabFile], scores: &[Vec<Row>]) -> Result<ProfileReport> {
+    let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
+    let scored: Vec<ScoredFile<'_>> = files
+        .iter()
+        .zip(scores)
+        .map(|(f, rows)| ScoredFile {
+            category: f.key.split('/').next().unwrap_or(""),
+            labels: &f.labels,
+            rows,
+        })
+        .collect();
+    let grid = threshold_grid();
+    let mut report = serde_json::Map::new();
+    let mut per_file = csv::Writer::from_path(out.join("files.csv"))?;
+    per_file.write_record(["profile", "file", "threshold", "raw_score"])?;
+    let mut standard_threshold = 0.5;
+    // Printed only once every file is written: a reader that goes away (`| head`) must
+    // not cut the outputs short.
+    let mut summary_lines = Vec::new();
+    for profile in PROFILES {
+        let raw = raw_table(&scored, &profile, &grid, production_rules);
+        let (best, raw_sum) = best_threshold(&raw, |_| true);
+        let threshold = grid[best];
+        let score = normalize(raw_sum, &profile, windows);
+        let (loco_raw, loco_choice) = leave_one_category_out(&scored, &raw);
+        let loco = normalize(loco_raw, &profile, windows);
+        if profile.name == "standard" {
+            standard_threshold = threshold;
+        }
+        summary_lines.push(format!(
+            "{:<20} score {score:7.2}  threshold {threshold:.3}  raw {raw_sum:.3}  \
+             leave-one-category-out {loco:7.2}",
+            profile.name
+        ));
+        for (file, rows) in files.iter().zip(scores) {
+            let raw = raw_file_score(
+                &file.labels,
+                &detections_with(rows, &production_rules(threshold)),
+                &profile,
+                0.5,
+            );
+            per_file.write_record([
+                profile.name,
+                &file.key,
+                &threshold.to_string(),
+                &format!("{raw:.6}"),
+            ])?;
+        }
+        let loco_thresholds: serde_json::Map<String, serde_json::Value> = loco_choice
+            .into_iter()
+            .map(|(category, t)| (category, serde_json::json!(grid[t])))
+            .collect();
+        report.insert(
+            profile.name.to_owned(),
+            serde_json::json!({
+                "score": score,
+                "threshold": threshold,
+                "raw": raw_sum,
+                "leave_one_category_out": { "score": loco, "thresholds": loco_thresholds },
+            }),
+        );
+    }
+    per_file.flush()?;
+    Ok((report, summary_lines, standard_threshold))
+}
+
+/// The production episode rules at a candidate threshold.
+fn production_rules(threshold: f64) -> fleetwatch_models::episode::EpisodeRules {
+    fleetwatch_models::episode::EpisodeRules::recommended(threshold)
 }

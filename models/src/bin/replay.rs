@@ -30,7 +30,8 @@ struct Cli {
     /// The scorer sees parameters published every this many rows, as in production.
     #[arg(long, default_value_t = DEFAULT_PUBLISH_EVERY)]
     publish_every: u32,
-    /// `is_anomaly` threshold; default: the model's recommended one.
+    /// Threshold at which an episode opens (`is_anomaly` marks every row of an episode);
+    /// default: the model's recommended one.
     #[arg(long)]
     threshold: Option<f64>,
     /// Where to write the scored file.
@@ -59,9 +60,10 @@ fn main() -> Result<()> {
     let summary = replay_table(BufReader::new(input), BufWriter::new(output), &options)
         .with_context(|| format!("scoring {}", cli.input.display()))?;
     println!(
-        "scored {} rows, {} anomalous, written to {}",
+        "scored {} rows, {} anomalous in {} episodes, written to {}",
         summary.rows,
         summary.anomalies,
+        summary.episodes,
         cli.out.display()
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! The Numenta Anomaly Benchmark: scoring rules and the pure parts of the harness (the
 //! `nab` binary does the file I/O).
 
+pub mod episodes;
 pub mod scoring;
 
 pub use scoring::{normalize, optimize_threshold, raw_file_score, FileLabels, Profile, PROFILES};

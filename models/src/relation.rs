@@ -1,0 +1,390 @@
+//! Relations between a device's metrics: PCA of an exponentially weighted correlation
+//! matrix (so the trainer keeps no window of readings), refitted on a schedule with
+//! linfa's pure-Rust symmetric eigensolver.
+//!
+//! Per event the scorer computes Hotelling's T² (how unusual the reading is along the
+//! directions the metrics normally move in together) and the squared prediction error
+//! SPE/Q (how far the reading is from the plane those directions span: a broken
+//! relation), each against its control limit (χ² for T², Jackson–Mudholkar for Q, 99%).
+//! Like the per-metric checks, the short average of each ratio is then compared with its
+//! learned long-run distribution in log space, which keeps the score calibrated when
+//! readings are autocorrelated or the fit is noisy. Each metric's share of Q names the
+//! metrics that broke the relation.
+
+use std::collections::VecDeque;
+
+use linfa::ParamGuard;
+use linfa_linalg::eigh::{EigSort, Eigh};
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::detector::{push_limited, Running};
+use crate::ModelError;
+
+/// Most metrics a relation model covers (the first ones seen, by name).
+pub const MAX_COLUMNS: usize = 16;
+
+/// Settings of the relation model (part of the detector's configuration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelationConfig {
+    /// Score broken relations between metrics (devices with 2+ metrics).
+    pub enabled: bool,
+    /// Weight of the newest reading in the mean and covariance, in (0, 1).
+    pub alpha: f64,
+    /// Refit the principal components every this many events.
+    pub refit_every: u32,
+    /// Keep the components that explain this fraction of the variance, in (0, 1).
+    pub explained: f64,
+    /// Events before the first fit.
+    pub min_events: u64,
+    /// Events after the first fit before the score is trusted (its calibration learns).
+    pub calibration_events: u64,
+}
+
+impl Default for RelationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            alpha: 0.002,
+            refit_every: 100,
+            explained: 0.9,
+            min_events: 200,
+            calibration_events: 100,
+        }
+    }
+}
+
+impl ParamGuard for RelationConfig {
+    type Checked = RelationConfig;
+    type Error = ModelError;
+
+    fn check_ref(&self) -> Result<&Self::Checked, Self::Error> {
+        let invalid = |what: &str| Err(ModelError::InvalidConfig(format!("relation: {what}")));
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return invalid("alpha must be in (0, 1)");
+        }
+        if !(self.explained > 0.0 && self.explained < 1.0) {
+            return invalid("explained must be in (0, 1)");
+        }
+        if self.refit_every == 0 || self.min_events < 10 {
+            return invalid("refit_every must be >= 1 and min_events >= 10");
+        }
+        Ok(self)
+    }
+
+    fn check(self) -> Result<Self::Checked, Self::Error> {
+        self.check_ref()?;
+        Ok(self)
+    }
+}
+
+/// What the scorer needs: the fitted components, limits and calibration. `f32`: these
+/// travel with every parameter snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelationParams {
+    /// Indexes of the covered metrics in the detector's (sorted) metric list.
+    pub columns: Vec<u8>,
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+    /// `k` components of `columns.len()` loadings each, component after component.
+    pub loadings: Vec<f32>,
+    pub eigenvalues: Vec<f32>,
+    /// 99% control limits of T² and Q.
+    pub t2_limit: f32,
+    pub spe_limit: f32,
+    /// Long-run mean and standard deviation of ln(average ratio to the limit).
+    pub t2_calibration: (f32, f32),
+    pub spe_calibration: (f32, f32),
+    /// The calibration has learned enough for the score to count.
+    pub ready: bool,
+}
+
+/// One reading against the model: standardised values and residuals per column.
+pub struct Evaluation {
+    pub t2: f64,
+    pub spe: f64,
+    pub z: [f64; MAX_COLUMNS],
+    pub residual: [f64; MAX_COLUMNS],
+    /// Each column's share of T² (may be negative).
+    pub t2_share: [f64; MAX_COLUMNS],
+}
+
+impl RelationParams {
+    /// T², Q and the per-column parts of one reading (`values` in column order).
+    pub fn evaluate(&self, values: &[f64]) -> Evaluation {
+        let m = self.mean.len().min(values.len());
+        let mut out = Evaluation {
+            t2: 0.0,
+            spe: 0.0,
+            z: [0.0; MAX_COLUMNS],
+            residual: [0.0; MAX_COLUMNS],
+            t2_share: [0.0; MAX_COLUMNS],
+        };
+        for (j, &value) in values.iter().enumerate().take(m) {
+            out.z[j] = (value - f64::from(self.mean[j])) / f64::from(self.scale[j]);
+            out.residual[j] = out.z[j];
+        }
+        for (a, loadings) in self.loadings.chunks_exact(m).enumerate() {
+            let t: f64 = loadings
+                .iter()
+                .zip(&out.z)
+                .map(|(&p, z)| f64::from(p) * z)
+                .sum();
+            let lambda = f64::from(self.eigenvalues[a]);
+            out.t2 += t * t / lambda;
+            for (j, &p) in loadings.iter().enumerate() {
+                let p = f64::from(p);
+                out.residual[j] -= p * t;
+                out.t2_share[j] += out.z[j] * p * t / lambda;
+            }
+        }
+        out.spe = out.residual[..m].iter().map(|r| r * r).sum();
+        out
+    }
+
+    /// The value of column `j` that the other columns imply (the reading projected on the
+    /// components), in the metric's units.
+    pub fn expected(&self, evaluation: &Evaluation, j: usize) -> f64 {
+        let fitted = evaluation.z[j] - evaluation.residual[j];
+        f64::from(self.mean[j]) + f64::from(self.scale[j]) * fitted
+    }
+}
+
+/// Short-term context: the last few ratios of T² and Q to their limits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RelationContext {
+    t2: VecDeque<f32>,
+    spe: VecDeque<f32>,
+}
+
+impl RelationContext {
+    /// Remember this reading's ratios; returns ln(average + 1e-3) of T² and of Q.
+    pub fn observe(
+        &mut self,
+        params: &RelationParams,
+        eval: &Evaluation,
+        window: usize,
+    ) -> (f64, f64) {
+        let t2 = eval.t2 / f64::from(params.t2_limit).max(1e-9);
+        let spe = eval.spe / f64::from(params.spe_limit).max(1e-9);
+        push_limited(&mut self.t2, t2 as f32, window);
+        push_limited(&mut self.spe, spe as f32, window);
+        let average = |q: &VecDeque<f32>| {
+            let sum: f64 = q.iter().map(|&v| f64::from(v)).sum();
+            (sum / q.len() as f64 + 1e-3).ln()
+        };
+        (average(&self.t2), average(&self.spe))
+    }
+}
+
+/// The learning half: streaming mean and covariance, and the current fit.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RelationTrainer {
+    /// Names of the covered metrics, sorted; fixed once chosen.
+    names: Vec<String>,
+    n: u64,
+    mean: Vec<f64>,
+    /// Packed upper triangle of the covariance, row after row.
+    cov: Vec<f64>,
+    since_refit: u32,
+    fitted_events: u64,
+    model: Option<RelationParams>,
+    context: RelationContext,
+    t2: Running,
+    spe: Running,
+}
+
+fn packed(i: usize, j: usize, m: usize) -> usize {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    i * m - i * (i + 1) / 2 + j
+}
+
+impl RelationTrainer {
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Learn one reading. `values` holds the current value of every covered metric in
+    /// `names` order, or is `None` when one is missing (nothing is learned then).
+    /// `choose` supplies the metric names the first time (2+ of them needed).
+    pub fn update(
+        &mut self,
+        config: &RelationConfig,
+        window: usize,
+        calibration_alpha: f64,
+        names: &[&String],
+        values: Option<&[f64]>,
+    ) {
+        if !config.enabled {
+            return;
+        }
+        if self.names.is_empty() {
+            if names.len() < 2 {
+                return;
+            }
+            self.names = names
+                .iter()
+                .take(MAX_COLUMNS)
+                .map(|n| (*n).clone())
+                .collect();
+            let m = self.names.len();
+            self.mean = vec![0.0; m];
+            self.cov = vec![0.0; m * (m + 1) / 2];
+            return;
+        }
+        let Some(values) = values else { return };
+        self.learn_calibration(config, window, calibration_alpha, values);
+        self.learn_moments(config, values);
+        self.since_refit += 1;
+        if self.n >= config.min_events && self.since_refit >= config.refit_every {
+            self.refit(config);
+        }
+    }
+
+    fn learn_moments(&mut self, config: &RelationConfig, values: &[f64]) {
+        let m = self.names.len();
+        self.n += 1;
+        let weight = config.alpha.max(1.0 / self.n as f64);
+        let mut delta = [0.0; MAX_COLUMNS];
+        for j in 0..m {
+            delta[j] = values[j] - self.mean[j];
+            self.mean[j] += weight * delta[j];
+        }
+        // West's exponentially weighted update of the covariance.
+        for i in 0..m {
+            for j in i..m {
+                let c = &mut self.cov[packed(i, j, m)];
+                *c = (1.0 - weight) * (*c + weight * delta[i] * delta[j]);
+            }
+        }
+    }
+
+    /// The score's calibration learns the current fit's ratios on the trainer's own
+    /// readings (the scorer keeps its own short context).
+    fn learn_calibration(
+        &mut self,
+        config: &RelationConfig,
+        window: usize,
+        alpha: f64,
+        values: &[f64],
+    ) {
+        let Some(model) = self.model.as_mut() else {
+            return;
+        };
+        let eval = model.evaluate(values);
+        let (t2, spe) = self.context.observe(model, &eval, window);
+        self.fitted_events += 1;
+        if self.fitted_events > window as u64 {
+            self.t2.learn(t2, alpha);
+            self.spe.learn(spe, alpha);
+        }
+        model.t2_calibration = (self.t2.mean as f32, self.t2.std() as f32);
+        model.spe_calibration = (self.spe.mean as f32, self.spe.std() as f32);
+        model.ready = self.fitted_events >= config.calibration_events;
+    }
+
+    /// Principal components of the correlation matrix, keeping enough to explain
+    /// `config.explained` of the variance and at least one dimension of residual.
+    pub fn refit(&mut self, config: &RelationConfig) {
+        if self.names.len() < 2 || self.n < 2 {
+            return;
+        }
+        self.since_refit = 0;
+        let m = self.names.len();
+        let scale: Vec<f64> = (0..m)
+            .map(|j| {
+                let floor = 1e-6 * self.mean[j].abs().max(1e-6);
+                self.cov[packed(j, j, m)].max(0.0).sqrt().max(floor)
+            })
+            .collect();
+        let correlation = Array2::from_shape_fn((m, m), |(i, j)| {
+            self.cov[packed(i, j, m)] / (scale[i] * scale[j])
+        });
+        if correlation.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        let Ok((values, vectors)) = correlation.eigh().map(|e| e.sort_eig_desc()) else {
+            return;
+        };
+        let total: f64 = values.iter().map(|v| v.max(0.0)).sum::<f64>().max(1e-12);
+        let floor = 1e-6 * total;
+        let mut k = 0;
+        let mut explained = 0.0;
+        while k < m - 1 && explained < config.explained {
+            explained += values[k].max(0.0) / total;
+            k += 1;
+        }
+        let residual: Vec<f64> = values.iter().skip(k).map(|v| v.max(floor)).collect();
+        let previous = self.model.take().unwrap_or_default();
+        self.model = Some(RelationParams {
+            columns: Vec::new(),
+            mean: self.mean.iter().map(|&v| v as f32).collect(),
+            scale: scale.iter().map(|&v| v as f32).collect(),
+            loadings: (0..k)
+                .flat_map(|a| {
+                    vectors
+                        .column(a)
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            eigenvalues: values.iter().take(k).map(|v| v.max(floor) as f32).collect(),
+            t2_limit: chi_square_99(k as f64) as f32,
+            spe_limit: spe_limit_99(&residual) as f32,
+            ..previous
+        });
+    }
+
+    /// The current fit, with `columns` filled by the caller.
+    pub fn params(&self) -> Option<&RelationParams> {
+        self.model.as_ref()
+    }
+}
+
+/// 99% quantile of χ² with `k` degrees of freedom (Wilson–Hilferty).
+fn chi_square_99(k: f64) -> f64 {
+    let c = 2.0 / (9.0 * k);
+    k * (1.0 - c + 2.326 * c.sqrt()).powi(3)
+}
+
+/// 99% control limit of Q from the residual eigenvalues (Jackson–Mudholkar).
+fn spe_limit_99(residual: &[f64]) -> f64 {
+    let theta = |p: i32| residual.iter().map(|l| l.powi(p)).sum::<f64>();
+    let (t1, t2, t3) = (theta(1), theta(2), theta(3));
+    let h0 = 1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2);
+    let inner = 2.326 * (2.0 * t2 * h0 * h0).sqrt() / t1 + 1.0 + t2 * h0 * (h0 - 1.0) / (t1 * t1);
+    let limit = t1 * inner.max(1e-9).powf(1.0 / h0);
+    if limit.is_finite() && limit > 0.0 {
+        limit
+    } else {
+        // Degenerate residual: fall back to the χ² approximation.
+        t1 * chi_square_99(residual.len() as f64) / residual.len().max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_match_tables() {
+        // χ²(0.99): 6.635 (1), 11.345 (3), 23.209 (10); Wilson–Hilferty is close.
+        assert!((chi_square_99(1.0) - 6.635).abs() < 0.2);
+        assert!((chi_square_99(3.0) - 11.345).abs() < 0.1);
+        assert!((chi_square_99(10.0) - 23.209).abs() < 0.1);
+        // One residual eigenvalue λ: Q/λ is χ²(1).
+        assert!((spe_limit_99(&[2.0]) / 2.0 - 6.635).abs() < 0.5);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(RelationConfig::default().check().is_ok());
+        let bad = RelationConfig {
+            explained: 1.0,
+            ..RelationConfig::default()
+        };
+        assert!(bad.check().is_err());
+    }
+}
