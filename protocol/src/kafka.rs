@@ -42,6 +42,11 @@ impl KafkaTopics {
     pub fn alerts(&self) -> String {
         self.of(Topic::Alerts)
     }
+    /// The trainer's checkpoints of each device's model, so a restarted or new owner
+    /// continues it. Compacted.
+    pub fn trainer_state(&self) -> String {
+        self.of(Topic::TrainerState)
+    }
     /// The device twins' changelog. Compacted.
     pub fn device_state(&self) -> String {
         self.of(Topic::DeviceState)
@@ -86,6 +91,7 @@ pub enum Topic {
     Commands,
     DeviceState,
     ModelParams,
+    TrainerState,
     Alerts,
     Replies,
     Dlq,
@@ -94,11 +100,12 @@ pub enum Topic {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
         Topic::ModelParams,
+        Topic::TrainerState,
         Topic::Alerts,
         Topic::Replies,
         Topic::Dlq,
@@ -111,6 +118,7 @@ impl Topic {
             Topic::Commands => "iot.commands",
             Topic::DeviceState => "iot.device-state",
             Topic::ModelParams => "iot.model-params",
+            Topic::TrainerState => "iot.trainer-state",
             Topic::Alerts => "iot.alerts",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
@@ -119,14 +127,21 @@ impl Topic {
 
     /// Compacted topics keep the newest record per key (state, not history).
     pub fn compacted(self) -> bool {
-        matches!(self, Topic::DeviceState | Topic::ModelParams)
+        matches!(
+            self,
+            Topic::DeviceState | Topic::ModelParams | Topic::TrainerState
+        )
     }
 
     /// Keyed by device id and read by the owner of the device's partition.
     pub fn co_partitioned(self) -> bool {
         matches!(
             self,
-            Topic::Telemetry | Topic::Commands | Topic::DeviceState | Topic::ModelParams
+            Topic::Telemetry
+                | Topic::Commands
+                | Topic::DeviceState
+                | Topic::ModelParams
+                | Topic::TrainerState
         )
     }
 
@@ -138,7 +153,7 @@ impl Topic {
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),
-            Topic::DeviceState | Topic::ModelParams => None,
+            Topic::DeviceState | Topic::ModelParams | Topic::TrainerState => None,
         }
     }
 }

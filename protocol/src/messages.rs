@@ -280,7 +280,9 @@ impl ParamsEnvelope<Vec<u8>> {
         }
         let word = |at: usize| <[u8; 8]>::try_from(&rest[at..at + 8]).expect("8 bytes");
         let id_len = u16::from_le_bytes([rest[24], rest[25]]) as usize;
-        let id = rest.get(26..26 + id_len).ok_or_else(|| bad("truncated device id"))?;
+        let id = rest
+            .get(26..26 + id_len)
+            .ok_or_else(|| bad("truncated device id"))?;
         let id = std::str::from_utf8(id).map_err(|_| bad("device id is not UTF-8"))?;
         Ok(Self {
             device_id: DeviceId::parse(id).map_err(|e| bad(&e.to_string()))?,

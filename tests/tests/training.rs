@@ -53,7 +53,13 @@ fn scorer_versions(scorer: &Service, devices: &[String]) -> BTreeMap<String, u64
         .collect()
 }
 
-async fn start(rig: &Rig, namespace: &Namespace, roles: &'static str, instance: &'static str, group: &str) -> Service {
+async fn start(
+    rig: &Rig,
+    namespace: &Namespace,
+    roles: &'static str,
+    instance: &'static str,
+    group: &str,
+) -> Service {
     let (rig, namespace, group) = (rig.clone(), namespace.clone(), group.to_owned());
     tokio::task::spawn_blocking(move || {
         Service::start_with(
@@ -71,13 +77,21 @@ async fn start(rig: &Rig, namespace: &Namespace, roles: &'static str, instance: 
     .unwrap()
 }
 
-async fn wait_for_versions(scorer: Service, devices: Vec<String>, at_least: u64) -> (Service, BTreeMap<String, u64>) {
+async fn wait_for_versions(
+    scorer: Service,
+    devices: Vec<String>,
+    at_least: u64,
+) -> (Service, BTreeMap<String, u64>) {
     tokio::task::spawn_blocking(move || {
-        let versions = eventually(Duration::from_secs(60), "parameters of every device", || {
-            let versions = scorer_versions(&scorer, &devices);
-            (versions.len() == devices.len() && versions.values().all(|&v| v >= at_least))
-                .then_some(versions)
-        });
+        let versions = eventually(
+            Duration::from_secs(60),
+            "parameters of every device",
+            || {
+                let versions = scorer_versions(&scorer, &devices);
+                (versions.len() == devices.len() && versions.values().all(|&v| v >= at_least))
+                    .then_some(versions)
+            },
+        );
         (scorer, versions)
     })
     .await
@@ -103,13 +117,23 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
         .unwrap();
     assert!(status.success());
     let trainer = start(&rig, &namespace, "trainer", "a", &group).await;
-    produce(&rig.kafka, &telemetry_topic, &telemetry(&devices, 1 + EVENTS_PER_PHASE)).await;
+    produce(
+        &rig.kafka,
+        &telemetry_topic,
+        &telemetry(&devices, 1 + EVENTS_PER_PHASE),
+    )
+    .await;
     let lowest = before_restart.values().min().unwrap() + 12;
     let (scorer, _) = wait_for_versions(scorer, devices.clone(), lowest).await;
 
     // A second instance: the partitions are split; the new owner continues too.
     let second = start(&rig, &namespace, "trainer", "b", &group).await;
-    produce(&rig.kafka, &telemetry_topic, &telemetry(&devices, 1 + 2 * EVENTS_PER_PHASE)).await;
+    produce(
+        &rig.kafka,
+        &telemetry_topic,
+        &telemetry(&devices, 1 + 2 * EVENTS_PER_PHASE),
+    )
+    .await;
     let (scorer, _) = wait_for_versions(scorer, devices.clone(), lowest + 12).await;
 
     // Every device's versions on the topic only ever increase.
@@ -134,10 +158,17 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
     let fresh = start(&rig, &namespace, "scorer", "s2", &format!("{group}fresh-")).await;
     let expected = newest.clone();
     tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(30), "the fresh scorer to catch up", || {
-            let (old, new) = (scorer_versions(&scorer, &devices), scorer_versions(&fresh, &devices));
-            (old == expected && new == expected).then_some(())
-        });
+        eventually(
+            Duration::from_secs(30),
+            "the fresh scorer to catch up",
+            || {
+                let (old, new) = (
+                    scorer_versions(&scorer, &devices),
+                    scorer_versions(&fresh, &devices),
+                );
+                (old == expected && new == expected).then_some(())
+            },
+        );
         drop((trainer, second));
     })
     .await

@@ -16,7 +16,7 @@ pub use roles::{
 
 use crate::devices::DeviceRegistry;
 use crate::error::{Error, Result};
-use crate::http::{HttpState, RepliesHandler, RequestClient};
+use crate::http::{HttpState, RepliesHandler, RequestClient, Started};
 use crate::kafka::{consume, ensure_topics, watch_reachability, ConsumerRole, Producer};
 use crate::kafka::{RoleConsumer, StartAt};
 use crate::metrics::Metrics;
@@ -77,12 +77,19 @@ pub async fn start(
         tasks: &mut tasks,
         registry: None,
         ws_addr: None,
+        model_params: None,
     };
     for role in roles.specs() {
         (role.start)(&mut launch)?;
     }
     let (registry, ws_addr) = (launch.registry.take(), launch.ws_addr);
-    http_state.connect(registry.clone(), requests, ws_addr.map(|addr| addr.port()));
+    let model_params = launch.model_params.take();
+    http_state.connect(Started {
+        registry: registry.clone(),
+        requests,
+        ws_port: ws_addr.map(|addr| addr.port()),
+        model_params,
+    });
     tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");
     Ok(RunningApp {
         http_addr,

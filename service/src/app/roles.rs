@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::http::RequestClient;
 use crate::kafka::{consume, Producer, RecordHandler, RoleConsumer};
 use crate::metrics::Metrics;
+use crate::scorer::SharedParams;
 use crate::settings::Settings;
 
 /// How a role's instances share the work.
@@ -70,6 +71,9 @@ pub struct Launch<'a> {
     pub registry: Option<Arc<DeviceRegistry>>,
     /// Set by the alerts role: where its WebSocket server listens.
     pub ws_addr: Option<SocketAddr>,
+    /// Set by the scorer role: the parameters it scores with, for `GET
+    /// /devices/{id}/model`.
+    pub model_params: Option<SharedParams>,
 }
 
 impl Launch<'_> {

@@ -23,6 +23,7 @@ use crate::app::Roles;
 use crate::devices::{DeviceRegistry, GetTwin, HandleRequest};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::scorer::SharedParams;
 use crate::settings::Settings;
 
 /// What the handlers can reach. The server starts before the roles (so health answers
@@ -39,12 +40,14 @@ pub struct HttpState {
 }
 
 /// What the roles provide once started.
-struct Started {
-    registry: Option<Arc<DeviceRegistry>>,
+pub struct Started {
+    pub registry: Option<Arc<DeviceRegistry>>,
     /// Reaches the instance owning a device.
-    requests: Arc<RequestClient>,
+    pub requests: Arc<RequestClient>,
     /// Port of the alerts WebSocket server, for the live page.
-    ws_port: Option<u16>,
+    pub ws_port: Option<u16>,
+    /// The scorer's parameters, when this process scores.
+    pub model_params: Option<SharedParams>,
 }
 
 impl HttpState {
@@ -61,17 +64,8 @@ impl HttpState {
     }
 
     /// Hand the server what the started roles provide.
-    pub fn connect(
-        &self,
-        registry: Option<Arc<DeviceRegistry>>,
-        requests: Arc<RequestClient>,
-        ws_port: Option<u16>,
-    ) {
-        let _ = self.started.set(Started {
-            registry,
-            requests,
-            ws_port,
-        });
+    pub fn connect(&self, started: Started) {
+        let _ = self.started.set(started);
     }
 
     fn started(&self) -> std::result::Result<&Started, ApiError> {
@@ -244,6 +238,31 @@ async fn read(
     }
     let reply = ask(state, device_id, body).await?;
     Ok((reply.status, reply.body))
+}
+
+/// The parameters this instance's scorer holds for the device: their version and age.
+/// Answered only where the device is scored (its partition's scorer instance).
+async fn get_model(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let device_id = device_id(&path)?;
+    let Some(params) = state.started()?.model_params.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scorer role does not run in this process",
+        ));
+    };
+    let Some(device) = params.read().get(&device_id).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("this instance's scorer holds no parameters for {device_id} (not its partition, or no model yet)"),
+        ));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "device_id": device_id,
+        "version": device.version,
+        "trained_events": device.trained_events,
+        "published_ms": device.published_ms,
+        "partition": device.partition,
+    })))
 }
 
 async fn get_device(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
@@ -557,6 +576,7 @@ pub fn start(listener: TcpListener, state: Arc<HttpState>) -> Result<ServerHandl
             .service(resource("/").route(web::get().to(page)))
             .service(resource("/devices").route(web::get().to(list_devices)))
             .service(resource("/devices/{id}").route(web::get().to(get_device)))
+            .service(resource("/devices/{id}/model").route(web::get().to(get_model)))
             .service(
                 resource("/devices/{id}/desired")
                     .route(web::get().to(get_desired))

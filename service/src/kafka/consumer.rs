@@ -315,6 +315,11 @@ pub trait RecordHandler: Send {
     fn on_tick(&mut self) -> impl Future<Output = Result<(), HandleError>> + Send {
         async { Ok(()) }
     }
+
+    /// Last work before the consumer commits and stops (a final checkpoint, say).
+    fn on_shutdown(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -390,6 +395,7 @@ pub async fn consume<H: RecordHandler>(
             Err(error) => break Err(error),
         }
     };
+    handler.on_shutdown().await;
     // A synchronous commit blocks: off the async threads.
     let _ = tokio::task::spawn_blocking(move || consumer.commit_stored()).await;
     outcome

@@ -1,26 +1,41 @@
+use fleetwatch_models::production::EpisodeRules;
 use serde::{Deserialize, Serialize};
 
-/// The scorer role: scores telemetry and raises alerts. Section `[scorer]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The scorer role: scores telemetry and raises alerts. Section `[scorer]`. Unset
+/// fields take the model's recommended episode rules (`EpisodeRules::recommended`), the
+/// same the replay CLI and the NAB harness use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScorerConfig {
     /// Score at or above which an anomaly episode starts. Unset: the model's recommended
     /// threshold (carried by `trainer.model.threshold`).
     pub threshold: Option<f64>,
     /// An episode ends after this many consecutive events scoring below
-    /// `clear_ratio × threshold`.
-    pub clear_after_events: u32,
+    /// `clear_ratio × threshold`. Unset: the model's recommendation (30).
+    pub clear_after_events: Option<u32>,
     /// See `clear_after_events`; in (0, 1]. Below 1 gives hysteresis, so a score hovering
-    /// at the threshold does not raise one alert per crossing.
-    pub clear_ratio: f64,
+    /// at the threshold does not raise one alert per crossing. Unset: 0.5.
+    pub clear_ratio: Option<f64>,
+    /// An open episode is escalated (an `updated` alert) when a score reaches this
+    /// multiple of the last one reported, or when another metric or cause breaks.
+    /// Unset: 1.2.
+    pub escalate_ratio: Option<f64>,
 }
 
-impl Default for ScorerConfig {
-    fn default() -> Self {
-        Self {
-            threshold: None,
-            clear_after_events: 5,
-            clear_ratio: 0.5,
+impl ScorerConfig {
+    /// The episode rules these settings give on top of the model's recommendation.
+    pub fn rules(&self, recommended_threshold: f64) -> EpisodeRules {
+        let threshold = self.threshold.unwrap_or(recommended_threshold);
+        let recommended = EpisodeRules::recommended(threshold);
+        EpisodeRules {
+            threshold,
+            clear_below: self
+                .clear_ratio
+                .map_or(recommended.clear_below, |ratio| ratio * threshold),
+            clear_after_events: self
+                .clear_after_events
+                .unwrap_or(recommended.clear_after_events),
+            escalate_ratio: self.escalate_ratio.unwrap_or(recommended.escalate_ratio),
         }
     }
 }

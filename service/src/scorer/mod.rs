@@ -1,68 +1,36 @@
 //! The scorer role. Two consumers:
-//! - the parameters reader takes every partition of `iot.model-params` from the start
-//!   (compacted: the latest snapshot per device) and keeps the newest version per device;
 //! - the scoring consumer takes `iot.telemetry` (group `scorer`), scores each event with
-//!   the parameters it has, runs the device's alert state machine and produces alerts to
-//!   `iot.alerts`, confirmed before the event's offset is stored.
+//!   the newest parameters of its device, runs the device's episode state machine
+//!   (`fleetwatch_models::episode`, the same one the replay CLI and the NAB harness use)
+//!   and produces alerts to `iot.alerts`, confirmed before the event's offset is stored;
+//! - the parameters reader follows the scoring consumer's assignment: it reads the same
+//!   partition numbers of `iot.model-params` (co-partitioned, compacted: the newest
+//!   snapshot per device) from their beginning, so an instance holds parameters only for
+//!   the devices it scores and its memory follows its share of the fleet.
 //!
 //! Each device's telemetry partition has exactly one scorer instance, so each device's
 //! alert state has a single writer.
 
 mod config;
-mod episode;
+mod params;
 mod role;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetwatch_models::production::{ModelScorer, Params};
-use fleetwatch_models::{Observation, Scorer};
+use fleetwatch_models::production::{Episode, EpisodeRules, ModelScorer, Transition};
+use fleetwatch_models::{Observation, Score, Scorer};
 use fleetwatch_protocol::{
-    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker,
+    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, SequenceTracker,
+    TelemetryPayload,
 };
-use parking_lot::RwLock;
 
 pub use config::ScorerConfig;
-pub use episode::{Episode, EpisodeRules};
+pub use params::{DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
 pub use role::ROLE;
 
-use crate::kafka::{decode_record, decode_telemetry, HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{decode_telemetry, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
-
-pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<ParamsEnvelope<Params>>>>>;
-
-/// Keeps the newest parameters per device.
-pub struct ParamsHandler {
-    pub params: SharedParams,
-    pub metrics: Arc<Metrics>,
-}
-
-impl RecordHandler for ParamsHandler {
-    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
-        let Some(envelope) =
-            decode_record::<ParamsEnvelope<Params>>(record, "scorer-params", &self.metrics)
-        else {
-            return Ok(());
-        };
-        if let Err(error) = envelope.params.check() {
-            tracing::warn!(device = %envelope.device_id, %error, "parameters skipped");
-            self.metrics
-                .skipped
-                .with_label_values(&["scorer-params", "incompatible"])
-                .inc();
-            return Ok(());
-        }
-        self.metrics.params_received.inc();
-        let mut params = self.params.write();
-        let newer = params
-            .get(&envelope.device_id)
-            .is_none_or(|known| known.version < envelope.version);
-        if newer {
-            params.insert(envelope.device_id.clone(), Arc::new(envelope));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Default)]
 struct DeviceScoring {
@@ -91,13 +59,8 @@ impl ScoringHandler {
         params: SharedParams,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let threshold = config.threshold.unwrap_or(recommended_threshold);
         Self {
-            rules: EpisodeRules {
-                threshold,
-                clear_below: threshold * config.clear_ratio,
-                clear_after_events: config.clear_after_events,
-            },
+            rules: config.rules(recommended_threshold),
             topic: topics.alerts(),
             producer,
             params,
@@ -117,6 +80,7 @@ impl ScoringHandler {
             .map_err(|error| HandleError::Retry(error.to_string()))?;
         let state = match alert.state {
             AlertState::Raised => "raised",
+            AlertState::Updated => "updated",
             AlertState::Cleared => "cleared",
         };
         self.metrics
@@ -126,53 +90,55 @@ impl ScoringHandler {
         self.unsent = None;
         Ok(())
     }
-}
 
-impl RecordHandler for ScoringHandler {
-    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
-        // A retried record finds its alert here; the record itself is then a duplicate.
-        self.send_unsent().await?;
-        let Some((device_id, telemetry)) = decode_telemetry(record, "scorer", &self.metrics) else {
-            return Ok(());
-        };
+    /// Score one reading of a known device; the episode transition it causes, if any,
+    /// with the score and the parameters' version.
+    fn score(
+        &mut self,
+        device_id: &DeviceId,
+        telemetry: &TelemetryPayload,
+    ) -> Option<(Transition, Score, u64)> {
         let device = self.devices.entry(device_id.clone()).or_default();
         if !device.sequence.accept(telemetry.seq) {
             self.metrics
                 .skipped
                 .with_label_values(&["scorer", "duplicate"])
                 .inc();
-            return Ok(());
+            return None;
         }
-        let Some(params) = self.params.read().get(&device_id).cloned() else {
+        let Some(params) = self.params.read().get(device_id).cloned() else {
             self.metrics
                 .skipped
                 .with_label_values(&["scorer", "no_params"])
                 .inc();
-            return Ok(());
+            return None;
         };
-        let score = device.scorer.score(
-            &params.params,
-            &Observation {
-                ts_ms: telemetry.ts,
-                metrics: &telemetry.metrics,
-            },
-        );
+        let observation = Observation {
+            ts_ms: telemetry.ts,
+            metrics: &telemetry.metrics,
+        };
+        let score = device.scorer.score(&params.params, &observation);
         self.metrics.events_scored.inc();
         if !score.ready {
-            return Ok(());
+            return None;
         }
-        let Some(state) = device
-            .episode
-            .observe(&self.rules, score.value, telemetry.seq)
-        else {
-            return Ok(());
+        let transition = device.episode.observe(&self.rules, &score, telemetry.seq)?;
+        Some((transition, score, params.version))
+    }
+
+    fn alert(
+        &self,
+        device_id: DeviceId,
+        telemetry: &TelemetryPayload,
+        (transition, score, model_version): (Transition, Score, u64),
+    ) -> Alert {
+        let opened_at = self.devices[&device_id].episode.opened_at();
+        let (state, reason) = match transition {
+            Transition::Opened => (AlertState::Raised, score.reason()),
+            Transition::Escalated => (AlertState::Updated, score.reason()),
+            Transition::Closed => (AlertState::Cleared, "back to normal".to_owned()),
         };
-        let opened_at = device.episode.opened_at();
-        let reason = match state {
-            AlertState::Raised => score.reason(),
-            AlertState::Cleared => "back to normal".to_owned(),
-        };
-        self.unsent = Some(Alert {
+        Alert {
             alert_id: format!("{device_id}:{opened_at}"),
             device_id,
             state,
@@ -193,8 +159,22 @@ impl RecordHandler for ScoringHandler {
             event_ts: telemetry.ts,
             event_seq: telemetry.seq,
             emitted_ms: now_ms(),
-            model_version: params.version,
-        });
+            model_version,
+        }
+    }
+}
+
+impl RecordHandler for ScoringHandler {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        // A retried record finds its alert here; the record itself is then a duplicate.
+        self.send_unsent().await?;
+        let Some((device_id, telemetry)) = decode_telemetry(record, "scorer", &self.metrics) else {
+            return Ok(());
+        };
+        let Some(scored) = self.score(&device_id, &telemetry) else {
+            return Ok(());
+        };
+        self.unsent = Some(self.alert(device_id, &telemetry, scored));
         self.send_unsent().await
     }
 }

@@ -1,16 +1,14 @@
-//! The scorer role as the process starts it: the parameters reader and the scoring
-//! consumer.
+//! The scorer role as the process starts it: the scoring consumer and the parameters
+//! reader that follows its partitions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetwatch_protocol::Topic;
-use parking_lot::RwLock;
 
-use super::{ParamsHandler, ScoringHandler};
+use super::{ParamsFollower, ParamsHandler, ScoringHandler, SharedParams};
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::Result;
-use crate::kafka::{consume, ConsumerRole, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
@@ -26,30 +24,21 @@ pub const ROLE: RoleSpec = RoleSpec {
 fn start(launch: &mut Launch<'_>) -> Result<()> {
     let settings = launch.settings;
     let kafka = &settings.kafka;
-    let params = Arc::new(RwLock::new(HashMap::new()));
+    let params = SharedParams::default();
+    let (reader, follower) = RoleConsumer::follower(
+        kafka,
+        ConsumerRole::ScorerParams,
+        &launch.topics.model_params(),
+        launch.metrics.clone(),
+    )?;
     let params_handler = ParamsHandler {
         params: params.clone(),
         metrics: launch.metrics.clone(),
     };
-    let (config, topic, metrics) = (
-        kafka.clone(),
-        launch.topics.model_params(),
-        launch.metrics.clone(),
-    );
-    let shutdown = launch.shutdown.clone();
-    launch.tasks.spawn(async move {
-        let reader = RoleConsumer::read_whole_topic(
-            &config,
-            ConsumerRole::ScorerParams,
-            &topic,
-            StartAt::Earliest,
-            metrics,
-        );
-        let outcome = match reader.await {
-            Ok(reader) => consume(reader, params_handler, shutdown).await,
-            Err(error) => Err(error),
-        };
-        ("scorer-params", outcome)
+    launch.consume("scorer-params", reader, params_handler);
+    let listener = Arc::new(ParamsFollower {
+        follower,
+        params: params.clone(),
     });
     let consumer = RoleConsumer::subscribe(
         kafka,
@@ -58,17 +47,18 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         &[&launch.topics.telemetry()],
         StartAt::Earliest,
         launch.metrics.clone(),
-        None,
+        Some(listener),
     )?;
     let handler = ScoringHandler::new(
         &settings.scorer,
         settings.trainer.model.threshold,
         &launch.topics,
         launch.producer.clone(),
-        params,
+        params.clone(),
         launch.metrics.clone(),
     );
     launch.consume("scorer", consumer, handler);
+    launch.model_params = Some(params);
     Ok(())
 }
 

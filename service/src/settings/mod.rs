@@ -116,8 +116,14 @@ impl Settings {
                     .into(),
             ));
         }
-        if !(0.0..=1.0).contains(&self.scorer.clear_ratio) || self.scorer.clear_ratio == 0.0 {
-            return Err(Error::Config("scorer.clear_ratio must be in (0, 1]".into()));
+        self.scorer
+            .rules(self.trainer.model.threshold)
+            .check()
+            .map_err(|e| Error::Config(format!("scorer: {e}")))?;
+        if self.trainer.checkpoint_every_publications == 0 {
+            return Err(Error::Config(
+                "trainer.checkpoint_every_publications must be at least 1".into(),
+            ));
         }
         Ok(self)
     }

@@ -10,6 +10,11 @@ pub struct TrainerConfig {
     /// ...or this long (ms) after the previous publication, whichever comes first, as long
     /// as there is something new.
     pub publish_every_ms: u64,
+    /// Checkpoint a device's model to `iot.trainer-state` every this many publications
+    /// (also when its partition is revoked and at shutdown). After a crash the model
+    /// continues from its last checkpoint; a lower value loses less training and writes
+    /// more (a checkpoint is a few KB).
+    pub checkpoint_every_publications: u32,
     /// The model's settings (section `[trainer.model]`).
     pub model: production::Config,
 }
@@ -19,6 +24,7 @@ impl Default for TrainerConfig {
         Self {
             publish_every_events: production::DEFAULT_PUBLISH_EVERY,
             publish_every_ms: 5_000,
+            checkpoint_every_publications: 10,
             model: production::Config::default(),
         }
     }

@@ -3,19 +3,28 @@
 //!
 //! Publications are not awaited per event: parameters are derived state, refreshed every
 //! few events, so a lost publication is replaced by the next one. Failures are counted.
+//!
+//! Training is durable (`durable.rs`): each device's model is checkpointed to
+//! `iot.trainer-state` every few publications and whenever its partition is taken away
+//! or the process stops; a new owner of a partition restores every model from there
+//! before it handles anything of the partition, and continues the version count from the
+//! newest parameters published, so versions never go backwards.
 
 mod config;
+mod durable;
 mod role;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
 use fleetwatch_protocol::{now_ms, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker};
+use parking_lot::Mutex;
 
 pub use config::TrainerConfig;
+pub use durable::{Checkpoints, TrainerPartitions};
 pub use role::ROLE;
 
 use crate::kafka::{decode_telemetry, HandleError, Producer, Record, RecordHandler};
@@ -23,18 +32,50 @@ use crate::metrics::Metrics;
 
 struct DeviceModel {
     trainer: ModelTrainer,
+    partition: i32,
     sequence: SequenceTracker,
     version: u64,
     unpublished: u32,
     last_published: Instant,
+    /// Publications since the last checkpoint; any means the checkpoint is stale.
+    since_checkpoint: u32,
 }
+
+impl DeviceModel {
+    fn new(trainer: ModelTrainer, partition: i32, version: u64) -> Self {
+        Self {
+            trainer,
+            partition,
+            sequence: SequenceTracker::default(),
+            version,
+            unpublished: 0,
+            last_published: Instant::now(),
+            since_checkpoint: 0,
+        }
+    }
+}
+
+/// The models of the partitions this instance owns; shared with the rebalance listener.
+#[derive(Default)]
+pub struct Models {
+    devices: HashMap<DeviceId, DeviceModel>,
+    /// Partitions whose models were read back from the checkpoints.
+    restored: HashSet<i32>,
+}
+
+pub type SharedModels = Arc<Mutex<Models>>;
+
+/// A record to produce: (topic, key, payload).
+type Outgoing = (String, String, Vec<u8>);
 
 pub struct TrainerHandler {
     config: TrainerConfig,
-    topic: String,
+    params_topic: String,
+    state_topic: String,
     producer: Producer,
     metrics: Arc<Metrics>,
-    devices: HashMap<DeviceId, DeviceModel>,
+    models: SharedModels,
+    checkpoints: Checkpoints,
 }
 
 impl TrainerHandler {
@@ -42,88 +83,82 @@ impl TrainerHandler {
         config: TrainerConfig,
         topics: &KafkaTopics,
         producer: Producer,
+        checkpoints: Checkpoints,
+        models: SharedModels,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             config,
-            topic: topics.model_params(),
+            params_topic: topics.model_params(),
+            state_topic: topics.trainer_state(),
             producer,
             metrics,
-            devices: HashMap::new(),
+            models,
+            checkpoints,
         }
     }
 
-    async fn publish(&mut self, device_id: &DeviceId) {
-        let Some(model) = self.devices.get_mut(device_id) else {
-            return;
-        };
+    /// The records a publication of `device_id` makes: its parameters, and a checkpoint
+    /// of its model every `checkpoint_every_publications`.
+    fn publication(&self, device_id: &DeviceId, model: &mut DeviceModel) -> Vec<Outgoing> {
         model.version += 1;
         model.unpublished = 0;
         model.last_published = Instant::now();
+        model.since_checkpoint += 1;
         let envelope = ParamsEnvelope {
             device_id: device_id.clone(),
             version: model.version,
             trained_events: model.trainer.events(),
             published_ms: now_ms(),
-            params: model.trainer.snapshot(),
+            params: model.trainer.snapshot().to_bytes(),
         };
-        let payload = serde_json::to_vec(&envelope).expect("wire types serialize");
-        let delivery = self
-            .producer
-            .enqueue(&self.topic, device_id.as_str(), &payload)
-            .await;
-        self.metrics.params_published.inc();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(error) = delivery.confirmed().await {
-                tracing::warn!(%error, "parameter publication lost; the next one replaces it");
-                metrics
-                    .skipped
-                    .with_label_values(&["trainer", "publish_failed"])
-                    .inc();
-            }
-        });
+        let mut records = vec![(
+            self.params_topic.clone(),
+            device_id.to_string(),
+            envelope.encode(),
+        )];
+        if model.since_checkpoint >= self.config.checkpoint_every_publications {
+            records.push(durable::checkpoint(&self.state_topic, device_id, model));
+        }
+        records
     }
-}
 
-#[cfg(test)]
-impl TrainerHandler {
-    /// Move `device_id`'s last publication `ago` further into the past, as if that much
-    /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
-    /// paused clock would not do: the handler reads `std::time::Instant`.)
-    pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
-        if let Some(model) = self.devices.get_mut(device_id) {
-            model.last_published = model
-                .last_published
-                .checked_sub(ago)
-                .expect("the monotonic clock started long enough ago");
+    async fn send(&self, records: Vec<Outgoing>) {
+        for (topic, key, payload) in records {
+            let delivery = self.producer.enqueue(&topic, &key, &payload).await;
+            if topic == self.params_topic {
+                self.metrics.params_published.inc();
+            }
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(error) = delivery.confirmed().await {
+                    tracing::warn!(%error, %topic, "trainer publication lost; the next one replaces it");
+                    metrics
+                        .skipped
+                        .with_label_values(&["trainer", "publish_failed"])
+                        .inc();
+                }
+            });
         }
     }
-}
 
-impl RecordHandler for TrainerHandler {
-    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
-        let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
-        else {
-            return Ok(());
-        };
-        let model_config = &self.config.model;
-        let model = self
-            .devices
-            .entry(device_id.clone())
-            .or_insert_with(|| DeviceModel {
-                trainer: production::trainer(model_config),
-                sequence: SequenceTracker::default(),
-                version: 0,
-                unpublished: 0,
-                last_published: Instant::now(),
-            });
+    /// Learn from one reading; the records to produce if a publication is due.
+    fn learn(
+        &self,
+        device_id: &DeviceId,
+        partition: i32,
+        telemetry: &fleetwatch_protocol::TelemetryPayload,
+    ) -> Vec<Outgoing> {
+        let mut models = self.models.lock();
+        let model = models.devices.entry(device_id.clone()).or_insert_with(|| {
+            DeviceModel::new(production::trainer(&self.config.model), partition, 0)
+        });
         if !model.sequence.accept(telemetry.seq) {
             self.metrics
                 .skipped
                 .with_label_values(&["trainer", "duplicate"])
                 .inc();
-            return Ok(());
+            return Vec::new();
         }
         model.trainer.update(&Observation {
             ts_ms: telemetry.ts,
@@ -134,8 +169,41 @@ impl RecordHandler for TrainerHandler {
             || model.last_published.elapsed()
                 >= Duration::from_millis(self.config.publish_every_ms);
         if due {
-            self.publish(&device_id).await;
+            self.publication(device_id, model)
+        } else {
+            Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+impl TrainerHandler {
+    /// Move `device_id`'s last publication `ago` further into the past, as if that much
+    /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
+    /// paused clock would not do: the handler reads `std::time::Instant`.)
+    pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
+        if let Some(model) = self.models.lock().devices.get_mut(device_id) {
+            model.last_published = model
+                .last_published
+                .checked_sub(ago)
+                .expect("the monotonic clock started long enough ago");
+        }
+    }
+}
+
+impl RecordHandler for TrainerHandler {
+    async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        // A new owner reads the partition's checkpoints before training on it.
+        self.checkpoints
+            .ensure_restored(record.partition, &self.models, &self.config.model)
+            .await
+            .map_err(|error| HandleError::Retry(error.to_string()))?;
+        let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
+        else {
+            return Ok(());
+        };
+        let records = self.learn(&device_id, record.partition, &telemetry);
+        self.send(records).await;
         Ok(())
     }
 
@@ -148,16 +216,30 @@ impl RecordHandler for TrainerHandler {
     /// Publish devices that have news but have not reached the event count in time.
     async fn on_tick(&mut self) -> Result<(), HandleError> {
         let every = Duration::from_millis(self.config.publish_every_ms);
-        let due: Vec<DeviceId> = self
-            .devices
-            .iter()
-            .filter(|(_, model)| model.unpublished > 0 && model.last_published.elapsed() >= every)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for device_id in due {
-            self.publish(&device_id).await;
-        }
+        let records: Vec<Outgoing> = {
+            let mut models = self.models.lock();
+            let due = models.devices.iter_mut().filter(|(_, model)| {
+                model.unpublished > 0 && model.last_published.elapsed() >= every
+            });
+            due.flat_map(|(device_id, model)| self.publication(device_id, model))
+                .collect()
+        };
+        self.send(records).await;
         Ok(())
+    }
+
+    /// Checkpoint every model with news, and wait for Kafka to confirm: a restart then
+    /// continues exactly where this process stopped.
+    async fn on_shutdown(&mut self) {
+        let records = durable::stale_checkpoints(&self.state_topic, &self.models);
+        let count = records.len();
+        for (topic, key, payload) in records {
+            let delivery = self.producer.enqueue(&topic, &key, &payload).await;
+            if let Err(error) = delivery.confirmed().await {
+                tracing::warn!(%error, "checkpoint at shutdown lost");
+            }
+        }
+        tracing::info!(devices = count, "trainer checkpointed its models");
     }
 }
 

@@ -2,17 +2,19 @@
 
 use fleetwatch_protocol::Topic;
 
-use super::TrainerHandler;
+use std::sync::Arc;
+
+use super::{Checkpoints, SharedModels, TrainerHandler, TrainerPartitions};
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::Result;
-use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, PartitionReader, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "trainer",
     summary: "one online model per device, trained on its telemetry; publishes versioned parameter snapshots",
     consumes: &[Topic::Telemetry],
-    produces: &[Topic::ModelParams],
+    produces: &[Topic::ModelParams, Topic::TrainerState],
     membership: Membership::Group("trainer"),
     start,
     ready,
@@ -20,19 +22,42 @@ pub const ROLE: RoleSpec = RoleSpec {
 
 fn start(launch: &mut Launch<'_>) -> Result<()> {
     let kafka = &launch.settings.kafka;
+    let topics = &launch.topics;
+    let reader = |topic: String, name: &str| {
+        PartitionReader::new(
+            kafka,
+            topic,
+            name,
+            launch.producer.clone(),
+            &launch.instance,
+        )
+    };
+    let checkpoints = Checkpoints {
+        params: reader(topics.model_params(), "trainer-params")?,
+        states: reader(topics.trainer_state(), "trainer-state")?,
+        metrics: launch.metrics.clone(),
+    };
+    let models = SharedModels::default();
+    let listener = Arc::new(TrainerPartitions {
+        models: models.clone(),
+        producer: launch.producer.clone(),
+        state_topic: topics.trainer_state(),
+    });
     let consumer = RoleConsumer::subscribe(
         kafka,
         ConsumerRole::Trainer,
         &kafka.group_id("trainer"),
-        &[&launch.topics.telemetry()],
+        &[&topics.telemetry()],
         StartAt::Earliest,
         launch.metrics.clone(),
-        None,
+        Some(listener),
     )?;
     let handler = TrainerHandler::new(
         launch.settings.trainer.clone(),
-        &launch.topics,
+        topics,
         launch.producer.clone(),
+        checkpoints,
+        models,
         launch.metrics.clone(),
     );
     launch.consume("trainer", consumer, handler);
