@@ -139,7 +139,8 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
     // Every device's versions on the topic only ever increase.
     let params = read_topic(&rig.kafka, &namespace.topic("iot.model-params"));
     let mut newest: BTreeMap<String, u64> = BTreeMap::new();
-    for record in &params {
+    let mut trained: BTreeMap<String, u64> = BTreeMap::new();
+    for record in params.iter().filter(|r| !r.bytes.is_empty()) {
         let envelope = fleetwatch_protocol::ParamsEnvelope::decode(&record.bytes)
             .unwrap_or_else(|e| panic!("parameters of {}: {e}", record.key));
         let last = newest.entry(record.key.clone()).or_default();
@@ -151,8 +152,13 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
             *last
         );
         *last = envelope.version;
+        trained.insert(record.key.clone(), envelope.trained_events);
     }
     assert_eq!(newest.len(), DEVICES);
+    // Each model learned every reading once: nothing lost or learned twice across the
+    // restart and the hand-over.
+    let all = 3 * EVENTS_PER_PHASE;
+    assert!(trained.values().all(|&events| events == all), "{trained:?}");
 
     // A scorer started now (a group of its own) ends with what the first one holds.
     let fresh = start(&rig, &namespace, "scorer", "s2", &format!("{group}fresh-")).await;

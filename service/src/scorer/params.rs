@@ -40,6 +40,13 @@ impl ParamsHandler {
 
 impl RecordHandler for ParamsHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        // No value: a reader's marker, or a device's tombstone (decommissioned).
+        if record.payload.is_empty() {
+            if let Ok(device_id) = DeviceId::parse(&record.key_str()) {
+                self.params.write().remove(&device_id);
+            }
+            return Ok(());
+        }
         let envelope = match ParamsEnvelope::decode(record.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
