@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use fleetwatch_models::production;
+use fleetwatch_models::production::{self, Params};
 use fleetwatch_models::Trainer;
+use fleetwatch_protocol::ParamsEnvelope;
 use fleetwatch_protocol::{
     Connectivity, DeviceEvent, DeviceEventBody, StatePayload, StatusPayload, TelemetryPayload,
 };
@@ -82,19 +83,23 @@ impl Series {
 
     /// The next reading with `temp` lifted by [`SPIKE`].
     fn spike(&mut self) -> TelemetryPayload {
+        self.lift("temp", SPIKE)
+    }
+
+    /// The next reading with `metric` lifted by `by`.
+    fn lift(&mut self, metric: &str, by: f64) -> TelemetryPayload {
         let mut reading = self.calm();
-        *reading.metrics.get_mut("temp").expect("temp") += SPIKE;
+        *reading
+            .metrics
+            .get_mut(metric)
+            .expect("a metric of the series") += by;
         reading
     }
 }
 
-/// The production model's settings; `rest_events: 0` lets every anomalous event score
-/// above the threshold (by default the model holds repeats just below it).
-fn model_config(rest_events: u32) -> production::Config {
-    production::Config {
-        rest_events,
-        ..production::Config::default()
-    }
+/// The production model's settings.
+fn model_config() -> production::Config {
+    production::Config::default()
 }
 
 /// Parameters of a production model trained on the series' next `events` readings.
@@ -112,19 +117,31 @@ fn train(series: &mut Series, config: &production::Config, events: u64) -> Param
 
 /// A record value of `iot.model-params`, built as the trainer publishes it.
 fn params_record(device_id: &str, version: u64, params: &Params) -> Vec<u8> {
+    params_bytes_record(device_id, version, params.to_bytes())
+}
+
+/// A binary `iot.model-params` envelope around arbitrary parameter bytes.
+fn params_bytes_record(device_id: &str, version: u64, params: Vec<u8>) -> Vec<u8> {
     let envelope = ParamsEnvelope {
         device_id: device(device_id),
         version,
-        trained_events: params.metrics.values().map(|m| m.n).max().unwrap_or(0),
-        published_ms: T0_MS,
-        params: params.clone(),
+        trained_events: 40 + version,
+        published_ms: T0_MS + version as i64,
+        params,
     };
-    serde_json::to_vec(&envelope).expect("wire types serialize")
+    envelope.encode()
 }
 
 /// What the model alone scores for `readings` from a fresh scorer state: to check a
 /// test's premise (the handler's scorer sees the same events in the same order).
 fn model_scores(params: &Params, readings: &[TelemetryPayload]) -> Vec<f64> {
+    (full_scores(params, readings).iter())
+        .map(|score| score.value)
+        .collect()
+}
+
+/// [`model_scores`] with the scores' parts, for the reasons alerts carry.
+fn full_scores(params: &Params, readings: &[TelemetryPayload]) -> Vec<Score> {
     let mut scorer = production::scorer();
     readings
         .iter()
@@ -133,8 +150,16 @@ fn model_scores(params: &Params, readings: &[TelemetryPayload]) -> Vec<f64> {
                 ts_ms: reading.ts,
                 metrics: &reading.metrics,
             };
-            scorer.score(params, &observation).value
+            scorer.score(params, &observation)
         })
+        .collect()
+}
+
+/// Sequence numbers of the readings scoring at or above `threshold`.
+fn at_or_above(readings: &[TelemetryPayload], scores: &[f64], threshold: f64) -> Vec<u64> {
+    (readings.iter().zip(scores))
+        .filter(|(_, &score)| score >= threshold)
+        .map(|(reading, _)| reading.seq)
         .collect()
 }
 
@@ -220,10 +245,15 @@ impl Rig {
         self.next_offset
     }
 
-    /// Hand one `iot.model-params` record to the parameters reader; it must not fail.
+    /// Hand one `iot.model-params` record of partition 0 to the parameters reader; it
+    /// must not fail.
     async fn feed_params(&mut self, key: &str, payload: &[u8]) {
+        self.feed_params_at(0, key, payload).await;
+    }
+
+    async fn feed_params_at(&mut self, partition: i32, key: &str, payload: &[u8]) {
         let topic = self.topics.model_params();
-        let record = Record::new(&topic, key, payload).at(0, self.offset());
+        let record = Record::new(&topic, key, payload).at(partition, self.offset());
         let outcome = self.params_reader.handle(&record).await;
         assert!(outcome.is_ok(), "params handle failed: {outcome:?}");
     }
@@ -289,8 +319,9 @@ impl Rig {
     }
 }
 
-/// A scorer with the default settings (threshold: the model's 0.65, clear after 5 events
-/// below 0.325) holding `device_id`'s parameters, version 1, trained with `config` on the
+/// A scorer with the default settings (the model's recommended episode rules: threshold
+/// 0.65, clear after 30 events in a row below 0.325, escalate at 1.2 times the score last
+/// reported) holding `device_id`'s parameters, version 1, trained with `config` on the
 /// first [`TRAINING_EVENTS`] readings of `series`; and those parameters.
 async fn rig_with_params(
     device_id: &str,
@@ -309,7 +340,7 @@ async fn rig_with_params(
 #[tokio::test]
 async fn the_params_reader_keeps_the_newest_version_per_device() {
     let mut rig = Rig::new(ScorerConfig::default());
-    let params = train(&mut Series::new(20.0, 7), &model_config(75), 40);
+    let params = train(&mut Series::new(20.0, 7), &model_config(), 40);
 
     let mut held = Vec::new();
     for version in [2, 1, 2, 3] {
@@ -335,42 +366,108 @@ async fn the_params_reader_keeps_the_newest_version_per_device() {
 }
 
 #[tokio::test]
+async fn the_params_reader_keeps_what_the_envelope_says_and_the_partition() {
+    let mut rig = Rig::new(ScorerConfig::default());
+    let params = train(&mut Series::new(20.0, 7), &model_config(), 40);
+    rig.feed_params_at(3, "pump-1", &params_record("pump-1", 4, &params))
+        .await;
+
+    let held = rig.params_reader.params.read()[&device("pump-1")].clone();
+    assert_eq!(
+        (
+            held.version,
+            held.trained_events,
+            held.published_ms,
+            held.partition
+        ),
+        (4, 44, T0_MS + 4, 3)
+    );
+    assert_eq!(
+        held.params, params,
+        "the bytes decode to what was published"
+    );
+}
+
+#[tokio::test]
 async fn the_params_reader_skips_incompatible_and_undecodable_params() {
     let mut rig = Rig::new(ScorerConfig::default());
-    let params = train(&mut Series::new(20.0, 7), &model_config(75), 40);
+    let params = train(&mut Series::new(20.0, 7), &model_config(), 40);
     rig.feed_params("pump-1", &params_record("pump-1", 1, &params))
         .await;
 
-    let other_kind = Params {
-        kind: "ewma-baseline".to_owned(),
-        ..params.clone()
-    };
-    let other_format = Params {
-        format: params.format + 1,
-        ..params.clone()
-    };
-    rig.feed_params("pump-1", &params_record("pump-1", 5, &other_kind))
-        .await;
-    rig.feed_params("pump-1", &params_record("pump-1", 6, &other_format))
-        .await;
-    rig.feed_params("pump-1", b"{not json").await;
-    rig.feed_params("pump-1", b"").await;
+    // The model's bytes: "FP", the kind's number, the format (u16 LE), the body.
+    let bytes = params.to_bytes();
+    let mut other_kind = bytes.clone();
+    other_kind[2] = 9;
+    let mut other_format = bytes.clone();
+    other_format[3] += 1;
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let incompatible = [other_kind, other_format, truncated, b"junk".to_vec()];
+    for (version, bytes) in (5..).zip(incompatible) {
+        rig.feed_params("pump-1", &params_bytes_record("pump-1", version, bytes))
+            .await;
+    }
+    // The JSON envelope of earlier releases, an envelope cut short, garbage.
+    let json = serde_json::json!({"device_id": "pump-1", "version": 9, "params": {}});
+    let short = &params_record("pump-1", 10, &params)[..20];
+    for payload in [json.to_string().as_bytes(), short, b"{not json"] {
+        rig.feed_params("pump-1", payload).await;
+    }
 
     assert_eq!(
         rig.known_version("pump-1"),
         Some(1),
         "the compatible one stays"
     );
-    assert_eq!(rig.skipped("scorer-params", "incompatible"), 2);
-    assert_eq!(rig.skipped("scorer-params", "undecodable"), 2);
+    assert_eq!(rig.skipped("scorer-params", "incompatible"), 4);
+    assert_eq!(rig.skipped("scorer-params", "undecodable"), 3);
     assert_eq!(rig.metrics.params_received.get(), 1);
+
+    rig.feed_params("pump-1", &params_record("pump-1", 2, &params))
+        .await;
+    assert_eq!(
+        rig.known_version("pump-1"),
+        Some(2),
+        "skipped versions do not count as newer"
+    );
+}
+
+#[tokio::test]
+async fn a_tombstone_forgets_the_devices_params_and_markers_are_ignored() {
+    let mut rig = Rig::new(ScorerConfig::default());
+    let params = train(&mut Series::new(20.0, 7), &model_config(), 40);
+    rig.feed_params("pump-1", &params_record("pump-1", 3, &params))
+        .await;
+    rig.feed_params("fan-2", &params_record("fan-2", 1, &params))
+        .await;
+
+    rig.feed_params("marker/scorer-1/0", b"").await;
+    assert_eq!(
+        (rig.known_version("pump-1"), rig.known_version("fan-2")),
+        (Some(3), Some(1))
+    );
+    rig.feed_params("pump-1", b"").await;
+    assert_eq!(
+        (rig.known_version("pump-1"), rig.known_version("fan-2")),
+        (None, Some(1)),
+        "only the tombstoned device is forgotten"
+    );
+    assert_eq!(rig.skipped("scorer-params", "undecodable"), 0);
+
+    rig.feed_params("pump-1", &params_record("pump-1", 1, &params))
+        .await;
+    assert_eq!(
+        rig.known_version("pump-1"),
+        Some(1),
+        "a device back after its tombstone starts over"
+    );
 }
 
 #[tokio::test]
 async fn events_before_any_params_are_counted_as_no_params_then_scored_once_params_arrive() {
     let mut rig = Rig::new(ScorerConfig::default());
     let mut series = Series::new(20.0, 7);
-    let params = train(&mut series, &model_config(75), TRAINING_EVENTS);
+    let params = train(&mut series, &model_config(), TRAINING_EVENTS);
     rig.feed_calm("pump-1", &mut series, 3).await;
     rig.feed_reading("pump-1", &series.spike()).await;
 
@@ -393,7 +490,7 @@ async fn events_before_any_params_are_counted_as_no_params_then_scored_once_para
 async fn params_still_warming_up_raise_nothing() {
     let mut rig = Rig::new(ScorerConfig::default());
     let mut series = Series::new(20.0, 7);
-    let warming_up = train(&mut series, &model_config(75), 10);
+    let warming_up = train(&mut series, &model_config(), 10);
     rig.feed_params("pump-1", &params_record("pump-1", 1, &warming_up))
         .await;
 
@@ -409,7 +506,7 @@ async fn params_still_warming_up_raise_nothing() {
 
 #[tokio::test]
 async fn alerts_carry_the_version_of_the_newest_params() {
-    let config = model_config(75);
+    let config = model_config();
     let mut series = Series::new(20.0, 7);
     let (mut rig, _) = rig_with_params("pump-1", &mut series, &config).await;
     let retrained = train(&mut Series::new(20.0, 7), &config, TRAINING_EVENTS + 20);
@@ -431,23 +528,31 @@ async fn alerts_carry_the_version_of_the_newest_params() {
 #[tokio::test]
 async fn an_anomaly_raises_one_alert_with_its_reason_and_contributors() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config(75)).await;
-    rig.feed_calm("pump-1", &mut series, 20).await;
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
+    readings.push(series.spike()); // 120
+    let scores = full_scores(&params, &readings);
+    for reading in &readings[..20] {
+        rig.feed_reading("pump-1", reading).await;
+    }
     assert_eq!(rig.alerts(), vec![], "calm readings raise nothing");
 
-    let spike = series.spike();
-    rig.feed_reading("pump-1", &spike).await;
+    let spike = &readings[20];
+    rig.feed_reading("pump-1", spike).await;
     let alerts = rig.alerts();
     assert_eq!(alerts.len(), 1);
     let raised = &alerts[0];
-    assert_eq!(raised.alert_id, format!("pump-1:{}", spike.seq));
+    assert_eq!(raised.alert_id, "pump-1:120");
     assert_eq!(raised.device_id, device("pump-1"));
     assert_eq!(raised.state, AlertState::Raised);
-    assert_eq!((raised.event_seq, raised.event_ts), (spike.seq, spike.ts));
+    assert_eq!((raised.event_seq, raised.event_ts), (120, spike.ts));
     assert_eq!((raised.threshold, raised.model_version), (0.65, 1));
-    assert!((0.65..=1.0).contains(&raised.score), "{}", raised.score);
+    assert_eq!(raised.score, 1.0);
+    assert_eq!(raised.reason, scores[20].reason());
     assert!(
-        raised.reason.starts_with("temp = ") && raised.reason.contains("above the expected"),
+        raised
+            .reason
+            .starts_with("temp = 35.274 is 15.8 standard deviations above the expected"),
         "{}",
         raised.reason
     );
@@ -466,62 +571,76 @@ async fn an_anomaly_raises_one_alert_with_its_reason_and_contributors() {
         (temp.value, temp.score),
         (spike.metrics["temp"], raised.score)
     );
-    assert!(temp.value - temp.expected > SPIKE - 5.0, "{temp:?}");
+    assert_eq!(temp.expected, scores[20].contributors[0].expected);
+    assert!(temp.value - temp.expected > SPIKE, "{temp:?}");
     assert_eq!(rig.emitted("raised"), 1);
 }
 
 #[tokio::test]
 async fn calm_events_close_the_episode_with_one_cleared_alert() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config(75)).await;
-    rig.feed_calm("pump-1", &mut series, 20).await;
-    for _ in 0..3 {
-        rig.feed_reading("pump-1", &series.spike()).await;
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
+    readings.extend((0..3).map(|_| series.spike())); // 120..=122
+    readings.extend((0..60).map(|_| series.calm())); // 123..=182
+    let scores = model_scores(&params, &readings);
+    assert_eq!(
+        at_or_above(&readings, &scores, 0.325),
+        vec![120, 121, 122],
+        "premise: {scores:.2?}"
+    );
+
+    for reading in &readings[..52] {
+        rig.feed_reading("pump-1", reading).await;
     }
-    rig.feed_calm("pump-1", &mut series, 4).await;
     let raised = ("pump-1:120", AlertState::Raised, 120);
     assert_eq!(
         rig.story(),
         story(&[raised]),
-        "repeats and 4 calm: still open"
+        "repeats of the same size and 29 calm: still open"
     );
 
-    rig.feed_calm("pump-1", &mut series, 1).await;
-    let cleared = ("pump-1:120", AlertState::Cleared, 127);
+    rig.feed_reading("pump-1", &readings[52]).await;
+    let cleared = ("pump-1:120", AlertState::Cleared, 152);
     assert_eq!(rig.story(), story(&[raised, cleared]));
     let last = rig.alerts().pop().expect("cleared");
     assert_eq!(last.reason, "back to normal");
-    assert!(last.score < 0.65 * 0.5, "{}", last.score);
+    assert_eq!(last.score, scores[52]);
 
-    rig.feed_calm("pump-1", &mut series, 30).await;
+    for reading in &readings[53..] {
+        rig.feed_reading("pump-1", reading).await;
+    }
     assert_eq!(
         rig.story(),
         story(&[raised, cleared]),
         "calm goes on quietly"
     );
-    assert_eq!((rig.emitted("raised"), rig.emitted("cleared")), (1, 1));
+    assert_eq!(
+        (
+            rig.emitted("raised"),
+            rig.emitted("updated"),
+            rig.emitted("cleared")
+        ),
+        (1, 0, 1)
+    );
 }
 
-/// With the model's rest period off, every anomalous event scores above the threshold:
-/// only the handler's episode keeps the repeats from raising again.
+/// Every anomalous event scores above the threshold: only the handler's episode keeps
+/// the repeats from raising again.
 #[tokio::test]
 async fn repeated_anomalies_stay_one_episode_until_enough_calm_events_in_a_row() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config(0)).await;
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
     let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
     readings.extend((0..3).map(|_| series.spike())); // 120..=122
-    readings.extend((0..2).map(|_| series.calm())); // 123, 124: too few to clear
-    readings.push(series.spike()); // 125: the calm run starts over
-    readings.extend((0..5).map(|_| series.calm())); // 126..=130: cleared at 130
-    readings.push(series.spike()); // 131: a new episode
+    readings.extend((0..29).map(|_| series.calm())); // 123..=151: too few to clear
+    readings.push(series.spike()); // 152: the calm run starts over
+    readings.extend((0..30).map(|_| series.calm())); // 153..=182: cleared at 182
+    readings.push(series.spike()); // 183: a new episode
     let scores = model_scores(&params, &readings);
-    let anomalous: Vec<u64> = (readings.iter().zip(&scores))
-        .filter(|(_, &score)| score >= 0.65)
-        .map(|(reading, _)| reading.seq)
-        .collect();
     assert_eq!(
-        anomalous,
-        vec![120, 121, 122, 125, 131],
+        at_or_above(&readings, &scores, 0.65),
+        vec![120, 121, 122, 152, 183],
         "premise: {scores:.2?}"
     );
     assert!(
@@ -534,22 +653,228 @@ async fn repeated_anomalies_stay_one_episode_until_enough_calm_events_in_a_row()
     }
     let expected = story(&[
         ("pump-1:120", AlertState::Raised, 120),
-        ("pump-1:120", AlertState::Cleared, 130),
-        ("pump-1:131", AlertState::Raised, 131),
+        ("pump-1:120", AlertState::Cleared, 182),
+        ("pump-1:183", AlertState::Raised, 183),
     ]);
     assert_eq!(rig.story(), expected);
+}
+
+/// The readings of [`a_bigger_fault_while_open_updates_the_alert_once`]: 20 calm, then
+/// `temp` lifted by 4 (120, 125; an anomaly well below a score of 1), by [`SPIKE`] (130,
+/// 135) with 4 calm readings after each.
+fn small_then_big_faults(series: &mut Series) -> Vec<TelemetryPayload> {
+    let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
+    for lift in [4.0, 4.0, SPIKE, SPIKE] {
+        readings.push(series.lift("temp", lift));
+        readings.extend((0..4).map(|_| series.calm()));
+    }
+    readings
+}
+
+#[tokio::test]
+async fn a_bigger_fault_while_open_updates_the_alert_once() {
+    let mut series = Series::new(20.0, 7);
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    let readings = small_then_big_faults(&mut series);
+    let scores = full_scores(&params, &readings);
+    let values: Vec<f64> = scores.iter().map(|score| score.value).collect();
+    assert_eq!(
+        at_or_above(&readings, &values, 0.65),
+        vec![120, 125, 130, 135],
+        "premise: {values:.3?}"
+    );
+    let (first, repeat, bigger, again) = (values[20], values[25], values[30], values[35]);
+    assert!(
+        repeat < 1.2 * first && bigger >= 1.2 * first && again < 1.2 * bigger,
+        "premise: {first} {repeat} {bigger} {again}"
+    );
+
+    for reading in &readings {
+        rig.feed_reading("pump-1", reading).await;
+    }
+    assert_eq!(
+        rig.story(),
+        story(&[
+            ("pump-1:120", AlertState::Raised, 120),
+            ("pump-1:120", AlertState::Updated, 130),
+        ]),
+        "a repeat of the same size (125, 135) is no news"
+    );
+    let alerts = rig.alerts();
+    let (raised, updated) = (&alerts[0], &alerts[1]);
+    assert_eq!(raised.score, first);
+    assert_eq!(raised.reason, scores[20].reason());
+    assert_eq!((updated.score, updated.threshold), (bigger, 0.65));
+    assert_eq!(updated.reason, scores[30].reason());
+    assert_ne!(updated.reason, raised.reason);
+    assert!(
+        updated
+            .reason
+            .starts_with("temp = 36.514 is 15.2 standard deviations above"),
+        "{}",
+        updated.reason
+    );
+    assert_eq!(updated.contributors[0].value, readings[30].metrics["temp"]);
+    assert_eq!(
+        (updated.event_ts, updated.model_version),
+        (readings[30].ts, 1)
+    );
+    assert_eq!((rig.emitted("raised"), rig.emitted("updated")), (1, 1));
+}
+
+#[tokio::test]
+async fn another_metric_breaking_while_open_updates_the_alert_once() {
+    let mut series = Series::new(20.0, 7);
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
+    for (metric, lift) in [
+        ("temp", SPIKE),
+        ("vibration", 0.5),
+        ("temp", SPIKE),
+        ("vibration", 0.5),
+        ("temp", SPIKE),
+    ] {
+        readings.push(series.lift(metric, lift)); // 120, 122, 124, 126, 128
+        readings.push(series.calm());
+    }
+    let scores = full_scores(&params, &readings);
+    let values: Vec<f64> = scores.iter().map(|score| score.value).collect();
+    assert_eq!(
+        at_or_above(&readings, &values, 0.65),
+        vec![120, 122, 124, 126, 128],
+        "premise: {values:.3?}"
+    );
+    let causes: Vec<(f64, String)> = [20, 22, 24, 26, 28]
+        .iter()
+        .map(|&i| {
+            (
+                values[i],
+                fleetwatch_models::episode::cause_label(&scores[i]),
+            )
+        })
+        .collect();
+    let temp = (1.0, "temp:deviation".to_owned());
+    let vibration = (1.0, "vibration:deviation".to_owned());
+    assert_eq!(
+        causes,
+        vec![
+            temp.clone(),
+            vibration.clone(),
+            temp.clone(),
+            vibration,
+            temp
+        ],
+        "premise: every fault scores 1, none is bigger than the first"
+    );
+
+    for reading in &readings {
+        rig.feed_reading("pump-1", reading).await;
+    }
+    assert_eq!(
+        rig.story(),
+        story(&[
+            ("pump-1:120", AlertState::Raised, 120),
+            ("pump-1:120", AlertState::Updated, 122),
+        ]),
+        "each metric's fault is news once"
+    );
+    let alerts = rig.alerts();
+    let (raised, updated) = (&alerts[0], &alerts[1]);
+    assert!(raised.reason.starts_with("temp = "), "{}", raised.reason);
+    assert_eq!(updated.reason, scores[22].reason());
+    assert!(
+        updated
+            .reason
+            .starts_with("vibration = 1.531 is 17.9 standard deviations above"),
+        "{}",
+        updated.reason
+    );
+    assert_eq!(
+        (updated.score, updated.contributors[0].metric.as_str()),
+        (1.0, "vibration")
+    );
+    assert_eq!(rig.emitted("updated"), 1);
+}
+
+#[tokio::test]
+async fn a_configured_escalate_ratio_replaces_the_models() {
+    let config = ScorerConfig {
+        escalate_ratio: Some(2.0),
+        ..ScorerConfig::default()
+    };
+    let mut rig = Rig::new(config);
+    let mut series = Series::new(20.0, 7);
+    let params = train(&mut series, &model_config(), TRAINING_EVENTS);
+    rig.feed_params("pump-1", &params_record("pump-1", 1, &params))
+        .await;
+    for reading in small_then_big_faults(&mut series) {
+        rig.feed_reading("pump-1", &reading).await;
+    }
+    assert_eq!(
+        rig.story(),
+        story(&[("pump-1:120", AlertState::Raised, 120)]),
+        "1.0 is less than twice the first score"
+    );
+}
+
+#[test]
+fn the_scorer_config_overrides_the_recommended_episode_rules() {
+    let rules = |config: ScorerConfig| {
+        let rules = config.rules(0.5);
+        (
+            rules.threshold,
+            rules.clear_below,
+            rules.clear_after_events,
+            rules.escalate_ratio,
+        )
+    };
+    assert_eq!(
+        ScorerConfig::default().rules(0.5),
+        EpisodeRules::recommended(0.5)
+    );
+    assert_eq!(rules(ScorerConfig::default()), (0.5, 0.25, 30, 1.2));
+    let threshold = ScorerConfig {
+        threshold: Some(0.75),
+        ..ScorerConfig::default()
+    };
+    assert_eq!(
+        rules(threshold),
+        (0.75, 0.375, 30, 1.2),
+        "calm: half the configured threshold"
+    );
+    let clear_ratio = ScorerConfig {
+        clear_ratio: Some(0.25),
+        ..ScorerConfig::default()
+    };
+    assert_eq!(rules(clear_ratio), (0.5, 0.125, 30, 1.2));
+    let all = ScorerConfig {
+        threshold: Some(0.75),
+        clear_after_events: Some(3),
+        clear_ratio: Some(0.5),
+        escalate_ratio: Some(1.5),
+    };
+    assert_eq!(rules(all), (0.75, 0.375, 3, 1.5));
+
+    let parsed: ScorerConfig =
+        serde_json::from_str(r#"{"escalate_ratio": 1.5}"#).expect("valid settings");
+    assert_eq!(
+        rules(parsed),
+        (0.5, 0.25, 30, 1.5),
+        "unset fields recommended"
+    );
 }
 
 #[tokio::test]
 async fn a_configured_threshold_replaces_the_models() {
     let config = ScorerConfig {
         threshold: Some(0.9),
-        clear_after_events: 2,
-        clear_ratio: 0.5,
+        clear_after_events: Some(2),
+        clear_ratio: Some(0.5),
+        escalate_ratio: None,
     };
     let mut rig = Rig::new(config);
     let mut series = Series::new(20.0, 7);
-    let params = train(&mut series, &model_config(75), TRAINING_EVENTS);
+    let params = train(&mut series, &model_config(), TRAINING_EVENTS);
     rig.feed_params("pump-1", &params_record("pump-1", 1, &params))
         .await;
     rig.feed_calm("pump-1", &mut series, 20).await;
@@ -574,7 +899,7 @@ async fn a_configured_threshold_replaces_the_models() {
 #[tokio::test]
 async fn a_redelivered_event_is_skipped_and_raises_no_second_alert() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config(75)).await;
+    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config()).await;
     let calm: Vec<TelemetryPayload> = (0..10).map(|_| series.calm()).collect();
     for reading in &calm {
         rig.feed_reading("pump-1", reading).await;
@@ -597,7 +922,7 @@ async fn a_redelivered_event_is_skipped_and_raises_no_second_alert() {
 #[tokio::test]
 async fn a_late_event_not_seen_before_is_scored() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config(75)).await;
+    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config()).await;
     let (earlier, later) = (series.calm(), series.calm());
     rig.feed_reading("pump-1", &later).await;
     rig.feed_reading("pump-1", &earlier).await;
@@ -610,7 +935,7 @@ async fn a_late_event_not_seen_before_is_scored() {
 #[tokio::test]
 async fn an_unknown_device_is_not_scored_with_another_devices_params() {
     let mut pump = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut pump, &model_config(75)).await;
+    let (mut rig, _) = rig_with_params("pump-1", &mut pump, &model_config()).await;
     let mut fan = Series::new(80.0, 11);
     rig.feed_calm("fan-2", &mut fan, 3).await;
     rig.feed_reading("fan-2", &fan.spike()).await;
@@ -623,7 +948,7 @@ async fn an_unknown_device_is_not_scored_with_another_devices_params() {
 
 #[tokio::test]
 async fn each_device_has_its_own_episode() {
-    let config = model_config(75);
+    let config = model_config();
     let mut pump = Series::new(20.0, 7);
     let (mut rig, _) = rig_with_params("pump-1", &mut pump, &config).await;
     let mut fan = Series::new(80.0, 11);
@@ -637,12 +962,12 @@ async fn each_device_has_its_own_episode() {
     rig.feed_reading("pump-1", &pump.spike()).await; // pump 120
     rig.feed_reading("fan-2", &fan.calm()).await; // fan 120
     rig.feed_reading("fan-2", &fan.spike()).await; // fan 121
-    rig.feed_calm("pump-1", &mut pump, 5).await; // pump 121..=125
+    rig.feed_calm("pump-1", &mut pump, 30).await; // pump 121..=150
 
     let expected = story(&[
         ("pump-1:120", AlertState::Raised, 120),
         ("fan-2:121", AlertState::Raised, 121),
-        ("pump-1:120", AlertState::Cleared, 125),
+        ("pump-1:120", AlertState::Cleared, 150),
     ]);
     assert_eq!(rig.story(), expected, "fan-2's episode stays open");
 }
@@ -650,7 +975,7 @@ async fn each_device_has_its_own_episode() {
 #[tokio::test]
 async fn state_status_and_undecodable_records_are_skipped_without_failing() {
     let mut series = Series::new(20.0, 7);
-    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config(75)).await;
+    let (mut rig, _) = rig_with_params("pump-1", &mut series, &model_config()).await;
     rig.feed("pump-1", &state_event("pump-1")).await;
     rig.feed("pump-1", &status_event("pump-1")).await;
     rig.feed("pump-1", b"{not json").await;
