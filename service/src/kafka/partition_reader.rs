@@ -74,7 +74,11 @@ impl PartitionReader {
 
     /// A reader of the in-memory `log` that `producer` writes to, for unit tests.
     pub fn in_memory(log: &MemoryLog, topic: String, producer: Producer) -> Self {
-        Self::with_source(topic, producer, Source::Memory(log.clone()), "test")
+        // Unique per reader, as instance names are per process: a second reader on the
+        // same log must not stop at the first one's markers.
+        static READERS: AtomicU64 = AtomicU64::new(0);
+        let name = format!("memory-{}", READERS.fetch_add(1, Ordering::Relaxed));
+        Self::with_source(topic, producer, Source::Memory(log.clone()), &name)
     }
 
     fn with_source(topic: String, producer: Producer, source: Source, instance: &str) -> Self {

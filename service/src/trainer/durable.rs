@@ -28,6 +28,7 @@ const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// `iot.model-params`, carrying the trainer's state instead of the scorer's parameters.
 pub(super) fn checkpoint(topic: &str, device_id: &DeviceId, model: &mut DeviceModel) -> Outgoing {
     model.since_checkpoint = 0;
+    model.dirty = false;
     let envelope = ParamsEnvelope {
         device_id: device_id.clone(),
         version: model.version,
@@ -38,13 +39,14 @@ pub(super) fn checkpoint(topic: &str, device_id: &DeviceId, model: &mut DeviceMo
     (topic.to_owned(), device_id.to_string(), envelope.encode())
 }
 
-/// Checkpoints of every model published since its last checkpoint.
+/// Checkpoints of every model that learned something since its last checkpoint
+/// (published or not: the readings' offsets are committed, so nobody learns them again).
 pub(super) fn stale_checkpoints(topic: &str, models: &SharedModels) -> Vec<Outgoing> {
     let mut models = models.lock();
     models
         .devices
         .iter_mut()
-        .filter(|(_, model)| model.since_checkpoint > 0)
+        .filter(|(_, model)| model.dirty)
         .map(|(device_id, model)| checkpoint(topic, device_id, model))
         .collect()
 }
@@ -97,7 +99,11 @@ impl Checkpoints {
         let mut newest: HashMap<DeviceId, u64> = HashMap::new();
         for reader in [&self.params, &self.states] {
             reader
-                .scan(partition, ScanFrom::Beginning, |_, _, payload| {
+                .scan(partition, ScanFrom::Beginning, |_, key, payload| {
+                    if payload.is_empty() {
+                        forget(&mut newest, key);
+                        return false;
+                    }
                     match ParamsEnvelope::decode(payload) {
                         Ok(envelope) => {
                             let version = newest.entry(envelope.device_id).or_default();
@@ -116,7 +122,11 @@ impl Checkpoints {
     async fn newest_states(&self, partition: i32) -> Result<HashMap<DeviceId, Vec<u8>>> {
         let mut newest: HashMap<DeviceId, (u64, Vec<u8>)> = HashMap::new();
         self.states
-            .scan(partition, ScanFrom::Beginning, |_, _, payload| {
+            .scan(partition, ScanFrom::Beginning, |_, key, payload| {
+                if payload.is_empty() {
+                    forget(&mut newest, key);
+                    return false;
+                }
                 if let Ok(envelope) = ParamsEnvelope::decode(payload) {
                     let known = newest.get(&envelope.device_id).map(|(v, _)| *v);
                     if known.is_none_or(|v| v <= envelope.version) {
@@ -137,6 +147,13 @@ impl Checkpoints {
             .skipped
             .with_label_values(&["trainer", reason])
             .inc();
+    }
+}
+
+/// A device's tombstone (a record without a value): it was decommissioned.
+fn forget<T>(newest: &mut HashMap<DeviceId, T>, key: &str) {
+    if let Ok(device_id) = DeviceId::parse(key) {
+        newest.remove(&device_id);
     }
 }
 

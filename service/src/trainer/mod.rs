@@ -37,8 +37,10 @@ struct DeviceModel {
     version: u64,
     unpublished: u32,
     last_published: Instant,
-    /// Publications since the last checkpoint; any means the checkpoint is stale.
+    /// Publications since the last checkpoint (its cadence).
     since_checkpoint: u32,
+    /// Learned something the last checkpoint does not hold.
+    dirty: bool,
 }
 
 impl DeviceModel {
@@ -51,6 +53,7 @@ impl DeviceModel {
             unpublished: 0,
             last_published: Instant::now(),
             since_checkpoint: 0,
+            dirty: false,
         }
     }
 }
@@ -165,6 +168,7 @@ impl TrainerHandler {
             metrics: &telemetry.metrics,
         });
         model.unpublished += 1;
+        model.dirty = true;
         let due = model.unpublished >= self.config.publish_every_events
             || model.last_published.elapsed()
                 >= Duration::from_millis(self.config.publish_every_ms);

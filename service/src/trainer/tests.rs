@@ -732,7 +732,6 @@ async fn a_revocation_checkpoints_the_models_published_since_their_last_checkpoi
 /// checkpoint, so events learned after a checkpointed publication are lost although
 /// their offsets are committed: the next instance never learns them.
 #[tokio::test]
-#[ignore = "bug: stale_checkpoints skips models with unpublished events only"]
 async fn on_shutdown_checkpoints_events_learned_since_the_last_checkpoint() {
     let config = trainer_config(5, NEVER_MS, 2);
     let mut rig = Rig::with_config(config.clone());
