@@ -47,11 +47,11 @@ pub async fn start(
     let mut tasks = RoleTasks::new();
     tasks.spawn(heartbeat(metrics.clone(), shutdown.clone()));
     let kafka = &settings.kafka;
-    tokio::spawn(watch_reachability(
-        kafka.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let (config, probe_metrics, probe_stop) = (kafka.clone(), metrics.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        watch_reachability(config, probe_metrics, probe_stop).await;
+        ("kafka-probe", Ok(()))
+    });
     let listener = bind(&settings.http.bind, settings.http.fallback_to_free_port)?;
     let http_addr = listener
         .local_addr()

@@ -194,11 +194,13 @@ pub async fn watch_reachability(
     };
     loop {
         let client = probe.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
+        let check = tokio::task::spawn_blocking(move || {
             client.fetch_metadata(None, REACHABILITY_CHECK).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        });
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            reachable = check => reachable.unwrap_or(false),
+        };
         metrics.kafka_reachable.set(i64::from(reachable));
         tokio::select! {
             _ = shutdown.cancelled() => return,
