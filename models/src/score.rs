@@ -43,7 +43,7 @@ pub struct Score {
     pub value: f64,
     /// False while the model is still warming up for this device: no verdict yet.
     pub ready: bool,
-    /// Largest score first.
+    /// The parts that score at all (0.05 or more), largest first.
     pub contributors: Vec<MetricScore>,
 }
 
@@ -60,7 +60,7 @@ impl Score {
     /// One sentence naming what is wrong, for alerts.
     pub fn reason(&self) -> String {
         let Some(top) = self.contributors.first() else {
-            return "no metrics".to_owned();
+            return "nothing unusual".to_owned();
         };
         let main = match &top.cause {
             Cause::Deviation { z } => format!(
