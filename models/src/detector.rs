@@ -764,17 +764,17 @@ fn learn_shape_of(
                 .learn(shape.log_average_distance, config.likelihood_alpha);
         }
         learn_shape(metric, &vector, Some(shape.nearest), cap, config);
-    } else if metric.centroids.is_empty() {
-        if embed(
+    } else if metric.centroids.is_empty()
+        && embed(
             &metric.context.recent_values,
             tod,
             mean,
             std,
             config,
             &mut vector,
-        ) {
-            learn_shape(metric, &vector, None, cap, config);
-        }
+        )
+    {
+        learn_shape(metric, &vector, None, cap, config);
     }
 }
 
