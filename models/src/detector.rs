@@ -45,6 +45,10 @@ const STATE_MAGIC: &[u8; 2] = b"FT";
 const STATE_VERSION: u16 = 1;
 /// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
 const CENTROID_UNIT: f64 = 1.0 / 3000.0;
+/// Prototype units per embedding unit (a multiplication is cheaper than a division).
+const UNITS_PER_VALUE: f64 = 3000.0;
+/// Dimensions of a shape embedding at most: the values and the time of day.
+const MAX_DIMS: usize = 16;
 
 /// Settings of the detector. Start from [`DetectorConfig::default`], then
 /// [`DetectorConfig::validate`].
@@ -177,10 +181,11 @@ impl DetectorConfig {
                 "averaging_window must be in 1..=100".into(),
             ));
         }
-        if self.shape_length > 32 || self.shape_centroids > 256 {
-            return Err(ModelError::InvalidConfig(
-                "shape_length must be at most 32 and shape_centroids at most 256".into(),
-            ));
+        if self.shape_length > MAX_DIMS - 2 || self.shape_centroids > 256 {
+            return Err(ModelError::InvalidConfig(format!(
+                "shape_length must be at most {} and shape_centroids at most 256",
+                MAX_DIMS - 2
+            )));
         }
         if self.range_tolerance.is_nan() || self.range_tolerance < 0.0 {
             return Err(ModelError::InvalidConfig(
@@ -442,14 +447,14 @@ fn embed(
     mean: f64,
     std: f64,
     config: &DetectorConfig,
-    out: &mut [f64; 34],
+    out: &mut [f64; MAX_DIMS],
 ) -> bool {
     if config.shape_length == 0 || values.len() < config.shape_length {
         return false;
     }
-    let std = std.max(1e-9);
+    let inverse = 1.0 / std.max(1e-9);
     for (slot, v) in out.iter_mut().zip(values.iter()) {
-        *slot = ((v - mean) / std).clamp(-10.0, 10.0);
+        *slot = ((v - mean) * inverse).clamp(-10.0, 10.0);
     }
     out[config.shape_length] = config.time_of_day_weight * tod.cos;
     out[config.shape_length + 1] = config.time_of_day_weight * tod.sin;
@@ -481,9 +486,9 @@ struct Shape {
 /// The nearest prototype and its squared distance. Computed in prototype units (the
 /// vector is scaled once rather than every prototype element).
 fn nearest(centroids: &[i16], dims: usize, vector: &[f64]) -> Option<(usize, f64)> {
-    let mut scaled = [0.0f64; 34];
+    let mut scaled = [0.0f64; MAX_DIMS];
     for (s, v) in scaled.iter_mut().zip(vector) {
-        *s = v / CENTROID_UNIT;
+        *s = v * UNITS_PER_VALUE;
     }
     let scaled = &scaled[..dims];
     centroids
@@ -519,7 +524,7 @@ impl Context {
         tod: TimeOfDay,
         metric: (f64, f64, &[i16]),
         config: &DetectorConfig,
-        vector: &mut [f64; 34],
+        vector: &mut [f64; MAX_DIMS],
     ) -> Option<Shape> {
         let (mean, std, centroids) = metric;
         self.recent_values.push(value, config.shape_length);
@@ -762,7 +767,7 @@ fn learn_shape_of(
     config: &DetectorConfig,
 ) {
     let (mean, std) = (metric.value.mean, metric.value.std());
-    let mut vector = [0.0; 34];
+    let mut vector = [0.0; MAX_DIMS];
     let shape = metric.context.observe_shape(
         value,
         tod,
@@ -792,7 +797,7 @@ fn learn_shape_of(
 }
 
 fn quantize(v: f64) -> i16 {
-    (v / CENTROID_UNIT).round().clamp(-32767.0, 32767.0) as i16
+    (v * UNITS_PER_VALUE).round().clamp(-32767.0, 32767.0) as i16
 }
 
 impl Trainer for DetectorTrainer {
@@ -887,7 +892,7 @@ fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
 /// moves towards it, ever slower but never below a floor, so the memory keeps adapting.
 fn learn_shape(
     metric: &mut MetricTrainer,
-    vector: &[f64; 34],
+    vector: &[f64; MAX_DIMS],
     nearest: Option<(usize, f64)>,
     cap: usize,
     config: &DetectorConfig,
@@ -1157,7 +1162,7 @@ impl DetectorScorer {
         } else if context.repeats == 0 {
             context.run_start_repeat_rate = f32::NAN;
         }
-        let mut vector = [0.0; 34];
+        let mut vector = [0.0; MAX_DIMS];
         let shape = context.observe_shape(
             value,
             tod,

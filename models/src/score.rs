@@ -20,7 +20,7 @@ pub enum Cause {
     Drift { z: f64 },
     /// The relation between metrics broke: the metric is off from the value the other
     /// metrics imply (`expected`), together with `with`; `ratio` is the residual's size
-    /// against its usual size.
+    /// (SPE) against its 99% control limit.
     Relation { with: Vec<String>, ratio: f64 },
 }
 
@@ -104,7 +104,7 @@ impl Score {
                 };
                 format!(
                     "{broken}: {} = {:.3} where the others imply {:.3} \
-                     (relation error {ratio:.0} times its usual size)",
+                     (relation error {ratio:.0} times its 99% control limit)",
                     top.metric, top.value, top.expected
                 )
             }
