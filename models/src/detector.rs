@@ -290,16 +290,35 @@ fn header(magic: &[u8; 2], version: u16) -> Vec<u8> {
 }
 
 impl DetectorParams {
+    /// Refuses other kinds and versions, and arrays that do not fit together (parameters
+    /// come from outside the process: a scorer must not index out of bounds on them).
     pub fn check(&self) -> Result<(), ModelError> {
-        if self.kind == KIND && self.format == FORMAT_VERSION {
-            Ok(())
-        } else {
-            Err(ModelError::IncompatibleParams {
+        if self.kind != KIND || self.format != FORMAT_VERSION {
+            return Err(ModelError::IncompatibleParams {
                 found: self.kind.clone(),
                 found_version: self.format,
                 expected: KIND,
                 expected_version: FORMAT_VERSION,
-            })
+            });
+        }
+        let dims = self.config.shape_length + 2;
+        let shapes_fit = self
+            .metrics
+            .iter()
+            .all(|m| m.centroids.len() == m.radii.len() * dims);
+        let sorted = self.metrics.windows(2).all(|w| w[0].name < w[1].name);
+        let relation_fits = self.relation.as_ref().is_none_or(|r| {
+            r.is_consistent()
+                && r.columns
+                    .iter()
+                    .all(|&c| usize::from(c) < self.metrics.len())
+        });
+        if shapes_fit && sorted && relation_fits {
+            Ok(())
+        } else {
+            Err(ModelError::Decode(
+                "parameters whose arrays do not fit together".into(),
+            ))
         }
     }
 
@@ -316,15 +335,16 @@ impl DetectorParams {
         check_header(bytes, PARAMS_MAGIC, FORMAT_VERSION as u16, "parameters")?;
         let (config, metrics, interval, relation): ParamsBody =
             postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
-        let config = config.validate()?;
-        Ok(Self {
+        let params = Self {
             kind: KIND.to_owned(),
             format: FORMAT_VERSION,
-            config,
+            config: config.validate()?,
             metrics,
             interval,
             relation,
-        })
+        };
+        params.check()?;
+        Ok(params)
     }
 
     /// The parameters of `name` and their index; `hint` is where they usually are.
@@ -1228,7 +1248,8 @@ impl DetectorScorer {
             .as_ref()
             .filter(|_| params.config.relation.enabled)?;
         let m = relation.columns.len();
-        if m != relation.mean.len() {
+        // Cheap enough to check every event, for parameters that skipped `check`.
+        if m != relation.mean.len() || !relation.is_consistent() {
             return None;
         }
         let mut values = [0.0; MAX_COLUMNS];
@@ -1466,6 +1487,11 @@ mod tests {
             Err(ModelError::IncompatibleParams { .. })
         ));
         assert!(DetectorParams::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+        // Arrays that do not fit together are refused, not indexed out of bounds.
+        let mut broken = params.clone();
+        broken.metrics[0].centroids.push(1);
+        assert!(broken.check().is_err());
+        assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
         assert!(DetectorParams::from_bytes(b"{}").is_err());
         assert!(DetectorParams {
             kind: "other".into(),

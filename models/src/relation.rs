@@ -110,6 +110,17 @@ pub struct Evaluation {
 }
 
 impl RelationParams {
+    /// Whether the arrays fit together (parameters come from outside the process).
+    pub fn is_consistent(&self) -> bool {
+        let m = self.mean.len();
+        m <= MAX_COLUMNS
+            && self.scale.len() == m
+            && (self.columns.is_empty() || self.columns.len() == m)
+            && self.loadings.len() == self.eigenvalues.len() * m
+            && self.eigenvalues.iter().all(|&l| l > 0.0)
+            && self.scale.iter().all(|&s| s > 0.0)
+    }
+
     /// T², Q and the per-column parts of one reading (`values` in column order).
     pub fn evaluate(&self, values: &[f64]) -> Evaluation {
         let m = self.mean.len().min(values.len());
