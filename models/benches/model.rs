@@ -78,10 +78,11 @@ fn sizes(metrics: usize, config: &Config, data: &[(i64, BTreeMap<String, f64>)])
     let params = trainer.snapshot();
     println!(
         "{metrics} metrics: params {} bytes binary ({} as JSON); trainer state {} bytes; \
-         trainer heap {heap} bytes + {inline} inline",
+         trainer heap {heap} bytes + {inline} inline (of which the configuration {config})",
         params.to_bytes().len(),
         serde_json::to_vec(&params).map_or(0, |j| j.len()),
         trainer.state_bytes().len(),
+        config = std::mem::size_of::<Config>(),
     );
 }
 

@@ -4,11 +4,13 @@
 //!
 //! `cargo run --release -p fleetwatch-models --example false_alarms [-- READINGS METRICS]`
 //! (defaults: 100,000 readings of 3 metrics per kind, so 300,000 metric-readings each).
-//! A third argument names a model configuration (JSON) to measure instead of the default.
+//! A third argument names a model configuration (JSON) to measure instead of the default
+//! (`-` for the default); a fourth, a number of devices per kind (default 1), each a
+//! fresh trainer and scorer with READINGS readings: short-lived devices, as in the demo.
 
 use std::collections::BTreeMap;
 
-use fleetwatch_models::episode::{cause_label, Episode, Transition};
+use fleetwatch_models::episode::{cause_label, Episode, EpisodeRules, Transition};
 use fleetwatch_models::production::{self, Config};
 use fleetwatch_models::replay::replay;
 use fleetwatch_models::synthetic::{series, Process, Rng};
@@ -17,7 +19,7 @@ fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let readings = args.next().and_then(Result::ok).unwrap_or(100_000);
     let metrics = args.next().and_then(Result::ok).unwrap_or(3);
-    let config = match std::env::args().nth(3) {
+    let config = match std::env::args().nth(3).filter(|a| a != "-") {
         Some(path) => {
             let text = std::fs::read_to_string(&path).expect("readable configuration");
             serde_json::from_str::<Config>(&text).expect("a model configuration")
@@ -25,6 +27,10 @@ fn main() {
         None => Config::default(),
     };
     let rules = production::episode_rules(&config);
+    let devices: usize = std::env::args()
+        .nth(4)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let kinds = [
         ("gaussian", Process::Gaussian, 0.0),
         ("ar1_0.9", Process::Ar1(0.9), 0.0),
@@ -33,36 +39,53 @@ fn main() {
     ];
     for (seed, (name, process, amplitude)) in kinds.into_iter().enumerate() {
         let mut rng = Rng::new(1_000 + seed as u64);
-        let columns: Vec<Vec<f64>> = (0..metrics)
-            .map(|_| series(&mut rng, process, amplitude, 600.0, readings))
-            .collect();
-        let data = (0..readings).map(|i| {
-            let values: BTreeMap<String, f64> = columns
-                .iter()
-                .enumerate()
-                .map(|(m, c)| (format!("m{m}"), c[i]))
-                .collect();
-            (1_700_000_000_000 + i as i64 * 1000, values)
-        });
-        let scores = replay(
-            production::trainer(&config),
-            production::scorer(),
-            production::DEFAULT_PUBLISH_EVERY,
-            data,
-        );
-        let mut episode = Episode::default();
         let mut causes: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, score) in scores.iter().enumerate() {
-            if episode.observe(&rules, score, i as u64) == Some(Transition::Opened) {
-                *causes.entry(cause_label(score)).or_default() += 1;
+        for _ in 0..devices {
+            let kind = (process, amplitude);
+            for label in device_alerts(&config, &rules, &mut rng, kind, (readings, metrics)) {
+                *causes.entry(label).or_default() += 1;
             }
         }
         let alerts: usize = causes.values().sum();
-        let per_metric = (readings * metrics) as f64;
+        let per_metric = (devices * readings * metrics) as f64;
         println!(
-            "{name:<16} {alerts:>4} alerts in {readings} readings x {metrics} metrics: \
-             {:.3} per 10,000 readings per metric  {causes:?}",
+            "{name:<16} {alerts:>4} alerts in {devices} x {readings} readings x {metrics} \
+             metrics: {:.3} per 10,000 readings per metric  {causes:?}",
             alerts as f64 / per_metric * 10_000.0
         );
     }
+}
+
+/// The causes of the episodes one fresh device opens over its readings.
+fn device_alerts(
+    config: &Config,
+    rules: &EpisodeRules,
+    rng: &mut Rng,
+    (process, amplitude): (Process, f64),
+    (readings, metrics): (usize, usize),
+) -> Vec<String> {
+    let columns: Vec<Vec<f64>> = (0..metrics)
+        .map(|_| series(rng, process, amplitude, 600.0, readings))
+        .collect();
+    let data = (0..readings).map(|i| {
+        let values: BTreeMap<String, f64> = columns
+            .iter()
+            .enumerate()
+            .map(|(m, c)| (format!("m{m}"), c[i]))
+            .collect();
+        (1_700_000_000_000 + i as i64 * 1000, values)
+    });
+    let scores = replay(
+        production::trainer(config),
+        production::scorer(),
+        production::DEFAULT_PUBLISH_EVERY,
+        data,
+    );
+    let mut episode = Episode::default();
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(i, score)| episode.observe(rules, score, *i as u64) == Some(Transition::Opened))
+        .map(|(_, score)| cause_label(score))
+        .collect()
 }

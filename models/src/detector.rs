@@ -25,8 +25,6 @@
 //! The model never hides a score: repeats of one incident are the episode machine's
 //! business ([`crate::episode`]).
 
-use std::collections::VecDeque;
-
 use linfa::ParamGuard;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +32,7 @@ use crate::calibration::ln_two_sided_tail;
 use crate::relation::{
     RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
 };
+use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
@@ -46,6 +45,10 @@ const STATE_MAGIC: &[u8; 2] = b"FT";
 const STATE_VERSION: u16 = 1;
 /// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
 const CENTROID_UNIT: f64 = 1.0 / 3000.0;
+/// Prototype units per embedding unit (a multiplication is cheaper than a division).
+const UNITS_PER_VALUE: f64 = 3000.0;
+/// Dimensions of a shape embedding at most: the values and the time of day.
+const MAX_DIMS: usize = 16;
 
 /// Settings of the detector. Start from [`DetectorConfig::default`], then
 /// [`DetectorConfig::validate`].
@@ -142,13 +145,13 @@ impl Default for DetectorConfig {
             stuck_min_repeats: 5,
             shape_length: 6,
             shape_centroids: 24,
-            shape_budget: 48,
+            shape_budget: 32,
             time_of_day_weight: 1.0,
             shape_vigilance: 40.0,
             new_radius_fraction: 0.01,
             shape_z_scale: 2.0,
             shape_prior: 1e-2,
-            novelty_events: 300,
+            novelty_events: 1000,
             drift_detection: true,
             drift_alpha: 0.05,
             relation: RelationConfig::default(),
@@ -178,10 +181,11 @@ impl DetectorConfig {
                 "averaging_window must be in 1..=100".into(),
             ));
         }
-        if self.shape_length > 32 || self.shape_centroids > 256 {
-            return Err(ModelError::InvalidConfig(
-                "shape_length must be at most 32 and shape_centroids at most 256".into(),
-            ));
+        if self.shape_length > MAX_DIMS - 2 || self.shape_centroids > 256 {
+            return Err(ModelError::InvalidConfig(format!(
+                "shape_length must be at most {} and shape_centroids at most 256",
+                MAX_DIMS - 2
+            )));
         }
         if self.range_tolerance.is_nan() || self.range_tolerance < 0.0 {
             return Err(ModelError::InvalidConfig(
@@ -286,16 +290,35 @@ fn header(magic: &[u8; 2], version: u16) -> Vec<u8> {
 }
 
 impl DetectorParams {
+    /// Refuses other kinds and versions, and arrays that do not fit together (parameters
+    /// come from outside the process: a scorer must not index out of bounds on them).
     pub fn check(&self) -> Result<(), ModelError> {
-        if self.kind == KIND && self.format == FORMAT_VERSION {
-            Ok(())
-        } else {
-            Err(ModelError::IncompatibleParams {
+        if self.kind != KIND || self.format != FORMAT_VERSION {
+            return Err(ModelError::IncompatibleParams {
                 found: self.kind.clone(),
                 found_version: self.format,
                 expected: KIND,
                 expected_version: FORMAT_VERSION,
-            })
+            });
+        }
+        let dims = self.config.shape_length + 2;
+        let shapes_fit = self
+            .metrics
+            .iter()
+            .all(|m| m.centroids.len() == m.radii.len() * dims);
+        let sorted = self.metrics.windows(2).all(|w| w[0].name < w[1].name);
+        let relation_fits = self.relation.as_ref().is_none_or(|r| {
+            r.is_consistent()
+                && r.columns
+                    .iter()
+                    .all(|&c| usize::from(c) < self.metrics.len())
+        });
+        if shapes_fit && sorted && relation_fits {
+            Ok(())
+        } else {
+            Err(ModelError::Decode(
+                "parameters whose arrays do not fit together".into(),
+            ))
         }
     }
 
@@ -312,117 +335,203 @@ impl DetectorParams {
         check_header(bytes, PARAMS_MAGIC, FORMAT_VERSION as u16, "parameters")?;
         let (config, metrics, interval, relation): ParamsBody =
             postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
-        let config = config.validate()?;
-        Ok(Self {
+        let params = Self {
             kind: KIND.to_owned(),
             format: FORMAT_VERSION,
-            config,
+            config: config.validate()?,
             metrics,
             interval,
             relation,
-        })
+        };
+        params.check()?;
+        Ok(params)
     }
 
-    fn metric(&self, name: &str) -> Option<&MetricParams> {
+    /// The parameters of `name` and their index; `hint` is where they usually are.
+    fn metric(&self, name: &str, hint: usize) -> Option<(usize, &MetricParams)> {
+        if let Some(metric) = self.metrics.get(hint).filter(|m| m.name == name) {
+            return Some((hint, metric));
+        }
         self.metrics
             .binary_search_by(|m| m.name.as_str().cmp(name))
             .ok()
-            .map(|i| &self.metrics[i])
+            .map(|i| (i, &self.metrics[i]))
     }
 }
 
 /// Exponentially weighted mean and variance; the first observations get weight 1/n.
+/// The variance is kept in `f32` (relative precision 1e-7 is plenty for a spread) and
+/// the count in `u32`: 16 bytes instead of 24, six times per metric.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Running {
     pub(crate) mean: f64,
-    pub(crate) var: f64,
-    pub(crate) n: u64,
+    var: f32,
+    n: u32,
 }
 
 impl Running {
     pub(crate) fn learn(&mut self, value: f64, alpha: f64) {
-        self.n += 1;
-        let weight = alpha.max(1.0 / self.n as f64);
+        self.n = self.n.saturating_add(1);
+        let weight = alpha.max(1.0 / f64::from(self.n));
         let delta = value - self.mean;
         self.mean += weight * delta;
-        self.var += weight * (delta * (value - self.mean) - self.var);
+        let var = f64::from(self.var);
+        self.var = (var + weight * (delta * (value - self.mean) - var)) as f32;
     }
 
     pub(crate) fn std(&self) -> f64 {
-        self.var.max(0.0).sqrt()
+        f64::from(self.var).max(0.0).sqrt()
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        u64::from(self.n)
     }
 }
 
-pub(crate) fn push_limited<T>(queue: &mut VecDeque<T>, value: T, limit: usize) {
-    if queue.len() >= limit {
-        queue.pop_front();
-    }
-    queue.push_back(value);
+/// [`Running`] in `f32` for statistics of log-space averages and distances, whose means
+/// need no more precision (the scorer's spread floor is far above `f32` rounding): 12
+/// bytes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SmallRunning {
+    mean: f32,
+    var: f32,
+    n: u32,
 }
+
+impl SmallRunning {
+    fn learn(&mut self, value: f64, alpha: f64) {
+        self.n = self.n.saturating_add(1);
+        let weight = alpha.max(1.0 / f64::from(self.n));
+        let mean = f64::from(self.mean);
+        let delta = value - mean;
+        let mean = mean + weight * delta;
+        let var = f64::from(self.var);
+        self.var = (var + weight * (delta * (value - mean) - var)) as f32;
+        self.mean = mean as f32;
+    }
+
+    fn mean(&self) -> f64 {
+        f64::from(self.mean)
+    }
+
+    fn std(&self) -> f64 {
+        f64::from(self.var).max(0.0).sqrt()
+    }
+
+    fn count(&self) -> u64 {
+        u64::from(self.n)
+    }
+}
+
+/// Smallest spread of a log-space statistic: far above the rounding of its `f32` mean.
+const MIN_LOG_STD: f64 = 1e-4;
 
 /// Recent context of one metric, kept by trainer and scorer alike.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Context {
-    prediction: Option<f64>,
-    last_value: Option<f64>,
+    /// NaN until the first value (NaN rather than `Option`: 8 bytes instead of 16).
+    prediction: f64,
+    last_value: f64,
     repeats: u32,
-    /// The repeat rate the scorer's parameters had when the current run began: a run is
-    /// judged by the behaviour before it, or it would soon make itself look normal.
-    run_start_repeat_rate: Option<f32>,
-    recent_raw: VecDeque<f32>,
-    recent_values: VecDeque<f64>,
-    recent_shape: VecDeque<f32>,
+    /// The repeat rate the scorer's parameters had when the current run began (NaN:
+    /// none): a run is judged by the behaviour before it, or it would soon make itself
+    /// look normal.
+    run_start_repeat_rate: f32,
     /// Exponential average of the signed prediction errors (in error deviations).
-    drift: f64,
+    drift: f32,
+    recent_raw: Ring<f32>,
+    recent_values: Ring<f64>,
+    recent_shape: Ring<f32>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self {
+            prediction: f64::NAN,
+            last_value: f64::NAN,
+            repeats: 0,
+            run_start_repeat_rate: f32::NAN,
+            drift: 0.0,
+            recent_raw: Ring::default(),
+            recent_values: Ring::default(),
+            recent_shape: Ring::default(),
+        }
+    }
 }
 
 /// The embedding of the current event: the last values normalised, and the time of day.
 /// Written into `out`; false before the history fills a shape.
 fn embed(
-    values: &VecDeque<f64>,
-    ts_ms: i64,
+    values: &Ring<f64>,
+    tod: TimeOfDay,
     mean: f64,
     std: f64,
     config: &DetectorConfig,
-    out: &mut [f64; 34],
+    out: &mut [f64; MAX_DIMS],
 ) -> bool {
     if config.shape_length == 0 || values.len() < config.shape_length {
         return false;
     }
-    let std = std.max(1e-9);
-    for (slot, v) in out.iter_mut().zip(values) {
-        *slot = ((v - mean) / std).clamp(-10.0, 10.0);
+    let inverse = 1.0 / std.max(1e-9);
+    for (slot, v) in out.iter_mut().zip(values.iter()) {
+        *slot = ((v - mean) * inverse).clamp(-10.0, 10.0);
     }
-    let phase = std::f64::consts::TAU * (ts_ms.rem_euclid(86_400_000) as f64 / 86_400_000.0);
-    out[config.shape_length] = config.time_of_day_weight * phase.cos();
-    out[config.shape_length + 1] = config.time_of_day_weight * phase.sin();
+    out[config.shape_length] = config.time_of_day_weight * tod.cos;
+    out[config.shape_length + 1] = config.time_of_day_weight * tod.sin;
     true
+}
+
+/// The time of day as a point on the unit circle; computed once per event.
+#[derive(Clone, Copy, Debug)]
+struct TimeOfDay {
+    cos: f64,
+    sin: f64,
+}
+
+impl TimeOfDay {
+    fn of(ts_ms: i64) -> Self {
+        let phase = std::f64::consts::TAU * (ts_ms.rem_euclid(86_400_000) as f64 / 86_400_000.0);
+        let (sin, cos) = phase.sin_cos();
+        Self { cos, sin }
+    }
 }
 
 /// The current shape as the context saw it.
 struct Shape {
     log_average_distance: f64,
-    vector: [f64; 34],
     /// Index of the nearest centroid and the squared distance to it.
     nearest: (usize, f64),
 }
 
+/// The nearest prototype and its squared distance. Computed in prototype units (the
+/// vector is scaled once rather than every prototype element).
 fn nearest(centroids: &[i16], dims: usize, vector: &[f64]) -> Option<(usize, f64)> {
+    let mut scaled = [0.0f64; MAX_DIMS];
+    for (s, v) in scaled.iter_mut().zip(vector) {
+        *s = v * UNITS_PER_VALUE;
+    }
+    let scaled = &scaled[..dims];
     centroids
         .chunks_exact(dims)
         .enumerate()
         .map(|(i, c)| {
             let distance = c
                 .iter()
-                .zip(vector)
+                .zip(scaled)
                 .map(|(&a, b)| {
-                    let d = f64::from(a) * CENTROID_UNIT - b;
+                    let d = f64::from(a) - b;
                     d * d
                 })
                 .sum::<f64>();
-            (i, distance)
+            (i, distance * CENTROID_UNIT * CENTROID_UNIT)
         })
         .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Natural logarithm in `f32` (about twice as fast as `f64`'s): the log-space averages
+/// are compared with spreads of 1e-4 and more, far above `f32` precision.
+fn fast_ln(x: f64) -> f64 {
+    f64::from((x as f32).ln())
 }
 
 impl Context {
@@ -432,28 +541,24 @@ impl Context {
     fn observe_shape(
         &mut self,
         value: f64,
-        ts_ms: i64,
+        tod: TimeOfDay,
         metric: (f64, f64, &[i16]),
         config: &DetectorConfig,
+        vector: &mut [f64; MAX_DIMS],
     ) -> Option<Shape> {
         let (mean, std, centroids) = metric;
-        push_limited(&mut self.recent_values, value, config.shape_length);
-        let mut vector = [0.0; 34];
-        if !embed(&self.recent_values, ts_ms, mean, std, config, &mut vector) {
+        self.recent_values.push(value, config.shape_length);
+        if !embed(&self.recent_values, tod, mean, std, config, vector) {
             return None;
         }
         let dims = config.shape_length + 2;
         let nearest = nearest(centroids, dims, &vector[..dims])?;
-        push_limited(
-            &mut self.recent_shape,
-            nearest.1 as f32,
-            config.averaging_window,
-        );
+        self.recent_shape
+            .push(nearest.1 as f32, config.averaging_window);
         let sum: f64 = self.recent_shape.iter().map(|&d| f64::from(d)).sum();
         let average = sum / self.recent_shape.len() as f64;
         Some(Shape {
-            log_average_distance: (average + 1e-3).ln(),
-            vector,
+            log_average_distance: fast_ln(average + 1e-3),
             nearest,
         })
     }
@@ -462,23 +567,28 @@ impl Context {
     /// Returns (raw, prediction, ln of the average of recent raw scores including this
     /// one).
     fn observe(&mut self, value: f64, error_std: f64, config: &DetectorConfig) -> (f64, f64, f64) {
-        let prediction = self.prediction.unwrap_or(value);
+        let prediction = if self.prediction.is_nan() {
+            value
+        } else {
+            self.prediction
+        };
         let signed = ((value - prediction) / error_std.max(1e-12)).clamp(-1e6, 1e6);
         let raw = signed.abs();
-        self.prediction = Some(prediction + config.predictor_alpha * (value - prediction));
+        self.prediction = prediction + config.predictor_alpha * (value - prediction);
         // Clamped so one wild value does not stand for a drift for long.
-        self.drift += config.drift_alpha * (signed.clamp(-5.0, 5.0) - self.drift);
-        self.repeats = if self.last_value == Some(value) {
+        let drift = f64::from(self.drift);
+        self.drift = (drift + config.drift_alpha * (signed.clamp(-5.0, 5.0) - drift)) as f32;
+        self.repeats = if self.last_value == value {
             self.repeats + 1
         } else {
             0
         };
-        self.last_value = Some(value);
-        push_limited(&mut self.recent_raw, raw as f32, config.averaging_window);
+        self.last_value = value;
+        self.recent_raw.push(raw as f32, config.averaging_window);
         let sum: f64 = self.recent_raw.iter().map(|&r| f64::from(r)).sum();
         let average = sum / self.recent_raw.len() as f64;
         // Averages of heavy-tailed errors are far from Gaussian; their logarithm is close.
-        (raw, prediction, (average + 1e-3).ln())
+        (raw, prediction, fast_ln(average + 1e-3))
     }
 }
 
@@ -486,19 +596,20 @@ impl Context {
 struct MetricTrainer {
     context: Context,
     error: Running,
-    average: Running,
+    average: SmallRunning,
     value: Running,
-    shape: Running,
-    drift: Running,
-    /// Prototypes (i16, see `CENTROID_UNIT`), their use weights and radii.
+    shape: SmallRunning,
+    drift: SmallRunning,
+    /// Prototypes (i16, see `CENTROID_UNIT`), and per prototype its use weight and
+    /// radius.
     centroids: Vec<i16>,
-    weights: Vec<f32>,
-    radii: Vec<f32>,
-    typical_distance: Running,
+    members: Vec<[f32; 2]>,
+    typical_distance: SmallRunning,
     min: f64,
     max: f64,
-    repeat_rate: f64,
-    n: u64,
+    repeat_rate: f32,
+    /// Observations learned (u32: a device sending every second for 136 years).
+    n: u32,
 }
 
 /// The learning half, one per device.
@@ -506,8 +617,8 @@ struct MetricTrainer {
 pub struct DetectorTrainer {
     #[serde(skip)]
     config: DetectorConfig,
-    /// Sorted by name.
-    metrics: Vec<(String, MetricTrainer)>,
+    /// Sorted by name (`Box<str>`: 8 bytes less than a `String` per metric).
+    metrics: Vec<(Box<str>, MetricTrainer)>,
     relation: RelationTrainer,
     interval: Running,
     /// Fraction of expected samples that did not arrive.
@@ -560,7 +671,7 @@ impl DetectorTrainer {
         let config = &self.config;
         if let Some(last_ts) = self.last_ts {
             let interval = (ts_ms - last_ts) as f64;
-            let known = self.interval.n >= config.warmup_events;
+            let known = self.interval.count() >= config.warmup_events;
             // Intervals of about the usual length teach the usual length; longer ones teach
             // how often samples go missing.
             let missed = if known {
@@ -572,34 +683,55 @@ impl DetectorTrainer {
                 self.interval.learn(interval, config.error_alpha);
             }
             if known {
-                let weight = config.error_alpha.max(1.0 / (self.interval.n as f64));
+                let weight = config.error_alpha.max(1.0 / (self.interval.count() as f64));
                 self.missing_rate += weight * (missed / (1.0 + missed) - self.missing_rate);
             }
         }
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
     }
 
-    fn learn_relation(&mut self, observation: &Observation<'_>) {
+    /// Where `name` is in the metric list (or would go); `hint` is where it usually is.
+    fn metric_index(&self, name: &str, hint: usize) -> Result<usize, usize> {
+        if self
+            .metrics
+            .get(hint)
+            .is_some_and(|(n, _)| n.as_ref() == name)
+        {
+            return Ok(hint);
+        }
+        self.metrics.binary_search_by(|(n, _)| n.as_ref().cmp(name))
+    }
+
+    fn learn_relation(
+        &mut self,
+        observation: &Observation<'_>,
+        seen: Option<&[f64; SEEN_INDEXES]>,
+    ) {
         let config = &self.config;
-        let names: Vec<&String> = if self.relation.names().is_empty() {
-            observation.metrics.keys().collect()
-        } else {
-            Vec::new()
-        };
         let mut values = [0.0; MAX_COLUMNS];
         let mut complete = true;
-        for (slot, name) in values.iter_mut().zip(self.relation.names()) {
-            match observation.metrics.get(name) {
-                Some(&v) => *slot = v,
-                None => complete = false,
-            }
+        for (slot, &column) in values.iter_mut().zip(self.relation.columns()) {
+            let column = usize::from(column);
+            let value = match seen.and_then(|s| s.get(column)) {
+                Some(&value) => value,
+                None => {
+                    let name = &self.metrics[column].0;
+                    observation
+                        .metrics
+                        .get(name.as_ref())
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                }
+            };
+            *slot = value;
+            complete &= !value.is_nan();
         }
-        let m = self.relation.names().len();
+        let m = self.relation.columns().len();
         self.relation.update(
             &config.relation,
             config.averaging_window,
             config.likelihood_alpha,
-            &names,
+            self.metrics.len(),
             complete.then_some(&values[..m]),
         );
     }
@@ -609,11 +741,11 @@ impl DetectorTrainer {
 fn learn_metric(
     metric: &mut MetricTrainer,
     value: f64,
-    ts_ms: i64,
+    tod: TimeOfDay,
     cap: usize,
     config: &DetectorConfig,
 ) {
-    metric.n += 1;
+    metric.n = metric.n.saturating_add(1);
     let error_std = metric
         .error
         .std()
@@ -621,65 +753,71 @@ fn learn_metric(
         .max(1e-12);
     let had_prediction = metric.context.prediction;
     let (_, _, average) = metric.context.observe(value, error_std, config);
-    if let Some(prediction) = had_prediction {
+    if !had_prediction.is_nan() {
+        let prediction = had_prediction;
         metric.error.learn(value - prediction, config.error_alpha);
         // The error variance is centred on zero, not on its mean.
         metric.error.mean = 0.0;
     }
-    if metric.n > config.averaging_window as u64 {
+    if u64::from(metric.n) > config.averaging_window as u64 {
         metric.average.learn(average, config.likelihood_alpha);
         metric
             .drift
-            .learn(metric.context.drift, config.likelihood_alpha);
+            .learn(f64::from(metric.context.drift), config.likelihood_alpha);
     }
-    learn_shape_of(metric, value, ts_ms, cap, config);
+    learn_shape_of(metric, value, tod, cap, config);
     metric.value.learn(value, config.error_alpha / 10.0);
-    if metric.n > config.warmup_events {
+    if u64::from(metric.n) > config.warmup_events {
         metric.max -= config.range_decay * (metric.max - metric.value.mean).max(0.0);
         metric.min += config.range_decay * (metric.value.mean - metric.min).max(0.0);
     }
     metric.min = metric.min.min(value);
     metric.max = metric.max.max(value);
     let target = if metric.context.repeats > 0 { 1.0 } else { 0.0 };
-    metric.repeat_rate +=
-        config.error_alpha.max(1.0 / metric.n as f64) * (target - metric.repeat_rate);
+    let rate = f64::from(metric.repeat_rate);
+    metric.repeat_rate =
+        (rate + config.error_alpha.max(1.0 / f64::from(metric.n)) * (target - rate)) as f32;
 }
 
 fn learn_shape_of(
     metric: &mut MetricTrainer,
     value: f64,
-    ts_ms: i64,
+    tod: TimeOfDay,
     cap: usize,
     config: &DetectorConfig,
 ) {
     let (mean, std) = (metric.value.mean, metric.value.std());
-    let shape = metric
-        .context
-        .observe_shape(value, ts_ms, (mean, std, &metric.centroids), config);
+    let mut vector = [0.0; MAX_DIMS];
+    let shape = metric.context.observe_shape(
+        value,
+        tod,
+        (mean, std, &metric.centroids),
+        config,
+        &mut vector,
+    );
     if let Some(shape) = shape {
-        if metric.n > config.warmup_events {
+        if u64::from(metric.n) > config.warmup_events {
             metric
                 .shape
                 .learn(shape.log_average_distance, config.likelihood_alpha);
         }
-        learn_shape(metric, &shape.vector, Some(shape.nearest), cap, config);
-    } else if metric.centroids.is_empty() {
-        let mut vector = [0.0; 34];
-        if embed(
+        learn_shape(metric, &vector, Some(shape.nearest), cap, config);
+    } else if metric.centroids.is_empty()
+        && embed(
             &metric.context.recent_values,
-            ts_ms,
+            tod,
             mean,
             std,
             config,
             &mut vector,
-        ) {
-            learn_shape(metric, &vector, None, cap, config);
-        }
+        )
+    {
+        learn_shape(metric, &vector, None, cap, config);
     }
 }
 
 fn quantize(v: f64) -> i16 {
-    (v / CENTROID_UNIT).round().clamp(-32767.0, 32767.0) as i16
+    (v * UNITS_PER_VALUE).round().clamp(-32767.0, 32767.0) as i16
 }
 
 impl Trainer for DetectorTrainer {
@@ -688,8 +826,12 @@ impl Trainer for DetectorTrainer {
     fn update(&mut self, observation: &Observation<'_>) {
         self.events += 1;
         self.learn_interval(observation.ts_ms);
-        for (name, &value) in observation.metrics {
-            let index = match self.metrics.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        let tod = TimeOfDay::of(observation.ts_ms);
+        // Values by metric index for the relation model; `None` once an insertion has
+        // moved the indexes (then it looks them up).
+        let mut seen = Some([f64::NAN; SEEN_INDEXES]);
+        for (hint, (name, &value)) in observation.metrics.iter().enumerate() {
+            let index = match self.metric_index(name, hint) {
                 Ok(i) => i,
                 Err(i) => {
                     let fresh = MetricTrainer {
@@ -697,37 +839,27 @@ impl Trainer for DetectorTrainer {
                         max: value,
                         ..MetricTrainer::default()
                     };
-                    self.metrics.insert(i, (name.clone(), fresh));
+                    self.metrics.insert(i, (name.as_str().into(), fresh));
+                    self.relation.metric_inserted(i);
+                    seen = None;
                     i
                 }
             };
+            if let Some(slot) = seen.as_mut().and_then(|s| s.get_mut(index)) {
+                *slot = value;
+            }
             let cap = self.config.centroid_cap(self.metrics.len());
-            learn_metric(
-                &mut self.metrics[index].1,
-                value,
-                observation.ts_ms,
-                cap,
-                &self.config,
-            );
+            learn_metric(&mut self.metrics[index].1, value, tod, cap, &self.config);
         }
-        self.learn_relation(observation);
+        self.learn_relation(observation, seen.as_ref());
     }
 
     fn snapshot(&self) -> DetectorParams {
-        let interval = (self.interval.n >= self.config.warmup_events)
+        let interval = (self.interval.count() >= self.config.warmup_events)
             .then_some((self.interval.mean, self.missing_rate));
-        let relation = self.relation.params().map(|fitted| {
-            let columns = self
-                .relation
-                .names()
-                .iter()
-                .filter_map(|name| self.metrics.binary_search_by(|(n, _)| n.cmp(name)).ok())
-                .map(|i| i as u8)
-                .collect();
-            RelationParams {
-                columns,
-                ..fitted.clone()
-            }
+        let relation = self.relation.params().map(|fitted| RelationParams {
+            columns: self.relation.columns().to_vec(),
+            ..fitted.clone()
         });
         DetectorParams {
             kind: KIND.to_owned(),
@@ -757,19 +889,19 @@ fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
             .std()
             .max(MIN_RELATIVE_ERROR_STD * magnitude)
             .max(1e-12),
-        average_mean: m.average.mean,
+        average_mean: m.average.mean(),
         average_std: m.average.std() as f32,
-        drift_mean: m.drift.mean,
+        drift_mean: m.drift.mean(),
         drift_std: m.drift.std() as f32,
         min: m.min,
         max: m.max,
-        repeat_rate: m.repeat_rate as f32,
-        n: m.n,
+        repeat_rate: m.repeat_rate,
+        n: u64::from(m.n),
         value_mean: m.value.mean,
         value_std: m.value.std(),
         centroids: m.centroids.clone(),
-        radii: m.radii.clone(),
-        shape_mean: m.shape.mean,
+        radii: m.members.iter().map(|[_, radius]| *radius).collect(),
+        shape_mean: m.shape.mean(),
         shape_std: m.shape.std() as f32,
     }
 }
@@ -780,7 +912,7 @@ fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
 /// moves towards it, ever slower but never below a floor, so the memory keeps adapting.
 fn learn_shape(
     metric: &mut MetricTrainer,
-    vector: &[f64; 34],
+    vector: &[f64; MAX_DIMS],
     nearest: Option<(usize, f64)>,
     cap: usize,
     config: &DetectorConfig,
@@ -788,30 +920,26 @@ fn learn_shape(
     let dims = config.shape_length + 2;
     let vector = &vector[..dims];
     let Some((index, distance)) = nearest else {
-        metric.centroids.extend(vector.iter().map(|&v| quantize(v)));
-        metric.weights.push(1.0);
-        metric.radii.push(1.0);
+        add_centroid(metric, vector, 1.0);
         return;
     };
     // Before any member distance was learned, one unit of normalised squared distance.
-    let typical = if metric.typical_distance.n == 0 {
+    let typical = if metric.typical_distance.count() == 0 {
         1.0
     } else {
-        metric.typical_distance.mean.max(1e-6)
+        metric.typical_distance.mean().max(1e-6)
     };
-    let count = metric.weights.len();
+    let count = metric.members.len();
     let novel = config.shape_vigilance > 0.0
-        && metric.n > config.warmup_events
-        && distance > config.shape_vigilance * f64::from(metric.radii[index]).max(typical);
+        && u64::from(metric.n) > config.warmup_events
+        && distance > config.shape_vigilance * f64::from(metric.members[index][1]).max(typical);
     if novel || (count < cap && distance > 0.5) {
         let radius = (typical * config.new_radius_fraction) as f32;
         if count < cap {
-            metric.centroids.extend(vector.iter().map(|&v| quantize(v)));
-            metric.weights.push(1.0);
-            metric.radii.push(radius);
+            add_centroid(metric, vector, radius);
         } else {
             let least = (0..count)
-                .min_by(|&a, &b| metric.weights[a].total_cmp(&metric.weights[b]))
+                .min_by(|&a, &b| metric.members[a][0].total_cmp(&metric.members[b][0]))
                 .unwrap_or(0);
             for (c, &v) in metric.centroids[least * dims..][..dims]
                 .iter_mut()
@@ -819,15 +947,14 @@ fn learn_shape(
             {
                 *c = quantize(v);
             }
-            metric.weights[least] = 1.0;
-            metric.radii[least] = radius;
+            metric.members[least] = [1.0, radius];
         }
         return;
     }
     metric.typical_distance.learn(distance, config.error_alpha);
-    metric.weights[index] += 1.0;
-    let rate = (1.0 / f64::from(metric.weights[index])).max(0.01);
-    let radius = &mut metric.radii[index];
+    metric.members[index][0] += 1.0;
+    let rate = (1.0 / f64::from(metric.members[index][0])).max(0.01);
+    let radius = &mut metric.members[index][1];
     *radius += (rate * (distance - f64::from(*radius))) as f32;
     for (c, v) in metric.centroids[index * dims..][..dims]
         .iter_mut()
@@ -837,9 +964,17 @@ fn learn_shape(
         *c = quantize(current + rate * (v - current));
     }
     // Slowly forget, so rarely used centroids are the ones replaced.
-    for weight in &mut metric.weights {
-        *weight *= 0.999;
+    for member in &mut metric.members {
+        member[0] *= 0.999;
     }
+}
+
+/// A new prototype; the buffers grow exactly (no spare capacity per device).
+fn add_centroid(metric: &mut MetricTrainer, vector: &[f64], radius: f32) {
+    metric.centroids.reserve_exact(vector.len());
+    metric.centroids.extend(vector.iter().map(|&v| quantize(v)));
+    metric.members.reserve_exact(1);
+    metric.members.push([1.0, radius]);
 }
 
 /// Everything the per-metric score looks at for one event.
@@ -856,16 +991,16 @@ struct Reading<'a> {
 /// The score of a metric with enough history: the likelihood of its recent prediction
 /// errors and shapes, its drift, and whether it left its range.
 fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
-    let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(1e-9);
-    let mut score = tail_score(ln_upper_tail(z));
+    let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(MIN_LOG_STD);
+    let mut score = upper_score(z);
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
     };
     if let Some(shape) = r.shape {
         let z = (shape.log_average_distance - metric.shape_mean)
-            / f64::from(metric.shape_std).max(1e-9)
+            / f64::from(metric.shape_std).max(MIN_LOG_STD)
             / config.shape_z_scale.max(1e-9);
-        let likely = tail_score(ln_upper_tail(z));
+        let likely = upper_score(z);
         if likely > score {
             score = likely;
             cause = Cause::NewShape { ratio: 0.0 };
@@ -879,7 +1014,7 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
                 .max(1e-6);
             let ratio = distance / (config.shape_vigilance * radius);
             let mut novel = 0.5 + 0.5 * (1.0 - 1.0 / ratio);
-            if config.shape_prior > 0.0 {
+            if ratio > 1.0 && novel > score && config.shape_prior > 0.0 {
                 novel = novel.min(tail_score(ln_upper_tail(z) + config.shape_prior.ln()));
             }
             if ratio > 1.0 && novel > score {
@@ -892,7 +1027,11 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
         // A floor on the spread: a series learned as perfectly regular must not call
         // every tiny lean a drift.
         let z = (r.drift - metric.drift_mean) / f64::from(metric.drift_std).max(0.05);
-        let drift = tail_score(ln_two_sided_tail(z));
+        let drift = if z.abs() < NEGLIGIBLE_Z {
+            0.0
+        } else {
+            tail_score(ln_two_sided_tail(z))
+        };
         if drift > score {
             score = drift;
             cause = Cause::Drift { z };
@@ -935,6 +1074,19 @@ pub(crate) fn tail_score(ln_tail: f64) -> f64 {
     (ln_tail.max(LN_FLOOR) / LN_FLOOR).clamp(0.0, 1.0)
 }
 
+/// Below this z-score a tail scores under 0.05: not worth a logarithm per metric and
+/// event (the score is reported as 0).
+const NEGLIGIBLE_Z: f64 = 1.5;
+
+/// [`tail_score`] of the upper tail beyond `z`, 0 for negligible ones.
+fn upper_score(z: f64) -> f64 {
+    if z < NEGLIGIBLE_Z {
+        0.0
+    } else {
+        tail_score(ln_upper_tail(z))
+    }
+}
+
 /// ln P(Z > z) for a standard normal Z.
 pub(crate) fn ln_upper_tail(z: f64) -> f64 {
     if z <= 0.0 {
@@ -949,6 +1101,13 @@ const MIN_REPEAT_RATE: f64 = 0.01;
 /// Below this repeat rate a metric counts as one that (almost) never repeats.
 const RARE_REPEAT_RATE: f64 = 0.02;
 const MIN_MISSING_RATE: f64 = 0.01;
+/// Parts scoring below this are left out of the contributors (the event's score is then
+/// the largest remaining part, or 0): they name nothing worth reading, and leaving them
+/// out saves an allocation per metric and event.
+const MIN_CONTRIBUTION: f64 = 0.05;
+/// Values of the first this many metrics (by parameter index) are collected while
+/// scoring, for the relation part; others are looked up.
+const SEEN_INDEXES: usize = 32;
 /// Smallest spread of the relation scores' calibration (log space).
 const MIN_RELATION_STD: f64 = 0.1;
 
@@ -977,7 +1136,12 @@ impl DetectorScorer {
         })
     }
 
-    fn context(&mut self, name: &String) -> &mut Context {
+    /// The context of `name`; `hint` is where it usually is (the metrics of a device
+    /// come in the same sorted order every event), which saves the search.
+    fn context(&mut self, name: &String, hint: usize) -> &mut Context {
+        if self.contexts.get(hint).is_some_and(|(n, _)| n == name) {
+            return &mut self.contexts[hint].1;
+        }
         let index = match self.contexts.binary_search_by(|(n, _)| n.cmp(name)) {
             Ok(i) => i,
             Err(i) => {
@@ -989,34 +1153,42 @@ impl DetectorScorer {
     }
 
     /// The part of one metric, or none while it warms up.
+    /// `reading` is the metric's name, value and position in the observation; `seen`
+    /// collects the values by parameter index for the relation part.
     fn metric_part(
         &mut self,
         params: &DetectorParams,
-        name: &String,
-        value: f64,
-        ts_ms: i64,
+        reading: (&String, f64, usize),
+        tod: TimeOfDay,
+        seen: &mut [f64; SEEN_INDEXES],
     ) -> Option<MetricScore> {
+        let (name, value, hint) = reading;
         let config = &params.config;
-        let context = self.context(name);
-        let Some(metric) = params.metric(name) else {
+        let context = self.context(name, hint);
+        let Some((index, metric)) = params.metric(name, hint) else {
             context.observe(value, 1.0, config);
             return None;
         };
+        if let Some(slot) = seen.get_mut(index) {
+            *slot = value;
+        }
         let (raw, prediction, average) = context.observe(value, metric.error_std, config);
         if context.repeats == 1 {
             // Only metrics that almost never repeat are judged by the rate before the
             // run; for the others (and runs begun while warming up) the current rate.
-            context.run_start_repeat_rate = (metric.n >= config.warmup_events
-                && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE)
-                .then_some(metric.repeat_rate);
+            let rare = metric.n >= config.warmup_events
+                && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE;
+            context.run_start_repeat_rate = if rare { metric.repeat_rate } else { f32::NAN };
         } else if context.repeats == 0 {
-            context.run_start_repeat_rate = None;
+            context.run_start_repeat_rate = f32::NAN;
         }
+        let mut vector = [0.0; MAX_DIMS];
         let shape = context.observe_shape(
             value,
-            ts_ms,
+            tod,
             (metric.value_mean, metric.value_std, &metric.centroids),
             config,
+            &mut vector,
         );
         if metric.n < config.warmup_events {
             return None;
@@ -1026,7 +1198,7 @@ impl DetectorScorer {
             prediction,
             raw,
             average,
-            drift: context.drift,
+            drift: f64::from(context.drift),
             shape: shape.as_ref(),
         };
         let (mut score, mut cause) = if metric.n < config.history_events {
@@ -1040,15 +1212,19 @@ impl DetectorScorer {
             history_score(metric, config, &reading)
         };
         let repeats = context.repeats;
-        let rate = context
-            .run_start_repeat_rate
-            .map_or(metric.repeat_rate, |r| r.min(metric.repeat_rate));
-        let stuck = tail_score(repeats as f64 * f64::from(rate).max(MIN_REPEAT_RATE).ln());
-        if config.stuck_detection && repeats + 1 >= config.stuck_min_repeats && stuck > score {
-            score = stuck;
-            cause = Cause::Stuck {
-                repeats: repeats + 1,
-            };
+        // NaN (no rate from before the run) leaves the current rate.
+        let rate = metric.repeat_rate.min(context.run_start_repeat_rate);
+        if config.stuck_detection && repeats + 1 >= config.stuck_min_repeats {
+            let stuck = tail_score(repeats as f64 * f64::from(rate).max(MIN_REPEAT_RATE).ln());
+            if stuck > score {
+                score = stuck;
+                cause = Cause::Stuck {
+                    repeats: repeats + 1,
+                };
+            }
+        }
+        if score < MIN_CONTRIBUTION {
+            return None;
         }
         Some(MetricScore {
             metric: name.clone(),
@@ -1065,19 +1241,27 @@ impl DetectorScorer {
         &mut self,
         params: &DetectorParams,
         observation: &Observation<'_>,
+        seen: &[f64; SEEN_INDEXES],
     ) -> Option<MetricScore> {
         let relation = params
             .relation
             .as_ref()
             .filter(|_| params.config.relation.enabled)?;
         let m = relation.columns.len();
-        if m != relation.mean.len() {
+        // Cheap enough to check every event, for parameters that skipped `check`.
+        if m != relation.mean.len() || !relation.is_consistent() {
             return None;
         }
         let mut values = [0.0; MAX_COLUMNS];
         for (slot, &column) in values.iter_mut().zip(&relation.columns) {
-            let name = &params.metrics.get(usize::from(column))?.name;
-            *slot = *observation.metrics.get(name)?;
+            let column = usize::from(column);
+            *slot = match seen.get(column) {
+                Some(&value) => value,
+                None => *observation.metrics.get(&params.metrics.get(column)?.name)?,
+            };
+            if slot.is_nan() {
+                return None;
+            }
         }
         let eval = relation.evaluate(&values[..m]);
         let (t2, spe) = self
@@ -1087,13 +1271,15 @@ impl DetectorScorer {
             return None;
         }
         let calibrated = |x: f64, (mean, std): (f32, f32)| {
-            let z = (x - f64::from(mean)) / f64::from(std).max(MIN_RELATION_STD);
-            tail_score(ln_upper_tail(z))
+            upper_score((x - f64::from(mean)) / f64::from(std).max(MIN_RELATION_STD))
         };
         let (t2_score, spe_score) = (
             calibrated(t2, relation.t2_calibration),
             calibrated(spe, relation.spe_calibration),
         );
+        if t2_score.max(spe_score) < MIN_CONTRIBUTION {
+            return None;
+        }
         let name = |j: usize| {
             params.metrics[usize::from(relation.columns[j])]
                 .name
@@ -1134,12 +1320,15 @@ impl Scorer for DetectorScorer {
     type Params = DetectorParams;
 
     fn score(&mut self, params: &DetectorParams, observation: &Observation<'_>) -> Score {
-        let mut parts = Vec::with_capacity(observation.metrics.len() + 2);
+        // No allocation unless a part scores: most events contribute nothing.
+        let mut parts = Vec::new();
         parts.extend(self.gap_part(params, observation.ts_ms));
-        for (name, &value) in observation.metrics {
-            parts.extend(self.metric_part(params, name, value, observation.ts_ms));
+        let tod = TimeOfDay::of(observation.ts_ms);
+        let mut seen = [f64::NAN; SEEN_INDEXES];
+        for (hint, (name, &value)) in observation.metrics.iter().enumerate() {
+            parts.extend(self.metric_part(params, (name, value, hint), tod, &mut seen));
         }
-        parts.extend(self.relation_part(params, observation));
+        parts.extend(self.relation_part(params, observation, &seen));
         let mut score = Score::from_parts(parts);
         score.ready = params
             .metrics
@@ -1298,6 +1487,11 @@ mod tests {
             Err(ModelError::IncompatibleParams { .. })
         ));
         assert!(DetectorParams::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+        // Arrays that do not fit together are refused, not indexed out of bounds.
+        let mut broken = params.clone();
+        broken.metrics[0].centroids.push(1);
+        assert!(broken.check().is_err());
+        assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
         assert!(DetectorParams::from_bytes(b"{}").is_err());
         assert!(DetectorParams {
             kind: "other".into(),

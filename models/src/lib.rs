@@ -17,6 +17,7 @@ mod observation;
 pub mod production;
 pub mod relation;
 pub mod replay;
+mod ring;
 mod score;
 pub mod synthetic;
 

@@ -11,14 +11,13 @@
 //! readings are autocorrelated or the fit is noisy. Each metric's share of Q names the
 //! metrics that broke the relation.
 
-use std::collections::VecDeque;
-
 use linfa::ParamGuard;
 use linfa_linalg::eigh::{EigSort, Eigh};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::detector::{push_limited, Running};
+use crate::detector::Running;
+use crate::ring::Ring;
 use crate::ModelError;
 
 /// Most metrics a relation model covers (the first ones seen, by name).
@@ -111,6 +110,17 @@ pub struct Evaluation {
 }
 
 impl RelationParams {
+    /// Whether the arrays fit together (parameters come from outside the process).
+    pub fn is_consistent(&self) -> bool {
+        let m = self.mean.len();
+        m <= MAX_COLUMNS
+            && self.scale.len() == m
+            && (self.columns.is_empty() || self.columns.len() == m)
+            && self.loadings.len() == self.eigenvalues.len() * m
+            && self.eigenvalues.iter().all(|&l| l > 0.0)
+            && self.scale.iter().all(|&s| s > 0.0)
+    }
+
     /// T², Q and the per-column parts of one reading (`values` in column order).
     pub fn evaluate(&self, values: &[f64]) -> Evaluation {
         let m = self.mean.len().min(values.len());
@@ -154,8 +164,8 @@ impl RelationParams {
 /// Short-term context: the last few ratios of T² and Q to their limits.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RelationContext {
-    t2: VecDeque<f32>,
-    spe: VecDeque<f32>,
+    t2: Ring<f32>,
+    spe: Ring<f32>,
 }
 
 impl RelationContext {
@@ -168,9 +178,9 @@ impl RelationContext {
     ) -> (f64, f64) {
         let t2 = eval.t2 / f64::from(params.t2_limit).max(1e-9);
         let spe = eval.spe / f64::from(params.spe_limit).max(1e-9);
-        push_limited(&mut self.t2, t2 as f32, window);
-        push_limited(&mut self.spe, spe as f32, window);
-        let average = |q: &VecDeque<f32>| {
+        self.t2.push(t2 as f32, window);
+        self.spe.push(spe as f32, window);
+        let average = |q: &Ring<f32>| {
             let sum: f64 = q.iter().map(|&v| f64::from(v)).sum();
             (sum / q.len() as f64 + 1e-3).ln()
         };
@@ -181,12 +191,14 @@ impl RelationContext {
 /// The learning half: streaming mean and covariance, and the current fit.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RelationTrainer {
-    /// Names of the covered metrics, sorted; fixed once chosen.
-    names: Vec<String>,
+    /// Indexes of the covered metrics in the detector's sorted metric list (kept right
+    /// by [`RelationTrainer::metric_inserted`]); fixed once chosen.
+    columns: Vec<u8>,
     n: u64,
     mean: Vec<f64>,
-    /// Packed upper triangle of the covariance, row after row.
-    cov: Vec<f64>,
+    /// Packed upper triangle of the covariance, row after row (`f32`: half the memory,
+    /// and a correlation needs no more precision).
+    cov: Vec<f32>,
     since_refit: u32,
     fitted_events: u64,
     model: Option<RelationParams>,
@@ -201,36 +213,43 @@ fn packed(i: usize, j: usize, m: usize) -> usize {
 }
 
 impl RelationTrainer {
-    pub fn names(&self) -> &[String] {
-        &self.names
+    pub fn columns(&self) -> &[u8] {
+        &self.columns
+    }
+
+    /// The detector inserted a metric at `index` of its list: later indexes move up.
+    pub fn metric_inserted(&mut self, index: usize) {
+        for column in &mut self.columns {
+            if usize::from(*column) >= index {
+                *column = column.saturating_add(1);
+            }
+        }
     }
 
     /// Learn one reading. `values` holds the current value of every covered metric in
-    /// `names` order, or is `None` when one is missing (nothing is learned then).
-    /// `choose` supplies the metric names the first time (2+ of them needed).
+    /// `columns` order, or is `None` when one is missing (nothing is learned then).
+    /// `metrics` is how many metrics the detector knows: the first time there are 2+,
+    /// they become the columns.
     pub fn update(
         &mut self,
         config: &RelationConfig,
         window: usize,
         calibration_alpha: f64,
-        names: &[&String],
+        metrics: usize,
         values: Option<&[f64]>,
     ) {
         if !config.enabled {
             return;
         }
-        if self.names.is_empty() {
-            if names.len() < 2 {
+        if self.columns.is_empty() {
+            if metrics < 2 {
                 return;
             }
-            self.names = names
-                .iter()
-                .take(MAX_COLUMNS)
-                .map(|n| (*n).clone())
-                .collect();
-            let m = self.names.len();
+            self.columns = (0..metrics.min(MAX_COLUMNS)).map(|i| i as u8).collect();
+            let m = self.columns.len();
             self.mean = vec![0.0; m];
             self.cov = vec![0.0; m * (m + 1) / 2];
+            self.mean.shrink_to_fit();
             return;
         }
         let Some(values) = values else { return };
@@ -243,7 +262,7 @@ impl RelationTrainer {
     }
 
     fn learn_moments(&mut self, config: &RelationConfig, values: &[f64]) {
-        let m = self.names.len();
+        let m = self.columns.len();
         self.n += 1;
         let weight = config.alpha.max(1.0 / self.n as f64);
         let mut delta = [0.0; MAX_COLUMNS];
@@ -255,7 +274,7 @@ impl RelationTrainer {
         for i in 0..m {
             for j in i..m {
                 let c = &mut self.cov[packed(i, j, m)];
-                *c = (1.0 - weight) * (*c + weight * delta[i] * delta[j]);
+                *c = ((1.0 - weight) * (f64::from(*c) + weight * delta[i] * delta[j])) as f32;
             }
         }
     }
@@ -287,19 +306,22 @@ impl RelationTrainer {
     /// Principal components of the correlation matrix, keeping enough to explain
     /// `config.explained` of the variance and at least one dimension of residual.
     pub fn refit(&mut self, config: &RelationConfig) {
-        if self.names.len() < 2 || self.n < 2 {
+        if self.columns.len() < 2 || self.n < 2 {
             return;
         }
         self.since_refit = 0;
-        let m = self.names.len();
+        let m = self.columns.len();
         let scale: Vec<f64> = (0..m)
             .map(|j| {
                 let floor = 1e-6 * self.mean[j].abs().max(1e-6);
-                self.cov[packed(j, j, m)].max(0.0).sqrt().max(floor)
+                f64::from(self.cov[packed(j, j, m)])
+                    .max(0.0)
+                    .sqrt()
+                    .max(floor)
             })
             .collect();
         let correlation = Array2::from_shape_fn((m, m), |(i, j)| {
-            self.cov[packed(i, j, m)] / (scale[i] * scale[j])
+            f64::from(self.cov[packed(i, j, m)]) / (scale[i] * scale[j])
         });
         if correlation.iter().any(|v| !v.is_finite()) {
             return;

@@ -20,7 +20,7 @@ pub enum Cause {
     Drift { z: f64 },
     /// The relation between metrics broke: the metric is off from the value the other
     /// metrics imply (`expected`), together with `with`; `ratio` is the residual's size
-    /// against its usual size.
+    /// (SPE) against its 99% control limit.
     Relation { with: Vec<String>, ratio: f64 },
 }
 
@@ -43,7 +43,7 @@ pub struct Score {
     pub value: f64,
     /// False while the model is still warming up for this device: no verdict yet.
     pub ready: bool,
-    /// Largest score first.
+    /// The parts that score at all (0.05 or more), largest first.
     pub contributors: Vec<MetricScore>,
 }
 
@@ -60,7 +60,7 @@ impl Score {
     /// One sentence naming what is wrong, for alerts.
     pub fn reason(&self) -> String {
         let Some(top) = self.contributors.first() else {
-            return "no metrics".to_owned();
+            return "nothing unusual".to_owned();
         };
         let main = match &top.cause {
             Cause::Deviation { z } => format!(
@@ -104,7 +104,7 @@ impl Score {
                 };
                 format!(
                     "{broken}: {} = {:.3} where the others imply {:.3} \
-                     (relation error {ratio:.0} times its usual size)",
+                     (relation error {ratio:.0} times its 99% control limit)",
                     top.metric, top.value, top.expected
                 )
             }

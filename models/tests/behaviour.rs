@@ -149,6 +149,11 @@ fn a_relation_break_inside_the_ranges_is_found_and_named() {
         "{}",
         score.reason()
     );
+    eprintln!(
+        "relation break found after {} readings: {}",
+        opened[0] - break_at,
+        score.reason()
+    );
 }
 
 fn one_metric(values: Vec<f64>) -> Vec<(i64, BTreeMap<String, f64>)> {

@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fleetwatch_models::episode::cause_label;
+use fleetwatch_models::episode::{cause_label, EpisodeRules};
 use fleetwatch_models::nab::episodes::{
-    best_threshold, detections_with, leave_one_category_out, raw_table, threshold_grid, Row,
-    ScoredFile,
+    best_threshold, detections, leave_one_category_out, raw_table, threshold_grid, Row, ScoredFile,
 };
 use fleetwatch_models::nab::{self, normalize, raw_file_score, FileLabels, PROFILES};
 use fleetwatch_models::production::{self, DEFAULT_PUBLISH_EVERY};
@@ -139,7 +138,7 @@ fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -
 
 fn plot(path: &Path, file: &NabFile, rows: &[Row], threshold: f64) -> Result<()> {
     let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
-    let found = detections_with(rows, &production_rules(threshold));
+    let found = detections(rows, threshold);
     let root = BitMapBackend::new(path, (1200, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(300);
@@ -290,7 +289,7 @@ fn score_profiles(out: &Path, files: &[NabFile], scores: &[Vec<Row>]) -> Result<
     // not cut the outputs short.
     let mut summary_lines = Vec::new();
     for profile in PROFILES {
-        let raw = raw_table(&scored, &profile, &grid, production_rules);
+        let raw = raw_table(&scored, &profile, &grid, EpisodeRules::recommended);
         let (best, raw_sum) = best_threshold(&raw, |_| true);
         let threshold = grid[best];
         let score = normalize(raw_sum, &profile, windows);
@@ -305,12 +304,7 @@ fn score_profiles(out: &Path, files: &[NabFile], scores: &[Vec<Row>]) -> Result<
             profile.name
         ));
         for (file, rows) in files.iter().zip(scores) {
-            let raw = raw_file_score(
-                &file.labels,
-                &detections_with(rows, &production_rules(threshold)),
-                &profile,
-                0.5,
-            );
+            let raw = raw_file_score(&file.labels, &detections(rows, threshold), &profile, 0.5);
             per_file.write_record([
                 profile.name,
                 &file.key,
@@ -334,9 +328,4 @@ fn score_profiles(out: &Path, files: &[NabFile], scores: &[Vec<Row>]) -> Result<
     }
     per_file.flush()?;
     Ok((report, summary_lines, standard_threshold))
-}
-
-/// The production episode rules at a candidate threshold.
-fn production_rules(threshold: f64) -> fleetwatch_models::episode::EpisodeRules {
-    fleetwatch_models::episode::EpisodeRules::recommended(threshold)
 }
