@@ -31,8 +31,11 @@ pub struct RelationConfig {
     pub enabled: bool,
     /// Weight of the newest reading in the mean and covariance, in (0, 1).
     pub alpha: f64,
-    /// Refit the principal components every this many events.
+    /// Refit the principal components every this many events, once the fit has settled.
     pub refit_every: u32,
+    /// Refits come this often at first (a young covariance changes quickly), then every
+    /// fifth of the events learned, up to `refit_every`.
+    pub first_refit_every: u32,
     /// Keep the components that explain this fraction of the variance, in (0, 1).
     pub explained: f64,
     /// Events before the first fit.
@@ -47,9 +50,10 @@ impl Default for RelationConfig {
             enabled: true,
             alpha: 0.002,
             refit_every: 100,
+            first_refit_every: 20,
             explained: 0.9,
-            min_events: 200,
-            calibration_events: 100,
+            min_events: 60,
+            calibration_events: 40,
         }
     }
 }
@@ -66,8 +70,11 @@ impl ParamGuard for RelationConfig {
         if !(self.explained > 0.0 && self.explained < 1.0) {
             return invalid("explained must be in (0, 1)");
         }
-        if self.refit_every == 0 || self.min_events < 10 {
-            return invalid("refit_every must be >= 1 and min_events >= 10");
+        if self.first_refit_every == 0 || self.refit_every < self.first_refit_every {
+            return invalid("need 1 <= first_refit_every <= refit_every");
+        }
+        if self.min_events < 10 {
+            return invalid("min_events must be at least 10");
         }
         Ok(self)
     }
@@ -256,7 +263,11 @@ impl RelationTrainer {
         self.learn_calibration(config, window, calibration_alpha, values);
         self.learn_moments(config, values);
         self.since_refit += 1;
-        if self.n >= config.min_events && self.since_refit >= config.refit_every {
+        let interval = (self.n / 5).clamp(
+            u64::from(config.first_refit_every),
+            u64::from(config.refit_every),
+        );
+        if self.n >= config.min_events && u64::from(self.since_refit) >= interval {
             self.refit(config);
         }
     }

@@ -156,6 +156,24 @@ fn a_relation_break_inside_the_ranges_is_found_and_named() {
     );
 }
 
+#[test]
+fn a_relation_break_on_a_young_device_is_found() {
+    // Devices in the demo live a few hundred readings: the relation model is ready from
+    // about the 100th.
+    let (break_at, n) = (200, 300);
+    let config = Config::default();
+    let scores = run(&config, related(break_at, n));
+    let opened = openings(&scores, config.threshold);
+    assert!(
+        opened.iter().all(|&i| i >= break_at),
+        "false alert before the break: {opened:?}"
+    );
+    let found = opened
+        .iter()
+        .find(|&&i| matches!(scores[i].contributors[0].cause, Cause::Relation { .. }));
+    assert!(found.is_some(), "{opened:?}");
+}
+
 fn one_metric(values: Vec<f64>) -> Vec<(i64, BTreeMap<String, f64>)> {
     rows(&[("level", values)])
 }
