@@ -81,7 +81,8 @@ fn print_topics(settings: &Settings) {
 fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,rumqttd=warn,rumqttd::router::routing=off,librdkafka=warn",
+            // The embedded broker (demo) logs every client disconnect as an error.
+            "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off,librdkafka=warn",
         )
     });
     let builder = tracing_subscriber::fmt()

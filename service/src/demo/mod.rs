@@ -106,7 +106,10 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let metrics = app.metrics.clone();
     app_stop.cancel();
     app.wait().await?;
-    drop(cluster);
+    // The cluster stays up until the process exits: device actors (whose changelog
+    // holds a producer) stop with the actix System only after this returns, and their
+    // clients would log "all brokers down" for a cluster gone before them.
+    std::mem::forget(cluster);
     Ok(DemoSummary {
         devices: options.devices,
         telemetry_in: metrics
