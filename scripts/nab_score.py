@@ -39,10 +39,12 @@ def rows_of(results_dir, key):
 
 
 def episode_detections(rows, threshold):
-    """Row indexes where an episode opens or escalates."""
+    """Row indexes where an episode opens or escalates (a bigger score, or a metric not yet
+    reported in the episode: the cause column is `metric:kind`)."""
     found, is_open, calm, reported, causes = [], False, 0, 0.0, []
     clear_below = CLEAR_RATIO * threshold
-    for i, (_, score, cause) in enumerate(rows):
+    for i, (_, score, label) in enumerate(rows):
+        cause = label.rsplit(":", 1)[0]
         if not is_open:
             if score >= threshold:
                 is_open, calm, reported = True, 0, score

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibration::ln_two_sided_tail;
 use crate::relation::{
-    RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
+    Evaluation, RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
 };
 use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
@@ -1264,55 +1264,74 @@ impl DetectorScorer {
             }
         }
         let eval = relation.evaluate(&values[..m]);
-        let (t2, spe) = self
+        let reading = self
             .relation
             .observe(relation, &eval, params.config.averaging_window);
         if !relation.ready {
             return None;
         }
-        let calibrated = |x: f64, (mean, std): (f32, f32)| {
-            upper_score((x - f64::from(mean)) / f64::from(std).max(MIN_RELATION_STD))
+        let calibrated = |current: bool, x: f64, (mean, std): (f32, f32)| {
+            if current {
+                upper_score((x - f64::from(mean)) / f64::from(std).max(MIN_RELATION_STD))
+            } else {
+                0.0
+            }
         };
-        let (t2_score, spe_score) = (
-            calibrated(t2, relation.t2_calibration),
-            calibrated(spe, relation.spe_calibration),
+        let scores = (
+            calibrated(reading.t2_current, reading.t2, relation.t2_calibration),
+            calibrated(reading.spe_current, reading.spe, relation.spe_calibration),
         );
-        if t2_score.max(spe_score) < MIN_CONTRIBUTION {
+        if scores.0.max(scores.1) < MIN_CONTRIBUTION {
             return None;
         }
-        let name = |j: usize| {
-            params.metrics[usize::from(relation.columns[j])]
-                .name
-                .clone()
-        };
-        if spe_score >= t2_score {
-            let share = |j: usize| eval.residual[j] * eval.residual[j];
-            let top = (0..m).max_by(|&a, &b| share(a).total_cmp(&share(b)))?;
-            let with = (0..m)
-                .filter(|&j| j != top && share(j) >= 0.5 * share(top))
-                .take(2)
-                .map(name)
-                .collect();
-            Some(MetricScore {
-                metric: name(top),
-                value: values[top],
-                expected: relation.expected(&eval, top),
-                score: spe_score,
-                cause: Cause::Relation {
-                    with,
-                    ratio: eval.spe / f64::from(relation.spe_limit).max(1e-9),
-                },
-            })
-        } else {
-            let top = (0..m).max_by(|&a, &b| eval.t2_share[a].total_cmp(&eval.t2_share[b]))?;
-            Some(MetricScore {
-                metric: name(top),
-                value: values[top],
-                expected: f64::from(relation.mean[top]),
-                score: t2_score,
-                cause: Cause::Deviation { z: eval.z[top] },
-            })
-        }
+        attribute(params, relation, &eval, &values[..m], scores)
+    }
+}
+
+/// The relation part, named after the metric that carries it: for SPE the largest share
+/// of the residual (with the others close to it), for T² the largest share of T².
+fn attribute(
+    params: &DetectorParams,
+    relation: &RelationParams,
+    eval: &Evaluation,
+    values: &[f64],
+    (t2_score, spe_score): (f64, f64),
+) -> Option<MetricScore> {
+    let m = values.len();
+    let name = |j: usize| {
+        params.metrics[usize::from(relation.columns[j])]
+            .name
+            .clone()
+    };
+    if spe_score >= t2_score {
+        let share = |j: usize| eval.residual[j] * eval.residual[j];
+        let top = (0..m).max_by(|&a, &b| share(a).total_cmp(&share(b)))?;
+        let with = (0..m)
+            .filter(|&j| j != top && share(j) >= 0.5 * share(top))
+            .take(2)
+            .map(name)
+            .collect();
+        Some(MetricScore {
+            metric: name(top),
+            value: values[top],
+            expected: relation.expected(eval, top),
+            score: spe_score,
+            cause: Cause::Relation {
+                with,
+                ratio: eval.spe / f64::from(relation.spe_limit).max(1e-9),
+            },
+        })
+    } else {
+        let top = (0..m).max_by(|&a, &b| eval.t2_share[a].total_cmp(&eval.t2_share[b]))?;
+        Some(MetricScore {
+            metric: name(top),
+            value: values[top],
+            expected: f64::from(relation.mean[top]),
+            score: t2_score,
+            cause: Cause::Joint {
+                ratio: eval.t2 / f64::from(relation.t2_limit).max(1e-9),
+            },
+        })
     }
 }
 

@@ -2,14 +2,14 @@
 //! service's scorer role, the replay CLI and the NAB harness all decide alerts alike.
 //!
 //! ```text
-//!   Closed --score >= threshold------------------------------> Open  (Opened)
-//!   Open   --score >= escalate_ratio × peak, or a new cause--> Open  (Escalated)
-//!   Open   --clear_after_events calm events in a row---------> Closed (Closed)
+//!   Closed --score >= threshold---------------------------------------> Open  (Opened)
+//!   Open   --score >= escalate_ratio × last reported, or a new metric--> Open  (Escalated)
+//!   Open   --clear_after_events calm events in a row------------------> Closed (Closed)
 //! ```
 //! A calm event scores below `clear_below`; any other event of an open episode resets the
 //! calm count, so a flapping score stays one episode. The model never hides a score: an
-//! open episode still reports a *bigger* fault (a clear margin above the peak) or a
-//! *different* one (a metric and cause not yet reported in this episode).
+//! open episode still reports a *bigger* fault (a clear margin above the last reported
+//! score) or a *different* one (a metric not yet reported in this episode).
 
 use crate::{Cause, ModelError, Score};
 
@@ -83,8 +83,16 @@ pub fn cause_label(score: &Score) -> String {
         Cause::NewShape { .. } => "shape",
         Cause::Drift { .. } => "drift",
         Cause::Relation { .. } => "relation",
+        Cause::Joint { .. } => "joint",
     };
     format!("{}:{kind}", top.metric)
+}
+
+/// The metric of a [`cause_label`]. An episode escalates when *another metric* breaks:
+/// the same metric seen by another check as the fault goes on (a jump, then a drift,
+/// then a broken relation) is the same incident.
+fn metric_of(label: &str) -> &str {
+    label.rsplit_once(':').map_or(label, |(metric, _)| metric)
 }
 
 /// One device's episode.
@@ -134,7 +142,7 @@ impl Episode {
             self.calm_events = 0;
             self.causes.clear();
             if !label.is_empty() {
-                self.causes.push(label.to_owned());
+                self.causes.push(metric_of(label).to_owned());
             }
             return Some(Transition::Opened);
         }
@@ -152,9 +160,10 @@ impl Episode {
         }
         self.peak = self.peak.max(value);
         let bigger = value >= rules.escalate_ratio * self.reported;
-        let new_cause = !label.is_empty() && !self.causes.iter().any(|c| c == label);
+        let metric = metric_of(label);
+        let new_cause = !metric.is_empty() && !self.causes.iter().any(|c| c == metric);
         if new_cause && self.causes.len() < MAX_CAUSES {
-            self.causes.push(label.to_owned());
+            self.causes.push(metric.to_owned());
         }
         if !(bigger || new_cause) {
             return None;
@@ -271,6 +280,18 @@ mod tests {
         assert_eq!(transitions, vec![Transition::Opened, Transition::Escalated]);
         assert_eq!(episode.opened_at(), 0);
         assert_eq!(episode.peak(), 0.7);
+    }
+
+    #[test]
+    fn the_same_metric_seen_by_another_check_is_the_same_incident() {
+        let mut episode = Episode::default();
+        let opened = episode.observe_labelled(&RULES, 0.7, "a:range", 0);
+        let later = episode.observe_labelled(&RULES, 0.7, "a:drift", 1);
+        let other = episode.observe_labelled(&RULES, 0.7, "b:relation", 2);
+        assert_eq!(
+            (opened, later, other),
+            (Some(Transition::Opened), None, Some(Transition::Escalated))
+        );
     }
 
     #[test]

@@ -182,17 +182,34 @@ impl RelationContext {
         params: &RelationParams,
         eval: &Evaluation,
         window: usize,
-    ) -> (f64, f64) {
+    ) -> RelationReading {
         let t2 = eval.t2 / f64::from(params.t2_limit).max(1e-9);
         let spe = eval.spe / f64::from(params.spe_limit).max(1e-9);
         self.t2.push(t2 as f32, window);
         self.spe.push(spe as f32, window);
         let average = |q: &Ring<f32>| {
             let sum: f64 = q.iter().map(|&v| f64::from(v)).sum();
-            (sum / q.len() as f64 + 1e-3).ln()
+            sum / q.len() as f64
         };
-        (average(&self.t2), average(&self.spe))
+        let (t2_average, spe_average) = (average(&self.t2), average(&self.spe));
+        RelationReading {
+            t2: (t2_average + 1e-3).ln(),
+            spe: (spe_average + 1e-3).ln(),
+            t2_current: t2 >= 0.5 * t2_average,
+            spe_current: spe >= 0.5 * spe_average,
+        }
     }
+}
+
+/// The short averages of one reading's statistics (log space), and whether this reading
+/// itself carries them: after a spike the average stays high for a few readings, but the
+/// readings that follow are not the fault and must not be blamed for it.
+#[derive(Clone, Copy, Debug)]
+pub struct RelationReading {
+    pub t2: f64,
+    pub spe: f64,
+    pub t2_current: bool,
+    pub spe_current: bool,
 }
 
 /// The learning half: streaming mean and covariance, and the current fit.
@@ -303,11 +320,11 @@ impl RelationTrainer {
             return;
         };
         let eval = model.evaluate(values);
-        let (t2, spe) = self.context.observe(model, &eval, window);
+        let reading = self.context.observe(model, &eval, window);
         self.fitted_events += 1;
         if self.fitted_events > window as u64 {
-            self.t2.learn(t2, alpha);
-            self.spe.learn(spe, alpha);
+            self.t2.learn(reading.t2, alpha);
+            self.spe.learn(reading.spe, alpha);
         }
         model.t2_calibration = (self.t2.mean as f32, self.t2.std() as f32);
         model.spe_calibration = (self.spe.mean as f32, self.spe.std() as f32);

@@ -12,8 +12,8 @@ pub enum Cause {
     Gap { gap_ms: i64, ratio: f64 },
     /// The value lies beyond the range seen so far (`min`..`max`) by a clear margin.
     OutOfRange { min: f64, max: f64 },
-    /// The recent shape of the metric is unlike every shape remembered, `ratio` times
-    /// the distance that counts as new.
+    /// The recent shape of the metric is unlike the shapes remembered: `ratio` times the
+    /// distance that counts as new (0 when it is only unusually far from them).
     NewShape { ratio: f64 },
     /// The metric has drifted away from what the model predicts: its recent errors lean
     /// one way, `z` standard deviations of their usual average.
@@ -22,6 +22,9 @@ pub enum Cause {
     /// metrics imply (`expected`), together with `with`; `ratio` is the residual's size
     /// (SPE) against its 99% control limit.
     Relation { with: Vec<String>, ratio: f64 },
+    /// The metrics move as they usually do together, but to a combination far from usual
+    /// (Hotelling's T², `ratio` times its 99% control limit); the metric carries most of it.
+    Joint { ratio: f64 },
 }
 
 /// The score of one part of an event.
@@ -83,9 +86,13 @@ impl Score {
                 "{} = {:.3} is outside the range seen so far ({min:.3} to {max:.3})",
                 top.metric, top.value
             ),
-            Cause::NewShape { ratio } => format!(
+            Cause::NewShape { ratio } if *ratio > 1.0 => format!(
                 "{} = {:.3} moves in a way not seen before ({ratio:.1} times farther from \
                  every remembered pattern than a new one)",
+                top.metric, top.value
+            ),
+            Cause::NewShape { .. } => format!(
+                "{} = {:.3} moves unlike its usual patterns",
                 top.metric, top.value
             ),
             Cause::Drift { z } => format!(
@@ -95,6 +102,11 @@ impl Score {
                 if *z >= 0.0 { "above" } else { "below" },
                 top.expected,
                 z.abs()
+            ),
+            Cause::Joint { ratio } => format!(
+                "{} = {:.3} (usually {:.3}) takes the metrics together far from their usual \
+                 combinations ({ratio:.0} times the 99% control limit)",
+                top.metric, top.value, top.expected
             ),
             Cause::Relation { with, ratio } => {
                 let broken = if with.is_empty() {

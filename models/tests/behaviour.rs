@@ -52,13 +52,13 @@ fn a_large_shift_right_after_a_noise_alert_is_marked_whole() {
     let noise: Vec<Vec<f64>> = (0..3)
         .map(|_| series(&mut rng, Process::Gaussian, 0.0, 1.0, 3_000))
         .collect();
-    let table = |pressure: &[f64]| {
+    let table = |pressure: &[f64], flow: &[f64]| {
         let mut text = String::from("time,temperature,pressure,flow\n");
         for i in 0..3_000 {
             let t = 1_700_000_000 + i;
             text.push_str(&format!(
                 "{t},{},{},{}\n",
-                noise[0][i], pressure[i], noise[2][i]
+                noise[0][i], pressure[i], flow[i]
             ));
         }
         text
@@ -81,17 +81,51 @@ fn a_large_shift_right_after_a_noise_alert_is_marked_whole() {
             .collect::<Vec<bool>>()
     };
     // Whatever the noise alone flags (after warm-up), the shift starts 19 rows later.
-    let flagged = marked(table(&noise[1]));
+    let flagged = marked(table(&noise[1], &noise[2]));
     let start = (600..2_800).find(|&i| flagged[i]).map_or(1_500, |i| i + 19);
     let mut pressure = noise[1].clone();
     for value in &mut pressure[start..start + 40] {
         *value += 75.0;
     }
-    let marks = marked(table(&pressure));
+    let marks = marked(table(&pressure, &noise[2]));
     let missed: Vec<usize> = (start..start + 40).filter(|&i| !marks[i]).collect();
     assert!(
         missed.is_empty(),
         "shift at {start}: rows not marked {missed:?}"
+    );
+
+    // And with an alert for sure 19 rows before: a 10 σ spike of flow opens an episode,
+    // the shift of pressure escalates it (another metric), and is marked whole.
+    let mut flow = noise[2].clone();
+    flow[1_481] += 10.0;
+    let mut pressure = noise[1].clone();
+    for value in &mut pressure[1_500..1_540] {
+        *value += 75.0;
+    }
+    let marks = marked(table(&pressure, &flow));
+    assert!(marks[1_481], "the spike opens an episode");
+    let missed: Vec<usize> = (1_500..1_540).filter(|&i| !marks[i]).collect();
+    assert!(missed.is_empty(), "rows not marked {missed:?}");
+    let data = rows(&[
+        ("temperature", noise[0].clone()),
+        ("pressure", pressure),
+        ("flow", flow),
+    ]);
+    let scores = run(&Config::default(), data);
+    let rules = production::episode_rules(&Config::default());
+    let mut episode = Episode::default();
+    let transitions: Vec<(usize, Transition)> = (1_470..1_545)
+        .filter_map(|i| {
+            episode
+                .observe(&rules, &scores[i], i as u64)
+                .map(|t| (i, t))
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [(1_481, Transition::Opened), (1_500, Transition::Escalated)],
+        "{}",
+        scores[1_500].reason()
     );
 }
 
