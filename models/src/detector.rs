@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 pub const INTERVAL_METRIC: &str = "(interval)";
 /// The model kind's number in the binary encodings.
 const KIND_ID: u8 = 1;
@@ -109,6 +109,11 @@ pub struct DetectorConfig {
     /// Shape distances have heavier tails than a Gaussian (an autocorrelated series
     /// lingers in rare shapes): their z-scores are divided by this before scoring.
     pub shape_z_scale: f64,
+    /// Once a metric has history, its checks average a few errors, which dilutes a
+    /// single wild reading; a single prediction error is still anomalous by itself when
+    /// its z-score divided by this is improbable as a Gaussian (1.5: from about 7.7
+    /// standard deviations; 0 turns the check off).
+    pub outlier_z_scale: f64,
     /// Observations per metric before a new shape counts (the memory of shapes must
     /// have seen the series' usual variety first).
     pub novelty_events: u64,
@@ -150,6 +155,7 @@ impl Default for DetectorConfig {
             shape_vigilance: 40.0,
             new_radius_fraction: 0.01,
             shape_z_scale: 2.0,
+            outlier_z_scale: 2.0,
             shape_prior: 1e-2,
             novelty_events: 1000,
             drift_detection: true,
@@ -186,6 +192,11 @@ impl DetectorConfig {
                 "shape_length must be at most {} and shape_centroids at most 256",
                 MAX_DIMS - 2
             )));
+        }
+        if self.outlier_z_scale.is_nan() || self.outlier_z_scale < 0.0 {
+            return Err(ModelError::InvalidConfig(
+                "outlier_z_scale must not be negative".into(),
+            ));
         }
         if self.range_tolerance.is_nan() || self.range_tolerance < 0.0 {
             return Err(ModelError::InvalidConfig(
@@ -996,6 +1007,13 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
     };
+    let beyond_range = r.value > metric.max || r.value < metric.min;
+    if config.outlier_z_scale > 0.0 && beyond_range {
+        let outlier = tail_score(ln_two_sided_tail(r.raw / config.outlier_z_scale));
+        if outlier > score {
+            score = outlier;
+        }
+    }
     if let Some(shape) = r.shape {
         let z = (shape.log_average_distance - metric.shape_mean)
             / f64::from(metric.shape_std).max(MIN_LOG_STD)

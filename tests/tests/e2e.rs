@@ -32,18 +32,34 @@ fn telemetry_json(seq: u64) -> Vec<u8> {
 async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_seconds() {
     let rig = Rig::from_env();
     let namespace = Namespace::new("fullpath");
-    let service = start(&rig, &namespace, "all").await;
+    // Ten readings a second, as in the demo: episodes close after 15 s of calm.
+    let service = {
+        let (rig, namespace) = (rig.clone(), namespace.clone());
+        tokio::task::spawn_blocking(move || {
+            Service::start_with(
+                &rig,
+                &namespace,
+                "all",
+                "a",
+                &[("FLEETWATCH_SCORER__CLEAR_AFTER_EVENTS", "150")],
+            )
+        })
+        .await
+        .unwrap()
+    };
     let prefix = namespace.device_prefix();
     let listener = AlertListener::connect(&service.ws_url(), &prefix)
         .await
         .unwrap();
 
+    // The models learn 40 s (400 readings) before the first anomaly: enough for the
+    // drift check and the relations between metrics.
     let mut sim = SimConfig::new(&rig.mqtt_host, rig.mqtt_port, 100);
     sim.id_prefix = prefix.clone();
-    sim.interval_ms = 500;
-    sim.warmup_secs = 20.0;
-    sim.duration_secs = Some(60.0);
-    sim.anomalies_per_minute = 60.0;
+    sim.interval_ms = 100;
+    sim.warmup_secs = 40.0;
+    sim.duration_secs = Some(75.0);
+    sim.anomalies_per_minute = 80.0;
     sim.seed = 11;
     let stats = Arc::new(FleetStats::default());
     let injected = run_fleet(sim, stats.clone(), CancellationToken::new())
@@ -63,7 +79,20 @@ async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_second
             continue;
         }
         checked += 1;
-        assert_eq!(matched, 1, "{anomaly:?} got {matched} alerts");
+        let of_device: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.alert.device_id.as_str() == anomaly.device)
+            .map(|a| (a.alert.state, a.alert.event_ts, &a.alert.reason))
+            .collect();
+        let other_anomalies: Vec<_> = injected
+            .iter()
+            .filter(|a| a.device == anomaly.device)
+            .map(|a| (a.kind, a.start_ms, a.end_ms))
+            .collect();
+        assert_eq!(
+            matched, 1,
+            "{anomaly:?} got {matched} alerts; the device's alerts: {of_device:?}; its anomalies: {other_anomalies:?}"
+        );
         let first = alerts
             .iter()
             .find(|received| {
