@@ -37,6 +37,9 @@ use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer}
 
 pub const KIND: &str = "fleetwatch-detector";
 pub const FORMAT_VERSION: u32 = 3;
+
+/// Readings of a metric before its drift statistics are learned (see `learn_metric`).
+const DRIFT_SETTLE_EVENTS: u64 = 100;
 pub const INTERVAL_METRIC: &str = "(interval)";
 /// The model kind's number in the binary encodings.
 const KIND_ID: u8 = 1;
@@ -772,6 +775,11 @@ fn learn_metric(
     }
     if u64::from(metric.n) > config.averaging_window as u64 {
         metric.average.learn(average, config.likelihood_alpha);
+    }
+    // The drift average's spread is learned only once the error scale it is measured in
+    // has settled: the first readings' errors, in units of a scale still being learned,
+    // would inflate it for the next thousand readings and hide real drifts.
+    if u64::from(metric.n) > DRIFT_SETTLE_EVENTS {
         metric
             .drift
             .learn(f64::from(metric.context.drift), config.likelihood_alpha);
