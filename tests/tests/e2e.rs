@@ -110,6 +110,17 @@ async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_second
         checked >= 5,
         "only {checked} spikes and level shifts injected: test too weak"
     );
+    // Faults that show slowly or only between metrics: most of them are found.
+    let (injected_slow, found_slow) = [AnomalyKind::Drift, AnomalyKind::Decorrelation]
+        .iter()
+        .filter_map(|kind| evaluation.by_kind.get(kind))
+        .fold((0, 0), |(i, f), &(injected, found)| {
+            (i + injected, f + found)
+        });
+    assert!(
+        injected_slow >= 4 && found_slow * 10 >= injected_slow * 7,
+        "drifts and decorrelations: {found_slow} of {injected_slow} found"
+    );
 
     // Every device went through the devices role.
     let (status, body) = service.get(&format!("/devices?prefix={prefix}&limit=1000"));
