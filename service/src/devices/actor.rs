@@ -87,12 +87,15 @@ impl DeviceActor {
                 .connectivity_changes
                 .with_label_values(&[change.to.as_str(), change.cause.as_str()])
                 .inc();
-            // Going offline is what operators look for; coming online is routine.
-            if change.to == fleetwatch_protocol::Connectivity::Offline {
-                tracing::info!(%device, cause = change.cause.as_str(), "device went offline");
-            } else {
-                tracing::debug!(%device, cause = change.cause.as_str(), "device came online");
-            }
+            // Per-device lines would flood the log when a whole fleet drops off (a broker
+            // restart, the demo stopping): operators see connectivity in
+            // `fleetwatch_device_connectivity_changes_total` and the twin's history.
+            tracing::debug!(
+                %device,
+                to = change.to.as_str(),
+                cause = change.cause.as_str(),
+                "connectivity changed"
+            );
         }
         let write = effects
             .persist
