@@ -86,12 +86,8 @@ impl Namespace {
 }
 
 impl Service {
-    /// Start `fleetwatch run --roles <roles>` in `namespace` and wait until it is ready.
-    pub fn start(rig: &Rig, namespace: &Namespace, roles: &str, instance: &str) -> Self {
-        Self::start_with(rig, namespace, roles, instance, &[])
-    }
-
-    /// Like [`Service::start`], with extra environment (settings) for the process.
+    /// Start `fleetwatch run --roles <roles>` in `namespace`, with extra environment
+    /// (settings) for the process, and wait until it is ready.
     pub fn start_with(
         rig: &Rig,
         namespace: &Namespace,
@@ -102,6 +98,29 @@ impl Service {
         let service = Self::spawn(rig, namespace, roles, instance, env);
         service.wait_ready(Duration::from_secs(60));
         service
+    }
+
+    /// [`Service::start_with`] from async tests: waits on a blocking thread.
+    pub async fn start_async(
+        rig: &Rig,
+        namespace: &Namespace,
+        roles: &str,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (rig, namespace) = (rig.clone(), namespace.clone());
+        let (roles, instance) = (roles.to_owned(), instance.to_owned());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Self::start_with(&rig, &namespace, &roles, &instance, &env)
+        })
+        .await
+        .expect("the starting thread does not panic")
     }
 
     /// Start the process and wait only for its addresses, not for readiness.

@@ -14,18 +14,8 @@ async fn start(
     roles: &'static str,
     instance: &'static str,
 ) -> Service {
-    let (rig, namespace) = (rig.clone(), namespace.clone());
-    tokio::task::spawn_blocking(move || {
-        Service::start_with(
-            &rig,
-            &namespace,
-            roles,
-            instance,
-            &[("FLEETWATCH_DEVICES__TWIN__RESEND_AFTER_MS", "500")],
-        )
-    })
-    .await
-    .unwrap()
+    let env = [("FLEETWATCH_DEVICES__TWIN__RESEND_AFTER_MS", "500")];
+    Service::start_async(rig, namespace, roles, instance, &env).await
 }
 
 /// Run blocking HTTP and polling on this worker without stalling the devices' tasks.
@@ -390,20 +380,8 @@ async fn a_killed_instance_hands_its_twins_and_commands_to_new_owners() {
 async fn an_idle_twin_is_passivated_and_comes_back_from_the_changelog() {
     let rig = Rig::from_env();
     let namespace = Namespace::new("passivate");
-    let service = {
-        let (rig, namespace) = (rig.clone(), namespace.clone());
-        tokio::task::spawn_blocking(move || {
-            Service::start_with(
-                &rig,
-                &namespace,
-                "devices",
-                "a",
-                &[("FLEETWATCH_DEVICES__PASSIVATE_AFTER_MS", "1500")],
-            )
-        })
-        .await
-        .unwrap()
-    };
+    let env = [("FLEETWATCH_DEVICES__PASSIVATE_AFTER_MS", "1500")];
+    let service = Service::start_async(&rig, &namespace, "devices", "a", &env).await;
     let device = format!("{}idle", namespace.device_prefix());
     blocking(|| {
         let (status, body) = put_desired(&service, &device, "\"0\"", json!({"led": "green"}));

@@ -14,10 +14,7 @@ use fleetwatch_sim::{evaluate, run_fleet, AlertListener, AnomalyKind, FleetStats
 use tokio_util::sync::CancellationToken;
 
 async fn start(rig: &Rig, namespace: &Namespace, roles: &'static str) -> Service {
-    let (rig, namespace) = (rig.clone(), namespace.clone());
-    tokio::task::spawn_blocking(move || Service::start(&rig, &namespace, roles, "a"))
-        .await
-        .unwrap()
+    Service::start_async(rig, namespace, roles, "a", &[]).await
 }
 
 fn telemetry_json(seq: u64) -> Vec<u8> {
@@ -33,20 +30,8 @@ async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_second
     let rig = Rig::from_env();
     let namespace = Namespace::new("fullpath");
     // Ten readings a second, as in the demo: episodes close after 15 s of calm.
-    let service = {
-        let (rig, namespace) = (rig.clone(), namespace.clone());
-        tokio::task::spawn_blocking(move || {
-            Service::start_with(
-                &rig,
-                &namespace,
-                "all",
-                "a",
-                &[("FLEETWATCH_SCORER__CLEAR_AFTER_EVENTS", "150")],
-            )
-        })
-        .await
-        .unwrap()
-    };
+    let env = [("FLEETWATCH_SCORER__CLEAR_AFTER_EVENTS", "150")];
+    let service = Service::start_async(&rig, &namespace, "all", "a", &env).await;
     let prefix = namespace.device_prefix();
     let listener = AlertListener::connect(&service.ws_url(), &prefix)
         .await

@@ -60,21 +60,11 @@ async fn start(
     instance: &'static str,
     group: &str,
 ) -> Service {
-    let (rig, namespace, group) = (rig.clone(), namespace.clone(), group.to_owned());
-    tokio::task::spawn_blocking(move || {
-        Service::start_with(
-            &rig,
-            &namespace,
-            roles,
-            instance,
-            &[
-                ("FLEETWATCH_TRAINER__PUBLISH_EVERY_EVENTS", "5"),
-                ("FLEETWATCH_KAFKA__GROUP_PREFIX", &group),
-            ],
-        )
-    })
-    .await
-    .unwrap()
+    let env = [
+        ("FLEETWATCH_TRAINER__PUBLISH_EVERY_EVENTS", "5"),
+        ("FLEETWATCH_KAFKA__GROUP_PREFIX", group),
+    ];
+    Service::start_async(rig, namespace, roles, instance, &env).await
 }
 
 async fn wait_for_versions(

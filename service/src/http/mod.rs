@@ -500,18 +500,22 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// 200, or 503 when `unavailable`: what probes read.
+fn ok_unless(unavailable: bool) -> StatusCode {
+    if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
 /// Readiness: 200 once every role of this process is ready (connected, holding its
 /// partitions, Kafka reachable), 503 before and whenever one is not; per-role detail in
 /// the body. For an orchestrator's readiness probe (traffic, rollouts).
 async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     let metrics = &state.metrics;
     let (ready, roles) = state.roles.readiness(metrics);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    HttpResponse::build(status).json(json!({
+    HttpResponse::build(ok_unless(!ready)).json(json!({
         "ready": ready,
         "roles": roles,
         "device_actors": metrics.device_actors.get(),
@@ -526,12 +530,7 @@ async fn live(state: web::Data<HttpState>) -> HttpResponse {
     let beat = state.metrics.runtime_heartbeat.get();
     let silent_secs = fleetwatch_protocol::now_ms() / 1000 - beat;
     let live = beat == 0 || silent_secs <= state.wedged_after_secs;
-    let status = if live {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    HttpResponse::build(status)
+    HttpResponse::build(ok_unless(!live))
         .json(json!({ "live": live, "runtime_silent_secs": silent_secs.max(0) }))
 }
 

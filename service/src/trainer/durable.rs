@@ -69,23 +69,24 @@ impl Checkpoints {
         if models.lock().restored.contains(&partition) {
             return Ok(());
         }
-        let versions = self.newest_versions(partition).await?;
-        let states = self.newest_states(partition).await?;
-        let mut restored = 0;
+        // Versions from the parameters; models (and their versions) from the checkpoints.
+        let published = self.newest(&self.params, partition, false).await?;
+        let mut checkpoints = self.newest(&self.states, partition, true).await?;
+        let mut devices: HashMap<DeviceId, u64> = published
+            .into_iter()
+            .map(|(device_id, envelope)| (device_id, envelope.version))
+            .collect();
+        for (device_id, checkpoint) in &checkpoints {
+            let version = devices.entry(device_id.clone()).or_default();
+            *version = (*version).max(checkpoint.version);
+        }
         let mut models = models.lock();
-        for (device_id, version) in versions {
-            let trainer = match states.get(&device_id) {
-                Some(state) => match ModelTrainer::from_state_bytes(config.clone(), state) {
-                    Ok(trainer) => trainer,
-                    Err(error) => {
-                        tracing::warn!(device = %device_id, %error, "checkpoint unusable; the model starts afresh");
-                        self.skipped("unusable_checkpoint");
-                        production::trainer(config)
-                    }
-                },
+        let restored = devices.len();
+        for (device_id, version) in devices {
+            let trainer = match checkpoints.remove(&device_id) {
+                Some(checkpoint) => self.trainer_from(&device_id, &checkpoint.params, config),
                 None => production::trainer(config),
             };
-            restored += 1;
             let model = DeviceModel::new(trainer, partition, version);
             models.devices.insert(device_id, model);
         }
@@ -94,52 +95,51 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// The newest version each device of `partition` reached, on either topic.
-    async fn newest_versions(&self, partition: i32) -> Result<HashMap<DeviceId, u64>> {
-        let mut newest: HashMap<DeviceId, u64> = HashMap::new();
-        for reader in [&self.params, &self.states] {
-            reader
-                .scan(partition, ScanFrom::Beginning, |_, key, payload| {
-                    if payload.is_empty() {
-                        forget(&mut newest, key);
-                        return false;
-                    }
-                    match ParamsEnvelope::decode(payload) {
-                        Ok(envelope) => {
-                            let version = newest.entry(envelope.device_id).or_default();
-                            *version = (*version).max(envelope.version);
-                        }
-                        Err(_) => self.skipped("undecodable"),
-                    }
-                    false
-                })
-                .await?;
-        }
-        Ok(newest)
+    fn trainer_from(
+        &self,
+        device_id: &DeviceId,
+        state: &[u8],
+        config: &production::Config,
+    ) -> ModelTrainer {
+        ModelTrainer::from_state_bytes(config.clone(), state).unwrap_or_else(|error| {
+            tracing::warn!(device = %device_id, %error, "checkpoint unusable; the model starts afresh");
+            self.skipped("unusable_checkpoint");
+            production::trainer(config)
+        })
     }
 
-    /// Each device's newest checkpointed state in `partition`.
-    async fn newest_states(&self, partition: i32) -> Result<HashMap<DeviceId, Vec<u8>>> {
-        let mut newest: HashMap<DeviceId, (u64, Vec<u8>)> = HashMap::new();
-        self.states
+    /// The newest envelope of each device in `partition` of `reader`'s topic, read once;
+    /// a tombstone forgets the device. Without `keep_bytes` only the header is kept.
+    async fn newest(
+        &self,
+        reader: &PartitionReader,
+        partition: i32,
+        keep_bytes: bool,
+    ) -> Result<HashMap<DeviceId, ParamsEnvelope<Vec<u8>>>> {
+        let mut newest: HashMap<DeviceId, ParamsEnvelope<Vec<u8>>> = HashMap::new();
+        reader
             .scan(partition, ScanFrom::Beginning, |_, key, payload| {
                 if payload.is_empty() {
-                    forget(&mut newest, key);
+                    if let Ok(device_id) = DeviceId::parse(key) {
+                        newest.remove(&device_id);
+                    }
                     return false;
                 }
-                if let Ok(envelope) = ParamsEnvelope::decode(payload) {
-                    let known = newest.get(&envelope.device_id).map(|(v, _)| *v);
-                    if known.is_none_or(|v| v <= envelope.version) {
-                        newest.insert(envelope.device_id, (envelope.version, envelope.params));
-                    }
+                let Ok(mut envelope) = ParamsEnvelope::decode(payload) else {
+                    self.skipped("undecodable");
+                    return false;
+                };
+                if !keep_bytes {
+                    envelope.params = Vec::new();
+                }
+                let known = newest.get(&envelope.device_id).map(|e| e.version);
+                if known.is_none_or(|version| version <= envelope.version) {
+                    newest.insert(envelope.device_id.clone(), envelope);
                 }
                 false
             })
             .await?;
-        Ok(newest
-            .into_iter()
-            .map(|(id, (_, state))| (id, state))
-            .collect())
+        Ok(newest)
     }
 
     fn skipped(&self, reason: &str) {
@@ -147,13 +147,6 @@ impl Checkpoints {
             .skipped
             .with_label_values(&["trainer", reason])
             .inc();
-    }
-}
-
-/// A device's tombstone (a record without a value): it was decommissioned.
-fn forget<T>(newest: &mut HashMap<DeviceId, T>, key: &str) {
-    if let Ok(device_id) = DeviceId::parse(key) {
-        newest.remove(&device_id);
     }
 }
 

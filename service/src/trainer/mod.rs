@@ -237,8 +237,12 @@ impl RecordHandler for TrainerHandler {
     async fn on_shutdown(&mut self) {
         let records = durable::stale_checkpoints(&self.state_topic, &self.models);
         let count = records.len();
+        // Queue them all, then wait: one round trip, not one per device.
+        let mut deliveries = Vec::with_capacity(count);
         for (topic, key, payload) in records {
-            let delivery = self.producer.enqueue(&topic, &key, &payload).await;
+            deliveries.push(self.producer.enqueue(&topic, &key, &payload).await);
+        }
+        for delivery in deliveries {
             if let Err(error) = delivery.confirmed().await {
                 tracing::warn!(%error, "checkpoint at shutdown lost");
             }
