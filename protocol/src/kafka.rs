@@ -56,6 +56,11 @@ impl KafkaTopics {
     pub fn commands(&self) -> String {
         self.of(Topic::Commands)
     }
+    /// Which tenant each device belongs to ([`crate::DirectoryEntry`]). Compacted; read
+    /// whole by every instance.
+    pub fn device_directory(&self) -> String {
+        self.of(Topic::DeviceDirectory)
+    }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
@@ -92,6 +97,7 @@ pub enum Topic {
     DeviceState,
     ModelParams,
     TrainerState,
+    DeviceDirectory,
     Alerts,
     Replies,
     Dlq,
@@ -100,12 +106,13 @@ pub enum Topic {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
         Topic::ModelParams,
         Topic::TrainerState,
+        Topic::DeviceDirectory,
         Topic::Alerts,
         Topic::Replies,
         Topic::Dlq,
@@ -119,6 +126,7 @@ impl Topic {
             Topic::DeviceState => "iot.device-state",
             Topic::ModelParams => "iot.model-params",
             Topic::TrainerState => "iot.trainer-state",
+            Topic::DeviceDirectory => "iot.device-directory",
             Topic::Alerts => "iot.alerts",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
@@ -129,11 +137,17 @@ impl Topic {
     pub fn compacted(self) -> bool {
         matches!(
             self,
-            Topic::DeviceState | Topic::ModelParams | Topic::TrainerState
+            Topic::DeviceState
+                | Topic::ModelParams
+                | Topic::TrainerState
+                | Topic::DeviceDirectory
         )
     }
 
-    /// Keyed by device id and read by the owner of the device's partition.
+    /// Keyed by device id and partitioned like telemetry, so the owner of a device's
+    /// partition writes (and mostly reads) the same partition number everywhere. (The
+    /// directory is read whole by every instance; sharing the partitioning lets the twin
+    /// owner tombstone it in the partition it owns.)
     pub fn co_partitioned(self) -> bool {
         matches!(
             self,
@@ -142,6 +156,7 @@ impl Topic {
                 | Topic::DeviceState
                 | Topic::ModelParams
                 | Topic::TrainerState
+                | Topic::DeviceDirectory
         )
     }
 
@@ -153,7 +168,10 @@ impl Topic {
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),
-            Topic::DeviceState | Topic::ModelParams | Topic::TrainerState => None,
+            Topic::DeviceState
+            | Topic::ModelParams
+            | Topic::TrainerState
+            | Topic::DeviceDirectory => None,
         }
     }
 }

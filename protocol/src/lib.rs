@@ -8,6 +8,7 @@ mod kafka;
 mod messages;
 mod mqtt;
 mod sequence;
+mod tenant;
 mod twin;
 
 pub use device_id::{DeviceId, DeviceIdError};
@@ -15,6 +16,7 @@ pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;
 pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};
 pub use sequence::SequenceTracker;
+pub use tenant::{DirectoryEntry, TenantId, TenantIdError, MAX_TENANT_ID_LEN};
 pub use twin::*;
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire.

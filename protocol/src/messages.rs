@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::DeviceId;
+use crate::{DeviceId, TenantId};
 
 /// Most metrics one telemetry message may carry.
 pub const MAX_METRICS: usize = 64;
@@ -179,6 +179,10 @@ pub struct DeviceEvent {
     pub device_id: DeviceId,
     /// When ingest received it (service clock, ms).
     pub received_ms: i64,
+    /// The device's tenant as ingest knew it (`iot.device-directory`): carried so that
+    /// the scorer and the alerts role route without a lookup. `None`: operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     pub body: DeviceEventBody,
 }
 
@@ -189,6 +193,10 @@ pub enum DeviceEventBody {
     State(StatePayload),
     Status(StatusPayload),
     Ack(AckPayload),
+    /// An operator decommissioned the device: every role forgets it (twin, commands,
+    /// model, episode) and tombstones what it keeps on compacted topics. Travels on the
+    /// device's own partition, so it is ordered with the device's events.
+    Decommissioned,
 }
 
 /// A refused input on `iot.dlq`, with the reason.
@@ -323,6 +331,10 @@ pub struct Alert {
     /// `{device}:{episode}`: the same for the raise and the clear of one episode.
     pub alert_id: String,
     pub device_id: DeviceId,
+    /// The device's tenant, from the scored event: who may see this alert besides
+    /// operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     pub state: AlertState,
     /// Anomaly score in [0, 1] of the event that changed the state.
     pub score: f64,
@@ -402,6 +414,7 @@ mod tests {
         let event = DeviceEvent {
             device_id: DeviceId::parse("d1").unwrap(),
             received_ms: 5,
+            tenant: TenantId::parse("acme").ok(),
             body: DeviceEventBody::Status(StatusPayload {
                 status: Connectivity::Offline,
                 ts: None,

@@ -139,6 +139,11 @@ pub enum DeviceRequestBody {
         command_id: String,
     },
     ListCommands,
+    /// Assign the device to a tenant (`None`: to no tenant). Operators only.
+    SetTenant {
+        #[serde(default)]
+        tenant: Option<crate::TenantId>,
+    },
 }
 
 impl DeviceRequestBody {
@@ -150,6 +155,7 @@ impl DeviceRequestBody {
             Self::GetTwin => "get_twin",
             Self::GetCommand { .. } => "get_command",
             Self::ListCommands => "list_commands",
+            Self::SetTenant { .. } => "set_tenant",
         }
     }
 

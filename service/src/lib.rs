@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
 pub mod demo;
 pub mod devices;
 pub mod error;
@@ -22,6 +23,8 @@ pub mod metrics;
 pub mod mqtt;
 pub mod scorer;
 pub mod settings;
+pub mod tenancy;
+pub mod tls;
 pub mod trainer;
 
 pub use error::Error;

@@ -72,6 +72,13 @@ pub struct Metrics {
     pub ws_alerts_dropped: IntCounter,
     /// Bad frames received from WebSocket clients.
     pub ws_bad_frames: IntCounter,
+    /// Calls refused for their credentials, by reason (missing, malformed, expired,
+    /// bad_signature, wrong_audience, ...; `scope` for a valid token lacking a scope).
+    pub auth_failures: IntCounterVec,
+    /// Devices in this instance's copy of `iot.device-directory`.
+    pub directory_devices: IntGauge,
+    /// Devices decommissioned (counted by the twin owner).
+    pub devices_decommissioned: IntCounter,
 }
 
 impl Metrics {
@@ -233,6 +240,19 @@ impl Metrics {
             ws_bad_frames: counter(
                 "fleetwatch_ws_bad_frames_total",
                 "Unusable frames received from WebSocket clients",
+            ),
+            auth_failures: counter_vec(
+                "fleetwatch_auth_failures_total",
+                "Calls refused for their credentials, by reason",
+                &["reason"],
+            ),
+            directory_devices: gauge(
+                "fleetwatch_directory_devices",
+                "Devices in this instance's copy of the device directory",
+            ),
+            devices_decommissioned: counter(
+                "fleetwatch_devices_decommissioned_total",
+                "Devices decommissioned by their twin owner",
             ),
             registry,
         }

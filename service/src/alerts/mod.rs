@@ -8,23 +8,31 @@
 //! `{"type":"subscribed","device_prefix":"..."}`, `{"type":"error","message":"..."}`.
 //! Frames from clients: `{"type":"subscribe","device_prefix":"..."}` narrows the stream to
 //! devices whose id starts with the prefix.
+//!
+//! Clients authenticate at the upgrade (`Authorization: Bearer <token>`, or
+//! `?access_token=<token>` for browsers, which cannot set headers on a WebSocket); a
+//! tenant's client receives its tenant's alerts only, an operator's every alert. Each
+//! tenant has its own broadcast channel, so an alert costs the same whatever the number
+//! of other tenants' clients. A connection is closed (1008, "token expired") when its
+//! token expires.
 
 mod config;
 mod role;
 mod ws;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use fleetwatch_protocol::{Alert, DeviceId};
+use fleetwatch_protocol::{Alert, DeviceId, TenantId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use config::AlertsConfig;
 pub use role::ROLE;
-pub use ws::serve;
+pub use ws::{serve, Server};
 
+use crate::auth::Caller;
 use crate::kafka::{decode_record, HandleError, Record, RecordHandler};
 use crate::metrics::Metrics;
 
@@ -35,6 +43,8 @@ pub const RECENT_ALERTS: usize = 50;
 #[derive(Clone, Debug)]
 pub struct AlertFrame {
     pub device_id: DeviceId,
+    /// Who besides operators receives it.
+    pub tenant: Option<TenantId>,
     /// `{"type":"alert",...}`, for clients connected when it happened.
     pub text: Arc<str>,
     /// `{"type":"recent",...}`, for clients that connect later.
@@ -63,8 +73,54 @@ pub enum ClientFrame {
     },
 }
 
+/// Where alerts go: every operator client, and the clients of the alert's tenant.
+pub struct Routes {
+    /// Alerts buffered per client (`alerts.client_queue`).
+    capacity: usize,
+    operators: broadcast::Sender<AlertFrame>,
+    tenants: Mutex<HashMap<TenantId, broadcast::Sender<AlertFrame>>>,
+}
+
+impl Routes {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            operators: broadcast::channel(capacity).0,
+            tenants: Mutex::default(),
+        }
+    }
+
+    /// A new client's stream: what `caller` may see.
+    pub fn subscribe(&self, caller: &Caller) -> broadcast::Receiver<AlertFrame> {
+        match &caller.tenant {
+            None => self.operators.subscribe(),
+            Some(tenant) => self
+                .tenants
+                .lock()
+                .entry(tenant.clone())
+                .or_insert_with(|| broadcast::channel(self.capacity).0)
+                .subscribe(),
+        }
+    }
+
+    /// Push `frame` to operators and to its tenant's clients. A tenant whose clients have
+    /// all gone loses its channel.
+    pub fn publish(&self, frame: AlertFrame) {
+        if let Some(tenant) = &frame.tenant {
+            let mut tenants = self.tenants.lock();
+            if let Some(channel) = tenants.get(tenant) {
+                if channel.send(frame.clone()).is_err() {
+                    tenants.remove(tenant);
+                }
+            }
+        }
+        // No receivers (no client connected) is fine: alerts are pushed, not stored here.
+        let _ = self.operators.send(frame);
+    }
+}
+
 pub struct AlertsHandler {
-    pub frames: broadcast::Sender<AlertFrame>,
+    pub routes: Arc<Routes>,
     pub recent: RecentAlerts,
     pub metrics: Arc<Metrics>,
 }
@@ -79,6 +135,7 @@ impl RecordHandler for AlertsHandler {
             text: serialize(ServerFrame::Alert { alert: &alert }).into(),
             recent_text: serialize(ServerFrame::Recent { alert: &alert }).into(),
             device_id: alert.device_id,
+            tenant: alert.tenant,
         };
         {
             let mut recent = self.recent.lock();
@@ -87,8 +144,7 @@ impl RecordHandler for AlertsHandler {
             }
             recent.push_back(frame.clone());
         }
-        // No receivers (no client connected) is fine: alerts are pushed, not stored here.
-        let _ = self.frames.send(frame);
+        self.routes.publish(frame);
         Ok(())
     }
 }

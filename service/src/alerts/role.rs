@@ -1,11 +1,11 @@
 //! The alerts role as the process starts it: a reader of every alert and the WebSocket
 //! server.
 
-use tokio::sync::broadcast;
+use std::sync::Arc;
 
 use fleetwatch_protocol::Topic;
 
-use super::{AlertsHandler, RecentAlerts};
+use super::{AlertsHandler, RecentAlerts, Routes, Server};
 use crate::app::{bind, holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::{Error, Result};
 use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
@@ -33,7 +33,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         .map_err(|e| Error::io("configuring WebSocket listener", e))?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| Error::io("registering WebSocket listener", e))?;
-    let (frames, _) = broadcast::channel(config.client_queue);
+    let routes = Arc::new(Routes::new(config.client_queue));
     // Every instance pushes every alert: a group of its own, starting at the newest.
     let group = format!("{}-{}", kafka.group_id("alerts"), launch.instance);
     let consumer = RoleConsumer::subscribe(
@@ -47,15 +47,22 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     )?;
     let recent = RecentAlerts::default();
     let handler = AlertsHandler {
-        frames: frames.clone(),
+        routes: routes.clone(),
         recent: recent.clone(),
         metrics: launch.metrics.clone(),
     };
     launch.consume("alerts", consumer, handler);
-    let (max_clients, metrics) = (config.max_clients, launch.metrics.clone());
+    let server = Server {
+        routes,
+        recent,
+        auth: launch.auth.clone(),
+        tls: launch.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        max_clients: config.max_clients,
+        metrics: launch.metrics.clone(),
+    };
     let shutdown = launch.shutdown.clone();
     launch.tasks.spawn(async move {
-        super::serve(listener, frames, recent, max_clients, metrics, shutdown).await;
+        super::serve(listener, server, shutdown).await;
         ("alerts-ws", Ok(()))
     });
     launch.ws_addr = Some(ws_addr);

@@ -1,30 +1,42 @@
-//! The WebSocket server (tokio-tungstenite).
+//! The WebSocket server (tokio-tungstenite), over TLS when configured.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{AlertFrame, ClientFrame, RecentAlerts, ServerFrame};
+use super::{ClientFrame, RecentAlerts, Routes, ServerFrame};
+use crate::auth::{bearer, query_token, Authenticator, Caller, Scope};
 use crate::metrics::Metrics;
 
 /// Largest frame accepted from a client: they only send small subscribe requests.
 const MAX_CLIENT_FRAME_BYTES: usize = 4096;
+/// A client must finish its TLS and WebSocket handshakes within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server needs besides its listener.
+pub struct Server {
+    pub routes: Arc<Routes>,
+    pub recent: RecentAlerts,
+    pub auth: Arc<Authenticator>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub max_clients: usize,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Accept WebSocket clients on `listener` until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    frames: broadcast::Sender<AlertFrame>,
-    recent: RecentAlerts,
-    max_clients: usize,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(max_clients));
+pub async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToken) {
+    let server = Arc::new(server);
+    let slots = Arc::new(Semaphore::new(server.max_clients));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -37,104 +49,193 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max_clients, "WebSocket client refused: too many clients");
+            tracing::warn!(%peer, max_clients = server.max_clients, "WebSocket client refused: too many clients");
             continue;
         };
-        let receiver = frames.subscribe();
-        let (metrics, shutdown, recent) = (metrics.clone(), shutdown.clone(), recent.clone());
+        let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move {
-            metrics.ws_clients.inc();
-            if let Err(error) = serve_client(stream, receiver, recent, &metrics, shutdown).await {
+            let served = match &server.tls {
+                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => server.serve_client(stream, shutdown).await,
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(_) => Ok(()),
+                },
+                None => server.serve_client(stream, shutdown).await,
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "WebSocket client ended with an error");
             }
-            metrics.ws_clients.dec();
             drop(slot);
         });
     }
 }
 
-/// The recent alerts of devices matching `prefix`, oldest first.
-fn recent_frames(recent: &RecentAlerts, prefix: &str) -> Vec<Arc<str>> {
+/// The recent alerts `caller` may see of devices matching `prefix`, oldest first.
+fn recent_frames(recent: &RecentAlerts, caller: &Caller, prefix: &str) -> Vec<Arc<str>> {
     recent
         .lock()
         .iter()
+        .filter(|frame| caller.sees(frame.tenant.as_ref()))
         .filter(|frame| frame.device_id.as_str().starts_with(prefix))
         .map(|frame| frame.recent_text.clone())
         .collect()
 }
 
-async fn serve_client(
-    stream: TcpStream,
-    mut alerts: broadcast::Receiver<AlertFrame>,
-    recent: RecentAlerts,
-    metrics: &Metrics,
-    shutdown: CancellationToken,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_CLIENT_FRAME_BYTES))
-        .max_frame_size(Some(MAX_CLIENT_FRAME_BYTES));
-    let mut socket = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
-    let mut device_prefix = String::new();
-    for text in recent_frames(&recent, &device_prefix) {
-        socket.send(Message::text(text.to_string())).await?;
+fn refusal(status: StatusCode, reason: &str, message: &str) -> ErrorResponse {
+    let body = serde_json::json!({ "error": message, "reason": reason }).to_string();
+    let mut response = ErrorResponse::new(Some(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Time until `caller`'s token expires; a long wait when it never does.
+fn until_expiry(caller: &Caller) -> Duration {
+    let now = fleetwatch_protocol::now_ms() / 1000;
+    caller.expires_at.map_or(Duration::from_secs(u32::MAX as u64), |at| {
+        Duration::from_secs(at.saturating_sub(now).max(0) as u64)
+    })
+}
+
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+impl Server {
+    /// Authenticate the upgrade request: the caller, or the refusal (401/403).
+    fn admit(&self, request: &Request) -> Result<Caller, ErrorResponse> {
+        let header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let from_query = query_token(request.uri().query());
+        let token = bearer(header).or(from_query.as_deref());
+        let caller = self
+            .auth
+            .check(token, &self.metrics)
+            .map_err(|failure| refusal(StatusCode::UNAUTHORIZED, failure.reason(), &failure.to_string()))?;
+        if !caller.has(Scope::Read) {
+            self.metrics.auth_failures.with_label_values(&["scope"]).inc();
+            return Err(refusal(StatusCode::FORBIDDEN, "scope", "the token lacks the `read` scope"));
+        }
+        Ok(caller)
     }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = socket.close(None).await;
-                return Ok(());
-            }
-            alert = alerts.recv() => match alert {
-                Ok(frame) => {
-                    if frame.device_id.as_str().starts_with(&device_prefix) {
-                        socket.send(Message::text(frame.text.to_string())).await?;
-                        metrics.ws_alerts_sent.inc();
-                    }
+
+    async fn serve_client<S>(&self, stream: S, shutdown: CancellationToken) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_CLIENT_FRAME_BYTES))
+            .max_frame_size(Some(MAX_CLIENT_FRAME_BYTES));
+        let mut caller = None;
+        let check = |request: &Request, response: Response| {
+            caller = Some(self.admit(request)?);
+            Ok(response)
+        };
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
+        let Ok(socket) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
+            return Ok(());
+        };
+        let (socket, Some(caller)) = (socket?, caller) else {
+            return Ok(());
+        };
+        self.metrics.ws_clients.inc();
+        let served = self.push(socket, &caller, shutdown).await;
+        self.metrics.ws_clients.dec();
+        served
+    }
+
+    /// Push alerts to an admitted client until it leaves, its token expires or the
+    /// server stops.
+    async fn push<S>(
+        &self,
+        mut socket: tokio_tungstenite::WebSocketStream<S>,
+        caller: &Caller,
+        shutdown: CancellationToken,
+    ) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut alerts = self.routes.subscribe(caller);
+        let expiry = tokio::time::sleep(until_expiry(caller));
+        tokio::pin!(expiry);
+        let mut device_prefix = String::new();
+        for text in recent_frames(&self.recent, caller, &device_prefix) {
+            socket.send(Message::text(text.to_string())).await?;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = socket.close(None).await;
+                    return Ok(());
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    metrics.ws_alerts_dropped.inc_by(missed);
-                    let text = serde_json::to_string(&ServerFrame::Lagged { missed }).expect("serializes");
-                    socket.send(Message::text(text)).await?;
+                _ = &mut expiry => {
+                    let frame = CloseFrame { code: CloseCode::Policy, reason: "token expired".into() };
+                    let _ = socket.close(Some(frame)).await;
+                    return Ok(());
                 }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
-            incoming = socket.next() => match incoming {
-                None | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Ok(Message::Text(text))) => {
-                    let reply = match serde_json::from_str::<ClientFrame>(&text) {
-                        Ok(ClientFrame::Subscribe { device_prefix: prefix }) => {
-                            device_prefix = prefix;
-                            ServerFrame::Subscribed { device_prefix: &device_prefix }
+                alert = alerts.recv() => match alert {
+                    Ok(frame) => {
+                        if frame.device_id.as_str().starts_with(&device_prefix) {
+                            socket.send(Message::text(frame.text.to_string())).await?;
+                            self.metrics.ws_alerts_sent.inc();
                         }
-                        Err(error) => {
-                            metrics.ws_bad_frames.inc();
-                            ServerFrame::Error {
-                                message: format!(
-                                    "unusable frame ({error}); send {{\"type\":\"subscribe\",\"device_prefix\":\"...\"}}"
-                                ),
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        self.metrics.ws_alerts_dropped.inc_by(missed);
+                        let text = serde_json::to_string(&ServerFrame::Lagged { missed }).expect("serializes");
+                        socket.send(Message::text(text)).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                incoming = socket.next() => match incoming {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Text(text))) => {
+                        let reply = self.answer(&text, &mut device_prefix);
+                        let subscribed = matches!(reply, ServerFrame::Subscribed { .. });
+                        let text = serde_json::to_string(&reply).expect("serializes");
+                        socket.send(Message::text(text)).await?;
+                        if subscribed {
+                            for text in recent_frames(&self.recent, caller, &device_prefix) {
+                                socket.send(Message::text(text.to_string())).await?;
                             }
                         }
-                    };
-                    let text = serde_json::to_string(&reply).expect("serializes");
-                    socket.send(Message::text(text)).await?;
-                    if matches!(reply, ServerFrame::Subscribed { .. }) {
-                        for text in recent_frames(&recent, &device_prefix) {
-                            socket.send(Message::text(text.to_string())).await?;
-                        }
                     }
+                    Some(Ok(Message::Binary(_))) => {
+                        self.metrics.ws_bad_frames.inc();
+                        let text = serde_json::to_string(&ServerFrame::Error {
+                            message: "binary frames are not understood; send JSON text".to_owned(),
+                        })
+                        .expect("serializes");
+                        socket.send(Message::text(text)).await?;
+                    }
+                    // Pings are answered by tungstenite; pongs and raw frames need nothing.
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return Err(error),
+                },
+            }
+        }
+    }
+
+    /// The reply to a client's frame (a subscription narrows `device_prefix`).
+    fn answer<'a>(&self, text: &str, device_prefix: &'a mut String) -> ServerFrame<'a> {
+        match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Subscribe {
+                device_prefix: prefix,
+            }) => {
+                *device_prefix = prefix;
+                ServerFrame::Subscribed { device_prefix }
+            }
+            Err(error) => {
+                self.metrics.ws_bad_frames.inc();
+                ServerFrame::Error {
+                    message: format!(
+                        "unusable frame ({error}); send {{\"type\":\"subscribe\",\"device_prefix\":\"...\"}}"
+                    ),
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    metrics.ws_bad_frames.inc();
-                    let text = serde_json::to_string(&ServerFrame::Error {
-                        message: "binary frames are not understood; send JSON text".to_owned(),
-                    })
-                    .expect("serializes");
-                    socket.send(Message::text(text)).await?;
-                }
-                // Pings are answered by tungstenite; pongs and raw frames need nothing.
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error),
-            },
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub use roles::{
     bind, holds_partitions, markdown_table, Launch, Membership, RoleSpec, RoleTasks, Roles, ROLES,
 };
 
+use crate::auth::Authenticator;
 use crate::devices::DeviceRegistry;
 use crate::error::{Error, Result};
 use crate::http::{HttpState, RepliesHandler, RequestClient, Started};
@@ -43,6 +44,9 @@ pub async fn start(
     roles: Roles,
     shutdown: CancellationToken,
 ) -> Result<RunningApp> {
+    let auth = Arc::new(Authenticator::new(&settings.auth)?);
+    let tls = crate::tls::server_config(&settings.tls)?;
+    warn_if_exposed(settings, &auth, tls.is_some());
     let metrics = Arc::new(Metrics::new());
     let mut tasks = RoleTasks::new();
     tasks.spawn(heartbeat(metrics.clone(), shutdown.clone()));
@@ -56,14 +60,27 @@ pub async fn start(
     let http_addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading HTTP address", e))?;
-    let http_state = Arc::new(HttpState::new(settings, roles.clone(), metrics.clone()));
-    let http = crate::http::start(listener, http_state.clone())?;
+    let http_state = Arc::new(HttpState::new(
+        settings,
+        roles.clone(),
+        metrics.clone(),
+        auth.clone(),
+    ));
+    let http = crate::http::start(listener, http_state.clone(), tls.clone())?;
 
     ensure_topics(kafka).await?;
     let producer = Producer::new(kafka, metrics.clone())?;
     let instance = instance_name(settings);
     let requests = start_replies(
         settings, &instance, &producer, &metrics, &mut tasks, &shutdown,
+    )
+    .await?;
+    let directory = crate::tenancy::start_directory(
+        kafka,
+        &settings.tenancy,
+        metrics.clone(),
+        shutdown.clone(),
+        &mut tasks,
     )
     .await?;
     let mut launch = Launch {
@@ -78,6 +95,9 @@ pub async fn start(
         registry: None,
         ws_addr: None,
         model_params: None,
+        auth,
+        directory: directory.clone(),
+        tls,
     };
     for role in roles.specs() {
         (role.start)(&mut launch)?;
@@ -89,6 +109,7 @@ pub async fn start(
         requests,
         ws_port: ws_addr.map(|addr| addr.port()),
         model_params,
+        directory,
     });
     tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");
     Ok(RunningApp {
@@ -101,6 +122,28 @@ pub async fn start(
         http,
         shutdown,
     })
+}
+
+/// Say so when callers beyond this machine could reach the service without
+/// authentication, or send their tokens in the clear.
+fn warn_if_exposed(settings: &Settings, auth: &Authenticator, tls: bool) {
+    let loopback_only = [&settings.http.bind, &settings.alerts.bind].iter().all(|bind| {
+        bind.parse::<SocketAddr>()
+            .is_ok_and(|addr| addr.ip().is_loopback())
+            || bind.starts_with("localhost:")
+    });
+    if loopback_only {
+        return;
+    }
+    if !auth.enabled() {
+        tracing::warn!(
+            "authentication is off (auth.mode = \"none\") and the service listens beyond loopback: anyone who reaches it can read and command every device"
+        );
+    } else if !tls {
+        tracing::warn!(
+            "authentication is on without TLS (tls.cert_file, tls.key_file) beyond loopback: tokens travel in the clear unless an ingress terminates TLS"
+        );
+    }
 }
 
 /// This process's name on `iot.replies` and in marker records: unique per process, since

@@ -10,6 +10,7 @@ use fleetwatch_protocol::{KafkaTopics, Topic};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::devices::DeviceRegistry;
 use crate::error::{Error, Result};
 use crate::http::RequestClient;
@@ -17,6 +18,7 @@ use crate::kafka::{consume, Producer, RecordHandler, RoleConsumer};
 use crate::metrics::Metrics;
 use crate::scorer::SharedParams;
 use crate::settings::Settings;
+use crate::tenancy::Directory;
 
 /// How a role's instances share the work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,12 @@ pub struct Launch<'a> {
     /// Set by the scorer role: the parameters it scores with, for `GET
     /// /devices/{id}/model`.
     pub model_params: Option<SharedParams>,
+    /// Checks callers' tokens (the alerts WebSocket).
+    pub auth: Arc<Authenticator>,
+    /// Which tenant each device belongs to (ingest stamps events with it).
+    pub directory: Arc<Directory>,
+    /// TLS for the role's own listeners, when configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Launch<'_> {

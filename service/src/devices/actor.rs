@@ -74,7 +74,7 @@ impl DeviceActor {
     /// publish to the device. Returns the pending write.
     fn carry_out(&mut self, effects: Effects) -> Option<ChangelogWrite> {
         self.count_online();
-        let device = &self.twin.device_id;
+        let device = self.twin.device_id.clone();
         let metrics = &self.shared.metrics;
         for state in &effects.entered {
             metrics
@@ -99,7 +99,7 @@ impl DeviceActor {
         }
         let write = effects
             .persist
-            .then(|| self.shared.changelog.write(&self.twin));
+            .then(|| self.shared.changelog.write(&mut self.twin));
         for message in effects.downlink {
             let (kind, payload) = match &message {
                 Downlink::Command(command) => {
@@ -191,7 +191,7 @@ impl DeviceActor {
             ctx.stop();
             return;
         }
-        let write = self.shared.changelog.write(&self.twin);
+        let write = self.shared.changelog.write(&mut self.twin);
         let (shared, device, me) = (
             self.shared.clone(),
             self.twin.device_id.clone(),
@@ -261,6 +261,14 @@ impl DeviceActor {
                 ),
                 Err(refused) => (status_of(&refused), error(refused.to_string()), Effects::default()),
             },
+            DeviceRequestBody::SetTenant { tenant } => {
+                let effects = self.twin.set_tenant(tenant);
+                (
+                    ReplyStatus::Ok,
+                    json!({ "device_id": self.twin.device_id, "tenant": self.twin.tenant }),
+                    effects,
+                )
+            }
             DeviceRequestBody::SetDesired {
                 desired,
                 merge,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetwatch_protocol::DeviceId;
+use fleetwatch_protocol::{DeviceId, DirectoryEntry};
 use parking_lot::RwLock;
 
 use super::twin::Twin;
@@ -29,24 +29,43 @@ pub struct Changelog {
     producer: Producer,
     /// Scans run in the devices consumer's task, one after the other.
     reader: PartitionReader,
+    /// `iot.device-directory`, where twins are listed with their tenant.
+    directory_topic: String,
     index: RwLock<HashMap<DeviceId, Stored>>,
     metrics: Arc<Metrics>,
 }
 
 impl Changelog {
     /// The changelog written by `producer` and read back by `reader` (same topic).
-    pub fn new(producer: Producer, reader: PartitionReader, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        producer: Producer,
+        reader: PartitionReader,
+        directory_topic: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             producer,
             reader,
+            directory_topic,
             index: RwLock::new(HashMap::new()),
             metrics,
         }
     }
 
     /// Queue the twin's record now (so records keep the order of the changes) and
-    /// return its pending write.
-    pub fn write(self: &Arc<Self>, twin: &Twin) -> ChangelogWrite {
+    /// return its pending write. A twin not yet `listed` is listed in the directory by the
+    /// same write (and marked so before it is serialized).
+    pub fn write(self: &Arc<Self>, twin: &mut Twin) -> ChangelogWrite {
+        let listing = (!twin.listed).then(|| {
+            twin.listed = true;
+            let entry = DirectoryEntry {
+                device_id: twin.device_id.clone(),
+                tenant: twin.tenant.clone(),
+            };
+            let payload = serde_json::to_vec(&entry).expect("entries serialize");
+            self.producer
+                .enqueue_now(&self.directory_topic, twin.device_id.as_str(), &payload)
+        });
         let payload = serde_json::to_vec(twin).expect("twins serialize");
         self.metrics.twin_writes.inc();
         ChangelogWrite {
@@ -58,7 +77,20 @@ impl Changelog {
                 twin.device_id.as_str(),
                 &payload,
             ),
+            listing,
         }
+    }
+
+    /// Tombstone the device's twin and directory entry (decommissioning): compaction
+    /// then removes them, and no restart or new owner brings them back.
+    pub async fn remove(&self, device_id: &DeviceId, partition: i32) -> Result<()> {
+        let key = device_id.as_str();
+        let twin = self.producer.enqueue_empty(self.reader.topic(), partition, key);
+        let listing = self.producer.enqueue_empty(&self.directory_topic, partition, key);
+        twin.confirmed().await?;
+        listing.confirmed().await?;
+        self.index.write().remove(device_id);
+        Ok(())
     }
 
     /// Where the device's newest record is, if it has one in an owned partition.
@@ -90,6 +122,11 @@ impl Changelog {
         let metrics = self.metrics.clone();
         self.reader
             .scan(partition, ScanFrom::Beginning, |offset, key, payload| {
+                if payload.is_empty() {
+                    // A decommissioned device's tombstone: forget its earlier records.
+                    newest.retain(|device_id, _| device_id.as_str() != key);
+                    return false;
+                }
                 match serde_json::from_slice::<Twin>(payload) {
                     Ok(twin) if twin.device_id.as_str() == key => {
                         newest.insert(twin.device_id.clone(), (twin, offset));
@@ -167,11 +204,17 @@ pub struct ChangelogWrite {
     device_id: DeviceId,
     version: u64,
     delivery: Delivery,
+    /// The directory entry written with it, if any.
+    listing: Option<Delivery>,
 }
 
 impl ChangelogWrite {
-    /// Wait until Kafka confirmed the record, then remember where it is.
+    /// Wait until Kafka confirmed the record (and its directory entry), then remember
+    /// where it is.
     pub async fn confirmed(self) -> Result<()> {
+        if let Some(listing) = self.listing {
+            listing.confirmed().await?;
+        }
         let (partition, offset) = self.delivery.confirmed_at().await?;
         let mut index = self.changelog.index.write();
         let stored = index.entry(self.device_id).or_insert(Stored {

@@ -13,9 +13,13 @@ mod twin;
 
 use std::sync::Arc;
 
-use fleetwatch_protocol::{DeviceEvent, DeviceId, DeviceReply, DeviceRequest, ReplyStatus};
+use fleetwatch_protocol::{
+    DeviceEvent, DeviceEventBody, DeviceId, DeviceReply, DeviceRequest, ReplyStatus,
+};
 
-pub use actor::{Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleRequest, TwinView};
+pub use actor::{
+    Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleRequest, Stop, TwinView,
+};
 pub use changelog::Changelog;
 pub use config::{DevicesConfig, TwinRules};
 pub use registry::{DeviceRegistry, LiveActors};
@@ -27,6 +31,7 @@ pub use twin::{
 use crate::kafka::{decode_record, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttPublisher;
+use crate::tenancy::Directory;
 
 /// What every device actor of an instance shares.
 pub struct Shared {
@@ -35,6 +40,9 @@ pub struct Shared {
     pub downlink: MqttPublisher,
     pub metrics: Arc<Metrics>,
     pub live: LiveActors,
+    /// Tenants of devices not yet seen here (provisioning rules, or an assignment made
+    /// before the twin existed).
+    pub directory: Arc<Directory>,
 }
 
 /// Create the registry. Must be called inside an actix `System`.
@@ -42,6 +50,7 @@ pub fn registry(
     config: DevicesConfig,
     changelog: Arc<Changelog>,
     downlink: MqttPublisher,
+    directory: Arc<Directory>,
     metrics: Arc<Metrics>,
 ) -> DeviceRegistry {
     DeviceRegistry::new(Arc::new(Shared {
@@ -50,6 +59,7 @@ pub fn registry(
         downlink,
         metrics,
         live: LiveActors::default(),
+        directory,
     }))
 }
 
@@ -109,8 +119,29 @@ impl DevicesHandler {
         )))
     }
 
+    /// Remove every trace of the device here: its actor, its twin (with its commands)
+    /// and its directory entry, tombstoned so they stay gone. The trainer and the scorer
+    /// see the same record and forget their part.
+    async fn decommission(&self, device_id: &DeviceId, partition: i32) -> Result<(), HandleError> {
+        if let Some(actor) = self.registry.get(device_id) {
+            let _ = actor.send(Stop).await;
+            self.registry.forget(device_id, &actor);
+        }
+        self.registry
+            .changelog()
+            .remove(device_id, partition)
+            .await
+            .map_err(Self::retry)?;
+        self.metrics.devices_decommissioned.inc();
+        tracing::info!(device = %device_id, "device decommissioned");
+        Ok(())
+    }
+
     async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
         let device_id = event.device_id.clone();
+        if event.body == DeviceEventBody::Decommissioned {
+            return self.decommission(&device_id, partition).await;
+        }
         let applied = self
             .ask_actor(&device_id, partition, true, || ApplyEvent(event.clone()))
             .await?;

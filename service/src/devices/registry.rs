@@ -148,7 +148,11 @@ impl DeviceRegistry {
         }
         let twin = match self.shared.changelog.read(device_id).await? {
             Some(twin) => twin,
-            None if create => Twin::new(device_id.clone()),
+            None if create => {
+                let mut twin = Twin::new(device_id.clone());
+                twin.tenant = self.shared.directory.tenant_of(device_id);
+                twin
+            }
             None => return Ok(None),
         };
         Ok(Some(self.start(twin, partition)))

@@ -35,6 +35,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let changelog = Arc::new(Changelog::new(
         launch.producer.clone(),
         reader,
+        launch.topics.device_directory(),
         launch.metrics.clone(),
     ));
     let downlink = MqttPublisher::start(
@@ -48,6 +49,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         settings.devices.clone(),
         changelog,
         downlink,
+        launch.directory.clone(),
         launch.metrics.clone(),
     ));
     let consumer = RoleConsumer::subscribe(

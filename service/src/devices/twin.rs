@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use fleetwatch_protocol::{
     AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep, Connectivity,
     DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand, SequenceTracker,
-    TelemetryPayload,
+    TelemetryPayload, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +86,14 @@ pub struct Twin {
     pub events: u64,
     #[serde(default)]
     pub duplicates: u64,
+    /// The tenant the device belongs to (`None`: operators only). Set by operators or,
+    /// for a new device, by the provisioning rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+    /// Whether `iot.device-directory` has this twin with its current tenant; the next
+    /// twin write lists it when not.
+    #[serde(default)]
+    pub listed: bool,
 }
 
 /// The last telemetry reading, kept compactly: a live twin holds one per device, and a
@@ -218,7 +226,18 @@ impl Twin {
             commands: Vec::new(),
             events: 0,
             duplicates: 0,
+            tenant: None,
+            listed: false,
         }
+    }
+
+    /// Move the device to `tenant` (`None`: to no tenant). The directory is updated by
+    /// the write this asks for.
+    pub fn set_tenant(&mut self, tenant: Option<TenantId>) -> Effects {
+        self.tenant = tenant;
+        self.listed = false;
+        self.version += 1;
+        Effects::persist()
     }
 
     /// Desired keys whose value differs from the reported one.
@@ -277,6 +296,8 @@ impl Twin {
                 ));
             }
             DeviceEventBody::Ack(ack) => effects.merge(self.apply_ack(ack, at_ms)),
+            // The devices role removes the twin itself; nothing to apply to it.
+            DeviceEventBody::Decommissioned => return Some(Effects::default()),
         }
         self.events += 1;
         self.last_seen_ms = Some(at_ms);

@@ -2,6 +2,7 @@
 //! live page. Every error is JSON: `{"error": "..."}` with a 4xx or 5xx status.
 
 mod config;
+mod guard;
 mod requests;
 
 use std::net::TcpListener;
@@ -20,11 +21,13 @@ pub use config::HttpConfig;
 pub use requests::{RepliesHandler, RequestClient, RequestError};
 
 use crate::app::Roles;
-use crate::devices::{DeviceRegistry, GetTwin, HandleRequest};
+use crate::auth::{Authenticator, Caller};
+use crate::devices::{DeviceRegistry, HandleRequest};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::scorer::SharedParams;
 use crate::settings::Settings;
+use crate::tenancy::Directory;
 
 /// What the handlers can reach. The server starts before the roles (so health answers
 /// while Kafka is slow); what the roles provide is connected once they have started.
@@ -36,6 +39,9 @@ pub struct HttpState {
     pub max_command_ttl_ms: u64,
     /// How long the async runtime may miss its heartbeat before liveness fails.
     pub wedged_after_secs: i64,
+    pub auth: Arc<Authenticator>,
+    /// Paths served without a token.
+    pub open_paths: Vec<String>,
     started: OnceLock<Started>,
 }
 
@@ -48,13 +54,22 @@ pub struct Started {
     pub ws_port: Option<u16>,
     /// The scorer's parameters, when this process scores.
     pub model_params: Option<SharedParams>,
+    /// Which tenant each device belongs to.
+    pub directory: Arc<Directory>,
 }
 
 impl HttpState {
-    pub fn new(settings: &Settings, roles: Roles, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        roles: Roles,
+        metrics: Arc<Metrics>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
         Self {
             metrics,
             roles,
+            auth,
+            open_paths: settings.auth.open_paths.clone(),
             max_page_size: settings.http.max_page_size,
             default_command_ttl_ms: settings.http.default_command_ttl_ms,
             max_command_ttl_ms: settings.http.max_command_ttl_ms,
@@ -83,6 +98,10 @@ impl HttpState {
 
     fn requests(&self) -> std::result::Result<&Arc<RequestClient>, ApiError> {
         Ok(&self.started()?.requests)
+    }
+
+    fn directory(&self) -> std::result::Result<&Arc<Directory>, ApiError> {
+        Ok(&self.started()?.directory)
     }
 }
 
@@ -128,15 +147,6 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-fn registry(state: &HttpState) -> std::result::Result<&Arc<DeviceRegistry>, ApiError> {
-    state.started()?.registry.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the devices role does not run in this process",
-        )
-    })
-}
-
 fn device_id(raw: &str) -> std::result::Result<DeviceId, ApiError> {
     DeviceId::parse(raw).map_err(|e| bad_request(e.to_string()))
 }
@@ -146,17 +156,20 @@ fn device_id(raw: &str) -> std::result::Result<DeviceId, ApiError> {
 struct ListQuery {
     prefix: Option<String>,
     limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<String>,
 }
 
-/// The live devices of this instance (owned partitions, not passivated).
+/// The caller's devices across the whole fleet (the directory every instance holds), in
+/// id order, a page at a time: `?after=` the previous page's `next`.
 async fn list_devices(
     state: web::Data<HttpState>,
+    caller: Option<web::ReqData<Caller>>,
     query: std::result::Result<web::Query<ListQuery>, actix_web::Error>,
 ) -> ApiResult {
     let query = query
-        .map_err(|e| bad_request(format!("bad query: {e}; use ?prefix=&limit=")))?
+        .map_err(|e| bad_request(format!("bad query: {e}; use ?prefix=&limit=&after=")))?
         .into_inner();
-    let registry = registry(&state)?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > state.max_page_size {
         return Err(bad_request(format!(
@@ -164,24 +177,55 @@ async fn list_devices(
             state.max_page_size
         )));
     }
-    let prefix = query.prefix.unwrap_or_default();
-    let matching: Vec<_> = registry
-        .all()
+    let after = query.after.as_deref().map(device_id).transpose()?;
+    let caller = caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner());
+    let page = state.directory()?.page(
+        caller.tenant.as_ref(),
+        query.prefix.as_deref().unwrap_or_default(),
+        after.as_ref(),
+        limit,
+    );
+    let devices: Vec<_> = page
+        .devices
         .into_iter()
-        .filter(|(id, _)| id.as_str().starts_with(&prefix))
+        .map(|(device_id, tenant)| json!({ "device_id": device_id, "tenant": tenant }))
         .collect();
-    let total = matching.len();
-    let mut devices = Vec::with_capacity(limit.min(total));
-    for (_, actor) in matching.into_iter().take(limit) {
-        if let Ok(view) = actor.send(GetTwin).await {
-            devices.push(view);
-        }
-    }
-    Ok(HttpResponse::Ok().json(json!({
-        "total": total,
-        "known_here": registry.known_devices(),
-        "devices": devices,
-    })))
+    Ok(HttpResponse::Ok().json(json!({ "devices": devices, "next": page.next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    /// `null` takes the device out of every tenant (operators only).
+    tenant: Option<fleetwatch_protocol::TenantId>,
+}
+
+/// Assign the device to a tenant (operators; the guard checks). Durable: the twin owner
+/// writes it to the twin and the directory.
+async fn set_tenant(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: std::result::Result<web::Json<TenantBody>, actix_web::Error>,
+) -> ApiResult {
+    let device_id = device_id(&path)?;
+    let TenantBody { tenant } = body
+        .map_err(|e| bad_request(format!("tenant: {e}; expected {{\"tenant\": \"acme\"}} or {{\"tenant\": null}}")))?
+        .into_inner();
+    let reply = ask(&state, &device_id, DeviceRequestBody::SetTenant { tenant }).await?;
+    Ok(relay(reply))
+}
+
+/// Decommission the device (operators; the guard checks): its twin, commands, model and
+/// directory entry are removed by the roles as they meet the announcement, in order with
+/// the device's events. 202: accepted, done within moments.
+async fn decommission(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let device_id = device_id(&path)?;
+    state
+        .requests()?
+        .decommission(&device_id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(HttpResponse::Accepted().json(json!({ "device_id": device_id, "decommissioned": true })))
 }
 
 /// Answer with the owner's reply, mapped to HTTP.
@@ -563,18 +607,29 @@ async fn wrong_method(request: HttpRequest) -> ApiResult {
     ))
 }
 
-/// Start the server on `listener`; returns the handle that stops it.
-pub fn start(listener: TcpListener, state: Arc<HttpState>) -> Result<ServerHandle> {
+/// Start the server on `listener` (TLS when `tls` is given); returns the handle that
+/// stops it.
+pub fn start(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<ServerHandle> {
     let state = web::Data::from(state);
     let server = HttpServer::new(move || {
         // Each path is one resource, so a wrong method gets 405 rather than 404.
         let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
         App::new()
+            .wrap(actix_web::middleware::from_fn(guard::guard))
             .app_data(state.clone())
             .app_data(web::JsonConfig::default().limit(64 * 1024))
             .service(resource("/").route(web::get().to(page)))
             .service(resource("/devices").route(web::get().to(list_devices)))
-            .service(resource("/devices/{id}").route(web::get().to(get_device)))
+            .service(
+                resource("/devices/{id}")
+                    .route(web::get().to(get_device))
+                    .route(web::delete().to(decommission)),
+            )
+            .service(resource("/devices/{id}/tenant").route(web::put().to(set_tenant)))
             .service(resource("/devices/{id}/model").route(web::get().to(get_model)))
             .service(
                 resource("/devices/{id}/desired")
@@ -598,8 +653,11 @@ pub fn start(listener: TcpListener, state: Arc<HttpState>) -> Result<ServerHandl
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (*tls).clone()),
+        None => server.listen(listener),
+    }
     .map_err(|e| Error::io("starting HTTP server", e))?
     .run();
     let handle = server.handle();

@@ -32,6 +32,9 @@ pub struct RequestClient {
     /// This instance's name on `iot.replies`.
     instance: String,
     commands_topic: String,
+    /// Decommissionings travel on the device's telemetry partition, in order with its
+    /// events, so every role that reads them forgets the device at the same point.
+    telemetry_topic: String,
     producer: Producer,
     pending: Mutex<HashMap<String, oneshot::Sender<DeviceReply>>>,
     max_pending: usize,
@@ -52,6 +55,7 @@ impl RequestClient {
         Self {
             instance,
             commands_topic: topics.commands(),
+            telemetry_topic: topics.telemetry(),
             producer,
             pending: Mutex::new(HashMap::new()),
             max_pending,
@@ -59,6 +63,19 @@ impl RequestClient {
             counter: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// Announce that the device is decommissioned; returns once Kafka has the record.
+    pub async fn decommission(&self, device_id: &DeviceId) -> crate::error::Result<()> {
+        let event = fleetwatch_protocol::DeviceEvent {
+            device_id: device_id.clone(),
+            received_ms: now_ms(),
+            tenant: None,
+            body: fleetwatch_protocol::DeviceEventBody::Decommissioned,
+        };
+        self.producer
+            .send_json(&self.telemetry_topic, device_id.as_str(), &event)
+            .await
     }
 
     /// A new id, unique across instances and restarts.

@@ -63,6 +63,8 @@ pub fn classify(
         Ok(body) => Verdict::Forward(DeviceEvent {
             device_id,
             received_ms,
+            // Stamped by ingest from the directory.
+            tenant: None,
             body,
         }),
         Err(error) => dead_letter(error.to_string(), "payload", Some(device_id)),

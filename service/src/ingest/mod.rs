@@ -27,12 +27,15 @@ use crate::error::{Error, Result};
 use crate::kafka::Producer;
 use crate::metrics::Metrics;
 use crate::mqtt::MqttConfig;
+use crate::tenancy::Directory;
 
 pub struct Ingest {
     pub config: IngestConfig,
     pub mqtt: MqttConfig,
     pub topics: KafkaTopics,
     pub producer: Producer,
+    /// Each event is stamped with its device's tenant from here.
+    pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -61,6 +64,11 @@ impl Ingest {
         // in the order messages arrived (MQTT 5 §4.6), so a message is acknowledged only
         // once it and everything before it is confirmed: head-of-line order.
         let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        // Events are stamped with their tenant: not before the directory is whole.
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = self.directory.wait_loaded() => {}
+        }
 
         let outcome = loop {
             tokio::select! {
@@ -181,7 +189,8 @@ impl Ingest {
             self.config.max_payload_bytes,
             now_ms(),
         ) {
-            Verdict::Forward(event) => {
+            Verdict::Forward(mut event) => {
+                event.tenant = self.directory.tenant_of(&event.device_id);
                 self.metrics
                     .ingest_messages
                     .with_label_values(&["forwarded"])

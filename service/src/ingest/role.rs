@@ -23,6 +23,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         mqtt: launch.settings.mqtt.clone(),
         topics: launch.topics.clone(),
         producer: launch.producer.clone(),
+        directory: launch.directory.clone(),
         metrics: launch.metrics.clone(),
     };
     let shutdown = launch.shutdown.clone();

@@ -25,6 +25,8 @@ pub enum ConsumerRole {
     Alerts,
     /// Each instance's reader of `iot.replies`.
     Replies,
+    /// Each instance's reader of `iot.device-directory`.
+    Directory,
 }
 
 impl ConsumerRole {
@@ -36,6 +38,7 @@ impl ConsumerRole {
             Self::ScorerParams => "scorer-params",
             Self::Alerts => "alerts",
             Self::Replies => "replies",
+            Self::Directory => "directory",
         }
     }
 }
@@ -219,6 +222,27 @@ impl RoleConsumer {
         })
         .await
         .map_err(|e| Error::Config(format!("assignment task failed: {e}")))?
+    }
+
+    /// Each partition's end (high watermark) of `topic` now: where a reader from the
+    /// beginning has caught up.
+    pub async fn end_offsets(&self, topic: &str) -> Result<std::collections::HashMap<i32, i64>> {
+        let (consumer, topic) = (self.inner.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+            let mut ends = std::collections::HashMap::new();
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
+                    .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
+                ends.insert(partition.id(), high);
+            }
+            Ok(ends)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("watermark task failed: {e}")))?
     }
 
     /// Every partition of `topic`, starting at `start_at`. Blocks.
@@ -422,22 +446,35 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Decode a record of `iot.telemetry` and keep it only if it carries metrics (the roles
-/// that model data skip state, status and acknowledgements).
-pub fn decode_telemetry(
-    record: &Record<'_>,
-    role: &str,
-    metrics: &Metrics,
-) -> Option<(
-    fleetwatch_protocol::DeviceId,
-    fleetwatch_protocol::TelemetryPayload,
-)> {
+/// What the modelling roles (trainer, scorer) take from `iot.telemetry`.
+pub enum ModelInput {
+    /// A reading, with the device's tenant as ingest stamped it.
+    Reading {
+        device_id: fleetwatch_protocol::DeviceId,
+        tenant: Option<fleetwatch_protocol::TenantId>,
+        telemetry: fleetwatch_protocol::TelemetryPayload,
+    },
+    /// The device was decommissioned: forget it.
+    Forget(fleetwatch_protocol::DeviceId),
+}
+
+/// Decode a record of `iot.telemetry` for a modelling role: readings and
+/// decommissionings; state, status and acknowledgements are not theirs.
+pub fn decode_model_input(record: &Record<'_>, role: &str, metrics: &Metrics) -> Option<ModelInput> {
     use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
     let DeviceEvent {
-        device_id, body, ..
+        device_id,
+        tenant,
+        body,
+        ..
     } = decode_record(record, role, metrics)?;
     match body {
-        DeviceEventBody::Telemetry(telemetry) => Some((device_id, telemetry)),
+        DeviceEventBody::Telemetry(telemetry) => Some(ModelInput::Reading {
+            device_id,
+            tenant,
+            telemetry,
+        }),
+        DeviceEventBody::Decommissioned => Some(ModelInput::Forget(device_id)),
         _ => None,
     }
 }

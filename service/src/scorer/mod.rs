@@ -29,7 +29,7 @@ pub use config::ScorerConfig;
 pub use params::{DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
 pub use role::ROLE;
 
-use crate::kafka::{decode_telemetry, HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{decode_model_input, HandleError, ModelInput, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 #[derive(Default)]
@@ -129,6 +129,7 @@ impl ScoringHandler {
     fn alert(
         &self,
         device_id: DeviceId,
+        tenant: Option<fleetwatch_protocol::TenantId>,
         telemetry: &TelemetryPayload,
         (transition, score, model_version): (Transition, Score, u64),
     ) -> Alert {
@@ -141,6 +142,7 @@ impl ScoringHandler {
         Alert {
             alert_id: format!("{device_id}:{opened_at}"),
             device_id,
+            tenant,
             state,
             score: score.value,
             threshold: self.rules.threshold,
@@ -168,13 +170,25 @@ impl RecordHandler for ScoringHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
-        let Some((device_id, telemetry)) = decode_telemetry(record, "scorer", &self.metrics) else {
-            return Ok(());
-        };
+        let (device_id, tenant, telemetry) =
+            match decode_model_input(record, "scorer", &self.metrics) {
+                Some(ModelInput::Reading {
+                    device_id,
+                    tenant,
+                    telemetry,
+                }) => (device_id, tenant, telemetry),
+                Some(ModelInput::Forget(device_id)) => {
+                    // Its parameters' tombstone follows on the parameters topic.
+                    self.devices.remove(&device_id);
+                    self.params.write().remove(&device_id);
+                    return Ok(());
+                }
+                None => return Ok(()),
+            };
         let Some(scored) = self.score(&device_id, &telemetry) else {
             return Ok(());
         };
-        self.unsent = Some(self.alert(device_id, &telemetry, scored));
+        self.unsent = Some(self.alert(device_id, tenant, &telemetry, scored));
         self.send_unsent().await
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
+use crate::auth::AuthConfig;
 use crate::devices::DevicesConfig;
 use crate::error::{Error, Result};
 use crate::http::HttpConfig;
@@ -16,6 +17,8 @@ use crate::ingest::IngestConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
+use crate::tenancy::TenancyConfig;
+use crate::tls::TlsConfig;
 use crate::trainer::TrainerConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +32,9 @@ pub struct Settings {
     pub scorer: ScorerConfig,
     pub alerts: AlertsConfig,
     pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub tenancy: TenancyConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";

@@ -27,7 +27,7 @@ pub use config::TrainerConfig;
 pub use durable::{Checkpoints, TrainerPartitions};
 pub use role::ROLE;
 
-use crate::kafka::{decode_telemetry, HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{decode_model_input, HandleError, ModelInput, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 
 struct DeviceModel {
@@ -180,6 +180,25 @@ impl TrainerHandler {
     }
 }
 
+impl TrainerHandler {
+    /// A decommissioned device: drop its model and tombstone its parameters and
+    /// checkpoint, so neither comes back after a restart; a device that returns with
+    /// the same id starts a fresh model.
+    async fn forget(&self, device_id: &DeviceId, partition: i32) -> Result<(), HandleError> {
+        self.models.lock().devices.remove(device_id);
+        let key = device_id.as_str();
+        let params = self.producer.enqueue_empty(&self.params_topic, partition, key);
+        let state = self.producer.enqueue_empty(&self.state_topic, partition, key);
+        for delivery in [params, state] {
+            delivery
+                .confirmed()
+                .await
+                .map_err(|error| HandleError::Retry(error.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 impl TrainerHandler {
     /// Move `device_id`'s last publication `ago` further into the past, as if that much
@@ -202,13 +221,19 @@ impl RecordHandler for TrainerHandler {
             .ensure_restored(record.partition, &self.models, &self.config.model)
             .await
             .map_err(|error| HandleError::Retry(error.to_string()))?;
-        let Some((device_id, telemetry)) = decode_telemetry(record, "trainer", &self.metrics)
-        else {
-            return Ok(());
-        };
-        let records = self.learn(&device_id, record.partition, &telemetry);
-        self.send(records).await;
-        Ok(())
+        match decode_model_input(record, "trainer", &self.metrics) {
+            Some(ModelInput::Reading {
+                device_id,
+                telemetry,
+                ..
+            }) => {
+                let records = self.learn(&device_id, record.partition, &telemetry);
+                self.send(records).await;
+                Ok(())
+            }
+            Some(ModelInput::Forget(device_id)) => self.forget(&device_id, record.partition).await,
+            None => Ok(()),
+        }
     }
 
     fn tick_interval(&self) -> Option<Duration> {

@@ -1,0 +1,100 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DeviceId;
+
+/// Longest tenant id accepted anywhere.
+pub const MAX_TENANT_ID_LEN: usize = 64;
+
+/// A validated tenant id: 1 to 64 characters from `[A-Za-z0-9_.-]`, like a device id
+/// without `:` (it appears in token claims, URLs and metric labels).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantIdError {
+    #[error("tenant id is empty")]
+    Empty,
+    #[error("tenant id is {0} characters long, the limit is {MAX_TENANT_ID_LEN}")]
+    TooLong(usize),
+    #[error("tenant id contains {0:?}; allowed are letters, digits and _ . -")]
+    BadCharacter(char),
+}
+
+impl TenantId {
+    pub fn parse(candidate: &str) -> Result<Self, TenantIdError> {
+        if candidate.is_empty() {
+            return Err(TenantIdError::Empty);
+        }
+        if candidate.len() > MAX_TENANT_ID_LEN {
+            return Err(TenantIdError::TooLong(candidate.len()));
+        }
+        if let Some(bad) = candidate
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(TenantIdError::BadCharacter(bad));
+        }
+        Ok(Self(candidate.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = TenantIdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(id: TenantId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One device on `iot.device-directory` (compacted; key: device id; a tombstone when the
+/// device is decommissioned). Written by the device's twin owner when the twin is created
+/// and whenever its tenant changes; every instance reads the whole topic, so any instance
+/// can check a caller's tenant, list a tenant's fleet and stamp events with their tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub device_id: DeviceId,
+    /// `None`: the device belongs to no tenant (visible to operators only).
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_are_validated() {
+        assert!(TenantId::parse("acme-01").is_ok());
+        assert_eq!(TenantId::parse(""), Err(TenantIdError::Empty));
+        assert_eq!(
+            TenantId::parse("a:b"),
+            Err(TenantIdError::BadCharacter(':'))
+        );
+        assert!(matches!(
+            TenantId::parse(&"x".repeat(65)),
+            Err(TenantIdError::TooLong(65))
+        ));
+        let entry: DirectoryEntry =
+            serde_json::from_str(r#"{"device_id":"d1","tenant":"acme"}"#).unwrap();
+        assert_eq!(entry.tenant.unwrap().as_str(), "acme");
+        assert!(serde_json::from_str::<DirectoryEntry>(r#"{"device_id":"d1","tenant":"a/b"}"#).is_err());
+    }
+}
