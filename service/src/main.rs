@@ -54,6 +54,25 @@ enum Command {
         #[arg(long, env = "FLEETWATCH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Mint a token signed with the configured HS256 secret (`auth.hs256_secret` or
+    /// `auth.hs256_secret_file`): for development and tests, not a replacement for an
+    /// identity provider.
+    Token {
+        #[arg(long, env = "FLEETWATCH_CONFIG")]
+        config: Option<PathBuf>,
+        /// The tenant whose user the token is for; without it, an operator's token.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The token's subject (`sub`).
+        #[arg(long, default_value = "fleetwatch-cli")]
+        subject: String,
+        /// Space-separated scopes (`read`, `command`); all when absent.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds (default: auth.minted_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
     /// Print every role with the topics it consumes and produces, as a Markdown table.
     Roles {
         #[arg(long, env = "FLEETWATCH_CONFIG")]
@@ -76,6 +95,32 @@ fn print_topics(settings: &Settings) {
             })
         );
     }
+}
+
+fn mint_token(
+    settings: &Settings,
+    tenant: Option<&str>,
+    subject: &str,
+    scope: Option<String>,
+    ttl_secs: Option<u64>,
+) -> anyhow::Result<String> {
+    let auth = &settings.auth;
+    let secret = match (&auth.hs256_secret, &auth.hs256_secret_file) {
+        (Some(secret), _) => secret.expose().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, None) => anyhow::bail!(
+            "no HS256 secret configured (auth.hs256_secret or auth.hs256_secret_file); tokens of an identity provider come from it"
+        ),
+    };
+    let mut claims = fleetwatch::auth::claims_for(auth, subject, tenant);
+    claims.scope = scope;
+    if let Some(ttl) = ttl_secs {
+        claims.exp = claims.iat.unwrap_or_default() + ttl as i64;
+    }
+    Ok(fleetwatch::auth::mint(&claims, &secret)?)
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -138,6 +183,17 @@ fn main() -> anyhow::Result<()> {
             Command::Roles { config } => {
                 let settings = load_settings(config.as_ref())?;
                 print!("{}", app::markdown_table(&settings.kafka.topics()));
+                Ok(())
+            }
+            Command::Token {
+                config,
+                tenant,
+                subject,
+                scope,
+                ttl_secs,
+            } => {
+                let settings = load_settings(config.as_ref())?;
+                println!("{}", mint_token(&settings, tenant.as_deref(), &subject, scope, ttl_secs)?);
                 Ok(())
             }
             Command::Run { config, roles } => {

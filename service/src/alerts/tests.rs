@@ -19,6 +19,7 @@ fn alert(device: &str, episode: u64) -> Alert {
     Alert {
         alert_id: format!("{device}:{episode}"),
         device_id: DeviceId::parse(device).unwrap(),
+        tenant: None,
         state: AlertState::Raised,
         score: 0.97,
         threshold: 0.9,
@@ -37,9 +38,8 @@ fn alert(device: &str, episode: u64) -> Alert {
 }
 
 fn handler(queue: usize) -> AlertsHandler {
-    let (frames, _) = broadcast::channel(queue);
     AlertsHandler {
-        frames,
+        routes: Arc::new(Routes::new(queue)),
         recent: RecentAlerts::default(),
         metrics: Arc::new(Metrics::new()),
     }
@@ -63,7 +63,11 @@ fn parse(text: &str) -> Value {
 #[tokio::test]
 async fn an_alert_becomes_a_frame_for_every_subscriber() {
     let mut handler = handler(16);
-    let (mut first, mut second) = (handler.frames.subscribe(), handler.frames.subscribe());
+    let operator = Caller::anonymous_operator();
+    let (mut first, mut second) = (
+        handler.routes.subscribe(&operator),
+        handler.routes.subscribe(&operator),
+    );
     let (a1, b1) = (alert("a1", 1), alert("b1", 1));
     feed(&mut handler, &a1).await;
     feed(&mut handler, &b1).await;
@@ -85,6 +89,47 @@ async fn an_alert_becomes_a_frame_for_every_subscriber() {
         .map(|frame| parse(&frame.recent_text))
         .collect();
     assert_eq!(recent, [frame("recent", &a1), frame("recent", &b1)]);
+}
+
+fn tenant_user(tenant: &str) -> Caller {
+    Caller {
+        tenant: Some(TenantId::parse(tenant).unwrap()),
+        ..Caller::anonymous_operator()
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_receives_its_own_alerts_and_operators_receive_all() {
+    let mut handler = handler(16);
+    let mut acme = handler.routes.subscribe(&tenant_user("acme"));
+    let mut globex = handler.routes.subscribe(&tenant_user("globex"));
+    let mut operator = handler.routes.subscribe(&Caller::anonymous_operator());
+    let owned = |device: &str, tenant: Option<&str>| Alert {
+        tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+        ..alert(device, 1)
+    };
+    for sent in [
+        owned("a1", Some("acme")),
+        owned("g1", Some("globex")),
+        owned("n1", None),
+        owned("a2", Some("acme")),
+    ] {
+        feed(&mut handler, &sent).await;
+    }
+    let drain = |receiver: &mut broadcast::Receiver<AlertFrame>| {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|frame| frame.device_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(drain(&mut acme), ["a1", "a2"]);
+    assert_eq!(drain(&mut globex), ["g1"]);
+    assert_eq!(drain(&mut operator), ["a1", "g1", "n1", "a2"]);
+    drop(globex);
+    feed(&mut handler, &owned("g2", Some("globex"))).await;
+    assert!(
+        !handler.routes.tenants.lock().contains_key(&TenantId::parse("globex").unwrap()),
+        "a tenant without clients loses its channel"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +159,7 @@ async fn alerts_are_kept_without_subscribers_up_to_the_recent_limit() {
 #[tokio::test]
 async fn undecodable_records_are_skipped() {
     let mut handler = handler(16);
-    let mut receiver = handler.frames.subscribe();
+    let mut receiver = handler.routes.subscribe(&Caller::anonymous_operator());
     for payload in [&b"not json"[..], br#"{"alert_id":"x"}"#, b""] {
         let record = Record::new(TOPIC, "d1", payload).at(0, 7);
         handler
@@ -135,14 +180,19 @@ async fn undecodable_records_are_skipped() {
 async fn serve_on_free_port(handler: &AlertsHandler, shutdown: &CancellationToken) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        handler.frames.clone(),
-        handler.recent.clone(),
-        8,
-        handler.metrics.clone(),
-        shutdown.clone(),
-    ));
+    let auth = crate::auth::AuthConfig {
+        mode: Some(crate::auth::AuthMode::None),
+        ..Default::default()
+    };
+    let server = Server {
+        routes: handler.routes.clone(),
+        recent: handler.recent.clone(),
+        auth: Arc::new(crate::auth::Authenticator::new(&auth).unwrap()),
+        tls: None,
+        max_clients: 8,
+        metrics: handler.metrics.clone(),
+    };
+    tokio::spawn(serve(listener, server, shutdown.clone()));
     format!("ws://{address}")
 }
 

@@ -6,7 +6,7 @@ mod config;
 mod token;
 
 pub use config::{AuthConfig, AuthMode, Secret};
-pub use token::{mint, Claims, Role};
+pub use token::{claims_for, mint, Claims, Role};
 
 use std::collections::HashMap;
 
@@ -182,7 +182,14 @@ impl Authenticator {
             return Ok(Caller::anonymous_operator());
         };
         let token = token.ok_or(AuthFailure::Missing)?;
-        let header = jsonwebtoken::decode_header(token).map_err(AuthFailure::from_jwt)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|error| match error.kind() {
+            // `alg: none` and other algorithms jsonwebtoken does not know.
+            ErrorKind::Json(json) if json.to_string().contains("unknown variant") => {
+                AuthFailure::WrongAlgorithm
+            }
+            ErrorKind::Json(_) => AuthFailure::Malformed(error.to_string()),
+            _ => AuthFailure::from_jwt(error),
+        })?;
         let (algorithm, key) = match keys {
             Keys::Shared(key) => (Algorithm::HS256, key),
             Keys::Published(keys) => {

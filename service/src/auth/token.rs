@@ -83,6 +83,22 @@ impl Claims {
     }
 }
 
+/// Claims for a token of `tenant` (an operator's for `None`), valid for the configured
+/// `minted_ttl_secs`, with the configured issuer and audience.
+pub fn claims_for(config: &super::AuthConfig, subject: &str, tenant: Option<&str>) -> Claims {
+    let now = fleetwatch_protocol::now_ms() / 1000;
+    Claims {
+        sub: subject.to_owned(),
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        exp: now + config.minted_ttl_secs as i64,
+        iat: Some(now),
+        role: if tenant.is_some() { Role::User } else { Role::Operator },
+        tenant: tenant.map(str::to_owned),
+        scope: None,
+    }
+}
+
 /// Sign `claims` with the HS256 `secret` (`fleetwatch token`, the demo, tests).
 pub fn mint(claims: &Claims, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(

@@ -17,6 +17,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
+use crate::auth::{AuthMode, Secret};
+use crate::tenancy::ProvisioningRule;
+use fleetwatch_protocol::TenantId;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 
@@ -58,7 +61,15 @@ pub struct DemoOptions {
     /// (its Last Will marks it offline) and comes back 20 s later.
     #[arg(long, default_value_t = 1.0)]
     pub outages_per_minute: f64,
+    /// Turn authentication on: the demo signs tokens with a secret of its own and prints
+    /// one for each demo tenant (`acme`: devices sim-000xx, `globex`: sim-001xx) and one
+    /// for an operator. Without it the demo runs with `auth.mode = "none"`.
+    #[arg(long)]
+    pub auth: bool,
 }
+
+/// The demo's tenants: who owns which simulated devices.
+const DEMO_TENANTS: [(&str, &str); 2] = [("acme", "sim-000"), ("globex", "sim-001")];
 
 /// The demo's last line of output.
 #[derive(Debug, Serialize)]
@@ -87,12 +98,14 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let cluster = kafka_cluster(&mut settings, options.partitions)?;
     embed(&mut settings, &broker, &options);
 
+    let operator = demo_auth(&mut settings, options.auth)?;
     let app_stop = CancellationToken::new();
     let app = app::start(&settings, Roles::all(), app_stop.clone()).await?;
     print_addresses(&app, &broker, &settings);
+    print_tokens(&app, &settings)?;
     wait_until_ready(&app).await?;
     let ws = app.ws_addr.expect("the demo runs the alerts role");
-    let listener = AlertListener::connect(&format!("ws://{ws}/"), "")
+    let listener = AlertListener::connect(&format!("ws://{ws}/{operator}"), "")
         .await
         .map_err(|e| Error::RoleFailed {
             role: "demo",
@@ -154,6 +167,56 @@ fn kafka_cluster(
             })?;
     }
     Ok(cluster)
+}
+
+/// The demo's tenants, and authentication when asked for: a fresh secret each run.
+/// Returns the query that authenticates the demo's own alert listener.
+fn demo_auth(settings: &mut Settings, on: bool) -> Result<String> {
+    settings.tenancy.provisioning = DEMO_TENANTS
+        .iter()
+        .map(|(tenant, prefix)| ProvisioningRule {
+            prefix: (*prefix).to_owned(),
+            tenant: TenantId::parse(tenant).expect("demo tenants are valid"),
+        })
+        .collect();
+    if !on {
+        settings.auth.mode = Some(AuthMode::None);
+        return Ok(String::new());
+    }
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    settings.auth.mode = Some(AuthMode::Jwt);
+    settings.auth.hs256_secret = Some(Secret::new(secret));
+    Ok(format!("?access_token={}", token(settings, None)?))
+}
+
+/// A token of `tenant` (an operator's for `None`) signed with the demo's secret.
+fn token(settings: &Settings, tenant: Option<&str>) -> Result<String> {
+    let secret = settings
+        .auth
+        .hs256_secret
+        .as_ref()
+        .ok_or_else(|| Error::Config("no HS256 secret to sign with".into()))?;
+    crate::auth::mint(
+        &crate::auth::claims_for(&settings.auth, "demo", tenant),
+        secret.expose(),
+    )
+    .map_err(|e| Error::Config(format!("signing a token: {e}")))
+}
+
+fn print_tokens(app: &app::RunningApp, settings: &Settings) -> Result<()> {
+    if settings.auth.mode != Some(AuthMode::Jwt) {
+        return Ok(());
+    }
+    let http = app.http_addr;
+    println!("  auth           on; tokens valid {} s:", settings.auth.minted_ttl_secs);
+    for (tenant, prefix) in DEMO_TENANTS {
+        let token = token(settings, Some(tenant))?;
+        println!("  {tenant:<14} http://{http}/#token={token}  (devices {prefix}xx)");
+    }
+    println!("  operator       {}", token(settings, None)?);
+    Ok(())
 }
 
 /// Point the settings at the embedded MQTT broker and the demo's ports.

@@ -27,13 +27,13 @@ fn fixture() -> Fixture {
     let topics = KafkaTopics::default();
     let producer = Producer::in_memory(&log, metrics.clone());
     let reader = PartitionReader::in_memory(&log, topics.device_state(), producer.clone());
-    let changelog = Arc::new(Changelog::new(producer.clone(), reader, metrics.clone()));
+    let changelog = Arc::new(Changelog::new(producer.clone(), reader, "iot.device-directory".to_owned(), metrics.clone()));
     let (downlink, published) = MqttPublisher::in_memory(metrics.clone());
     let config = DevicesConfig {
         arbiters: 2,
         ..DevicesConfig::default()
     };
-    let registry = Arc::new(registry(config, changelog, downlink, metrics.clone()));
+    let registry = Arc::new(registry(config, changelog, downlink, directory(&metrics), metrics.clone()));
     registry.assigned(&[0]);
     let handler = DevicesHandler {
         registry,
@@ -53,6 +53,15 @@ fn fixture() -> Fixture {
 
 /// When ingest received a test event: now, since the twin's rules compare it with the
 /// service clock (a command's expiry, say).
+/// A complete directory whose rule gives devices named `acme-…` to tenant `acme`.
+fn directory(metrics: &Arc<Metrics>) -> Arc<crate::tenancy::Directory> {
+    let rule = crate::tenancy::ProvisioningRule {
+        prefix: "acme-".into(),
+        tenant: fleetwatch_protocol::TenantId::parse("acme").unwrap(),
+    };
+    Arc::new(crate::tenancy::Directory::loaded(vec![rule], metrics.clone()))
+}
+
 fn received_ms() -> i64 {
     fleetwatch_protocol::now_ms()
 }
@@ -70,6 +79,7 @@ fn telemetry(device: &str, seq: u64, temperature: f64) -> DeviceEvent {
     DeviceEvent {
         device_id: id(device),
         received_ms,
+        tenant: None,
         body: DeviceEventBody::Telemetry(TelemetryPayload {
             ts: received_ms - 5,
             seq,
@@ -213,6 +223,7 @@ async fn a_state_report_is_persisted_with_a_new_version() {
     fx.event(&DeviceEvent {
         device_id: id("d1"),
         received_ms,
+        tenant: None,
         body: DeviceEventBody::State(fleetwatch_protocol::StatePayload {
             ts: None,
             reported: object(json!({"fan": "off", "firmware": "1.2"})),

@@ -166,6 +166,7 @@ fn at_or_above(readings: &[TelemetryPayload], scores: &[f64], threshold: f64) ->
 /// A `DeviceEvent` as ingest writes it to `iot.telemetry`.
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
+        tenant: None,
         device_id: device(device_id),
         received_ms: T0_MS,
         body,

@@ -70,6 +70,7 @@ fn readings(seqs: std::ops::Range<u64>, level: f64) -> Vec<TelemetryPayload> {
 /// A `DeviceEvent` as ingest writes it to `iot.telemetry`.
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
+        tenant: None,
         device_id: device(device_id),
         received_ms: T0_MS,
         body,
