@@ -149,6 +149,8 @@ impl Service {
             .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
             .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
             .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+            // Tests choose no authentication unless they set auth themselves.
+            .env("FLEETWATCH_AUTH__MODE", "none")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fleetwatch=info".into()),

@@ -102,7 +102,7 @@ async fn commands_reach_every_state_and_stale_writes_conflict() {
         let (status, _) = service.get("/devices/bad%20id");
         assert_eq!(status, 400);
         let (status, _, answer) =
-            service.request("DELETE", &format!("/devices/{device}"), &[], None);
+            service.request("PATCH", &format!("/devices/{device}"), &[], None);
         assert_eq!(status, 405, "{answer}");
 
         // Commands for a device that is offline wait; the same key gives the same command.

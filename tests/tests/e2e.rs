@@ -110,7 +110,7 @@ async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_second
     // Every device went through the devices role.
     let (status, body) = service.get(&format!("/devices?prefix={prefix}&limit=1000"));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["total"], 50);
+    assert_eq!(body["devices"].as_array().map(Vec::len), Some(50), "{body}");
 
     // Every telemetry message was acknowledged by the broker and reached iot.telemetry.
     assert_eq!(stats.unacknowledged_at_exit.load(Ordering::Relaxed), 0);

@@ -24,6 +24,7 @@ fn telemetry(devices: &[String], first_seq: u64) -> Vec<(String, Vec<u8>)> {
         for (n, device) in devices.iter().enumerate() {
             let wobble = ((seq * 7 + n as u64 * 13) % 17) as f64 / 17.0;
             let event = DeviceEvent {
+                tenant: None,
                 device_id: DeviceId::parse(device).unwrap(),
                 received_ms: 1_800_000_000_000 + seq as i64 * 1000,
                 body: DeviceEventBody::Telemetry(TelemetryPayload {
