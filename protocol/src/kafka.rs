@@ -137,10 +137,7 @@ impl Topic {
     pub fn compacted(self) -> bool {
         matches!(
             self,
-            Topic::DeviceState
-                | Topic::ModelParams
-                | Topic::TrainerState
-                | Topic::DeviceDirectory
+            Topic::DeviceState | Topic::ModelParams | Topic::TrainerState | Topic::DeviceDirectory
         )
     }
 

@@ -95,6 +95,8 @@ mod tests {
         let entry: DirectoryEntry =
             serde_json::from_str(r#"{"device_id":"d1","tenant":"acme"}"#).unwrap();
         assert_eq!(entry.tenant.unwrap().as_str(), "acme");
-        assert!(serde_json::from_str::<DirectoryEntry>(r#"{"device_id":"d1","tenant":"a/b"}"#).is_err());
+        assert!(
+            serde_json::from_str::<DirectoryEntry>(r#"{"device_id":"d1","tenant":"a/b"}"#).is_err()
+        );
     }
 }

@@ -105,11 +105,25 @@ async fn run(count: usize) {
     let producer = Producer::new(&kafka, metrics.clone()).expect("producer");
     let reader = PartitionReader::new(&kafka, "bench".into(), "bench", producer.clone(), "bench")
         .expect("changelog reader");
-    let changelog = Arc::new(Changelog::new(producer, reader, metrics.clone()));
+    let changelog = Arc::new(Changelog::new(
+        producer,
+        reader,
+        "iot.device-directory".to_owned(),
+        metrics.clone(),
+    ));
     let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone());
     let config = devices::DevicesConfig::default();
     let rules = config.twin.clone();
-    let registry = devices::registry(config, changelog, downlink, metrics.clone());
+    let registry = devices::registry(
+        config,
+        changelog,
+        downlink,
+        Arc::new(fleetwatch::tenancy::Directory::loaded(
+            Vec::new(),
+            metrics.clone(),
+        )),
+        metrics.clone(),
+    );
 
     let before_twins = HELD.load(Ordering::Relaxed);
     let twins: Vec<Twin> = (0..count)

@@ -193,7 +193,10 @@ fn main() -> anyhow::Result<()> {
                 ttl_secs,
             } => {
                 let settings = load_settings(config.as_ref())?;
-                println!("{}", mint_token(&settings, tenant.as_deref(), &subject, scope, ttl_secs)?);
+                println!(
+                    "{}",
+                    mint_token(&settings, tenant.as_deref(), &subject, scope, ttl_secs)?
+                );
                 Ok(())
             }
             Command::Run { config, roles } => {

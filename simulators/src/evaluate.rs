@@ -170,6 +170,7 @@ mod tests {
     fn alert(device: &str, episode: i64, event_ts: i64, state: AlertState) -> ReceivedAlert {
         ReceivedAlert {
             alert: Alert {
+                tenant: None,
                 alert_id: format!("{device}:{episode}"),
                 device_id: DeviceId::parse(device).unwrap(),
                 state,

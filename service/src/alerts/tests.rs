@@ -127,7 +127,11 @@ async fn a_tenant_receives_its_own_alerts_and_operators_receive_all() {
     drop(globex);
     feed(&mut handler, &owned("g2", Some("globex"))).await;
     assert!(
-        !handler.routes.tenants.lock().contains_key(&TenantId::parse("globex").unwrap()),
+        !handler
+            .routes
+            .tenants
+            .lock()
+            .contains_key(&TenantId::parse("globex").unwrap()),
         "a tenant without clients loses its channel"
     );
 }

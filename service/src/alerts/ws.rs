@@ -55,11 +55,13 @@ pub async fn serve(listener: TcpListener, server: Server, shutdown: Cancellation
         let (server, shutdown) = (server.clone(), shutdown.clone());
         tokio::spawn(async move {
             let served = match &server.tls {
-                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => server.serve_client(stream, shutdown).await,
-                    Ok(Err(error)) => Err(error.into()),
-                    Err(_) => Ok(()),
-                },
+                Some(tls) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => server.serve_client(stream, shutdown).await,
+                        Ok(Err(error)) => Err(error.into()),
+                        Err(_) => Ok(()),
+                    }
+                }
                 None => server.serve_client(stream, shutdown).await,
             };
             if let Err(error) = served {
@@ -95,15 +97,18 @@ fn refusal(status: StatusCode, reason: &str, message: &str) -> ErrorResponse {
 /// Time until `caller`'s token expires; a long wait when it never does.
 fn until_expiry(caller: &Caller) -> Duration {
     let now = fleetwatch_protocol::now_ms() / 1000;
-    caller.expires_at.map_or(Duration::from_secs(u32::MAX as u64), |at| {
-        Duration::from_secs(at.saturating_sub(now).max(0) as u64)
-    })
+    caller
+        .expires_at
+        .map_or(Duration::from_secs(u32::MAX as u64), |at| {
+            Duration::from_secs(at.saturating_sub(now).max(0) as u64)
+        })
 }
 
 type WsError = tokio_tungstenite::tungstenite::Error;
 
 impl Server {
     /// Authenticate the upgrade request: the caller, or the refusal (401/403).
+    #[allow(clippy::result_large_err)]
     fn admit(&self, request: &Request) -> Result<Caller, ErrorResponse> {
         let header = request
             .headers()
@@ -111,17 +116,29 @@ impl Server {
             .and_then(|value| value.to_str().ok());
         let from_query = query_token(request.uri().query());
         let token = bearer(header).or(from_query.as_deref());
-        let caller = self
-            .auth
-            .check(token, &self.metrics)
-            .map_err(|failure| refusal(StatusCode::UNAUTHORIZED, failure.reason(), &failure.to_string()))?;
+        let caller = self.auth.check(token, &self.metrics).map_err(|failure| {
+            refusal(
+                StatusCode::UNAUTHORIZED,
+                failure.reason(),
+                &failure.to_string(),
+            )
+        })?;
         if !caller.has(Scope::Read) {
-            self.metrics.auth_failures.with_label_values(&["scope"]).inc();
-            return Err(refusal(StatusCode::FORBIDDEN, "scope", "the token lacks the `read` scope"));
+            self.metrics
+                .auth_failures
+                .with_label_values(&["scope"])
+                .inc();
+            return Err(refusal(
+                StatusCode::FORBIDDEN,
+                "scope",
+                "the token lacks the `read` scope",
+            ));
         }
         Ok(caller)
     }
 
+    // The handshake callback's error type is tungstenite's (a whole HTTP response).
+    #[allow(clippy::result_large_err)]
     async fn serve_client<S>(&self, stream: S, shutdown: CancellationToken) -> Result<(), WsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -134,7 +151,8 @@ impl Server {
             caller = Some(self.admit(request)?);
             Ok(response)
         };
-        let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
         let Ok(socket) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
             return Ok(());
         };

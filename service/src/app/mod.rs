@@ -49,13 +49,8 @@ pub async fn start(
     warn_if_exposed(settings, &auth, tls.is_some());
     let metrics = Arc::new(Metrics::new());
     let mut tasks = RoleTasks::new();
-    tasks.spawn(heartbeat(metrics.clone(), shutdown.clone()));
+    spawn_watchdogs(settings, &metrics, &mut tasks, &shutdown);
     let kafka = &settings.kafka;
-    let (config, probe_metrics, probe_stop) = (kafka.clone(), metrics.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        watch_reachability(config, probe_metrics, probe_stop).await;
-        ("kafka-probe", Ok(()))
-    });
     let listener = bind(&settings.http.bind, settings.http.fallback_to_free_port)?;
     let http_addr = listener
         .local_addr()
@@ -124,14 +119,31 @@ pub async fn start(
     })
 }
 
+/// The runtime heartbeat (liveness) and the Kafka reachability probe (readiness).
+fn spawn_watchdogs(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    tasks: &mut RoleTasks,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(heartbeat(metrics.clone(), shutdown.clone()));
+    let (config, metrics, shutdown) = (settings.kafka.clone(), metrics.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        watch_reachability(config, metrics, shutdown).await;
+        ("kafka-probe", Ok(()))
+    });
+}
+
 /// Say so when callers beyond this machine could reach the service without
 /// authentication, or send their tokens in the clear.
 fn warn_if_exposed(settings: &Settings, auth: &Authenticator, tls: bool) {
-    let loopback_only = [&settings.http.bind, &settings.alerts.bind].iter().all(|bind| {
-        bind.parse::<SocketAddr>()
-            .is_ok_and(|addr| addr.ip().is_loopback())
-            || bind.starts_with("localhost:")
-    });
+    let loopback_only = [&settings.http.bind, &settings.alerts.bind]
+        .iter()
+        .all(|bind| {
+            bind.parse::<SocketAddr>()
+                .is_ok_and(|addr| addr.ip().is_loopback())
+                || bind.starts_with("localhost:")
+        });
     if loopback_only {
         return;
     }

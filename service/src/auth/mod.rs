@@ -251,7 +251,8 @@ fn load_keys(config: &AuthConfig) -> Result<Keys> {
             "auth: choose an HS256 secret or a JWKS file, not both".into(),
         )),
         (None, None) => Err(Error::Config(
-            "auth.mode = \"jwt\" needs auth.hs256_secret, auth.hs256_secret_file or auth.jwks_file".into(),
+            "auth.mode = \"jwt\" needs auth.hs256_secret, auth.hs256_secret_file or auth.jwks_file"
+                .into(),
         )),
     }
 }

@@ -20,7 +20,12 @@ fn claims(tenant: Option<&str>) -> Claims {
         aud: "fleetwatch".into(),
         exp: now_ms() / 1000 + 600,
         iat: None,
-        role: if tenant.is_some() { Role::User } else { Role::Operator },
+        nbf: None,
+        role: if tenant.is_some() {
+            Role::User
+        } else {
+            Role::Operator
+        },
         tenant: tenant.map(str::to_owned),
         scope: None,
     }
@@ -103,6 +108,13 @@ fn every_failure_has_its_reason() {
             "bad_claims",
         ),
         (Some(unsigned(&good)), "wrong_algorithm"),
+        (
+            Some(token(Claims {
+                nbf: Some(now_ms() / 1000 + 3600),
+                ..good.clone()
+            })),
+            "not_yet_valid",
+        ),
     ];
     for (token, reason) in cases {
         let failure = verify(token.as_deref()).unwrap_err();
@@ -157,7 +169,10 @@ fn published_keys_verify_es256_tokens_by_key_id() {
 #[test]
 fn the_mode_must_be_chosen_and_secrets_never_show() {
     let unset = Authenticator::new(&AuthConfig::default()).err().unwrap();
-    assert!(unset.to_string().contains("auth.mode must be chosen"), "{unset}");
+    assert!(
+        unset.to_string().contains("auth.mode must be chosen"),
+        "{unset}"
+    );
     let short = AuthConfig {
         hs256_secret: Some(Secret::new("short")),
         ..config()

@@ -26,6 +26,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Not valid before (s since the epoch), when the issuer sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// `operator` or `user` (the default).
     #[serde(default = "user")]
     pub role: Role,
@@ -55,9 +58,9 @@ impl Claims {
                     "a user token must name its `tenant`".into(),
                 ))
             }
-            (Role::User, Some(tenant)) => Some(
-                TenantId::parse(&tenant).map_err(|e| AuthFailure::BadClaims(e.to_string()))?,
-            ),
+            (Role::User, Some(tenant)) => {
+                Some(TenantId::parse(&tenant).map_err(|e| AuthFailure::BadClaims(e.to_string()))?)
+            }
         };
         let (can_read, can_command) = match &self.scope {
             None => (true, true),
@@ -93,7 +96,12 @@ pub fn claims_for(config: &super::AuthConfig, subject: &str, tenant: Option<&str
         aud: config.audience.clone(),
         exp: now + config.minted_ttl_secs as i64,
         iat: Some(now),
-        role: if tenant.is_some() { Role::User } else { Role::Operator },
+        nbf: None,
+        role: if tenant.is_some() {
+            Role::User
+        } else {
+            Role::Operator
+        },
         tenant: tenant.map(str::to_owned),
         scope: None,
     }

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
 use crate::auth::{AuthMode, Secret};
-use crate::tenancy::ProvisioningRule;
-use fleetwatch_protocol::TenantId;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
+use crate::tenancy::ProvisioningRule;
+use fleetwatch_protocol::TenantId;
 
 #[derive(Args, Clone, Debug)]
 pub struct DemoOptions {
@@ -210,7 +210,10 @@ fn print_tokens(app: &app::RunningApp, settings: &Settings) -> Result<()> {
         return Ok(());
     }
     let http = app.http_addr;
-    println!("  auth           on; tokens valid {} s:", settings.auth.minted_ttl_secs);
+    println!(
+        "  auth           on; tokens valid {} s:",
+        settings.auth.minted_ttl_secs
+    );
     for (tenant, prefix) in DEMO_TENANTS {
         let token = token(settings, Some(tenant))?;
         println!("  {tenant:<14} http://{http}/#token={token}  (devices {prefix}xx)");

@@ -85,8 +85,12 @@ impl Changelog {
     /// then removes them, and no restart or new owner brings them back.
     pub async fn remove(&self, device_id: &DeviceId, partition: i32) -> Result<()> {
         let key = device_id.as_str();
-        let twin = self.producer.enqueue_empty(self.reader.topic(), partition, key);
-        let listing = self.producer.enqueue_empty(&self.directory_topic, partition, key);
+        let twin = self
+            .producer
+            .enqueue_empty(self.reader.topic(), partition, key);
+        let listing = self
+            .producer
+            .enqueue_empty(&self.directory_topic, partition, key);
         twin.confirmed().await?;
         listing.confirmed().await?;
         self.index.write().remove(device_id);

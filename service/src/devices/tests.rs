@@ -27,13 +27,24 @@ fn fixture() -> Fixture {
     let topics = KafkaTopics::default();
     let producer = Producer::in_memory(&log, metrics.clone());
     let reader = PartitionReader::in_memory(&log, topics.device_state(), producer.clone());
-    let changelog = Arc::new(Changelog::new(producer.clone(), reader, "iot.device-directory".to_owned(), metrics.clone()));
+    let changelog = Arc::new(Changelog::new(
+        producer.clone(),
+        reader,
+        "iot.device-directory".to_owned(),
+        metrics.clone(),
+    ));
     let (downlink, published) = MqttPublisher::in_memory(metrics.clone());
     let config = DevicesConfig {
         arbiters: 2,
         ..DevicesConfig::default()
     };
-    let registry = Arc::new(registry(config, changelog, downlink, directory(&metrics), metrics.clone()));
+    let registry = Arc::new(registry(
+        config,
+        changelog,
+        downlink,
+        directory(&metrics),
+        metrics.clone(),
+    ));
     registry.assigned(&[0]);
     let handler = DevicesHandler {
         registry,
@@ -59,7 +70,10 @@ fn directory(metrics: &Arc<Metrics>) -> Arc<crate::tenancy::Directory> {
         prefix: "acme-".into(),
         tenant: fleetwatch_protocol::TenantId::parse("acme").unwrap(),
     };
-    Arc::new(crate::tenancy::Directory::loaded(vec![rule], metrics.clone()))
+    Arc::new(crate::tenancy::Directory::loaded(
+        vec![rule],
+        metrics.clone(),
+    ))
 }
 
 fn received_ms() -> i64 {

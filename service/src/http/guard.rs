@@ -48,7 +48,14 @@ fn device_in(path: &str) -> Option<DeviceId> {
         .and_then(|id| DeviceId::parse(id).ok())
 }
 
-fn refuse(status: StatusCode, reason: &str, message: String) -> HttpResponse {
+/// Why a call is refused: its status, the `reason` label and the message.
+struct Refusal(StatusCode, &'static str, String);
+
+fn refuse(status: StatusCode, reason: &'static str, message: String) -> Refusal {
+    Refusal(status, reason, message)
+}
+
+fn respond(Refusal(status, reason, message): Refusal) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     if status == StatusCode::UNAUTHORIZED {
         response.insert_header((
@@ -60,7 +67,7 @@ fn refuse(status: StatusCode, reason: &str, message: String) -> HttpResponse {
 }
 
 /// Decide on `request`: the caller, or the answer that refuses it.
-fn admit(state: &HttpState, request: &ServiceRequest) -> Result<Option<Caller>, HttpResponse> {
+fn admit(state: &HttpState, request: &ServiceRequest) -> Result<Option<Caller>, Refusal> {
     let needs = needs(request.method(), request.path(), &state.open_paths);
     if needs == Needs::Nothing {
         return Ok(None);
@@ -72,26 +79,45 @@ fn admit(state: &HttpState, request: &ServiceRequest) -> Result<Option<Caller>, 
     let caller = state
         .auth
         .check(bearer(header), &state.metrics)
-        .map_err(|failure| refuse(StatusCode::UNAUTHORIZED, failure.reason(), failure.to_string()))?;
+        .map_err(|failure| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                failure.reason(),
+                failure.to_string(),
+            )
+        })?;
     let forbidden = |what: String| {
-        state.metrics.auth_failures.with_label_values(&["scope"]).inc();
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&["scope"])
+            .inc();
         refuse(StatusCode::FORBIDDEN, "scope", what)
     };
     match needs {
         Needs::Operator if !caller.is_operator() || !caller.can_command => {
-            return Err(forbidden("only operators (with the command scope) may do this".into()))
+            return Err(forbidden(
+                "only operators (with the command scope) may do this".into(),
+            ))
         }
         Needs::Scope(scope) if !caller.has(scope) => {
-            return Err(forbidden(format!("the token lacks the `{}` scope", scope.as_str())))
+            return Err(forbidden(format!(
+                "the token lacks the `{}` scope",
+                scope.as_str()
+            )))
         }
         _ => {}
     }
     if let (Some(device_id), false) = (device_in(request.path()), caller.is_operator()) {
-        let directory = state.directory().map_err(|e| {
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", e.to_string())
-        })?;
+        let directory = state
+            .directory()
+            .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", e.to_string()))?;
         if !directory.knows(&device_id) || !caller.sees(directory.tenant_of(&device_id).as_ref()) {
-            return Err(refuse(StatusCode::NOT_FOUND, "not_found", no_such_device(&device_id)));
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                no_such_device(&device_id),
+            ));
         }
     }
     Ok(Some(caller))
@@ -111,9 +137,13 @@ pub async fn guard(
             if let Some(caller) = caller {
                 request.extensions_mut().insert(caller);
             }
-            next.call(request).await.map(ServiceResponse::map_into_left_body)
+            next.call(request)
+                .await
+                .map(ServiceResponse::map_into_left_body)
         }
-        Err(refusal) => Ok(request.into_response(refusal).map_into_right_body()),
+        Err(refusal) => Ok(request
+            .into_response(respond(refusal))
+            .map_into_right_body()),
     }
 }
 
@@ -125,7 +155,10 @@ mod tests {
     fn each_call_needs_what_it_does() {
         let open = vec!["/metrics".to_owned()];
         assert_eq!(needs(&Method::GET, "/metrics", &open), Needs::Nothing);
-        assert_eq!(needs(&Method::GET, "/devices/d1", &open), Needs::Scope(Scope::Read));
+        assert_eq!(
+            needs(&Method::GET, "/devices/d1", &open),
+            Needs::Scope(Scope::Read)
+        );
         assert_eq!(
             needs(&Method::POST, "/devices/d1/commands", &open),
             Needs::Scope(Scope::Command)
@@ -134,8 +167,14 @@ mod tests {
             needs(&Method::PATCH, "/devices/d1/desired", &open),
             Needs::Scope(Scope::Command)
         );
-        assert_eq!(needs(&Method::DELETE, "/devices/d1", &open), Needs::Operator);
-        assert_eq!(needs(&Method::PUT, "/devices/d1/tenant", &open), Needs::Operator);
+        assert_eq!(
+            needs(&Method::DELETE, "/devices/d1", &open),
+            Needs::Operator
+        );
+        assert_eq!(
+            needs(&Method::PUT, "/devices/d1/tenant", &open),
+            Needs::Operator
+        );
         assert_eq!(device_in("/devices/d1/commands/c1").unwrap().as_str(), "d1");
         assert_eq!(device_in("/devices"), None);
         assert_eq!(device_in("/metrics"), None);

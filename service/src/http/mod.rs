@@ -209,7 +209,11 @@ async fn set_tenant(
 ) -> ApiResult {
     let device_id = device_id(&path)?;
     let TenantBody { tenant } = body
-        .map_err(|e| bad_request(format!("tenant: {e}; expected {{\"tenant\": \"acme\"}} or {{\"tenant\": null}}")))?
+        .map_err(|e| {
+            bad_request(format!(
+                "tenant: {e}; expected {{\"tenant\": \"acme\"}} or {{\"tenant\": null}}"
+            ))
+        })?
         .into_inner();
     let reply = ask(&state, &device_id, DeviceRequestBody::SetTenant { tenant }).await?;
     Ok(relay(reply))

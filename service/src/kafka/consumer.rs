@@ -460,7 +460,11 @@ pub enum ModelInput {
 
 /// Decode a record of `iot.telemetry` for a modelling role: readings and
 /// decommissionings; state, status and acknowledgements are not theirs.
-pub fn decode_model_input(record: &Record<'_>, role: &str, metrics: &Metrics) -> Option<ModelInput> {
+pub fn decode_model_input(
+    record: &Record<'_>,
+    role: &str,
+    metrics: &Metrics,
+) -> Option<ModelInput> {
     use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
     let DeviceEvent {
         device_id,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::KafkaConfig;
 pub use consumer::{
-    consume, decode_record, decode_model_input, ConsumerRole, Follower, HandleError, ModelInput,
+    consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,
     PartitionListener, RecordHandler, RoleConsumer, StartAt,
 };
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};

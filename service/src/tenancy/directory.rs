@@ -199,7 +199,10 @@ impl DirectoryHandler {
         }
         let mut remaining = self.remaining.lock();
         if let Some((partition, offset)) = position {
-            if remaining.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            if remaining
+                .get(&partition)
+                .is_some_and(|end| offset + 1 >= *end)
+            {
                 remaining.remove(&partition);
             }
         }

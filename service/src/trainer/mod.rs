@@ -187,8 +187,12 @@ impl TrainerHandler {
     async fn forget(&self, device_id: &DeviceId, partition: i32) -> Result<(), HandleError> {
         self.models.lock().devices.remove(device_id);
         let key = device_id.as_str();
-        let params = self.producer.enqueue_empty(&self.params_topic, partition, key);
-        let state = self.producer.enqueue_empty(&self.state_topic, partition, key);
+        let params = self
+            .producer
+            .enqueue_empty(&self.params_topic, partition, key);
+        let state = self
+            .producer
+            .enqueue_empty(&self.state_topic, partition, key);
         for delivery in [params, state] {
             delivery
                 .confirmed()
