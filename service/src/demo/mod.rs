@@ -248,8 +248,13 @@ fn print_addresses(app: &app::RunningApp, broker: &broker::EmbeddedBroker, setti
     println!("fleetwatch demo: every role in one process, no outside service");
     println!("  live page      http://{http}/");
     println!("  REST           http://{http}/devices  (API: http://{http}/openapi.json)");
+    let auth = if settings.auth.mode == Some(AuthMode::Jwt) {
+        " -H \"authorization: Bearer $OPERATOR_TOKEN\""
+    } else {
+        ""
+    };
     println!(
-        "  try            curl -X POST -H 'content-type: application/json' -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
+        "  try            curl -X POST -H 'content-type: application/json'{auth} -d '{{\"name\":\"reboot\"}}' http://{http}/devices/sim-00001/commands"
     );
     println!("  metrics        http://{http}/metrics");
     println!("  health         http://{http}/readyz  (liveness: /livez)");
