@@ -37,6 +37,7 @@ async fn refuses_to_start_when_co_partitioned_topics_differ() {
             .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
             .env("FLEETWATCH_KAFKA__PARTITIONS", "4")
             .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+            .env("FLEETWATCH_AUTH__MODE", "none")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
