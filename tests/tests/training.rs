@@ -54,6 +54,17 @@ fn scorer_versions(scorer: &Service, devices: &[String]) -> BTreeMap<String, u64
         .collect()
 }
 
+/// `trained_events` of each device's newest parameters on the topic.
+fn newest_trained(params: &[fleetwatch_e2e::Record]) -> BTreeMap<String, u64> {
+    let mut trained = BTreeMap::new();
+    for record in params.iter().filter(|r| !r.bytes.is_empty()) {
+        if let Ok(envelope) = fleetwatch_protocol::ParamsEnvelope::decode(&record.bytes) {
+            trained.insert(record.key.clone(), envelope.trained_events);
+        }
+    }
+    trained
+}
+
 async fn start(
     rig: &Rig,
     namespace: &Namespace,
@@ -127,8 +138,29 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
     .await;
     let (scorer, _) = wait_for_versions(scorer, devices.clone(), lowest + 12).await;
 
+    // Reaching those versions does not mean every reading is published. The trainer
+    // publishes after 5 readings *or* once `publish_every_ms` (5 s) has passed, so the
+    // first reading after a pause longer than that (instance "a" keeps half the devices
+    // while "b" starts) is published at once and shifts the count: those devices publish
+    // at 121, 126, ..., 176 readings, and 177 to 180 follow from the timer up to 5 s later
+    // (timed publications also raise versions without new readings). Reading the topic
+    // once, 2 s after it went quiet, then saw 176 for models that had learned 180. So wait
+    // for every device's newest parameters to cover all the readings; more than all
+    // (learned twice) stops the wait at once, and the assertion below reports it.
+    let all = 3 * EVENTS_PER_PHASE;
+    let params_topic = namespace.topic("iot.model-params");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let params = loop {
+        let params = read_topic(&rig.kafka, &params_topic);
+        let trained = newest_trained(&params);
+        let covered = trained.len() == DEVICES && trained.values().all(|&events| events >= all);
+        if covered || std::time::Instant::now() >= deadline {
+            break params;
+        }
+        eprintln!("parameters do not cover every reading yet: {trained:?}");
+    };
+
     // Every device's versions on the topic only ever increase.
-    let params = read_topic(&rig.kafka, &namespace.topic("iot.model-params"));
     let mut newest: BTreeMap<String, u64> = BTreeMap::new();
     let mut trained: BTreeMap<String, u64> = BTreeMap::new();
     for record in params.iter().filter(|r| !r.bytes.is_empty()) {
@@ -148,7 +180,6 @@ async fn parameter_versions_survive_trainer_restarts_and_rebalances() {
     assert_eq!(newest.len(), DEVICES);
     // Each model learned every reading once: nothing lost or learned twice across the
     // restart and the hand-over.
-    let all = 3 * EVENTS_PER_PHASE;
     assert!(trained.values().all(|&events| events == all), "{trained:?}");
 
     // A scorer started now (a group of its own) ends with what the first one holds.
