@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Readings of a metric before its drift statistics are learned (see `learn_metric`).
 const DRIFT_SETTLE_EVENTS: u64 = 100;
@@ -45,7 +45,7 @@ pub const INTERVAL_METRIC: &str = "(interval)";
 const KIND_ID: u8 = 1;
 const PARAMS_MAGIC: &[u8; 2] = b"FP";
 const STATE_MAGIC: &[u8; 2] = b"FT";
-const STATE_VERSION: u16 = 1;
+const STATE_VERSION: u16 = 2;
 /// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
 const CENTROID_UNIT: f64 = 1.0 / 3000.0;
 /// Prototype units per embedding unit (a multiplication is cheaper than a division).
@@ -123,6 +123,12 @@ pub struct DetectorConfig {
     /// A new shape scores at most the probability of its distance (as for the range)
     /// times this; 0 leaves novelty unbounded.
     pub shape_prior: f64,
+    /// A prediction error whose shape (its last values and the time of day) lies within
+    /// this many radii of a known prototype is no more anomalous than the shape itself: a
+    /// spike that came at this time yesterday is a habit, not a fault (0 turns this off).
+    /// Range exits and drifts are not excused: a familiar shape beyond the range is
+    /// still beyond it.
+    pub familiar_ratio: f64,
     /// Score slow drifts (the signed prediction errors leaning one way).
     pub drift_detection: bool,
     /// Weight of the newest signed error in the drift average, in (0, 1].
@@ -161,6 +167,7 @@ impl Default for DetectorConfig {
             outlier_z_scale: 2.0,
             shape_prior: 1e-2,
             novelty_events: 1000,
+            familiar_ratio: 4.0,
             drift_detection: true,
             drift_alpha: 0.05,
             relation: RelationConfig::default(),
@@ -195,6 +202,11 @@ impl DetectorConfig {
                 "shape_length must be at most {} and shape_centroids at most 256",
                 MAX_DIMS - 2
             )));
+        }
+        if self.familiar_ratio.is_nan() || self.familiar_ratio < 0.0 {
+            return Err(ModelError::InvalidConfig(
+                "familiar_ratio must not be negative".into(),
+            ));
         }
         if self.outlier_z_scale.is_nan() || self.outlier_z_scale < 0.0 {
             return Err(ModelError::InvalidConfig(
@@ -259,9 +271,8 @@ pub struct DetectorParams {
     pub config: DetectorConfig,
     /// Sorted by name.
     pub metrics: Vec<MetricParams>,
-    /// Usual interval between events (ms) and the fraction of samples that go missing,
-    /// once known.
-    pub interval: Option<(f64, f64)>,
+    /// Usual interval between events and how samples go missing, once known.
+    pub interval: Option<Cadence>,
     /// Relations between metrics, once fitted.
     pub relation: Option<RelationParams>,
 }
@@ -270,9 +281,25 @@ pub struct DetectorParams {
 type ParamsBody = (
     DetectorConfig,
     Vec<MetricParams>,
-    Option<(f64, f64)>,
+    Option<Cadence>,
     Option<RelationParams>,
 );
+
+/// How a device's events arrive: the usual interval, and how often and how long samples
+/// go missing. Gap lengths are heavy-tailed (a device that drops out, drops out for a
+/// while), so a gap of `k` missing samples is judged by a Pareto tail,
+/// `P = gap_rate · ((1 + k) / 2)^-gap_tail`, not as `k` independent misses: a device that
+/// drops samples now and then for a few hours is not alarming each time it does.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cadence {
+    /// Usual interval between events (ms).
+    pub interval_ms: f64,
+    /// Fraction of intervals in which samples went missing.
+    pub gap_rate: f32,
+    /// Tail index of the gap lengths: 1 / the mean of `ln((1 + k) / 2)` over the gaps
+    /// seen, with a prior of a device that never misses (see `GAP_PRIOR_GAPS`).
+    pub gap_tail: f32,
+}
 
 fn check_header(
     bytes: &[u8],
@@ -635,8 +662,10 @@ pub struct DetectorTrainer {
     metrics: Vec<(Box<str>, MetricTrainer)>,
     relation: RelationTrainer,
     interval: Running,
-    /// Fraction of expected samples that did not arrive.
-    missing_rate: f64,
+    /// Fraction of intervals in which samples went missing.
+    gap_rate: f64,
+    /// Mean of `ln((1 + k) / 2)` over the gaps seen (`k` samples missing).
+    gap_log_length: SmallRunning,
     last_ts: Option<i64>,
     events: u64,
 }
@@ -652,7 +681,8 @@ impl DetectorTrainer {
             metrics: Vec::new(),
             relation: RelationTrainer::default(),
             interval: Running::default(),
-            missing_rate: 0.0,
+            gap_rate: 0.0,
+            gap_log_length: SmallRunning::default(),
             last_ts: None,
             events: 0,
         }
@@ -697,8 +727,15 @@ impl DetectorTrainer {
                 self.interval.learn(interval, config.error_alpha);
             }
             if known {
-                let weight = config.error_alpha.max(1.0 / (self.interval.count() as f64));
-                self.missing_rate += weight * (missed / (1.0 + missed) - self.missing_rate);
+                // How often a device drops samples is a slow habit: remembered over about
+                // 1 / GAP_ALPHA intervals.
+                let weight = GAP_ALPHA.max(1.0 / (self.interval.count() as f64));
+                let gap = if missed > 0.0 { 1.0 } else { 0.0 };
+                self.gap_rate += weight * (gap - self.gap_rate);
+                if missed > 0.0 {
+                    self.gap_log_length
+                        .learn(((1.0 + missed) / 2.0).ln(), GAP_ALPHA);
+                }
             }
         }
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
@@ -874,8 +911,11 @@ impl Trainer for DetectorTrainer {
     }
 
     fn snapshot(&self) -> DetectorParams {
-        let interval = (self.interval.count() >= self.config.warmup_events)
-            .then_some((self.interval.mean, self.missing_rate));
+        let interval = (self.interval.count() >= self.config.warmup_events).then(|| Cadence {
+            interval_ms: self.interval.mean,
+            gap_rate: self.gap_rate as f32,
+            gap_tail: gap_tail(&self.gap_log_length) as f32,
+        });
         let relation = self.relation.params().map(|fitted| RelationParams {
             columns: self.relation.columns().to_vec(),
             ..fitted.clone()
@@ -1007,6 +1047,16 @@ struct Reading<'a> {
     shape: Option<&'a Shape>,
 }
 
+/// Whether the current shape lies close to a prototype (once shapes count at all).
+fn familiar(metric: &MetricParams, config: &DetectorConfig, shape: &Shape) -> bool {
+    if config.familiar_ratio <= 0.0 || metric.n < config.novelty_events {
+        return false;
+    }
+    let (index, distance) = shape.nearest;
+    let radius = metric.radii.get(index).map_or(1.0, |&r| f64::from(r));
+    distance <= config.familiar_ratio * radius.max(1e-6)
+}
+
 /// The score of a metric with enough history: the likelihood of its recent prediction
 /// errors and shapes, its drift, and whether it left its range.
 fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
@@ -1027,6 +1077,10 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             / f64::from(metric.shape_std).max(MIN_LOG_STD)
             / config.shape_z_scale.max(1e-9);
         let likely = upper_score(z);
+        if familiar(metric, config, shape) {
+            // The deviation is explained by a shape seen before at this time of day.
+            score = score.min(likely);
+        }
         if likely > score {
             score = likely;
             cause = Cause::NewShape { ratio: 0.0 };
@@ -1126,7 +1180,23 @@ pub(crate) fn ln_upper_tail(z: f64) -> f64 {
 const MIN_REPEAT_RATE: f64 = 0.01;
 /// Below this repeat rate a metric counts as one that (almost) never repeats.
 const RARE_REPEAT_RATE: f64 = 0.02;
-const MIN_MISSING_RATE: f64 = 0.01;
+const MIN_GAP_RATE: f64 = 0.01;
+/// Weight of the newest interval in the gap statistics.
+const GAP_ALPHA: f64 = 0.005;
+/// The prior of the gap lengths: as if this many gaps of mean log-length
+/// `GAP_PRIOR_LOG_LENGTH` had been seen (tail index 15). A device that never missed a
+/// sample scores a first gap of 5 intervals (4 missing) at 0.8, as when each missing
+/// sample counted separately at the 1% floor; a few real gaps outweigh the prior.
+const GAP_PRIOR_GAPS: f64 = 20.0;
+const GAP_PRIOR_LOG_LENGTH: f64 = 1.0 / 15.0;
+
+/// Tail index of the gap lengths seen, shrunk towards the prior.
+fn gap_tail(log_length: &SmallRunning) -> f64 {
+    let seen = (log_length.count() as f64).min(1.0 / GAP_ALPHA);
+    let mean = (GAP_PRIOR_GAPS * GAP_PRIOR_LOG_LENGTH + seen * log_length.mean())
+        / (GAP_PRIOR_GAPS + seen);
+    1.0 / mean.max(1e-3)
+}
 /// Parts scoring below this are left out of the contributors (the event's score is then
 /// the largest remaining part, or 0): they name nothing worth reading, and leaving them
 /// out saves an allocation per metric and event.
@@ -1143,18 +1213,21 @@ impl DetectorScorer {
         let interval = params.interval.filter(|_| config.gap_detection);
         let previous = self.last_ts;
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
-        let (last_ts, (mean, missing_rate)) = (previous?, interval?);
+        let (last_ts, cadence) = (previous?, interval?);
+        let mean = cadence.interval_ms;
         let gap_ms = ts_ms - last_ts;
         let missed = (gap_ms as f64 / mean - 1.0).round();
         if (gap_ms as f64) < config.gap_min_ratio * mean {
             return None;
         }
-        // `missed` samples in a row, each missing with the learned rate.
+        // A gap at all, then one at least this long (Pareto tail).
+        let ln_p = f64::from(cadence.gap_rate).max(MIN_GAP_RATE).ln()
+            - f64::from(cadence.gap_tail) * ((1.0 + missed) / 2.0).ln();
         Some(MetricScore {
             metric: INTERVAL_METRIC.to_owned(),
             value: gap_ms as f64,
             expected: mean,
-            score: tail_score(missed * missing_rate.max(MIN_MISSING_RATE).ln()),
+            score: tail_score(ln_p),
             cause: Cause::Gap {
                 gap_ms,
                 ratio: gap_ms as f64 / mean.max(1.0),
