@@ -1117,26 +1117,45 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Drift { z };
         }
     }
-    let range = metric.max - metric.min;
-    let excess = (r.value - metric.max).max(metric.min - r.value);
-    if range > 0.0 && excess > config.range_tolerance * range && metric.n >= config.range_events {
-        // Graded, so that the threshold can tell a slight new extreme from a wild one.
-        let beyond = (excess / range - config.range_tolerance).min(1.0);
-        let mut ranged = config.range_score * (0.9 + 0.1 * beyond);
-        if config.range_prior > 0.0 {
-            let z = (r.value - metric.value_mean) / metric.value_std.max(1e-12);
-            let surprise = tail_score(ln_two_sided_tail(z) + config.range_prior.ln());
-            ranged = ranged.min(surprise);
-        }
-        if ranged > score {
-            score = ranged;
-            cause = Cause::OutOfRange {
-                min: metric.min,
-                max: metric.max,
-            };
-        }
+    let ranged = range_score(metric, config, r.value);
+    if ranged > score {
+        score = ranged;
+        cause = Cause::OutOfRange {
+            min: metric.min,
+            max: metric.max,
+        };
     }
     (score, cause)
+}
+
+/// The score of a value beyond the seen range (0 inside it, or before the range counts).
+/// Two pieces of evidence, combined as independent: how improbable the value is under
+/// the long-run distribution, and how far it lies beyond the range in units of the
+/// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
+/// a fault jumps out of it by many.
+fn range_score(metric: &MetricParams, config: &DetectorConfig, value: f64) -> f64 {
+    let range = metric.max - metric.min;
+    let excess = (value - metric.max).max(metric.min - value);
+    if range <= 0.0 || excess <= config.range_tolerance * range || metric.n < config.range_events {
+        return 0.0;
+    }
+    // Graded, so that the threshold can tell a slight new extreme from a wild one.
+    let beyond = (excess / range - config.range_tolerance).min(1.0);
+    let ranged = config.range_score * (0.9 + 0.1 * beyond);
+    if config.range_prior <= 0.0 {
+        return ranged;
+    }
+    let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
+    let spreads = excess / metric.error_std.max(1e-12);
+    let ln_p = ln_fisher2(ln_two_sided_tail(z), ln_upper_tail(spreads));
+    ranged.min(tail_score(ln_p + config.range_prior.ln()))
+}
+
+/// Fisher's combination of two independent p-values, in log space: the probability that
+/// two uniform p-values have a product at most `p1 p2`, which is `p1 p2 (1 - ln(p1 p2))`.
+fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
+    let ln_product = ln_p1 + ln_p2;
+    ln_product + (1.0 - ln_product).ln()
 }
 
 /// The scoring half, one per device.
