@@ -38,6 +38,8 @@ use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer}
 pub const KIND: &str = "fleetwatch-detector";
 pub const FORMAT_VERSION: u32 = 4;
 
+/// Largest step of the drift's level, in error deviations.
+const DRIFT_STEP: f64 = 5.0;
 /// Readings of a metric before its drift statistics are learned (see `learn_metric`).
 const DRIFT_SETTLE_EVENTS: u64 = 100;
 pub const INTERVAL_METRIC: &str = "(interval)";
@@ -472,6 +474,8 @@ const MIN_LOG_STD: f64 = 1e-4;
 struct Context {
     /// NaN until the first value (NaN rather than `Option`: 8 bytes instead of 16).
     prediction: f64,
+    /// The drift's own level: the fast smoother with each step bounded (see `observe`).
+    level: f64,
     last_value: f64,
     repeats: u32,
     /// The repeat rate the scorer's parameters had when the current run began (NaN:
@@ -489,6 +493,7 @@ impl Default for Context {
     fn default() -> Self {
         Self {
             prediction: f64::NAN,
+            level: f64::NAN,
             last_value: f64::NAN,
             repeats: 0,
             run_start_repeat_rate: f32::NAN,
@@ -616,9 +621,20 @@ impl Context {
         let signed = ((value - prediction) / error_std.max(1e-12)).clamp(-1e6, 1e6);
         let raw = signed.abs();
         self.prediction = prediction + config.predictor_alpha * (value - prediction);
-        // Clamped so one wild value does not stand for a drift for long.
+        // The drift leans on its own level, which a single wild value moves by at most
+        // DRIFT_STEP error deviations' worth: otherwise the smoother's slow recovery from
+        // a spike leans one way for a dozen readings and looks like a drift. A ramp's
+        // small steps move both alike.
+        let level = if self.level.is_nan() {
+            value
+        } else {
+            self.level
+        };
+        let bound = DRIFT_STEP * error_std.max(1e-12);
+        let leaning = ((value - level) / error_std.max(1e-12)).clamp(-5.0, 5.0);
+        self.level = level + config.predictor_alpha * (value - level).clamp(-bound, bound);
         let drift = f64::from(self.drift);
-        self.drift = (drift + config.drift_alpha * (signed.clamp(-5.0, 5.0) - drift)) as f32;
+        self.drift = (drift + config.drift_alpha * (leaning - drift)) as f32;
         self.repeats = if self.last_value == value {
             self.repeats + 1
         } else {
