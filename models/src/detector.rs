@@ -154,7 +154,7 @@ impl Default for DetectorConfig {
             range_score: 1.0,
             range_prior: 1e-2,
             range_events: 1000,
-            range_decay: 0.0002,
+            range_decay: 0.0001,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
