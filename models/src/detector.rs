@@ -1512,7 +1512,11 @@ mod tests {
 
     impl Rig {
         fn new() -> Self {
-            let trainer = DetectorTrainer::new(DetectorConfig::default().validate().unwrap());
+            Self::with(DetectorConfig::default())
+        }
+
+        fn with(config: DetectorConfig) -> Self {
+            let trainer = DetectorTrainer::new(config.validate().unwrap());
             let params = trainer.snapshot();
             Self {
                 trainer,
@@ -1605,6 +1609,93 @@ mod tests {
         let after_gap = rig.step(20.0, 20_000);
         assert!(after_gap.value >= THRESHOLD, "{after_gap:?}");
         assert!(matches!(after_gap.contributors[0].cause, Cause::Gap { .. }));
+    }
+
+    #[test]
+    fn a_device_that_often_drops_samples_is_not_alarmed_by_its_usual_gaps() {
+        // Every 20th interval loses 1–6 samples; a gap of 7 missing is then ordinary.
+        let mut rig = Rig::new();
+        for i in 0..2_000u64 {
+            let advance = if i % 20 == 19 {
+                1000 * (2 + (i / 20) % 6) as i64
+            } else {
+                1000
+            };
+            rig.step(20.0 + noise(i), advance);
+        }
+        let gap = rig.step(20.0, 8_000);
+        assert!(gap.value < THRESHOLD, "{gap:?}");
+        // On a device that never missed a sample the same gap alerts (the test above has
+        // one of 19 missing; 7 suffice).
+        let mut rig = Rig::new();
+        rig.warm(2_000);
+        let gap = rig.step(20.0, 8_000);
+        assert!(gap.value >= THRESHOLD, "{gap:?}");
+    }
+
+    #[test]
+    fn a_deviation_in_a_familiar_shape_is_no_more_anomalous_than_the_shape() {
+        let metric = MetricParams {
+            name: "temp".into(),
+            error_std: 1.0,
+            average_mean: 0.0,
+            average_std: 0.2,
+            drift_mean: 0.0,
+            drift_std: 1.0,
+            min: -100.0,
+            max: 100.0,
+            repeat_rate: 0.0,
+            n: 5_000,
+            value_mean: 0.0,
+            value_std: 10.0,
+            centroids: vec![0; 8],
+            radii: vec![1.0],
+            shape_mean: 0.0,
+            shape_std: 1.0,
+        };
+        let config = DetectorConfig::default();
+        // Prediction errors averaging 8 deviations, in a shape at squared distance
+        // `distance` from a prototype of radius 1 (the shape itself usual).
+        let score = |distance: f64| {
+            let shape = Shape {
+                log_average_distance: 0.0,
+                nearest: (0, distance),
+            };
+            let reading = Reading {
+                value: 8.0,
+                prediction: 0.0,
+                raw: 8.0,
+                average: 8f64.ln(),
+                drift: 0.0,
+                shape: Some(&shape),
+            };
+            history_score(&metric, &config, &reading).0
+        };
+        assert!(score(10.0) >= THRESHOLD, "{}", score(10.0));
+        assert!(score(2.0) < 0.05, "{}", score(2.0));
+    }
+
+    #[test]
+    fn a_single_spike_leaves_no_drift_behind() {
+        let mut rig = Rig::new();
+        rig.warm(2_000);
+        rig.step(60.0, 1000);
+        for i in 0..40 {
+            let score = rig.step(20.0 + noise(i), 1000);
+            let drift = score
+                .contributors
+                .iter()
+                .any(|c| matches!(c.cause, Cause::Drift { .. }) && c.score >= THRESHOLD);
+            assert!(!drift, "{i} readings after the spike: {score:?}");
+        }
+    }
+
+    #[test]
+    fn fisher_combines_two_p_values() {
+        // P(U1 U2 <= 0.01) = 0.01 (1 - ln 0.01) = 0.056.
+        let p = ln_fisher2(0.1f64.ln(), 0.1f64.ln()).exp();
+        assert!((p - 0.056_052).abs() < 1e-5, "{p}");
+        assert!(ln_fisher2(0.0, 0.0).abs() < 1e-12);
     }
 
     #[test]
