@@ -474,10 +474,12 @@ const MIN_LOG_STD: f64 = 1e-4;
 struct Context {
     /// NaN until the first value (NaN rather than `Option`: 8 bytes instead of 16).
     prediction: f64,
-    /// The drift's own level: the fast smoother with each step bounded (see `observe`).
-    level: f64,
     last_value: f64,
     repeats: u32,
+    /// The drift's own level (the fast smoother with each step bounded, see `observe`),
+    /// as its offset from the prediction: small, so `f32` suffices, and it fits in what
+    /// was padding.
+    level_offset: f32,
     /// The repeat rate the scorer's parameters had when the current run began (NaN:
     /// none): a run is judged by the behaviour before it, or it would soon make itself
     /// look normal.
@@ -493,7 +495,7 @@ impl Default for Context {
     fn default() -> Self {
         Self {
             prediction: f64::NAN,
-            level: f64::NAN,
+            level_offset: 0.0,
             last_value: f64::NAN,
             repeats: 0,
             run_start_repeat_rate: f32::NAN,
@@ -625,14 +627,11 @@ impl Context {
         // DRIFT_STEP error deviations' worth: otherwise the smoother's slow recovery from
         // a spike leans one way for a dozen readings and looks like a drift. A ramp's
         // small steps move both alike.
-        let level = if self.level.is_nan() {
-            value
-        } else {
-            self.level
-        };
+        let level = prediction + f64::from(self.level_offset);
         let bound = DRIFT_STEP * error_std.max(1e-12);
         let leaning = ((value - level) / error_std.max(1e-12)).clamp(-5.0, 5.0);
-        self.level = level + config.predictor_alpha * (value - level).clamp(-bound, bound);
+        let level = level + config.predictor_alpha * (value - level).clamp(-bound, bound);
+        self.level_offset = (level - self.prediction) as f32;
         let drift = f64::from(self.drift);
         self.drift = (drift + config.drift_alpha * (leaning - drift)) as f32;
         self.repeats = if self.last_value == value {
