@@ -614,13 +614,17 @@ impl Context {
     /// Raw score of `value` against the current prediction, then advance the context.
     /// Returns (raw, prediction, ln of the average of recent raw scores including this
     /// one).
+    #[inline]
     fn observe(&mut self, value: f64, error_std: f64, config: &DetectorConfig) -> (f64, f64, f64) {
         let prediction = if self.prediction.is_nan() {
             value
         } else {
             self.prediction
         };
-        let signed = ((value - prediction) / error_std.max(1e-12)).clamp(-1e6, 1e6);
+        let scale = error_std.max(1e-12);
+        // One division for both the error and the drift's lean.
+        let inverse = 1.0 / scale;
+        let signed = ((value - prediction) * inverse).clamp(-1e6, 1e6);
         let raw = signed.abs();
         self.prediction = prediction + config.predictor_alpha * (value - prediction);
         // The drift leans on its own level, which a single wild value moves by at most
@@ -628,8 +632,8 @@ impl Context {
         // a spike leans one way for a dozen readings and looks like a drift. A ramp's
         // small steps move both alike.
         let level = prediction + f64::from(self.level_offset);
-        let bound = DRIFT_STEP * error_std.max(1e-12);
-        let leaning = ((value - level) / error_std.max(1e-12)).clamp(-5.0, 5.0);
+        let bound = DRIFT_STEP * scale;
+        let leaning = ((value - level) * inverse).clamp(-5.0, 5.0);
         let level = level + config.predictor_alpha * (value - level).clamp(-bound, bound);
         self.level_offset = (level - self.prediction) as f32;
         let drift = f64::from(self.drift);
