@@ -1634,6 +1634,18 @@ mod tests {
         rig.warm(2_000);
         let gap = rig.step(20.0, 8_000);
         assert!(gap.value >= THRESHOLD, "{gap:?}");
+        // Dropouts of the simulator's size (10 s at 10 readings a second: 100 missing)
+        // alert, the second too: one earlier dropout does not make a habit.
+        for i in 0..500 {
+            rig.step(20.0 + noise(i), 1000);
+        }
+        let first = rig.step(20.0, 101_000);
+        assert!(first.value >= THRESHOLD, "{first:?}");
+        for i in 0..500 {
+            rig.step(20.0 + noise(i), 1000);
+        }
+        let second = rig.step(20.0, 101_000);
+        assert!(second.value >= THRESHOLD, "{second:?}");
     }
 
     #[test]
