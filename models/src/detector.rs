@@ -127,9 +127,9 @@ pub struct DetectorConfig {
     pub shape_prior: f64,
     /// A prediction error whose shape (its last values and the time of day) lies within
     /// this many radii of a known prototype is no more anomalous than the shape itself: a
-    /// spike that came at this time yesterday is a habit, not a fault (0 turns this off).
-    /// Range exits and drifts are not excused: a familiar shape beyond the range is
-    /// still beyond it.
+    /// jump that comes at this time every day is a habit, not a fault, as far as the
+    /// prototype memory holds its shapes (0 turns this off). Range exits and drifts are
+    /// not excused: a familiar shape beyond the range is still beyond it.
     pub familiar_ratio: f64,
     /// Score slow drifts (the signed prediction errors leaning one way).
     pub drift_detection: bool,
