@@ -36,8 +36,10 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
+/// Largest step of the drift's level, in error deviations.
+const DRIFT_STEP: f64 = 5.0;
 /// Readings of a metric before its drift statistics are learned (see `learn_metric`).
 const DRIFT_SETTLE_EVENTS: u64 = 100;
 pub const INTERVAL_METRIC: &str = "(interval)";
@@ -45,7 +47,7 @@ pub const INTERVAL_METRIC: &str = "(interval)";
 const KIND_ID: u8 = 1;
 const PARAMS_MAGIC: &[u8; 2] = b"FP";
 const STATE_MAGIC: &[u8; 2] = b"FT";
-const STATE_VERSION: u16 = 1;
+const STATE_VERSION: u16 = 2;
 /// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
 const CENTROID_UNIT: f64 = 1.0 / 3000.0;
 /// Prototype units per embedding unit (a multiplication is cheaper than a division).
@@ -123,6 +125,12 @@ pub struct DetectorConfig {
     /// A new shape scores at most the probability of its distance (as for the range)
     /// times this; 0 leaves novelty unbounded.
     pub shape_prior: f64,
+    /// A prediction error whose shape (its last values and the time of day) lies within
+    /// this many radii of a known prototype is no more anomalous than the shape itself: a
+    /// jump that comes at this time every day is a habit, not a fault, as far as the
+    /// prototype memory holds its shapes (0 turns this off). Range exits and drifts are
+    /// not excused: a familiar shape beyond the range is still beyond it.
+    pub familiar_ratio: f64,
     /// Score slow drifts (the signed prediction errors leaning one way).
     pub drift_detection: bool,
     /// Weight of the newest signed error in the drift average, in (0, 1].
@@ -146,7 +154,7 @@ impl Default for DetectorConfig {
             range_score: 1.0,
             range_prior: 1e-2,
             range_events: 1000,
-            range_decay: 0.0002,
+            range_decay: 0.0001,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
@@ -161,6 +169,7 @@ impl Default for DetectorConfig {
             outlier_z_scale: 2.0,
             shape_prior: 1e-2,
             novelty_events: 1000,
+            familiar_ratio: 4.0,
             drift_detection: true,
             drift_alpha: 0.05,
             relation: RelationConfig::default(),
@@ -195,6 +204,11 @@ impl DetectorConfig {
                 "shape_length must be at most {} and shape_centroids at most 256",
                 MAX_DIMS - 2
             )));
+        }
+        if self.familiar_ratio.is_nan() || self.familiar_ratio < 0.0 {
+            return Err(ModelError::InvalidConfig(
+                "familiar_ratio must not be negative".into(),
+            ));
         }
         if self.outlier_z_scale.is_nan() || self.outlier_z_scale < 0.0 {
             return Err(ModelError::InvalidConfig(
@@ -259,9 +273,8 @@ pub struct DetectorParams {
     pub config: DetectorConfig,
     /// Sorted by name.
     pub metrics: Vec<MetricParams>,
-    /// Usual interval between events (ms) and the fraction of samples that go missing,
-    /// once known.
-    pub interval: Option<(f64, f64)>,
+    /// Usual interval between events and how samples go missing, once known.
+    pub interval: Option<Cadence>,
     /// Relations between metrics, once fitted.
     pub relation: Option<RelationParams>,
 }
@@ -270,9 +283,25 @@ pub struct DetectorParams {
 type ParamsBody = (
     DetectorConfig,
     Vec<MetricParams>,
-    Option<(f64, f64)>,
+    Option<Cadence>,
     Option<RelationParams>,
 );
+
+/// How a device's events arrive: the usual interval, and how often and how long samples
+/// go missing. Gap lengths are heavy-tailed (a device that drops out, drops out for a
+/// while), so a gap of `k` missing samples is judged by a Pareto tail,
+/// `P = gap_rate · ((1 + k) / 2)^-gap_tail`, not as `k` independent misses: a device that
+/// drops samples now and then for a few hours is not alarming each time it does.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cadence {
+    /// Usual interval between events (ms).
+    pub interval_ms: f64,
+    /// Fraction of intervals in which samples went missing.
+    pub gap_rate: f32,
+    /// Tail index of the gap lengths: 1 / the mean of `ln((1 + k) / 2)` over the gaps
+    /// seen, with a prior of a device that never misses (see `GAP_PRIOR_GAPS`).
+    pub gap_tail: f32,
+}
 
 fn check_header(
     bytes: &[u8],
@@ -447,6 +476,10 @@ struct Context {
     prediction: f64,
     last_value: f64,
     repeats: u32,
+    /// The drift's own level (the fast smoother with each step bounded, see `observe`),
+    /// as its offset from the prediction: small, so `f32` suffices, and it fits in what
+    /// was padding.
+    level_offset: f32,
     /// The repeat rate the scorer's parameters had when the current run began (NaN:
     /// none): a run is judged by the behaviour before it, or it would soon make itself
     /// look normal.
@@ -462,6 +495,7 @@ impl Default for Context {
     fn default() -> Self {
         Self {
             prediction: f64::NAN,
+            level_offset: 0.0,
             last_value: f64::NAN,
             repeats: 0,
             run_start_repeat_rate: f32::NAN,
@@ -580,18 +614,30 @@ impl Context {
     /// Raw score of `value` against the current prediction, then advance the context.
     /// Returns (raw, prediction, ln of the average of recent raw scores including this
     /// one).
+    #[inline]
     fn observe(&mut self, value: f64, error_std: f64, config: &DetectorConfig) -> (f64, f64, f64) {
         let prediction = if self.prediction.is_nan() {
             value
         } else {
             self.prediction
         };
-        let signed = ((value - prediction) / error_std.max(1e-12)).clamp(-1e6, 1e6);
+        let scale = error_std.max(1e-12);
+        // One division for both the error and the drift's lean.
+        let inverse = 1.0 / scale;
+        let signed = ((value - prediction) * inverse).clamp(-1e6, 1e6);
         let raw = signed.abs();
         self.prediction = prediction + config.predictor_alpha * (value - prediction);
-        // Clamped so one wild value does not stand for a drift for long.
+        // The drift leans on its own level, which a single wild value moves by at most
+        // DRIFT_STEP error deviations' worth: otherwise the smoother's slow recovery from
+        // a spike leans one way for a dozen readings and looks like a drift. A ramp's
+        // small steps move both alike.
+        let level = prediction + f64::from(self.level_offset);
+        let bound = DRIFT_STEP * scale;
+        let leaning = ((value - level) * inverse).clamp(-5.0, 5.0);
+        let level = level + config.predictor_alpha * (value - level).clamp(-bound, bound);
+        self.level_offset = (level - self.prediction) as f32;
         let drift = f64::from(self.drift);
-        self.drift = (drift + config.drift_alpha * (signed.clamp(-5.0, 5.0) - drift)) as f32;
+        self.drift = (drift + config.drift_alpha * (leaning - drift)) as f32;
         self.repeats = if self.last_value == value {
             self.repeats + 1
         } else {
@@ -635,8 +681,10 @@ pub struct DetectorTrainer {
     metrics: Vec<(Box<str>, MetricTrainer)>,
     relation: RelationTrainer,
     interval: Running,
-    /// Fraction of expected samples that did not arrive.
-    missing_rate: f64,
+    /// Fraction of intervals in which samples went missing.
+    gap_rate: f64,
+    /// Mean of `ln((1 + k) / 2)` over the gaps seen (`k` samples missing).
+    gap_log_length: SmallRunning,
     last_ts: Option<i64>,
     events: u64,
 }
@@ -652,7 +700,8 @@ impl DetectorTrainer {
             metrics: Vec::new(),
             relation: RelationTrainer::default(),
             interval: Running::default(),
-            missing_rate: 0.0,
+            gap_rate: 0.0,
+            gap_log_length: SmallRunning::default(),
             last_ts: None,
             events: 0,
         }
@@ -697,8 +746,15 @@ impl DetectorTrainer {
                 self.interval.learn(interval, config.error_alpha);
             }
             if known {
-                let weight = config.error_alpha.max(1.0 / (self.interval.count() as f64));
-                self.missing_rate += weight * (missed / (1.0 + missed) - self.missing_rate);
+                // How often a device drops samples is a slow habit: remembered over about
+                // 1 / GAP_ALPHA intervals.
+                let weight = GAP_ALPHA.max(1.0 / (self.interval.count() as f64));
+                let gap = if missed > 0.0 { 1.0 } else { 0.0 };
+                self.gap_rate += weight * (gap - self.gap_rate);
+                if missed > 0.0 {
+                    self.gap_log_length
+                        .learn(((1.0 + missed) / 2.0).ln(), GAP_ALPHA);
+                }
             }
         }
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
@@ -874,8 +930,11 @@ impl Trainer for DetectorTrainer {
     }
 
     fn snapshot(&self) -> DetectorParams {
-        let interval = (self.interval.count() >= self.config.warmup_events)
-            .then_some((self.interval.mean, self.missing_rate));
+        let interval = (self.interval.count() >= self.config.warmup_events).then(|| Cadence {
+            interval_ms: self.interval.mean,
+            gap_rate: self.gap_rate as f32,
+            gap_tail: gap_tail(&self.gap_log_length) as f32,
+        });
         let relation = self.relation.params().map(|fitted| RelationParams {
             columns: self.relation.columns().to_vec(),
             ..fitted.clone()
@@ -1007,6 +1066,16 @@ struct Reading<'a> {
     shape: Option<&'a Shape>,
 }
 
+/// Whether the current shape lies close to a prototype (once shapes count at all).
+fn familiar(metric: &MetricParams, config: &DetectorConfig, shape: &Shape) -> bool {
+    if config.familiar_ratio <= 0.0 || metric.n < config.novelty_events {
+        return false;
+    }
+    let (index, distance) = shape.nearest;
+    let radius = metric.radii.get(index).map_or(1.0, |&r| f64::from(r));
+    distance <= config.familiar_ratio * radius.max(1e-6)
+}
+
 /// The score of a metric with enough history: the likelihood of its recent prediction
 /// errors and shapes, its drift, and whether it left its range.
 fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
@@ -1027,6 +1096,10 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             / f64::from(metric.shape_std).max(MIN_LOG_STD)
             / config.shape_z_scale.max(1e-9);
         let likely = upper_score(z);
+        if familiar(metric, config, shape) {
+            // The deviation is explained by a shape seen before at this time of day.
+            score = score.min(likely);
+        }
         if likely > score {
             score = likely;
             cause = Cause::NewShape { ratio: 0.0 };
@@ -1063,26 +1136,45 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Drift { z };
         }
     }
-    let range = metric.max - metric.min;
-    let excess = (r.value - metric.max).max(metric.min - r.value);
-    if range > 0.0 && excess > config.range_tolerance * range && metric.n >= config.range_events {
-        // Graded, so that the threshold can tell a slight new extreme from a wild one.
-        let beyond = (excess / range - config.range_tolerance).min(1.0);
-        let mut ranged = config.range_score * (0.9 + 0.1 * beyond);
-        if config.range_prior > 0.0 {
-            let z = (r.value - metric.value_mean) / metric.value_std.max(1e-12);
-            let surprise = tail_score(ln_two_sided_tail(z) + config.range_prior.ln());
-            ranged = ranged.min(surprise);
-        }
-        if ranged > score {
-            score = ranged;
-            cause = Cause::OutOfRange {
-                min: metric.min,
-                max: metric.max,
-            };
-        }
+    let ranged = range_score(metric, config, r.value);
+    if ranged > score {
+        score = ranged;
+        cause = Cause::OutOfRange {
+            min: metric.min,
+            max: metric.max,
+        };
     }
     (score, cause)
+}
+
+/// The score of a value beyond the seen range (0 inside it, or before the range counts).
+/// Two pieces of evidence, combined as independent: how improbable the value is under
+/// the long-run distribution, and how far it lies beyond the range in units of the
+/// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
+/// a fault jumps out of it by many.
+fn range_score(metric: &MetricParams, config: &DetectorConfig, value: f64) -> f64 {
+    let range = metric.max - metric.min;
+    let excess = (value - metric.max).max(metric.min - value);
+    if range <= 0.0 || excess <= config.range_tolerance * range || metric.n < config.range_events {
+        return 0.0;
+    }
+    // Graded, so that the threshold can tell a slight new extreme from a wild one.
+    let beyond = (excess / range - config.range_tolerance).min(1.0);
+    let ranged = config.range_score * (0.9 + 0.1 * beyond);
+    if config.range_prior <= 0.0 {
+        return ranged;
+    }
+    let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
+    let spreads = excess / metric.error_std.max(1e-12);
+    let ln_p = ln_fisher2(ln_two_sided_tail(z), ln_upper_tail(spreads));
+    ranged.min(tail_score(ln_p + config.range_prior.ln()))
+}
+
+/// Fisher's combination of two independent p-values, in log space: the probability that
+/// two uniform p-values have a product at most `p1 p2`, which is `p1 p2 (1 - ln(p1 p2))`.
+fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
+    let ln_product = ln_p1 + ln_p2;
+    ln_product + (1.0 - ln_product).ln()
 }
 
 /// The scoring half, one per device.
@@ -1126,7 +1218,23 @@ pub(crate) fn ln_upper_tail(z: f64) -> f64 {
 const MIN_REPEAT_RATE: f64 = 0.01;
 /// Below this repeat rate a metric counts as one that (almost) never repeats.
 const RARE_REPEAT_RATE: f64 = 0.02;
-const MIN_MISSING_RATE: f64 = 0.01;
+const MIN_GAP_RATE: f64 = 0.01;
+/// Weight of the newest interval in the gap statistics.
+const GAP_ALPHA: f64 = 0.005;
+/// The prior of the gap lengths: as if this many gaps of mean log-length
+/// `GAP_PRIOR_LOG_LENGTH` had been seen (tail index 15). A device that never missed a
+/// sample scores a first gap of 5 intervals (4 missing) at 0.8, as when each missing
+/// sample counted separately at the 1% floor; a few real gaps outweigh the prior.
+const GAP_PRIOR_GAPS: f64 = 20.0;
+const GAP_PRIOR_LOG_LENGTH: f64 = 1.0 / 15.0;
+
+/// Tail index of the gap lengths seen, shrunk towards the prior.
+fn gap_tail(log_length: &SmallRunning) -> f64 {
+    let seen = (log_length.count() as f64).min(1.0 / GAP_ALPHA);
+    let mean = (GAP_PRIOR_GAPS * GAP_PRIOR_LOG_LENGTH + seen * log_length.mean())
+        / (GAP_PRIOR_GAPS + seen);
+    1.0 / mean.max(1e-3)
+}
 /// Parts scoring below this are left out of the contributors (the event's score is then
 /// the largest remaining part, or 0): they name nothing worth reading, and leaving them
 /// out saves an allocation per metric and event.
@@ -1143,18 +1251,21 @@ impl DetectorScorer {
         let interval = params.interval.filter(|_| config.gap_detection);
         let previous = self.last_ts;
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
-        let (last_ts, (mean, missing_rate)) = (previous?, interval?);
+        let (last_ts, cadence) = (previous?, interval?);
+        let mean = cadence.interval_ms;
         let gap_ms = ts_ms - last_ts;
         let missed = (gap_ms as f64 / mean - 1.0).round();
         if (gap_ms as f64) < config.gap_min_ratio * mean {
             return None;
         }
-        // `missed` samples in a row, each missing with the learned rate.
+        // A gap at all, then one at least this long (Pareto tail).
+        let ln_p = f64::from(cadence.gap_rate).max(MIN_GAP_RATE).ln()
+            - f64::from(cadence.gap_tail) * ((1.0 + missed) / 2.0).ln();
         Some(MetricScore {
             metric: INTERVAL_METRIC.to_owned(),
             value: gap_ms as f64,
             expected: mean,
-            score: tail_score(missed * missing_rate.max(MIN_MISSING_RATE).ln()),
+            score: tail_score(ln_p),
             cause: Cause::Gap {
                 gap_ms,
                 ratio: gap_ms as f64 / mean.max(1.0),
@@ -1404,7 +1515,11 @@ mod tests {
 
     impl Rig {
         fn new() -> Self {
-            let trainer = DetectorTrainer::new(DetectorConfig::default().validate().unwrap());
+            Self::with(DetectorConfig::default())
+        }
+
+        fn with(config: DetectorConfig) -> Self {
+            let trainer = DetectorTrainer::new(config.validate().unwrap());
             let params = trainer.snapshot();
             Self {
                 trainer,
@@ -1497,6 +1612,105 @@ mod tests {
         let after_gap = rig.step(20.0, 20_000);
         assert!(after_gap.value >= THRESHOLD, "{after_gap:?}");
         assert!(matches!(after_gap.contributors[0].cause, Cause::Gap { .. }));
+    }
+
+    #[test]
+    fn a_device_that_often_drops_samples_is_not_alarmed_by_its_usual_gaps() {
+        // Every 20th interval loses 1–6 samples; a gap of 7 missing is then ordinary.
+        let mut rig = Rig::new();
+        for i in 0..2_000u64 {
+            let advance = if i % 20 == 19 {
+                1000 * (2 + (i / 20) % 6) as i64
+            } else {
+                1000
+            };
+            rig.step(20.0 + noise(i), advance);
+        }
+        let gap = rig.step(20.0, 8_000);
+        assert!(gap.value < THRESHOLD, "{gap:?}");
+        // On a device that never missed a sample the same gap alerts (the test above has
+        // one of 19 missing; 7 suffice).
+        let mut rig = Rig::new();
+        rig.warm(2_000);
+        let gap = rig.step(20.0, 8_000);
+        assert!(gap.value >= THRESHOLD, "{gap:?}");
+        // Dropouts of the simulator's size (10 s at 10 readings a second: 100 missing)
+        // alert, the second too: one earlier dropout does not make a habit.
+        for i in 0..500 {
+            rig.step(20.0 + noise(i), 1000);
+        }
+        let first = rig.step(20.0, 101_000);
+        assert!(first.value >= THRESHOLD, "{first:?}");
+        for i in 0..500 {
+            rig.step(20.0 + noise(i), 1000);
+        }
+        let second = rig.step(20.0, 101_000);
+        assert!(second.value >= THRESHOLD, "{second:?}");
+    }
+
+    #[test]
+    fn a_deviation_in_a_familiar_shape_is_no_more_anomalous_than_the_shape() {
+        let metric = MetricParams {
+            name: "temp".into(),
+            error_std: 1.0,
+            average_mean: 0.0,
+            average_std: 0.2,
+            drift_mean: 0.0,
+            drift_std: 1.0,
+            min: -100.0,
+            max: 100.0,
+            repeat_rate: 0.0,
+            n: 5_000,
+            value_mean: 0.0,
+            value_std: 10.0,
+            centroids: vec![0; 8],
+            radii: vec![1.0],
+            shape_mean: 0.0,
+            shape_std: 1.0,
+        };
+        let config = DetectorConfig::default();
+        // Prediction errors averaging 8 deviations, in a shape at squared distance
+        // `distance` from a prototype of radius 1 (the shape itself usual).
+        let score = |distance: f64| {
+            let shape = Shape {
+                log_average_distance: 0.0,
+                nearest: (0, distance),
+            };
+            let reading = Reading {
+                value: 8.0,
+                prediction: 0.0,
+                raw: 8.0,
+                average: 8f64.ln(),
+                drift: 0.0,
+                shape: Some(&shape),
+            };
+            history_score(&metric, &config, &reading).0
+        };
+        assert!(score(10.0) >= THRESHOLD, "{}", score(10.0));
+        assert!(score(2.0) < 0.05, "{}", score(2.0));
+    }
+
+    #[test]
+    fn a_single_spike_leaves_no_drift_behind() {
+        let mut rig = Rig::new();
+        rig.warm(2_000);
+        rig.step(60.0, 1000);
+        for i in 0..40 {
+            let score = rig.step(20.0 + noise(i), 1000);
+            let drift = score
+                .contributors
+                .iter()
+                .any(|c| matches!(c.cause, Cause::Drift { .. }) && c.score >= THRESHOLD);
+            assert!(!drift, "{i} readings after the spike: {score:?}");
+        }
+    }
+
+    #[test]
+    fn fisher_combines_two_p_values() {
+        // P(U1 U2 <= 0.01) = 0.01 (1 - ln 0.01) = 0.056.
+        let p = ln_fisher2(0.1f64.ln(), 0.1f64.ln()).exp();
+        assert!((p - 0.056_052).abs() < 1e-5, "{p}");
+        assert!(ln_fisher2(0.0, 0.0).abs() < 1e-12);
     }
 
     #[test]
