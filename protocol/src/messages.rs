@@ -343,6 +343,9 @@ pub struct Alert {
     pub reason: String,
     /// Metrics ordered by contribution, largest first.
     pub contributors: Vec<Contributor>,
+    /// The top contributor's metric and check, `metric:kind` (e.g. `pressure:relation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// Device timestamp and sequence number of the event that changed the state.
     pub event_ts: i64,
     pub event_seq: u64,

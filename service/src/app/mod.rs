@@ -90,6 +90,7 @@ pub async fn start(
         registry: None,
         ws_addr: None,
         model_params: None,
+        alarms: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -99,12 +100,14 @@ pub async fn start(
     }
     let (registry, ws_addr) = (launch.registry.take(), launch.ws_addr);
     let model_params = launch.model_params.take();
+    let alarms = launch.alarms.take();
     http_state.connect(Started {
         registry: registry.clone(),
         requests,
         ws_port: ws_addr.map(|addr| addr.port()),
         model_params,
         directory,
+        alarms,
     });
     tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");
     Ok(RunningApp {

@@ -35,7 +35,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let changelog = Arc::new(Changelog::new(
         launch.producer.clone(),
         reader,
-        launch.topics.device_directory(),
+        super::SideTopics::of(&launch.topics),
         launch.metrics.clone(),
     ));
     let downlink = MqttPublisher::start(
@@ -56,7 +56,11 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         kafka,
         ConsumerRole::Devices,
         &kafka.group_id("devices"),
-        &[&launch.topics.telemetry(), &launch.topics.commands()],
+        &[
+            &launch.topics.telemetry(),
+            &launch.topics.commands(),
+            &launch.topics.alerts(),
+        ],
         StartAt::Earliest,
         launch.metrics.clone(),
         Some(registry.clone()),
@@ -64,6 +68,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let handler = DevicesHandler {
         registry: registry.clone(),
         commands_topic: launch.topics.commands(),
+        alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
         producer: launch.producer.clone(),
         metrics: launch.metrics.clone(),

@@ -139,6 +139,8 @@ impl ScoringHandler {
             Transition::Escalated => (AlertState::Updated, score.reason()),
             Transition::Closed => (AlertState::Cleared, "back to normal".to_owned()),
         };
+        let cause = Some(fleetwatch_models::episode::cause_label(&score))
+            .filter(|label| state != AlertState::Cleared && !label.is_empty());
         Alert {
             alert_id: format!("{device_id}:{opened_at}"),
             device_id,
@@ -147,6 +149,7 @@ impl ScoringHandler {
             score: score.value,
             threshold: self.rules.threshold,
             reason,
+            cause,
             contributors: score
                 .contributors
                 .iter()
