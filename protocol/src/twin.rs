@@ -167,6 +167,12 @@ impl DeviceRequestBody {
         }
     }
 
+    /// Whether the request may create the twin of a device nobody has seen: writes may
+    /// (a command waits for a device to appear); reads and alarm actions may not.
+    pub fn creates_twin(&self) -> bool {
+        !self.is_read() && !matches!(self, Self::AlarmAction { .. })
+    }
+
     /// Reads never create a twin for a device nobody has seen.
     pub fn is_read(&self) -> bool {
         matches!(

@@ -188,7 +188,7 @@ impl DevicesHandler {
         partition: i32,
     ) -> Result<(), HandleError> {
         let kind = request.body.kind();
-        let create = !request.body.is_read();
+        let create = request.body.creates_twin();
         let answered = self
             .ask_actor(&request.device_id, partition, create, || HandleRequest {
                 body: request.body.clone(),

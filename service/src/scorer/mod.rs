@@ -117,7 +117,8 @@ impl ScoringHandler {
             ts_ms: telemetry.ts,
             metrics: &telemetry.metrics,
         };
-        let score = device.scorer.score(&params.params, &observation);
+        let mut score = device.scorer.score(&params.params, &observation);
+        damp(&mut score, &params.damping, telemetry.ts);
         self.metrics.events_scored.inc();
         if !score.ready {
             return None;
@@ -167,6 +168,29 @@ impl ScoringHandler {
             model_version,
         }
     }
+}
+
+/// Apply users' false-positive verdicts: parts whose cause (`metric:kind`) was marked
+/// score less (bounded, fading; the trainer's `learn_verdict` sets the factors), and the
+/// event's score is the largest part again.
+fn damp(score: &mut Score, damping: &[fleetwatch_protocol::Damping], now_ms: i64) {
+    if damping.is_empty() || score.contributors.is_empty() {
+        return;
+    }
+    for part in &mut score.contributors {
+        let label = format!(
+            "{}:{}",
+            part.metric,
+            fleetwatch_models::episode::kind_label(&part.cause)
+        );
+        if let Some(damping) = damping.iter().find(|d| d.cause == label) {
+            part.score *= damping.factor_at(now_ms);
+        }
+    }
+    score
+        .contributors
+        .sort_by(|a, b| b.score.total_cmp(&a.score));
+    score.value = score.contributors[0].score;
 }
 
 impl RecordHandler for ScoringHandler {
