@@ -221,4 +221,6 @@ impl RecordHandler for ScoringHandler {
 }
 
 #[cfg(test)]
+mod feedback_tests;
+#[cfg(test)]
 mod tests;
