@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "alerts",
-    summary: "pushes every alert to its WebSocket clients, with the recent ones to clients that connect later",
+    summary: "pushes alerts and alarm events to the WebSocket clients of their tenant (alarm events resumable from a cursor); keeps every alarm for `GET /alarms`",
     consumes: &[Topic::Alerts, Topic::Alarms],
     produces: &[],
     membership: Membership::EveryInstance,

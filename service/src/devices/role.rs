@@ -14,9 +14,15 @@ use crate::mqtt::MqttPublisher;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "devices",
-    summary: "one actor per device: the twin (reported, desired, delta, connectivity) and its journaled commands; answers REST requests",
-    consumes: &[Topic::Telemetry, Topic::Commands],
-    produces: &[Topic::DeviceState, Topic::Replies],
+    summary: "one actor per device: the twin (reported, desired, delta, connectivity, tenant), its journaled commands and its alarms (the one writer of each); answers REST requests",
+    consumes: &[Topic::Telemetry, Topic::Commands, Topic::Alerts],
+    produces: &[
+        Topic::DeviceState,
+        Topic::Replies,
+        Topic::DeviceDirectory,
+        Topic::Alarms,
+        Topic::Feedback,
+    ],
     membership: Membership::Group("devices"),
     start,
     ready,
