@@ -75,7 +75,12 @@ pub fn cause_label(score: &Score) -> String {
     let Some(top) = score.contributors.first() else {
         return String::new();
     };
-    let kind = match top.cause {
+    format!("{}:{}", top.metric, kind_label(&top.cause))
+}
+
+/// The name of a cause's kind, as [`cause_label`] writes it.
+pub fn kind_label(cause: &Cause) -> &'static str {
+    match cause {
         Cause::Deviation { .. } => "deviation",
         Cause::Stuck { .. } => "stuck",
         Cause::Gap { .. } => "gap",
@@ -84,8 +89,7 @@ pub fn cause_label(score: &Score) -> String {
         Cause::Drift { .. } => "drift",
         Cause::Relation { .. } => "relation",
         Cause::Joint { .. } => "joint",
-    };
-    format!("{}:{kind}", top.metric)
+    }
 }
 
 /// The metric of a [`cause_label`]. An episode escalates when *another metric* breaks:

@@ -42,6 +42,14 @@ impl KafkaTopics {
     pub fn alerts(&self) -> String {
         self.of(Topic::Alerts)
     }
+    /// Alarm lifecycle events ([`crate::AlarmEvent`]), append-only.
+    pub fn alarms(&self) -> String {
+        self.of(Topic::Alarms)
+    }
+    /// Users' verdicts on alarms ([`crate::Feedback`]), for the trainer.
+    pub fn feedback(&self) -> String {
+        self.of(Topic::Feedback)
+    }
     /// The trainer's checkpoints of each device's model, so a restarted or new owner
     /// continues it. Compacted.
     pub fn trainer_state(&self) -> String {
@@ -99,6 +107,8 @@ pub enum Topic {
     TrainerState,
     DeviceDirectory,
     Alerts,
+    Alarms,
+    Feedback,
     Replies,
     Dlq,
 }
@@ -106,7 +116,7 @@ pub enum Topic {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 11] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -114,6 +124,8 @@ impl Topic {
         Topic::TrainerState,
         Topic::DeviceDirectory,
         Topic::Alerts,
+        Topic::Alarms,
+        Topic::Feedback,
         Topic::Replies,
         Topic::Dlq,
     ];
@@ -128,6 +140,8 @@ impl Topic {
             Topic::TrainerState => "iot.trainer-state",
             Topic::DeviceDirectory => "iot.device-directory",
             Topic::Alerts => "iot.alerts",
+            Topic::Alarms => "iot.alarms",
+            Topic::Feedback => "iot.feedback",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
         }
@@ -154,6 +168,9 @@ impl Topic {
                 | Topic::ModelParams
                 | Topic::TrainerState
                 | Topic::DeviceDirectory
+                | Topic::Alerts
+                | Topic::Alarms
+                | Topic::Feedback
         )
     }
 
@@ -161,7 +178,9 @@ impl Topic {
     /// and compacted topics keep their newest record per key for ever.
     pub fn retention_ms(self) -> Option<i64> {
         match self {
-            Topic::Telemetry | Topic::Alerts | Topic::Dlq => Some(7 * DAY_MS),
+            Topic::Telemetry | Topic::Alerts | Topic::Dlq | Topic::Feedback => Some(7 * DAY_MS),
+            // A resuming client reads the alarm events it missed: a month of them.
+            Topic::Alarms => Some(30 * DAY_MS),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

@@ -3,6 +3,7 @@
 //! rdkafka and actix so that anything can speak the protocol. docs/protocol.md is the prose
 //! version of this crate.
 
+mod alarm;
 mod device_id;
 mod kafka;
 mod messages;
@@ -11,6 +12,7 @@ mod sequence;
 mod tenant;
 mod twin;
 
+pub use alarm::{Alarm, AlarmChange, AlarmEvent, AlarmEventKind, Feedback, Severity, Verdict};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;

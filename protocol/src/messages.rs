@@ -250,11 +250,42 @@ pub struct ParamsEnvelope<P> {
     /// Telemetry events the trainer had learned from when it published.
     pub trained_events: u64,
     pub published_ms: i64,
+    /// What users' false-positive verdicts taught: causes whose scores are damped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damping: Vec<Damping>,
     pub params: P,
 }
 
-/// First bytes of a binary parameters record, the last one the layout's version.
+/// A false-positive verdict's effect on one cause of a device's scores. Scores of parts
+/// with this cause are multiplied by [`Damping::factor_at`]: `factor` when the verdict
+/// came, fading back to 1 over [`Damping::FADE_MS`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Damping {
+    /// `metric:kind`, e.g. `pressure:deviation`.
+    pub cause: String,
+    pub factor: f32,
+    pub since_ms: i64,
+}
+
+impl Damping {
+    /// The strongest damping a verdict may give: a part must score above
+    /// threshold / 0.7 to alarm (0.93 at the recommended 0.65), so a strong fault of
+    /// the same cause still does.
+    pub const MIN_FACTOR: f32 = 0.7;
+    /// A week to fade out.
+    pub const FADE_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+    pub fn factor_at(&self, now_ms: i64) -> f64 {
+        let faded = ((now_ms - self.since_ms) as f64 / Self::FADE_MS as f64).clamp(0.0, 1.0);
+        let factor = f64::from(self.factor.clamp(Self::MIN_FACTOR, 1.0));
+        factor + (1.0 - factor) * faded
+    }
+}
+
+/// First bytes of a binary parameters record, the last one the layout's version: 1
+/// without damping, 2 with it.
 const PARAMS_MAGIC: [u8; 4] = *b"FWP\x01";
+const PARAMS_MAGIC_V2: [u8; 4] = *b"FWP\x02";
 
 /// The binary layout of `iot.model-params` records: compact (parameters are most of
 /// the traffic between trainer and scorers) and versioned. The parameters themselves are
@@ -263,26 +294,58 @@ const PARAMS_MAGIC: [u8; 4] = *b"FWP\x01";
 /// ```text
 /// "FWP" 0x01 | version u64 | trained_events u64 | published_ms i64 | id length u16 |
 /// device id (UTF-8) | parameters (the rest)          integers little-endian
+/// "FWP" 0x02 | the same header | damping count u8 | per damping: cause length u8,
+/// cause (UTF-8), factor f32, since_ms i64 | parameters (the rest)
 /// ```
 impl ParamsEnvelope<Vec<u8>> {
     pub fn encode(&self) -> Vec<u8> {
         let id = self.device_id.as_str().as_bytes();
-        let mut out = Vec::with_capacity(30 + id.len() + self.params.len());
-        out.extend_from_slice(&PARAMS_MAGIC);
+        let mut out = Vec::with_capacity(31 + id.len() + self.params.len());
+        let magic = if self.damping.is_empty() {
+            PARAMS_MAGIC
+        } else {
+            PARAMS_MAGIC_V2
+        };
+        out.extend_from_slice(&magic);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.trained_events.to_le_bytes());
         out.extend_from_slice(&self.published_ms.to_le_bytes());
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id);
+        if !self.damping.is_empty() {
+            let kept = &self.damping[..self.damping.len().min(u8::MAX as usize)];
+            out.push(kept.len() as u8);
+            for damping in kept {
+                let cause = &damping.cause.as_bytes()[..damping.cause.len().min(255)];
+                out.push(cause.len() as u8);
+                out.extend_from_slice(cause);
+                out.extend_from_slice(&damping.factor.to_le_bytes());
+                out.extend_from_slice(&damping.since_ms.to_le_bytes());
+            }
+        }
         out.extend_from_slice(&self.params);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
         let bad = |what: &str| PayloadError::Binary(what.to_owned());
+        if let Some(rest) = bytes.strip_prefix(&PARAMS_MAGIC_V2) {
+            let mut envelope = Self::decode_v1(rest)?;
+            let (damping, used) =
+                decode_damping(&envelope.params).ok_or_else(|| bad("truncated damping"))?;
+            envelope.damping = damping;
+            envelope.params.drain(..used);
+            return Ok(envelope);
+        }
         let rest = bytes
             .strip_prefix(&PARAMS_MAGIC)
             .ok_or_else(|| bad("unknown magic or layout version"))?;
+        Self::decode_v1(rest)
+    }
+
+    /// The header after the magic; the rest is the parameters.
+    fn decode_v1(rest: &[u8]) -> Result<Self, PayloadError> {
+        let bad = |what: &str| PayloadError::Binary(what.to_owned());
         if rest.len() < 26 {
             return Err(bad("truncated header"));
         }
@@ -297,9 +360,31 @@ impl ParamsEnvelope<Vec<u8>> {
             version: u64::from_le_bytes(word(0)),
             trained_events: u64::from_le_bytes(word(8)),
             published_ms: i64::from_le_bytes(word(16)),
+            damping: Vec::new(),
             params: rest[26 + id_len..].to_vec(),
         })
     }
+}
+
+/// The damping section of a v2 envelope, and the bytes it took.
+fn decode_damping(bytes: &[u8]) -> Option<(Vec<Damping>, usize)> {
+    let count = *bytes.first()? as usize;
+    let mut at = 1;
+    let mut damping = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = *bytes.get(at)? as usize;
+        let cause = std::str::from_utf8(bytes.get(at + 1..at + 1 + len)?).ok()?;
+        at += 1 + len;
+        let factor = f32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        let since_ms = i64::from_le_bytes(bytes.get(at + 4..at + 12)?.try_into().ok()?);
+        at += 12;
+        damping.push(Damping {
+            cause: cause.to_owned(),
+            factor,
+            since_ms,
+        });
+    }
+    Some((damping, at))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +428,9 @@ pub struct Alert {
     pub reason: String,
     /// Metrics ordered by contribution, largest first.
     pub contributors: Vec<Contributor>,
+    /// The top contributor's metric and check, `metric:kind` (e.g. `pressure:relation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// Device timestamp and sequence number of the event that changed the state.
     pub event_ts: i64,
     pub event_seq: u64,
@@ -432,11 +520,24 @@ mod tests {
             version: 42,
             trained_events: 420,
             published_ms: 1_800_000_000_000,
+            damping: Vec::new(),
             params: vec![1, 2, 3, 250],
         };
         let bytes = envelope.encode();
         assert_eq!(bytes.len(), 4 + 26 + 6 + 4);
         assert_eq!(ParamsEnvelope::decode(&bytes).unwrap(), envelope);
+        let damped = ParamsEnvelope {
+            damping: vec![Damping {
+                cause: "pressure:deviation".into(),
+                factor: 0.8,
+                since_ms: 1_800_000_000_000,
+            }],
+            ..envelope.clone()
+        };
+        assert_eq!(ParamsEnvelope::decode(&damped.encode()).unwrap(), damped);
+        let fresh = damped.damping[0].factor_at(1_800_000_000_000);
+        let faded = damped.damping[0].factor_at(1_800_000_000_000 + Damping::FADE_MS / 2);
+        assert!((fresh - 0.8).abs() < 1e-6 && (faded - 0.9).abs() < 1e-6);
         assert!(ParamsEnvelope::decode(b"{\"device_id\":\"x\"}").is_err());
         assert!(ParamsEnvelope::decode(&bytes[..20]).is_err());
         let mut long_id = bytes.clone();

@@ -139,6 +139,13 @@ pub enum DeviceRequestBody {
         command_id: String,
     },
     ListCommands,
+    /// Acknowledge (with an optional verdict) or clear one of the device's alarms.
+    AlarmAction {
+        alarm_id: String,
+        action: AlarmAction,
+        /// Who asks (the token's subject).
+        by: String,
+    },
     /// Assign the device to a tenant (`None`: to no tenant). Operators only.
     SetTenant {
         #[serde(default)]
@@ -156,7 +163,14 @@ impl DeviceRequestBody {
             Self::GetCommand { .. } => "get_command",
             Self::ListCommands => "list_commands",
             Self::SetTenant { .. } => "set_tenant",
+            Self::AlarmAction { .. } => "alarm_action",
         }
+    }
+
+    /// Whether the request may create the twin of a device nobody has seen: writes may
+    /// (a command waits for a device to appear); reads and alarm actions may not.
+    pub fn creates_twin(&self) -> bool {
+        !self.is_read() && !matches!(self, Self::AlarmAction { .. })
     }
 
     /// Reads never create a twin for a device nobody has seen.
@@ -166,6 +180,17 @@ impl DeviceRequestBody {
             Self::GetTwin | Self::GetCommand { .. } | Self::ListCommands
         )
     }
+}
+
+/// What a user does to an alarm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AlarmAction {
+    Acknowledge {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<crate::Verdict>,
+    },
+    Clear,
 }
 
 /// How a request went; the REST API maps it to an HTTP status.

@@ -108,7 +108,7 @@ async fn run(count: usize) {
     let changelog = Arc::new(Changelog::new(
         producer,
         reader,
-        "iot.device-directory".to_owned(),
+        fleetwatch::devices::SideTopics::of(&Default::default()),
         metrics.clone(),
     ));
     let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone());

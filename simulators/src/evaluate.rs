@@ -171,6 +171,7 @@ mod tests {
         ReceivedAlert {
             alert: Alert {
                 tenant: None,
+                cause: None,
                 alert_id: format!("{device}:{episode}"),
                 device_id: DeviceId::parse(device).unwrap(),
                 state,

@@ -14,4 +14,4 @@ pub use anomaly::{AnomalyKind, Injected};
 pub use config::SimConfig;
 pub use evaluate::{evaluate, Evaluation};
 pub use fleet::{run_fleet, FleetStats};
-pub use listener::{AlertListener, ReceivedAlert};
+pub use listener::{AlarmLog, AlertListener, ReceivedAlert};

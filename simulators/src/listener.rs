@@ -1,10 +1,11 @@
 //! A WebSocket client of the alerts role that records every alert with the time it
-//! arrived: what a customer sees, and when.
+//! arrived (what a customer sees, and when) and every alarm event with its cursor, so
+//! that it can resume where it left off.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwatch_protocol::{now_ms, Alert};
+use fleetwatch_protocol::{now_ms, AlarmEvent, Alert};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -23,6 +24,17 @@ pub struct ReceivedAlert {
 enum Frame {
     Alert {
         alert: Alert,
+    },
+    Alarm {
+        event: AlarmEvent,
+        cursor: String,
+    },
+    Resumed {
+        cursor: String,
+    },
+    /// Alarm events older than the topic's retention, gone before a resume read them.
+    Lost {
+        missed: u64,
     },
     /// Alerts from before this client connected: not what it measures.
     Recent {},
@@ -50,13 +62,62 @@ pub enum ListenerError {
 pub struct AlertListener {
     received: Arc<Mutex<Vec<ReceivedAlert>>>,
     missed: Arc<Mutex<u64>>,
+    alarms: Arc<Mutex<AlarmLog>>,
     stop: CancellationToken,
+}
+
+/// The alarm events a listener received, and the cursor after the last one.
+#[derive(Clone, Debug, Default)]
+pub struct AlarmLog {
+    pub events: Vec<AlarmEvent>,
+    pub cursor: Option<String>,
+    /// Events the server said were lost (older than retention) on a resume.
+    pub lost: u64,
+    /// Whether the server finished replaying after a resume.
+    pub resumed: bool,
+}
+
+fn record(
+    text: &str,
+    received: &Mutex<Vec<ReceivedAlert>>,
+    alarms: &Mutex<AlarmLog>,
+    missed: &Mutex<u64>,
+) {
+    let received_ms = now_ms();
+    match serde_json::from_str::<Frame>(text) {
+        Ok(Frame::Alert { alert }) => received.lock().push(ReceivedAlert { alert, received_ms }),
+        Ok(Frame::Alarm { event, cursor }) => {
+            let mut log = alarms.lock();
+            log.events.push(event);
+            log.cursor = Some(cursor);
+        }
+        Ok(Frame::Resumed { cursor }) => {
+            let mut log = alarms.lock();
+            log.cursor = Some(cursor);
+            log.resumed = true;
+        }
+        Ok(Frame::Lost { missed }) => alarms.lock().lost += missed,
+        Ok(Frame::Lagged { missed: lagged }) => *missed.lock() += lagged,
+        Ok(Frame::Error { message }) => tracing::warn!(%message, "alerts server error"),
+        Ok(Frame::Subscribed {}) | Ok(Frame::Recent {}) => {}
+        Err(error) => tracing::warn!(%error, "unreadable alert frame"),
+    }
 }
 
 impl AlertListener {
     /// Connect to `url` and receive the alerts of devices whose id starts with
     /// `device_prefix` (all devices for an empty prefix). Returns once subscribed.
     pub async fn connect(url: &str, device_prefix: &str) -> Result<Self, ListenerError> {
+        Self::connect_resuming(url, device_prefix, None).await
+    }
+
+    /// [`AlertListener::connect`], then ask for every alarm event after `cursor` (the
+    /// last one a previous connection saw) before the live ones.
+    pub async fn connect_resuming(
+        url: &str,
+        device_prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<Self, ListenerError> {
         let (mut socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .map_err(|source| ListenerError::Connect {
@@ -68,19 +129,34 @@ impl AlertListener {
             .send(Message::text(request.to_string()))
             .await
             .map_err(|e| ListenerError::Subscribe(e.to_string()))?;
-        let confirmation = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .map_err(|_| ListenerError::Subscribe("no answer within 10 s".into()))?;
-        match confirmation {
-            Some(Ok(Message::Text(text))) if text.contains("\"subscribed\"") => {}
-            other => return Err(ListenerError::Subscribe(format!("{other:?}"))),
+        // Recent alerts may come first (they are sent on connecting): skip to the answer.
+        let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) if text.contains("\"subscribed\"") => {
+                        return Ok(())
+                    }
+                    Some(Ok(Message::Text(text))) if text.contains("\"recent\"") => continue,
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| ListenerError::Subscribe("no answer within 10 s".into()))?;
+        confirmed.map_err(ListenerError::Subscribe)?;
+        if let Some(cursor) = cursor {
+            let resume = serde_json::json!({ "type": "resume", "cursor": cursor });
+            socket
+                .send(Message::text(resume.to_string()))
+                .await
+                .map_err(|e| ListenerError::Subscribe(e.to_string()))?;
         }
-
         let received = Arc::new(Mutex::new(Vec::new()));
         let missed = Arc::new(Mutex::new(0));
+        let alarms = Arc::new(Mutex::new(AlarmLog::default()));
         let stop = CancellationToken::new();
         let (sink, stopped) = (received.clone(), stop.clone());
-        let missed_count = missed.clone();
+        let (missed_count, alarm_log) = (missed.clone(), alarms.clone());
         tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -93,22 +169,14 @@ impl AlertListener {
                     }
                     continue;
                 };
-                let received_ms = now_ms();
-                match serde_json::from_str::<Frame>(&text) {
-                    Ok(Frame::Alert { alert }) => {
-                        sink.lock().push(ReceivedAlert { alert, received_ms })
-                    }
-                    Ok(Frame::Lagged { missed }) => *missed_count.lock() += missed,
-                    Ok(Frame::Error { message }) => tracing::warn!(%message, "alerts server error"),
-                    Ok(Frame::Subscribed {}) | Ok(Frame::Recent {}) => {}
-                    Err(error) => tracing::warn!(%error, "unreadable alert frame"),
-                }
+                record(&text, &sink, &alarm_log, &missed_count);
             }
             let _ = socket.close(None).await;
         });
         Ok(Self {
             received,
             missed,
+            alarms,
             stop,
         })
     }
@@ -116,6 +184,11 @@ impl AlertListener {
     /// Every alert received so far.
     pub fn alerts(&self) -> Vec<ReceivedAlert> {
         self.received.lock().clone()
+    }
+
+    /// The alarm events received so far, and the cursor after them.
+    pub fn alarm_log(&self) -> AlarmLog {
+        self.alarms.lock().clone()
     }
 
     /// Alerts the server said this client missed for being slow.

@@ -6,6 +6,11 @@
 //! on each subscribe) the last [`RECENT_ALERTS`] alerts as `{"type":"recent","alert":{...}}`,
 //! so a page opened mid-incident shows what just happened; `{"type":"lagged","missed":N}`,
 //! `{"type":"subscribed","device_prefix":"..."}`, `{"type":"error","message":"..."}`.
+//! Alarm events: `{"type":"alarm","event":{...},"cursor":"..."}`; after a client's
+//! `{"type":"resume","cursor":"..."}`, every event it missed since that cursor (read
+//! back from `iot.alarms`), `{"type":"lost","missed":N}` when some are older than the
+//! topic's retention, `{"type":"resumed","cursor":"..."}`, then live ones, with no gap
+//! and no duplicate.
 //! Frames from clients: `{"type":"subscribe","device_prefix":"..."}` narrows the stream to
 //! devices whose id starts with the prefix.
 //!
@@ -16,6 +21,7 @@
 //! of other tenants' clients. A connection is closed (1008, "token expired") when its
 //! token expires.
 
+mod alarms;
 mod config;
 mod role;
 mod ws;
@@ -28,9 +34,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use alarms::{
+    alarm_frame, AlarmFilter, AlarmIndex, AlarmPage, AlarmsHandler, Cursor, LivePosition,
+};
 pub use config::AlertsConfig;
 pub use role::ROLE;
-pub use ws::{serve, Server};
+pub use ws::{serve, AlarmsFeed, Server};
 
 use crate::auth::Caller;
 use crate::kafka::{decode_record, HandleError, Record, RecordHandler};
@@ -49,6 +58,8 @@ pub struct AlertFrame {
     pub text: Arc<str>,
     /// `{"type":"recent",...}`, for clients that connect later.
     pub recent_text: Arc<str>,
+    /// Where an alarm event is on `iot.alarms` (a resumed client skips what it replayed).
+    pub position: Option<(i32, i64)>,
 }
 
 /// The last [`RECENT_ALERTS`] alerts, oldest first.
@@ -71,6 +82,9 @@ pub enum ClientFrame {
         #[serde(default)]
         device_prefix: String,
     },
+    /// Send every alarm event after `cursor` (the last one this client saw), then the
+    /// live ones.
+    Resume { cursor: String },
 }
 
 /// Where alerts go: every operator client, and the clients of the alert's tenant.
@@ -136,6 +150,7 @@ impl RecordHandler for AlertsHandler {
             recent_text: serialize(ServerFrame::Recent { alert: &alert }).into(),
             device_id: alert.device_id,
             tenant: alert.tenant,
+            position: None,
         };
         {
             let mut recent = self.recent.lock();

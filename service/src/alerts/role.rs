@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use fleetwatch_protocol::Topic;
 
-use super::{AlertsHandler, RecentAlerts, Routes, Server};
+use super::{
+    AlarmIndex, AlarmsFeed, AlarmsHandler, AlertsHandler, LivePosition, RecentAlerts, Routes,
+    Server,
+};
 use crate::app::{bind, holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::{Error, Result};
+use crate::kafka::consume;
 use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "alerts",
-    summary: "pushes every alert to its WebSocket clients, with the recent ones to clients that connect later",
-    consumes: &[Topic::Alerts],
+    summary: "pushes alerts and alarm events to the WebSocket clients of their tenant (alarm events resumable from a cursor); keeps every alarm for `GET /alarms`",
+    consumes: &[Topic::Alerts, Topic::Alarms],
     produces: &[],
     membership: Membership::EveryInstance,
     start,
@@ -52,7 +56,14 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         metrics: launch.metrics.clone(),
     };
     launch.consume("alerts", consumer, handler);
+    let live = Arc::new(LivePosition::default());
+    launch.alarms = Some(read_alarms(launch, routes.clone(), live.clone()));
     let server = Server {
+        alarms: Some(AlarmsFeed {
+            kafka: kafka.clone(),
+            topic: launch.topics.alarms(),
+            live,
+        }),
         routes,
         recent,
         auth: launch.auth.clone(),
@@ -67,6 +78,40 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     });
     launch.ws_addr = Some(ws_addr);
     Ok(())
+}
+
+/// Read every alarm event (from the beginning: the index REST answers from), pushing
+/// those from now on to the clients.
+fn read_alarms(
+    launch: &mut Launch<'_>,
+    routes: Arc<Routes>,
+    live: Arc<LivePosition>,
+) -> Arc<AlarmIndex> {
+    let index = Arc::new(AlarmIndex::default());
+    let handler = AlarmsHandler {
+        index: index.clone(),
+        routes,
+        live: live.clone(),
+        metrics: launch.metrics.clone(),
+    };
+    let (kafka, topic) = (launch.settings.kafka.clone(), launch.topics.alarms());
+    let (metrics, shutdown) = (launch.metrics.clone(), launch.shutdown.clone());
+    launch.tasks.spawn(async move {
+        let reading = async {
+            let consumer = RoleConsumer::read_whole_topic(
+                &kafka,
+                ConsumerRole::Alarms,
+                &topic,
+                StartAt::Earliest,
+                metrics,
+            )
+            .await?;
+            live.start(consumer.end_offsets(&topic).await?);
+            consume(consumer, handler, shutdown).await
+        };
+        ("alarms", reading.await)
+    });
+    index
 }
 
 fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {

@@ -20,6 +20,7 @@ fn alert(device: &str, episode: u64) -> Alert {
         alert_id: format!("{device}:{episode}"),
         device_id: DeviceId::parse(device).unwrap(),
         tenant: None,
+        cause: Some("temperature:deviation".into()),
         state: AlertState::Raised,
         score: 0.97,
         threshold: 0.9,
@@ -189,6 +190,7 @@ async fn serve_on_free_port(handler: &AlertsHandler, shutdown: &CancellationToke
         ..Default::default()
     };
     let server = Server {
+        alarms: None,
         routes: handler.routes.clone(),
         recent: handler.recent.clone(),
         auth: Arc::new(crate::auth::Authenticator::new(&auth).unwrap()),

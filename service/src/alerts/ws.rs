@@ -14,8 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientFrame, RecentAlerts, Routes, ServerFrame};
+use super::{alarm_frame, ClientFrame, Cursor, LivePosition, RecentAlerts, Routes, ServerFrame};
 use crate::auth::{bearer, query_token, Authenticator, Caller, Scope};
+use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 
 /// Largest frame accepted from a client: they only send small subscribe requests.
@@ -23,8 +24,16 @@ const MAX_CLIENT_FRAME_BYTES: usize = 4096;
 /// A client must finish its TLS and WebSocket handshakes within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where resuming clients' missed alarm events are read from.
+pub struct AlarmsFeed {
+    pub kafka: KafkaConfig,
+    pub topic: String,
+    pub live: Arc<LivePosition>,
+}
+
 /// What the server needs besides its listener.
 pub struct Server {
+    pub alarms: Option<AlarmsFeed>,
     pub routes: Arc<Routes>,
     pub recent: RecentAlerts,
     pub auth: Arc<Authenticator>,
@@ -180,6 +189,9 @@ impl Server {
         let expiry = tokio::time::sleep(until_expiry(caller));
         tokio::pin!(expiry);
         let mut device_prefix = String::new();
+        // After a resume: the positions the replay covered (live events before them
+        // were replayed already).
+        let mut replayed = Cursor::default();
         for text in recent_frames(&self.recent, caller, &device_prefix) {
             socket.send(Message::text(text.to_string())).await?;
         }
@@ -196,7 +208,8 @@ impl Server {
                 }
                 alert = alerts.recv() => match alert {
                     Ok(frame) => {
-                        if frame.device_id.as_str().starts_with(&device_prefix) {
+                        let seen = frame.position.is_some_and(|(p, o)| replayed.covers(p, o));
+                        if !seen && frame.device_id.as_str().starts_with(&device_prefix) {
                             socket.send(Message::text(frame.text.to_string())).await?;
                             self.metrics.ws_alerts_sent.inc();
                         }
@@ -211,6 +224,10 @@ impl Server {
                 incoming = socket.next() => match incoming {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Ok(Message::Text(text))) => {
+                        if let Ok(ClientFrame::Resume { cursor }) = serde_json::from_str(&text) {
+                            replayed = self.resume(&mut socket, caller, &device_prefix, &cursor).await?;
+                            continue;
+                        }
                         let reply = self.answer(&text, &mut device_prefix);
                         let subscribed = matches!(reply, ServerFrame::Subscribed { .. });
                         let text = serde_json::to_string(&reply).expect("serializes");
@@ -237,6 +254,82 @@ impl Server {
         }
     }
 
+    /// Send the alarm events after `cursor` that `caller` may see, from `iot.alarms`, up
+    /// to where the live stream is; returns the position reached (live events before it
+    /// are not sent again).
+    async fn resume<S>(
+        &self,
+        socket: &mut tokio_tungstenite::WebSocketStream<S>,
+        caller: &Caller,
+        device_prefix: &str,
+        cursor: &str,
+    ) -> Result<Cursor, WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let error = |message: String| {
+            Message::text(
+                serde_json::to_string(&ServerFrame::Error { message }).expect("serializes"),
+            )
+        };
+        let Some(feed) = &self.alarms else {
+            socket
+                .send(error("this server does not serve alarms".into()))
+                .await?;
+            return Ok(Cursor::default());
+        };
+        let from = match Cursor::parse(cursor) {
+            Ok(from) => from,
+            Err(message) => {
+                socket.send(error(message)).await?;
+                return Ok(Cursor::default());
+            }
+        };
+        let until = feed.live.cursor.lock().clone();
+        let (records, mut replayed) = tokio::sync::mpsc::channel(256);
+        let (kafka, topic) = (feed.kafka.clone(), feed.topic.clone());
+        let (from_positions, until_positions) = (from.positions(), until.positions());
+        let reading = tokio::spawn(async move {
+            crate::kafka::replay(&kafka, &topic, from_positions, until_positions, records).await
+        });
+        let mut position = from;
+        while let Some((partition, offset, payload)) = replayed.recv().await {
+            position.advance(partition, offset);
+            let Ok(event) = serde_json::from_slice::<fleetwatch_protocol::AlarmEvent>(&payload)
+            else {
+                continue;
+            };
+            if caller.sees(event.alarm.tenant.as_ref())
+                && event.alarm.device_id.as_str().starts_with(device_prefix)
+            {
+                socket
+                    .send(Message::text(alarm_frame(&event, &position)))
+                    .await?;
+            }
+        }
+        match reading.await {
+            Ok(Ok(outcome)) if outcome.lost > 0 => {
+                let lost = serde_json::json!({ "type": "lost", "missed": outcome.lost });
+                socket.send(Message::text(lost.to_string())).await?;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(failure)) => {
+                socket
+                    .send(error(format!("resuming failed: {failure}; retry")))
+                    .await?
+            }
+            Err(failure) => {
+                socket
+                    .send(error(format!("resuming failed: {failure}; retry")))
+                    .await?
+            }
+        }
+        position.merge(&until);
+        let resumed = serde_json::json!({ "type": "resumed", "cursor": position.encode() });
+        socket.send(Message::text(resumed.to_string())).await?;
+        Ok(position)
+    }
+
     /// The reply to a client's frame (a subscription narrows `device_prefix`).
     fn answer<'a>(&self, text: &str, device_prefix: &'a mut String) -> ServerFrame<'a> {
         match serde_json::from_str::<ClientFrame>(text) {
@@ -246,6 +339,9 @@ impl Server {
                 *device_prefix = prefix;
                 ServerFrame::Subscribed { device_prefix }
             }
+            Ok(ClientFrame::Resume { .. }) => ServerFrame::Error {
+                message: "resume is handled before answering".into(),
+            },
             Err(error) => {
                 self.metrics.ws_bad_frames.inc();
                 ServerFrame::Error {

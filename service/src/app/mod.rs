@@ -90,6 +90,7 @@ pub async fn start(
         registry: None,
         ws_addr: None,
         model_params: None,
+        alarms: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -97,15 +98,8 @@ pub async fn start(
     for role in roles.specs() {
         (role.start)(&mut launch)?;
     }
-    let (registry, ws_addr) = (launch.registry.take(), launch.ws_addr);
-    let model_params = launch.model_params.take();
-    http_state.connect(Started {
-        registry: registry.clone(),
-        requests,
-        ws_port: ws_addr.map(|addr| addr.port()),
-        model_params,
-        directory,
-    });
+    let (registry, ws_addr) = (launch.registry.clone(), launch.ws_addr);
+    http_state.connect(started(launch, requests, directory));
     tracing::info!(roles = ?roles.names(), %http_addr, ?ws_addr, "fleetwatch started");
     Ok(RunningApp {
         http_addr,
@@ -117,6 +111,22 @@ pub async fn start(
         http,
         shutdown,
     })
+}
+
+/// What the started roles hand the HTTP server.
+fn started(
+    mut launch: Launch<'_>,
+    requests: Arc<RequestClient>,
+    directory: Arc<crate::tenancy::Directory>,
+) -> Started {
+    Started {
+        registry: launch.registry.take(),
+        requests,
+        ws_port: launch.ws_addr.map(|addr| addr.port()),
+        model_params: launch.model_params.take(),
+        directory,
+        alarms: launch.alarms.take(),
+    }
 }
 
 /// The runtime heartbeat (liveness) and the Kafka reachability probe (readiness).

@@ -76,6 +76,8 @@ pub struct Launch<'a> {
     /// Set by the scorer role: the parameters it scores with, for `GET
     /// /devices/{id}/model`.
     pub model_params: Option<SharedParams>,
+    /// Set by the alerts role: every alarm, for `GET /alarms`.
+    pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

@@ -99,7 +99,7 @@ impl DeviceActor {
         }
         let write = effects
             .persist
-            .then(|| self.shared.changelog.write(&mut self.twin));
+            .then(|| self.shared.changelog.write(&mut self.twin, &effects));
         for message in effects.downlink {
             let (kind, payload) = match &message {
                 Downlink::Command(command) => {
@@ -191,7 +191,10 @@ impl DeviceActor {
             ctx.stop();
             return;
         }
-        let write = self.shared.changelog.write(&mut self.twin);
+        let write = self
+            .shared
+            .changelog
+            .write(&mut self.twin, &Effects::default());
         let (shared, device, me) = (
             self.shared.clone(),
             self.twin.device_id.clone(),
@@ -260,6 +263,18 @@ impl DeviceActor {
                     submitted.effects,
                 ),
                 Err(refused) => (status_of(&refused), error(refused.to_string()), Effects::default()),
+            },
+            DeviceRequestBody::AlarmAction {
+                alarm_id,
+                action,
+                by,
+            } => match self.twin.alarm_action(&alarm_id, action, &by, at_ms) {
+                Ok((alarm, effects)) => (ReplyStatus::Ok, json!(alarm), effects),
+                Err(refused) => (
+                    ReplyStatus::NotFound,
+                    error(refused.to_string()),
+                    Effects::default(),
+                ),
             },
             DeviceRequestBody::SetTenant { tenant } => {
                 let effects = self.twin.set_tenant(tenant);
@@ -349,6 +364,22 @@ impl Handler<ApplyEvent> for DeviceActor {
             };
         self.schedule(ctx);
         MessageResult(applied)
+    }
+}
+
+/// A scorer alert for the device's alarms; the write to confirm, if any.
+#[derive(Message)]
+#[rtype(result = "Option<ChangelogWrite>")]
+pub struct ApplyAlert(pub fleetwatch_protocol::Alert);
+
+impl Handler<ApplyAlert> for DeviceActor {
+    type Result = MessageResult<ApplyAlert>;
+
+    fn handle(&mut self, ApplyAlert(alert): ApplyAlert, ctx: &mut Context<Self>) -> Self::Result {
+        let effects = self.twin.apply_alert(&alert, now_ms());
+        let write = self.carry_out(effects);
+        self.schedule(ctx);
+        MessageResult(write)
     }
 }
 

@@ -12,10 +12,28 @@ use std::time::{Duration, Instant};
 use fleetwatch_protocol::{DeviceId, DirectoryEntry};
 use parking_lot::RwLock;
 
-use super::twin::Twin;
+use super::twin::{Effects, Twin};
 use crate::error::Result;
 use crate::kafka::{Delivery, PartitionReader, Producer, ScanFrom};
 use crate::metrics::Metrics;
+
+/// The topics written with a twin: its directory entry, its alarm events, verdicts.
+#[derive(Clone, Debug)]
+pub struct SideTopics {
+    pub directory: String,
+    pub alarms: String,
+    pub feedback: String,
+}
+
+impl SideTopics {
+    pub fn of(topics: &fleetwatch_protocol::KafkaTopics) -> Self {
+        Self {
+            directory: topics.device_directory(),
+            alarms: topics.alarms(),
+            feedback: topics.feedback(),
+        }
+    }
+}
 
 /// Where a device's newest twin record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +47,8 @@ pub struct Changelog {
     producer: Producer,
     /// Scans run in the devices consumer's task, one after the other.
     reader: PartitionReader,
-    /// `iot.device-directory`, where twins are listed with their tenant.
-    directory_topic: String,
+    /// Where a twin write's companions go.
+    topics: SideTopics,
     index: RwLock<HashMap<DeviceId, Stored>>,
     metrics: Arc<Metrics>,
 }
@@ -40,44 +58,62 @@ impl Changelog {
     pub fn new(
         producer: Producer,
         reader: PartitionReader,
-        directory_topic: String,
+        topics: SideTopics,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             producer,
             reader,
-            directory_topic,
+            topics,
             index: RwLock::new(HashMap::new()),
             metrics,
         }
     }
 
     /// Queue the twin's record now (so records keep the order of the changes) and
-    /// return its pending write. A twin not yet `listed` is listed in the directory by the
-    /// same write (and marked so before it is serialized).
-    pub fn write(self: &Arc<Self>, twin: &mut Twin) -> ChangelogWrite {
-        let listing = (!twin.listed).then(|| {
+    /// return its pending write. Its companions are queued first, so a twin never records
+    /// a change whose events were not written: alarm events, a verdict for the trainer,
+    /// and, for a twin not yet `listed`, its directory entry (marked before the twin is
+    /// serialized).
+    pub fn write(self: &Arc<Self>, twin: &mut Twin, effects: &Effects) -> ChangelogWrite {
+        let key = twin.device_id.to_string();
+        let mut companions = Vec::new();
+        let mut send = |topic: &str, payload: Vec<u8>| {
+            companions.push(self.producer.enqueue_now(topic, &key, &payload));
+        };
+        for event in &effects.alarm_events {
+            send(
+                &self.topics.alarms,
+                serde_json::to_vec(event).expect("events serialize"),
+            );
+        }
+        if let Some(feedback) = &effects.feedback {
+            send(
+                &self.topics.feedback,
+                serde_json::to_vec(feedback).expect("verdicts serialize"),
+            );
+        }
+        if !twin.listed {
             twin.listed = true;
             let entry = DirectoryEntry {
                 device_id: twin.device_id.clone(),
                 tenant: twin.tenant.clone(),
             };
-            let payload = serde_json::to_vec(&entry).expect("entries serialize");
-            self.producer
-                .enqueue_now(&self.directory_topic, twin.device_id.as_str(), &payload)
-        });
+            send(
+                &self.topics.directory,
+                serde_json::to_vec(&entry).expect("entries serialize"),
+            );
+        }
         let payload = serde_json::to_vec(twin).expect("twins serialize");
         self.metrics.twin_writes.inc();
         ChangelogWrite {
             changelog: self.clone(),
             device_id: twin.device_id.clone(),
             version: twin.version,
-            delivery: self.producer.enqueue_now(
-                self.reader.topic(),
-                twin.device_id.as_str(),
-                &payload,
-            ),
-            listing,
+            delivery: self
+                .producer
+                .enqueue_now(self.reader.topic(), &key, &payload),
+            companions,
         }
     }
 
@@ -90,7 +126,7 @@ impl Changelog {
             .enqueue_empty(self.reader.topic(), partition, key);
         let listing = self
             .producer
-            .enqueue_empty(&self.directory_topic, partition, key);
+            .enqueue_empty(&self.topics.directory, partition, key);
         twin.confirmed().await?;
         listing.confirmed().await?;
         self.index.write().remove(device_id);
@@ -208,16 +244,16 @@ pub struct ChangelogWrite {
     device_id: DeviceId,
     version: u64,
     delivery: Delivery,
-    /// The directory entry written with it, if any.
-    listing: Option<Delivery>,
+    /// The records written with it (alarm events, a verdict, a directory entry).
+    companions: Vec<Delivery>,
 }
 
 impl ChangelogWrite {
     /// Wait until Kafka confirmed the record (and its directory entry), then remember
     /// where it is.
     pub async fn confirmed(self) -> Result<()> {
-        if let Some(listing) = self.listing {
-            listing.confirmed().await?;
+        for companion in self.companions {
+            companion.confirmed().await?;
         }
         let (partition, offset) = self.delivery.confirmed_at().await?;
         let mut index = self.changelog.index.write();

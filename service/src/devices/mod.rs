@@ -5,6 +5,7 @@
 //! so a restart or a new owner continues from exactly the state the effects left.
 
 mod actor;
+mod alarms;
 mod changelog;
 mod config;
 mod registry;
@@ -18,9 +19,10 @@ use fleetwatch_protocol::{
 };
 
 pub use actor::{
-    Answered, Applied, ApplyEvent, DeviceActor, GetTwin, HandleRequest, Stop, TwinView,
+    Answered, Applied, ApplyAlert, ApplyEvent, DeviceActor, GetTwin, HandleRequest, Stop, TwinView,
 };
-pub use changelog::Changelog;
+pub use alarms::{severity, AlarmError, KEPT_ALARMS};
+pub use changelog::{Changelog, SideTopics};
 pub use config::{DevicesConfig, TwinRules};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
@@ -65,8 +67,10 @@ pub fn registry(
 
 pub struct DevicesHandler {
     pub registry: Arc<DeviceRegistry>,
-    /// Names of `iot.commands` and `iot.replies` (kept, not rebuilt per record).
+    /// Names of `iot.commands`, `iot.alerts` and `iot.replies` (kept, not rebuilt per
+    /// record).
     pub commands_topic: String,
+    pub alerts_topic: String,
     pub replies_topic: String,
     pub producer: Producer,
     pub metrics: Arc<Metrics>,
@@ -161,13 +165,30 @@ impl DevicesHandler {
         Ok(())
     }
 
+    /// Fold a scorer alert into the device's alarms. An alert for a device with no twin
+    /// here (decommissioned since) is dropped.
+    async fn apply_alert(
+        &self,
+        alert: fleetwatch_protocol::Alert,
+        partition: i32,
+    ) -> Result<(), HandleError> {
+        let device_id = alert.device_id.clone();
+        let write = self
+            .ask_actor(&device_id, partition, false, || ApplyAlert(alert.clone()))
+            .await?;
+        if let Some(Some(write)) = write {
+            write.confirmed().await.map_err(Self::write_failed)?;
+        }
+        Ok(())
+    }
+
     async fn handle_request(
         &self,
         request: DeviceRequest,
         partition: i32,
     ) -> Result<(), HandleError> {
         let kind = request.body.kind();
-        let create = !request.body.is_read();
+        let create = request.body.creates_twin();
         let answered = self
             .ask_actor(&request.device_id, partition, create, || HandleRequest {
                 body: request.body.clone(),
@@ -241,7 +262,12 @@ impl RecordHandler for DevicesHandler {
             .ensure_restored(partition)
             .await
             .map_err(Self::retry)?;
-        if record.topic == self.commands_topic {
+        if record.topic == self.alerts_topic {
+            match decode_record::<fleetwatch_protocol::Alert>(record, "devices", &self.metrics) {
+                Some(alert) => self.apply_alert(alert, partition).await,
+                None => Ok(()),
+            }
+        } else if record.topic == self.commands_topic {
             match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
                 Some(request) => self.handle_request(request, partition).await,
                 None => Ok(()),

@@ -14,9 +14,15 @@ use crate::mqtt::MqttPublisher;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "devices",
-    summary: "one actor per device: the twin (reported, desired, delta, connectivity) and its journaled commands; answers REST requests",
-    consumes: &[Topic::Telemetry, Topic::Commands],
-    produces: &[Topic::DeviceState, Topic::Replies],
+    summary: "one actor per device: the twin (reported, desired, delta, connectivity, tenant), its journaled commands and its alarms (the one writer of each); answers REST requests",
+    consumes: &[Topic::Telemetry, Topic::Commands, Topic::Alerts],
+    produces: &[
+        Topic::DeviceState,
+        Topic::Replies,
+        Topic::DeviceDirectory,
+        Topic::Alarms,
+        Topic::Feedback,
+    ],
     membership: Membership::Group("devices"),
     start,
     ready,
@@ -35,7 +41,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let changelog = Arc::new(Changelog::new(
         launch.producer.clone(),
         reader,
-        launch.topics.device_directory(),
+        super::SideTopics::of(&launch.topics),
         launch.metrics.clone(),
     ));
     let downlink = MqttPublisher::start(
@@ -56,7 +62,11 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         kafka,
         ConsumerRole::Devices,
         &kafka.group_id("devices"),
-        &[&launch.topics.telemetry(), &launch.topics.commands()],
+        &[
+            &launch.topics.telemetry(),
+            &launch.topics.commands(),
+            &launch.topics.alerts(),
+        ],
         StartAt::Earliest,
         launch.metrics.clone(),
         Some(registry.clone()),
@@ -64,6 +74,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let handler = DevicesHandler {
         registry: registry.clone(),
         commands_topic: launch.topics.commands(),
+        alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
         producer: launch.producer.clone(),
         metrics: launch.metrics.clone(),

@@ -30,7 +30,7 @@ fn fixture() -> Fixture {
     let changelog = Arc::new(Changelog::new(
         producer.clone(),
         reader,
-        "iot.device-directory".to_owned(),
+        SideTopics::of(&Default::default()),
         metrics.clone(),
     ));
     let (downlink, published) = MqttPublisher::in_memory(metrics.clone());
@@ -49,6 +49,7 @@ fn fixture() -> Fixture {
     let handler = DevicesHandler {
         registry,
         commands_topic: topics.commands(),
+        alerts_topic: topics.alerts(),
         replies_topic: topics.replies(),
         producer,
         metrics: metrics.clone(),

@@ -94,6 +94,9 @@ pub struct Twin {
     /// twin write lists it when not.
     #[serde(default)]
     pub listed: bool,
+    /// Active alarms and the most recent cleared ones (`alarms.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<fleetwatch_protocol::Alarm>,
 }
 
 /// The last telemetry reading, kept compactly: a live twin holds one per device, and a
@@ -160,10 +163,14 @@ pub struct Effects {
     /// States commands entered.
     pub entered: Vec<CommandState>,
     pub connectivity: Option<ConnectivityChange>,
+    /// Alarm lifecycle events for `iot.alarms`, written before the twin.
+    pub alarm_events: Vec<fleetwatch_protocol::AlarmEvent>,
+    /// A user's verdict for the trainer.
+    pub feedback: Option<fleetwatch_protocol::Feedback>,
 }
 
 impl Effects {
-    fn persist() -> Self {
+    pub(super) fn persist() -> Self {
         Self {
             persist: true,
             ..Self::default()
@@ -175,6 +182,8 @@ impl Effects {
         self.downlink.extend(other.downlink);
         self.entered.extend(other.entered);
         self.connectivity = other.connectivity.or(self.connectivity.take());
+        self.alarm_events.extend(other.alarm_events);
+        self.feedback = other.feedback.or(self.feedback.take());
     }
 
     fn send(&mut self, command: &mut CommandRecord, at_ms: i64, rules: &TwinRules) {
@@ -228,6 +237,7 @@ impl Twin {
             duplicates: 0,
             tenant: None,
             listed: false,
+            alarms: Vec::new(),
         }
     }
 

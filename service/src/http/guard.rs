@@ -39,13 +39,14 @@ fn needs(method: &Method, path: &str, open_paths: &[String]) -> Needs {
     }
 }
 
-/// The device a path is about, if any.
+/// The device a path is about, if any: `/devices/{id}/…`, or `/alarms/{device}:{seq}/…`.
 fn device_in(path: &str) -> Option<DeviceId> {
     let mut segments = path.trim_matches('/').split('/');
-    (segments.next() == Some("devices"))
-        .then(|| segments.next())
-        .flatten()
-        .and_then(|id| DeviceId::parse(id).ok())
+    match (segments.next(), segments.next()) {
+        (Some("devices"), Some(id)) => DeviceId::parse(id).ok(),
+        (Some("alarms"), Some(id)) => fleetwatch_protocol::Alarm::device_of(id),
+        _ => None,
+    }
 }
 
 /// Why a call is refused: its status, the `reason` label and the message.
@@ -177,6 +178,11 @@ mod tests {
         );
         assert_eq!(device_in("/devices/d1/commands/c1").unwrap().as_str(), "d1");
         assert_eq!(device_in("/devices"), None);
+        assert_eq!(
+            device_in("/alarms/pump:7:42/ack").unwrap().as_str(),
+            "pump:7"
+        );
+        assert_eq!(device_in("/alarms"), None);
         assert_eq!(device_in("/metrics"), None);
     }
 }

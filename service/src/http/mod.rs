@@ -1,6 +1,7 @@
 //! The HTTP server (actix-web): the devices' REST API, Prometheus metrics, health and the
 //! live page. Every error is JSON: `{"error": "..."}` with a 4xx or 5xx status.
 
+mod alarms;
 mod config;
 mod guard;
 mod requests;
@@ -56,6 +57,8 @@ pub struct Started {
     pub model_params: Option<SharedParams>,
     /// Which tenant each device belongs to.
     pub directory: Arc<Directory>,
+    /// Every alarm, when this process runs the alerts role.
+    pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
 }
 
 impl HttpState {
@@ -649,6 +652,10 @@ pub fn start(
             .service(
                 resource("/devices/{id}/commands/{command_id}").route(web::get().to(get_command)),
             )
+            .service(resource("/alarms").route(web::get().to(alarms::list)))
+            .service(resource("/alarms/{id}").route(web::get().to(alarms::get)))
+            .service(resource("/alarms/{id}/ack").route(web::post().to(alarms::acknowledge)))
+            .service(resource("/alarms/{id}/clear").route(web::post().to(alarms::clear)))
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))

@@ -27,6 +27,8 @@ pub enum ConsumerRole {
     Replies,
     /// Each instance's reader of `iot.device-directory`.
     Directory,
+    /// Each alerts instance's reader of `iot.alarms`.
+    Alarms,
 }
 
 impl ConsumerRole {
@@ -39,6 +41,7 @@ impl ConsumerRole {
             Self::Alerts => "alerts",
             Self::Replies => "replies",
             Self::Directory => "directory",
+            Self::Alarms => "alarms",
         }
     }
 }

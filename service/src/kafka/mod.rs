@@ -7,6 +7,7 @@ pub mod memory;
 mod partition_reader;
 mod producer;
 mod record;
+mod replay;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub use consumer::{
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
 pub use record::Record;
+pub use replay::{replay, ReplayOutcome, Replayed};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;

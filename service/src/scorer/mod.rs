@@ -117,7 +117,8 @@ impl ScoringHandler {
             ts_ms: telemetry.ts,
             metrics: &telemetry.metrics,
         };
-        let score = device.scorer.score(&params.params, &observation);
+        let mut score = device.scorer.score(&params.params, &observation);
+        damp(&mut score, &params.damping, telemetry.ts);
         self.metrics.events_scored.inc();
         if !score.ready {
             return None;
@@ -139,6 +140,8 @@ impl ScoringHandler {
             Transition::Escalated => (AlertState::Updated, score.reason()),
             Transition::Closed => (AlertState::Cleared, "back to normal".to_owned()),
         };
+        let cause = Some(fleetwatch_models::episode::cause_label(&score))
+            .filter(|label| state != AlertState::Cleared && !label.is_empty());
         Alert {
             alert_id: format!("{device_id}:{opened_at}"),
             device_id,
@@ -147,6 +150,7 @@ impl ScoringHandler {
             score: score.value,
             threshold: self.rules.threshold,
             reason,
+            cause,
             contributors: score
                 .contributors
                 .iter()
@@ -164,6 +168,29 @@ impl ScoringHandler {
             model_version,
         }
     }
+}
+
+/// Apply users' false-positive verdicts: parts whose cause (`metric:kind`) was marked
+/// score less (bounded, fading; the trainer's `learn_verdict` sets the factors), and the
+/// event's score is the largest part again.
+fn damp(score: &mut Score, damping: &[fleetwatch_protocol::Damping], now_ms: i64) {
+    if damping.is_empty() || score.contributors.is_empty() {
+        return;
+    }
+    for part in &mut score.contributors {
+        let label = format!(
+            "{}:{}",
+            part.metric,
+            fleetwatch_models::episode::kind_label(&part.cause)
+        );
+        if let Some(damping) = damping.iter().find(|d| d.cause == label) {
+            part.score *= damping.factor_at(now_ms);
+        }
+    }
+    score
+        .contributors
+        .sort_by(|a, b| b.score.total_cmp(&a.score));
+    score.value = score.contributors[0].score;
 }
 
 impl RecordHandler for ScoringHandler {
@@ -193,5 +220,7 @@ impl RecordHandler for ScoringHandler {
     }
 }
 
+#[cfg(test)]
+mod feedback_tests;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,8 @@ pub struct DeviceParams {
     pub published_ms: i64,
     pub partition: i32,
     pub params: Params,
+    /// Causes damped by users' false-positive verdicts.
+    pub damping: Vec<fleetwatch_protocol::Damping>,
 }
 
 pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<DeviceParams>>>>;
@@ -75,6 +77,7 @@ impl RecordHandler for ParamsHandler {
                 published_ms: envelope.published_ms,
                 partition: record.partition,
                 params,
+                damping: envelope.damping,
             };
             known.insert(envelope.device_id, Arc::new(device));
         }

@@ -123,6 +123,7 @@ fn params_record(device_id: &str, version: u64, params: &Params) -> Vec<u8> {
 /// A binary `iot.model-params` envelope around arbitrary parameter bytes.
 fn params_bytes_record(device_id: &str, version: u64, params: Vec<u8>) -> Vec<u8> {
     let envelope = ParamsEnvelope {
+        damping: Vec::new(),
         device_id: device(device_id),
         version,
         trained_events: 40 + version,

@@ -34,6 +34,7 @@ pub(super) fn checkpoint(topic: &str, device_id: &DeviceId, model: &mut DeviceMo
         version: model.version,
         trained_events: model.trainer.events(),
         published_ms: now_ms(),
+        damping: model.damping.clone(),
         params: model.trainer.state_bytes(),
     };
     (topic.to_owned(), device_id.to_string(), envelope.encode())
@@ -83,11 +84,15 @@ impl Checkpoints {
         let mut models = models.lock();
         let restored = devices.len();
         for (device_id, version) in devices {
-            let trainer = match checkpoints.remove(&device_id) {
-                Some(checkpoint) => self.trainer_from(&device_id, &checkpoint.params, config),
-                None => production::trainer(config),
+            let (trainer, damping) = match checkpoints.remove(&device_id) {
+                Some(checkpoint) => (
+                    self.trainer_from(&device_id, &checkpoint.params, config),
+                    checkpoint.damping,
+                ),
+                None => (production::trainer(config), Vec::new()),
             };
-            let model = DeviceModel::new(trainer, partition, version);
+            let mut model = DeviceModel::new(trainer, partition, version);
+            model.damping = damping;
             models.devices.insert(device_id, model);
         }
         models.restored.insert(partition);

@@ -20,14 +20,18 @@ use std::time::{Duration, Instant};
 
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
-use fleetwatch_protocol::{now_ms, DeviceId, KafkaTopics, ParamsEnvelope, SequenceTracker};
+use fleetwatch_protocol::{
+    now_ms, Damping, DeviceId, Feedback, KafkaTopics, ParamsEnvelope, SequenceTracker, Verdict,
+};
 use parking_lot::Mutex;
 
 pub use config::TrainerConfig;
 pub use durable::{Checkpoints, TrainerPartitions};
 pub use role::ROLE;
 
-use crate::kafka::{decode_model_input, HandleError, ModelInput, Producer, Record, RecordHandler};
+use crate::kafka::{
+    decode_model_input, decode_record, HandleError, ModelInput, Producer, Record, RecordHandler,
+};
 use crate::metrics::Metrics;
 
 struct DeviceModel {
@@ -41,6 +45,8 @@ struct DeviceModel {
     since_checkpoint: u32,
     /// Learned something the last checkpoint does not hold.
     dirty: bool,
+    /// Causes users marked as false positives, published with the parameters.
+    damping: Vec<Damping>,
 }
 
 impl DeviceModel {
@@ -54,6 +60,7 @@ impl DeviceModel {
             last_published: Instant::now(),
             since_checkpoint: 0,
             dirty: false,
+            damping: Vec::new(),
         }
     }
 }
@@ -74,6 +81,7 @@ type Outgoing = (String, String, Vec<u8>);
 pub struct TrainerHandler {
     config: TrainerConfig,
     params_topic: String,
+    feedback_topic: String,
     state_topic: String,
     producer: Producer,
     metrics: Arc<Metrics>,
@@ -93,6 +101,7 @@ impl TrainerHandler {
         Self {
             config,
             params_topic: topics.model_params(),
+            feedback_topic: topics.feedback(),
             state_topic: topics.trainer_state(),
             producer,
             metrics,
@@ -113,6 +122,7 @@ impl TrainerHandler {
             version: model.version,
             trained_events: model.trainer.events(),
             published_ms: now_ms(),
+            damping: model.damping.clone(),
             params: model.trainer.snapshot().to_bytes(),
         };
         let mut records = vec![(
@@ -180,7 +190,59 @@ impl TrainerHandler {
     }
 }
 
+/// How a verdict changes a device's damping of `cause`. A false positive damps it just
+/// enough that the alarm's peak would have stayed 10% below the threshold, never below
+/// [`Damping::MIN_FACTOR`] (a strong fault of the same cause still alarms, and other
+/// causes and metrics are untouched), fading back over [`Damping::FADE_MS`]; another
+/// false positive starts the fade again from the stronger of the two. A true positive
+/// removes it.
+pub fn learn_verdict(damping: &mut Vec<Damping>, feedback: &Feedback, threshold: f64) {
+    let Some(cause) = &feedback.cause else {
+        return;
+    };
+    let current = damping.iter().position(|d| &d.cause == cause);
+    match feedback.verdict {
+        Verdict::TruePositive => {
+            if let Some(index) = current {
+                damping.remove(index);
+            }
+        }
+        Verdict::FalsePositive => {
+            let wanted = (threshold / (feedback.peak_score.max(threshold) * 1.1)) as f32;
+            let before = current.map_or(1.0, |i| damping[i].factor_at(feedback.at_ms) as f32);
+            let entry = Damping {
+                cause: cause.clone(),
+                factor: wanted.min(before).max(Damping::MIN_FACTOR),
+                since_ms: feedback.at_ms,
+            };
+            match current {
+                Some(index) => damping[index] = entry,
+                None => damping.push(entry),
+            }
+        }
+    }
+}
+
 impl TrainerHandler {
+    /// A user's verdict on one of the device's alarms: adapt its damping and publish at
+    /// once, so scorers use it from their next event on.
+    async fn learn_feedback(&self, record: &Record<'_>) -> Result<(), HandleError> {
+        let Some(feedback) = decode_record::<Feedback>(record, "trainer", &self.metrics) else {
+            return Ok(());
+        };
+        let records = {
+            let mut models = self.models.lock();
+            let Some(model) = models.devices.get_mut(&feedback.device_id) else {
+                return Ok(());
+            };
+            learn_verdict(&mut model.damping, &feedback, self.config.model.threshold);
+            model.dirty = true;
+            self.publication(&feedback.device_id, model)
+        };
+        self.send(records).await;
+        Ok(())
+    }
+
     /// A decommissioned device: drop its model and tombstone its parameters and
     /// checkpoint, so neither comes back after a restart; a device that returns with
     /// the same id starts a fresh model.
@@ -225,6 +287,9 @@ impl RecordHandler for TrainerHandler {
             .ensure_restored(record.partition, &self.models, &self.config.model)
             .await
             .map_err(|error| HandleError::Retry(error.to_string()))?;
+        if record.topic == self.feedback_topic {
+            return self.learn_feedback(record).await;
+        }
         match decode_model_input(record, "trainer", &self.metrics) {
             Some(ModelInput::Reading {
                 device_id,

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 pub const ROLE: RoleSpec = RoleSpec {
     name: "trainer",
     summary: "one online model per device, trained on its telemetry; publishes versioned parameter snapshots",
-    consumes: &[Topic::Telemetry],
+    consumes: &[Topic::Telemetry, Topic::Feedback],
     produces: &[Topic::ModelParams, Topic::TrainerState],
     membership: Membership::Group("trainer"),
     start,
@@ -47,7 +47,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         kafka,
         ConsumerRole::Trainer,
         &kafka.group_id("trainer"),
-        &[&topics.telemetry()],
+        &[&topics.telemetry(), &topics.feedback()],
         StartAt::Earliest,
         launch.metrics.clone(),
         Some(listener),

@@ -243,6 +243,7 @@ impl Rig {
     fn published(&self) -> Vec<ParamsEnvelope<Params>> {
         (self.envelopes(&self.topics.model_params()).into_iter())
             .map(|envelope| ParamsEnvelope {
+                damping: Vec::new(),
                 params: Params::from_bytes(&envelope.params).expect("parameters decode"),
                 device_id: envelope.device_id,
                 version: envelope.version,
@@ -640,6 +641,7 @@ async fn an_unusable_checkpoint_starts_the_model_afresh_and_is_counted() {
     let params = trained_on(&readings(0..40, 20.0)).snapshot().to_bytes();
     let envelope = |version: u64, bytes: &[u8]| {
         let envelope = ParamsEnvelope {
+            damping: Vec::new(),
             device_id: device("pump-1"),
             version,
             trained_events: 40,
