@@ -82,6 +82,10 @@ pub struct DemoSummary {
     pub alerts_out: u64,
     /// Raised alerts a WebSocket client received.
     pub alerts_received: usize,
+    /// Alarm events the WebSocket client received, by kind.
+    pub alarms_created: usize,
+    pub alarms_cleared: usize,
+    pub alarms_acknowledged: usize,
     /// What the WebSocket client's alerts say about the injected anomalies.
     #[serde(flatten)]
     pub evaluation: Evaluation,
@@ -117,6 +121,13 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     listener.close();
 
     let received = listener.alerts();
+    let alarm_events = listener.alarm_log().events;
+    let alarms_of = |kind: fleetwatch_protocol::AlarmEventKind| {
+        alarm_events
+            .iter()
+            .filter(|event| event.kind == kind)
+            .count()
+    };
     let evaluation = evaluate(&injected, &received, MATCH_GRACE_MS);
     let metrics = app.metrics.clone();
     app_stop.cancel();
@@ -140,6 +151,9 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
             .iter()
             .filter(|r| r.alert.state == fleetwatch_protocol::AlertState::Raised)
             .count(),
+        alarms_created: alarms_of(fleetwatch_protocol::AlarmEventKind::Created),
+        alarms_cleared: alarms_of(fleetwatch_protocol::AlarmEventKind::Cleared),
+        alarms_acknowledged: alarms_of(fleetwatch_protocol::AlarmEventKind::Acknowledged),
         evaluation,
     })
 }
