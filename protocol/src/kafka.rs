@@ -42,6 +42,11 @@ impl KafkaTopics {
     pub fn alerts(&self) -> String {
         self.of(Topic::Alerts)
     }
+    /// The score of every scored event ([`crate::ScoreRecord`]), for the storage role.
+    /// Key: device id.
+    pub fn scores(&self) -> String {
+        self.of(Topic::Scores)
+    }
     /// The trainer's checkpoints of each device's model, so a restarted or new owner
     /// continues it. Compacted.
     pub fn trainer_state(&self) -> String {
@@ -95,12 +100,13 @@ pub enum Topic {
     Alerts,
     Replies,
     Dlq,
+    Scores,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -109,6 +115,7 @@ impl Topic {
         Topic::Alerts,
         Topic::Replies,
         Topic::Dlq,
+        Topic::Scores,
     ];
 
     /// The name without the deployment's prefix.
@@ -122,6 +129,7 @@ impl Topic {
             Topic::Alerts => "iot.alerts",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
+            Topic::Scores => "iot.scores",
         }
     }
 
@@ -142,6 +150,7 @@ impl Topic {
                 | Topic::DeviceState
                 | Topic::ModelParams
                 | Topic::TrainerState
+                | Topic::Scores
         )
     }
 
@@ -149,7 +158,7 @@ impl Topic {
     /// and compacted topics keep their newest record per key for ever.
     pub fn retention_ms(self) -> Option<i64> {
         match self {
-            Topic::Telemetry | Topic::Alerts | Topic::Dlq => Some(7 * DAY_MS),
+            Topic::Telemetry | Topic::Alerts | Topic::Dlq | Topic::Scores => Some(7 * DAY_MS),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

@@ -51,6 +51,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::trainer::ROLE,
     &crate::scorer::ROLE,
     &crate::alerts::ROLE,
+    &crate::storage::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.

@@ -16,6 +16,7 @@ use crate::ingest::IngestConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
+use crate::storage::StorageConfig;
 use crate::trainer::TrainerConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +30,7 @@ pub struct Settings {
     pub scorer: ScorerConfig,
     pub alerts: AlertsConfig,
     pub http: HttpConfig,
+    pub storage: StorageConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
@@ -120,6 +122,7 @@ impl Settings {
             .rules(self.trainer.model.threshold)
             .check()
             .map_err(|e| Error::Config(format!("scorer: {e}")))?;
+        self.storage.check().map_err(Error::Config)?;
         if self.trainer.checkpoint_every_publications == 0 {
             return Err(Error::Config(
                 "trainer.checkpoint_every_publications must be at least 1".into(),

@@ -1,0 +1,97 @@
+//! What the storage role costs and sustains against VictoriaMetrics: `COUNT` readings
+//! (three metrics each, 1,000 devices) are put on `iot.telemetry` first, then `fleetwatch
+//! run --roles storage` starts and drains them; reported: readings per second from its
+//! first to its last confirmed point, and the process's CPU time per reading (user +
+//! system, from /proc), start-up included. docs/benchmarks.md has the figures.
+//!
+//! Needs the variables of scripts/test (FLEETWATCH_TEST_KAFKA, FLEETWATCH_TEST_TSDB_URL,
+//! FLEETWATCH_BIN): `cargo run --release -p fleetwatch-e2e --example storage_bench -- [COUNT]`
+
+use std::time::{Duration, Instant};
+
+use fleetwatch_e2e::{produce, Namespace, Rig, Service};
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn reading(device: usize, seq: u64, ts: i64) -> Vec<u8> {
+    format!(
+        r#"{{"device_id":"bench-{device:05}","received_ms":{ts},"body":{{"kind":"telemetry","ts":{ts},"seq":{seq},"metrics":{{"temperature":{t:.2},"humidity":{h:.2},"power":{p:.1}}}}}}}"#,
+        t = 20.0 + (seq % 17) as f64 * 0.1,
+        h = 40.0 + (seq % 13) as f64 * 0.2,
+        p = 100.0 + (seq % 7) as f64,
+    )
+    .into_bytes()
+}
+
+#[tokio::main]
+async fn main() {
+    let count: usize = std::env::args()
+        .nth(1)
+        .map_or(200_000, |a| a.parse().unwrap());
+    let rig = Rig::from_env();
+    let tsdb = std::env::var("FLEETWATCH_TEST_TSDB_URL").expect("FLEETWATCH_TEST_TSDB_URL");
+    let namespace = Namespace::new("storage-bench");
+    let start_ms = fleetwatch_protocol::now_ms() - count as i64;
+    let records: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let device = i % 1_000;
+            let key = format!("bench-{device:05}");
+            (
+                key,
+                reading(device, (i / 1_000) as u64, start_ms + i as i64),
+            )
+        })
+        .collect();
+    // Topics are created by a first start of the role.
+    let env = [("FLEETWATCH_STORAGE__URL", tsdb.as_str())];
+    let first = Service::start_async(&rig, &namespace, "storage", "warm", &env).await;
+    first.kill();
+    let produced = Instant::now();
+    for chunk in records.chunks(50_000) {
+        produce(&rig.kafka, &namespace.topic("iot.telemetry"), chunk).await;
+    }
+    println!(
+        "produced {count} readings in {:.1} s",
+        produced.elapsed().as_secs_f64()
+    );
+    let env = [
+        ("FLEETWATCH_STORAGE__URL", tsdb.as_str()),
+        ("FLEETWATCH_KAFKA__GROUP_PREFIX", "bench-"),
+    ];
+    let service = Service::spawn(&rig, &namespace, "storage", "bench", &env);
+    let pid = service.pid();
+    let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
+    let metric = r#"fleetwatch_storage_points_total{measurement="fleetwatch_telemetry"}"#;
+    let (mut first_point, mut last) = (None, 0.0);
+    while last < count as f64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = service.metric(metric);
+        if last > 0.0 && first_point.is_none() {
+            first_point = Some((Instant::now(), last, cpu_seconds(pid)));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "stored only {last}"
+        );
+    }
+    let (cpu_after, done) = (cpu_seconds(pid), Instant::now());
+    let (first_at, first_count, _) = first_point.unwrap();
+    let rate = (count as f64 - first_count) / (done - first_at).as_secs_f64();
+    let cpu_per_reading = (cpu_after - cpu_before) / count as f64;
+    println!(
+        "storage role: {count} readings stored in {:.1} s from start; sustained {rate:.0} readings/s; CPU {:.1} s in total, {:.1} µs per reading",
+        (done - started).as_secs_f64(),
+        cpu_after - cpu_before,
+        cpu_per_reading * 1e6
+    );
+}
