@@ -310,20 +310,26 @@ pub fn force_flush(tsdb: SocketAddr) {
 pub fn stored_readings(tsdb: SocketAddr, prefix: &str) -> BTreeMap<(String, String), u64> {
     force_flush(tsdb);
     let now = fleetwatch_protocol::now_ms() as f64 / 1000.0 + 60.0;
-    let expr = format!(
-        r#"count_over_time({{__name__=~"fleetwatch_telemetry_.+", device=~"{}.*"}}[1d])"#,
-        prefix.replace('.', "\\\\.")
+    let devices = format!(r#"device=~"{}.*""#, prefix.replace('.', "\\\\."));
+    let names = label_values(
+        tsdb,
+        &format!(r#"{{__name__=~"fleetwatch_telemetry_.+", {devices}}}"#),
+        "__name__",
     );
-    query(tsdb, &expr, now)
-        .into_iter()
-        .map(|series| {
+    let mut counts = BTreeMap::new();
+    for name in names {
+        let metric = name.trim_start_matches("fleetwatch_telemetry_").to_owned();
+        for series in query(
+            tsdb,
+            &format!("count_over_time({name}{{{devices}}}[1d])"),
+            now,
+        ) {
             let device = series["metric"]["device"].as_str().unwrap().to_owned();
-            let name = series["metric"]["__name__"].as_str().unwrap_or_default();
-            let metric = name.trim_start_matches("fleetwatch_telemetry_").to_owned();
             let count = series["value"][1].as_str().unwrap().parse::<f64>().unwrap() as u64;
-            ((device, metric), count)
-        })
-        .collect()
+            counts.insert((device, metric.clone()), count);
+        }
+    }
+    counts
 }
 
 /// What reached `iot.telemetry` for devices starting with `prefix`: (device, metric) →

@@ -336,7 +336,12 @@ async fn a_store_outage_holds_the_role_and_every_reading_is_stored_once() {
         eventually(Duration::from_secs(30), "the store to be up again", || {
             (service.metric("fleetwatch_storage_up") == 1.0).then_some(())
         });
+        std::thread::sleep(Duration::from_secs(2));
     });
+    // A crash without a final commit: the next instance replays what was written but
+    // not committed, which the store must overwrite, not add again.
+    service.kill();
+    let service = Service::start_async(&rig, &namespace, "ingest,storage", "b", &env).await;
     fleet_run.await.unwrap().unwrap();
     tokio::task::block_in_place(|| {
         let sent = stored_equals_sent(
