@@ -25,18 +25,41 @@ fn now_secs() -> f64 {
     fleetwatch_protocol::now_ms() as f64 / 1000.0
 }
 
-/// A WebSocket client that never reads, with a tiny receive buffer: the service's queue
-/// for it overflows as soon as a few alerts are sent.
-async fn slow_client(
-    ws: std::net::SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+/// A WebSocket client that reads one frame every 50 ms through a tiny receive buffer:
+/// when alerts come faster, the service's queue for it (one alert) overflows, and the
+/// alerts it missed are counted. Ends when dropped.
+async fn slow_client(ws: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(2048).unwrap();
     let stream = socket.connect(ws).await.unwrap();
-    let (client, _) = tokio_tungstenite::client_async(format!("ws://{ws}/"), stream)
+    let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{ws}/"), stream)
         .await
         .expect("WebSocket handshake");
-    client
+    tokio::spawn(async move {
+        while let Some(Ok(_)) = client.next().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// A burst of alerts of one device on `iot.alerts`, as a scorer catching up after a
+/// pause would send them: faster than a slow WebSocket client reads.
+async fn alert_burst(rig: &Rig, namespace: &Namespace, device: &str, count: usize) {
+    let now = fleetwatch_protocol::now_ms();
+    let records: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let alert = json!({
+                "alert_id": format!("{device}:{now}"), "device_id": device,
+                "state": if i % 2 == 0 { "raised" } else { "cleared" },
+                "score": 0.9, "threshold": 0.5, "reason": "burst", "contributors": [],
+                "event_ts": now - (count - i) as i64, "event_seq": i, "emitted_ms": now,
+                "model_version": 1
+            });
+            (device.to_owned(), alert.to_string().into_bytes())
+        })
+        .collect();
+    fleetwatch_e2e::produce(&rig.kafka, &namespace.topic("iot.alerts"), &records).await;
 }
 
 /// The simulated fleet of the run: anomalies early and often, so alerts are many.
@@ -173,9 +196,20 @@ async fn every_dashboard_panel_answers_with_the_run_s_data() {
         ),
         ("devices/bad id!/telemetry".to_owned(), b"{}".to_vec()),
     ];
+    // Twice: Prometheus' increase() needs a counter already seen before it grows.
     publish_raw(&rig, &format!("{}-bad", namespace.name), &bad).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    publish_raw(&rig, &format!("{}-bad2", namespace.name), &bad).await;
     fleet_run.await.unwrap().unwrap();
-    drop(slow);
+    alert_burst(&rig, &namespace, &format!("{prefix}burst"), 2_000).await;
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the slow client to miss alerts",
+            || (service.metric("fleetwatch_ws_alerts_dropped_total") > 0.0).then_some(()),
+        )
+    });
+    slow.abort();
 
     // The device with the most alerts, as the overview's panel finds it, gets a command
     // that expires: its fleet has stopped, so nobody answers.
@@ -185,7 +219,7 @@ async fn every_dashboard_panel_answers_with_the_run_s_data() {
         let top = query(
             vm,
             &format!(
-                r#"topk(1, sum by (device) (count_over_time(fleetwatch_alert_score{{device=~"{prefix}.*"}}[1h])))"#
+                r#"topk(1, sum by (device) (count_over_time(fleetwatch_alert_score{{device=~"{prefix}[0-9]+"}}[1h])))"#
             ),
             now_secs(),
         );
@@ -193,18 +227,22 @@ async fn every_dashboard_panel_answers_with_the_run_s_data() {
             .as_str()
             .unwrap()
             .to_owned();
-        let (status, _, command) = service_ref.request(
-            "POST",
-            &format!("/devices/{device}/commands"),
-            &[],
-            Some(&json!({"name": "blink", "ttl_ms": 1000})),
-        );
-        assert_eq!(status, 201, "{command}");
-        let id = command["command_id"].as_str().unwrap().to_owned();
-        eventually(Duration::from_secs(20), "the command to expire", || {
-            let (_, body) = service_ref.get(&format!("/devices/{device}/commands/{id}"));
-            (body["state"] == "expired").then_some(())
-        });
+        // Two, a few scrapes apart: Prometheus' increase() needs the counter seen first.
+        for _ in 0..2 {
+            let (status, _, command) = service_ref.request(
+                "POST",
+                &format!("/devices/{device}/commands"),
+                &[],
+                Some(&json!({"name": "blink", "ttl_ms": 1000})),
+            );
+            assert_eq!(status, 201, "{command}");
+            let id = command["command_id"].as_str().unwrap().to_owned();
+            eventually(Duration::from_secs(20), "the command to expire", || {
+                let (_, body) = service_ref.get(&format!("/devices/{device}/commands/{id}"));
+                (body["state"] == "expired").then_some(())
+            });
+            std::thread::sleep(Duration::from_secs(3));
+        }
         device
     });
 
