@@ -2,7 +2,13 @@
 //! (three metrics each, 1,000 devices) are put on `iot.telemetry` first, then `fleetwatch
 //! run --roles storage` starts and drains them; reported: readings per second from its
 //! first to its last confirmed point, and the process's CPU time per reading (user +
-//! system, from /proc), start-up included. docs/benchmarks.md has the figures.
+//! system, from /proc), start-up included.
+//!
+//! `-- scores SECS`: what publishing every score costs. The pipeline up to the scorer
+//! (`ingest,devices,trainer,scorer`) runs twice on 300 simulated devices reading every
+//! 100 ms for SECS seconds, with `scorer.publish_scores` on and off; reported: the
+//! process's CPU time per reading and the score records published. docs/benchmarks.md
+//! has the figures.
 //!
 //! Needs the variables of scripts/test (FLEETWATCH_TEST_KAFKA, FLEETWATCH_TEST_TSDB_URL,
 //! FLEETWATCH_BIN): `cargo run --release -p fleetwatch-e2e --example storage_bench -- [COUNT]`
@@ -93,5 +99,36 @@ async fn main() {
         (done - started).as_secs_f64(),
         cpu_after - cpu_before,
         cpu_per_reading * 1e6
+    );
+}
+
+/// One run of the pipeline up to the scorer with `publish_scores` set as given.
+async fn score_cost(publish: &str, secs: f64) {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("score-cost");
+    let env = [("FLEETWATCH_SCORER__PUBLISH_SCORES", publish)];
+    let roles = "ingest,devices,trainer,scorer";
+    let service = Service::start_async(&rig, &namespace, roles, "a", &env).await;
+    let pid = service.pid();
+    let mut sim = fleetwatch_sim::SimConfig::new(&rig.mqtt_host, rig.mqtt_port, 300);
+    sim.id_prefix = namespace.device_prefix();
+    sim.interval_ms = 100;
+    sim.duration_secs = Some(secs);
+    sim.anomalies_per_minute = 0.0;
+    let stats = Arc::new(fleetwatch_sim::FleetStats::default());
+    let cpu_before = cpu_seconds(pid);
+    fleetwatch_sim::run_fleet(sim, stats.clone(), tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let readings = stats.published.load(Ordering::Relaxed) as f64;
+    println!(
+        "publish_scores={publish}: {readings} readings, {} scored, {} scores published; CPU {cpu:.1} s, {:.1} µs per reading",
+        service.metric("fleetwatch_events_scored_total"),
+        service.metric("fleetwatch_scores_published_total"),
+        cpu / readings * 1e6
     );
 }
