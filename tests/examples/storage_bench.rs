@@ -119,9 +119,13 @@ async fn score_cost(publish: &str, secs: f64) {
     sim.anomalies_per_minute = 0.0;
     let stats = Arc::new(fleetwatch_sim::FleetStats::default());
     let cpu_before = cpu_seconds(pid);
-    fleetwatch_sim::run_fleet(sim, stats.clone(), tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap();
+    fleetwatch_sim::run_fleet(
+        sim,
+        stats.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu = cpu_seconds(pid) - cpu_before;
     let readings = stats.published.load(Ordering::Relaxed) as f64;
