@@ -41,6 +41,13 @@ fn reading(device: usize, seq: u64, ts: i64) -> Vec<u8> {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("scores") {
+        let secs: f64 = std::env::args().nth(2).map_or(60.0, |a| a.parse().unwrap());
+        for publish in ["true", "false"] {
+            score_cost(publish, secs).await;
+        }
+        return;
+    }
     let count: usize = std::env::args()
         .nth(1)
         .map_or(200_000, |a| a.parse().unwrap());
