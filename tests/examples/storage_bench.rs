@@ -77,9 +77,11 @@ async fn main() {
         "produced {count} readings in {:.1} s",
         produced.elapsed().as_secs_f64()
     );
+    // A group of its own, apart from the first start's (a fresh group reads from the start).
+    let group_prefix = format!("bench-{}-", namespace.name);
     let env = [
         ("FLEETWATCH_STORAGE__URL", tsdb.as_str()),
-        ("FLEETWATCH_KAFKA__GROUP_PREFIX", "bench-"),
+        ("FLEETWATCH_KAFKA__GROUP_PREFIX", &group_prefix),
     ];
     let service = Service::spawn(&rig, &namespace, "storage", "bench", &env);
     let pid = service.pid();
