@@ -110,6 +110,30 @@ impl PendingDeliveries {
             .push_back((topic, consumed.partition, consumed.offset, outgoing));
     }
 
+    /// Like [`PendingDeliveries::settle`] without waiting: stops at the first record
+    /// whose delivery is still on its way, so the consume loop never blocks on Kafka
+    /// between records.
+    pub fn settle_ready(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
+        while let Some((topic, partition, offset, outgoing)) = self.queue.front_mut() {
+            if let Some(outgoing) = outgoing {
+                match outgoing.delivery.try_confirmed() {
+                    None => return Ok(()),
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        // Queued again; it stays first until it lands.
+                        let (topic, key, payload) =
+                            (&outgoing.topic, &outgoing.key, &outgoing.payload);
+                        outgoing.delivery = self.producer.enqueue_now(topic, key, payload);
+                        return Err(HandleError::Retry(error.to_string()));
+                    }
+                }
+            }
+            done.at(topic, *partition, *offset);
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
     /// Await every queued delivery in order, adding the consumed records whose effect
     /// landed to `done`. A failed delivery is queued again and stops the settling with
     /// [`HandleError::Retry`]: it stays first, the next call waits for it anew.

@@ -182,6 +182,39 @@ impl Delivery {
         self.confirmed_at().await.map(|_| ())
     }
 
+    /// The outcome if Kafka has answered already, without waiting: `None` while the
+    /// record is still on its way.
+    pub fn try_confirmed(&mut self) -> Option<Result<()>> {
+        use std::future::Future;
+        let (future, started, metrics) = match &mut self.0 {
+            Pending::Landed(..) => return Some(Ok(())),
+            Pending::Kafka(Err(error), _, metrics) => {
+                metrics.kafka_produce_errors.inc();
+                return Some(Err(Error::kafka("queueing record", error.clone())));
+            }
+            Pending::Kafka(Ok(future), started, metrics) => (future, *started, metrics),
+        };
+        let mut context = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let outcome = match std::pin::Pin::new(future).poll(&mut context) {
+            std::task::Poll::Pending => return None,
+            std::task::Poll::Ready(Ok(Ok(_))) => Ok(()),
+            std::task::Poll::Ready(Ok(Err((error, _)))) => {
+                Err(Error::kafka("delivering record", error))
+            }
+            std::task::Poll::Ready(Err(_)) => {
+                Err(Error::kafka("delivering record", KafkaError::Canceled))
+            }
+        };
+        match &outcome {
+            Ok(()) => metrics
+                .kafka_produce_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => metrics.kafka_produce_errors.inc(),
+        }
+        self.0 = Pending::Landed(0, 0);
+        Some(outcome)
+    }
+
     /// Like [`Delivery::confirmed`], with where the record landed: (partition, offset).
     pub async fn confirmed_at(self) -> Result<(i32, i64)> {
         let (queued, started, metrics) = match self.0 {

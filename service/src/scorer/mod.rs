@@ -268,17 +268,22 @@ impl RecordHandler for ScoringHandler {
             .map(|_| std::time::Duration::from_millis(200))
     }
 
-    /// Collect the confirmations of the scores queued so far.
+    /// Collect the confirmations that arrived, without waiting for the others.
     async fn on_tick(&mut self) -> Result<(), HandleError> {
         self.send_unsent().await?;
         match &mut self.scores {
-            Some((_, pending)) => pending.settle(&mut self.durable).await,
+            Some((_, pending)) => pending.settle_ready(&mut self.durable),
             None => Ok(()),
         }
     }
 
+    /// Wait for every queued score before the final commit.
     async fn on_shutdown(&mut self) {
-        if let Err(HandleError::Retry(error) | HandleError::Fatal(error)) = self.on_tick().await {
+        let mut outcome = self.send_unsent().await;
+        if let (Ok(()), Some((_, pending))) = (&outcome, &mut self.scores) {
+            outcome = pending.settle(&mut self.durable).await;
+        }
+        if let Err(HandleError::Retry(error) | HandleError::Fatal(error)) = outcome {
             tracing::warn!(%error, "scores not all confirmed at shutdown; they are scored again");
         }
     }
