@@ -50,6 +50,11 @@ impl KafkaTopics {
     pub fn feedback(&self) -> String {
         self.of(Topic::Feedback)
     }
+    /// The score of every scored event ([`crate::ScoreRecord`]), for the storage role.
+    /// Key: device id.
+    pub fn scores(&self) -> String {
+        self.of(Topic::Scores)
+    }
     /// The trainer's checkpoints of each device's model, so a restarted or new owner
     /// continues it. Compacted.
     pub fn trainer_state(&self) -> String {
@@ -111,12 +116,13 @@ pub enum Topic {
     Feedback,
     Replies,
     Dlq,
+    Scores,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 11] = [
+    pub const ALL: [Topic; 12] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -128,6 +134,7 @@ impl Topic {
         Topic::Feedback,
         Topic::Replies,
         Topic::Dlq,
+        Topic::Scores,
     ];
 
     /// The name without the deployment's prefix.
@@ -144,6 +151,7 @@ impl Topic {
             Topic::Feedback => "iot.feedback",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
+            Topic::Scores => "iot.scores",
         }
     }
 
@@ -171,6 +179,7 @@ impl Topic {
                 | Topic::Alerts
                 | Topic::Alarms
                 | Topic::Feedback
+                | Topic::Scores
         )
     }
 
@@ -178,7 +187,9 @@ impl Topic {
     /// and compacted topics keep their newest record per key for ever.
     pub fn retention_ms(self) -> Option<i64> {
         match self {
-            Topic::Telemetry | Topic::Alerts | Topic::Dlq | Topic::Feedback => Some(7 * DAY_MS),
+            Topic::Telemetry | Topic::Alerts | Topic::Dlq | Topic::Feedback | Topic::Scores => {
+                Some(7 * DAY_MS)
+            }
             // A resuming client reads the alarm events it missed: a month of them.
             Topic::Alarms => Some(30 * DAY_MS),
             Topic::Commands => Some(DAY_MS),

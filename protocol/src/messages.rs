@@ -440,6 +440,22 @@ pub struct Alert {
     pub model_version: u64,
 }
 
+/// The score of one scored event, on `iot.scores` (key: device id): what the storage
+/// role writes next to the reading. Only events the model could judge (not warming up)
+/// have one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRecord {
+    pub device_id: DeviceId,
+    /// Device timestamp and sequence number of the scored event.
+    pub ts: i64,
+    pub seq: u64,
+    /// The event's anomaly score in [0, 1] (its largest part).
+    pub score: f64,
+    /// Each metric of the event with its own score: the largest part naming it, 0 when
+    /// no part reached 0.05 (the model reports only parts from 0.05 up).
+    pub metrics: BTreeMap<String, f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

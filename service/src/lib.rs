@@ -6,6 +6,7 @@
 //! - [`trainer`]: online models → `iot.model-params`
 //! - [`scorer`]: scores telemetry with the latest params → `iot.alerts`
 //! - [`alerts`]: WebSocket push of `iot.alerts`
+//! - [`storage`]: telemetry, scores, alerts and twin events → a time-series store
 //! - [`http`]: REST, Prometheus metrics and the live page
 //! - [`kafka`], [`mqtt`]: the plumbing every role shares
 //! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
@@ -25,6 +26,7 @@ pub mod scorer;
 pub mod settings;
 pub mod tenancy;
 pub mod tls;
+pub mod storage;
 pub mod trainer;
 
 pub use error::Error;

@@ -2,7 +2,9 @@
 //! them); all live in one [`Metrics`] value per process, passed to the components, so
 //! tests can assert on them and several instances can share a process.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -79,6 +81,29 @@ pub struct Metrics {
     pub directory_devices: IntGauge,
     /// Devices decommissioned (counted by the twin owner).
     pub devices_decommissioned: IntCounter,
+    /// Records of a partition not yet handled by a role's consumer (high watermark minus
+    /// the consumer's position), by role, topic and partition; refreshed every few seconds.
+    pub consumer_lag: IntGaugeVec,
+    /// Messages sent to actors and not yet answered (queued in a mailbox or being
+    /// handled), by kind of actor.
+    pub mailbox_depth: IntGaugeVec,
+    /// Kafka records whose delivery failed for good.
+    pub kafka_produce_errors: IntCounter,
+    /// Time from queueing a Kafka record to its confirmation (acks=all).
+    pub kafka_produce_seconds: Histogram,
+    /// Score records the scorer published to `iot.scores`.
+    pub scores_published: IntCounter,
+    /// 1 while the time-series store accepted the storage role's last write, 0 after a
+    /// failed one (the role then holds its consumption).
+    pub storage_up: IntGauge,
+    /// Points the time-series store confirmed, by measurement.
+    pub storage_points: IntCounterVec,
+    /// Writes to the time-series store that failed (each retried).
+    pub storage_write_errors: IntCounter,
+    /// Time of each confirmed write to the time-series store.
+    pub storage_write_seconds: Histogram,
+    /// Points waiting in the storage role's batch.
+    pub storage_buffered: IntGauge,
 }
 
 impl Metrics {
@@ -254,6 +279,51 @@ impl Metrics {
                 "fleetwatch_devices_decommissioned_total",
                 "Devices decommissioned by their twin owner",
             ),
+            consumer_lag: gauge_vec(
+                "fleetwatch_consumer_lag",
+                "Records not yet handled, by role, topic and partition",
+                &["role", "topic", "partition"],
+            ),
+            mailbox_depth: gauge_vec(
+                "fleetwatch_mailbox_depth",
+                "Messages sent to actors and not yet answered, by actor kind",
+                &["actor"],
+            ),
+            kafka_produce_errors: counter(
+                "fleetwatch_kafka_produce_errors_total",
+                "Kafka records whose delivery failed",
+            ),
+            kafka_produce_seconds: histogram(
+                &registry,
+                "fleetwatch_kafka_produce_seconds",
+                "Time from queueing a Kafka record to its confirmation",
+            ),
+            scores_published: counter(
+                "fleetwatch_scores_published_total",
+                "Score records published to iot.scores",
+            ),
+            storage_up: gauge(
+                "fleetwatch_storage_up",
+                "1 while the time-series store accepts writes, 0 after a failed write",
+            ),
+            storage_points: counter_vec(
+                "fleetwatch_storage_points_total",
+                "Points confirmed by the time-series store, by measurement",
+                &["measurement"],
+            ),
+            storage_write_errors: counter(
+                "fleetwatch_storage_write_errors_total",
+                "Failed writes to the time-series store",
+            ),
+            storage_write_seconds: histogram(
+                &registry,
+                "fleetwatch_storage_write_seconds",
+                "Time of each confirmed write to the time-series store",
+            ),
+            storage_buffered: gauge(
+                "fleetwatch_storage_buffered_points",
+                "Points waiting in the storage role's batch",
+            ),
             registry,
         }
     }
@@ -265,6 +335,17 @@ impl Metrics {
             .encode_to_string(&families)
             .unwrap_or_default()
     }
+}
+
+/// A latency histogram from 1 ms to about 16 s, registered in `registry`.
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let buckets = prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets");
+    let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(histogram.clone()))
+        .expect("unique metric");
+    histogram
 }
 
 impl Default for Metrics {

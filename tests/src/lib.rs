@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod proxy;
+pub mod tsdb;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -229,6 +230,11 @@ impl Service {
                     .ok()
             })
             .unwrap_or(0.0)
+    }
+
+    /// The process id (for CPU figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kill the process at once (SIGKILL): no goodbye, no final commit.

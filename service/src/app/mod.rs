@@ -234,6 +234,11 @@ async fn heartbeat(
 }
 
 impl RunningApp {
+    /// Whether this process runs the role named `name`.
+    pub fn roles_running(&self, name: &str) -> bool {
+        self.roles.names().contains(&name)
+    }
+
     /// True once every role has connected and been assigned its partitions.
     pub fn is_ready(&self) -> bool {
         self.roles.readiness(&self.metrics).0

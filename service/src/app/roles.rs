@@ -53,6 +53,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::trainer::ROLE,
     &crate::scorer::ROLE,
     &crate::alerts::ROLE,
+    &crate::storage::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.

@@ -66,6 +66,11 @@ pub struct DemoOptions {
     /// for an operator. Without it the demo runs with `auth.mode = "none"`.
     #[arg(long)]
     pub auth: bool,
+    /// Also run the storage role, writing readings, scores, alerts and device events to
+    /// this time-series store (InfluxDB v2 write API, e.g. VictoriaMetrics at
+    /// `http://127.0.0.1:8428`); the same as the `storage.url` setting.
+    #[arg(long, env = "FLEETWATCH_STORAGE__URL")]
+    pub tsdb: Option<String>,
 }
 
 /// The demo's tenants: who owns which simulated devices.
@@ -104,7 +109,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
 
     let operator = demo_auth(&mut settings, options.auth)?;
     let app_stop = CancellationToken::new();
-    let app = app::start(&settings, Roles::all(), app_stop.clone()).await?;
+    let app = app::start(&settings, demo_roles(&options)?, app_stop.clone()).await?;
     print_addresses(&app, &broker, &settings);
     print_tokens(&app, &settings)?;
     wait_until_ready(&app).await?;
@@ -236,6 +241,15 @@ fn print_tokens(app: &app::RunningApp, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// Every role; the storage role only when there is a store to write to.
+fn demo_roles(options: &DemoOptions) -> Result<Roles> {
+    let names: Vec<&str> = (app::ROLES.iter())
+        .map(|role| role.name)
+        .filter(|&name| name != crate::storage::ROLE.name || options.tsdb.is_some())
+        .collect();
+    names.join(",").parse().map_err(Error::Config)
+}
+
 /// Point the settings at the embedded MQTT broker and the demo's ports.
 fn embed(settings: &mut Settings, broker: &broker::EmbeddedBroker, options: &DemoOptions) {
     settings.mqtt.host = broker.v5.ip().to_string();
@@ -254,6 +268,9 @@ fn embed(settings: &mut Settings, broker: &broker::EmbeddedBroker, options: &Dem
     // devices reading every 500 ms.
     let calm_readings = (15_000 / options.interval_ms.max(1)).max(30) as u32;
     settings.scorer.clear_after_events = Some(calm_readings);
+    if let Some(url) = &options.tsdb {
+        settings.storage.url = url.clone();
+    }
 }
 
 fn print_addresses(app: &app::RunningApp, broker: &broker::EmbeddedBroker, settings: &Settings) {
@@ -279,6 +296,14 @@ fn print_addresses(app: &app::RunningApp, broker: &broker::EmbeddedBroker, setti
         "  Kafka          {} (in-process mock cluster)",
         settings.kafka.brokers
     );
+    if app.roles_running(crate::storage::ROLE.name) {
+        println!(
+            "  time series    {} (readings, scores, alerts, device events; Grafana: dashboards/)",
+            settings.storage.url
+        );
+    } else {
+        println!("  time series    none: --tsdb URL writes readings, scores and alerts to a store");
+    }
 }
 
 async fn wait_until_ready(app: &app::RunningApp) -> Result<()> {

@@ -113,7 +113,12 @@ impl DevicesHandler {
             else {
                 return Ok(None);
             };
-            match actor.send(message()).await {
+            // Counted while queued in the actor's mailbox or being handled.
+            let depth = self.metrics.mailbox_depth.with_label_values(&["device"]);
+            depth.inc();
+            let answered = actor.send(message()).await;
+            depth.dec();
+            match answered {
                 Ok(answer) => return Ok(Some(answer)),
                 Err(_) => self.registry.forget(device_id, &actor),
             }

@@ -9,6 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::durable::DurableOffsets;
 use super::record::{from_message, Record};
 use super::KafkaConfig;
 use crate::error::{Error, Result};
@@ -29,6 +30,7 @@ pub enum ConsumerRole {
     Directory,
     /// Each alerts instance's reader of `iot.alarms`.
     Alarms,
+    Storage,
 }
 
 impl ConsumerRole {
@@ -42,6 +44,7 @@ impl ConsumerRole {
             Self::Replies => "replies",
             Self::Directory => "directory",
             Self::Alarms => "alarms",
+            Self::Storage => "storage",
         }
     }
 }
@@ -347,6 +350,30 @@ pub trait RecordHandler: Send {
     fn on_shutdown(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Whether a record's effect may still be under way when `handle` returns (a batch
+    /// written later, say): then the loop stores no offset on its own and only stores
+    /// those [`RecordHandler::take_durable`] reports.
+    fn defers_commit(&self) -> bool {
+        false
+    }
+
+    /// The offsets whose effects became durable since the last call; the loop asks
+    /// after every record, tick and at shutdown.
+    fn take_durable(&mut self) -> DurableOffsets {
+        DurableOffsets::default()
+    }
+}
+
+/// Store the offsets `handler` reports durable, for the next commit.
+fn store_durable<H: RecordHandler>(consumer: &RoleConsumer, handler: &mut H) {
+    let durable = handler.take_durable();
+    for (topic, partition, offset) in durable.iter() {
+        // Fails for a partition revoked meanwhile: its new owner reads it again.
+        if let Err(error) = consumer.inner.store_offset(topic, partition, offset) {
+            tracing::debug!(role = consumer.role.name(), %error, topic, partition, "storing offset failed");
+        }
+    }
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -368,6 +395,11 @@ pub async fn consume<H: RecordHandler>(
         ticker
     });
 
+    let defers_commit = handler.defers_commit();
+    let lag_stop = shutdown.child_token();
+    if consumer.commits {
+        watch_lag(&consumer, lag_stop.clone());
+    }
     let outcome = loop {
         let tick = async {
             match ticker.as_mut() {
@@ -382,6 +414,7 @@ pub async fn consume<H: RecordHandler>(
                 if let Err(HandleError::Fatal(reason)) = handler.on_tick().await {
                     break Err(Error::RoleFailed { role, reason });
                 }
+                store_durable(&consumer, &mut handler);
                 continue;
             }
             record = consumer.inner.recv() => record,
@@ -396,25 +429,12 @@ pub async fn consume<H: RecordHandler>(
         };
 
         let record = from_message(&message);
-        let mut backoff = RETRY_BACKOFF_START;
-        let handled = loop {
-            match handler.handle(&record).await {
-                Ok(()) => break Ok(true),
-                Err(HandleError::Retry(reason)) => {
-                    tracing::warn!(role, %reason, ?backoff, "retrying record");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break Ok(false),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
-                Err(HandleError::Fatal(reason)) => break Err(Error::RoleFailed { role, reason }),
-            }
-        };
-        match handled {
+        match handle_until_done(&mut handler, &record, role, &shutdown).await {
             Ok(true) => {
                 consumed.inc();
-                if let Err(error) = consumer.inner.store_offset_from_message(&message) {
+                if defers_commit {
+                    store_durable(&consumer, &mut handler);
+                } else if let Err(error) = consumer.inner.store_offset_from_message(&message) {
                     tracing::warn!(role, %error, "storing offset failed");
                 }
             }
@@ -422,10 +442,44 @@ pub async fn consume<H: RecordHandler>(
             Err(error) => break Err(error),
         }
     };
+    lag_stop.cancel();
     handler.on_shutdown().await;
+    store_durable(&consumer, &mut handler);
     // A synchronous commit blocks: off the async threads.
     let _ = tokio::task::spawn_blocking(move || consumer.commit_stored()).await;
     outcome
+}
+
+/// Keep `fleetwatch_consumer_lag` of a group member current until `stop`.
+fn watch_lag(consumer: &RoleConsumer, stop: CancellationToken) {
+    let metrics = consumer.metrics.clone();
+    let lag = super::lag::watch(consumer.inner.clone(), consumer.role, metrics, stop);
+    tokio::spawn(lag);
+}
+
+/// Handle `record`, retrying transient failures with backoff: `Ok(true)` once handled,
+/// `Ok(false)` when shutdown came first.
+async fn handle_until_done<H: RecordHandler>(
+    handler: &mut H,
+    record: &Record<'_>,
+    role: &'static str,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let mut backoff = RETRY_BACKOFF_START;
+    loop {
+        match handler.handle(record).await {
+            Ok(()) => return Ok(true),
+            Err(HandleError::Retry(reason)) => {
+                tracing::warn!(role, %reason, ?backoff, "retrying record");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            }
+            Err(HandleError::Fatal(reason)) => return Err(Error::RoleFailed { role, reason }),
+        }
+    }
 }
 
 /// Decode a record's JSON payload. Undecodable records are logged, counted and skipped:

@@ -3,6 +3,8 @@
 
 mod config;
 mod consumer;
+mod durable;
+mod lag;
 pub mod memory;
 mod partition_reader;
 mod producer;
@@ -26,6 +28,7 @@ pub use consumer::{
     consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,
     PartitionListener, RecordHandler, RoleConsumer, StartAt,
 };
+pub use durable::{DurableOffsets, PendingDeliveries};
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
 pub use record::Record;

@@ -92,14 +92,14 @@ impl Producer {
         };
         let record = FutureRecord::to(topic).key(key).payload(payload);
         match producer.send_result(record) {
-            Ok(delivery) => Some(Delivery::kafka(Ok(delivery))),
+            Ok(delivery) => Some(Delivery::kafka(Ok(delivery), &self.metrics)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.kafka_queue_full.inc();
                 None
             }
             // Only QueueFull is transient at enqueue time; anything else (an oversized
             // record, say) would fail again, so it becomes a failed delivery.
-            Err((error, _)) => Some(Delivery::kafka(Err(error))),
+            Err((error, _)) => Some(Delivery::kafka(Err(error), &self.metrics)),
         }
     }
 
@@ -112,7 +112,10 @@ impl Producer {
         };
         let record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(topic).partition(partition).key(key);
-        Delivery::kafka(producer.send_result(record).map_err(|(error, _)| error))
+        Delivery::kafka(
+            producer.send_result(record).map_err(|(error, _)| error),
+            &self.metrics,
+        )
     }
 
     /// Queue a JSON record and wait until Kafka confirmed it.
@@ -148,14 +151,26 @@ impl Producer {
 pub struct Delivery(Pending);
 
 enum Pending {
-    Kafka(std::result::Result<DeliveryFuture, KafkaError>),
+    /// Queued (or refused) at `Instant`; the latency and failures go to the metrics.
+    Kafka(
+        std::result::Result<DeliveryFuture, KafkaError>,
+        std::time::Instant,
+        Arc<Metrics>,
+    ),
     /// Already confirmed at (partition, offset): the in-memory log of unit tests.
     Landed(i32, i64),
 }
 
 impl Delivery {
-    fn kafka(queued: std::result::Result<DeliveryFuture, KafkaError>) -> Self {
-        Self(Pending::Kafka(queued))
+    fn kafka(
+        queued: std::result::Result<DeliveryFuture, KafkaError>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Self(Pending::Kafka(
+            queued,
+            std::time::Instant::now(),
+            metrics.clone(),
+        ))
     }
 
     pub(super) fn landed(partition: i32, offset: i64) -> Self {
@@ -167,17 +182,59 @@ impl Delivery {
         self.confirmed_at().await.map(|_| ())
     }
 
+    /// The outcome if Kafka has answered already, without waiting: `None` while the
+    /// record is still on its way.
+    pub fn try_confirmed(&mut self) -> Option<Result<()>> {
+        use std::future::Future;
+        let (future, started, metrics) = match &mut self.0 {
+            Pending::Landed(..) => return Some(Ok(())),
+            Pending::Kafka(Err(error), _, metrics) => {
+                metrics.kafka_produce_errors.inc();
+                return Some(Err(Error::kafka("queueing record", error.clone())));
+            }
+            Pending::Kafka(Ok(future), started, metrics) => (future, *started, metrics),
+        };
+        let mut context = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let outcome = match std::pin::Pin::new(future).poll(&mut context) {
+            std::task::Poll::Pending => return None,
+            std::task::Poll::Ready(Ok(Ok(_))) => Ok(()),
+            std::task::Poll::Ready(Ok(Err((error, _)))) => {
+                Err(Error::kafka("delivering record", error))
+            }
+            std::task::Poll::Ready(Err(_)) => {
+                Err(Error::kafka("delivering record", KafkaError::Canceled))
+            }
+        };
+        match &outcome {
+            Ok(()) => metrics
+                .kafka_produce_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => metrics.kafka_produce_errors.inc(),
+        }
+        self.0 = Pending::Landed(0, 0);
+        Some(outcome)
+    }
+
     /// Like [`Delivery::confirmed`], with where the record landed: (partition, offset).
     pub async fn confirmed_at(self) -> Result<(i32, i64)> {
-        let queued = match self.0 {
-            Pending::Kafka(queued) => queued,
+        let (queued, started, metrics) = match self.0 {
+            Pending::Kafka(queued, started, metrics) => (queued, started, metrics),
             Pending::Landed(partition, offset) => return Ok((partition, offset)),
         };
-        let future = queued.map_err(|e| Error::kafka("queueing record", e))?;
-        match future.await {
-            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-            Ok(Err((error, _))) => Err(Error::kafka("delivering record", error)),
-            Err(_canceled) => Err(Error::kafka("delivering record", KafkaError::Canceled)),
+        let outcome = match queued {
+            Err(error) => Err(Error::kafka("queueing record", error)),
+            Ok(future) => match future.await {
+                Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                Ok(Err((error, _))) => Err(Error::kafka("delivering record", error)),
+                Err(_canceled) => Err(Error::kafka("delivering record", KafkaError::Canceled)),
+            },
+        };
+        match outcome {
+            Ok(_) => metrics
+                .kafka_produce_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => metrics.kafka_produce_errors.inc(),
         }
+        outcome
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 /// The scorer role: scores telemetry and raises alerts. Section `[scorer]`. Unset
 /// fields take the model's recommended episode rules (`EpisodeRules::recommended`), the
 /// same the replay CLI and the NAB harness use.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScorerConfig {
     /// Score at or above which an anomaly episode starts. Unset: the model's recommended
@@ -20,6 +20,27 @@ pub struct ScorerConfig {
     /// multiple of the last one reported, or when another metric or cause breaks.
     /// Unset: 1.2.
     pub escalate_ratio: Option<f64>,
+    /// Publish the score of every judged event to `iot.scores`, for the storage role
+    /// (one small record per reading; docs/benchmarks.md measures the cost). Off: only
+    /// alerts leave the scorer.
+    pub publish_scores: bool,
+    /// Score records queued to Kafka and not yet confirmed, at most; when reached, the
+    /// scorer waits for their confirmations before scoring more (their telemetry offsets
+    /// are committed only once confirmed).
+    pub max_pending_scores: usize,
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            threshold: None,
+            clear_after_events: None,
+            clear_ratio: None,
+            escalate_ratio: None,
+            publish_scores: true,
+            max_pending_scores: 10_000,
+        }
+    }
 }
 
 impl ScorerConfig {

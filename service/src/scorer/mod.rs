@@ -21,7 +21,7 @@ use std::sync::Arc;
 use fleetwatch_models::production::{Episode, EpisodeRules, ModelScorer, Transition};
 use fleetwatch_models::{Observation, Score, Scorer};
 use fleetwatch_protocol::{
-    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, SequenceTracker,
+    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ScoreRecord, SequenceTracker,
     TelemetryPayload,
 };
 
@@ -29,8 +29,14 @@ pub use config::ScorerConfig;
 pub use params::{DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
 pub use role::ROLE;
 
-use crate::kafka::{decode_model_input, HandleError, ModelInput, Producer, Record, RecordHandler};
+use crate::kafka::{
+    decode_model_input, DurableOffsets, HandleError, ModelInput, PendingDeliveries, Producer,
+    Record, RecordHandler,
+};
 use crate::metrics::Metrics;
+
+/// An episode transition with the score that caused it and the parameters' version.
+type Change = (Transition, Score, u64);
 
 #[derive(Default)]
 struct DeviceScoring {
@@ -48,6 +54,10 @@ pub struct ScoringHandler {
     devices: HashMap<DeviceId, DeviceScoring>,
     /// An alert whose delivery failed; sent again before anything else.
     unsent: Option<Alert>,
+    /// With `publish_scores`: `iot.scores`, and the records whose scores are on their way.
+    scores: Option<(String, PendingDeliveries)>,
+    /// Offsets whose alerts and scores Kafka confirmed, for the consume loop.
+    durable: DurableOffsets,
 }
 
 impl ScoringHandler {
@@ -59,6 +69,7 @@ impl ScoringHandler {
         params: SharedParams,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let producer_copy = producer.clone();
         Self {
             rules: config.rules(recommended_threshold),
             topic: topics.alerts(),
@@ -67,6 +78,11 @@ impl ScoringHandler {
             metrics,
             devices: HashMap::new(),
             unsent: None,
+            scores: config.publish_scores.then(|| {
+                let pending = PendingDeliveries::new(producer_copy, config.max_pending_scores);
+                (topics.scores(), pending)
+            }),
+            durable: DurableOffsets::default(),
         }
     }
 
@@ -91,13 +107,13 @@ impl ScoringHandler {
         Ok(())
     }
 
-    /// Score one reading of a known device; the episode transition it causes, if any,
-    /// with the score and the parameters' version.
+    /// Score one reading of a known device: the score when the model could judge it,
+    /// and the episode transition it causes, if any, with the parameters' version.
     fn score(
         &mut self,
         device_id: &DeviceId,
         telemetry: &TelemetryPayload,
-    ) -> Option<(Transition, Score, u64)> {
+    ) -> Option<(Score, Option<Change>)> {
         let device = self.devices.entry(device_id.clone()).or_default();
         if !device.sequence.accept(telemetry.seq) {
             self.metrics
@@ -123,8 +139,9 @@ impl ScoringHandler {
         if !score.ready {
             return None;
         }
-        let transition = device.episode.observe(&self.rules, &score, telemetry.seq)?;
-        Some((transition, score, params.version))
+        let transition = device.episode.observe(&self.rules, &score, telemetry.seq);
+        let change = transition.map(|transition| (transition, score.clone(), params.version));
+        Some((score, change))
     }
 
     fn alert(
@@ -193,10 +210,59 @@ fn damp(score: &mut Score, damping: &[fleetwatch_protocol::Damping], now_ms: i64
     score.value = score.contributors[0].score;
 }
 
+/// The compact record of one judged event for `iot.scores`: each metric of the reading
+/// with the largest part naming it.
+fn score_record(device_id: &DeviceId, telemetry: &TelemetryPayload, score: &Score) -> Vec<u8> {
+    let metrics = telemetry
+        .metrics
+        .keys()
+        .map(|metric| {
+            let part = (score.contributors.iter())
+                .filter(|part| &part.metric == metric)
+                .map(|part| part.score)
+                .fold(0.0, f64::max);
+            (metric.clone(), part)
+        })
+        .collect();
+    let record = ScoreRecord {
+        device_id: device_id.clone(),
+        ts: telemetry.ts,
+        seq: telemetry.seq,
+        score: score.value,
+        metrics,
+    };
+    serde_json::to_vec(&record).expect("wire types serialize")
+}
+
+impl ScoringHandler {
+    /// Wait for the queued scores when there are too many, before taking a record.
+    async fn make_room(&mut self) -> Result<(), HandleError> {
+        match &mut self.scores {
+            Some((_, pending)) if pending.is_full() => pending.settle(&mut self.durable).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// After `record` is handled: queue its score, if any, or count it done.
+    async fn finish(&mut self, record: &Record<'_>, score: Option<(&DeviceId, Vec<u8>)>) {
+        let Some((topic, pending)) = &mut self.scores else {
+            return;
+        };
+        let effect =
+            score.map(|(device_id, payload)| (topic.as_str(), device_id.as_str(), payload));
+        let published = effect.is_some();
+        pending.push(record, effect).await;
+        if published {
+            self.metrics.scores_published.inc();
+        }
+    }
+}
+
 impl RecordHandler for ScoringHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
+        self.make_room().await?;
         let (device_id, tenant, telemetry) =
             match decode_model_input(record, "scorer", &self.metrics) {
                 Some(ModelInput::Reading {
@@ -208,15 +274,70 @@ impl RecordHandler for ScoringHandler {
                     // Its parameters' tombstone follows on the parameters topic.
                     self.devices.remove(&device_id);
                     self.params.write().remove(&device_id);
+                    self.finish(record, None).await;
                     return Ok(());
                 }
-                None => return Ok(()),
+                None => {
+                    self.finish(record, None).await;
+                    return Ok(());
+                }
             };
-        let Some(scored) = self.score(&device_id, &telemetry) else {
+        let Some((score, change)) = self.score(&device_id, &telemetry) else {
+            self.finish(record, None).await;
             return Ok(());
         };
-        self.unsent = Some(self.alert(device_id, tenant, &telemetry, scored));
-        self.send_unsent().await
+        let payload = self
+            .scores
+            .is_some()
+            .then(|| score_record(&device_id, &telemetry, &score));
+        if let Some(change) = change {
+            self.unsent = Some(self.alert(device_id.clone(), tenant, &telemetry, change));
+        }
+        self.finish(record, payload.map(|payload| (&device_id, payload)))
+            .await;
+        let sent = self.send_unsent().await;
+        if self.scores.is_none() {
+            // Without scores the offset is stored when this returns: only once the alert
+            // is confirmed.
+            return sent;
+        }
+        // With scores, an alert that failed here is sent again before the next record,
+        // and no offset becomes durable before it is.
+        Ok(())
+    }
+
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        self.scores
+            .as_ref()
+            .map(|_| std::time::Duration::from_millis(200))
+    }
+
+    /// Collect the confirmations that arrived, without waiting for the others.
+    async fn on_tick(&mut self) -> Result<(), HandleError> {
+        self.send_unsent().await?;
+        match &mut self.scores {
+            Some((_, pending)) => pending.settle_ready(&mut self.durable),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait for every queued score before the final commit.
+    async fn on_shutdown(&mut self) {
+        let mut outcome = self.send_unsent().await;
+        if let (Ok(()), Some((_, pending))) = (&outcome, &mut self.scores) {
+            outcome = pending.settle(&mut self.durable).await;
+        }
+        if let Err(HandleError::Retry(error) | HandleError::Fatal(error)) = outcome {
+            tracing::warn!(%error, "scores not all confirmed at shutdown; they are scored again");
+        }
+    }
+
+    fn defers_commit(&self) -> bool {
+        self.scores.is_some()
+    }
+
+    fn take_durable(&mut self) -> DurableOffsets {
+        std::mem::take(&mut self.durable)
     }
 }
 

@@ -15,7 +15,7 @@ pub const ROLE: RoleSpec = RoleSpec {
     name: "scorer",
     summary: "scores each event with the newest parameters of its device; one alert episode per device at a time",
     consumes: &[Topic::Telemetry, Topic::ModelParams],
-    produces: &[Topic::Alerts],
+    produces: &[Topic::Alerts, Topic::Scores],
     membership: Membership::Group("scorer"),
     start,
     ready,

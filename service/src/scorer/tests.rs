@@ -857,6 +857,7 @@ fn the_scorer_config_overrides_the_recommended_episode_rules() {
         clear_after_events: Some(3),
         clear_ratio: Some(0.5),
         escalate_ratio: Some(1.5),
+        ..ScorerConfig::default()
     };
     assert_eq!(rules(all), (0.75, 0.375, 3, 1.5));
 
@@ -876,6 +877,7 @@ async fn a_configured_threshold_replaces_the_models() {
         clear_after_events: Some(2),
         clear_ratio: Some(0.5),
         escalate_ratio: None,
+        ..ScorerConfig::default()
     };
     let mut rig = Rig::new(config);
     let mut series = Series::new(20.0, 7);

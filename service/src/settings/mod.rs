@@ -19,6 +19,7 @@ use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
 use crate::tenancy::TenancyConfig;
 use crate::tls::TlsConfig;
+use crate::storage::StorageConfig;
 use crate::trainer::TrainerConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub tenancy: TenancyConfig,
+    pub storage: StorageConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
@@ -126,6 +128,7 @@ impl Settings {
             .rules(self.trainer.model.threshold)
             .check()
             .map_err(|e| Error::Config(format!("scorer: {e}")))?;
+        self.storage.check().map_err(Error::Config)?;
         if self.trainer.checkpoint_every_publications == 0 {
             return Err(Error::Config(
                 "trainer.checkpoint_every_publications must be at least 1".into(),

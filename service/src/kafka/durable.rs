@@ -1,0 +1,181 @@
+//! Commit-after-effect for handlers whose effects complete after `handle` returns: a
+//! batch written later (the storage role), or Kafka records queued without awaiting each
+//! one (the scorer's scores). Such a handler says so ([`RecordHandler::defers_commit`])
+//! and reports, through [`RecordHandler::take_durable`], the offsets whose effects are
+//! done; the consume loop stores only those, so a crash replays everything not yet
+//! durable (at least once).
+//!
+//! [`RecordHandler::defers_commit`]: super::RecordHandler::defers_commit
+//! [`RecordHandler::take_durable`]: super::RecordHandler::take_durable
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{Delivery, HandleError, Producer, Record};
+
+/// The highest offset per topic and partition whose record's effect is done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableOffsets {
+    highest: HashMap<String, HashMap<i32, i64>>,
+}
+
+impl DurableOffsets {
+    /// `record`'s effect is done (and so, by order within a partition, every earlier one).
+    pub fn record(&mut self, record: &Record<'_>) {
+        self.at(record.topic, record.partition, record.offset);
+    }
+
+    pub fn at(&mut self, topic: &str, partition: i32, offset: i64) {
+        let partitions = match self.highest.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.highest.entry(topic.to_owned()).or_default(),
+        };
+        let highest = partitions.entry(partition).or_insert(offset);
+        *highest = (*highest).max(offset);
+    }
+
+    /// Add `other`'s offsets, keeping the higher of each.
+    pub fn merge(&mut self, other: DurableOffsets) {
+        for (topic, partitions) in other.highest {
+            for (partition, offset) in partitions {
+                self.at(&topic, partition, offset);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.highest.is_empty()
+    }
+
+    /// (topic, partition, highest durable offset).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.highest.iter().flat_map(|(topic, partitions)| {
+            partitions
+                .iter()
+                .map(move |(&partition, &offset)| (topic.as_str(), partition, offset))
+        })
+    }
+}
+
+/// A record queued to Kafka as the effect of a consumed one, kept so it can be queued
+/// again if its delivery fails.
+struct Outgoing {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    delivery: Delivery,
+}
+
+/// Consumed records whose effect is a Kafka record still on its way (or none), in
+/// order; bounded by `capacity` (when full, the handler settles before taking more).
+pub struct PendingDeliveries {
+    producer: Producer,
+    capacity: usize,
+    queue: VecDeque<(String, i32, i64, Option<Outgoing>)>,
+}
+
+impl PendingDeliveries {
+    pub fn new(producer: Producer, capacity: usize) -> Self {
+        Self {
+            producer,
+            capacity: capacity.max(1),
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// `consumed`'s effect is `payload` to `topic` (queued now), or nothing.
+    pub async fn push(&mut self, consumed: &Record<'_>, effect: Option<(&str, &str, Vec<u8>)>) {
+        let outgoing = match effect {
+            Some((topic, key, payload)) => Some(Outgoing {
+                delivery: self.producer.enqueue(topic, key, &payload).await,
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+                payload,
+            }),
+            None => None,
+        };
+        let topic = consumed.topic.to_owned();
+        self.queue
+            .push_back((topic, consumed.partition, consumed.offset, outgoing));
+    }
+
+    /// Like [`PendingDeliveries::settle`] without waiting: stops at the first record
+    /// whose delivery is still on its way, so the consume loop never blocks on Kafka
+    /// between records.
+    pub fn settle_ready(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
+        while let Some((topic, partition, offset, outgoing)) = self.queue.front_mut() {
+            if let Some(outgoing) = outgoing {
+                match outgoing.delivery.try_confirmed() {
+                    None => return Ok(()),
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        // Queued again; it stays first until it lands.
+                        let (topic, key, payload) =
+                            (&outgoing.topic, &outgoing.key, &outgoing.payload);
+                        outgoing.delivery = self.producer.enqueue_now(topic, key, payload);
+                        return Err(HandleError::Retry(error.to_string()));
+                    }
+                }
+            }
+            done.at(topic, *partition, *offset);
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Await every queued delivery in order, adding the consumed records whose effect
+    /// landed to `done`. A failed delivery is queued again and stops the settling with
+    /// [`HandleError::Retry`]: it stays first, the next call waits for it anew.
+    pub async fn settle(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
+        while let Some((topic, partition, offset, outgoing)) = self.queue.pop_front() {
+            if let Some(mut outgoing) = outgoing {
+                let delivery = std::mem::replace(&mut outgoing.delivery, Delivery::landed(0, 0));
+                if let Err(error) = delivery.confirmed().await {
+                    outgoing.delivery = self
+                        .producer
+                        .enqueue(&outgoing.topic, &outgoing.key, &outgoing.payload)
+                        .await;
+                    self.queue
+                        .push_front((topic, partition, offset, Some(outgoing)));
+                    return Err(HandleError::Retry(error.to_string()));
+                }
+            }
+            done.at(&topic, partition, offset);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_offsets_keep_the_highest_per_partition() {
+        let mut first = DurableOffsets::default();
+        first.record(&Record::new("t", "k", b"").at(0, 5));
+        first.record(&Record::new("t", "k", b"").at(0, 3));
+        first.record(&Record::new("t", "k", b"").at(1, 1));
+        let mut second = DurableOffsets::default();
+        second.at("u", 0, 7);
+        second.at("t", 0, 9);
+        first.merge(second);
+        let mut all: Vec<_> = first.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![("t".into(), 0, 9), ("t".into(), 1, 1), ("u".into(), 0, 7)]
+        );
+    }
+}
