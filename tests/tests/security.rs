@@ -1,0 +1,864 @@
+//! One device cannot speak for another (issue 16), end to end: a Mosquitto of the test's
+//! own with TLS (certificates made here with rcgen) and the dynamic security plugin,
+//! fleetwatch connecting to it over TLS with its own account and provisioning devices
+//! through REST; Kafka over TLS and SASL; and secrets that never show.
+//!
+//! The broker is started by the test (not scripts/test) so the test is self-contained:
+//! `mosquitto` and `mosquitto_ctrl` (Debian's mosquitto package) must be installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetwatch_e2e::{eventually, read_topic, unique, Namespace, Rig, Service};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+const ADMIN_PASSWORD: &str = "admin-pw-5f1c9e";
+const SERVICE_PASSWORD: &str = "service-pw-83d0aa";
+
+/// The test's certificates: a CA and the broker's certificate for 127.0.0.1.
+struct Pki {
+    ca_file: PathBuf,
+    ca_pem: String,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleetwatch test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let pki = Pki {
+        ca_file: dir.join("ca.pem"),
+        ca_pem: ca.pem(),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+    };
+    std::fs::write(&pki.ca_file, &pki.ca_pem).unwrap();
+    std::fs::write(&pki.server_cert, server.pem()).unwrap();
+    std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
+    pki
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn dynsec_plugin() -> String {
+    let listed = Command::new("dpkg").args(["-L", "mosquitto"]).output();
+    listed
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|line| line.ends_with("mosquitto_dynamic_security.so"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so".into())
+}
+
+/// A Mosquitto with one TLS listener, no anonymous access and the dynamic security
+/// plugin, whose JSON file (in `dir`) persists clients and roles across restarts.
+struct SecureBroker {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+    ca_file: PathBuf,
+}
+
+impl SecureBroker {
+    fn start(dir: &Path, pki: &Pki) -> Self {
+        let dynsec = dir.join("dynsec.json");
+        let status = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec)
+            .args(["admin", ADMIN_PASSWORD])
+            .stdout(Stdio::null())
+            .status()
+            .expect("mosquitto_ctrl runs");
+        assert!(status.success());
+        let port = free_port();
+        let user =
+            String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let conf = format!(
+            "per_listener_settings false\nallow_anonymous false\nlistener {port} 127.0.0.1\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nplugin {}\nplugin_opt_config_file {}\n\
+             persistence false\nlog_dest file {}\nuser {}\n",
+            pki.ca_file.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            dynsec_plugin(),
+            dynsec.display(),
+            dir.join("broker.log").display(),
+            user.trim(),
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Self {
+            child: Command::new("true").spawn().unwrap(),
+            dir: dir.to_owned(),
+            port,
+            ca_file: pki.ca_file.clone(),
+        };
+        broker.restart();
+        broker
+    }
+
+    /// (Re)start the broker process on the same port and files.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mosquitto = which_mosquitto();
+        self.child = Command::new(mosquitto)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run `mosquitto_ctrl dynsec ARGS` as the administrator, over TLS.
+    fn ctrl(&self, args: &[&str]) {
+        let output = Command::new("mosquitto_ctrl")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--cafile"])
+            .arg(&self.ca_file)
+            .args(["-u", "admin", "-P", ADMIN_PASSWORD, "dynsec"])
+            .args(args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !said.contains("rror"),
+            "mosquitto_ctrl {args:?}: {said}"
+        );
+    }
+
+    /// The service's own account, as docs/architecture.md sets it up.
+    fn add_service_account(&self) {
+        self.ctrl(&["createClient", "fleetwatch", "-p", SERVICE_PASSWORD]);
+        self.ctrl(&["createRole", "fleetwatch-service"]);
+        for (acl, topic) in [
+            ("subscribePattern", "$share/+/devices/+/+"),
+            ("subscribePattern", "devices/+/+"),
+            ("publishClientSend", "devices/+/commands"),
+            ("publishClientSend", "devices/+/desired"),
+        ] {
+            self.ctrl(&["addRoleACL", "fleetwatch-service", acl, topic, "allow"]);
+        }
+        self.ctrl(&["addClientRole", "fleetwatch", "fleetwatch-service"]);
+    }
+}
+
+fn which_mosquitto() -> String {
+    Command::new("sh")
+        .args(["-c", "command -v mosquitto || echo /usr/sbin/mosquitto"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap()
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// A device's MQTT v5 connection over TLS; `Err` carries why the broker refused it.
+async fn connect(
+    port: u16,
+    ca_pem: &str,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(AsyncClient, EventLoop), String> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls_config(ca_pem),
+        )))
+        .set_keep_alive(Duration::from_secs(5));
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("no answer".into()),
+        }
+    }
+}
+
+/// Poll until the next acknowledgement of a publish or subscribe.
+async fn next_ack(eventloop: &mut EventLoop) -> Packet {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(packet @ (Packet::PubAck(_) | Packet::SubAck(_))))) => {
+                return packet
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("connection lost: {error}"),
+            Err(_) => panic!("no acknowledgement"),
+        }
+    }
+}
+
+async fn publish(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    topic: &str,
+    body: Value,
+) -> PubAckReason {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+        .await
+        .unwrap();
+    match next_ack(eventloop).await {
+        Packet::PubAck(ack) => ack.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+async fn subscribe(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    topic: &str,
+) -> SubscribeReasonCode {
+    client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    match next_ack(eventloop).await {
+        Packet::SubAck(ack) => ack.return_codes[0],
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn telemetry(seq: u64, metric: &str) -> Value {
+    json!({ "ts": fleetwatch_protocol::now_ms(), "seq": seq, "metrics": { metric: 21.5 } })
+}
+
+/// Telemetry records of iot.telemetry: (device, payload text).
+fn stored(rig: &Rig, namespace: &Namespace) -> Vec<(String, String)> {
+    read_topic(&rig.kafka, &namespace.topic("iot.telemetry"))
+        .into_iter()
+        .map(|record| (record.key, record.payload))
+        .collect()
+}
+
+fn service_env(broker: &SecureBroker, dir: &Path) -> Vec<(String, String)> {
+    let secret_file = |name: &str, value: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{value}\n")).unwrap();
+        path.display().to_string()
+    };
+    [
+        ("FLEETWATCH_MQTT__PORT", broker.port.to_string()),
+        ("FLEETWATCH_MQTT__TLS", "true".into()),
+        (
+            "FLEETWATCH_MQTT__CA_FILE",
+            broker.ca_file.display().to_string(),
+        ),
+        ("FLEETWATCH_MQTT__USERNAME", "fleetwatch".into()),
+        (
+            "FLEETWATCH_MQTT__PASSWORD_FILE",
+            secret_file("service-password", SERVICE_PASSWORD),
+        ),
+        ("FLEETWATCH_CREDENTIALS__ENABLED", "true".into()),
+        ("FLEETWATCH_CREDENTIALS__ADMIN_USERNAME", "admin".into()),
+        (
+            "FLEETWATCH_CREDENTIALS__ADMIN_PASSWORD_FILE",
+            secret_file("admin-password", ADMIN_PASSWORD),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+async fn start_service(
+    rig: &Rig,
+    namespace: &Namespace,
+    env: &[(String, String)],
+    instance: &str,
+) -> Service {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Service::start_async(rig, namespace, "ingest,devices", instance, &env).await
+}
+
+fn provision(service: &Service, device: &str) -> String {
+    let (status, headers, body) =
+        service.request("POST", &format!("/devices/{device}/credentials"), &[], None);
+    assert_eq!(status, 201, "{body}");
+    assert!(headers
+        .iter()
+        .any(|(name, value)| name == "cache-control" && value == "no-store"));
+    assert_eq!(body["username"], device);
+    body["password"].as_str().expect("a password").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_cannot_speak_for_another() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("security");
+    let dir = std::env::temp_dir().join(unique("fw-secure-broker"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = make_pki(&dir);
+    let mut broker = SecureBroker::start(&dir, &pki);
+    broker.add_service_account();
+    let env = service_env(&broker, &dir);
+    let service = start_service(&rig, &namespace, &env, "a").await;
+    // Ready means ingest subscribed over TLS with the service's account.
+
+    let prefix = namespace.device_prefix();
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let password_a = provision(&service, &a);
+    let password_b = provision(&service, &b);
+    let (status, _, again) =
+        service.request("POST", &format!("/devices/{a}/credentials"), &[], None);
+    assert_eq!(status, 409, "{again}");
+
+    // Unprovisioned clients, with or without a login, are refused.
+    let port = broker.port;
+    let stranger = connect(port, &pki.ca_pem, "stranger", Some(("stranger", "guess"))).await;
+    assert!(stranger.is_err(), "an unknown user connected");
+    assert!(
+        connect(port, &pki.ca_pem, "anonymous", None).await.is_err(),
+        "anonymous connected"
+    );
+    let wrong = connect(port, &pki.ca_pem, &a, Some((&a, "not-the-password"))).await;
+    assert!(wrong.is_err(), "a wrong password connected");
+
+    let (client_a, mut loop_a) = connect(port, &pki.ca_pem, &a, Some((&a, &password_a)))
+        .await
+        .unwrap();
+    let (client_b, mut loop_b) = connect(port, &pki.ca_pem, &b, Some((&b, &password_b)))
+        .await
+        .unwrap();
+    let own = |device: &str, kind: &str| format!("devices/{device}/{kind}");
+
+    // A device publishing under the other's id is refused, and nothing of it is stored.
+    let spoofed = publish(
+        &client_a,
+        &mut loop_a,
+        &own(&b, "telemetry"),
+        telemetry(900, "spoofed_by_a"),
+    )
+    .await;
+    assert_eq!(spoofed, PubAckReason::NotAuthorized);
+    // Nor may it read the other's commands or desired state; its own it may.
+    assert_eq!(
+        subscribe(&client_a, &mut loop_a, &own(&b, "commands")).await,
+        SubscribeReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        subscribe(&client_a, &mut loop_a, &own(&b, "desired")).await,
+        SubscribeReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        subscribe(&client_a, &mut loop_a, "devices/+/commands").await,
+        SubscribeReasonCode::NotAuthorized
+    );
+    assert!(matches!(
+        subscribe(&client_a, &mut loop_a, &own(&a, "commands")).await,
+        SubscribeReasonCode::Success(_)
+    ));
+
+    // Both devices' own telemetry reaches iot.telemetry.
+    assert_eq!(
+        publish(
+            &client_a,
+            &mut loop_a,
+            &own(&a, "telemetry"),
+            telemetry(1, "temp")
+        )
+        .await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        publish(
+            &client_b,
+            &mut loop_b,
+            &own(&b, "telemetry"),
+            telemetry(1, "temp")
+        )
+        .await,
+        PubAckReason::Success
+    );
+    let records = eventually(
+        Duration::from_secs(30),
+        "both devices' telemetry in Kafka",
+        || {
+            let records = stored(&rig, &namespace);
+            let has = |device: &str| records.iter().any(|(key, _)| key == device);
+            (has(&a) && has(&b)).then_some(records)
+        },
+    );
+    assert!(
+        records
+            .iter()
+            .all(|(_, payload)| !payload.contains("spoofed_by_a")),
+        "a spoofed message reached iot.telemetry: {records:?}"
+    );
+
+    // Provisioning survives a restart of the broker (the plugin's file) and of the service
+    // (which keeps nothing): b reconnects, and the new service process revokes a.
+    drop((client_a, loop_a, client_b, loop_b));
+    broker.restart();
+    drop(service);
+    let service = start_service(&rig, &namespace, &env, "b").await;
+    let (client_b, mut loop_b) = connect(port, &pki.ca_pem, &b, Some((&b, &password_b)))
+        .await
+        .expect("b's credentials survive the broker's restart");
+    assert_eq!(
+        publish(
+            &client_b,
+            &mut loop_b,
+            &own(&b, "telemetry"),
+            telemetry(2, "after_restart")
+        )
+        .await,
+        PubAckReason::Success
+    );
+    eventually(
+        Duration::from_secs(30),
+        "b's telemetry after the restarts",
+        || {
+            stored(&rig, &namespace)
+                .iter()
+                .any(|(key, payload)| key == &b && payload.contains("after_restart"))
+                .then_some(())
+        },
+    );
+
+    // Revocation disconnects a and refuses it from then on.
+    let (_client_a, mut loop_a) = connect(port, &pki.ca_pem, &a, Some((&a, &password_a)))
+        .await
+        .unwrap();
+    let watcher = tokio::spawn(async move {
+        loop {
+            match eventloop_step(&mut loop_a).await {
+                Some(reason) => return reason,
+                None => continue,
+            }
+        }
+    });
+    let (status, _, body) =
+        service.request("DELETE", &format!("/devices/{a}/credentials"), &[], None);
+    assert_eq!(status, 204, "{body}");
+    let reason = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("a is disconnected within 10 s of the revocation")
+        .unwrap();
+    eprintln!("a after revocation: {reason}");
+    let refused = connect(port, &pki.ca_pem, &a, Some((&a, &password_a))).await;
+    assert!(refused.is_err(), "a reconnected after revocation");
+    let (status, _, body) =
+        service.request("DELETE", &format!("/devices/{a}/credentials"), &[], None);
+    assert_eq!(status, 404, "{body}");
+    // b is untouched.
+    assert_eq!(
+        publish(
+            &client_b,
+            &mut loop_b,
+            &own(&b, "telemetry"),
+            telemetry(3, "temp")
+        )
+        .await,
+        PubAckReason::Success
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One poll of a connection: Some(why) once the broker ended it.
+async fn eventloop_step(eventloop: &mut EventLoop) -> Option<String> {
+    match eventloop.poll().await {
+        Ok(Event::Incoming(Packet::Disconnect(disconnect))) => Some(format!("{disconnect:?}")),
+        Ok(_) => None,
+        Err(ConnectionError::MqttState(state)) => Some(state.to_string()),
+        Err(error) => Some(error.to_string()),
+    }
+}
+
+// --- Kafka over TLS and SASL -------------------------------------------------------------
+
+/// A TLS-terminating proxy in front of the test's plain Kafka-protocol broker (tansu has
+/// no TLS listener): clients speak TLS to it, it speaks plain Kafka to tansu.
+async fn tls_proxy(target: String, pki: &Pki) -> u16 {
+    use rustls::pki_types::PrivateKeyDer;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(&pki.server_cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (acceptor, target) = (acceptor.clone(), target.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+fn kafka_client(
+    bootstrap: &str,
+    pki: &Pki,
+    extra: &[(&str, &str)],
+) -> rdkafka::consumer::BaseConsumer {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("ssl.ca.location", pki.ca_file.display().to_string())
+        .set("ssl.endpoint.identification.algorithm", "https");
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+    config
+        .create()
+        .expect("the TLS and SASL configuration is accepted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_speaks_tls_and_sasl() {
+    use rdkafka::consumer::Consumer;
+    let rig = Rig::from_env();
+    let dir = std::env::temp_dir().join(unique("fw-kafka-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = make_pki(&dir);
+
+    // librdkafka was built with TLS and SASL PLAIN and SCRAM.
+    let native = rdkafka::ClientConfig::new().create_native_config().unwrap();
+    let features = native.get("builtin.features").unwrap();
+    for feature in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+        assert!(
+            features.split(',').any(|f| f == feature),
+            "{feature} missing from {features}"
+        );
+    }
+
+    // TLS: metadata through a TLS listener, the broker verified against the test's CA.
+    let port = tls_proxy(rig.kafka.clone(), &pki).await;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let tls = kafka_client(&bootstrap, &pki, &[("security.protocol", "ssl")]);
+    let metadata =
+        tokio::task::spawn_blocking(move || tls.fetch_metadata(None, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert!(metadata.is_ok(), "metadata over TLS: {metadata:?}");
+
+    // A CA that did not sign the broker's certificate: the handshake fails.
+    let other = make_pki(
+        &std::env::temp_dir()
+            .join(unique("fw-kafka-other-ca"))
+            .tap_create(),
+    );
+    let untrusted = kafka_client(&bootstrap, &other, &[("security.protocol", "ssl")]);
+    let refused =
+        tokio::task::spawn_blocking(move || untrusted.fetch_metadata(None, Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(refused.is_err(), "a broker the CA did not sign was trusted");
+
+    // TLS + SASL (PLAIN and SCRAM): accepted by the client; the test broker does not do
+    // SASL, so the connection fails with an authentication or transport error, never an
+    // "unsupported" configuration.
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let client = kafka_client(
+            &bootstrap,
+            &pki,
+            &[
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanisms", mechanism),
+                ("sasl.username", "fleetwatch"),
+                ("sasl.password", "sasl-pw-0c11"),
+            ],
+        );
+        let outcome = tokio::task::spawn_blocking(move || {
+            client.fetch_metadata(None, Duration::from_secs(5))
+        })
+        .await
+        .unwrap();
+        let error = format!("{outcome:?}");
+        eprintln!("sasl_ssl with {mechanism}: {error}");
+        assert!(
+            !error.to_lowercase().contains("unsupported") && !error.contains("not supported"),
+            "{error}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+trait TapCreate {
+    fn tap_create(self) -> Self;
+}
+
+impl TapCreate for PathBuf {
+    fn tap_create(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+// --- Secrets ----------------------------------------------------------------------------
+
+/// Every secret setting, each with a value found nowhere else.
+struct Secrets {
+    dir: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    values: Vec<String>,
+}
+
+fn secrets(rig: &Rig) -> Secrets {
+    let dir = std::env::temp_dir().join(unique("fw-secrets")).tap_create();
+    let value = |name: &str| format!("{name}-{}", unique("s").replace(['-', '.'], ""));
+    let values: Vec<String> = [
+        "mqttpw",
+        "saslpw",
+        "sslkeypw",
+        "oauthsecret",
+        "adminpw",
+        "hs256-0123456789abcdef0123456789abcdef",
+        "keystorepw",
+    ]
+    .iter()
+    .map(|name| value(name))
+    .collect();
+    let oauth_file = dir.join("oauth-secret");
+    std::fs::write(&oauth_file, format!("{}\n", values[3])).unwrap();
+    let admin_file = dir.join("admin-password");
+    std::fs::write(&admin_file, &values[4]).unwrap();
+    let config = dir.join("fleetwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nusername = \"fleetwatch\"\npassword = \"{}\"\n\n[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n\n\
+             [kafka.property_files]\n\"sasl.oauthbearer.client.secret\" = \"{}\"\n\n\
+             [credentials]\nadmin_password_file = \"{}\"\n",
+            values[0], values[2], oauth_file.display(), admin_file.display()
+        ),
+    )
+    .unwrap();
+    let env = vec![
+        ("FLEETWATCH_KAFKA__BROKERS".to_owned(), rig.kafka.clone()),
+        (
+            "FLEETWATCH_KAFKA__PROPERTIES__SASL.PASSWORD".to_owned(),
+            values[1].clone(),
+        ),
+        (
+            "FLEETWATCH_KAFKA__PROPERTIES__SSL.KEYSTORE.PASSWORD".to_owned(),
+            values[6].clone(),
+        ),
+        ("FLEETWATCH_AUTH__MODE".to_owned(), "jwt".to_owned()),
+        (
+            "FLEETWATCH_AUTH__HS256_SECRET".to_owned(),
+            values[5].clone(),
+        ),
+        ("FLEETWATCH_MQTT__HOST".to_owned(), rig.mqtt_host.clone()),
+        (
+            "FLEETWATCH_MQTT__PORT".to_owned(),
+            rig.mqtt_port.to_string(),
+        ),
+    ];
+    Secrets {
+        dir,
+        config,
+        env,
+        values,
+    }
+}
+
+impl Secrets {
+    fn assert_hidden(&self, what: &str, text: &str) {
+        for value in &self.values {
+            assert!(
+                !text.contains(value.as_str()),
+                "{what} shows a secret: {text}"
+            );
+        }
+    }
+
+    fn command(&self, rig: &Rig, args: &[&str]) -> Command {
+        let mut command = Command::new(&rig.fleetwatch_bin);
+        command
+            .args(args)
+            .env("FLEETWATCH_CONFIG", &self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "debug");
+        command
+    }
+}
+
+fn said(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[test]
+fn secrets_never_show() {
+    let rig = Rig::from_env();
+    let secrets = secrets(&rig);
+
+    // The effective configuration redacts every secret, from the file, a *_file and the
+    // environment.
+    let printed = secrets.command(&rig, &["config"]).output().unwrap();
+    assert!(printed.status.success(), "{}", said(&printed));
+    let text = said(&printed);
+    secrets.assert_hidden("fleetwatch config", &text);
+    assert!(text.matches("\"***\"").count() >= 7, "{text}");
+
+    // A short run at debug level: logs, health, metrics and a refused call.
+    let namespace = Namespace::new("secrets");
+    let log = secrets.dir.join("run.log");
+    let mut child = secrets
+        .command(&rig, &["run", "--roles", "ingest,devices"])
+        .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
+        .env(
+            "FLEETWATCH_KAFKA__GROUP_PREFIX",
+            format!("{}-", namespace.name),
+        )
+        .env("FLEETWATCH_KAFKA__PARTITIONS", "2")
+        .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
+        .env("FLEETWATCH_MQTT__INSTANCE_ID", &namespace.name)
+        .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+        .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    let http: std::net::SocketAddr = started["http"].as_str().unwrap().parse().unwrap();
+    let mut answers = String::new();
+    eventually(Duration::from_secs(60), "the service ready", || {
+        let (status, body) = fleetwatch_e2e::http_get(http, "/readyz").ok()?;
+        answers.push_str(&body);
+        (status == 200).then_some(())
+    });
+    for path in ["/livez", "/metrics", "/devices"] {
+        answers.push_str(&fleetwatch_e2e::http_get(http, path).unwrap().1);
+    }
+    let forged = fleetwatch_e2e::http_request(
+        http,
+        "GET",
+        "/devices",
+        &[("authorization", "Bearer a.b.c")],
+        None,
+    )
+    .unwrap();
+    answers.push_str(&forged.2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.lines().count() > 20, "a debug run logs: {logs}");
+    secrets.assert_hidden("the run's logs", &logs);
+    secrets.assert_hidden("the HTTP answers", &answers);
+
+    // Error output: a file that does not parse on a secret's line, a secret of the wrong
+    // type, and a run that fails to start.
+    let broken = secrets.dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!("[mqtt]\npassword = \"{}\n", secrets.values[0]),
+    )
+    .unwrap();
+    let failed = secrets
+        .command(&rig, &["config"])
+        .env("FLEETWATCH_CONFIG", &broken)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    secrets.assert_hidden("a syntax error", &said(&failed));
+    let listed = format!("[\"{}\"]", secrets.values[1]);
+    let failed = secrets
+        .command(&rig, &["config"])
+        .env("FLEETWATCH_MQTT__PASSWORD", &listed)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    secrets.assert_hidden("a type error", &said(&failed));
+    let failed = secrets
+        .command(&rig, &["run", "--roles", "ingest"])
+        .env("FLEETWATCH_MQTT__TLS", "true")
+        .env(
+            "FLEETWATCH_MQTT__CA_FILE",
+            secrets.dir.join("missing-ca.pem"),
+        )
+        .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+        .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{}", said(&failed));
+    assert!(
+        said(&failed).contains("missing-ca.pem"),
+        "{}",
+        said(&failed)
+    );
+    secrets.assert_hidden("a failed start", &said(&failed));
+    let _ = std::fs::remove_dir_all(&secrets.dir);
+}
