@@ -445,7 +445,8 @@ async fn one_device_cannot_speak_for_another() {
     // (which keeps nothing): b reconnects, and the new service process revokes a.
     drop((client_a, loop_a, client_b, loop_b));
     broker.restart();
-    drop(service);
+    // A graceful stop, so the new process gets the Kafka partitions at once.
+    assert!(service.terminate(Duration::from_secs(30)).success());
     let service = start_service(&rig, &namespace, &env, "b").await;
     let (client_b, mut loop_b) = connect(port, &pki.ca_pem, &b, Some((&b, &password_b)))
         .await
@@ -770,27 +771,23 @@ fn secrets_never_show() {
     let mut child = secrets
         .command(&rig, &["run", "--roles", "ingest,devices"])
         .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
-        .env(
-            "FLEETWATCH_KAFKA__GROUP_PREFIX",
-            format!("{}-", namespace.name),
-        )
+        .env("FLEETWATCH_KAFKA__GROUP_PREFIX", format!("{}-", namespace.name))
         .env("FLEETWATCH_KAFKA__PARTITIONS", "2")
         .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
         .env("FLEETWATCH_MQTT__INSTANCE_ID", &namespace.name)
         .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
         .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
+        // Logs and the started line both go to stdout; errors to stderr: one file.
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let started: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
-    let http: std::net::SocketAddr = started["http"].as_str().unwrap().parse().unwrap();
+    let http: std::net::SocketAddr = eventually(Duration::from_secs(60), "the started line", || {
+        let logs = std::fs::read_to_string(&log).ok()?;
+        let line = logs.lines().find(|line| line.starts_with("{\"event\":\"started\""))?;
+        let started: Value = serde_json::from_str(line).ok()?;
+        started["http"].as_str()?.parse().ok()
+    });
     let mut answers = String::new();
     eventually(Duration::from_secs(60), "the service ready", || {
         let (status, body) = fleetwatch_e2e::http_get(http, "/readyz").ok()?;
