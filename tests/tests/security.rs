@@ -580,7 +580,6 @@ fn kafka_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_speaks_tls_and_sasl() {
     use rdkafka::consumer::Consumer;
-    let rig = Rig::from_env();
     let dir = std::env::temp_dir().join(unique("fw-kafka-tls"));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = make_pki(&dir);
@@ -595,15 +594,31 @@ async fn kafka_speaks_tls_and_sasl() {
         );
     }
 
-    // TLS: metadata through a TLS listener, the broker verified against the test's CA.
-    let port = tls_proxy(rig.kafka.clone(), &pki).await;
+    // TLS: metadata through a TLS listener, the broker verified against the test's CA. A
+    // tansu of the test's own advertises the TLS proxy's address, so every connection the
+    // client makes (bootstrap and the advertised broker) is TLS.
+    let tansu_port = free_port();
+    let port = tls_proxy(format!("127.0.0.1:{tansu_port}"), &pki).await;
+    let _tansu = Tansu::start(tansu_port, port);
     let bootstrap = format!("127.0.0.1:{port}");
     let tls = kafka_client(&bootstrap, &pki, &[("security.protocol", "ssl")]);
-    let metadata =
-        tokio::task::spawn_blocking(move || tls.fetch_metadata(None, Duration::from_secs(15)))
-            .await
-            .unwrap();
-    assert!(metadata.is_ok(), "metadata over TLS: {metadata:?}");
+    let metadata = tokio::task::spawn_blocking(move || {
+        tls.fetch_metadata(None, Duration::from_secs(15))
+            .map(|metadata| {
+                metadata
+                    .brokers()
+                    .iter()
+                    .map(|b| b.port())
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metadata.ok(),
+        Some(vec![i32::from(port)]),
+        "metadata over TLS"
+    );
 
     // A CA that did not sign the broker's certificate: the handshake fails.
     let other = make_pki(
@@ -647,6 +662,48 @@ async fn kafka_speaks_tls_and_sasl() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A tansu broker (Kafka protocol, in memory) listening on `port` and advertising
+/// `advertised` on loopback.
+struct Tansu(Child);
+
+impl Tansu {
+    fn start(port: u16, advertised: u16) -> Self {
+        let binary = Command::new("sh")
+            .args(["-c", "command -v tansu || echo $HOME/.cargo/bin/tansu"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap();
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 trait TapCreate {
     fn tap_create(self) -> Self;
 }
@@ -675,16 +732,16 @@ fn secrets(rig: &Rig) -> Secrets {
         "mqttpw",
         "saslpw",
         "sslkeypw",
-        "oauthsecret",
+        "keystorepw",
         "adminpw",
         "hs256-0123456789abcdef0123456789abcdef",
-        "keystorepw",
+        "oauthsecret",
     ]
     .iter()
     .map(|name| value(name))
     .collect();
-    let oauth_file = dir.join("oauth-secret");
-    std::fs::write(&oauth_file, format!("{}\n", values[3])).unwrap();
+    let keystore_file = dir.join("keystore-password");
+    std::fs::write(&keystore_file, format!("{}\n", values[3])).unwrap();
     let admin_file = dir.join("admin-password");
     std::fs::write(&admin_file, &values[4]).unwrap();
     let config = dir.join("fleetwatch.toml");
@@ -692,9 +749,9 @@ fn secrets(rig: &Rig) -> Secrets {
         &config,
         format!(
             "[mqtt]\nusername = \"fleetwatch\"\npassword = \"{}\"\n\n[kafka.properties]\n\"ssl.key.password\" = \"{}\"\n\n\
-             [kafka.property_files]\n\"sasl.oauthbearer.client.secret\" = \"{}\"\n\n\
+             [kafka.property_files]\n\"ssl.keystore.password\" = \"{}\"\n\n\
              [credentials]\nadmin_password_file = \"{}\"\n",
-            values[0], values[2], oauth_file.display(), admin_file.display()
+            values[0], values[2], keystore_file.display(), admin_file.display()
         ),
     )
     .unwrap();
@@ -703,10 +760,6 @@ fn secrets(rig: &Rig) -> Secrets {
         (
             "FLEETWATCH_KAFKA__PROPERTIES__SASL.PASSWORD".to_owned(),
             values[1].clone(),
-        ),
-        (
-            "FLEETWATCH_KAFKA__PROPERTIES__SSL.KEYSTORE.PASSWORD".to_owned(),
-            values[6].clone(),
         ),
         ("FLEETWATCH_AUTH__MODE".to_owned(), "jwt".to_owned()),
         (
@@ -763,7 +816,8 @@ fn secrets_never_show() {
     assert!(printed.status.success(), "{}", said(&printed));
     let text = said(&printed);
     secrets.assert_hidden("fleetwatch config", &text);
-    assert!(text.matches("\"***\"").count() >= 7, "{text}");
+    // mqtt.password, credentials.admin_password, auth.hs256_secret, three Kafka properties.
+    assert_eq!(text.matches("\"***\"").count(), 6, "{text}");
 
     // A short run at debug level: logs, health, metrics and a refused call.
     let namespace = Namespace::new("secrets");
@@ -771,7 +825,10 @@ fn secrets_never_show() {
     let mut child = secrets
         .command(&rig, &["run", "--roles", "ingest,devices"])
         .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
-        .env("FLEETWATCH_KAFKA__GROUP_PREFIX", format!("{}-", namespace.name))
+        .env(
+            "FLEETWATCH_KAFKA__GROUP_PREFIX",
+            format!("{}-", namespace.name),
+        )
         .env("FLEETWATCH_KAFKA__PARTITIONS", "2")
         .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
         .env("FLEETWATCH_MQTT__INSTANCE_ID", &namespace.name)
@@ -782,12 +839,15 @@ fn secrets_never_show() {
         .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    let http: std::net::SocketAddr = eventually(Duration::from_secs(60), "the started line", || {
-        let logs = std::fs::read_to_string(&log).ok()?;
-        let line = logs.lines().find(|line| line.starts_with("{\"event\":\"started\""))?;
-        let started: Value = serde_json::from_str(line).ok()?;
-        started["http"].as_str()?.parse().ok()
-    });
+    let http: std::net::SocketAddr =
+        eventually(Duration::from_secs(60), "the started line", || {
+            let logs = std::fs::read_to_string(&log).ok()?;
+            let line = logs
+                .lines()
+                .find(|line| line.starts_with("{\"event\":\"started\""))?;
+            let started: Value = serde_json::from_str(line).ok()?;
+            started["http"].as_str()?.parse().ok()
+        });
     let mut answers = String::new();
     eventually(Duration::from_secs(60), "the service ready", || {
         let (status, body) = fleetwatch_e2e::http_get(http, "/readyz").ok()?;
@@ -857,5 +917,23 @@ fn secrets_never_show() {
         said(&failed)
     );
     secrets.assert_hidden("a failed start", &said(&failed));
+    // librdkafka quotes a property it refuses: an OIDC client secret (no libcurl here).
+    let failed = secrets
+        .command(&rig, &["run", "--roles", "ingest"])
+        .env(
+            "FLEETWATCH_KAFKA__PROPERTIES__SASL.OAUTHBEARER.CLIENT.SECRET",
+            &secrets.values[6],
+        )
+        .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+        .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{}", said(&failed));
+    let output = said(&failed);
+    assert!(
+        output.contains("sasl.oauthbearer.client.secret"),
+        "{output}"
+    );
+    secrets.assert_hidden("a refused Kafka property", &output);
     let _ = std::fs::remove_dir_all(&secrets.dir);
 }
