@@ -29,6 +29,30 @@ struct Pki {
     ca_pem: String,
     server_cert: PathBuf,
     server_key: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// TLS for a device with a client certificate for `common_name`, signed by the CA.
+    fn client_tls(&self, common_name: &str) -> Arc<rustls::ClientConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots(&self.ca_pem))
+                .with_client_auth_cert(vec![cert.der().clone()], key.into())
+                .unwrap(),
+        )
+    }
 }
 
 fn make_pki(dir: &Path) -> Pki {
@@ -49,6 +73,8 @@ fn make_pki(dir: &Path) -> Pki {
         ca_pem: ca.pem(),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        ca,
+        ca_key,
     };
     std::fs::write(&pki.ca_file, &pki.ca_pem).unwrap();
     std::fs::write(&pki.server_cert, server.pem()).unwrap();
@@ -83,6 +109,9 @@ struct SecureBroker {
     child: Child,
     dir: PathBuf,
     port: u16,
+    /// A second listener where devices present client certificates, whose CN is their
+    /// user name.
+    cert_port: u16,
     ca_file: PathBuf,
 }
 
@@ -97,16 +126,20 @@ impl SecureBroker {
             .status()
             .expect("mosquitto_ctrl runs");
         assert!(status.success());
-        let port = free_port();
+        let (port, cert_port) = (free_port(), free_port());
+        let tls = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            pki.ca_file.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        );
         let user =
             String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         let conf = format!(
-            "per_listener_settings false\nallow_anonymous false\nlistener {port} 127.0.0.1\n\
-             cafile {}\ncertfile {}\nkeyfile {}\nplugin {}\nplugin_opt_config_file {}\n\
-             persistence false\nlog_dest file {}\nuser {}\n",
-            pki.ca_file.display(),
-            pki.server_cert.display(),
-            pki.server_key.display(),
+            "per_listener_settings false\nallow_anonymous false\n\
+             listener {port} 127.0.0.1\n{tls}\
+             listener {cert_port} 127.0.0.1\n{tls}require_certificate true\nuse_identity_as_username true\n\
+             plugin {}\nplugin_opt_config_file {}\npersistence false\nlog_dest file {}\nuser {}\n",
             dynsec_plugin(),
             dynsec.display(),
             dir.join("broker.log").display(),
@@ -117,6 +150,7 @@ impl SecureBroker {
             child: Command::new("true").spawn().unwrap(),
             dir: dir.to_owned(),
             port,
+            cert_port,
             ca_file: pki.ca_file.clone(),
         };
         broker.restart();
@@ -190,11 +224,16 @@ impl Drop for SecureBroker {
     }
 }
 
-fn tls_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+fn roots(ca_pem: &str) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
+    roots
+}
+
+fn tls_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let roots = roots(ca_pem);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
@@ -212,11 +251,18 @@ async fn connect(
     client_id: &str,
     login: Option<(&str, &str)>,
 ) -> Result<(AsyncClient, EventLoop), String> {
+    connect_with(port, tls_config(ca_pem), client_id, login).await
+}
+
+async fn connect_with(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(AsyncClient, EventLoop), String> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls_config(ca_pem),
-        )))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
         .set_keep_alive(Duration::from_secs(5));
     if let Some((user, password)) = login {
         options.set_credentials(user, password);
@@ -508,7 +554,100 @@ async fn one_device_cannot_speak_for_another() {
         .await,
         PubAckReason::Success
     );
+    certificate_devices(&service, &broker, &pki, &prefix, &b).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A device provisioned for a client certificate (its CN is its id) on the broker's
+/// certificate listener: its own topics only; after revocation, no rights at all.
+async fn certificate_devices(
+    service: &Service,
+    broker: &SecureBroker,
+    pki: &Pki,
+    prefix: &str,
+    other: &str,
+) {
+    let c = format!("{prefix}c");
+    let path = format!("/devices/{c}/credentials");
+    let kind = json!({ "kind": "certificate" });
+    let headers = [("content-type", "application/json")];
+    let (status, _, body) = service.request("POST", &path, &headers, Some(&kind));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["certificate_subject"], format!("CN={c}"));
+    assert!(body.get("password").is_none(), "{body}");
+    let telemetry_of = |device: &str| format!("devices/{device}/telemetry");
+    let (client, mut eventloop) = connect_with(broker.cert_port, pki.client_tls(&c), &c, None)
+        .await
+        .expect("c connects with its certificate");
+    assert_eq!(
+        publish(
+            &client,
+            &mut eventloop,
+            &telemetry_of(&c),
+            telemetry(1, "temp")
+        )
+        .await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        publish(
+            &client,
+            &mut eventloop,
+            &telemetry_of(other),
+            telemetry(901, "spoofed_by_c")
+        )
+        .await,
+        PubAckReason::NotAuthorized
+    );
+    // Without a certificate the listener refuses the TLS handshake.
+    assert!(connect(broker.cert_port, &pki.ca_pem, "no-cert", None)
+        .await
+        .is_err());
+    // A certificate for an id that was never provisioned carries no rights.
+    let (stranger, mut stranger_loop) =
+        connect_with(broker.cert_port, pki.client_tls("nobody"), "nobody", None)
+            .await
+            .unwrap();
+    assert_eq!(
+        publish(
+            &stranger,
+            &mut stranger_loop,
+            &telemetry_of("nobody"),
+            telemetry(1, "temp")
+        )
+        .await,
+        PubAckReason::NotAuthorized
+    );
+    let (status, _, body) = service.request("DELETE", &path, &[], None);
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        eventloop_step_until_closed(&mut eventloop).await,
+        "c is disconnected"
+    );
+    // The certificate still completes a TLS handshake (revoking it is the CA's business,
+    // a CRL), but c has no rights left.
+    let (client, mut eventloop) = connect_with(broker.cert_port, pki.client_tls(&c), &c, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(
+            &client,
+            &mut eventloop,
+            &telemetry_of(&c),
+            telemetry(2, "temp")
+        )
+        .await,
+        PubAckReason::NotAuthorized
+    );
+}
+
+/// Poll until the broker ends the connection (true) or 10 s pass (false).
+async fn eventloop_step_until_closed(eventloop: &mut EventLoop) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while eventloop_step(eventloop).await.is_none() {}
+    })
+    .await
+    .is_ok()
 }
 
 /// One poll of a connection: Some(why) once the broker ended it.
