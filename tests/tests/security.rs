@@ -383,6 +383,37 @@ fn provision(service: &Service, device: &str) -> String {
     body["password"].as_str().expect("a password").to_owned()
 }
 
+/// The test's world: its broker, certificates and namespace.
+struct World {
+    rig: Rig,
+    namespace: Namespace,
+    pki: Pki,
+    broker: SecureBroker,
+    env: Vec<(String, String)>,
+}
+
+impl World {
+    async fn device(&self, id: &str, password: &str) -> Result<(AsyncClient, EventLoop), String> {
+        connect(self.broker.port, &self.pki.ca_pem, id, Some((id, password))).await
+    }
+
+    /// Publish telemetry on `device`'s own topic and return the broker's answer.
+    async fn telemetry(
+        &self,
+        device: (&AsyncClient, &mut EventLoop),
+        on: &str,
+        seq: u64,
+        metric: &str,
+    ) -> PubAckReason {
+        let topic = format!("devices/{on}/telemetry");
+        publish(device.0, device.1, &topic, telemetry(seq, metric)).await
+    }
+
+    fn stored(&self) -> Vec<(String, String)> {
+        stored(&self.rig, &self.namespace)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_device_cannot_speak_for_another() {
     let rig = Rig::from_env();
@@ -390,94 +421,88 @@ async fn one_device_cannot_speak_for_another() {
     let dir = std::env::temp_dir().join(unique("fw-secure-broker"));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = make_pki(&dir);
-    let mut broker = SecureBroker::start(&dir, &pki);
+    let broker = SecureBroker::start(&dir, &pki);
     broker.add_service_account();
     let env = service_env(&broker, &dir);
-    let service = start_service(&rig, &namespace, &env, "a").await;
+    let mut world = World {
+        rig,
+        namespace,
+        pki,
+        broker,
+        env,
+    };
     // Ready means ingest subscribed over TLS with the service's account.
+    let service = start_service(&world.rig, &world.namespace, &world.env, "a").await;
 
-    let prefix = namespace.device_prefix();
+    let prefix = world.namespace.device_prefix();
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
     let password_a = provision(&service, &a);
     let password_b = provision(&service, &b);
     let (status, _, again) =
         service.request("POST", &format!("/devices/{a}/credentials"), &[], None);
     assert_eq!(status, 409, "{again}");
+    refuse_strangers(&world, &a).await;
+    each_device_its_own_topics(&world, (&a, &password_a), (&b, &password_b)).await;
+    let service = survive_restarts(&mut world, service, (&b, &password_b)).await;
+    revoke_a(&world, &service, (&a, &password_a), (&b, &password_b)).await;
+    certificate_devices(&service, &world.broker, &world.pki, &prefix, &b).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    // Unprovisioned clients, with or without a login, are refused.
-    let port = broker.port;
-    let stranger = connect(port, &pki.ca_pem, "stranger", Some(("stranger", "guess"))).await;
+/// Unprovisioned clients, with or without a login, and wrong passwords are refused.
+async fn refuse_strangers(world: &World, a: &str) {
+    let (port, ca) = (world.broker.port, &world.pki.ca_pem);
+    let stranger = connect(port, ca, "stranger", Some(("stranger", "guess"))).await;
     assert!(stranger.is_err(), "an unknown user connected");
     assert!(
-        connect(port, &pki.ca_pem, "anonymous", None).await.is_err(),
+        connect(port, ca, "anonymous", None).await.is_err(),
         "anonymous connected"
     );
-    let wrong = connect(port, &pki.ca_pem, &a, Some((&a, "not-the-password"))).await;
-    assert!(wrong.is_err(), "a wrong password connected");
+    assert!(
+        world.device(a, "not-the-password").await.is_err(),
+        "a wrong password connected"
+    );
+}
 
-    let (client_a, mut loop_a) = connect(port, &pki.ca_pem, &a, Some((&a, &password_a)))
-        .await
-        .unwrap();
-    let (client_b, mut loop_b) = connect(port, &pki.ca_pem, &b, Some((&b, &password_b)))
-        .await
-        .unwrap();
-    let own = |device: &str, kind: &str| format!("devices/{device}/{kind}");
-
-    // A device publishing under the other's id is refused, and nothing of it is stored.
-    let spoofed = publish(
-        &client_a,
-        &mut loop_a,
-        &own(&b, "telemetry"),
-        telemetry(900, "spoofed_by_a"),
-    )
-    .await;
+/// A device publishing under the other's id is refused and nothing of it is stored; it
+/// may not read the other's commands or desired state; both devices' own telemetry
+/// reaches iot.telemetry.
+async fn each_device_its_own_topics(
+    world: &World,
+    (a, password_a): (&str, &str),
+    (b, password_b): (&str, &str),
+) {
+    let (client_a, mut loop_a) = world.device(a, password_a).await.unwrap();
+    let (client_b, mut loop_b) = world.device(b, password_b).await.unwrap();
+    let spoofed = world
+        .telemetry((&client_a, &mut loop_a), b, 900, "spoofed_by_a")
+        .await;
     assert_eq!(spoofed, PubAckReason::NotAuthorized);
-    // Nor may it read the other's commands or desired state; its own it may.
-    assert_eq!(
-        subscribe(&client_a, &mut loop_a, &own(&b, "commands")).await,
-        SubscribeReasonCode::NotAuthorized
-    );
-    assert_eq!(
-        subscribe(&client_a, &mut loop_a, &own(&b, "desired")).await,
-        SubscribeReasonCode::NotAuthorized
-    );
-    assert_eq!(
-        subscribe(&client_a, &mut loop_a, "devices/+/commands").await,
-        SubscribeReasonCode::NotAuthorized
-    );
-    assert!(matches!(
-        subscribe(&client_a, &mut loop_a, &own(&a, "commands")).await,
-        SubscribeReasonCode::Success(_)
-    ));
+    for topic in [
+        format!("devices/{b}/commands"),
+        format!("devices/{b}/desired"),
+        "devices/+/commands".into(),
+    ] {
+        let refused = subscribe(&client_a, &mut loop_a, &topic).await;
+        assert_eq!(refused, SubscribeReasonCode::NotAuthorized, "{topic}");
+    }
+    let own = subscribe(&client_a, &mut loop_a, &format!("devices/{a}/commands")).await;
+    assert!(matches!(own, SubscribeReasonCode::Success(_)), "{own:?}");
 
-    // Both devices' own telemetry reaches iot.telemetry.
-    assert_eq!(
-        publish(
-            &client_a,
-            &mut loop_a,
-            &own(&a, "telemetry"),
-            telemetry(1, "temp")
-        )
-        .await,
-        PubAckReason::Success
-    );
-    assert_eq!(
-        publish(
-            &client_b,
-            &mut loop_b,
-            &own(&b, "telemetry"),
-            telemetry(1, "temp")
-        )
-        .await,
-        PubAckReason::Success
-    );
+    let ok_a = world
+        .telemetry((&client_a, &mut loop_a), a, 1, "temp")
+        .await;
+    let ok_b = world
+        .telemetry((&client_b, &mut loop_b), b, 1, "temp")
+        .await;
+    assert_eq!((ok_a, ok_b), (PubAckReason::Success, PubAckReason::Success));
     let records = eventually(
         Duration::from_secs(30),
         "both devices' telemetry in Kafka",
         || {
-            let records = stored(&rig, &namespace);
+            let records = world.stored();
             let has = |device: &str| records.iter().any(|(key, _)| key == device);
-            (has(&a) && has(&b)).then_some(records)
+            (has(a) && has(b)).then_some(records)
         },
     );
     assert!(
@@ -486,76 +511,76 @@ async fn one_device_cannot_speak_for_another() {
             .all(|(_, payload)| !payload.contains("spoofed_by_a")),
         "a spoofed message reached iot.telemetry: {records:?}"
     );
+}
 
-    // Provisioning survives a restart of the broker (the plugin's file) and of the service
-    // (which keeps nothing): b reconnects, and the new service process revokes a.
-    drop((client_a, loop_a, client_b, loop_b));
-    broker.restart();
+/// Provisioning survives a restart of the broker (the plugin's file) and of the service
+/// (which keeps nothing): b reconnects and its telemetry flows; the new service process is
+/// returned (it revokes next what the old one provisioned).
+async fn survive_restarts(
+    world: &mut World,
+    service: Service,
+    (b, password_b): (&str, &str),
+) -> Service {
+    world.broker.restart();
     // A graceful stop, so the new process gets the Kafka partitions at once.
     assert!(service.terminate(Duration::from_secs(30)).success());
-    let service = start_service(&rig, &namespace, &env, "b").await;
-    let (client_b, mut loop_b) = connect(port, &pki.ca_pem, &b, Some((&b, &password_b)))
+    let service = start_service(&world.rig, &world.namespace, &world.env, "b").await;
+    let (client_b, mut loop_b) = world
+        .device(b, password_b)
         .await
         .expect("b's credentials survive the broker's restart");
-    assert_eq!(
-        publish(
-            &client_b,
-            &mut loop_b,
-            &own(&b, "telemetry"),
-            telemetry(2, "after_restart")
-        )
-        .await,
-        PubAckReason::Success
-    );
+    let sent = world
+        .telemetry((&client_b, &mut loop_b), b, 2, "after_restart")
+        .await;
+    assert_eq!(sent, PubAckReason::Success);
     eventually(
         Duration::from_secs(30),
         "b's telemetry after the restarts",
         || {
-            stored(&rig, &namespace)
+            world
+                .stored()
                 .iter()
-                .any(|(key, payload)| key == &b && payload.contains("after_restart"))
+                .any(|(key, payload)| key == b && payload.contains("after_restart"))
                 .then_some(())
         },
     );
+    service
+}
 
-    // Revocation disconnects a and refuses it from then on.
-    let (_client_a, mut loop_a) = connect(port, &pki.ca_pem, &a, Some((&a, &password_a)))
-        .await
-        .unwrap();
+/// Revocation disconnects a and refuses it from then on; b is untouched.
+async fn revoke_a(
+    world: &World,
+    service: &Service,
+    (a, password_a): (&str, &str),
+    (b, password_b): (&str, &str),
+) {
+    let (client_b, mut loop_b) = world.device(b, password_b).await.unwrap();
+    let (_client_a, mut loop_a) = world.device(a, password_a).await.unwrap();
     let watcher = tokio::spawn(async move {
         loop {
-            match eventloop_step(&mut loop_a).await {
-                Some(reason) => return reason,
-                None => continue,
+            if let Some(reason) = eventloop_step(&mut loop_a).await {
+                return reason;
             }
         }
     });
-    let (status, _, body) =
-        service.request("DELETE", &format!("/devices/{a}/credentials"), &[], None);
+    let path = format!("/devices/{a}/credentials");
+    let (status, _, body) = service.request("DELETE", &path, &[], None);
     assert_eq!(status, 204, "{body}");
     let reason = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await
         .expect("a is disconnected within 10 s of the revocation")
         .unwrap();
     eprintln!("a after revocation: {reason}");
-    let refused = connect(port, &pki.ca_pem, &a, Some((&a, &password_a))).await;
-    assert!(refused.is_err(), "a reconnected after revocation");
-    let (status, _, body) =
-        service.request("DELETE", &format!("/devices/{a}/credentials"), &[], None);
-    assert_eq!(status, 404, "{body}");
-    // b is untouched.
-    assert_eq!(
-        publish(
-            &client_b,
-            &mut loop_b,
-            &own(&b, "telemetry"),
-            telemetry(3, "temp")
-        )
-        .await,
-        PubAckReason::Success
+    assert!(
+        world.device(a, password_a).await.is_err(),
+        "a reconnected after revocation"
     );
-    certificate_devices(&service, &broker, &pki, &prefix, &b).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let (status, _, body) = service.request("DELETE", &path, &[], None);
+    assert_eq!(status, 404, "{body}");
+    let sent = world
+        .telemetry((&client_b, &mut loop_b), b, 3, "temp")
+        .await;
+    assert_eq!(sent, PubAckReason::Success);
 }
 
 /// A device provisioned for a client certificate (its CN is its id) on the broker's
@@ -716,14 +741,10 @@ fn kafka_client(
         .expect("the TLS and SASL configuration is accepted")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_speaks_tls_and_sasl() {
-    use rdkafka::consumer::Consumer;
-    let dir = std::env::temp_dir().join(unique("fw-kafka-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pki = make_pki(&dir);
-
-    // librdkafka was built with TLS and SASL PLAIN and SCRAM.
+/// librdkafka was built with TLS and SASL PLAIN, SCRAM and OAUTHBEARER (what `cargo tree
+/// -e features` shows as rdkafka's `ssl` feature).
+#[test]
+fn librdkafka_has_tls_and_sasl_built_in() {
     let native = rdkafka::ClientConfig::new().create_native_config().unwrap();
     let features = native.get("builtin.features").unwrap();
     for feature in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
@@ -732,6 +753,14 @@ async fn kafka_speaks_tls_and_sasl() {
             "{feature} missing from {features}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_speaks_tls_and_sasl() {
+    use rdkafka::consumer::Consumer;
+    let dir = std::env::temp_dir().join(unique("fw-kafka-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = make_pki(&dir);
 
     // TLS: metadata through a TLS listener, the broker verified against the test's CA. A
     // tansu of the test's own advertises the TLS proxy's address, so every connection the
@@ -958,16 +987,24 @@ fn secrets_never_show() {
     // mqtt.password, credentials.admin_password, auth.hs256_secret, three Kafka properties.
     assert_eq!(text.matches("\"***\"").count(), 6, "{text}");
 
-    // A short run at debug level: logs, health, metrics and a refused call.
+    let (logs, answers) = short_run(&rig, &secrets);
+    assert!(logs.lines().count() > 20, "a debug run logs: {logs}");
+    secrets.assert_hidden("the run's logs", &logs);
+    secrets.assert_hidden("the HTTP answers", &answers);
+    errors_hide_secrets(&rig, &secrets);
+    let _ = std::fs::remove_dir_all(&secrets.dir);
+}
+
+/// A short run at debug level: its logs, and the answers to health, metrics and a
+/// refused call.
+fn short_run(rig: &Rig, secrets: &Secrets) -> (String, String) {
     let namespace = Namespace::new("secrets");
     let log = secrets.dir.join("run.log");
+    let group = format!("{}-", namespace.name);
     let mut child = secrets
-        .command(&rig, &["run", "--roles", "ingest,devices"])
+        .command(rig, &["run", "--roles", "ingest,devices"])
         .env("FLEETWATCH_KAFKA__TOPIC_PREFIX", namespace.topic_prefix())
-        .env(
-            "FLEETWATCH_KAFKA__GROUP_PREFIX",
-            format!("{}-", namespace.name),
-        )
+        .env("FLEETWATCH_KAFKA__GROUP_PREFIX", group)
         .env("FLEETWATCH_KAFKA__PARTITIONS", "2")
         .env("FLEETWATCH_INGEST__SHARE_GROUP", &namespace.name)
         .env("FLEETWATCH_MQTT__INSTANCE_ID", &namespace.name)
@@ -996,83 +1033,63 @@ fn secrets_never_show() {
     for path in ["/livez", "/metrics", "/devices"] {
         answers.push_str(&fleetwatch_e2e::http_get(http, path).unwrap().1);
     }
-    let forged = fleetwatch_e2e::http_request(
-        http,
-        "GET",
-        "/devices",
-        &[("authorization", "Bearer a.b.c")],
-        None,
-    )
-    .unwrap();
-    answers.push_str(&forged.2);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let forged = [("authorization", "Bearer a.b.c")];
+    answers.push_str(
+        &fleetwatch_e2e::http_request(http, "GET", "/devices", &forged, None)
+            .unwrap()
+            .2,
+    );
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
-    let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(logs.lines().count() > 20, "a debug run logs: {logs}");
-    secrets.assert_hidden("the run's logs", &logs);
-    secrets.assert_hidden("the HTTP answers", &answers);
+    (std::fs::read_to_string(&log).unwrap(), answers)
+}
 
-    // Error output: a file that does not parse on a secret's line, a secret of the wrong
-    // type, and a run that fails to start.
+/// Error output: a file that does not parse on a secret's line, a secret of the wrong
+/// type, a run that fails to start, and a Kafka property librdkafka refuses.
+fn errors_hide_secrets(rig: &Rig, secrets: &Secrets) {
     let broken = secrets.dir.join("broken.toml");
     std::fs::write(
         &broken,
         format!("[mqtt]\npassword = \"{}\n", secrets.values[0]),
     )
     .unwrap();
-    let failed = secrets
-        .command(&rig, &["config"])
-        .env("FLEETWATCH_CONFIG", &broken)
-        .output()
-        .unwrap();
-    assert!(!failed.status.success());
-    secrets.assert_hidden("a syntax error", &said(&failed));
+    let failed = |extra: &[(&str, &std::ffi::OsStr)], args: &[&str]| {
+        let output = secrets
+            .command(rig, args)
+            .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
+            .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{}", said(&output));
+        said(&output)
+    };
+    let syntax = failed(&[("FLEETWATCH_CONFIG", broken.as_os_str())], &["config"]);
+    secrets.assert_hidden("a syntax error", &syntax);
     let listed = format!("[\"{}\"]", secrets.values[1]);
-    let failed = secrets
-        .command(&rig, &["config"])
-        .env("FLEETWATCH_MQTT__PASSWORD", &listed)
-        .output()
-        .unwrap();
-    assert!(!failed.status.success());
-    secrets.assert_hidden("a type error", &said(&failed));
-    let failed = secrets
-        .command(&rig, &["run", "--roles", "ingest"])
-        .env("FLEETWATCH_MQTT__TLS", "true")
-        .env(
-            "FLEETWATCH_MQTT__CA_FILE",
-            secrets.dir.join("missing-ca.pem"),
-        )
-        .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
-        .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "{}", said(&failed));
-    assert!(
-        said(&failed).contains("missing-ca.pem"),
-        "{}",
-        said(&failed)
+    let typed = failed(
+        &[("FLEETWATCH_MQTT__PASSWORD", listed.as_ref())],
+        &["config"],
     );
-    secrets.assert_hidden("a failed start", &said(&failed));
+    secrets.assert_hidden("a type error", &typed);
+    let missing = secrets.dir.join("missing-ca.pem");
+    let tls = [
+        ("FLEETWATCH_MQTT__TLS", "true".as_ref()),
+        ("FLEETWATCH_MQTT__CA_FILE", missing.as_os_str()),
+    ];
+    let start = failed(&tls, &["run", "--roles", "ingest"]);
+    assert!(start.contains("missing-ca.pem"), "{start}");
+    secrets.assert_hidden("a failed start", &start);
     // librdkafka quotes a property it refuses: an OIDC client secret (no libcurl here).
-    let failed = secrets
-        .command(&rig, &["run", "--roles", "ingest"])
-        .env(
-            "FLEETWATCH_KAFKA__PROPERTIES__SASL.OAUTHBEARER.CLIENT.SECRET",
-            &secrets.values[6],
-        )
-        .env("FLEETWATCH_HTTP__BIND", "127.0.0.1:0")
-        .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "{}", said(&failed));
-    let output = said(&failed);
+    let oidc = [(
+        "FLEETWATCH_KAFKA__PROPERTIES__SASL.OAUTHBEARER.CLIENT.SECRET",
+        secrets.values[6].as_ref(),
+    )];
+    let refused = failed(&oidc, &["run", "--roles", "ingest"]);
     assert!(
-        output.contains("sasl.oauthbearer.client.secret"),
-        "{output}"
+        refused.contains("sasl.oauthbearer.client.secret"),
+        "{refused}"
     );
-    secrets.assert_hidden("a refused Kafka property", &output);
-    let _ = std::fs::remove_dir_all(&secrets.dir);
+    secrets.assert_hidden("a refused Kafka property", &refused);
 }
