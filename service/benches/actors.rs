@@ -111,7 +111,8 @@ async fn run(count: usize) {
         fleetwatch::devices::SideTopics::of(&Default::default()),
         metrics.clone(),
     ));
-    let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone());
+    let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone())
+        .expect("downlink options");
     let config = devices::DevicesConfig::default();
     let rules = config.twin.clone();
     let registry = devices::registry(

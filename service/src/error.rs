@@ -23,10 +23,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A Kafka error; a configuration error about a secret property has its value
+    /// redacted (librdkafka quotes the value).
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
         Self::Kafka {
             context: context.into(),
-            source,
+            source: crate::secret::redact_kafka_error(source),
         }
     }
 

@@ -9,11 +9,14 @@
 //! - [`storage`]: telemetry, scores, alerts and twin events → a time-series store
 //! - [`http`]: REST, Prometheus metrics and the live page
 //! - [`kafka`], [`mqtt`]: the plumbing every role shares
+//! - [`credentials`]: devices' MQTT credentials and ACLs on the broker (dynamic security)
+//! - [`secret`]: secrets that print as `***`, and `*_file` settings
 //! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
 
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod credentials;
 pub mod demo;
 pub mod devices;
 pub mod error;
@@ -23,6 +26,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod scorer;
+pub mod secret;
 pub mod settings;
 pub mod tenancy;
 pub mod tls;

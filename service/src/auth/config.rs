@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
+
 /// Who may call the REST API and the alerts WebSocket. Section `[auth]`.
 ///
 /// `fleetwatch run` refuses to start until `mode` is chosen: running without
@@ -57,33 +59,5 @@ impl Default for AuthConfig {
                 .to_vec(),
             minted_ttl_secs: 3600,
         }
-    }
-}
-
-/// A secret that never shows: `Debug` and the effective-configuration printout say
-/// `<redacted>`.
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
     }
 }

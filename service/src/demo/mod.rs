@@ -255,6 +255,15 @@ fn embed(settings: &mut Settings, broker: &broker::EmbeddedBroker, options: &Dem
     settings.mqtt.host = broker.v5.ip().to_string();
     settings.mqtt.port = broker.v5.port();
     settings.mqtt.instance_id = Some("demo".to_owned());
+    // The embedded broker listens on loopback only, in plain MQTT and without accounts:
+    // whatever the configuration says about TLS and credentials is for a real broker.
+    settings.mqtt.tls = false;
+    settings.mqtt.ca_file = None;
+    settings.mqtt.client_cert_file = None;
+    settings.mqtt.client_key_file = None;
+    settings.mqtt.username = None;
+    settings.mqtt.password = None;
+    settings.credentials.enabled = false;
     // rumqttd 0.20 panics saving a persistent session that holds a shared subscription,
     // and the embedded broker dies with the process anyway: nothing to persist for.
     settings.mqtt.persistent_session = false;
@@ -290,8 +299,14 @@ fn print_addresses(app: &app::RunningApp, broker: &broker::EmbeddedBroker, setti
     println!("  metrics        http://{http}/metrics");
     println!("  health         http://{http}/readyz  (liveness: /livez)");
     println!("  alerts         ws://{ws}/");
-    println!("  MQTT devices   mqtt://{} (v3.1.1)", broker.v4);
-    println!("  MQTT ingest    mqtt://{} (v5)", broker.v5);
+    println!(
+        "  MQTT devices   mqtt://{} (v3.1.1; embedded broker: local, plain, no TLS, no credentials)",
+        broker.v4
+    );
+    println!(
+        "  MQTT ingest    mqtt://{} (v5; same local plain broker)",
+        broker.v5
+    );
     println!(
         "  Kafka          {} (in-process mock cluster)",
         settings.kafka.brokers

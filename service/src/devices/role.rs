@@ -50,7 +50,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         settings.devices.downlink_queue,
         launch.metrics.clone(),
         launch.shutdown.clone(),
-    );
+    )?;
     let registry = Arc::new(super::registry(
         settings.devices.clone(),
         changelog,

@@ -34,6 +34,7 @@ fn needs(method: &Method, path: &str, open_paths: &[String]) -> Needs {
         (&Method::DELETE, ["devices", _]) | (&Method::PUT, ["devices", _, "tenant"]) => {
             Needs::Operator
         }
+        (_, ["devices", _, "credentials"]) => Needs::Operator,
         (&Method::GET | &Method::HEAD, _) => Needs::Scope(Scope::Read),
         _ => Needs::Scope(Scope::Command),
     }
@@ -176,6 +177,13 @@ mod tests {
             needs(&Method::PUT, "/devices/d1/tenant", &open),
             Needs::Operator
         );
+        for method in [Method::POST, Method::DELETE, Method::GET] {
+            assert_eq!(
+                needs(&method, "/devices/d1/credentials", &open),
+                Needs::Operator,
+                "{method} credentials"
+            );
+        }
         assert_eq!(device_in("/devices/d1/commands/c1").unwrap().as_str(), "d1");
         assert_eq!(device_in("/devices"), None);
         assert_eq!(

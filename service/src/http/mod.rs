@@ -3,6 +3,7 @@
 
 mod alarms;
 mod config;
+mod credentials;
 mod guard;
 mod requests;
 
@@ -43,6 +44,8 @@ pub struct HttpState {
     pub auth: Arc<Authenticator>,
     /// Paths served without a token.
     pub open_paths: Vec<String>,
+    /// Devices' MQTT credentials on the broker.
+    pub credentials: Arc<crate::credentials::Provisioner>,
     started: OnceLock<Started>,
 }
 
@@ -73,6 +76,10 @@ impl HttpState {
             roles,
             auth,
             open_paths: settings.auth.open_paths.clone(),
+            credentials: Arc::new(crate::credentials::Provisioner::new(
+                &settings.credentials,
+                &settings.mqtt,
+            )),
             max_page_size: settings.http.max_page_size,
             default_command_ttl_ms: settings.http.default_command_ttl_ms,
             max_command_ttl_ms: settings.http.max_command_ttl_ms,
@@ -638,6 +645,11 @@ pub fn start(
             )
             .service(resource("/devices/{id}/tenant").route(web::put().to(set_tenant)))
             .service(resource("/devices/{id}/model").route(web::get().to(get_model)))
+            .service(
+                resource("/devices/{id}/credentials")
+                    .route(web::post().to(credentials::provision))
+                    .route(web::delete().to(credentials::revoke)),
+            )
             .service(
                 resource("/devices/{id}/desired")
                     .route(web::get().to(get_desired))

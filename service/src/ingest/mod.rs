@@ -49,7 +49,7 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let max_inflight = self.config.max_inflight as usize;
-        let mut options = self.mqtt.v5_options("ingest");
+        let mut options = self.mqtt.v5_options("ingest")?;
         options
             .set_manual_acks(true)
             .set_receive_maximum(Some(self.config.max_inflight));

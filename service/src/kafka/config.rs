@@ -1,6 +1,9 @@
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::secret::Properties;
 
 /// How fleetwatch reaches Kafka. Section `[kafka]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,8 +26,15 @@ pub struct KafkaConfig {
     /// How long a produced record may wait for delivery (ms) before the producer gives up.
     /// Ingest stops (and so leaves the MQTT message unacknowledged) when this runs out.
     pub delivery_timeout_ms: u64,
-    /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
-    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for every client, e.g. `"security.protocol" =
+    /// "sasl_ssl"` (TLS and SASL PLAIN/SCRAM/OAUTHBEARER are compiled in; see the
+    /// configuration reference). Secret ones (names with `password`, `secret`, `token`,
+    /// `key.pem`) print as `***`.
+    pub properties: Properties,
+    /// Properties whose value is read from a file at start (trailing newline dropped), as
+    /// Kubernetes mounts secrets: e.g. `"sasl.password" = "/run/secrets/kafka-password"`.
+    /// A property may be set here or in `properties`, not both.
+    pub property_files: BTreeMap<String, PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -37,7 +47,8 @@ impl Default for KafkaConfig {
             replication: 1,
             create_topics: true,
             delivery_timeout_ms: 120_000,
-            properties: BTreeMap::new(),
+            properties: Properties::default(),
+            property_files: BTreeMap::new(),
         }
     }
 }

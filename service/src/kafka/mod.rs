@@ -193,6 +193,7 @@ pub async fn watch_reachability(
     let probe: Arc<BaseConsumer> = match config.client_config().create() {
         Ok(probe) => Arc::new(probe),
         Err(error) => {
+            let error = crate::secret::redact_kafka_error(error);
             tracing::warn!(%error, "cannot create the Kafka reachability probe");
             return;
         }

@@ -1,4 +1,8 @@
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
 
 /// How fleetwatch reaches the MQTT broker. Section `[mqtt]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -6,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct MqttConfig {
     /// Broker host name or address.
     pub host: String,
-    /// Broker port (MQTT v5 over TCP).
+    /// Broker port (MQTT v5 over TCP, or over TLS when `tls` is on).
     pub port: u16,
     /// Client id prefix; the role and an instance id are appended. The id must be stable
     /// across restarts of one instance so its persistent session (and the messages queued
@@ -27,9 +31,22 @@ pub struct MqttConfig {
     /// (MQTT v5 Maximum Packet Size); keep it above `ingest.max_payload_bytes` so that
     /// oversized payloads reach ingest and are dead-lettered with a reason.
     pub max_packet_bytes: u32,
-    /// Optional user name and password.
+    /// User name the service connects with (ingest and downlink).
     pub username: Option<String>,
-    pub password: Option<String>,
+    /// Its password; prefer `password_file` or `FLEETWATCH_MQTT__PASSWORD` to a config
+    /// file. Prints as `***`.
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline dropped), read at start.
+    pub password_file: Option<PathBuf>,
+    /// Speak MQTT over TLS (rustls; the broker's TLS port is usually 8883). The broker's
+    /// certificate must name `host` (a DNS name or an IP address).
+    pub tls: bool,
+    /// PEM CA certificates that verify the broker; without it, the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -45,6 +62,11 @@ impl Default for MqttConfig {
             max_packet_bytes: 1024 * 1024,
             username: None,
             password: None,
+            password_file: None,
+            tls: false,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }

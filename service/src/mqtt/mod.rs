@@ -2,12 +2,15 @@
 
 mod config;
 mod publisher;
+pub mod tls;
 
 use std::time::Duration;
 
 pub use config::MqttConfig;
 pub use publisher::{MqttPublisher, Published};
 use rumqttc::v5::MqttOptions;
+
+use crate::error::Result;
 
 impl MqttConfig {
     /// The instance id: configured, else the host name, else the process id.
@@ -20,10 +23,12 @@ impl MqttConfig {
         })
     }
 
-    /// MQTT v5 options for one role of this instance, with a persistent session.
-    pub fn v5_options(&self, role: &str) -> MqttOptions {
+    /// MQTT v5 options for one role of this instance, with a persistent session, over
+    /// TLS when configured and with the service's credentials.
+    pub fn v5_options(&self, role: &str) -> Result<MqttOptions> {
         let client_id = format!("{}-{role}-{}", self.client_id_prefix, self.instance_id());
         let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        options.set_transport(tls::transport(self)?);
         options
             .set_keep_alive(Duration::from_secs(self.keep_alive_secs))
             .set_clean_start(!self.persistent_session)
@@ -31,9 +36,10 @@ impl MqttConfig {
                 self.persistent_session.then_some(self.session_expiry_secs),
             )
             .set_max_packet_size(Some(self.max_packet_bytes));
+        // `password_file` was read into `password` when the settings were loaded.
         if let (Some(user), Some(password)) = (&self.username, &self.password) {
-            options.set_credentials(user, password);
+            options.set_credentials(user, password.expose());
         }
-        options
+        Ok(options)
     }
 }

@@ -10,6 +10,7 @@ use rumqttc::v5::{AsyncClient, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::MqttConfig;
+use crate::error::Result;
 use crate::metrics::Metrics;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -58,8 +59,8 @@ impl MqttPublisher {
         queue: usize,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Self {
-        let mut options = config.v5_options(role);
+    ) -> Result<Self> {
+        let mut options = config.v5_options(role)?;
         // Nothing is subscribed, so there is no session worth keeping.
         options
             .set_clean_start(true)
@@ -89,10 +90,10 @@ impl MqttPublisher {
             }
             connected.set(0);
         });
-        Self {
+        Ok(Self {
             sink: Sink::Mqtt(client),
             metrics,
-        }
+        })
     }
 
     /// A publisher that keeps what it is handed in memory (never full, no broker), and

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
+use crate::credentials::CredentialsConfig;
 use crate::devices::DevicesConfig;
 use crate::error::{Error, Result};
 use crate::http::HttpConfig;
@@ -17,6 +18,7 @@ use crate::ingest::IngestConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
+use crate::secret::Secret;
 use crate::tenancy::TenancyConfig;
 use crate::tls::TlsConfig;
 use crate::storage::StorageConfig;
@@ -37,6 +39,7 @@ pub struct Settings {
     pub tls: TlsConfig,
     pub tenancy: TenancyConfig,
     pub storage: StorageConfig,
+    pub credentials: CredentialsConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
@@ -51,8 +54,9 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+                text.parse::<toml::Table>().map_err(|e| {
+                    Error::Config(format!("{}: {}", path.display(), quiet(&text, &e)))
+                })?
             }
             None => toml::Table::new(),
         };
@@ -69,10 +73,40 @@ impl Settings {
             set_path(&mut tree, &keys, parse_env_value(&raw))
                 .map_err(|e| Error::Config(format!("{name}: {e}")))?;
         }
-        let settings: Settings = toml::Value::Table(tree)
+        let mut settings: Settings = toml::Value::Table(tree)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        settings.read_secret_files()?;
         settings.validate()
+    }
+
+    /// Read the `*_file` secrets into their settings (`mqtt.password_file`,
+    /// `credentials.admin_password_file`, `kafka.property_files`); `auth.hs256_secret_file`
+    /// is read by the authenticator.
+    fn read_secret_files(&mut self) -> Result<()> {
+        let mqtt = &mut self.mqtt;
+        mqtt.password = Secret::either(
+            mqtt.password.as_ref(),
+            mqtt.password_file.as_deref(),
+            "mqtt.password",
+        )?;
+        let credentials = &mut self.credentials;
+        credentials.admin_password = Secret::either(
+            credentials.admin_password.as_ref(),
+            credentials.admin_password_file.as_deref(),
+            "credentials.admin_password",
+        )?;
+        let kafka = &mut self.kafka;
+        for (key, path) in &kafka.property_files {
+            if kafka.properties.contains_key(key) {
+                return Err(Error::Config(format!(
+                    "kafka property {key:?} is in both kafka.properties and kafka.property_files; keep one"
+                )));
+            }
+            let value = Secret::from_file(path)?;
+            kafka.properties.insert(key.clone(), value.expose());
+        }
+        Ok(())
     }
 
     fn validate(self) -> Result<Self> {
@@ -140,6 +174,17 @@ impl Settings {
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("settings serialize")
+    }
+}
+
+/// A TOML syntax error without the offending line: that line may hold a secret.
+fn quiet(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", error.message())
+        }
+        None => error.message().to_owned(),
     }
 }
 
