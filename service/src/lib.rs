@@ -28,9 +28,9 @@ pub mod mqtt;
 pub mod scorer;
 pub mod secret;
 pub mod settings;
+pub mod storage;
 pub mod tenancy;
 pub mod tls;
-pub mod storage;
 pub mod trainer;
 
 pub use error::Error;

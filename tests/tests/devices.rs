@@ -373,7 +373,10 @@ async fn a_killed_instance_hands_its_twins_and_commands_to_new_owners() {
                     .unwrap_or(0)
             })
             .sum();
-        assert_eq!(assigned, 12, "4 partitions of telemetry, of commands and of alerts");
+        assert_eq!(
+            assigned, 12,
+            "4 partitions of telemetry, of commands and of alerts"
+        );
     });
     for device in connected {
         device.leave().await;

@@ -19,9 +19,9 @@ use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
 use crate::secret::Secret;
+use crate::storage::StorageConfig;
 use crate::tenancy::TenancyConfig;
 use crate::tls::TlsConfig;
-use crate::storage::StorageConfig;
 use crate::trainer::TrainerConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ pub struct StorageConfig {
     /// InfluxDB bucket (VictoriaMetrics ignores it).
     pub bucket: String,
     /// API token, sent as `Authorization: Token ...`; empty sends none. Never logged.
-    pub token: String,
+    pub token: crate::secret::Secret,
     /// Points per write, at most. The batch is also the role's buffer: once it holds
     /// this many points and the store does not take them, the role stops consuming
     /// (its lag grows) until the store answers again.
@@ -34,7 +34,7 @@ impl Default for StorageConfig {
             url: "http://127.0.0.1:8428".to_owned(),
             org: "fleetwatch".to_owned(),
             bucket: "fleetwatch".to_owned(),
-            token: String::new(),
+            token: crate::secret::Secret::new(""),
             batch_points: 5_000,
             flush_interval_ms: 1_000,
             write_timeout_ms: 10_000,
@@ -74,7 +74,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("url", &self.url)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
-            .field("token", &if self.token.is_empty() { "" } else { "(set)" })
+            .field("token", &self.token)
             .field("batch_points", &self.batch_points)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("write_timeout_ms", &self.write_timeout_ms)

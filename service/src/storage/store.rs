@@ -39,7 +39,8 @@ pub enum Store {
 impl Store {
     /// A client of `config.url`; the URL must have passed [`StorageConfig::check`].
     pub fn influx(config: &StorageConfig) -> Result<Self, String> {
-        let builder = influxdb2::ClientBuilder::new(&config.url, &config.org, &config.token);
+        let builder =
+            influxdb2::ClientBuilder::new(&config.url, &config.org, config.token.expose());
         let builder = if config.gzip {
             builder.gzip(true)
         } else {

@@ -14,6 +14,7 @@ use crate::kafka::{HandleError, Record, RecordHandler};
 
 fn reading(device: &str, seq: u64) -> Vec<u8> {
     let event = DeviceEvent {
+        tenant: None,
         device_id: fleetwatch_protocol::DeviceId::parse(device).unwrap(),
         received_ms: 5,
         body: DeviceEventBody::Telemetry(TelemetryPayload {
