@@ -14,8 +14,10 @@ pub struct StorageConfig {
     pub org: String,
     /// InfluxDB bucket (VictoriaMetrics ignores it).
     pub bucket: String,
-    /// API token, sent as `Authorization: Token ...`; empty sends none. Never logged.
-    pub token: crate::secret::Secret,
+    /// API token, sent as `Authorization: Token ...`; unset sends none. Never logged
+    /// (printed as `***`); `FLEETWATCH_STORAGE__TOKEN` keeps it out of files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::secret::Secret>,
     /// Points per write, at most. The batch is also the role's buffer: once it holds
     /// this many points and the store does not take them, the role stops consuming
     /// (its lag grows) until the store answers again.
@@ -34,7 +36,7 @@ impl Default for StorageConfig {
             url: "http://127.0.0.1:8428".to_owned(),
             org: "fleetwatch".to_owned(),
             bucket: "fleetwatch".to_owned(),
-            token: crate::secret::Secret::new(""),
+            token: None,
             batch_points: 5_000,
             flush_interval_ms: 1_000,
             write_timeout_ms: 10_000,

@@ -39,8 +39,11 @@ pub enum Store {
 impl Store {
     /// A client of `config.url`; the URL must have passed [`StorageConfig::check`].
     pub fn influx(config: &StorageConfig) -> Result<Self, String> {
-        let builder =
-            influxdb2::ClientBuilder::new(&config.url, &config.org, config.token.expose());
+        let builder = influxdb2::ClientBuilder::new(
+            &config.url,
+            &config.org,
+            config.token.as_ref().map_or("", |token| token.expose()),
+        );
         let builder = if config.gzip {
             builder.gzip(true)
         } else {
