@@ -14,21 +14,7 @@ fn config() -> AuthConfig {
 }
 
 fn claims(tenant: Option<&str>) -> Claims {
-    Claims {
-        sub: "alice".into(),
-        iss: "fleetwatch".into(),
-        aud: "fleetwatch".into(),
-        exp: now_ms() / 1000 + 600,
-        iat: None,
-        nbf: None,
-        role: if tenant.is_some() {
-            Role::User
-        } else {
-            Role::Operator
-        },
-        tenant: tenant.map(str::to_owned),
-        scope: None,
-    }
+    claims_for(&AuthConfig::default(), "alice", tenant)
 }
 
 fn verify(token: Option<&str>) -> std::result::Result<Caller, AuthFailure> {
