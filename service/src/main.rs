@@ -105,22 +105,15 @@ fn mint_token(
     ttl_secs: Option<u64>,
 ) -> anyhow::Result<String> {
     let auth = &settings.auth;
-    let secret = match (&auth.hs256_secret, &auth.hs256_secret_file) {
-        (Some(secret), _) => secret.expose().to_owned(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned(),
-        (None, None) => anyhow::bail!(
-            "no HS256 secret configured (auth.hs256_secret or auth.hs256_secret_file); tokens of an identity provider come from it"
-        ),
-    };
+    let secret = auth.hs256_secret()?.with_context(|| {
+        "no HS256 secret configured (auth.hs256_secret or auth.hs256_secret_file); tokens of an identity provider come from it"
+    })?;
     let mut claims = fleetwatch::auth::claims_for(auth, subject, tenant);
     claims.scope = scope;
     if let Some(ttl) = ttl_secs {
         claims.exp = claims.iat.unwrap_or_default() + ttl as i64;
     }
-    Ok(fleetwatch::auth::mint(&claims, &secret)?)
+    Ok(fleetwatch::auth::mint(&claims, secret.expose())?)
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {

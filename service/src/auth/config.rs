@@ -37,6 +37,18 @@ pub struct AuthConfig {
     pub minted_ttl_secs: u64,
 }
 
+impl AuthConfig {
+    /// The HS256 secret, from `hs256_secret` or `hs256_secret_file` (not both); the one
+    /// place both the token check and `fleetwatch token` read it.
+    pub fn hs256_secret(&self) -> crate::error::Result<Option<Secret>> {
+        Secret::either(
+            self.hs256_secret.as_ref(),
+            self.hs256_secret_file.as_deref(),
+            "auth.hs256_secret",
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {

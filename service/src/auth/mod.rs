@@ -224,25 +224,11 @@ impl Authenticator {
 }
 
 fn load_keys(config: &AuthConfig) -> Result<Keys> {
-    let secret = match (&config.hs256_secret, &config.hs256_secret_file) {
-        (Some(secret), None) => Some(secret.expose().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-        ),
-        (Some(_), Some(_)) => {
-            return Err(Error::Config(
-                "auth.hs256_secret and auth.hs256_secret_file are both set; keep one".into(),
-            ))
-        }
-        (None, None) => None,
-    };
+    let secret = config.hs256_secret()?;
     match (secret, &config.jwks_file) {
-        (Some(secret), None) if secret.len() >= 32 => {
-            Ok(Keys::Shared(DecodingKey::from_secret(secret.as_bytes())))
-        }
+        (Some(secret), None) if secret.expose().len() >= 32 => Ok(Keys::Shared(
+            DecodingKey::from_secret(secret.expose().as_bytes()),
+        )),
         (Some(_), None) => Err(Error::Config(
             "auth: the HS256 secret must be at least 32 bytes".into(),
         )),
