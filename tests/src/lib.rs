@@ -152,9 +152,8 @@ impl Service {
             .env("FLEETWATCH_ALERTS__BIND", "127.0.0.1:0")
             // Tests choose no authentication unless they set auth themselves.
             .env("FLEETWATCH_AUTH__MODE", "none")
-            // The storage role (part of `all`) writes to the test store when there is one:
-            // a storage role whose store is down stops polling Kafka, which holds up its
-            // group's rebalances (a known limit, docs/storage.md).
+            // The storage role (part of `all`) writes to the test store when there is one,
+            // rather than retrying against a store that is not there.
             .envs(
                 std::env::var("FLEETWATCH_TEST_TSDB_URL")
                     .ok()

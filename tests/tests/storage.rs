@@ -371,7 +371,26 @@ async fn a_store_outage_holds_the_role_and_every_reading_is_stored_once() {
             (down && lag > 1_000.0).then_some(lag)
         });
         assert!(service.metric("fleetwatch_storage_write_errors_total") > 0.0);
-        std::thread::sleep(Duration::from_secs(5));
+    });
+    // The held role keeps polling with its partitions paused, so a member joining the
+    // group during the outage gets its share: the rebalance does not wait for the store.
+    let joiner = Service::start_async(&rig, &namespace, "storage", "joiner", &env).await;
+    tokio::task::block_in_place(|| {
+        let assigned = r#"fleetwatch_assigned_partitions{role="storage"}"#;
+        let shares = eventually(
+            Duration::from_secs(30),
+            "a rebalance during the outage",
+            || {
+                let shares = (service.metric(assigned), joiner.metric(assigned));
+                (shares.0 > 0.0 && shares.1 > 0.0).then_some(shares)
+            },
+        );
+        println!("during the outage, a joining member got its share: {shares:?} partitions");
+        assert_eq!(
+            service.metric("fleetwatch_storage_up"),
+            0.0,
+            "the store came back too soon"
+        );
         tsdb.restart();
         eventually(Duration::from_secs(30), "the store to be up again", || {
             (service.metric("fleetwatch_storage_up") == 1.0).then_some(())
@@ -381,6 +400,7 @@ async fn a_store_outage_holds_the_role_and_every_reading_is_stored_once() {
     // A crash without a final commit: the next instance replays what was written but
     // not committed, which the store must overwrite, not add again.
     service.kill();
+    joiner.kill();
     // tansu keeps a member that timed out in the group until another joins: start the
     // replacement once the session timeout (10 s) has passed (docs/architecture.md).
     tokio::time::sleep(Duration::from_secs(12)).await;

@@ -305,6 +305,64 @@ impl RoleConsumer {
         Ok((consumer, follower))
     }
 
+    /// Pause or resume fetching from every partition assigned now.
+    fn set_paused(&self, paused: bool) {
+        let Ok(assignment) = self.inner.assignment() else {
+            return;
+        };
+        let done = if paused {
+            self.inner.pause(&assignment)
+        } else {
+            self.inner.resume(&assignment)
+        };
+        if let Err(error) = done {
+            tracing::warn!(role = self.role.name(), %error, paused, "pausing or resuming failed");
+        }
+    }
+
+    /// Whether `partition` of `topic` is still assigned to this consumer.
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.inner
+            .assignment()
+            .is_ok_and(|list| list.find_partition(topic, partition).is_some())
+    }
+
+    /// Poll for `period` without handing anything out: `false` when shutdown came first.
+    /// A record can only come from a partition assigned since the pause (a rebalance
+    /// hands partitions out unpaused): it is put back, its partition paused and rewound
+    /// to it, so it is read again once the loop resumes.
+    async fn poll_paused(&self, period: Duration, shutdown: &CancellationToken) -> bool {
+        let wait = tokio::time::sleep(period);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return false,
+                _ = &mut wait => return true,
+                message = self.inner.recv() => {
+                    if let Ok(message) = message {
+                        self.put_back(&message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_back(&self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        use rdkafka::Message;
+        let (topic, partition) = (message.topic(), message.partition());
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let rewound = self.inner.pause(&list).and_then(|()| {
+            // A zero timeout makes the seek asynchronous: nothing blocks here.
+            let offset = Offset::Offset(message.offset());
+            self.inner.seek(topic, partition, offset, Duration::ZERO)
+        });
+        if let Err(error) = rewound {
+            tracing::warn!(role = self.role.name(), %error, topic, partition, "putting a record back failed");
+        }
+    }
+
     fn commit_stored(&self) {
         if !self.commits {
             return;
@@ -429,8 +487,8 @@ pub async fn consume<H: RecordHandler>(
         };
 
         let record = from_message(&message);
-        match handle_until_done(&mut handler, &record, role, &shutdown).await {
-            Ok(true) => {
+        match handle_until_done(&mut handler, &record, &consumer, &shutdown).await {
+            Ok(Handled::Yes) => {
                 consumed.inc();
                 if defers_commit {
                     store_durable(&consumer, &mut handler);
@@ -438,7 +496,9 @@ pub async fn consume<H: RecordHandler>(
                     tracing::warn!(role, %error, "storing offset failed");
                 }
             }
-            Ok(false) => break Ok(()),
+            // Its new owner reads it again.
+            Ok(Handled::Revoked) => {}
+            Ok(Handled::Stopped) => break Ok(()),
             Err(error) => break Err(error),
         }
     };
@@ -457,29 +517,52 @@ fn watch_lag(consumer: &RoleConsumer, stop: CancellationToken) {
     tokio::spawn(lag);
 }
 
-/// Handle `record`, retrying transient failures with backoff: `Ok(true)` once handled,
-/// `Ok(false)` when shutdown came first.
+/// What became of a record handed to [`handle_until_done`].
+enum Handled {
+    Yes,
+    /// Its partition went to another member while the handler was retrying.
+    Revoked,
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Handle `record`, retrying transient failures with backoff. Between attempts the
+/// consumer keeps polling with its partitions paused, so heartbeats and the group's
+/// rebalances go on while a role waits for a store or a broker (a role that stopped
+/// polling would hold every rebalance of its group).
 async fn handle_until_done<H: RecordHandler>(
     handler: &mut H,
     record: &Record<'_>,
-    role: &'static str,
+    consumer: &RoleConsumer,
     shutdown: &CancellationToken,
-) -> Result<bool> {
+) -> Result<Handled> {
+    let role = consumer.role.name();
     let mut backoff = RETRY_BACKOFF_START;
-    loop {
+    let mut paused = false;
+    let outcome = loop {
         match handler.handle(record).await {
-            Ok(()) => return Ok(true),
+            Ok(()) => break Ok(Handled::Yes),
+            Err(HandleError::Fatal(reason)) => break Err(Error::RoleFailed { role, reason }),
             Err(HandleError::Retry(reason)) => {
                 tracing::warn!(role, %reason, ?backoff, "retrying record");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(false),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !paused {
+                    consumer.set_paused(true);
+                    paused = true;
+                }
+                if !consumer.poll_paused(backoff, shutdown).await {
+                    break Ok(Handled::Stopped);
+                }
+                if !consumer.owns(record.topic, record.partition) {
+                    break Ok(Handled::Revoked);
                 }
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
-            Err(HandleError::Fatal(reason)) => return Err(Error::RoleFailed { role, reason }),
         }
+    };
+    if paused {
+        consumer.set_paused(false);
     }
+    outcome
 }
 
 /// Decode a record's JSON payload. Undecodable records are logged, counted and skipped:
