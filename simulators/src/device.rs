@@ -36,6 +36,8 @@ pub struct DeviceBrain {
     in_progress: HashSet<String>,
     outcomes: HashMap<String, AckPayload>,
     order: VecDeque<String>,
+    /// Commands whose work started: each command id once, however often it was resent.
+    pub started: u64,
 }
 
 fn ack(command_id: &str, outcome: AckOutcome, message: Option<String>, ts: i64) -> AckPayload {
@@ -72,6 +74,7 @@ impl DeviceBrain {
         if !self.in_progress.insert(id.to_owned()) {
             return vec![received];
         }
+        self.started += 1;
         let forced = command.args.get("simulate").and_then(|v| v.as_str());
         let fails = match forced {
             Some("fail") => true,
@@ -185,6 +188,7 @@ mod tests {
         assert!(matches!(&answers[1], Answer::Now(a) if a.outcome == AckOutcome::Succeeded));
         let again = brain.on_command(&command("c1", json!({})), NEVER, &mut rng, 6);
         assert!(matches!(&again[..], [Answer::Now(a)] if a.outcome == AckOutcome::Succeeded));
+        assert_eq!(brain.started, 1, "a resend is not a second execution");
     }
 
     #[test]

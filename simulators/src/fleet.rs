@@ -38,6 +38,9 @@ pub struct FleetStats {
     pub anomalies: AtomicU64,
     /// Commands received (resends included), and outcomes reported.
     pub commands_received: AtomicU64,
+    /// Commands whose work a device started: once per command id, resends excluded (a
+    /// command executed twice would be two ids for one request).
+    pub commands_started: AtomicU64,
     pub commands_succeeded: AtomicU64,
     pub commands_failed: AtomicU64,
     /// Desired-state deltas applied.
@@ -604,7 +607,10 @@ async fn session(
                     match serde_json::from_slice::<CommandPayload>(&message.payload) {
                         Ok(command) => {
                             stats.commands_received.fetch_add(1, Ordering::Relaxed);
-                            for answer in device.brain.on_command(&command, behaviour, &mut device.rng, now) {
+                            let started = device.brain.started;
+                            let answers = device.brain.on_command(&command, behaviour, &mut device.rng, now);
+                            stats.commands_started.fetch_add(device.brain.started - started, Ordering::Relaxed);
+                            for answer in answers {
                                 match answer {
                                     Answer::Now(ack) => {
                                         count_outcome(stats, &ack);

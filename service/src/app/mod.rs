@@ -248,7 +248,24 @@ impl RunningApp {
     /// (which stops the others). Returns the first failure.
     pub async fn wait(mut self) -> Result<()> {
         let mut first_error = None;
-        while let Some(joined) = self.tasks.join_next().await {
+        loop {
+            let joined = tokio::select! {
+                joined = self.tasks.join_next() => joined,
+                // Once stopping, roles get a bounded time to finish their work: a role
+                // held by a broker that is gone must not keep a failed process alive
+                // (its orchestrator restarts it; probes cannot tell it is stuck).
+                _ = stopping_too_long(&self.shutdown) => {
+                    tracing::error!(roles = self.tasks.len(), grace = ?SHUTDOWN_GRACE, "roles still stopping; ending them");
+                    self.tasks.abort_all();
+                    first_error.get_or_insert(Error::RoleFailed {
+                        role: "shutdown",
+                        reason: format!("roles did not stop within {SHUTDOWN_GRACE:?}"),
+                    });
+                    while self.tasks.join_next().await.is_some() {}
+                    break;
+                }
+            };
+            let Some(joined) = joined else { break };
             let (role, outcome) = joined.unwrap_or_else(|panic| {
                 let reason = panic.to_string();
                 (
@@ -277,4 +294,15 @@ impl RunningApp {
         self.http.stop(true).await;
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// How long roles may take to stop once shutdown began: inside Kubernetes' default
+/// termination grace period (30 s), so a SIGTERM still ends with every role's own
+/// final commit rather than a SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// Resolves `SHUTDOWN_GRACE` after shutdown began.
+async fn stopping_too_long(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }

@@ -5,7 +5,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Shared-subscription group: every ingest instance with the same group splits the
-    /// device traffic (`$share/<group>/devices/+/+`).
+    /// device traffic (`$share/<group>/devices/+/+`). Empty: a plain subscription
+    /// (`devices/+/+`), for one ingest instance per broker — Mosquitto (2.0.11 measured)
+    /// does not keep shared subscriptions across its own restart, so what devices publish
+    /// between a broker restart and ingest's re-subscription is dropped; a plain
+    /// subscription stays in ingest's persistent session and nothing is (docs/reliability.md).
     pub share_group: String,
     /// Largest accepted payload in bytes; larger ones are dead-lettered.
     pub max_payload_bytes: usize,
@@ -21,6 +25,18 @@ impl Default for IngestConfig {
             share_group: "fleetwatch-ingest".to_owned(),
             max_payload_bytes: 64 * 1024,
             max_inflight: 1000,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The topic filter ingest subscribes to.
+    pub fn subscription(&self) -> String {
+        let devices = fleetwatch_protocol::DeviceTopic::filter_all_devices(None);
+        if self.share_group.is_empty() {
+            devices
+        } else {
+            format!("$share/{}/{devices}", self.share_group)
         }
     }
 }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwatch_protocol::{now_ms, DeviceTopic, KafkaTopics};
+use fleetwatch_protocol::{now_ms, KafkaTopics};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -55,15 +55,12 @@ impl Ingest {
             .set_receive_maximum(Some(self.config.max_inflight));
         // Room for one ack per in-flight message, so queueing an ack never waits.
         let (client, mut eventloop) = AsyncClient::new(options, max_inflight + 16);
-        let filter = format!(
-            "$share/{}/{}",
-            self.config.share_group,
-            DeviceTopic::filter_all_devices(None)
-        );
+        let filter = self.config.subscription();
         // Messages on their way to Kafka, in arrival order. MQTT requires acknowledgements
         // in the order messages arrived (MQTT 5 §4.6), so a message is acknowledged only
         // once it and everything before it is confirmed: head-of-line order.
         let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        let mut acks = AckQueue::default();
         // Events are stamped with their tenant: not before the directory is whole.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -71,11 +68,12 @@ impl Ingest {
         }
 
         let outcome = loop {
+            acks.flush(&client);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 Some((confirmed, publish)) = pending.next(), if !pending.is_empty() => {
-                    if let Err(error) = self.settle(&client, confirmed, &publish) {
+                    if let Err(error) = self.settle(&mut acks, confirmed, publish) {
                         break Err(error);
                     }
                 }
@@ -91,7 +89,7 @@ impl Ingest {
                         self.metrics.ingest_subscribed.set(1);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if let Err(error) = self.accept(&client, &mut pending, max_inflight, publish).await {
+                        if let Err(error) = self.accept(&mut acks, &mut pending, max_inflight, publish).await {
                             break Err(error);
                         }
                     }
@@ -108,7 +106,8 @@ impl Ingest {
             }
         };
 
-        self.drain(&client, &mut eventloop, &mut pending).await;
+        self.drain(&client, &mut eventloop, &mut pending, &mut acks)
+            .await;
         outcome
     }
 
@@ -116,14 +115,14 @@ impl Ingest {
     /// more; the broker holds further messages back meanwhile (Receive Maximum).
     async fn accept(
         &self,
-        client: &AsyncClient,
+        acks: &mut AckQueue,
         pending: &mut FuturesOrdered<InFlight>,
         max_inflight: usize,
         publish: Publish,
     ) -> Result<()> {
         if pending.len() >= max_inflight {
             let (confirmed, oldest) = pending.next().await.expect("not empty");
-            self.settle(client, confirmed, &oldest)?;
+            self.settle(acks, confirmed, oldest)?;
         }
         self.metrics.ingest_inflight.inc();
         let delivery = self.forward(&publish).await;
@@ -144,12 +143,14 @@ impl Ingest {
         client: &AsyncClient,
         eventloop: &mut EventLoop,
         pending: &mut FuturesOrdered<InFlight>,
+        acks: &mut AckQueue,
     ) {
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while !pending.is_empty() {
+            while !pending.is_empty() || !acks.is_empty() {
+                acks.flush(client);
                 tokio::select! {
-                    Some((confirmed, publish)) = pending.next() => {
-                        if self.settle(client, confirmed, &publish).is_err() {
+                    Some((confirmed, publish)) = pending.next(), if !pending.is_empty() => {
+                        if self.settle(acks, confirmed, publish).is_err() {
                             break;
                         }
                     }
@@ -169,14 +170,13 @@ impl Ingest {
         }
     }
 
-    /// Acknowledge a confirmed message. A failed confirmation stops ingest without
-    /// acknowledging: the broker keeps the message in our session and redelivers it.
-    fn settle(&self, client: &AsyncClient, confirmed: Result<()>, publish: &Publish) -> Result<()> {
+    /// Acknowledge a confirmed message (queued: see [`AckQueue`]). A failed confirmation
+    /// stops ingest without acknowledging: the broker keeps the message in our session and
+    /// redelivers it.
+    fn settle(&self, acks: &mut AckQueue, confirmed: Result<()>, publish: Publish) -> Result<()> {
         self.metrics.ingest_inflight.dec();
         confirmed?;
-        if let Err(error) = client.try_ack(publish) {
-            tracing::warn!(%error, "could not acknowledge MQTT message; the broker will redeliver it");
-        }
+        acks.push(publish);
         Ok(())
     }
 
@@ -227,6 +227,37 @@ impl Ingest {
                     .inc();
                 None
             }
+        }
+    }
+}
+
+/// Acknowledgements waiting for room in the MQTT client's request channel, in arrival
+/// order. After a Kafka stall, confirmations arrive in a burst faster than the event
+/// loop sends acks; an ack dropped then would keep its message counted against the
+/// broker's Receive Maximum for the rest of the connection, and ingest would get no
+/// more messages. Bounded by `ingest.max_inflight`: each is a message the broker counts
+/// as in flight.
+#[derive(Default)]
+struct AckQueue {
+    unsent: std::collections::VecDeque<Publish>,
+}
+
+impl AckQueue {
+    fn push(&mut self, publish: Publish) {
+        self.unsent.push_back(publish);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unsent.is_empty()
+    }
+
+    /// Hand acks to the client until its channel is full.
+    fn flush(&mut self, client: &AsyncClient) {
+        while let Some(publish) = self.unsent.front() {
+            if client.try_ack(publish).is_err() {
+                break;
+            }
+            self.unsent.pop_front();
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct KafkaConfig {
     /// How long a produced record may wait for delivery (ms) before the producer gives up.
     /// Ingest stops (and so leaves the MQTT message unacknowledged) when this runs out.
     pub delivery_timeout_ms: u64,
+    /// How long a group member may go silent (ms) before the broker gives its partitions
+    /// to the others: how long a crashed instance's share waits. Shorter recovers faster,
+    /// longer tolerates longer pauses; the broker bounds it (Kafka: 6 s to 30 min).
+    pub session_timeout_ms: u64,
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" =
     /// "sasl_ssl"` (TLS and SASL PLAIN/SCRAM/OAUTHBEARER are compiled in; see the
     /// configuration reference). Secret ones (names with `password`, `secret`, `token`,
@@ -47,6 +51,7 @@ impl Default for KafkaConfig {
             replication: 1,
             create_topics: true,
             delivery_timeout_ms: 120_000,
+            session_timeout_ms: 10_000,
             properties: Properties::default(),
             property_files: BTreeMap::new(),
         }

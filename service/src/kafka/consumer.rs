@@ -162,7 +162,7 @@ impl RoleConsumer {
                     StartAt::Latest => "latest",
                 },
             )
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
             // Alerts cross three consumers: a broker holding an empty fetch for the default
             // 500 ms would add up to 1.5 s of latency when traffic is light.
