@@ -310,9 +310,13 @@ pub struct MetricParams {
 /// A metric's seasonal profile, as the scorer needs it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeasonParams {
-    /// The usual value per bin of the period; empty while the profile does not count
-    /// (too young, or the metric has no season worth the name).
-    pub profile: Vec<f32>,
+    /// The usual value per bin of the period, as `offset + unit × q` (`i16::MIN`: a bin
+    /// not seen yet); empty while the profile does not count (too young, or the metric
+    /// has no season worth the name). `i16` in thousandths of the value's spread: half
+    /// the bytes of `f32`, so that two metrics' profiles fit the 2 KB of parameters.
+    pub profile: Vec<i16>,
+    pub offset: f64,
+    pub unit: f32,
     /// Long-run mean and standard deviation of the lean from the profile.
     pub lean_mean: f32,
     pub lean_std: f32,
@@ -1152,7 +1156,11 @@ impl Trainer for DetectorTrainer {
             seasons: self
                 .seasons
                 .iter()
-                .map(|season| season_params(season, season_ready, &self.config))
+                .zip(&self.metrics)
+                .map(|(season, (_, m))| {
+                    let value = (m.value.mean, m.value.std());
+                    season_params(season, value, season_ready, &self.config)
+                })
                 .collect(),
             interval,
             relation,
@@ -1165,16 +1173,33 @@ impl Trainer for DetectorTrainer {
 }
 
 /// A profile counts once it is ready and explains the metric's variance well enough.
-fn season_params(season: &SeasonTrainer, ready: bool, config: &DetectorConfig) -> SeasonParams {
+fn season_params(
+    season: &SeasonTrainer,
+    (value_mean, value_std): (f64, f64),
+    ready: bool,
+    config: &DetectorConfig,
+) -> SeasonParams {
     let counts = ready
         && season.lean_stats.count() >= config.season_events.max(1)
         && season.residual.mean() <= config.season_unexplained;
+    let unit = (value_std / 1000.0).max(1e-12);
+    let quantize = |usual: f32| {
+        if usual.is_nan() {
+            i16::MIN
+        } else {
+            ((f64::from(usual) - value_mean) / unit)
+                .round()
+                .clamp(-32767.0, 32767.0) as i16
+        }
+    };
     SeasonParams {
         profile: if counts {
-            season.profile.clone()
+            season.profile.iter().map(|&u| quantize(u)).collect()
         } else {
             Vec::new()
         },
+        offset: value_mean,
+        unit: unit as f32,
         lean_mean: season.lean_stats.mean() as f32,
         lean_std: season.lean_stats.std() as f32,
     }
@@ -1535,6 +1560,9 @@ impl DetectorScorer {
         (value, hint): (f64, usize),
         ts_ms: i64,
     ) -> Option<(f64, f64)> {
+        if params.seasons.is_empty() {
+            return None;
+        }
         let (index, metric) = params.metric(name, hint)?;
         let season = params.seasons.get(index)?;
         if season.profile.is_empty() {
@@ -1542,7 +1570,10 @@ impl DetectorScorer {
         }
         let config = &params.config;
         let bin = season_bin(ts_ms, season.profile.len(), config.season_days);
-        let usual = f64::from(season.profile[bin]);
+        let usual = match season.profile[bin] {
+            i16::MIN => f64::NAN,
+            q => season.offset + f64::from(season.unit) * f64::from(q),
+        };
         let lean = self.leans.get_mut(index)?;
         *lean = lean_step(*lean, value, usual, metric.value_std, config.season_alpha);
         let z =
