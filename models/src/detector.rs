@@ -2112,4 +2112,35 @@ mod tests {
         .check()
         .is_err());
     }
+
+    #[test]
+    fn seasonal_profiles_round_trip_and_must_fit_the_metrics() {
+        // Hourly readings of a weekly cycle: the profile counts after a week and 600
+        // readings of calibration.
+        let mut rig = Rig::new();
+        for i in 0..1_500u64 {
+            let week = (std::f64::consts::TAU * i as f64 / 168.0).sin();
+            rig.step(100.0 + 10.0 * week + noise(i), 3_600_000);
+        }
+        let params = rig.trainer.snapshot();
+        assert_eq!(params.seasons.len(), 1);
+        let season = &params.seasons[0];
+        assert_eq!(season.profile.len(), 168);
+        // The profile holds the cycle: its peak bin near 110, its trough near 90.
+        let usual = |q: i16| season.offset + f64::from(season.unit) * f64::from(q);
+        let peak = season
+            .profile
+            .iter()
+            .map(|&q| usual(q))
+            .fold(f64::MIN, f64::max);
+        assert!((peak - 110.0).abs() < 2.0, "{peak}");
+        assert_eq!(
+            DetectorParams::from_bytes(&params.to_bytes()).unwrap(),
+            params
+        );
+        let mut broken = params.clone();
+        broken.seasons.push(SeasonParams::default());
+        assert!(broken.check().is_err());
+        assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
+    }
 }
