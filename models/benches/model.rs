@@ -43,10 +43,20 @@ static ALLOCATOR: Counting = Counting;
 
 /// Metrics that share a daily-like cycle in pairs, with noise: relations to learn.
 fn series(metrics: usize, events: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
+    series_every(metrics, events, 1000, 100.0 * std::f64::consts::PI)
+}
+
+/// [`series`] with readings `interval_ms` apart and a cycle of `period` readings.
+fn series_every(
+    metrics: usize,
+    events: usize,
+    interval_ms: i64,
+    period: f64,
+) -> Vec<(i64, BTreeMap<String, f64>)> {
     let mut rng = Rng::new(42);
     (0..events)
         .map(|i| {
-            let cycle = (i as f64 / 50.0).sin();
+            let cycle = (std::f64::consts::TAU * i as f64 / period).sin();
             let values = (0..metrics)
                 .map(|m| {
                     let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
@@ -54,7 +64,7 @@ fn series(metrics: usize, events: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
                     (format!("metric_{m:02}"), value)
                 })
                 .collect();
-            (1_700_000_000_000 + i as i64 * 1000, values)
+            (1_700_000_000_000 + i as i64 * interval_ms, values)
         })
         .collect()
 }
@@ -78,16 +88,32 @@ fn sizes(metrics: usize, config: &Config, data: &[(i64, BTreeMap<String, f64>)])
     let params = trainer.snapshot();
     println!(
         "{metrics} metrics: params {} bytes binary ({} as JSON); trainer state {} bytes; \
-         trainer heap {heap} bytes + {inline} inline (of which the configuration {config})",
+         trainer heap {heap} bytes + {inline} inline (of which the configuration {config}); \
+         seasonal profiles counting {counting}",
         params.to_bytes().len(),
         serde_json::to_vec(&params).map_or(0, |j| j.len()),
         trainer.state_bytes().len(),
         config = std::mem::size_of::<Config>(),
+        counting = params
+            .seasons
+            .iter()
+            .filter(|s| !s.profile.is_empty())
+            .count(),
     );
 }
 
 fn model(c: &mut Criterion) {
     let config = Config::default();
+    // The seasonal profiles' largest case: devices within the profile budget (1 and 2
+    // metrics), hourly readings of a weekly cycle, once the profiles count.
+    for metrics in [1, 2] {
+        print!("hourly, weekly cycle, seasonal profiles kept: ");
+        sizes(
+            metrics,
+            &config,
+            &series_every(metrics, 3_000, 3_600_000, 168.0),
+        );
+    }
     for metrics in [1, 8, 32] {
         let data = series(metrics, 3_000);
         sizes(metrics, &config, &data[..2_000]);

@@ -7,6 +7,9 @@
 //! A third argument names a model configuration (JSON) to measure instead of the default
 //! (`-` for the default); a fourth, a number of devices per kind (default 1), each a
 //! fresh trainer and scorer with READINGS readings: short-lived devices, as in the demo.
+//! A fifth, the seconds between readings (default 1), and a sixth, the period of the
+//! cycle in readings (default 600): `-- 100000 3 - 1 3600 168` is hourly readings with a
+//! weekly cycle, which the seasonal profile (weekly, hourly bins) learns and judges.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,14 @@ fn main() {
         .nth(4)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
+    let interval_ms: i64 = std::env::args()
+        .nth(5)
+        .and_then(|a| a.parse::<i64>().ok())
+        .map_or(1000, |s| s * 1000);
+    let period: f64 = std::env::args()
+        .nth(6)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(600.0);
     let kinds = [
         ("gaussian", Process::Gaussian, 0.0),
         ("ar1_0.9", Process::Ar1(0.9), 0.0),
@@ -42,7 +53,8 @@ fn main() {
         let mut causes: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..devices {
             let kind = (process, amplitude);
-            for label in device_alerts(&config, &rules, &mut rng, kind, (readings, metrics)) {
+            let shape = (readings, metrics, interval_ms, period);
+            for label in device_alerts(&config, &rules, &mut rng, kind, shape) {
                 *causes.entry(label).or_default() += 1;
             }
         }
@@ -62,10 +74,10 @@ fn device_alerts(
     rules: &EpisodeRules,
     rng: &mut Rng,
     (process, amplitude): (Process, f64),
-    (readings, metrics): (usize, usize),
+    (readings, metrics, interval_ms, period): (usize, usize, i64, f64),
 ) -> Vec<String> {
     let columns: Vec<Vec<f64>> = (0..metrics)
-        .map(|_| series(rng, process, amplitude, 600.0, readings))
+        .map(|_| series(rng, process, amplitude, period, readings))
         .collect();
     let data = (0..readings).map(|i| {
         let values: BTreeMap<String, f64> = columns
@@ -73,7 +85,7 @@ fn device_alerts(
             .enumerate()
             .map(|(m, c)| (format!("m{m}"), c[i]))
             .collect();
-        (1_700_000_000_000 + i as i64 * 1000, values)
+        (1_700_000_000_000 + i as i64 * interval_ms, values)
     });
     let scores = replay(
         production::trainer(config),

@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Largest step of the drift's level, in error deviations.
 const DRIFT_STEP: f64 = 5.0;
@@ -47,7 +47,7 @@ pub const INTERVAL_METRIC: &str = "(interval)";
 const KIND_ID: u8 = 1;
 const PARAMS_MAGIC: &[u8; 2] = b"FP";
 const STATE_MAGIC: &[u8; 2] = b"FT";
-const STATE_VERSION: u16 = 2;
+const STATE_VERSION: u16 = 3;
 /// Shape prototypes are stored as `i16` in units of this (embeddings lie within ±10.9).
 const CENTROID_UNIT: f64 = 1.0 / 3000.0;
 /// Prototype units per embedding unit (a multiplication is cheaper than a division).
@@ -135,6 +135,27 @@ pub struct DetectorConfig {
     pub drift_detection: bool,
     /// Weight of the newest signed error in the drift average, in (0, 1].
     pub drift_alpha: f64,
+    /// Bins of a metric's seasonal profile per period (0 turns the seasonal check off).
+    pub season_bins: usize,
+    /// Profile bins per device: a device keeps profiles only if all its metrics fit
+    /// (`metrics × season_bins ≤ season_budget`), which keeps parameters and trainer
+    /// state within their budgets for devices with many metrics.
+    pub season_budget: usize,
+    /// Length of the seasonal period in days (1: daily, 7: weekly).
+    pub season_days: u32,
+    /// The profile's memory, in periods (each bin is an exponential average over about
+    /// this many visits' worth of readings).
+    pub season_memory: f64,
+    /// Periods of history before the profile counts.
+    pub season_periods: f64,
+    /// Readings of the lean's calibration (from the profile's first counting period on)
+    /// before the profile counts: a young calibration underestimates the lean's tails.
+    pub season_events: u64,
+    /// Weight of the newest residual from the profile in the seasonal lean, in (0, 1].
+    pub season_alpha: f64,
+    /// The profile counts only where the residuals from it have at most this fraction of
+    /// the value's variance (the series has a season worth the name).
+    pub season_unexplained: f64,
     /// Broken relations between metrics.
     pub relation: RelationConfig,
     /// Recommended alert threshold on the score.
@@ -172,6 +193,14 @@ impl Default for DetectorConfig {
             familiar_ratio: 4.0,
             drift_detection: true,
             drift_alpha: 0.05,
+            season_bins: 168,
+            season_budget: 336,
+            season_days: 7,
+            season_memory: 7.0,
+            season_periods: 1.0,
+            season_events: 600,
+            season_alpha: 0.5,
+            season_unexplained: 0.35,
             relation: RelationConfig::default(),
             threshold: 0.65,
         }
@@ -185,6 +214,7 @@ impl DetectorConfig {
             ("error_alpha", self.error_alpha),
             ("likelihood_alpha", self.likelihood_alpha),
             ("drift_alpha", self.drift_alpha),
+            ("season_alpha", self.season_alpha),
             ("threshold", self.threshold),
             ("range_score", self.range_score.max(f64::MIN_POSITIVE)),
         ] {
@@ -218,6 +248,18 @@ impl DetectorConfig {
         if self.range_tolerance.is_nan() || self.range_tolerance < 0.0 {
             return Err(ModelError::InvalidConfig(
                 "range_tolerance must not be negative".into(),
+            ));
+        }
+        if self.season_bins > 1024
+            || self.season_days == 0
+            || self.season_memory.is_nan()
+            || self.season_memory < 1.0
+            || self.season_periods.is_nan()
+            || self.season_unexplained.is_nan()
+        {
+            return Err(ModelError::InvalidConfig(
+                "season_bins must be at most 1024, season_days positive, season_memory at least 1"
+                    .into(),
             ));
         }
         if self.warmup_events < 2 {
@@ -265,6 +307,21 @@ pub struct MetricParams {
     pub shape_std: f32,
 }
 
+/// A metric's seasonal profile, as the scorer needs it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeasonParams {
+    /// The usual value per bin of the period, as `offset + unit × q` (`i16::MIN`: a bin
+    /// not seen yet); empty while the profile does not count (too young, or the metric
+    /// has no season worth the name). `i16` in thousandths of the value's spread: half
+    /// the bytes of `f32`, so that two metrics' profiles fit the 2 KB of parameters.
+    pub profile: Vec<i16>,
+    pub offset: f64,
+    pub unit: f32,
+    /// Long-run mean and standard deviation of the lean from the profile.
+    pub lean_mean: f32,
+    pub lean_std: f32,
+}
+
 /// A parameter snapshot for one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectorParams {
@@ -277,6 +334,9 @@ pub struct DetectorParams {
     pub interval: Option<Cadence>,
     /// Relations between metrics, once fitted.
     pub relation: Option<RelationParams>,
+    /// Seasonal profiles, one per metric in the order of `metrics`, or none (the check
+    /// is off, or the device has too many metrics for the budget).
+    pub seasons: Vec<SeasonParams>,
 }
 
 /// The binary body of the parameters (kind and version travel in the header).
@@ -285,6 +345,7 @@ type ParamsBody = (
     Vec<MetricParams>,
     Option<Cadence>,
     Option<RelationParams>,
+    Vec<SeasonParams>,
 );
 
 /// How a device's events arrive: the usual interval, and how often and how long samples
@@ -356,7 +417,9 @@ impl DetectorParams {
                     .iter()
                     .all(|&c| usize::from(c) < self.metrics.len())
         });
-        if shapes_fit && sorted && relation_fits {
+        let seasons_fit = (self.seasons.is_empty() || self.seasons.len() == self.metrics.len())
+            && self.seasons.iter().all(|s| s.profile.len() <= 1024);
+        if shapes_fit && sorted && relation_fits && seasons_fit {
             Ok(())
         } else {
             Err(ModelError::Decode(
@@ -368,7 +431,13 @@ impl DetectorParams {
     /// Compact binary encoding: `FP`, the kind's number, the format version (u16 LE),
     /// then the body (postcard).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let body = (&self.config, &self.metrics, &self.interval, &self.relation);
+        let body = (
+            &self.config,
+            &self.metrics,
+            &self.interval,
+            &self.relation,
+            &self.seasons,
+        );
         let out = header(PARAMS_MAGIC, FORMAT_VERSION as u16);
         postcard::to_extend(&body, out).expect("a Vec grows as needed")
     }
@@ -376,7 +445,7 @@ impl DetectorParams {
     /// Decode [`DetectorParams::to_bytes`]; refuses other kinds and versions.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         check_header(bytes, PARAMS_MAGIC, FORMAT_VERSION as u16, "parameters")?;
-        let (config, metrics, interval, relation): ParamsBody =
+        let (config, metrics, interval, relation, seasons): ParamsBody =
             postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
         let params = Self {
             kind: KIND.to_owned(),
@@ -385,6 +454,7 @@ impl DetectorParams {
             metrics,
             interval,
             relation,
+            seasons,
         };
         params.check()?;
         Ok(params)
@@ -534,13 +604,15 @@ fn embed(
 struct TimeOfDay {
     cos: f64,
     sin: f64,
+    /// The event's time, for the seasonal profile.
+    ts_ms: i64,
 }
 
 impl TimeOfDay {
     fn of(ts_ms: i64) -> Self {
         let phase = std::f64::consts::TAU * (ts_ms.rem_euclid(86_400_000) as f64 / 86_400_000.0);
         let (sin, cos) = phase.sin_cos();
-        Self { cos, sin }
+        Self { cos, sin, ts_ms }
     }
 }
 
@@ -686,7 +758,23 @@ pub struct DetectorTrainer {
     /// Mean of `ln((1 + k) / 2)` over the gaps seen (`k` samples missing).
     gap_log_length: SmallRunning,
     last_ts: Option<i64>,
+    first_ts: Option<i64>,
+    /// Seasonal profiles, one per metric in the order of `metrics`, or none.
+    seasons: Vec<SeasonTrainer>,
     events: u64,
+}
+
+/// The learning half of a metric's seasonal profile.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SeasonTrainer {
+    /// The usual value per bin (NaN: not visited yet).
+    profile: Vec<f32>,
+    /// Exponential average of the residuals from the profile, in value deviations.
+    lean: f32,
+    /// Long-run distribution of the lean.
+    lean_stats: SmallRunning,
+    /// Squared residuals from the profile, in value variances.
+    residual: SmallRunning,
 }
 
 /// Smallest error standard deviation relative to the value's magnitude, so a constant
@@ -703,6 +791,8 @@ impl DetectorTrainer {
             gap_rate: 0.0,
             gap_log_length: SmallRunning::default(),
             last_ts: None,
+            first_ts: None,
+            seasons: Vec::new(),
             events: 0,
         }
     }
@@ -728,6 +818,53 @@ impl DetectorTrainer {
     /// events; this is for measuring the cost of one refit).
     pub fn refit_relations(&mut self) {
         self.relation.refit(&self.config.relation);
+    }
+
+    /// Keep one seasonal profile per metric while the device's metrics fit the budget,
+    /// none otherwise (a metric was just inserted at `index`).
+    fn season_inserted(&mut self, index: usize) {
+        let config = &self.config;
+        let fits = config.season_bins > 0
+            && self.metrics.len() * config.season_bins <= config.season_budget;
+        if !fits {
+            self.seasons = Vec::new();
+        } else if self.seasons.len() + 1 == self.metrics.len() {
+            self.seasons.insert(index, SeasonTrainer::default());
+        } else {
+            self.seasons = vec![SeasonTrainer::default(); self.metrics.len()];
+        }
+    }
+
+    /// Whether the seasonal profile has seen enough periods to count.
+    fn season_ready(&self) -> bool {
+        let config = &self.config;
+        let period = f64::from(config.season_days) * 86_400_000.0;
+        match (self.first_ts, self.last_ts) {
+            (Some(first), Some(last)) => {
+                config.season_bins > 0 && (last - first) as f64 >= config.season_periods * period
+            }
+            _ => false,
+        }
+    }
+
+    /// Where `ts_ms` falls in the seasonal period (none with the check off).
+    fn phase(&self, ts_ms: i64) -> Option<Phase> {
+        let config = &self.config;
+        if config.season_bins == 0 {
+            return None;
+        }
+        let bin_ms = f64::from(config.season_days) * 86_400_000.0 / config.season_bins as f64;
+        let interval = if self.interval.count() >= config.warmup_events {
+            self.interval.mean.max(1.0)
+        } else {
+            bin_ms
+        };
+        let per_visit = (bin_ms / interval).max(1.0);
+        Some(Phase {
+            bin: season_bin(ts_ms, config.season_bins, config.season_days),
+            alpha: (1.0 / (config.season_memory * per_visit)).clamp(1e-6, 1.0),
+            ready: self.season_ready(),
+        })
     }
 
     fn learn_interval(&mut self, ts_ms: i64) {
@@ -804,6 +941,63 @@ impl DetectorTrainer {
             self.metrics.len(),
             complete.then_some(&values[..m]),
         );
+    }
+}
+
+/// Where an event falls in the seasonal period, how fast the profile learns there, and
+/// whether the profile counts yet.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    bin: usize,
+    alpha: f64,
+    ready: bool,
+}
+
+/// The bin of `ts_ms` in a period of `days` days cut into `bins` bins.
+fn season_bin(ts_ms: i64, bins: usize, days: u32) -> usize {
+    let period = i64::from(days) * 86_400_000;
+    let fraction = ts_ms.rem_euclid(period) as f64 / period as f64;
+    ((fraction * bins as f64) as usize).min(bins.saturating_sub(1))
+}
+
+/// The lean from the seasonal profile after `value`, whose profile value is `usual`.
+fn lean_step(lean: f32, value: f64, usual: f64, std: f64, alpha: f64) -> f32 {
+    if usual.is_nan() {
+        return lean;
+    }
+    let residual = ((value - usual) / std.max(1e-12)).clamp(-10.0, 10.0);
+    let lean = f64::from(lean);
+    (lean + alpha * (residual - lean)) as f32
+}
+
+/// Learn the seasonal profile at `phase` and advance the lean from it; `value_std` and
+/// `n` are the metric's spread and readings.
+fn learn_season(
+    season: &mut SeasonTrainer,
+    value: f64,
+    (value_std, n): (f64, u64),
+    phase: Phase,
+    config: &DetectorConfig,
+) {
+    if season.profile.len() != config.season_bins {
+        season.profile = vec![f32::NAN; config.season_bins];
+    }
+    let slot = &mut season.profile[phase.bin];
+    let usual = f64::from(*slot);
+    season.lean = lean_step(season.lean, value, usual, value_std, config.season_alpha);
+    *slot = if slot.is_nan() {
+        value as f32
+    } else {
+        (usual + phase.alpha * (value - usual)) as f32
+    };
+    if phase.ready && n > config.history_events && !usual.is_nan() {
+        let residual = ((value - usual) / value_std.max(1e-12)).clamp(-10.0, 10.0);
+        season
+            .residual
+            .learn(residual * residual, config.likelihood_alpha);
+        season
+            .lean_stats
+            .learn(f64::from(season.lean), config.likelihood_alpha);
     }
 }
 
@@ -901,7 +1095,9 @@ impl Trainer for DetectorTrainer {
     fn update(&mut self, observation: &Observation<'_>) {
         self.events += 1;
         self.learn_interval(observation.ts_ms);
+        self.first_ts.get_or_insert(observation.ts_ms);
         let tod = TimeOfDay::of(observation.ts_ms);
+        let phase = self.phase(observation.ts_ms);
         // Values by metric index for the relation model; `None` once an insertion has
         // moved the indexes (then it looks them up).
         let mut seen = Some([f64::NAN; SEEN_INDEXES]);
@@ -916,6 +1112,7 @@ impl Trainer for DetectorTrainer {
                     };
                     self.metrics.insert(i, (name.as_str().into(), fresh));
                     self.relation.metric_inserted(i);
+                    self.season_inserted(i);
                     seen = None;
                     i
                 }
@@ -924,7 +1121,14 @@ impl Trainer for DetectorTrainer {
                 *slot = value;
             }
             let cap = self.config.centroid_cap(self.metrics.len());
-            learn_metric(&mut self.metrics[index].1, value, tod, cap, &self.config);
+            let metric = &mut self.metrics[index].1;
+            // The spread the scorer's parameters had before this reading.
+            let value_std = metric.value.std();
+            learn_metric(metric, value, tod, cap, &self.config);
+            if let (Some(season), Some(phase)) = (self.seasons.get_mut(index), phase) {
+                let stats = (value_std, u64::from(metric.n));
+                learn_season(season, value, stats, phase, &self.config);
+            }
         }
         self.learn_relation(observation, seen.as_ref());
     }
@@ -935,6 +1139,7 @@ impl Trainer for DetectorTrainer {
             gap_rate: self.gap_rate as f32,
             gap_tail: gap_tail(&self.gap_log_length) as f32,
         });
+        let season_ready = self.season_ready();
         let relation = self.relation.params().map(|fitted| RelationParams {
             columns: self.relation.columns().to_vec(),
             ..fitted.clone()
@@ -948,6 +1153,15 @@ impl Trainer for DetectorTrainer {
                 .iter()
                 .map(|(name, m)| metric_params(name, m))
                 .collect(),
+            seasons: self
+                .seasons
+                .iter()
+                .zip(&self.metrics)
+                .map(|(season, (_, m))| {
+                    let value = (m.value.mean, m.value.std());
+                    season_params(season, value, season_ready, &self.config)
+                })
+                .collect(),
             interval,
             relation,
         }
@@ -955,6 +1169,39 @@ impl Trainer for DetectorTrainer {
 
     fn events(&self) -> u64 {
         self.events
+    }
+}
+
+/// A profile counts once it is ready and explains the metric's variance well enough.
+fn season_params(
+    season: &SeasonTrainer,
+    (value_mean, value_std): (f64, f64),
+    ready: bool,
+    config: &DetectorConfig,
+) -> SeasonParams {
+    let counts = ready
+        && season.lean_stats.count() >= config.season_events.max(1)
+        && season.residual.mean() <= config.season_unexplained;
+    let unit = (value_std / 1000.0).max(1e-12);
+    let quantize = |usual: f32| {
+        if usual.is_nan() {
+            i16::MIN
+        } else {
+            ((f64::from(usual) - value_mean) / unit)
+                .round()
+                .clamp(-32767.0, 32767.0) as i16
+        }
+    };
+    SeasonParams {
+        profile: if counts {
+            season.profile.iter().map(|&u| quantize(u)).collect()
+        } else {
+            Vec::new()
+        },
+        offset: value_mean,
+        unit: unit as f32,
+        lean_mean: season.lean_stats.mean() as f32,
+        lean_std: season.lean_stats.std() as f32,
     }
 }
 
@@ -1064,6 +1311,8 @@ struct Reading<'a> {
     average: f64,
     drift: f64,
     shape: Option<&'a Shape>,
+    /// The seasonal lean's z-score and the profile's value now, once the profile counts.
+    season: Option<(f64, f64)>,
 }
 
 /// Whether the current shape lies close to a prototype (once shapes count at all).
@@ -1136,6 +1385,17 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Drift { z };
         }
     }
+    if let Some((z, usual)) = r.season {
+        let seasonal = if z.abs() < NEGLIGIBLE_Z {
+            0.0
+        } else {
+            tail_score(ln_two_sided_tail(z))
+        };
+        if seasonal > score {
+            score = seasonal;
+            cause = Cause::Seasonal { z, usual };
+        }
+    }
     let ranged = range_score(metric, config, r.value);
     if ranged > score {
         score = ranged;
@@ -1184,6 +1444,8 @@ pub struct DetectorScorer {
     /// Sorted by name.
     contexts: Vec<(String, Context)>,
     relation: RelationContext,
+    /// The seasonal lean per metric (in the order of the parameters' metrics).
+    leans: Vec<f32>,
 }
 
 /// Score of an upper-tail probability: ln(p)/ln(1e-10), in [0, 1].
@@ -1289,6 +1551,36 @@ impl DetectorScorer {
         &mut self.contexts[index].1
     }
 
+    /// Advance the seasonal lean of `name`; its z-score against the learned lean and the
+    /// profile's value now, once the profile counts.
+    fn season_reading(
+        &mut self,
+        params: &DetectorParams,
+        name: &str,
+        (value, hint): (f64, usize),
+        ts_ms: i64,
+    ) -> Option<(f64, f64)> {
+        if params.seasons.is_empty() {
+            return None;
+        }
+        let (index, metric) = params.metric(name, hint)?;
+        let season = params.seasons.get(index)?;
+        if season.profile.is_empty() {
+            return None;
+        }
+        let config = &params.config;
+        let bin = season_bin(ts_ms, season.profile.len(), config.season_days);
+        let usual = match season.profile[bin] {
+            i16::MIN => f64::NAN,
+            q => season.offset + f64::from(season.unit) * f64::from(q),
+        };
+        let lean = self.leans.get_mut(index)?;
+        *lean = lean_step(*lean, value, usual, metric.value_std, config.season_alpha);
+        let z =
+            (f64::from(*lean) - f64::from(season.lean_mean)) / f64::from(season.lean_std).max(0.05);
+        (!usual.is_nan()).then_some((z, usual))
+    }
+
     /// The part of one metric, or none while it warms up.
     /// `reading` is the metric's name, value and position in the observation; `seen`
     /// collects the values by parameter index for the relation part.
@@ -1301,6 +1593,7 @@ impl DetectorScorer {
     ) -> Option<MetricScore> {
         let (name, value, hint) = reading;
         let config = &params.config;
+        let season = self.season_reading(params, name, (value, hint), tod.ts_ms);
         let context = self.context(name, hint);
         let Some((index, metric)) = params.metric(name, hint) else {
             context.observe(value, 1.0, config);
@@ -1337,6 +1630,7 @@ impl DetectorScorer {
             average,
             drift: f64::from(context.drift),
             shape: shape.as_ref(),
+            season,
         };
         let (mut score, mut cause) = if metric.n < config.history_events {
             (
@@ -1479,6 +1773,10 @@ impl Scorer for DetectorScorer {
         // No allocation unless a part scores: most events contribute nothing.
         let mut parts = Vec::new();
         parts.extend(self.gap_part(params, observation.ts_ms));
+        if self.leans.len() != params.seasons.len() {
+            // New parameters with another set of metrics: the leans start afresh.
+            self.leans = vec![0.0; params.seasons.len()];
+        }
         let tod = TimeOfDay::of(observation.ts_ms);
         let mut seen = [f64::NAN; SEEN_INDEXES];
         for (hint, (name, &value)) in observation.metrics.iter().enumerate() {
@@ -1683,11 +1981,66 @@ mod tests {
                 average: 8f64.ln(),
                 drift: 0.0,
                 shape: Some(&shape),
+                season: None,
             };
             history_score(&metric, &config, &reading).0
         };
         assert!(score(10.0) >= THRESHOLD, "{}", score(10.0));
         assert!(score(2.0) < 0.05, "{}", score(2.0));
+    }
+
+    /// Half-hourly readings of a daily cycle (amplitude 20, noise ±2) for four weeks,
+    /// then a day on which the cycle is missing (the series stays at its mean, well
+    /// inside its range). Returns the largest score of the normal weeks and, for the
+    /// missing day, the largest score and its cause.
+    fn missing_day(config: DetectorConfig) -> (f64, f64, Option<Cause>) {
+        let mut rig = Rig::with(config);
+        let half_hour = 1_800_000;
+        let day = 48;
+        let cycle = |i: u64| 100.0 + 20.0 * (std::f64::consts::TAU * i as f64 / 48.0).sin();
+        let mut normal: f64 = 0.0;
+        for i in 0..28 * day {
+            normal = normal.max(rig.step(cycle(i) + 2.0 * noise(i), half_hour).value);
+        }
+        let (mut peak, mut cause) = (0.0, None);
+        for i in 28 * day..29 * day {
+            let score = rig.step(100.0 + 2.0 * noise(i), half_hour);
+            if score.value > peak {
+                peak = score.value;
+                cause = score.contributors.first().map(|p| p.cause.clone());
+            }
+        }
+        (normal, peak, cause)
+    }
+
+    #[test]
+    fn a_day_whose_pattern_is_missing_is_found_by_the_seasonal_profile() {
+        let (normal, peak, cause) = missing_day(DetectorConfig::default());
+        assert!(normal < THRESHOLD, "the cycle itself alarmed: {normal}");
+        assert!(peak >= THRESHOLD, "{peak} {cause:?}");
+        assert!(matches!(cause, Some(Cause::Seasonal { .. })), "{cause:?}");
+        let without = DetectorConfig {
+            season_bins: 0,
+            ..DetectorConfig::default()
+        };
+        let (normal, peak, cause) = missing_day(without);
+        assert!(normal < THRESHOLD, "{normal}");
+        assert!(peak < THRESHOLD, "{peak} {cause:?}");
+    }
+
+    #[test]
+    fn a_device_with_too_many_metrics_for_the_budget_keeps_no_profiles() {
+        let mut trainer = DetectorTrainer::new(DetectorConfig::default());
+        for (i, metrics) in [1usize, 2, 3].into_iter().enumerate() {
+            let values: BTreeMap<String, f64> =
+                (0..metrics).map(|m| (format!("m{m}"), 1.0)).collect();
+            trainer.update(&Observation {
+                ts_ms: i as i64 * 1000,
+                metrics: &values,
+            });
+            let expected = if metrics * 168 <= 336 { metrics } else { 0 };
+            assert_eq!(trainer.snapshot().seasons.len(), expected);
+        }
     }
 
     #[test]
@@ -1758,5 +2111,36 @@ mod tests {
         }
         .check()
         .is_err());
+    }
+
+    #[test]
+    fn seasonal_profiles_round_trip_and_must_fit_the_metrics() {
+        // Hourly readings of a weekly cycle: the profile counts after a week and 600
+        // readings of calibration.
+        let mut rig = Rig::new();
+        for i in 0..1_500u64 {
+            let week = (std::f64::consts::TAU * i as f64 / 168.0).sin();
+            rig.step(100.0 + 10.0 * week + noise(i), 3_600_000);
+        }
+        let params = rig.trainer.snapshot();
+        assert_eq!(params.seasons.len(), 1);
+        let season = &params.seasons[0];
+        assert_eq!(season.profile.len(), 168);
+        // The profile holds the cycle: its peak bin near 110, its trough near 90.
+        let usual = |q: i16| season.offset + f64::from(season.unit) * f64::from(q);
+        let peak = season
+            .profile
+            .iter()
+            .map(|&q| usual(q))
+            .fold(f64::MIN, f64::max);
+        assert!((peak - 110.0).abs() < 2.0, "{peak}");
+        assert_eq!(
+            DetectorParams::from_bytes(&params.to_bytes()).unwrap(),
+            params
+        );
+        let mut broken = params.clone();
+        broken.seasons.push(SeasonParams::default());
+        assert!(broken.check().is_err());
+        assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
     }
 }

@@ -87,6 +87,7 @@ pub fn kind_label(cause: &Cause) -> &'static str {
         Cause::OutOfRange { .. } => "range",
         Cause::NewShape { .. } => "shape",
         Cause::Drift { .. } => "drift",
+        Cause::Seasonal { .. } => "seasonal",
         Cause::Relation { .. } => "relation",
         Cause::Joint { .. } => "joint",
     }

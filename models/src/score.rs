@@ -18,6 +18,10 @@ pub enum Cause {
     /// The metric has drifted away from what the model predicts: its recent errors lean
     /// one way, `z` standard deviations of their usual average.
     Drift { z: f64 },
+    /// The metric has left its usual pattern for this time of day (or week): its recent
+    /// readings lean one way from the learned seasonal profile, `z` standard deviations of
+    /// their usual lean.
+    Seasonal { z: f64, usual: f64 },
     /// The relation between metrics broke: the metric is off from the value the other
     /// metrics imply (`expected`), together with `with`; `ratio` is the residual's size
     /// (SPE) against its 99% control limit.
@@ -94,6 +98,14 @@ impl Score {
             Cause::NewShape { .. } => format!(
                 "{} = {:.3} moves unlike its usual patterns",
                 top.metric, top.value
+            ),
+            Cause::Seasonal { z, usual } => format!(
+                "{} = {:.3} is {} its usual {:.3} for this time ({:.1} standard deviations of its usual lean)",
+                top.metric,
+                top.value,
+                if *z >= 0.0 { "above" } else { "below" },
+                usual,
+                z.abs()
             ),
             Cause::Drift { z } => format!(
                 "{} = {:.3} has drifted {} the expected {:.3} ({:.1} standard deviations of its usual drift)",
