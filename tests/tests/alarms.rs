@@ -254,18 +254,20 @@ async fn receiver(refuse: usize) -> (String, Arc<parking_lot::Mutex<Vec<Received
                             .find(|(n, _)| n == name)
                             .map(|(_, v)| v.clone())
                     };
-                    let mut log = log.lock();
-                    let answered = if log.len() < refuse { 500 } else { 200 };
-                    log.push(Received {
-                        event_id: header("x-fleetwatch-event-id").unwrap_or_default(),
-                        signature: header("x-fleetwatch-signature").unwrap_or_default(),
-                        attempt: header("x-fleetwatch-attempt")
-                            .and_then(|a| a.parse().ok())
-                            .unwrap_or(0),
-                        body: request.1,
-                        answered,
-                    });
-                    drop(log);
+                    let answered = {
+                        let mut log = log.lock();
+                        let answered = if log.len() < refuse { 500 } else { 200 };
+                        log.push(Received {
+                            event_id: header("x-fleetwatch-event-id").unwrap_or_default(),
+                            signature: header("x-fleetwatch-signature").unwrap_or_default(),
+                            attempt: header("x-fleetwatch-attempt")
+                                .and_then(|a| a.parse().ok())
+                                .unwrap_or(0),
+                            body: request.1.clone(),
+                            answered,
+                        });
+                        answered
+                    };
                     let reply = format!("HTTP/1.1 {answered} X\r\ncontent-length: 0\r\n\r\n");
                     if stream.write_all(reply.as_bytes()).await.is_err() {
                         return;

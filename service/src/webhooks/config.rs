@@ -116,9 +116,11 @@ impl WebhooksConfig {
             }
             match &endpoint.secret {
                 Some(secret) if secret.expose().len() >= MIN_SECRET_BYTES => {}
-                Some(_) => return Err(format!(
+                Some(_) => {
+                    return Err(format!(
                     "webhooks.endpoints[{name}].secret must be at least {MIN_SECRET_BYTES} bytes"
-                )),
+                ))
+                }
                 None => {
                     return Err(format!(
                         "webhooks.endpoints[{name}] needs a secret (or secret_file)"
