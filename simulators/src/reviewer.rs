@@ -226,7 +226,7 @@ async fn post(config: &ReviewerConfig, path: &str, body: &str) -> std::io::Resul
     text.split_whitespace()
         .nth(1)
         .and_then(|status| status.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {:.80}", text)))
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:.80}")))
 }
 
 #[cfg(test)]

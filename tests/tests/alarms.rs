@@ -340,8 +340,11 @@ fn alarm_event(device: &str, tenant: Option<&str>, n: u32) -> AlarmEvent {
 fn signature_of(secret: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    let mut text = "sha256=".to_owned();
+    for byte in tag.as_ref() {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -260,6 +260,34 @@ mod tests {
     }
 
     #[test]
+    fn webhook_endpoints_come_from_the_environment_and_their_secrets_never_show() {
+        let secret = "a-webhook-signing-secret-0123";
+        let endpoints = format!(
+            "[{{name = \"pager\", tenant = \"acme\", url = \"https://hooks.example/a\", secret = \"{secret}\"}}]"
+        );
+        let settings =
+            Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", &endpoints)])).unwrap();
+        let endpoint = &settings.webhooks.endpoints[0];
+        assert_eq!(endpoint.tenant.as_str(), "acme");
+        assert_eq!(endpoint.secret.as_ref().unwrap().expose(), secret);
+        let printed = format!("{}{settings:?}", settings.to_toml());
+        assert!(!printed.contains(secret) && printed.contains("***"));
+        let short = endpoints.replace(secret, "short-secret");
+        let error = Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", &short)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("at least 16 bytes") && !error.contains("short-secret"),
+            "{error}"
+        );
+        let unsigned = "[{name = \"pager\", tenant = \"acme\", url = \"https://hooks.example/a\"}]";
+        let error = Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", unsigned)]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("needs a secret"), "{error}");
+    }
+
+    #[test]
     fn unknown_and_invalid_settings_are_clear_errors() {
         let unknown = Settings::load(None, env(&[("FLEETWATCH_KAFKA__BROKER", "x")])).unwrap_err();
         assert!(

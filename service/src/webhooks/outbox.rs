@@ -67,7 +67,7 @@ pub enum AfterFailure {
     /// Tried again at this time (ms).
     RetryAt(i64),
     /// Attempts are used up: the delivery left the queue, to be recorded and finished.
-    GivenUp(Pending),
+    GivenUp(Box<Pending>),
 }
 
 pub struct Outbox {
@@ -182,7 +182,8 @@ impl Outbox {
             head.next_at_ms = now_ms + backoff.after(head.attempts) as i64;
             return Some(AfterFailure::RetryAt(head.next_at_ms));
         }
-        self.pop(endpoint).map(AfterFailure::GivenUp)
+        self.pop(endpoint)
+            .map(|pending| AfterFailure::GivenUp(Box::new(pending)))
     }
 
     /// A delivery that left the queue is recorded: one less for its record, whose
