@@ -133,6 +133,43 @@ pub struct Feedback {
     pub by: String,
 }
 
+/// What became of one delivery of an alarm event to one webhook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// An attempt failed; another follows at `next_attempt_ms`.
+    Retrying,
+    /// Every attempt failed; no more follow.
+    GivenUp,
+}
+
+/// One delivery attempt's outcome on `iot.webhook-deliveries` (append-only; key: device
+/// id), written by the webhooks role: the status `GET /alarms/{id}/deliveries` answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The alarm event's id, the same on every attempt (`X-Fleetwatch-Event-Id`).
+    pub event_id: String,
+    pub alarm_id: String,
+    pub device_id: DeviceId,
+    pub tenant: TenantId,
+    /// The webhook's name (from the configuration; never its URL's secrets or its key).
+    pub webhook: String,
+    pub outcome: DeliveryOutcome,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why the attempt failed (no answer, or a non-2xx status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

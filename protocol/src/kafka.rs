@@ -50,6 +50,11 @@ impl KafkaTopics {
     pub fn feedback(&self) -> String {
         self.of(Topic::Feedback)
     }
+    /// The outcome of each webhook delivery of an alarm event ([`crate::WebhookDelivery`]),
+    /// append-only. Key: device id.
+    pub fn webhook_deliveries(&self) -> String {
+        self.of(Topic::WebhookDeliveries)
+    }
     /// The score of every scored event ([`crate::ScoreRecord`]), for the storage role.
     /// Key: device id.
     pub fn scores(&self) -> String {
@@ -114,6 +119,7 @@ pub enum Topic {
     Alerts,
     Alarms,
     Feedback,
+    WebhookDeliveries,
     Replies,
     Dlq,
     Scores,
@@ -122,7 +128,7 @@ pub enum Topic {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 12] = [
+    pub const ALL: [Topic; 13] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -132,6 +138,7 @@ impl Topic {
         Topic::Alerts,
         Topic::Alarms,
         Topic::Feedback,
+        Topic::WebhookDeliveries,
         Topic::Replies,
         Topic::Dlq,
         Topic::Scores,
@@ -149,6 +156,7 @@ impl Topic {
             Topic::Alerts => "iot.alerts",
             Topic::Alarms => "iot.alarms",
             Topic::Feedback => "iot.feedback",
+            Topic::WebhookDeliveries => "iot.webhook-deliveries",
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
             Topic::Scores => "iot.scores",
@@ -179,6 +187,7 @@ impl Topic {
                 | Topic::Alerts
                 | Topic::Alarms
                 | Topic::Feedback
+                | Topic::WebhookDeliveries
                 | Topic::Scores
         )
     }
@@ -191,7 +200,8 @@ impl Topic {
                 Some(7 * DAY_MS)
             }
             // A resuming client reads the alarm events it missed: a month of them.
-            Topic::Alarms => Some(30 * DAY_MS),
+            // Delivery status is answered per alarm as long as the alarm is.
+            Topic::Alarms | Topic::WebhookDeliveries => Some(30 * DAY_MS),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

@@ -12,7 +12,10 @@ mod sequence;
 mod tenant;
 mod twin;
 
-pub use alarm::{Alarm, AlarmChange, AlarmEvent, AlarmEventKind, Feedback, Severity, Verdict};
+pub use alarm::{
+    Alarm, AlarmChange, AlarmEvent, AlarmEventKind, DeliveryOutcome, Feedback, Severity, Verdict,
+    WebhookDelivery,
+};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;

@@ -32,6 +32,7 @@ pub mod storage;
 pub mod tenancy;
 pub mod tls;
 pub mod trainer;
+pub mod webhooks;
 
 pub use error::Error;
 pub use tokio_util::sync::CancellationToken as Shutdown;

@@ -104,6 +104,14 @@ pub struct Metrics {
     pub storage_write_seconds: Histogram,
     /// Points waiting in the storage role's batch.
     pub storage_buffered: IntGauge,
+    /// Webhook delivery outcomes: delivered, retrying (an attempt failed), given_up.
+    pub webhook_deliveries: IntCounterVec,
+    /// Deliveries waiting in the webhooks role's outbox.
+    pub webhook_outbox: IntGauge,
+    /// Times an alarm event waited because the webhook outbox was full.
+    pub webhook_outbox_full: IntCounter,
+    /// Time of each webhook request, answered or not.
+    pub webhook_request_seconds: Histogram,
 }
 
 impl Metrics {
@@ -323,6 +331,24 @@ impl Metrics {
             storage_buffered: gauge(
                 "fleetwatch_storage_buffered_points",
                 "Points waiting in the storage role's batch",
+            ),
+            webhook_deliveries: counter_vec(
+                "fleetwatch_webhook_deliveries_total",
+                "Webhook delivery outcomes: delivered, retrying (an attempt failed), given_up",
+                &["outcome"],
+            ),
+            webhook_outbox: gauge(
+                "fleetwatch_webhook_outbox",
+                "Deliveries waiting in the webhooks role's outbox",
+            ),
+            webhook_outbox_full: counter(
+                "fleetwatch_webhook_outbox_full_total",
+                "Times an alarm event waited because the webhook outbox was full",
+            ),
+            webhook_request_seconds: histogram(
+                &registry,
+                "fleetwatch_webhook_request_seconds",
+                "Time of each webhook request, answered or not",
             ),
             registry,
         }

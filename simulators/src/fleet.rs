@@ -49,6 +49,8 @@ pub struct FleetStats {
     /// before the broker acknowledged them.
     pub outages: AtomicU64,
     pub lost_in_outages: AtomicU64,
+    /// The ground truth so far: every anomaly injected (and outage), as it starts.
+    pub injected: Mutex<Vec<Injected>>,
 }
 
 impl FleetStats {
@@ -85,6 +87,7 @@ pub enum SimError {
 /// Where ground truth goes: kept in memory and, if configured, appended to a file.
 struct GroundTruth {
     injected: Mutex<Vec<Injected>>,
+    stats: Arc<FleetStats>,
     file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
@@ -98,6 +101,7 @@ impl GroundTruth {
             }
         }
         self.injected.lock().push(injected.clone());
+        self.stats.injected.lock().push(injected.clone());
     }
 }
 
@@ -173,6 +177,7 @@ pub async fn run_fleet(
     };
     let truth = Arc::new(GroundTruth {
         injected: Mutex::new(Vec::new()),
+        stats: stats.clone(),
         file,
     });
     let clock = RunClock {

@@ -8,10 +8,12 @@ pub mod device;
 pub mod evaluate;
 pub mod fleet;
 pub mod listener;
+pub mod reviewer;
 pub mod signal;
 
 pub use anomaly::{AnomalyKind, Injected};
 pub use config::SimConfig;
 pub use evaluate::{evaluate, Evaluation};
 pub use fleet::{run_fleet, FleetStats};
-pub use listener::{AlarmLog, AlertListener, ReceivedAlert};
+pub use listener::{AlarmFeed, AlarmLog, AlertListener, ReceivedAlert};
+pub use reviewer::{AlarmReviewer, Review, ReviewerConfig};

@@ -66,6 +66,21 @@ pub struct AlertListener {
     stop: CancellationToken,
 }
 
+/// A handle on the alarm events a listener receives, for following them as they come.
+#[derive(Clone)]
+pub struct AlarmFeed(Arc<Mutex<AlarmLog>>);
+
+impl AlarmFeed {
+    /// The events received after the first `read`.
+    pub fn since(&self, read: usize) -> Vec<AlarmEvent> {
+        let log = self.0.lock();
+        log.events
+            .get(read..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
 /// The alarm events a listener received, and the cursor after the last one.
 #[derive(Clone, Debug, Default)]
 pub struct AlarmLog {
@@ -189,6 +204,11 @@ impl AlertListener {
     /// The alarm events received so far, and the cursor after them.
     pub fn alarm_log(&self) -> AlarmLog {
         self.alarms.lock().clone()
+    }
+
+    /// A handle that follows the alarm events as they come.
+    pub fn alarm_feed(&self) -> AlarmFeed {
+        AlarmFeed(self.alarms.clone())
     }
 
     /// Alerts the server said this client missed for being slow.

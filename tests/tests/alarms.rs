@@ -213,3 +213,275 @@ fn act_on_alarms(service: &Service) -> (String, String) {
     assert_eq!(status, 404, "{missing}");
     (acked, cleared)
 }
+
+/// One request a test webhook receiver got, and what it answered.
+#[derive(Clone, Debug)]
+struct Received {
+    event_id: String,
+    signature: String,
+    attempt: u32,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+/// A webhook receiver on a free port: answers 500 to its first `refuse` requests, then
+/// 200, and keeps every request.
+async fn receiver(refuse: usize) -> (String, Arc<parking_lot::Mutex<Vec<Received>>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let log = Arc::new(parking_lot::Mutex::new(Vec::<Received>::new()));
+    let kept = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = kept.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Requests until the client closes the (kept-alive) connection.
+                loop {
+                    let Some(request) = read_request(&mut stream, &mut buffer, &mut chunk).await
+                    else {
+                        return;
+                    };
+                    let header = |name: &str| {
+                        request
+                            .0
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| v.clone())
+                    };
+                    let answered = {
+                        let mut log = log.lock();
+                        let answered = if log.len() < refuse { 500 } else { 200 };
+                        log.push(Received {
+                            event_id: header("x-fleetwatch-event-id").unwrap_or_default(),
+                            signature: header("x-fleetwatch-signature").unwrap_or_default(),
+                            attempt: header("x-fleetwatch-attempt")
+                                .and_then(|a| a.parse().ok())
+                                .unwrap_or(0),
+                            body: request.1.clone(),
+                            answered,
+                        });
+                        answered
+                    };
+                    let reply = format!("HTTP/1.1 {answered} X\r\ncontent-length: 0\r\n\r\n");
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+/// One HTTP/1.1 request from `stream`: lower-cased headers and the body.
+async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let read = stream.read(chunk).await.ok().filter(|n| *n > 0)?;
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < head_end + 4 + length {
+        let read = stream.read(chunk).await.ok().filter(|n| *n > 0)?;
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let body = buffer[head_end + 4..head_end + 4 + length].to_vec();
+    buffer.drain(..head_end + 4 + length);
+    Some((headers, body))
+}
+
+/// Alarm event `n` of `device` (tenant `tenant`), as the devices role writes them.
+fn alarm_event(device: &str, tenant: Option<&str>, n: u32) -> AlarmEvent {
+    let kind = match n {
+        1 => AlarmEventKind::Created,
+        4 => AlarmEventKind::Cleared,
+        _ => AlarmEventKind::Updated,
+    };
+    let alarm = json!({
+        "alarm_id": format!("{device}:100"), "device_id": device, "tenant": tenant,
+        "severity": "minor", "active": n < 4, "acknowledged": false,
+        "created_ms": fleetwatch_protocol::now_ms(), "updated_ms": fleetwatch_protocol::now_ms(),
+        "peak_score": 0.8, "threshold": 0.65, "reason": "test", "count": n,
+        "last_alert_seq": 100 + n, "changes": n, "history": [],
+    });
+    AlarmEvent {
+        event_id: format!("{device}:100/{n}"),
+        kind,
+        at_ms: fleetwatch_protocol::now_ms(),
+        by: "scorer".into(),
+        alarm: serde_json::from_value(alarm).unwrap(),
+    }
+}
+
+fn signature_of(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body);
+    let mut text = "sha256=".to_owned();
+    for byte in tag.as_ref() {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_get_every_event_of_their_tenant_signed_after_failures_and_no_other() {
+    const ACME_SECRET: &str = "acme-webhook-secret-0123456789";
+    const GLOBEX_SECRET: &str = "globex-webhook-secret-987654321";
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("webhooks");
+    let prefix = namespace.device_prefix();
+    // acme's receiver fails its first 6 requests (the first event's first attempts).
+    let (acme_url, acme) = receiver(6).await;
+    let (globex_url, globex) = receiver(0).await;
+    let endpoints = format!(
+        "[{{name = \"acme-pager\", tenant = \"acme\", url = \"{acme_url}\", secret = \"{ACME_SECRET}\"}}, \
+          {{name = \"globex-tickets\", tenant = \"globex\", url = \"{globex_url}\", secret = \"{GLOBEX_SECRET}\"}}]"
+    );
+    let env = [
+        ("FLEETWATCH_WEBHOOKS__ENDPOINTS", endpoints.as_str()),
+        ("FLEETWATCH_WEBHOOKS__BACKOFF_START_MS", "200"),
+        ("FLEETWATCH_WEBHOOKS__BACKOFF_MAX_MS", "800"),
+    ];
+    let service = Service::start_async(&rig, &namespace, "webhooks,alerts", "a", &env).await;
+
+    let mut events = Vec::new();
+    for (index, tenant) in [Some("acme"), Some("acme"), Some("globex"), None]
+        .iter()
+        .enumerate()
+    {
+        let device = format!("{prefix}{index}");
+        events.extend((1..=4).map(|n| alarm_event(&device, *tenant, n)));
+    }
+    let records: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.alarm.device_id.to_string(),
+                serde_json::to_vec(e).unwrap(),
+            )
+        })
+        .collect();
+    fleetwatch_e2e::produce(&rig.kafka, &namespace.topic("iot.alarms"), &records).await;
+    let ids_of = |tenant: &str| -> HashSet<String> {
+        events
+            .iter()
+            .filter(|e| {
+                e.alarm
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|t| t.as_str() == tenant)
+            })
+            .map(|e| e.event_id.clone())
+            .collect()
+    };
+    let (acme_ids, globex_ids) = (ids_of("acme"), ids_of("globex"));
+
+    let accepted = |log: &parking_lot::Mutex<Vec<Received>>| -> HashSet<String> {
+        let log = log.lock();
+        log.iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.event_id.clone())
+            .collect()
+    };
+    blocking(|| {
+        eventually(
+            Duration::from_secs(30),
+            "every event at its webhook",
+            || (accepted(&acme) == acme_ids && accepted(&globex) == globex_ids).then_some(()),
+        )
+    });
+    let acme_log = acme.lock().clone();
+    let globex_log = globex.lock().clone();
+    println!(
+        "acme's receiver: {} requests ({} refused) for {} events; globex's: {} for {}",
+        acme_log.len(),
+        acme_log.iter().filter(|r| r.answered == 500).count(),
+        acme_ids.len(),
+        globex_log.len(),
+        globex_ids.len()
+    );
+    check_requests(&acme_log, ACME_SECRET, &acme_ids);
+    check_requests(&globex_log, GLOBEX_SECRET, &globex_ids);
+    // The first event was refused, then retried with the same id and body.
+    let first = &acme_log[0];
+    let tries: Vec<&Received> = acme_log
+        .iter()
+        .filter(|r| r.event_id == first.event_id)
+        .collect();
+    assert!(
+        tries.len() > 1 && tries.iter().all(|r| r.body == first.body),
+        "{tries:?}"
+    );
+    let attempts: Vec<u32> = tries.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, (1..=tries.len() as u32).collect::<Vec<_>>());
+
+    blocking(|| check_status(&service, &namespace, &first.event_id, tries.len()));
+    service.terminate(Duration::from_secs(30));
+}
+
+/// Every request carries a valid signature over its body, the event id of its body, and
+/// one of `expected`'s events (its tenant's).
+fn check_requests(log: &[Received], secret: &str, expected: &HashSet<String>) {
+    for request in log {
+        assert_eq!(request.signature, signature_of(secret, &request.body));
+        let event: AlarmEvent = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(event.event_id, request.event_id);
+        assert!(
+            expected.contains(&event.event_id),
+            "another tenant's event: {event:?}"
+        );
+    }
+}
+
+/// The delivery status answers from the alerts role, and the group commits only once
+/// everything is delivered.
+fn check_status(service: &Service, namespace: &Namespace, event_id: &str, attempts: usize) {
+    let alarm_id = event_id.split_once('/').unwrap().0;
+    let deliveries = eventually(Duration::from_secs(10), "the delivery status", || {
+        let (status, body) = service.get(&format!("/alarms/{alarm_id}/deliveries"));
+        let list = body["deliveries"].as_array()?.clone();
+        (status == 200 && list.len() == 4 && list.iter().all(|d| d["outcome"] == "delivered"))
+            .then_some(list)
+    });
+    let first = deliveries
+        .iter()
+        .find(|d| d["event_id"] == event_id)
+        .unwrap();
+    assert_eq!(first["attempts"], attempts as u64, "{first}");
+    assert_eq!(first["webhook"], "acme-pager");
+    assert!(service.metric("fleetwatch_webhook_deliveries_total{outcome=\"retrying\"}") > 0.0);
+    let rig = Rig::from_env();
+    eventually(Duration::from_secs(10), "offsets committed", || {
+        let group = format!("{}-webhooks", namespace.name);
+        let offsets =
+            fleetwatch_e2e::committed_vs_end(&rig.kafka, &group, &namespace.topic("iot.alarms"));
+        offsets
+            .iter()
+            .all(|(_, committed, end)| *committed == Some(*end))
+            .then_some(())
+    });
+}

@@ -14,11 +14,12 @@ use crate::error::{Error, Result};
 use crate::kafka::consume;
 use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
+use crate::webhooks::{DeliveriesHandler, DeliveryLog};
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "alerts",
-    summary: "pushes alerts and alarm events to the WebSocket clients of their tenant (alarm events resumable from a cursor); keeps every alarm for `GET /alarms`",
-    consumes: &[Topic::Alerts, Topic::Alarms],
+    summary: "pushes alerts and alarm events to the WebSocket clients of their tenant (alarm events resumable from a cursor); keeps every alarm and its webhook deliveries for `GET /alarms`",
+    consumes: &[Topic::Alerts, Topic::Alarms, Topic::WebhookDeliveries],
     produces: &[],
     membership: Membership::EveryInstance,
     start,
@@ -58,6 +59,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     launch.consume("alerts", consumer, handler);
     let live = Arc::new(LivePosition::default());
     launch.alarms = Some(read_alarms(launch, routes.clone(), live.clone()));
+    launch.deliveries = Some(read_deliveries(launch));
     let server = Server {
         alarms: Some(AlarmsFeed {
             kafka: kafka.clone(),
@@ -112,6 +114,36 @@ fn read_alarms(
         ("alarms", reading.await)
     });
     index
+}
+
+/// Read every webhook delivery outcome (from the beginning), for `GET
+/// /alarms/{id}/deliveries`.
+fn read_deliveries(launch: &mut Launch<'_>) -> Arc<DeliveryLog> {
+    let log = Arc::new(DeliveryLog::default());
+    let handler = DeliveriesHandler {
+        log: log.clone(),
+        metrics: launch.metrics.clone(),
+    };
+    let (kafka, topic) = (
+        launch.settings.kafka.clone(),
+        launch.topics.webhook_deliveries(),
+    );
+    let (metrics, shutdown) = (launch.metrics.clone(), launch.shutdown.clone());
+    launch.tasks.spawn(async move {
+        let reading = async {
+            let consumer = RoleConsumer::read_whole_topic(
+                &kafka,
+                ConsumerRole::WebhookDeliveries,
+                &topic,
+                StartAt::Earliest,
+                metrics,
+            )
+            .await?;
+            consume(consumer, handler, shutdown).await
+        };
+        ("webhook-deliveries", reading.await)
+    });
+    log
 }
 
 fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {

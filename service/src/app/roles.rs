@@ -54,6 +54,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::scorer::ROLE,
     &crate::alerts::ROLE,
     &crate::storage::ROLE,
+    &crate::webhooks::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.
@@ -79,6 +80,9 @@ pub struct Launch<'a> {
     pub model_params: Option<SharedParams>,
     /// Set by the alerts role: every alarm, for `GET /alarms`.
     pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
+    /// Set by the alerts role: every alarm's webhook deliveries, for `GET
+    /// /alarms/{id}/deliveries`.
+    pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

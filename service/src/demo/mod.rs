@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fleetwatch_sim::{evaluate, run_fleet, AlertListener, Evaluation, FleetStats, SimConfig};
+use fleetwatch_protocol::{now_ms, Verdict};
+use fleetwatch_sim::{
+    evaluate, run_fleet, AlarmReviewer, AlertListener, Evaluation, FleetStats, Review,
+    ReviewerConfig, SimConfig,
+};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
@@ -91,9 +95,68 @@ pub struct DemoSummary {
     pub alarms_created: usize,
     pub alarms_cleared: usize,
     pub alarms_acknowledged: usize,
+    /// The simulator's verdicts on the alarms ([`fleetwatch_sim::AlarmReviewer`]): false
+    /// positives match no injected anomaly.
+    #[serde(flatten)]
+    pub feedback: FeedbackFigures,
     /// What the WebSocket client's alerts say about the injected anomalies.
     #[serde(flatten)]
     pub evaluation: Evaluation,
+}
+
+/// The false-positive rate before and after feedback. The window runs from the
+/// simulator's first verdict to the devices' stop; "before" is its first half, "after"
+/// its second (the model has the first half's verdicts by then). A rate is the false
+/// alarms (alarms matching no injected anomaly) created in the half, per 1,000
+/// device-minutes.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct FeedbackFigures {
+    pub alarms_true_positive: usize,
+    pub alarms_false_positive: usize,
+    /// Acknowledgements the service refused or did not answer.
+    pub acknowledgements_failed: usize,
+    /// Seconds from the devices' start to the first verdict, and the window's length.
+    pub verdicts_began_s: Option<f64>,
+    pub feedback_window_s: f64,
+    pub false_alarms_per_1000_device_minutes_before: Option<f64>,
+    pub false_alarms_per_1000_device_minutes_after: Option<f64>,
+}
+
+impl FeedbackFigures {
+    /// From the reviews of a run of `devices` that ran from `start_ms` to `stop_ms`.
+    pub fn new(reviews: &[Review], devices: usize, start_ms: i64, stop_ms: i64) -> Self {
+        let false_created: Vec<i64> = (reviews.iter())
+            .filter(|r| r.verdict == Verdict::FalsePositive)
+            .map(|r| r.created_ms)
+            .collect();
+        let mut figures = Self {
+            alarms_true_positive: reviews.len() - false_created.len(),
+            alarms_false_positive: false_created.len(),
+            acknowledgements_failed: reviews.iter().filter(|r| r.status != 200).count(),
+            ..Self::default()
+        };
+        let Some(began) = reviews.iter().map(|r| r.reviewed_ms).min() else {
+            return figures;
+        };
+        let window_ms = (stop_ms - began).max(0);
+        figures.verdicts_began_s = Some((began - start_ms) as f64 / 1000.0);
+        figures.feedback_window_s = window_ms as f64 / 1000.0;
+        if window_ms == 0 || devices == 0 {
+            return figures;
+        }
+        let middle = began + window_ms / 2;
+        let device_minutes = devices as f64 * (window_ms as f64 / 2.0) / 60_000.0;
+        let rate = |from: i64, to: i64| {
+            let count = false_created
+                .iter()
+                .filter(|&&at| from <= at && at < to)
+                .count();
+            Some((count as f64 / device_minutes * 1000.0 * 100.0).round() / 100.0)
+        };
+        figures.false_alarms_per_1000_device_minutes_before = rate(began, middle);
+        figures.false_alarms_per_1000_device_minutes_after = rate(middle, stop_ms);
+        figures
+    }
 }
 
 /// Time after the devices stop for the last alerts to arrive.
@@ -121,8 +184,13 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
             reason: e.to_string(),
         })?;
     let sim = simulator(&options, &broker);
-    let injected = drive(&app, sim, interrupted).await?;
+    let stats = Arc::new(FleetStats::default());
+    let reviewer = reviewer(&app, &operator, &listener, &stats);
+    let start_ms = now_ms();
+    let injected = drive(&app, sim, stats, interrupted).await?;
+    let stop_ms = now_ms();
     tokio::time::sleep(DRAIN).await;
+    let reviews = reviewer.finish().await;
     listener.close();
 
     let received = listener.alerts();
@@ -159,6 +227,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
         alarms_created: alarms_of(fleetwatch_protocol::AlarmEventKind::Created),
         alarms_cleared: alarms_of(fleetwatch_protocol::AlarmEventKind::Cleared),
         alarms_acknowledged: alarms_of(fleetwatch_protocol::AlarmEventKind::Acknowledged),
+        feedback: FeedbackFigures::new(&reviews, options.devices, start_ms, stop_ms),
         evaluation,
     })
 }
@@ -363,18 +432,39 @@ fn simulator(options: &DemoOptions, broker: &broker::EmbeddedBroker) -> SimConfi
     sim
 }
 
+/// The simulator's reviewer: acknowledges the alarms the listener receives through the
+/// REST API, with a verdict from the ground truth (so the demo exercises the feedback
+/// loop).
+fn reviewer(
+    app: &app::RunningApp,
+    operator: &str,
+    listener: &AlertListener,
+    stats: &Arc<FleetStats>,
+) -> AlarmReviewer {
+    let config = ReviewerConfig {
+        http_url: format!("http://127.0.0.1:{}", app.http_addr.port()),
+        token: operator.strip_prefix("?access_token=").map(str::to_owned),
+        review_after_ms: REVIEW_AFTER_MS,
+        grace_ms: MATCH_GRACE_MS,
+    };
+    AlarmReviewer::start(config, listener.alarm_feed(), stats.clone())
+}
+
+/// An alarm that has not cleared is reviewed this long after its creation.
+const REVIEW_AFTER_MS: i64 = 10_000;
+
 /// Run the fleet to its end (or until interrupted), printing progress every 5 s; returns
 /// the injected anomalies.
 async fn drive(
     app: &app::RunningApp,
     sim: SimConfig,
+    stats: Arc<FleetStats>,
     interrupted: CancellationToken,
 ) -> Result<Vec<fleetwatch_sim::Injected>> {
     let failed = |reason: String| Error::RoleFailed {
         role: "simulator",
         reason,
     };
-    let stats = Arc::new(FleetStats::default());
     let fleet = tokio::spawn(run_fleet(sim, stats.clone(), interrupted.child_token()));
     tokio::pin!(fleet);
     let started = Instant::now();
@@ -399,5 +489,53 @@ async fn drive(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod feedback_figures_tests {
+    use super::*;
+
+    fn review(created_ms: i64, reviewed_ms: i64, verdict: Verdict) -> Review {
+        Review {
+            alarm_id: format!("sim-1:{created_ms}"),
+            device: "sim-1".into(),
+            created_ms,
+            verdict,
+            status: 200,
+            reviewed_ms,
+        }
+    }
+
+    #[test]
+    fn false_alarms_are_counted_per_half_of_the_window_after_the_first_verdict() {
+        // Devices from 0 to 130 s; the first verdict at 10 s: halves 10–70 s and 70–130 s.
+        let reviews = [
+            review(5_000, 10_000, Verdict::FalsePositive),
+            review(20_000, 30_000, Verdict::FalsePositive),
+            review(40_000, 50_000, Verdict::FalsePositive),
+            review(60_000, 70_000, Verdict::TruePositive),
+            review(100_000, 110_000, Verdict::FalsePositive),
+        ];
+        let figures = FeedbackFigures::new(&reviews, 100, 0, 130_000);
+        assert_eq!(
+            (figures.alarms_false_positive, figures.alarms_true_positive),
+            (4, 1)
+        );
+        assert_eq!(figures.verdicts_began_s, Some(10.0));
+        assert_eq!(figures.feedback_window_s, 120.0);
+        // 100 devices × 1 minute per half: 2 (at 20 s and 40 s) before, 1 after.
+        assert_eq!(
+            figures.false_alarms_per_1000_device_minutes_before,
+            Some(20.0)
+        );
+        assert_eq!(
+            figures.false_alarms_per_1000_device_minutes_after,
+            Some(10.0)
+        );
+        assert_eq!(
+            FeedbackFigures::new(&[], 100, 0, 1),
+            FeedbackFigures::default()
+        );
     }
 }

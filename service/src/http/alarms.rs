@@ -90,6 +90,27 @@ pub async fn get(state: web::Data<HttpState>, path: web::Path<String>) -> ApiRes
     }
 }
 
+/// The webhook deliveries of one alarm: per event and webhook, the latest outcome.
+/// (The guard has checked the device's tenant.)
+pub async fn deliveries(state: web::Data<HttpState>, path: web::Path<String>) -> ApiResult {
+    let alarm_id = path.into_inner();
+    if index(&state)?.get(&alarm_id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no alarm {alarm_id} is known"),
+        ));
+    }
+    let log = state.started()?.deliveries.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the alerts role (which keeps the deliveries) does not run in this process",
+        )
+    })?;
+    let deliveries = log.of(&alarm_id);
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "alarm_id": alarm_id, "deliveries": deliveries })))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {

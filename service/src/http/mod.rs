@@ -62,6 +62,8 @@ pub struct Started {
     pub directory: Arc<Directory>,
     /// Every alarm, when this process runs the alerts role.
     pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
+    /// Every alarm's webhook deliveries, when this process runs the alerts role.
+    pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
 }
 
 impl HttpState {
@@ -668,6 +670,7 @@ pub fn start(
             .service(resource("/alarms/{id}").route(web::get().to(alarms::get)))
             .service(resource("/alarms/{id}/ack").route(web::post().to(alarms::acknowledge)))
             .service(resource("/alarms/{id}/clear").route(web::post().to(alarms::clear)))
+            .service(resource("/alarms/{id}/deliveries").route(web::get().to(alarms::deliveries)))
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))

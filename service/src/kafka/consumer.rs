@@ -31,6 +31,9 @@ pub enum ConsumerRole {
     /// Each alerts instance's reader of `iot.alarms`.
     Alarms,
     Storage,
+    Webhooks,
+    /// Each alerts instance's reader of `iot.webhook-deliveries`.
+    WebhookDeliveries,
 }
 
 impl ConsumerRole {
@@ -45,6 +48,8 @@ impl ConsumerRole {
             Self::Directory => "directory",
             Self::Alarms => "alarms",
             Self::Storage => "storage",
+            Self::Webhooks => "webhooks",
+            Self::WebhookDeliveries => "webhook-deliveries",
         }
     }
 }

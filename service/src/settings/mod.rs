@@ -23,6 +23,7 @@ use crate::storage::StorageConfig;
 use crate::tenancy::TenancyConfig;
 use crate::tls::TlsConfig;
 use crate::trainer::TrainerConfig;
+use crate::webhooks::WebhooksConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +41,7 @@ pub struct Settings {
     pub tenancy: TenancyConfig,
     pub storage: StorageConfig,
     pub credentials: CredentialsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
@@ -81,7 +83,8 @@ impl Settings {
     }
 
     /// Read the `*_file` secrets into their settings (`mqtt.password_file`,
-    /// `credentials.admin_password_file`, `kafka.property_files`); `auth.hs256_secret_file`
+    /// `credentials.admin_password_file`, `kafka.property_files`,
+    /// `webhooks.endpoints[].secret_file`); `auth.hs256_secret_file`
     /// is read by the authenticator.
     fn read_secret_files(&mut self) -> Result<()> {
         let mqtt = &mut self.mqtt;
@@ -96,6 +99,7 @@ impl Settings {
             credentials.admin_password_file.as_deref(),
             "credentials.admin_password",
         )?;
+        self.webhooks.read_secret_files()?;
         let kafka = &mut self.kafka;
         for (key, path) in &kafka.property_files {
             if kafka.properties.contains_key(key) {
@@ -163,6 +167,7 @@ impl Settings {
             .check()
             .map_err(|e| Error::Config(format!("scorer: {e}")))?;
         self.storage.check().map_err(Error::Config)?;
+        self.webhooks.check().map_err(Error::Config)?;
         if self.trainer.checkpoint_every_publications == 0 {
             return Err(Error::Config(
                 "trainer.checkpoint_every_publications must be at least 1".into(),
@@ -252,6 +257,34 @@ mod tests {
         assert_eq!(settings.kafka.brokers, "env:9092");
         assert_eq!(settings.kafka.partitions, 3);
         assert_eq!(settings.trainer.model.predictor_alpha, 0.3);
+    }
+
+    #[test]
+    fn webhook_endpoints_come_from_the_environment_and_their_secrets_never_show() {
+        let secret = "a-webhook-signing-secret-0123";
+        let endpoints = format!(
+            "[{{name = \"pager\", tenant = \"acme\", url = \"https://hooks.example/a\", secret = \"{secret}\"}}]"
+        );
+        let settings =
+            Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", &endpoints)])).unwrap();
+        let endpoint = &settings.webhooks.endpoints[0];
+        assert_eq!(endpoint.tenant.as_str(), "acme");
+        assert_eq!(endpoint.secret.as_ref().unwrap().expose(), secret);
+        let printed = format!("{}{settings:?}", settings.to_toml());
+        assert!(!printed.contains(secret) && printed.contains("***"));
+        let short = endpoints.replace(secret, "short-secret");
+        let error = Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", &short)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("at least 16 bytes") && !error.contains("short-secret"),
+            "{error}"
+        );
+        let unsigned = "[{name = \"pager\", tenant = \"acme\", url = \"https://hooks.example/a\"}]";
+        let error = Settings::load(None, env(&[("FLEETWATCH_WEBHOOKS__ENDPOINTS", unsigned)]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("needs a secret"), "{error}");
     }
 
     #[test]
