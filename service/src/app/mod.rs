@@ -91,6 +91,7 @@ pub async fn start(
         ws_addr: None,
         model_params: None,
         alarms: None,
+        jobs: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -126,6 +127,7 @@ fn started(
         model_params: launch.model_params.take(),
         directory,
         alarms: launch.alarms.take(),
+        jobs: launch.jobs.take(),
     }
 }
 

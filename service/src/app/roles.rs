@@ -54,6 +54,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::scorer::ROLE,
     &crate::alerts::ROLE,
     &crate::storage::ROLE,
+    &crate::jobs::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.
@@ -79,6 +80,8 @@ pub struct Launch<'a> {
     pub model_params: Option<SharedParams>,
     /// Set by the alerts role: every alarm, for `GET /alarms`.
     pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
+    /// Set by the jobs role: every job, for `/jobs`.
+    pub jobs: Option<Arc<crate::jobs::JobsApi>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

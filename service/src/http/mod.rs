@@ -5,6 +5,7 @@ mod alarms;
 mod config;
 mod credentials;
 mod guard;
+mod jobs;
 mod requests;
 
 use std::net::TcpListener;
@@ -62,6 +63,8 @@ pub struct Started {
     pub directory: Arc<Directory>,
     /// Every alarm, when this process runs the alerts role.
     pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
+    /// Every job, when this process runs the jobs role.
+    pub jobs: Option<Arc<crate::jobs::JobsApi>>,
 }
 
 impl HttpState {
@@ -668,6 +671,13 @@ pub fn start(
             .service(resource("/alarms/{id}").route(web::get().to(alarms::get)))
             .service(resource("/alarms/{id}/ack").route(web::post().to(alarms::acknowledge)))
             .service(resource("/alarms/{id}/clear").route(web::post().to(alarms::clear)))
+            .service(
+                resource("/jobs")
+                    .route(web::get().to(jobs::list))
+                    .route(web::post().to(jobs::create)),
+            )
+            .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
+            .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))

@@ -31,6 +31,12 @@ pub enum ConsumerRole {
     /// Each alerts instance's reader of `iot.alarms`.
     Alarms,
     Storage,
+    /// The jobs role's group member (owns partitions of `iot.jobs`).
+    Jobs,
+    /// Each jobs instance's reader of `iot.jobs`.
+    JobLog,
+    /// Each jobs instance's reader of `iot.device-state`.
+    JobsFleet,
 }
 
 impl ConsumerRole {
@@ -45,6 +51,9 @@ impl ConsumerRole {
             Self::Directory => "directory",
             Self::Alarms => "alarms",
             Self::Storage => "storage",
+            Self::Jobs => "jobs",
+            Self::JobLog => "job-log",
+            Self::JobsFleet => "jobs-fleet",
         }
     }
 }

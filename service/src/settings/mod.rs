@@ -15,6 +15,7 @@ use crate::devices::DevicesConfig;
 use crate::error::{Error, Result};
 use crate::http::HttpConfig;
 use crate::ingest::IngestConfig;
+use crate::jobs::JobsConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
@@ -40,6 +41,7 @@ pub struct Settings {
     pub tenancy: TenancyConfig,
     pub storage: StorageConfig,
     pub credentials: CredentialsConfig,
+    pub jobs: JobsConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
