@@ -83,7 +83,7 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 1000)]
     pub update_stage_ms: u64,
     /// Firmware versions that misbehave (comma-separated): a device running one starts
-    /// an anomaly every `bad_build_gap_ms` after the previous one ends.
+    /// a spike `bad_build_gap_ms` after its previous anomaly ends.
     #[arg(long, value_delimiter = ',')]
     pub bad_builds: Vec<String>,
     #[arg(long, default_value_t = 2000)]

@@ -336,20 +336,10 @@ impl SimDevice {
             .is_some_and(|version| config.bad_builds.iter().any(|bad| bad == version))
     }
 
-    /// A bad build's next anomaly: `bad_build_gap_ms` after `after_ms`.
-    fn bad_build_anomaly(
-        &mut self,
-        config: &SimConfig,
-        after_ms: i64,
-    ) -> Option<(i64, AnomalyKind)> {
-        let kinds: Vec<AnomalyKind> = config
-            .kinds
-            .iter()
-            .copied()
-            .filter(|k| !matches!(k, AnomalyKind::Drift | AnomalyKind::Dropout))
-            .collect();
-        let kind = *kinds.get(self.rng.random_range(0..kinds.len().max(1)))?;
-        Some((after_ms + config.bad_build_gap_ms, kind))
+    /// A bad build's next anomaly: a spike `bad_build_gap_ms` after `after_ms` (spikes,
+    /// being short, make a misbehaving build alarm again and again).
+    fn bad_build_anomaly(config: &SimConfig, after_ms: i64) -> Option<(i64, AnomalyKind)> {
+        Some((after_ms + config.bad_build_gap_ms, AnomalyKind::Spike))
     }
 
     /// An update reached `stage`: report it (and its outcome); a bad build starts
@@ -398,7 +388,7 @@ impl SimDevice {
                 config.interval_ms,
             );
             if self.runs_bad_build(config) {
-                self.next_anomaly = self.bad_build_anomaly(config, ended);
+                self.next_anomaly = Self::bad_build_anomaly(config, ended);
             }
         }
         if let Some((start, kind)) = self.next_anomaly.filter(|_| self.active.is_none()) {

@@ -304,14 +304,14 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     ];
     let service = Service::start_async(&rig, &namespace, "all", "a", &env).await;
     // Background anomalies from second 30, as the demo has them (fewer devices, so a
-    // lower rate); a device running the bad build misbehaves every 1.5 s.
+    // lower rate); a device running the bad build spikes every 3 s.
     let mut sim = fleet(&rig, prefix.clone(), 40, 11);
     sim.interval_ms = 200;
     sim.warmup_secs = 30.0;
     sim.anomalies_per_minute = 6.0;
     sim.update_failure_rate = 0.0;
     sim.bad_builds = vec!["2.0-bad".into()];
-    sim.bad_build_gap_ms = 1500;
+    sim.bad_build_gap_ms = 3000;
     let (stats, stop) = (Arc::new(FleetStats::default()), CancellationToken::new());
     let running = spawn_fleet(sim, &stats, &stop);
     let devices: Vec<String> = (0..40).map(|i| format!("{prefix}{i:05}")).collect();
