@@ -358,7 +358,7 @@ impl SimDevice {
                 stats.updates_installed.fetch_add(1, Ordering::Relaxed);
                 if self.runs_bad_build(config) && self.active.is_none() {
                     self.next_anomaly =
-                        self.bad_build_anomaly(config, now - config.bad_build_gap_ms);
+                        Self::bad_build_anomaly(config, now - config.bad_build_gap_ms);
                 }
             }
             UpdateStage::Failed => {

@@ -72,16 +72,14 @@ fn spawn_fleet(
     })
 }
 
+/// The job with its executions (waiting while a restarted instance reads the jobs: 503).
 fn job_of(service: &Service, token: &str, job_id: &str) -> Value {
-    let (status, job) = call(
-        service,
-        "GET",
-        &format!("/jobs/{job_id}?executions=true"),
-        token,
-        None,
-    );
-    assert_eq!(status, 200, "{job}");
-    job
+    let path = format!("/jobs/{job_id}?executions=true");
+    eventually(Duration::from_secs(30), "the job readable", || {
+        let (status, job) = call(service, "GET", &path, token, None);
+        assert!(status == 200 || status == 503, "{status} {job}");
+        (status == 200).then_some(job)
+    })
 }
 
 fn count(job: &Value, state: &str) -> u64 {
@@ -166,8 +164,11 @@ async fn a_job_updates_200_devices_in_waves_across_a_kill_and_stays_in_its_tenan
         })
     });
     first.kill();
+    // The replacement comes back under the same name, as a restarted pod does: its MQTT
+    // session holds what devices reported meanwhile. (After the group's session
+    // timeout: tansu keeps a dead member until another joins, docs/architecture.md.)
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let second = Service::start_async(&rig, &namespace, "all", "b", &env).await;
+    let second = Service::start_async(&rig, &namespace, "all", "a", &env).await;
     let late = spawn_fleet(fleet(&rig, format!("{prefix}b"), 20, 3), &late_stats, &stop);
 
     let job = blocking(|| {
@@ -288,8 +289,8 @@ fn update_job(devices: &[String], version: &str, waves: Value, soak_ms: u64) -> 
         "target": {"device_ids": devices},
         "rollout": {"waves_percent": waves, "soak_ms": soak_ms, "max_per_minute": 6000},
         "abort": {"failure_ratio": 0.5, "min_finished": 10, "canary": {"min_updated": 2, "ratio": 3.0, "p_value": 0.01}},
-        "device_timeout_ms": 20000,
-        "ttl_ms": 60000
+        "device_timeout_ms": 60000,
+        "ttl_ms": 120000
     })
 }
 
@@ -306,7 +307,7 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     // Background anomalies from second 30, as the demo has them (fewer devices, so a
     // lower rate); a device running the bad build spikes every 3 s.
     let mut sim = fleet(&rig, prefix.clone(), 40, 11);
-    sim.interval_ms = 200;
+    sim.interval_ms = 250;
     sim.warmup_secs = 30.0;
     sim.anomalies_per_minute = 6.0;
     sim.update_failure_rate = 0.0;
@@ -321,7 +322,7 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     let bad = blocking(|| {
         post_job(
             &service,
-            update_job(&devices, "2.0-bad", json!([2.5, 5, 25, 100]), 8000),
+            update_job(&devices, "2.0-bad", json!([2.5, 5, 25, 100]), 6000),
         )
     });
     let job = blocking(|| {
@@ -362,7 +363,7 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     let good = blocking(|| {
         post_job(
             &service,
-            update_job(&devices[10..], "2.1", json!([5, 25, 100]), 3000),
+            update_job(&devices[10..20], "2.1", json!([20, 100]), 2000),
         )
     });
     let job = blocking(|| {
@@ -372,7 +373,7 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
         })
     });
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(count(&job, "succeeded"), 30, "{}", job["counts"]);
+    assert_eq!(count(&job, "succeeded"), 10, "{}", job["counts"]);
     println!("good build: waves {}", job["waves"]);
 
     // Cancel: one device a minute, so the others wait queued and end cancelled.

@@ -11,12 +11,19 @@ use crate::auth::Caller;
 use crate::jobs::{JobsApi, JobsError, NewJob};
 
 fn api(state: &HttpState) -> Result<&JobsApi, ApiError> {
-    state.started()?.jobs.as_deref().ok_or_else(|| {
+    let api = state.started()?.jobs.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the jobs role (which keeps the jobs) does not run in this process",
         )
-    })
+    })?;
+    if !api.index.is_loaded() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the jobs are still being read; retry shortly",
+        ));
+    }
+    Ok(api)
 }
 
 fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {

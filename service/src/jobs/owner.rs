@@ -230,11 +230,13 @@ pub struct JobLogHandler {
 
 impl RecordHandler for JobLogHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        let position = Some((record.partition, record.offset));
         if record.payload.is_empty() {
             let key = record.key_str();
             if key.starts_with(&self.marker_prefix) {
                 self.index.saw_marker(&key);
             }
+            self.index.reached(position);
             return Ok(());
         }
         match serde_json::from_slice::<JobEvent>(record.payload) {
@@ -247,6 +249,7 @@ impl RecordHandler for JobLogHandler {
                 tracing::warn!(%error, "undecodable job event skipped");
             }
         }
+        self.index.reached(position);
         Ok(())
     }
 }

@@ -108,6 +108,7 @@ fn read_log(launch: &mut Launch<'_>, index: Arc<JobIndex>, marker_prefix: String
                 metrics.clone(),
             )
             .await?;
+            index.start(consumer.end_offsets(&topic).await?);
             let handler = JobLogHandler {
                 index,
                 marker_prefix,

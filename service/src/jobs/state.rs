@@ -211,9 +211,48 @@ impl JobState {
 pub struct JobIndex {
     jobs: RwLock<HashMap<String, JobState>>,
     markers: Mutex<HashSet<String>>,
+    /// Partition → offset to reach before the index is complete (`None` until the
+    /// reader started).
+    remaining: Mutex<Option<HashMap<i32, i64>>>,
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl JobIndex {
+    /// The reader starts: the index is complete once it read up to these offsets.
+    pub fn start(&self, end_offsets: HashMap<i32, i64>) {
+        *self.remaining.lock() = Some(end_offsets);
+        self.reached(None);
+    }
+
+    /// Whether every job known at start has been read (REST answers only then).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The reader is at `position` (partition, offset).
+    pub fn reached(&self, position: Option<(i32, i64)>) {
+        if self.is_loaded() {
+            return;
+        }
+        let mut remaining = self.remaining.lock();
+        let Some(remaining) = remaining.as_mut() else {
+            return;
+        };
+        if let Some((partition, offset)) = position {
+            if remaining
+                .get(&partition)
+                .is_some_and(|end| offset + 1 >= *end)
+            {
+                remaining.remove(&partition);
+            }
+        }
+        remaining.retain(|_, end| *end > 0);
+        if remaining.is_empty() {
+            self.loaded
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Apply an event read from (or just written to) `partition`.
     pub fn apply(&self, event: &JobEvent, partition: i32) {
         let mut jobs = self.jobs.write();
