@@ -231,7 +231,8 @@ pub struct JobEvent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobEventBody {
     Created(JobSpec),
-    /// Wave `wave` (0-based) started: its executions are created `queued` with it.
+    /// Wave `wave` (0-based) started: its executions (the targets from the previous
+    /// wave's reach up to `reach`) exist from this event on, `queued`.
     /// `canary`: the evaluation that let it start, after the previous wave's soak.
     WaveStarted {
         wave: u32,

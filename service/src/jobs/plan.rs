@@ -291,31 +291,13 @@ fn start_wave(
     canary: Option<CanaryFigures>,
     now_ms: i64,
 ) {
-    let from = if wave == 0 {
-        0
-    } else {
-        job.spec.reach(wave - 1)
-    };
-    let reach = job.spec.reach(wave);
+    // The event creates the wave's executions (`queued`) as it is applied.
     let body = JobEventBody::WaveStarted {
         wave: wave as u32,
-        reach: reach as u32,
+        reach: job.spec.reach(wave) as u32,
         canary,
     };
     record(job, out, body, now_ms);
-    let created: Vec<ExecutionChange> = job.spec.devices[from.min(reach)..reach]
-        .iter()
-        .filter(|device| !job.executions.contains_key(*device))
-        .map(|device| change(device, ExecutionState::Queued, None))
-        .collect();
-    if !created.is_empty() {
-        record(
-            job,
-            out,
-            JobEventBody::Executions { changes: created },
-            now_ms,
-        );
-    }
 }
 
 /// First-send queued executions, within the rate limit.

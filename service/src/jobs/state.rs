@@ -132,6 +132,7 @@ impl JobState {
                 canary,
             } => {
                 if self.waves.len() == *wave as usize {
+                    self.create_wave(*wave, *reach as usize, at);
                     self.waves.push(Wave {
                         wave: *wave,
                         reach: *reach,
@@ -162,6 +163,24 @@ impl JobState {
             JobEventBody::Finished => {
                 self.finished_ms.get_or_insert(at);
             }
+        }
+    }
+
+    /// A wave's executions exist from the moment the wave starts (one event: a crash
+    /// cannot record a wave without its executions).
+    fn create_wave(&mut self, wave: u32, reach: usize, at: i64) {
+        let from = self.waves.last().map_or(0, |w| w.reach as usize);
+        let reach = reach.min(self.spec.devices.len());
+        for device in &self.spec.devices[from.min(reach)..reach] {
+            self.executions.entry(device.clone()).or_insert(Execution {
+                state: ExecutionState::Queued,
+                wave,
+                created_ms: at,
+                changed_ms: at,
+                sent_ms: None,
+                started_ms: None,
+                detail: None,
+            });
         }
     }
 
