@@ -230,7 +230,7 @@ pub struct JobEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobEventBody {
-    Created(JobSpec),
+    Created(Box<JobSpec>),
     /// Wave `wave` (0-based) started: its executions (the targets from the previous
     /// wave's reach up to `reach`) exist from this event on, `queued`.
     /// `canary`: the evaluation that let it start, after the previous wave's soak.
@@ -306,7 +306,7 @@ mod tests {
         let event = JobEvent {
             job_id: "j1".into(),
             at_ms: 5,
-            body: JobEventBody::Created(spec),
+            body: JobEventBody::Created(Box::new(spec)),
         };
         let json = serde_json::to_string(&event).unwrap();
         assert!(json.contains(r#""kind":"created""#), "{json}");

@@ -163,7 +163,8 @@ impl JobsApi {
                 .unwrap_or(self.config.default_device_timeout_ms),
             ttl_ms: new.ttl_ms.unwrap_or(self.config.default_ttl_ms),
         };
-        self.record(&job_id, JobEventBody::Created(spec)).await?;
+        self.record(&job_id, JobEventBody::Created(Box::new(spec)))
+            .await?;
         self.get(caller, &job_id, false)
     }
 

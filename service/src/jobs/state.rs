@@ -277,7 +277,7 @@ impl JobIndex {
         let mut jobs = self.jobs.write();
         if let JobEventBody::Created(spec) = &event.body {
             jobs.entry(event.job_id.clone())
-                .or_insert_with(|| JobState::new(spec.clone(), partition, event.at_ms));
+                .or_insert_with(|| JobState::new((**spec).clone(), partition, event.at_ms));
             return;
         }
         match jobs.get_mut(&event.job_id) {
