@@ -91,7 +91,7 @@ async fn a_job_updates_200_devices_in_waves_across_a_kill_and_stays_in_its_tenan
     let rig = Rig::from_env();
     let namespace = Namespace::new("jobs");
     let prefix = namespace.device_prefix();
-    let env = vec![
+    let env = [
         ("FLEETWATCH_AUTH__MODE".to_owned(), "jwt".to_owned()),
         ("FLEETWATCH_AUTH__HS256_SECRET".into(), SECRET.into()),
         (
