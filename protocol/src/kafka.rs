@@ -79,6 +79,10 @@ impl KafkaTopics {
     pub fn device_directory(&self) -> String {
         self.of(Topic::DeviceDirectory)
     }
+    /// Fleet jobs' event logs ([`crate::JobEvent`]). Key: job id.
+    pub fn jobs(&self) -> String {
+        self.of(Topic::Jobs)
+    }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
@@ -123,6 +127,7 @@ pub enum Topic {
     Replies,
     Dlq,
     Scores,
+    Jobs,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -142,6 +147,7 @@ impl Topic {
         Topic::Replies,
         Topic::Dlq,
         Topic::Scores,
+        Topic::Jobs,
     ];
 
     /// The name without the deployment's prefix.
@@ -160,6 +166,7 @@ impl Topic {
             Topic::Replies => "iot.replies",
             Topic::Dlq => "iot.dlq",
             Topic::Scores => "iot.scores",
+            Topic::Jobs => "iot.jobs",
         }
     }
 
@@ -202,6 +209,8 @@ impl Topic {
             // A resuming client reads the alarm events it missed: a month of them.
             // Delivery status is answered per alarm as long as the alarm is.
             Topic::Alarms | Topic::WebhookDeliveries => Some(30 * DAY_MS),
+            // A job's whole log is its state: kept as long as alarms (docs/jobs.md).
+            Topic::Jobs => Some(30 * DAY_MS),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

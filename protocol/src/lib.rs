@@ -5,6 +5,7 @@
 
 mod alarm;
 mod device_id;
+mod job;
 mod kafka;
 mod messages;
 mod mqtt;
@@ -17,6 +18,7 @@ pub use alarm::{
     WebhookDelivery,
 };
 pub use device_id::{DeviceId, DeviceIdError};
+pub use job::*;
 pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;
 pub use mqtt::{DeviceTopic, DeviceTopicKind, TopicError, MQTT_TOPIC_ROOT};

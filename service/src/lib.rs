@@ -6,6 +6,7 @@
 //! - [`trainer`]: online models → `iot.model-params`
 //! - [`scorer`]: scores telemetry with the latest params → `iot.alerts`
 //! - [`alerts`]: WebSocket push of `iot.alerts`
+//! - [`jobs`]: fleet jobs, rolled out in waves with abort criteria
 //! - [`storage`]: telemetry, scores, alerts and twin events → a time-series store
 //! - [`http`]: REST, Prometheus metrics and the live page
 //! - [`kafka`], [`mqtt`]: the plumbing every role shares
@@ -22,6 +23,7 @@ pub mod devices;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;

@@ -74,6 +74,20 @@ pub struct SimConfig {
     pub outages_per_minute: f64,
     #[arg(long, default_value_t = 20.0)]
     pub outage_secs: f64,
+    /// Fraction of software updates (`software_update` commands) that fail at
+    /// verification (args can force it: `{"simulate": "fail"}`).
+    #[arg(long, default_value_t = 0.05)]
+    pub update_failure_rate: f64,
+    /// Milliseconds each stage of a software update takes (downloading, verifying,
+    /// installing).
+    #[arg(long, default_value_t = 1000)]
+    pub update_stage_ms: u64,
+    /// Firmware versions that misbehave (comma-separated): a device running one starts
+    /// a spike `bad_build_gap_ms` after its previous anomaly ends.
+    #[arg(long, value_delimiter = ',')]
+    pub bad_builds: Vec<String>,
+    #[arg(long, default_value_t = 2000)]
+    pub bad_build_gap_ms: i64,
 }
 
 impl SimConfig {
@@ -98,6 +112,10 @@ impl SimConfig {
             slow_command_ms: 5000,
             outages_per_minute: 0.0,
             outage_secs: 20.0,
+            update_failure_rate: 0.05,
+            update_stage_ms: 1000,
+            bad_builds: Vec::new(),
+            bad_build_gap_ms: 2000,
         }
     }
 

@@ -29,6 +29,49 @@ pub enum Answer {
     Later { delay_ms: u64, ack: AckPayload },
 }
 
+/// The stages of a software update, reported as `reported.update.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateStage {
+    Downloading,
+    Verifying,
+    Installing,
+    Done,
+    Failed,
+}
+
+impl UpdateStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downloading => "downloading",
+            Self::Verifying => "verifying",
+            Self::Installing => "installing",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A software update under way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdatePlan {
+    pub command_id: String,
+    pub version: String,
+    /// Whether it fails at verification.
+    pub fails: bool,
+}
+
+impl UpdatePlan {
+    /// The stages it goes through, in order.
+    pub fn stages(&self) -> Vec<UpdateStage> {
+        use UpdateStage::*;
+        if self.fails {
+            vec![Downloading, Verifying, Failed]
+        } else {
+            vec![Downloading, Verifying, Installing, Done]
+        }
+    }
+}
+
 /// A device's command and desired-state memory.
 #[derive(Debug, Default)]
 pub struct DeviceBrain {
@@ -122,6 +165,90 @@ impl DeviceBrain {
         }
     }
 
+    /// A `software_update` command (args `url`, `version`, `checksum`): the answers
+    /// now, and the update to carry out when it is new. Resends get the same answers as
+    /// other commands and never start a second update.
+    pub fn on_update(
+        &mut self,
+        command: &CommandPayload,
+        failure_rate: f64,
+        rng: &mut impl Rng,
+        now_ms: i64,
+    ) -> (Vec<Answer>, Option<UpdatePlan>) {
+        let id = command.command_id.as_str();
+        if let Some(outcome) = self.outcomes.get(id) {
+            return (vec![Answer::Now(outcome.clone())], None);
+        }
+        let received = Answer::Now(ack(id, AckOutcome::Received, None, now_ms));
+        if !self.in_progress.insert(id.to_owned()) {
+            return (vec![received], None);
+        }
+        let Some(version) = command.args.get("version").and_then(|v| v.as_str()) else {
+            let failed = ack(
+                id,
+                AckOutcome::Failed,
+                Some("no version to install".into()),
+                now_ms,
+            );
+            return (vec![received, Answer::Now(self.finish(failed))], None);
+        };
+        let fails = match command.args.get("simulate").and_then(|v| v.as_str()) {
+            Some("fail") => true,
+            Some(_) => false,
+            None => rng.random_bool(failure_rate.clamp(0.0, 1.0)),
+        };
+        let plan = UpdatePlan {
+            command_id: id.to_owned(),
+            version: version.to_owned(),
+            fails,
+        };
+        (vec![received], Some(plan))
+    }
+
+    /// The update reached `stage`: the state to report, and the final acknowledgement
+    /// when it is over.
+    pub fn update_stage(
+        &mut self,
+        plan: &UpdatePlan,
+        stage: UpdateStage,
+        now_ms: i64,
+    ) -> (StatePayload, Option<AckPayload>) {
+        let progress = serde_json::json!({"state": stage.as_str(), "version": plan.version});
+        self.reported.insert("update".into(), progress);
+        let outcome = match stage {
+            UpdateStage::Done => {
+                self.reported
+                    .insert("firmware".into(), plan.version.clone().into());
+                Some(ack(
+                    &plan.command_id,
+                    AckOutcome::Succeeded,
+                    Some(format!("installed {}", plan.version)),
+                    now_ms,
+                ))
+            }
+            UpdateStage::Failed => Some(ack(
+                &plan.command_id,
+                AckOutcome::Failed,
+                Some(format!(
+                    "simulated failure: {} did not verify",
+                    plan.version
+                )),
+                now_ms,
+            )),
+            _ => None,
+        };
+        let state = StatePayload {
+            ts: Some(now_ms),
+            reported: self.reported.clone(),
+        };
+        (state, outcome.map(|ack| self.finish(ack)))
+    }
+
+    /// The firmware the device runs.
+    pub fn firmware(&self) -> Option<&str> {
+        self.reported.get("firmware").and_then(|v| v.as_str())
+    }
+
     /// A command's work is over: remember its outcome (to answer resends) and return it.
     pub fn finish(&mut self, outcome: AckPayload) -> AckPayload {
         self.in_progress.remove(&outcome.command_id);
@@ -207,6 +334,37 @@ mod tests {
         assert_eq!((*delay_ms, ack.outcome), (300, AckOutcome::Failed));
         let resent = brain.on_command(&command("c1", json!({})), NEVER, &mut rng, 6);
         assert!(matches!(&resent[..], [Answer::Now(a)] if a.outcome == AckOutcome::Received));
+    }
+
+    #[test]
+    fn an_update_reports_its_stages_and_its_version_once() {
+        let mut brain = DeviceBrain::new(json!({"firmware": "1.0"}).as_object().unwrap().clone());
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut update = command("u1", json!({"version": "2.0", "url": "x", "checksum": "y"}));
+        update.name = "software_update".into();
+        let (answers, plan) = brain.on_update(&update, 0.0, &mut rng, 5);
+        assert!(matches!(&answers[..], [Answer::Now(a)] if a.outcome == AckOutcome::Received));
+        let plan = plan.unwrap();
+        // A resend while it runs starts nothing.
+        assert!(brain.on_update(&update, 0.0, &mut rng, 6).1.is_none());
+        let mut last = None;
+        for stage in plan.stages() {
+            let (state, outcome) = brain.update_stage(&plan, stage, 7);
+            assert_eq!(state.reported["update"]["state"], stage.as_str());
+            last = outcome;
+        }
+        assert_eq!(last.unwrap().outcome, AckOutcome::Succeeded);
+        assert_eq!(brain.firmware(), Some("2.0"));
+        let (again, none) = brain.on_update(&update, 0.0, &mut rng, 8);
+        assert!(none.is_none());
+        assert!(matches!(&again[..], [Answer::Now(a)] if a.outcome == AckOutcome::Succeeded));
+        let (_, failing) = brain.on_update(
+            &command("u2", json!({"version": "3", "simulate": "fail"})),
+            0.0,
+            &mut rng,
+            9,
+        );
+        assert_eq!(failing.unwrap().stages().last(), Some(&UpdateStage::Failed));
     }
 
     #[test]

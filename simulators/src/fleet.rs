@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::{ActiveAnomaly, Effect};
-use crate::device::{Answer, CommandBehaviour, DeviceBrain};
+use crate::device::{Answer, CommandBehaviour, DeviceBrain, UpdatePlan, UpdateStage};
 use crate::signal::DeviceSignal;
 use crate::{AnomalyKind, Injected, SimConfig};
 
@@ -45,6 +45,11 @@ pub struct FleetStats {
     pub commands_failed: AtomicU64,
     /// Desired-state deltas applied.
     pub desired_applied: AtomicU64,
+    /// Software updates started (a resend of one never starts another), installed, and
+    /// failed.
+    pub updates_started: AtomicU64,
+    pub updates_installed: AtomicU64,
+    pub updates_failed: AtomicU64,
     /// Outages (connection dropped without goodbye), and the messages they lost
     /// before the broker acknowledged them.
     pub outages: AtomicU64,
@@ -320,6 +325,10 @@ struct SimDevice {
     /// whichever session is connected then.
     finished_tx: mpsc::Sender<AckPayload>,
     finished_rx: mpsc::Receiver<AckPayload>,
+    /// Stages of a software update under way, reported by whichever session is
+    /// connected then.
+    update_tx: mpsc::Sender<(UpdatePlan, UpdateStage)>,
+    update_rx: mpsc::Receiver<(UpdatePlan, UpdateStage)>,
     first_session: bool,
 }
 
@@ -329,6 +338,45 @@ fn device_rng(seed: u64, index: usize) -> StdRng {
 }
 
 impl SimDevice {
+    fn runs_bad_build(&self, config: &SimConfig) -> bool {
+        self.brain
+            .firmware()
+            .is_some_and(|version| config.bad_builds.iter().any(|bad| bad == version))
+    }
+
+    /// A bad build's next anomaly: a spike `bad_build_gap_ms` after `after_ms` (spikes,
+    /// being short, make a misbehaving build alarm again and again).
+    fn bad_build_anomaly(config: &SimConfig, after_ms: i64) -> Option<(i64, AnomalyKind)> {
+        Some((after_ms + config.bad_build_gap_ms, AnomalyKind::Spike))
+    }
+
+    /// An update reached `stage`: report it (and its outcome); a bad build starts
+    /// misbehaving at once.
+    fn on_update_stage(
+        &mut self,
+        plan: &UpdatePlan,
+        stage: UpdateStage,
+        config: &SimConfig,
+        stats: &FleetStats,
+    ) -> (StatePayload, Option<AckPayload>) {
+        let now = now_ms();
+        let (state, outcome) = self.brain.update_stage(plan, stage, now);
+        match stage {
+            UpdateStage::Done => {
+                stats.updates_installed.fetch_add(1, Ordering::Relaxed);
+                if self.runs_bad_build(config) && self.active.is_none() {
+                    self.next_anomaly =
+                        Self::bad_build_anomaly(config, now - config.bad_build_gap_ms);
+                }
+            }
+            UpdateStage::Failed => {
+                stats.updates_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        (state, outcome)
+    }
+
     /// The device's reading at `t_ms`, anomalies started, applied and ended as scheduled;
     /// `None` when the device stays silent. Counts the sequence number either way.
     fn reading(
@@ -347,6 +395,9 @@ impl SimDevice {
                 &config.kinds,
                 config.interval_ms,
             );
+            if self.runs_bad_build(config) {
+                self.next_anomaly = Self::bad_build_anomaly(config, ended);
+            }
         }
         if let Some((start, kind)) = self.next_anomaly.filter(|_| self.active.is_none()) {
             if t_ms >= start {
@@ -415,6 +466,7 @@ async fn run_device(
     );
     let next_outage = outages.next_start(&mut rng, clock.started_ms);
     let (finished_tx, finished_rx) = mpsc::channel(64);
+    let (update_tx, update_rx) = mpsc::channel(16);
     let mut reported = JsonObject::new();
     reported.insert("firmware".into(), "1.4.2".into());
     reported.insert("interval_ms".into(), config.interval_ms.into());
@@ -432,6 +484,8 @@ async fn run_device(
         brain: DeviceBrain::new(reported),
         finished_tx,
         finished_rx,
+        update_tx,
+        update_rx,
         first_session: true,
     };
 
@@ -613,7 +667,16 @@ async fn session(
                         Ok(command) => {
                             stats.commands_received.fetch_add(1, Ordering::Relaxed);
                             let started = device.brain.started;
-                            let answers = device.brain.on_command(&command, behaviour, &mut device.rng, now);
+                            let answers = if command.name == "software_update" {
+                                let (answers, plan) = device.brain.on_update(&command, config.update_failure_rate, &mut device.rng, now);
+                                if let Some(plan) = plan {
+                                    stats.updates_started.fetch_add(1, Ordering::Relaxed);
+                                    run_update(plan, config.update_stage_ms, device.update_tx.clone());
+                                }
+                                answers
+                            } else {
+                                device.brain.on_command(&command, behaviour, &mut device.rng, now)
+                            };
                             stats.commands_started.fetch_add(device.brain.started - started, Ordering::Relaxed);
                             for answer in answers {
                                 match answer {
@@ -642,6 +705,15 @@ async fn session(
                         }
                         Err(error) => tracing::warn!(%error, "unreadable desired state"),
                     }
+                }
+                continue;
+            }
+            Some((plan, stage)) = device.update_rx.recv() => {
+                let (state, outcome) = device.on_update_stage(&plan, stage, config, stats);
+                handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
+                if let Some(ack) = outcome {
+                    count_outcome(stats, &ack);
+                    handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
                 }
                 continue;
             }
@@ -699,6 +771,19 @@ async fn session(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
     end
+}
+
+/// Walk an update through its stages, `stage_ms` apart (the first after a simulated
+/// download of that long).
+fn run_update(plan: UpdatePlan, stage_ms: u64, stages: mpsc::Sender<(UpdatePlan, UpdateStage)>) {
+    tokio::spawn(async move {
+        for stage in plan.stages() {
+            if stages.send((plan.clone(), stage)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(stage_ms)).await;
+        }
+    });
 }
 
 fn count_outcome(stats: &FleetStats, ack: &AckPayload) {

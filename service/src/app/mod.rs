@@ -92,6 +92,7 @@ pub async fn start(
         model_params: None,
         alarms: None,
         deliveries: None,
+        jobs: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -128,6 +129,7 @@ fn started(
         directory,
         alarms: launch.alarms.take(),
         deliveries: launch.deliveries.take(),
+        jobs: launch.jobs.take(),
     }
 }
 

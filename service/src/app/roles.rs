@@ -55,6 +55,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::alerts::ROLE,
     &crate::storage::ROLE,
     &crate::webhooks::ROLE,
+    &crate::jobs::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.
@@ -83,6 +84,8 @@ pub struct Launch<'a> {
     /// Set by the alerts role: every alarm's webhook deliveries, for `GET
     /// /alarms/{id}/deliveries`.
     pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
+    /// Set by the jobs role: every job, for `/jobs`.
+    pub jobs: Option<Arc<crate::jobs::JobsApi>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

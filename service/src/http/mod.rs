@@ -5,6 +5,7 @@ mod alarms;
 mod config;
 mod credentials;
 mod guard;
+mod jobs;
 mod requests;
 
 use std::net::TcpListener;
@@ -64,6 +65,8 @@ pub struct Started {
     pub alarms: Option<Arc<crate::alerts::AlarmIndex>>,
     /// Every alarm's webhook deliveries, when this process runs the alerts role.
     pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
+    /// Every job, when this process runs the jobs role.
+    pub jobs: Option<Arc<crate::jobs::JobsApi>>,
 }
 
 impl HttpState {
@@ -671,6 +674,13 @@ pub fn start(
             .service(resource("/alarms/{id}/ack").route(web::post().to(alarms::acknowledge)))
             .service(resource("/alarms/{id}/clear").route(web::post().to(alarms::clear)))
             .service(resource("/alarms/{id}/deliveries").route(web::get().to(alarms::deliveries)))
+            .service(
+                resource("/jobs")
+                    .route(web::get().to(jobs::list))
+                    .route(web::post().to(jobs::create)),
+            )
+            .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
+            .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))

@@ -34,6 +34,12 @@ pub enum ConsumerRole {
     Webhooks,
     /// Each alerts instance's reader of `iot.webhook-deliveries`.
     WebhookDeliveries,
+    /// The jobs role's group member (owns partitions of `iot.jobs`).
+    Jobs,
+    /// Each jobs instance's reader of `iot.jobs`.
+    JobLog,
+    /// Each jobs instance's reader of `iot.device-state`.
+    JobsFleet,
 }
 
 impl ConsumerRole {
@@ -50,6 +56,9 @@ impl ConsumerRole {
             Self::Storage => "storage",
             Self::Webhooks => "webhooks",
             Self::WebhookDeliveries => "webhook-deliveries",
+            Self::Jobs => "jobs",
+            Self::JobLog => "job-log",
+            Self::JobsFleet => "jobs-fleet",
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::devices::DevicesConfig;
 use crate::error::{Error, Result};
 use crate::http::HttpConfig;
 use crate::ingest::IngestConfig;
+use crate::jobs::JobsConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
 use crate::scorer::ScorerConfig;
@@ -42,6 +43,7 @@ pub struct Settings {
     pub storage: StorageConfig,
     pub credentials: CredentialsConfig,
     pub webhooks: WebhooksConfig,
+    pub jobs: JobsConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
