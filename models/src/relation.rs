@@ -120,7 +120,7 @@ impl RelationParams {
     /// Whether the arrays fit together (parameters come from outside the process).
     pub fn is_consistent(&self) -> bool {
         let m = self.mean.len();
-        m <= MAX_COLUMNS
+        (1..=MAX_COLUMNS).contains(&m)
             && self.scale.len() == m
             && (self.columns.is_empty() || self.columns.len() == m)
             && self.loadings.len() == self.eigenvalues.len() * m
@@ -130,7 +130,11 @@ impl RelationParams {
 
     /// T², Q and the per-column parts of one reading (`values` in column order).
     pub fn evaluate(&self, values: &[f64]) -> Evaluation {
-        let m = self.mean.len().min(values.len());
+        // Parameters come from outside the process: whatever their shape, no panic (a
+        // relation of no column, more loadings than eigenvalues: fuzz target
+        // `model_params`). Consistent ones (`is_consistent`) are evaluated in full.
+        let width = self.mean.len().min(MAX_COLUMNS);
+        let m = width.min(values.len());
         let mut out = Evaluation {
             t2: 0.0,
             spe: 0.0,
@@ -138,17 +142,20 @@ impl RelationParams {
             residual: [0.0; MAX_COLUMNS],
             t2_share: [0.0; MAX_COLUMNS],
         };
+        if width == 0 || self.scale.len() < m {
+            return out;
+        }
         for (j, &value) in values.iter().enumerate().take(m) {
             out.z[j] = (value - f64::from(self.mean[j])) / f64::from(self.scale[j]);
             out.residual[j] = out.z[j];
         }
-        for (a, loadings) in self.loadings.chunks_exact(m).enumerate() {
+        for (loadings, &lambda) in self.loadings.chunks_exact(width).zip(&self.eigenvalues) {
             let t: f64 = loadings
                 .iter()
                 .zip(&out.z)
                 .map(|(&p, z)| f64::from(p) * z)
                 .sum();
-            let lambda = f64::from(self.eigenvalues[a]);
+            let lambda = f64::from(lambda);
             out.t2 += t * t / lambda;
             for (j, &p) in loadings.iter().enumerate() {
                 let p = f64::from(p);
@@ -417,6 +424,35 @@ fn spe_limit_99(residual: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`model_params`): parameters of no column, or more loadings than
+    /// eigenvalues, made `evaluate` panic.
+    #[test]
+    fn malformed_parameters_do_not_panic() {
+        let empty = RelationParams {
+            columns: Vec::new(),
+            mean: Vec::new(),
+            scale: Vec::new(),
+            loadings: Vec::new(),
+            eigenvalues: vec![1.0],
+            t2_limit: 1.0,
+            spe_limit: 1.0,
+            t2_calibration: (0.0, 1.0),
+            spe_calibration: (0.0, 1.0),
+            ready: true,
+        };
+        assert!(!empty.is_consistent());
+        assert_eq!(empty.evaluate(&[1.0, 2.0]).t2, 0.0);
+        let lopsided = RelationParams {
+            mean: vec![0.0, 0.0],
+            scale: vec![1.0, 1.0],
+            loadings: vec![1.0; 6],
+            eigenvalues: vec![1.0],
+            ..empty
+        };
+        assert!(!lopsided.is_consistent());
+        assert!(lopsided.evaluate(&[1.0]).t2.is_finite());
+    }
 
     #[test]
     fn limits_match_tables() {

@@ -138,7 +138,7 @@ pub fn parse_any_timestamp(text: &str) -> Option<i64> {
 /// part of an episode of the production episode machine at `threshold`: a fault is
 /// marked for its whole length) and `top_metric`. Empty metric cells are missing
 /// readings; anything else that is not a finite number is an error.
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 pub fn replay_table<R: std::io::Read, W: std::io::Write>(
     input: R,
     output: W,
@@ -172,7 +172,7 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
 }
 
 /// A table as read: its header, raw records and one observation per record.
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 struct Table {
     header: Vec<String>,
     records: Vec<csv::StringRecord>,
@@ -180,10 +180,10 @@ struct Table {
 }
 
 /// The header's names, the timestamp column and the metric columns (name, index).
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 type Header = (Vec<String>, usize, Vec<(String, usize)>);
 
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 fn read_header<R: std::io::Read>(
     reader: &mut csv::Reader<R>,
     options: &TableOptions,
@@ -229,7 +229,7 @@ fn read_header<R: std::io::Read>(
     Ok((header, ts_index, metrics))
 }
 
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 fn read_table<R: std::io::Read>(input: R, options: &TableOptions) -> Result<Table, TableError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(options.separator)
@@ -283,7 +283,7 @@ fn read_table<R: std::io::Read>(input: R, options: &TableOptions) -> Result<Tabl
     })
 }
 
-#[cfg(feature = "cli")]
+#[cfg(feature = "table")]
 fn write_table<W: std::io::Write>(
     output: W,
     separator: u8,

@@ -220,6 +220,9 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub const KEPT_PAYLOAD_BYTES: usize = 1024;
+    /// Longest reason kept: a reason may quote the input (a metric name, a JSON
+    /// decoder's "unknown variant"), which may be as large as the payload limit.
+    pub const KEPT_REASON_BYTES: usize = 512;
 
     pub fn new(
         reason: String,
@@ -230,7 +233,7 @@ impl DeadLetter {
     ) -> Self {
         let kept = &payload[..payload.len().min(Self::KEPT_PAYLOAD_BYTES)];
         Self {
-            reason,
+            reason: cut_reason(reason),
             source: "mqtt".to_owned(),
             topic: topic.to_owned(),
             device_id,
@@ -239,6 +242,20 @@ impl DeadLetter {
             received_ms,
         }
     }
+}
+
+/// `reason` cut to [`DeadLetter::KEPT_REASON_BYTES`] at a character boundary, marked with
+/// "…" when cut.
+fn cut_reason(mut reason: String) -> String {
+    if reason.len() > DeadLetter::KEPT_REASON_BYTES {
+        let mut end = DeadLetter::KEPT_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// Model parameters for one device on `iot.model-params` (compacted; key: device id).
@@ -511,6 +528,17 @@ mod tests {
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    #[test]
+    fn dead_letter_reasons_are_cut_at_a_character_boundary() {
+        let name = "é".repeat(2000);
+        let reason = PayloadError::BadMetricName(name).to_string();
+        let letter = DeadLetter::new(reason, "devices/d1/telemetry", None, b"{}", 0);
+        assert!(letter.reason.len() <= DeadLetter::KEPT_REASON_BYTES + '…'.len_utf8());
+        assert!(letter.reason.starts_with("metric name \"é") && letter.reason.ends_with('…'));
+        let short = DeadLetter::new("short".into(), "t", None, b"", 0);
+        assert_eq!(short.reason, "short");
     }
 
     #[test]

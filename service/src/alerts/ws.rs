@@ -221,37 +221,70 @@ impl Server {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                incoming = socket.next() => match incoming {
-                    None | Some(Ok(Message::Close(_))) => return Ok(()),
-                    Some(Ok(Message::Text(text))) => {
-                        if let Ok(ClientFrame::Resume { cursor }) = serde_json::from_str(&text) {
-                            replayed = self.resume(&mut socket, caller, &device_prefix, &cursor).await?;
-                            continue;
-                        }
-                        let reply = self.answer(&text, &mut device_prefix);
-                        let subscribed = matches!(reply, ServerFrame::Subscribed { .. });
-                        let text = serde_json::to_string(&reply).expect("serializes");
-                        socket.send(Message::text(text)).await?;
-                        if subscribed {
-                            for text in recent_frames(&self.recent, caller, &device_prefix) {
-                                socket.send(Message::text(text.to_string())).await?;
-                            }
-                        }
+                incoming = socket.next() => {
+                    if !self.incoming(&mut socket, caller, incoming, &mut device_prefix, &mut replayed).await? {
+                        return Ok(());
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        self.metrics.ws_bad_frames.inc();
-                        let text = serde_json::to_string(&ServerFrame::Error {
-                            message: "binary frames are not understood; send JSON text".to_owned(),
-                        })
-                        .expect("serializes");
-                        socket.send(Message::text(text)).await?;
-                    }
-                    // Pings are answered by tungstenite; pongs and raw frames need nothing.
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => return Err(error),
-                },
+                }
             }
         }
+    }
+
+    /// Handle what the client sent; false when the connection is over. Every frame
+    /// that is not understood is answered with an error frame and the connection stays;
+    /// a frame above [`MAX_CLIENT_FRAME_BYTES`] cannot be skipped (the rest of it would
+    /// be read as frames), so it is answered with a close frame "message too big" (1009).
+    async fn incoming<S>(
+        &self,
+        socket: &mut tokio_tungstenite::WebSocketStream<S>,
+        caller: &Caller,
+        incoming: Option<Result<Message, WsError>>,
+        device_prefix: &mut String,
+        replayed: &mut Cursor,
+    ) -> Result<bool, WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match incoming {
+            None | Some(Ok(Message::Close(_))) => return Ok(false),
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(ClientFrame::Resume { cursor }) = serde_json::from_str(&text) {
+                    *replayed = self.resume(socket, caller, device_prefix, &cursor).await?;
+                    return Ok(true);
+                }
+                let reply = self.answer(&text, device_prefix);
+                let subscribed = matches!(reply, ServerFrame::Subscribed { .. });
+                let text = serde_json::to_string(&reply).expect("serializes");
+                socket.send(Message::text(text)).await?;
+                if subscribed {
+                    for text in recent_frames(&self.recent, caller, device_prefix) {
+                        socket.send(Message::text(text.to_string())).await?;
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                self.metrics.ws_bad_frames.inc();
+                let text = serde_json::to_string(&ServerFrame::Error {
+                    message: "binary frames are not understood; send JSON text".to_owned(),
+                })
+                .expect("serializes");
+                socket.send(Message::text(text)).await?;
+            }
+            // Pings are answered by tungstenite; pongs and raw frames need nothing.
+            Some(Ok(_)) => {}
+            Some(Err(WsError::Capacity(error))) => {
+                self.metrics.ws_bad_frames.inc();
+                let reason = format!("{error}; frames are at most {MAX_CLIENT_FRAME_BYTES} bytes");
+                let frame = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: reason.into(),
+                };
+                let _ = socket.close(Some(frame)).await;
+                return Ok(false);
+            }
+            Some(Err(error)) => return Err(error),
+        }
+        Ok(true)
     }
 
     /// Send the alarm events after `cursor` that `caller` may see, from `iot.alarms`, up

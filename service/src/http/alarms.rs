@@ -118,14 +118,26 @@ pub struct AckBody {
     verdict: Option<Verdict>,
 }
 
-/// Acknowledge an alarm, optionally with a verdict.
+/// Acknowledge an alarm, optionally with a verdict: an empty body, or
+/// `{"verdict": ...}`. A body that is neither is refused (400), not ignored: a verdict
+/// the caller meant to give must not be dropped silently.
 pub async fn acknowledge(
     state: web::Data<HttpState>,
     caller: Option<web::ReqData<Caller>>,
     path: web::Path<String>,
-    body: Option<web::Json<AckBody>>,
+    body: web::Bytes,
 ) -> ApiResult {
-    let verdict = body.map(|b| b.into_inner()).unwrap_or_default().verdict;
+    let verdict = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<AckBody>(&body)
+            .map_err(|e| {
+                bad_request(format!(
+                    "body: {e}; expected nothing or {{\"verdict\": \"true_positive\" | \"false_positive\"}}"
+                ))
+            })?
+            .verdict
+    };
     act(&state, caller, &path, AlarmAction::Acknowledge { verdict }).await
 }
 

@@ -17,6 +17,11 @@ pub struct IngestConfig {
     /// as MQTT v5 Receive Maximum, so when it is reached the broker holds further messages
     /// back (in the persistent session) until ingest acknowledges some.
     pub max_inflight: u16,
+    /// How far ahead of the service clock a device timestamp (`ts` of telemetry and
+    /// state) may be, in milliseconds; further ahead is dead-lettered with the reason. A
+    /// clock in the future would put the device's readings after everything it sends
+    /// once its clock is right. (Timestamps before 2001 are refused by the protocol.)
+    pub max_ahead_ms: i64,
 }
 
 impl Default for IngestConfig {
@@ -25,6 +30,7 @@ impl Default for IngestConfig {
             share_group: "fleetwatch-ingest".to_owned(),
             max_payload_bytes: 64 * 1024,
             max_inflight: 1000,
+            max_ahead_ms: 24 * 60 * 60 * 1000,
         }
     }
 }

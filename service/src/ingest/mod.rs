@@ -19,7 +19,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio_util::sync::CancellationToken;
 
-pub use classify::{classify, Verdict};
+pub use classify::{classify, Limits, Verdict};
 pub use config::IngestConfig;
 pub use role::ROLE;
 
@@ -183,12 +183,11 @@ impl Ingest {
     /// Produce the message where it belongs; `None` when there is nothing to produce.
     async fn forward(&self, publish: &Publish) -> Option<crate::kafka::Delivery> {
         let topic = String::from_utf8_lossy(&publish.topic);
-        match classify(
-            &topic,
-            &publish.payload,
-            self.config.max_payload_bytes,
-            now_ms(),
-        ) {
+        let limits = Limits {
+            max_payload_bytes: self.config.max_payload_bytes,
+            max_ahead_ms: self.config.max_ahead_ms,
+        };
+        match classify(&topic, &publish.payload, limits, now_ms()) {
             Verdict::Forward(mut event) => {
                 event.tenant = self.directory.tenant_of(&event.device_id);
                 self.metrics

@@ -1,0 +1,563 @@
+//! Upgrade compatibility: every record format on fleetwatch's Kafka topics has golden
+//! files in `tests/golden/`, written by the code of the release that introduced the
+//! format, and the current code must read every one of them. A rolling upgrade then
+//! never strands state: the new version reads what the old one wrote.
+//!
+//! The rule (docs/reliability.md): a format change that old readers or the new reader
+//! would misread gets a new version (`name.vN+1.json|bin`) with its own golden file,
+//! and the old versions' files stay and keep being read. The newest file of each format
+//! is also written back byte for byte (binary) or value for value (JSON) by the current
+//! code: a test failing there means the format changed without a new version.
+//!
+//! Regenerate the newest version of every format (deterministic: fixed samples, a
+//! model trained on a fixed sequence):
+//! `FLEETWATCH_WRITE_GOLDEN=1 cargo test -p fleetwatch --test golden`.
+//! Older versions are never rewritten.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+
+use fleetwatch::devices::{ConnectivityCause, ConnectivityChange, LastTelemetry, Twin};
+use fleetwatch_models::production::{self, ModelTrainer, Params};
+use fleetwatch_models::{Observation, Scorer, Trainer};
+use fleetwatch_protocol::{
+    AckOutcome, AckPayload, Alarm, AlarmAction, AlarmChange, AlarmEvent, AlarmEventKind, Alert,
+    AlertState, CommandRecord, CommandState, CommandStep, Connectivity, Contributor, Damping,
+    DeadLetter, DeviceEvent, DeviceEventBody, DeviceId, DeviceReply, DeviceRequest,
+    DeviceRequestBody, DirectoryEntry, Feedback, JsonObject, NewCommand, ParamsEnvelope,
+    ReplyStatus, ScoreRecord, SequenceTracker, Severity, TelemetryPayload, TenantId, Verdict,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::json;
+
+const T0: i64 = 1_750_000_000_000;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn writing() -> bool {
+    std::env::var_os("FLEETWATCH_WRITE_GOLDEN").is_some()
+}
+
+fn device() -> DeviceId {
+    DeviceId::parse("golden-pump-7").unwrap()
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn object(value: serde_json::Value) -> JsonObject {
+    value.as_object().expect("an object").clone()
+}
+
+/// Every golden file of format `name` (`name.vN.ext`), oldest first.
+fn versions(name: &str, ext: &str) -> Vec<(u32, PathBuf)> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden exists")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let file = path.file_name()?.to_str()?;
+            let version = file
+                .strip_prefix(&format!("{name}.v"))?
+                .strip_suffix(&format!(".{ext}"))?
+                .parse()
+                .ok()?;
+            Some((version, path))
+        })
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no golden file for {name}");
+    found
+}
+
+/// A JSON format: every version decodes with the current code and passes `check`; the
+/// newest is written back by the current code unchanged. With FLEETWATCH_WRITE_GOLDEN
+/// the newest version is first written from `sample`.
+fn json_format<T: Serialize + DeserializeOwned>(
+    name: &str,
+    newest: u32,
+    sample: T,
+    check: impl Fn(&T),
+) {
+    if writing() {
+        let text = serde_json::to_string_pretty(&sample).unwrap() + "\n";
+        let path = golden_dir().join(format!("{name}.v{newest}.json"));
+        std::fs::write(path, text).unwrap();
+    }
+    let files = versions(name, "json");
+    assert_eq!(files.last().unwrap().0, newest, "{name}: newest version");
+    for (version, path) in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let read: T = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{name} v{version} no longer reads: {e}"));
+        check(&read);
+        if *version == newest {
+            let written = serde_json::to_value(&read).unwrap();
+            let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                written, stored,
+                "{name} v{version}: the current code writes it differently; a format change needs a new version (docs/reliability.md)"
+            );
+        }
+    }
+}
+
+/// A binary format: like [`json_format`], compared byte for byte.
+fn binary_format<T>(
+    name: &str,
+    newest: u32,
+    sample: Vec<u8>,
+    decode: impl Fn(&[u8]) -> T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    check: impl Fn(u32, &T),
+) {
+    if writing() {
+        let path = golden_dir().join(format!("{name}.v{newest}.bin"));
+        std::fs::write(path, &sample).unwrap();
+    }
+    let files = versions(name, "bin");
+    assert_eq!(files.last().unwrap().0, newest, "{name}: newest version");
+    for (version, path) in &files {
+        let bytes = std::fs::read(path).unwrap();
+        let read = decode(&bytes);
+        check(*version, &read);
+        if *version == newest {
+            assert!(
+                encode(&read) == bytes,
+                "{name} v{version}: the current code writes it differently; a format change needs a new version (docs/reliability.md)"
+            );
+        }
+    }
+}
+
+fn metrics_at(step: u32) -> BTreeMap<String, f64> {
+    let x = f64::from(step);
+    BTreeMap::from([
+        ("temp".to_owned(), 20.0 + (x / 7.0).sin()),
+        ("pressure".to_owned(), 101.0 + (x / 11.0).cos() * 0.5),
+        ("vibration".to_owned(), 0.02 + (x % 5.0) * 0.001),
+    ])
+}
+
+/// A trainer that learned from a fixed sequence: deterministic.
+fn trained() -> ModelTrainer {
+    let mut trainer = production::trainer(&production::Config::default());
+    for step in 0..400 {
+        let metrics = metrics_at(step);
+        trainer.update(&Observation {
+            ts_ms: T0 + i64::from(step) * 1000,
+            metrics: &metrics,
+        });
+    }
+    trainer
+}
+
+fn damping() -> Vec<Damping> {
+    vec![Damping {
+        cause: "pressure:deviation".into(),
+        factor: 0.8,
+        since_ms: T0 + 5_000,
+    }]
+}
+
+fn envelope(params: Vec<u8>, damping: Vec<Damping>) -> ParamsEnvelope<Vec<u8>> {
+    ParamsEnvelope {
+        device_id: device(),
+        version: 42,
+        trained_events: 400,
+        published_ms: T0 + 400_000,
+        damping,
+        params,
+    }
+}
+
+fn check_envelope(envelope: &ParamsEnvelope<Vec<u8>>) {
+    assert_eq!(envelope.device_id, device());
+    assert_eq!((envelope.version, envelope.trained_events), (42, 400));
+}
+
+/// `iot.model-params`: the envelope (v1 without damping, v2 with) around the scorer's
+/// parameters, which a scorer must be able to score with.
+#[test]
+fn model_params_of_every_version_read() {
+    let params = trained().snapshot().to_bytes();
+    for (name, damping) in [("model-params-plain", vec![]), ("model-params", damping())] {
+        let newest = if damping.is_empty() { 1 } else { 2 };
+        binary_format(
+            name,
+            newest,
+            envelope(params.clone(), damping).encode(),
+            |bytes| ParamsEnvelope::decode(bytes).expect("the envelope reads"),
+            ParamsEnvelope::encode,
+            |_, envelope| {
+                check_envelope(envelope);
+                let params = Params::from_bytes(&envelope.params).expect("the parameters read");
+                let metrics = metrics_at(401);
+                let score = production::scorer().score(
+                    &params,
+                    &Observation {
+                        ts_ms: T0 + 401_000,
+                        metrics: &metrics,
+                    },
+                );
+                assert!(score.value.is_finite(), "{score:?}");
+            },
+        );
+    }
+}
+
+/// `iot.trainer-state`: the same envelope around the trainer's checkpoint, from which a
+/// trainer continues learning.
+#[test]
+fn trainer_state_of_every_version_reads() {
+    binary_format(
+        "trainer-state",
+        2,
+        envelope(trained().state_bytes(), damping()).encode(),
+        |bytes| ParamsEnvelope::decode(bytes).expect("the envelope reads"),
+        ParamsEnvelope::encode,
+        |_, envelope| {
+            check_envelope(envelope);
+            assert_eq!(envelope.damping, damping());
+            let config = production::Config::default();
+            let mut trainer = ModelTrainer::from_state_bytes(config, &envelope.params)
+                .expect("the checkpoint reads");
+            assert_eq!(trainer.events(), 400);
+            let metrics = metrics_at(401);
+            trainer.update(&Observation {
+                ts_ms: T0 + 401_000,
+                metrics: &metrics,
+            });
+            assert_eq!(trainer.events(), 401);
+        },
+    );
+}
+
+fn command() -> CommandRecord {
+    CommandRecord {
+        command_id: "cmd-1".into(),
+        name: "reboot".into(),
+        args: json!({"delay_s": 5}),
+        idempotency_key: Some("key-1".into()),
+        state: CommandState::Sent,
+        created_ms: T0,
+        expires_ms: T0 + 60_000,
+        attempts: 1,
+        next_attempt_ms: Some(T0 + 10_000),
+        history: vec![
+            CommandStep {
+                state: CommandState::Queued,
+                at_ms: T0,
+                detail: None,
+            },
+            CommandStep {
+                state: CommandState::Sent,
+                at_ms: T0 + 100,
+                detail: Some("published".into()),
+            },
+        ],
+    }
+}
+
+fn alarm() -> Alarm {
+    Alarm {
+        alarm_id: format!("{}:17", device()),
+        device_id: device(),
+        tenant: Some(tenant()),
+        severity: Severity::Major,
+        active: true,
+        acknowledged: true,
+        verdict: Some(Verdict::FalsePositive),
+        created_ms: T0,
+        updated_ms: T0 + 2_000,
+        cleared_ms: None,
+        peak_score: 0.91,
+        threshold: 0.65,
+        reason: "pressure 140.2 is far above its usual 101.0".into(),
+        cause: Some("pressure:deviation".into()),
+        count: 2,
+        last_alert_seq: 18,
+        changes: 3,
+        history: vec![
+            AlarmChange {
+                kind: AlarmEventKind::Created,
+                at_ms: T0,
+                by: "scorer".into(),
+                detail: None,
+            },
+            AlarmChange {
+                kind: AlarmEventKind::Acknowledged,
+                at_ms: T0 + 2_000,
+                by: "alice".into(),
+                detail: Some("false_positive".into()),
+            },
+        ],
+    }
+}
+
+fn twin() -> Twin {
+    let mut sequence = SequenceTracker::default();
+    for seq in [1, 2, 3, 5, 130] {
+        sequence.accept(seq);
+    }
+    let mut twin = Twin::new(device());
+    twin.version = 9;
+    twin.desired_version = 2;
+    twin.desired = object(json!({"led": "blue", "rate_s": 5}));
+    twin.reported = object(json!({"led": "red", "firmware": {"version": "1.2.3"}}));
+    twin.reported_ms = Some(T0 + 1_000);
+    twin.desired_ms = Some(T0 + 2_000);
+    twin.connectivity = Some(Connectivity::Online);
+    twin.connectivity_history = VecDeque::from([ConnectivityChange {
+        to: Connectivity::Online,
+        at_ms: T0,
+        cause: ConnectivityCause::StatusMessage,
+    }]);
+    twin.last_seen_ms = Some(T0 + 3_000);
+    twin.telemetry = Some(LastTelemetry::from(TelemetryPayload {
+        ts: T0 + 2_900,
+        seq: 130,
+        metrics: metrics_at(130),
+    }));
+    twin.sequence = sequence;
+    twin.commands = vec![command()];
+    twin.events = 131;
+    twin.duplicates = 4;
+    twin.tenant = Some(tenant());
+    twin.listed = true;
+    twin.alarms = vec![alarm()];
+    twin
+}
+
+/// `iot.device-state`: the twin changelog.
+#[test]
+fn twin_changelog_reads() {
+    json_format("twin", 1, twin(), |read: &Twin| {
+        assert_eq!(read.device_id, device());
+        assert_eq!((read.version, read.events), (9, 131));
+        assert_eq!(read.sequence.highest(), Some(130));
+        assert_eq!(read.commands[0].state, CommandState::Sent);
+        assert_eq!(read.alarms[0].verdict, Some(Verdict::FalsePositive));
+    });
+}
+
+fn request(body: DeviceRequestBody) -> DeviceRequest {
+    DeviceRequest {
+        request_id: "req-1".into(),
+        reply_to: Some("instance-a".into()),
+        device_id: device(),
+        sent_ms: T0,
+        body,
+    }
+}
+
+/// `iot.commands`: the device requests, one golden file per kind.
+#[test]
+fn device_requests_read() {
+    let kinds = [
+        DeviceRequestBody::SendCommand(NewCommand {
+            command_id: "cmd-1".into(),
+            name: "reboot".into(),
+            args: json!({"delay_s": 5}),
+            idempotency_key: Some("key-1".into()),
+            ttl_ms: 60_000,
+        }),
+        DeviceRequestBody::SetDesired {
+            desired: object(json!({"led": "blue"})),
+            merge: true,
+            if_match: Some(2),
+        },
+        DeviceRequestBody::GetTwin,
+        DeviceRequestBody::GetCommand {
+            command_id: "cmd-1".into(),
+        },
+        DeviceRequestBody::ListCommands,
+        DeviceRequestBody::AlarmAction {
+            alarm_id: format!("{}:17", device()),
+            action: AlarmAction::Acknowledge {
+                verdict: Some(Verdict::TruePositive),
+            },
+            by: "alice".into(),
+        },
+        DeviceRequestBody::SetTenant {
+            tenant: Some(tenant()),
+        },
+    ];
+    for body in kinds {
+        let kind = body.kind();
+        json_format(
+            &format!("request-{}", kind.replace('_', "-")),
+            1,
+            request(body),
+            |read: &DeviceRequest| {
+                assert_eq!(read.body.kind(), kind);
+                assert_eq!(read.device_id, device());
+            },
+        );
+    }
+}
+
+/// `iot.replies`.
+#[test]
+fn device_replies_read() {
+    let reply = DeviceReply {
+        request_id: "req-1".into(),
+        reply_to: "instance-a".into(),
+        status: ReplyStatus::Created,
+        body: serde_json::to_value(command()).unwrap(),
+    };
+    json_format("reply", 1, reply, |read: &DeviceReply| {
+        assert_eq!(read.status, ReplyStatus::Created);
+        let command: CommandRecord = serde_json::from_value(read.body.clone()).unwrap();
+        assert_eq!(command, self::command());
+    });
+}
+
+/// `iot.alarms`.
+#[test]
+fn alarm_events_read() {
+    let event = AlarmEvent {
+        event_id: format!("{}:17/3", device()),
+        kind: AlarmEventKind::Acknowledged,
+        at_ms: T0 + 2_000,
+        by: "alice".into(),
+        alarm: alarm(),
+    };
+    json_format("alarm-event", 1, event, |read: &AlarmEvent| {
+        assert_eq!(read.alarm, alarm());
+        assert_eq!(read.kind, AlarmEventKind::Acknowledged);
+    });
+}
+
+/// `iot.feedback`.
+#[test]
+fn feedback_reads() {
+    let feedback = Feedback {
+        device_id: device(),
+        alarm_id: format!("{}:17", device()),
+        verdict: Verdict::FalsePositive,
+        cause: Some("pressure:deviation".into()),
+        peak_score: 0.91,
+        at_ms: T0 + 2_000,
+        by: "alice".into(),
+    };
+    json_format("feedback", 1, feedback, |read: &Feedback| {
+        assert_eq!(read.verdict, Verdict::FalsePositive);
+        assert_eq!(read.cause.as_deref(), Some("pressure:deviation"));
+    });
+}
+
+/// `iot.device-directory`.
+#[test]
+fn directory_entries_read() {
+    let entry = DirectoryEntry {
+        device_id: device(),
+        tenant: Some(tenant()),
+    };
+    json_format("directory-entry", 1, entry, |read: &DirectoryEntry| {
+        assert_eq!(read.tenant, Some(tenant()));
+    });
+}
+
+/// `iot.telemetry` (replayed by every consuming role): each kind of device event.
+#[test]
+fn device_events_read() {
+    let bodies = [
+        (
+            "telemetry",
+            DeviceEventBody::Telemetry(TelemetryPayload {
+                ts: T0,
+                seq: 7,
+                metrics: metrics_at(7),
+            }),
+        ),
+        (
+            "state",
+            DeviceEventBody::State(fleetwatch_protocol::StatePayload {
+                ts: Some(T0),
+                reported: object(json!({"led": "red"})),
+            }),
+        ),
+        (
+            "status",
+            DeviceEventBody::Status(fleetwatch_protocol::StatusPayload {
+                status: Connectivity::Offline,
+                ts: None,
+            }),
+        ),
+        (
+            "ack",
+            DeviceEventBody::Ack(AckPayload {
+                command_id: "cmd-1".into(),
+                outcome: AckOutcome::Succeeded,
+                message: Some("done".into()),
+                ts: Some(T0),
+            }),
+        ),
+        ("decommissioned", DeviceEventBody::Decommissioned),
+    ];
+    for (kind, body) in bodies {
+        let event = DeviceEvent {
+            device_id: device(),
+            received_ms: T0 + 5,
+            tenant: Some(tenant()),
+            body,
+        };
+        json_format(&format!("event-{kind}"), 1, event, |read: &DeviceEvent| {
+            assert_eq!(read.device_id, device());
+            assert_eq!(read.tenant, Some(tenant()));
+        });
+    }
+}
+
+/// `iot.alerts`, `iot.scores` and `iot.dlq`.
+#[test]
+fn alerts_scores_and_dead_letters_read() {
+    let alert = Alert {
+        alert_id: format!("{}:17", device()),
+        device_id: device(),
+        tenant: Some(tenant()),
+        state: AlertState::Raised,
+        score: 0.91,
+        threshold: 0.65,
+        reason: "pressure 140.2 is far above its usual 101.0".into(),
+        contributors: vec![Contributor {
+            metric: "pressure".into(),
+            value: 140.2,
+            expected: 101.0,
+            score: 0.91,
+        }],
+        cause: Some("pressure:deviation".into()),
+        event_ts: T0,
+        event_seq: 17,
+        emitted_ms: T0 + 20,
+        model_version: 42,
+    };
+    json_format("alert", 1, alert, |read: &Alert| {
+        assert_eq!(read.state, AlertState::Raised);
+        assert_eq!(read.contributors.len(), 1);
+    });
+    let score = ScoreRecord {
+        device_id: device(),
+        ts: T0,
+        seq: 17,
+        score: 0.91,
+        metrics: BTreeMap::from([("pressure".into(), 0.91), ("temp".into(), 0.0)]),
+    };
+    json_format("score", 1, score, |read: &ScoreRecord| {
+        assert_eq!(read.seq, 17);
+    });
+    let letter = DeadLetter::new(
+        "metric \"t\" is not a finite number".into(),
+        "devices/golden-pump-7/telemetry",
+        Some(device()),
+        br#"{"ts":1750000000000,"seq":1,"metrics":{"t":1e999}}"#,
+        T0,
+    );
+    json_format("dead-letter", 1, letter, |read: &DeadLetter| {
+        assert_eq!(read.source, "mqtt");
+        assert_eq!(read.device_id, Some(device()));
+    });
+}
