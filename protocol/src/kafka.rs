@@ -133,7 +133,7 @@ pub enum Topic {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 13] = [
+    pub const ALL: [Topic; 14] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,

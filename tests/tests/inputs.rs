@@ -333,6 +333,7 @@ fn every_bad_rest_body_gets_a_4xx_with_a_message(service: &Service, p: &str) {
     );
     let too_big = format!(r#"{{"led":"{}"}}"#, "a".repeat(70_000));
     #[rustfmt::skip]
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, &str, String, Option<&str>, Vec<u8>)> = vec![
         ("desired: not JSON", "PUT", desired.clone(), json, b"{".to_vec()),
         ("desired: empty", "PUT", desired.clone(), json, Vec::new()),
