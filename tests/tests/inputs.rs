@@ -271,7 +271,7 @@ async fn every_bad_mqtt_input_is_dead_lettered_or_counted(
     assert!(
         counter(
             service,
-            "fleetwatch_skipped_records_total{role=\"devices\",reason=\"duplicate\"}"
+            "fleetwatch_skipped_records_total{reason=\"duplicate\",role=\"devices\"}"
         ) >= 1.0
     );
 }

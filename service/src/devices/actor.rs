@@ -353,10 +353,17 @@ impl Handler<ApplyEvent> for DeviceActor {
                 .twin
                 .apply_event(event.body, event.received_ms, &self.shared.config.twin)
             {
-                None => Applied {
-                    duplicate: true,
-                    write: None,
-                },
+                None => {
+                    self.shared
+                        .metrics
+                        .skipped
+                        .with_label_values(&["devices", "duplicate"])
+                        .inc();
+                    Applied {
+                        duplicate: true,
+                        write: None,
+                    }
+                }
                 Some(effects) => Applied {
                     duplicate: false,
                     write: self.carry_out(effects),
