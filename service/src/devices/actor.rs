@@ -353,17 +353,10 @@ impl Handler<ApplyEvent> for DeviceActor {
                 .twin
                 .apply_event(event.body, event.received_ms, &self.shared.config.twin)
             {
-                None => {
-                    self.shared
-                        .metrics
-                        .skipped
-                        .with_label_values(&["devices", "duplicate"])
-                        .inc();
-                    Applied {
-                        duplicate: true,
-                        write: None,
-                    }
-                }
+                None => Applied {
+                    duplicate: true,
+                    write: None,
+                },
                 Some(effects) => Applied {
                     duplicate: false,
                     write: self.carry_out(effects),
