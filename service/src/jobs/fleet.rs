@@ -33,7 +33,7 @@ pub struct FleetView {
     alarms_per_device: usize,
     /// Partition → offset to reach before the view counts as loaded (`None` until the
     /// reader started).
-    remaining: Mutex<Option<HashMap<i32, i64>>>,
+    remaining: Mutex<Option<crate::kafka::CatchUp>>,
     loaded: std::sync::atomic::AtomicBool,
 }
 
@@ -49,7 +49,7 @@ impl FleetView {
 
     /// The reader starts: the view is loaded once it reached these offsets.
     pub fn start(&self, end_offsets: HashMap<i32, i64>) {
-        *self.remaining.lock() = Some(end_offsets);
+        *self.remaining.lock() = Some(crate::kafka::CatchUp::new(end_offsets));
         self.reached(None);
     }
 
@@ -65,16 +65,7 @@ impl FleetView {
         let Some(remaining) = remaining.as_mut() else {
             return;
         };
-        if let Some((partition, offset)) = position {
-            if remaining
-                .get(&partition)
-                .is_some_and(|end| offset + 1 >= *end)
-            {
-                remaining.remove(&partition);
-            }
-        }
-        remaining.retain(|_, end| *end > 0);
-        if remaining.is_empty() {
+        if remaining.reached(position) {
             self.loaded
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

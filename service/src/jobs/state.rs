@@ -232,14 +232,14 @@ pub struct JobIndex {
     markers: Mutex<HashSet<String>>,
     /// Partition → offset to reach before the index is complete (`None` until the
     /// reader started).
-    remaining: Mutex<Option<HashMap<i32, i64>>>,
+    remaining: Mutex<Option<crate::kafka::CatchUp>>,
     loaded: std::sync::atomic::AtomicBool,
 }
 
 impl JobIndex {
     /// The reader starts: the index is complete once it read up to these offsets.
     pub fn start(&self, end_offsets: HashMap<i32, i64>) {
-        *self.remaining.lock() = Some(end_offsets);
+        *self.remaining.lock() = Some(crate::kafka::CatchUp::new(end_offsets));
         self.reached(None);
     }
 
@@ -257,16 +257,7 @@ impl JobIndex {
         let Some(remaining) = remaining.as_mut() else {
             return;
         };
-        if let Some((partition, offset)) = position {
-            if remaining
-                .get(&partition)
-                .is_some_and(|end| offset + 1 >= *end)
-            {
-                remaining.remove(&partition);
-            }
-        }
-        remaining.retain(|_, end| *end > 0);
-        if remaining.is_empty() {
+        if remaining.reached(position) {
             self.loaded
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by every role: client configuration, topic creation, the
 //! confirmed producer and the commit-after-effect consumer loop.
 
+mod catch_up;
 mod config;
 mod consumer;
 mod durable;
@@ -23,6 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+pub use catch_up::CatchUp;
 pub use config::KafkaConfig;
 pub use consumer::{
     consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,

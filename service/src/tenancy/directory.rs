@@ -180,14 +180,14 @@ impl Directory {
 pub struct DirectoryHandler {
     pub directory: Arc<Directory>,
     /// Partition → offset to reach; emptied as the partitions are read.
-    pub remaining: Mutex<HashMap<i32, i64>>,
+    pub remaining: Mutex<crate::kafka::CatchUp>,
 }
 
 impl DirectoryHandler {
     pub fn new(directory: Arc<Directory>, end_offsets: HashMap<i32, i64>) -> Self {
         let handler = Self {
             directory,
-            remaining: Mutex::new(end_offsets),
+            remaining: Mutex::new(crate::kafka::CatchUp::new(end_offsets)),
         };
         handler.reached(None);
         handler
@@ -198,16 +198,7 @@ impl DirectoryHandler {
             return;
         }
         let mut remaining = self.remaining.lock();
-        if let Some((partition, offset)) = position {
-            if remaining
-                .get(&partition)
-                .is_some_and(|end| offset + 1 >= *end)
-            {
-                remaining.remove(&partition);
-            }
-        }
-        remaining.retain(|_, end| *end > 0);
-        if remaining.is_empty() {
+        if remaining.reached(position) {
             self.directory.loaded.send_replace(true);
             tracing::info!(devices = self.directory.len(), "device directory loaded");
         }
