@@ -1,6 +1,7 @@
 // The live page in headless Chromium, driven over the DevTools protocol (Node's built-in
 // WebSocket client: node --experimental-websocket): an active alarm is shown with its
-// severity, an Acknowledge click changes its state, and the state survives a reload.
+// severity, an Acknowledge click changes its state, and the state survives a reload; the
+// demo's job is listed with its progress.
 // Usage: node --experimental-websocket scripts/browser_check.mjs CHROMIUM PAGE_URL
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -70,6 +71,16 @@ const kept = await waitFor('state after reload', `(async () => {
   return body.active === false && body.acknowledged ? 'acknowledged (cleared since)' : null;
 })()`, 10_000);
 if (!kept.startsWith('acknowledged')) fail(`after reload: ${kept}`);
+// The demo's job (a software update of a few acme devices), with its devices updated.
+const job = await waitFor('job with updated devices', `(() => {
+  const tr = document.querySelector('#jobs tr.job');
+  return tr && Number(tr.dataset.succeeded) > 0 && { id: tr.dataset.id,
+    status: tr.querySelector('.job-status').textContent, progress: tr.querySelector('.progress').textContent,
+    waves: tr.querySelector('.waves').textContent, targets: Number(tr.dataset.targets) };
+})()`, 30_000);
+if (!['running', 'completed'].includes(job.status)) fail(`job ${job.id} is ${job.status}`);
+if (!job.progress.includes(`of ${job.targets}`)) fail(`job progress reads ${job.progress}`);
 console.log(`browser: alarm ${alarm.id} shown as ${alarm.severity} ${alarm.state}; acknowledged by a click; after a reload: ${kept}`);
+console.log(`browser: job ${job.id} ${job.status}, ${job.progress}, waves ${job.waves}`);
 browser.kill();
 process.exit(0);

@@ -112,6 +112,17 @@ pub struct Metrics {
     pub webhook_outbox_full: IntCounter,
     /// Time of each webhook request, answered or not.
     pub webhook_request_seconds: Histogram,
+    /// Job executions that moved to a state, by state, as the job owners recorded them.
+    pub job_executions: IntCounterVec,
+    /// Job commands handed to devices' command paths (resends included: transport).
+    pub job_commands_sent: IntCounter,
+    /// Jobs that ended, by status (completed, aborted, cancelled), as their owners
+    /// recorded it.
+    pub jobs_finished: IntCounterVec,
+    /// Running jobs this instance owns.
+    pub jobs_running: IntGauge,
+    /// Job events pushed to WebSocket clients' channels.
+    pub ws_job_events: IntCounter,
 }
 
 impl Metrics {
@@ -349,6 +360,28 @@ impl Metrics {
                 &registry,
                 "fleetwatch_webhook_request_seconds",
                 "Time of each webhook request, answered or not",
+            ),
+            job_executions: counter_vec(
+                "fleetwatch_job_executions_total",
+                "Job executions that moved to a state, by state",
+                &["state"],
+            ),
+            job_commands_sent: counter(
+                "fleetwatch_job_commands_sent_total",
+                "Job commands handed to devices' command paths, resends included",
+            ),
+            jobs_finished: counter_vec(
+                "fleetwatch_jobs_finished_total",
+                "Jobs that ended, by status",
+                &["status"],
+            ),
+            jobs_running: gauge(
+                "fleetwatch_jobs_running",
+                "Running jobs this instance owns",
+            ),
+            ws_job_events: counter(
+                "fleetwatch_ws_job_events_total",
+                "Job events pushed to WebSocket clients' channels",
             ),
             registry,
         }

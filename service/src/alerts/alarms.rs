@@ -206,7 +206,7 @@ impl LivePosition {
             .collect();
     }
 
-    fn is_live(&self, partition: i32, offset: i64) -> bool {
+    pub(super) fn is_live(&self, partition: i32, offset: i64) -> bool {
         let mut ends = self.history_ends.lock();
         match ends.get(&partition) {
             Some(end) if offset + 1 < *end => false,
@@ -248,7 +248,7 @@ impl RecordHandler for AlarmsHandler {
         if live {
             let text: Arc<str> = alarm_frame(&event, &cursor).into();
             self.routes.publish(AlertFrame {
-                device_id: event.alarm.device_id.clone(),
+                device_id: Some(event.alarm.device_id.clone()),
                 tenant: event.alarm.tenant.clone(),
                 text: text.clone(),
                 recent_text: text,

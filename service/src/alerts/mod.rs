@@ -11,6 +11,8 @@
 //! back from `iot.alarms`), `{"type":"lost","missed":N}` when some are older than the
 //! topic's retention, `{"type":"resumed","cursor":"..."}`, then live ones, with no gap
 //! and no duplicate.
+//! Job events: `{"type":"job","job_id":"...","event":"...",...}` (see [`JobNotice`]) for the
+//! jobs the client may see, as they happen.
 //! Frames from clients: `{"type":"subscribe","device_prefix":"..."}` narrows the stream to
 //! devices whose id starts with the prefix.
 //!
@@ -23,6 +25,7 @@
 
 mod alarms;
 mod config;
+mod jobs;
 mod role;
 mod ws;
 
@@ -38,6 +41,7 @@ pub use alarms::{
     alarm_frame, AlarmFilter, AlarmIndex, AlarmPage, AlarmsHandler, Cursor, LivePosition,
 };
 pub use config::AlertsConfig;
+pub use jobs::{JobEventsHandler, JobNotice};
 pub use role::ROLE;
 pub use ws::{serve, AlarmsFeed, Server};
 
@@ -51,7 +55,8 @@ pub const RECENT_ALERTS: usize = 50;
 /// An alert ready to send: its device (for filtering) and its frames, serialized once.
 #[derive(Clone, Debug)]
 pub struct AlertFrame {
-    pub device_id: DeviceId,
+    /// `None` for frames about no one device (job events): every prefix passes them.
+    pub device_id: Option<DeviceId>,
     /// Who besides operators receives it.
     pub tenant: Option<TenantId>,
     /// `{"type":"alert",...}`, for clients connected when it happened.
@@ -148,7 +153,7 @@ impl RecordHandler for AlertsHandler {
         let frame = AlertFrame {
             text: serialize(ServerFrame::Alert { alert: &alert }).into(),
             recent_text: serialize(ServerFrame::Recent { alert: &alert }).into(),
-            device_id: alert.device_id,
+            device_id: Some(alert.device_id),
             tenant: alert.tenant,
             position: None,
         };

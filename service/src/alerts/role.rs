@@ -6,8 +6,8 @@ use std::sync::Arc;
 use fleetwatch_protocol::Topic;
 
 use super::{
-    AlarmIndex, AlarmsFeed, AlarmsHandler, AlertsHandler, LivePosition, RecentAlerts, Routes,
-    Server,
+    AlarmIndex, AlarmsFeed, AlarmsHandler, AlertsHandler, JobEventsHandler, LivePosition,
+    RecentAlerts, Routes, Server,
 };
 use crate::app::{bind, holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::{Error, Result};
@@ -18,8 +18,8 @@ use crate::webhooks::{DeliveriesHandler, DeliveryLog};
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "alerts",
-    summary: "pushes alerts and alarm events to the WebSocket clients of their tenant (alarm events resumable from a cursor); keeps every alarm and its webhook deliveries for `GET /alarms`",
-    consumes: &[Topic::Alerts, Topic::Alarms, Topic::WebhookDeliveries],
+    summary: "pushes alerts, alarm events (resumable from a cursor) and job events to the WebSocket clients of their tenant; keeps every alarm and its webhook deliveries for `GET /alarms`",
+    consumes: &[Topic::Alerts, Topic::Alarms, Topic::WebhookDeliveries, Topic::Jobs],
     produces: &[],
     membership: Membership::EveryInstance,
     start,
@@ -60,6 +60,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let live = Arc::new(LivePosition::default());
     launch.alarms = Some(read_alarms(launch, routes.clone(), live.clone()));
     launch.deliveries = Some(read_deliveries(launch));
+    read_job_events(launch, routes.clone());
     let server = Server {
         alarms: Some(AlarmsFeed {
             kafka: kafka.clone(),
@@ -144,6 +145,29 @@ fn read_deliveries(launch: &mut Launch<'_>) -> Arc<DeliveryLog> {
         ("webhook-deliveries", reading.await)
     });
     log
+}
+
+/// Read every job event (from the beginning: a job's tenant is in its first event),
+/// pushing those from now on to the clients.
+fn read_job_events(launch: &mut Launch<'_>, routes: Arc<Routes>) {
+    let handler = JobEventsHandler::new(routes, launch.metrics.clone());
+    let (kafka, topic) = (launch.settings.kafka.clone(), launch.topics.jobs());
+    let (metrics, shutdown) = (launch.metrics.clone(), launch.shutdown.clone());
+    launch.tasks.spawn(async move {
+        let reading = async {
+            let consumer = RoleConsumer::read_whole_topic(
+                &kafka,
+                ConsumerRole::JobEvents,
+                &topic,
+                StartAt::Earliest,
+                metrics,
+            )
+            .await?;
+            handler.live.start(consumer.end_offsets(&topic).await?);
+            consume(consumer, handler, shutdown).await
+        };
+        ("job-events", reading.await)
+    });
 }
 
 fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {

@@ -77,7 +77,7 @@ async fn an_alert_becomes_a_frame_for_every_subscriber() {
     for receiver in [&mut first, &mut second] {
         for expected in [&a1, &b1] {
             let got = receiver.try_recv().unwrap();
-            assert_eq!(got.device_id, expected.device_id);
+            assert_eq!(got.device_id, Some(expected.device_id.clone()));
             assert_eq!(parse(&got.text), frame("alert", expected));
             assert_eq!(parse(&got.recent_text), frame("recent", expected));
         }
@@ -119,7 +119,7 @@ async fn a_tenant_receives_its_own_alerts_and_operators_receive_all() {
     }
     let drain = |receiver: &mut broadcast::Receiver<AlertFrame>| {
         std::iter::from_fn(|| receiver.try_recv().ok())
-            .map(|frame| frame.device_id.to_string())
+            .map(|frame| frame.device_id.expect("an alert").to_string())
             .collect::<Vec<_>>()
     };
     assert_eq!(drain(&mut acme), ["a1", "a2"]);
@@ -317,4 +317,93 @@ async fn a_client_that_falls_behind_is_told_how_many_alerts_it_missed() {
     // Recent alerts are kept whatever the clients' queues.
     assert_eq!(handler.recent.lock().len(), 5);
     shutdown.cancel();
+}
+
+fn job_event(job_id: &str, at_ms: i64, body: fleetwatch_protocol::JobEventBody) -> Vec<u8> {
+    serde_json::to_vec(&fleetwatch_protocol::JobEvent {
+        job_id: job_id.into(),
+        at_ms,
+        body,
+    })
+    .unwrap()
+}
+
+fn job_created(job_id: &str, tenant: Option<&str>) -> Vec<u8> {
+    use fleetwatch_protocol::{AbortCriteria, JobCommand, JobEventBody, JobSpec, Rollout};
+    let spec = JobSpec {
+        job_id: job_id.into(),
+        tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+        created_by: "someone".into(),
+        command: JobCommand::Command {
+            name: "reboot".into(),
+            args: Value::Null,
+        },
+        target: json!({"prefix": "d"}),
+        devices: vec![DeviceId::parse("d1").unwrap(), DeviceId::parse("d2").unwrap()],
+        rollout: Rollout {
+            waves_percent: vec![50.0, 100.0],
+            soak_ms: 0,
+            max_per_minute: 60,
+        },
+        abort: AbortCriteria {
+            failure_ratio: 0.5,
+            min_finished: 2,
+            canary: None,
+        },
+        device_timeout_ms: 1_000,
+        ttl_ms: 1_000,
+    };
+    job_event(job_id, 1, JobEventBody::Created(Box::new(spec)))
+}
+
+#[tokio::test]
+async fn job_events_from_now_on_reach_the_jobs_tenant_and_operators_only() {
+    use fleetwatch_protocol::{ExecutionChange, ExecutionState, JobEventBody};
+    let routes = Arc::new(Routes::new(16));
+    let mut handler = JobEventsHandler::new(routes.clone(), Arc::new(Metrics::new()));
+    let mut acme = routes.subscribe(&tenant_user("acme"));
+    let mut globex = routes.subscribe(&tenant_user("globex"));
+    let mut operator = routes.subscribe(&Caller::anonymous_operator());
+    // History: offsets 0 and 1 of partition 0 were there at start (acme's job created
+    // and started); only what follows is pushed, and the job's tenant is known from it.
+    handler.live.start([(0, 2)].into_iter().collect());
+    let sent = JobEventBody::Executions {
+        changes: vec![
+            ExecutionChange {
+                device_id: DeviceId::parse("d1").unwrap(),
+                state: ExecutionState::Sent,
+                detail: None,
+            },
+            ExecutionChange {
+                device_id: DeviceId::parse("d2").unwrap(),
+                state: ExecutionState::Sent,
+                detail: None,
+            },
+        ],
+    };
+    let records = [
+        job_created("j-acme", Some("acme")),
+        job_event("j-acme", 2, JobEventBody::WaveStarted { wave: 0, reach: 1, canary: None }),
+        job_event("j-acme", 3, sent),
+        Vec::new(), // an owner's marker
+        job_created("j-ops", None),
+        b"not json".to_vec(),
+        job_event("j-acme", 4, JobEventBody::Finished),
+    ];
+    for (offset, payload) in records.iter().enumerate() {
+        let record = Record::new("iot.jobs", "k", payload).at(0, offset as i64);
+        handler.handle(&record).await.expect("handled");
+    }
+    let drain = |receiver: &mut broadcast::Receiver<AlertFrame>| {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|frame| parse(&frame.text))
+            .collect::<Vec<_>>()
+    };
+    let executions = json!({"type": "job", "job_id": "j-acme", "event": "executions", "at_ms": 3, "executions": {"sent": 2}});
+    let finished = json!({"type": "job", "job_id": "j-acme", "event": "finished", "at_ms": 4});
+    let ops_created = json!({"type": "job", "job_id": "j-ops", "event": "created", "at_ms": 1, "targets": 2});
+    assert_eq!(drain(&mut acme), [executions.clone(), finished.clone()]);
+    assert!(drain(&mut globex).is_empty());
+    assert_eq!(drain(&mut operator), [executions, ops_created, finished]);
+    assert_eq!(handler.metrics.ws_job_events.get(), 3);
 }

@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{alarm_frame, ClientFrame, Cursor, LivePosition, RecentAlerts, Routes, ServerFrame};
+use super::{
+    alarm_frame, AlertFrame, ClientFrame, Cursor, LivePosition, RecentAlerts, Routes, ServerFrame,
+};
 use crate::auth::{bearer, query_token, Authenticator, Caller, Scope};
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
@@ -87,9 +89,15 @@ fn recent_frames(recent: &RecentAlerts, caller: &Caller, prefix: &str) -> Vec<Ar
         .lock()
         .iter()
         .filter(|frame| caller.sees(frame.tenant.as_ref()))
-        .filter(|frame| frame.device_id.as_str().starts_with(prefix))
+        .filter(|frame| matches_prefix(frame, prefix))
         .map(|frame| frame.recent_text.clone())
         .collect()
+}
+
+/// Whether a client subscribed to `prefix` receives `frame` (frames about no one device
+/// always pass).
+fn matches_prefix(frame: &AlertFrame, prefix: &str) -> bool {
+    (frame.device_id.as_ref()).is_none_or(|device| device.as_str().starts_with(prefix))
 }
 
 fn refusal(status: StatusCode, reason: &str, message: &str) -> ErrorResponse {
@@ -209,7 +217,7 @@ impl Server {
                 alert = alerts.recv() => match alert {
                     Ok(frame) => {
                         let seen = frame.position.is_some_and(|(p, o)| replayed.covers(p, o));
-                        if !seen && frame.device_id.as_str().starts_with(&device_prefix) {
+                        if !seen && matches_prefix(&frame, &device_prefix) {
                             socket.send(Message::text(frame.text.to_string())).await?;
                             self.metrics.ws_alerts_sent.inc();
                         }

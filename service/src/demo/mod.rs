@@ -4,6 +4,7 @@
 //! pipeline: [`crate::app::start`] is the same call `fleetwatch run` makes.
 
 mod broker;
+mod job;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -102,6 +103,8 @@ pub struct DemoSummary {
     /// What the WebSocket client's alerts say about the injected anomalies.
     #[serde(flatten)]
     pub evaluation: Evaluation,
+    /// The demo's fleet job at the end (`None`: it was never created).
+    pub job: Option<job::JobFigures>,
 }
 
 /// The false-positive rate before and after feedback. The window runs from the
@@ -186,10 +189,16 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
     let sim = simulator(&options, &broker);
     let stats = Arc::new(FleetStats::default());
     let reviewer = reviewer(&app, &operator, &listener, &stats);
+    let (api, demo_job, job_stop) = start_job(&app, &settings)?;
     let start_ms = now_ms();
     let injected = drive(&app, sim, stats, interrupted).await?;
     let stop_ms = now_ms();
     tokio::time::sleep(DRAIN).await;
+    job_stop.cancel();
+    let job = match demo_job.await {
+        Ok(Some(job_id)) => api.figures(&job_id).await,
+        _ => None,
+    };
     let reviews = reviewer.finish().await;
     listener.close();
 
@@ -229,7 +238,34 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
         alarms_acknowledged: alarms_of(fleetwatch_protocol::AlarmEventKind::Acknowledged),
         feedback: FeedbackFigures::new(&reviews, options.devices, start_ms, stop_ms),
         evaluation,
+        job,
     })
+}
+
+/// When the demo's job starts: once every device had time to connect and report.
+const JOB_AFTER: Duration = Duration::from_secs(10);
+
+/// Start the demo's job (as the first demo tenant when auth is on); the task answers its
+/// id, and stops waiting when the token is cancelled.
+fn start_job(
+    app: &app::RunningApp,
+    settings: &Settings,
+) -> Result<(
+    job::DemoApi,
+    tokio::task::JoinHandle<Option<String>>,
+    CancellationToken,
+)> {
+    let tenant_token = match settings.auth.mode {
+        Some(AuthMode::Jwt) => Some(token(settings, Some(DEMO_TENANTS[0].0))?),
+        _ => None,
+    };
+    let api = job::DemoApi::new(app.http_addr, tenant_token);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (api, stop) = (api.clone(), stop.clone());
+        async move { api.start_job(JOB_AFTER, stop).await }
+    });
+    Ok((api, task, stop))
 }
 
 /// The in-process Kafka cluster with every topic provisioned. librdkafka's mock cluster

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwatch_protocol::{DeviceId, DeviceRequest, DeviceRequestBody, JobEvent, NewCommand};
+use fleetwatch_protocol::{
+    DeviceId, DeviceRequest, DeviceRequestBody, JobEvent, JobEventBody, NewCommand,
+};
 use parking_lot::Mutex;
 
 use super::fleet::FleetView;
@@ -142,6 +144,7 @@ impl RecordHandler for JobsOwner {
                 .cloned()
                 .collect()
         });
+        self.metrics.jobs_running.set(jobs.len() as i64);
         for job in jobs {
             let rules = StepRules {
                 now_ms: fleetwatch_protocol::now_ms(),
@@ -179,6 +182,7 @@ impl JobsOwner {
                 .confirmed()
                 .await?;
             self.index.apply(&event, job.partition);
+            self.count(job, &event.body);
         }
         let mut deliveries = Vec::with_capacity(planned.send.len());
         for device in &planned.send {
@@ -192,11 +196,35 @@ impl JobsOwner {
         }
         for delivery in deliveries {
             delivery.confirmed().await?;
+            self.metrics.job_commands_sent.inc();
         }
         if !planned.send.is_empty() {
             tracing::debug!(job = %job.spec.job_id, sent = planned.send.len(), "job commands sent");
         }
         Ok(())
+    }
+}
+
+impl JobsOwner {
+    /// Count a recorded event in the job metrics.
+    fn count(&self, job: &JobState, body: &JobEventBody) {
+        match body {
+            JobEventBody::Executions { changes } => {
+                for change in changes {
+                    (self.metrics.job_executions)
+                        .with_label_values(&[change.state.as_str()])
+                        .inc();
+                }
+            }
+            JobEventBody::Finished => {
+                let status = self
+                    .index
+                    .get(&job.spec.job_id)
+                    .map_or("completed", |job| job.status());
+                self.metrics.jobs_finished.with_label_values(&[status]).inc();
+            }
+            _ => {}
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub enum ConsumerRole {
     JobLog,
     /// Each jobs instance's reader of `iot.device-state`.
     JobsFleet,
+    /// Each alerts instance's reader of `iot.jobs` (job events for WebSocket clients).
+    JobEvents,
 }
 
 impl ConsumerRole {
@@ -58,6 +60,7 @@ impl ConsumerRole {
             Self::WebhookDeliveries => "webhook-deliveries",
             Self::Jobs => "jobs",
             Self::JobLog => "job-log",
+            Self::JobEvents => "job-events",
             Self::JobsFleet => "jobs-fleet",
         }
     }
