@@ -26,23 +26,57 @@ pub enum JobCommand {
         #[serde(default)]
         args: serde_json::Value,
     },
+    /// A configuration change: `desired` is merged into each device's desired state (a
+    /// JSON merge patch: `null` deletes a key); succeeds when the device reports every
+    /// patched key as patched (the delta of those keys closed).
+    Configuration { desired: crate::JsonObject },
 }
 
 impl JobCommand {
-    /// The command's name and args as the device receives them.
-    pub fn name_and_args(&self) -> (String, serde_json::Value) {
+    /// What the device's twin is asked for the execution whose command id (and
+    /// idempotency key) is `command_id`.
+    pub fn request(&self, command_id: &str, ttl_ms: u64) -> crate::DeviceRequestBody {
+        let command = |name: &str, args: serde_json::Value| {
+            crate::DeviceRequestBody::SendCommand(crate::NewCommand {
+                command_id: command_id.to_owned(),
+                name: name.to_owned(),
+                args,
+                idempotency_key: Some(command_id.to_owned()),
+                ttl_ms,
+            })
+        };
         match self {
             Self::SoftwareUpdate {
                 url,
                 version,
                 checksum,
-            } => (
-                "software_update".to_owned(),
+            } => command(
+                "software_update",
                 serde_json::json!({"url": url, "version": version, "checksum": checksum}),
             ),
-            Self::Command { name, args } => (name.clone(), args.clone()),
+            Self::Command { name, args } => command(name, args.clone()),
+            // A merge patch applied again changes nothing: a resend is transport here too.
+            Self::Configuration { desired } => crate::DeviceRequestBody::SetDesired {
+                desired: desired.clone(),
+                merge: true,
+                if_match: None,
+            },
         }
     }
+}
+
+/// Whether `reported` shows every key of the merge patch `patch` as patched (`null`:
+/// absent).
+pub fn patch_reported(patch: &crate::JsonObject, reported: &crate::JsonObject) -> bool {
+    patch
+        .iter()
+        .all(|(key, wanted)| match (wanted, reported.get(key)) {
+            (serde_json::Value::Null, found) => found.is_none_or(serde_json::Value::is_null),
+            (serde_json::Value::Object(inner), Some(serde_json::Value::Object(found))) => {
+                patch_reported(inner, found)
+            }
+            (wanted, found) => found == Some(wanted),
+        })
 }
 
 /// How a job rolls out.
@@ -87,6 +121,10 @@ pub struct JobSpec {
     /// The creator's tenant (`None`: an operator's job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantId>,
+    /// An operator's job that named tenants reaches their devices only (empty: every
+    /// device). A tenant's job reaches its own tenant's devices only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantId>,
     pub created_by: String,
     pub command: JobCommand,
     /// The target as asked (`{"device_ids": …}`, `{"prefix": …}` or `{"selector": …}`).
@@ -99,6 +137,10 @@ pub struct JobSpec {
     pub device_timeout_ms: u64,
     /// A device that stays offline has this long to come back and receive it.
     pub ttl_ms: u64,
+    /// Keeps picking up devices that match the target later (`targets_added`), until
+    /// cancelled or aborted; never finishes by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continuous: bool,
 }
 
 impl JobSpec {
@@ -106,6 +148,15 @@ impl JobSpec {
     /// same on every send, so a resend is transport, never a second execution.
     pub fn command_id(&self, device: &DeviceId) -> String {
         format!("job-{}-{}", self.job_id, device)
+    }
+
+    /// Whether a device of `tenant` is within the job's reach (checked again before each
+    /// first send: a device may have changed tenant since the job was created).
+    pub fn reaches(&self, tenant: Option<&TenantId>) -> bool {
+        match &self.tenant {
+            Some(own) => tenant == Some(own),
+            None => self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.contains(t)),
+        }
     }
 
     /// How many targets the waves up to `wave` (0-based) reach.
@@ -247,6 +298,11 @@ pub enum JobEventBody {
     Executions {
         changes: Vec<ExecutionChange>,
     },
+    /// A continuous job's target matched these devices since it was created: they join
+    /// its last wave (queued at once when that wave has started).
+    TargetsAdded {
+        devices: Vec<DeviceId>,
+    },
     CancelRequested {
         by: String,
     },
@@ -262,6 +318,7 @@ impl JobEventBody {
             Self::WaveStarted { .. } => "wave_started",
             Self::WaveFinished { .. } => "wave_finished",
             Self::Executions { .. } => "executions",
+            Self::TargetsAdded { .. } => "targets_added",
             Self::CancelRequested { .. } => "cancel_requested",
             Self::Aborted(_) => "aborted",
             Self::Finished => "finished",
@@ -278,6 +335,7 @@ mod tests {
         let spec = JobSpec {
             job_id: "j1".into(),
             tenant: None,
+            tenants: Vec::new(),
             created_by: "me".into(),
             command: JobCommand::Command {
                 name: "reboot".into(),
@@ -299,6 +357,7 @@ mod tests {
             },
             device_timeout_ms: 1,
             ttl_ms: 1,
+            continuous: false,
         };
         let reach: Vec<usize> = (0..5).map(|w| spec.reach(w)).collect();
         assert_eq!(reach, [2, 10, 50, 200, 200]);

@@ -375,10 +375,7 @@ impl Metrics {
                 "Jobs that ended, by status",
                 &["status"],
             ),
-            jobs_running: gauge(
-                "fleetwatch_jobs_running",
-                "Running jobs this instance owns",
-            ),
+            jobs_running: gauge("fleetwatch_jobs_running", "Running jobs this instance owns"),
             ws_job_events: counter(
                 "fleetwatch_ws_job_events_total",
                 "Job events pushed to WebSocket clients' channels",

@@ -561,3 +561,153 @@ fn alerts_scores_and_dead_letters_read() {
         assert_eq!(read.device_id, Some(device()));
     });
 }
+
+/// `iot.jobs`: every kind of job event, with job specs of each kind of command.
+#[test]
+fn job_events_read() {
+    use fleetwatch_protocol::{
+        AbortCriteria, AbortDecision, Canary, CanaryFigures, ExecutionChange, ExecutionState,
+        JobCommand, JobEvent, JobEventBody, JobSpec, Rollout,
+    };
+    let event = |body| JobEvent {
+        job_id: "18f2a0c1d4e7".into(),
+        at_ms: T0,
+        body,
+    };
+    let spec = |command, continuous| JobSpec {
+        job_id: "18f2a0c1d4e7".into(),
+        tenant: None,
+        tenants: vec![tenant()],
+        created_by: "alice".into(),
+        command,
+        target: json!({"prefix": "golden-", "selector": "reported.firmware != \"2.1\""}),
+        devices: vec![device()],
+        rollout: Rollout {
+            waves_percent: vec![1.0, 5.0, 25.0, 100.0],
+            soak_ms: 60_000,
+            max_per_minute: 600,
+        },
+        abort: AbortCriteria {
+            failure_ratio: 0.2,
+            min_finished: 10,
+            canary: Some(Canary {
+                min_updated: 5,
+                ratio: 3.0,
+                p_value: 0.01,
+            }),
+        },
+        device_timeout_ms: 600_000,
+        ttl_ms: 86_400_000,
+        continuous,
+    };
+    let update = JobCommand::SoftwareUpdate {
+        url: "https://updates.example.com/fw/2.1.bin".into(),
+        version: "2.1".into(),
+        checksum: "sha256:0f1e2d".into(),
+    };
+    let configuration = JobCommand::Configuration {
+        desired: object(json!({"sampling_ms": 500, "led": null})),
+    };
+    let command = JobCommand::Command {
+        name: "reboot".into(),
+        args: json!({"delay_s": 5}),
+    };
+    let figures = CanaryFigures {
+        updated_devices: 12,
+        other_devices: 188,
+        updated_alarms: 9,
+        updated_device_hours: 1.5,
+        other_alarms: 4,
+        other_device_hours: 30.0,
+        rate_ratio: Some(45.0),
+        p_value: 1.2e-9,
+        abort: true,
+    };
+    let samples = [
+        (
+            "job-event-created-update",
+            event(JobEventBody::Created(Box::new(spec(update, false)))),
+        ),
+        (
+            "job-event-created-configuration",
+            event(JobEventBody::Created(Box::new(spec(configuration, true)))),
+        ),
+        (
+            "job-event-created-command",
+            event(JobEventBody::Created(Box::new(spec(command, false)))),
+        ),
+        (
+            "job-event-wave-started",
+            event(JobEventBody::WaveStarted {
+                wave: 1,
+                reach: 10,
+                canary: Some(CanaryFigures {
+                    abort: false,
+                    ..figures.clone()
+                }),
+            }),
+        ),
+        (
+            "job-event-wave-finished",
+            event(JobEventBody::WaveFinished { wave: 1 }),
+        ),
+        (
+            "job-event-executions",
+            event(JobEventBody::Executions {
+                changes: vec![ExecutionChange {
+                    device_id: device(),
+                    state: ExecutionState::TimedOut,
+                    detail: Some("no outcome within 600000 ms".into()),
+                }],
+            }),
+        ),
+        (
+            "job-event-targets-added",
+            event(JobEventBody::TargetsAdded {
+                devices: vec![device()],
+            }),
+        ),
+        (
+            "job-event-cancel-requested",
+            event(JobEventBody::CancelRequested { by: "alice".into() }),
+        ),
+        (
+            "job-event-aborted",
+            event(JobEventBody::Aborted(AbortDecision::Canary {
+                wave: 1,
+                figures,
+            })),
+        ),
+        ("job-event-finished", event(JobEventBody::Finished)),
+    ];
+    for (name, sample) in samples {
+        let kind = sample.body.kind();
+        json_format(name, 1, sample, |read: &JobEvent| {
+            assert_eq!(read.body.kind(), kind);
+            assert_eq!(read.job_id, "18f2a0c1d4e7");
+        });
+    }
+}
+
+/// `iot.webhook-deliveries`.
+#[test]
+fn webhook_deliveries_read() {
+    use fleetwatch_protocol::{DeliveryOutcome, WebhookDelivery};
+    let delivery = WebhookDelivery {
+        event_id: format!("{}:17/3", device()),
+        alarm_id: format!("{}:17", device()),
+        device_id: device(),
+        tenant: tenant(),
+        webhook: "ops-pager".into(),
+        outcome: DeliveryOutcome::Retrying,
+        attempts: 2,
+        status: Some(503),
+        error: Some("503 Service Unavailable".into()),
+        at_ms: T0,
+        next_attempt_ms: Some(T0 + 4_000),
+    };
+    json_format("webhook-delivery", 1, delivery, |read: &WebhookDelivery| {
+        assert_eq!(read.outcome, DeliveryOutcome::Retrying);
+        assert_eq!(read.attempts, 2);
+    });
+}

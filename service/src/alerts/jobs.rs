@@ -30,7 +30,7 @@ pub struct JobNotice<'a> {
     /// Executions that moved to each state in this event.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub executions: BTreeMap<&'static str, usize>,
-    /// Targets of a created job.
+    /// Targets of a created job, or targets a continuous job added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +51,7 @@ impl<'a> JobNotice<'a> {
         };
         match &event.body {
             JobEventBody::Created(spec) => notice.targets = Some(spec.devices.len()),
+            JobEventBody::TargetsAdded { devices } => notice.targets = Some(devices.len()),
             JobEventBody::WaveStarted { wave, .. } | JobEventBody::WaveFinished { wave } => {
                 notice.wave = Some(*wave)
             }

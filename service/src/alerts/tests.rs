@@ -333,13 +333,17 @@ fn job_created(job_id: &str, tenant: Option<&str>) -> Vec<u8> {
     let spec = JobSpec {
         job_id: job_id.into(),
         tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+        tenants: Vec::new(),
         created_by: "someone".into(),
         command: JobCommand::Command {
             name: "reboot".into(),
             args: Value::Null,
         },
         target: json!({"prefix": "d"}),
-        devices: vec![DeviceId::parse("d1").unwrap(), DeviceId::parse("d2").unwrap()],
+        devices: vec![
+            DeviceId::parse("d1").unwrap(),
+            DeviceId::parse("d2").unwrap(),
+        ],
         rollout: Rollout {
             waves_percent: vec![50.0, 100.0],
             soak_ms: 0,
@@ -352,6 +356,7 @@ fn job_created(job_id: &str, tenant: Option<&str>) -> Vec<u8> {
         },
         device_timeout_ms: 1_000,
         ttl_ms: 1_000,
+        continuous: false,
     };
     job_event(job_id, 1, JobEventBody::Created(Box::new(spec)))
 }
@@ -383,7 +388,15 @@ async fn job_events_from_now_on_reach_the_jobs_tenant_and_operators_only() {
     };
     let records = [
         job_created("j-acme", Some("acme")),
-        job_event("j-acme", 2, JobEventBody::WaveStarted { wave: 0, reach: 1, canary: None }),
+        job_event(
+            "j-acme",
+            2,
+            JobEventBody::WaveStarted {
+                wave: 0,
+                reach: 1,
+                canary: None,
+            },
+        ),
         job_event("j-acme", 3, sent),
         Vec::new(), // an owner's marker
         job_created("j-ops", None),
@@ -401,7 +414,8 @@ async fn job_events_from_now_on_reach_the_jobs_tenant_and_operators_only() {
     };
     let executions = json!({"type": "job", "job_id": "j-acme", "event": "executions", "at_ms": 3, "executions": {"sent": 2}});
     let finished = json!({"type": "job", "job_id": "j-acme", "event": "finished", "at_ms": 4});
-    let ops_created = json!({"type": "job", "job_id": "j-ops", "event": "created", "at_ms": 1, "targets": 2});
+    let ops_created =
+        json!({"type": "job", "job_id": "j-ops", "event": "created", "at_ms": 1, "targets": 2});
     assert_eq!(drain(&mut acme), [executions.clone(), finished.clone()]);
     assert!(drain(&mut globex).is_empty());
     assert_eq!(drain(&mut operator), [executions, ops_created, finished]);

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::fleet::FleetView;
 use super::state::{JobIndex, JobState};
-use super::target::{resolve, Target};
+use super::target::{resolve, scope, Target};
 use super::JobsConfig;
 use crate::auth::Caller;
 use crate::kafka::Producer;
@@ -48,6 +48,9 @@ pub struct NewJob {
     pub device_timeout_ms: Option<u64>,
     #[serde(default)]
     pub ttl_ms: Option<u64>,
+    /// Keep picking up devices that match the target (a prefix or selector) later.
+    #[serde(default)]
+    pub continuous: bool,
 }
 
 /// The jobs of the deployment, for the REST API.
@@ -71,6 +74,28 @@ fn check_rollout(rollout: &Rollout) -> Result<(), String> {
         return Err("rollout.max_per_minute must be at least 1".into());
     }
     Ok(())
+}
+
+/// Largest configuration patch a job may carry (serialized).
+const MAX_PATCH_BYTES: usize = 16 * 1024;
+
+fn check_command(command: &JobCommand) -> Result<(), String> {
+    match command {
+        JobCommand::Command { name, .. } if name.is_empty() || name.len() > 128 => {
+            Err("command.name must be 1 to 128 characters".into())
+        }
+        JobCommand::Configuration { desired } if desired.is_empty() => {
+            Err("command.desired must patch at least one key".into())
+        }
+        JobCommand::Configuration { desired }
+            if serde_json::to_vec(desired).map_or(0, |v| v.len()) > MAX_PATCH_BYTES =>
+        {
+            Err(format!(
+                "command.desired is larger than {MAX_PATCH_BYTES} bytes"
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_abort(abort: &AbortCriteria) -> Result<(), String> {
@@ -111,14 +136,14 @@ impl JobsApi {
         let abort = new.abort.unwrap_or(default_abort);
         check_rollout(&rollout).map_err(JobsError::BadRequest)?;
         check_abort(&abort).map_err(JobsError::BadRequest)?;
-        if let JobCommand::Command { name, .. } = &new.command {
-            if name.is_empty() || name.len() > 128 {
-                return Err(JobsError::BadRequest(
-                    "command.name must be 1 to 128 characters".into(),
-                ));
-            }
+        check_command(&new.command).map_err(JobsError::BadRequest)?;
+        if new.continuous && new.target.device_ids.is_some() {
+            return Err(JobsError::BadRequest(
+                "a continuous job targets a prefix or a selector, not fixed device_ids".into(),
+            ));
         }
-        let devices = resolve(&new.target, caller, &self.directory, &self.fleet)
+        let scope = scope(&new.target, caller).map_err(JobsError::BadRequest)?;
+        let devices = resolve(&new.target, scope.as_deref(), &self.directory, &self.fleet)
             .map_err(JobsError::BadRequest)?;
         if devices.is_empty() {
             return Err(JobsError::BadRequest("the target matches no device".into()));
@@ -152,6 +177,10 @@ impl JobsApi {
         let spec = JobSpec {
             job_id: job_id.clone(),
             tenant: caller.tenant.clone(),
+            tenants: match caller.tenant {
+                None => scope.unwrap_or_default(),
+                Some(_) => Vec::new(),
+            },
             created_by: caller.subject.clone(),
             command: new.command,
             target: serde_json::to_value(&new.target).unwrap_or_default(),
@@ -162,6 +191,7 @@ impl JobsApi {
                 .device_timeout_ms
                 .unwrap_or(self.config.default_device_timeout_ms),
             ttl_ms: new.ttl_ms.unwrap_or(self.config.default_ttl_ms),
+            continuous: new.continuous,
         };
         self.record(&job_id, JobEventBody::Created(Box::new(spec)))
             .await?;
@@ -258,6 +288,8 @@ pub fn summary(job: &JobState, executions: bool) -> Value {
     let mut value = json!({
         "job_id": spec.job_id,
         "tenant": spec.tenant,
+        "tenants": spec.tenants,
+        "continuous": spec.continuous,
         "created_by": spec.created_by,
         "created_ms": job.created_ms,
         "status": job.status(),

@@ -13,6 +13,9 @@ pub struct JobsConfig {
     /// Executions whose command is not yet visible on the device's twin are sent again
     /// (same command id: transport, not a second execution) after this long, ms.
     pub resend_after_ms: u64,
+    /// How often the owner of a continuous job resolves its target again to pick up
+    /// devices that match since, ms.
+    pub continuous_every_ms: u64,
     /// Alarm creation times remembered per device for the canary criterion.
     pub alarms_per_device: usize,
     /// Defaults of a `POST /jobs` that leaves them out.
@@ -29,6 +32,7 @@ impl Default for JobsConfig {
             max_targets: 100_000,
             max_active_per_tenant: 5,
             resend_after_ms: 30_000,
+            continuous_every_ms: 10_000,
             alarms_per_device: 32,
             default_soak_ms: 60_000,
             default_max_per_minute: 600,

@@ -1,7 +1,8 @@
 //! The fleet as a job owner sees it: every twin of the deployment, read whole from
 //! `iot.device-state` (the twins' changelog) by every jobs instance. From it come what
 //! jobs need about devices owned by any instance: their reported state (a software
-//! update succeeds on `reported.firmware`; selectors match reported fields), the state
+//! update succeeds on `reported.firmware`, a configuration change when the reported
+//! state shows its desired patch; selectors match reported fields), the state
 //! of the jobs' commands in their journals, and when their alarms were created (the
 //! canary criterion).
 
@@ -21,6 +22,8 @@ pub struct DeviceView {
     pub tenant: Option<TenantId>,
     pub online: bool,
     pub reported: JsonObject,
+    /// What the device is asked to be (configuration jobs' patches land here).
+    pub desired: JsonObject,
     /// The state of each job command in the journal (command id → state).
     pub job_commands: HashMap<String, CommandState>,
     /// (alarm id, created ms) of its most recent alarms, oldest first.
@@ -82,6 +85,7 @@ impl FleetView {
         view.tenant = twin.tenant;
         view.online = twin.connectivity == Some(Connectivity::Online);
         view.reported = twin.reported;
+        view.desired = twin.desired;
         for command in twin.commands {
             if command.command_id.starts_with("job-") {
                 view.job_commands.insert(command.command_id, command.state);

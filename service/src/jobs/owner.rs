@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwatch_protocol::{
-    DeviceId, DeviceRequest, DeviceRequestBody, JobEvent, JobEventBody, NewCommand,
-};
+use fleetwatch_protocol::{DeviceId, DeviceRequest, JobEvent, JobEventBody};
 use parking_lot::Mutex;
 
 use super::fleet::FleetView;
@@ -27,6 +25,7 @@ use super::state::{JobIndex, JobState};
 use super::JobsConfig;
 use crate::kafka::{HandleError, PartitionListener, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
+use crate::tenancy::Directory;
 
 /// A partition of `iot.jobs` this instance owns.
 struct Owned {
@@ -119,6 +118,10 @@ pub struct JobsOwner {
     pub commands_topic: String,
     pub config: JobsConfig,
     pub metrics: Arc<Metrics>,
+    /// Where continuous jobs find devices that match later.
+    pub directory: Arc<Directory>,
+    /// When each continuous job's target was last resolved again.
+    pub resolved_ms: HashMap<String, i64>,
 }
 
 impl RecordHandler for JobsOwner {
@@ -146,6 +149,9 @@ impl RecordHandler for JobsOwner {
         });
         self.metrics.jobs_running.set(jobs.len() as i64);
         for job in jobs {
+            let Some(job) = self.pick_up_new_targets(job).await else {
+                continue;
+            };
             let rules = StepRules {
                 now_ms: fleetwatch_protocol::now_ms(),
                 tick_ms: self.config.tick_ms,
@@ -162,6 +168,40 @@ impl RecordHandler for JobsOwner {
 }
 
 impl JobsOwner {
+    /// For a continuous job due for it, record the devices its target matches since;
+    /// the job as it is then (`None`: not recorded, retried next tick).
+    async fn pick_up_new_targets(&mut self, job: JobState) -> Option<JobState> {
+        let now_ms = fleetwatch_protocol::now_ms();
+        let last = self.resolved_ms.get(&job.spec.job_id).copied();
+        let due = last.is_none_or(|at| now_ms - at >= self.config.continuous_every_ms as i64);
+        if job.is_stopped() {
+            self.resolved_ms.remove(&job.spec.job_id);
+        }
+        if !job.spec.continuous || job.is_stopped() || !due {
+            return Some(job);
+        }
+        self.resolved_ms.insert(job.spec.job_id.clone(), now_ms);
+        let room = self
+            .config
+            .max_targets
+            .saturating_sub(job.spec.devices.len());
+        let added = super::target::matched_since(&job.spec, &self.directory, &self.fleet, room);
+        if added.is_empty() {
+            return Some(job);
+        }
+        let step = super::plan::Step {
+            events: vec![JobEventBody::TargetsAdded { devices: added }],
+            send: Vec::new(),
+        };
+        match self.run(&job, step, now_ms).await {
+            Ok(()) => self.index.get(&job.spec.job_id),
+            Err(error) => {
+                tracing::warn!(job = %job.spec.job_id, %error, "new targets not recorded; retried next tick");
+                None
+            }
+        }
+    }
+
     /// Record the step's events (confirmed, in order), then send its commands.
     async fn run(
         &self,
@@ -221,30 +261,26 @@ impl JobsOwner {
                     .index
                     .get(&job.spec.job_id)
                     .map_or("completed", |job| job.status());
-                self.metrics.jobs_finished.with_label_values(&[status]).inc();
+                self.metrics
+                    .jobs_finished
+                    .with_label_values(&[status])
+                    .inc();
             }
             _ => {}
         }
     }
 }
 
-/// The job's command for `device`, with its deterministic id as idempotency key too.
+/// The job's request for `device`, its command id also its idempotency key.
 pub fn command_request(job: &JobState, device: &DeviceId, now_ms: i64) -> DeviceRequest {
     let spec = &job.spec;
     let command_id = spec.command_id(device);
-    let (name, args) = spec.command.name_and_args();
     DeviceRequest {
         request_id: format!("{command_id}@{now_ms}"),
         reply_to: None,
         device_id: device.clone(),
         sent_ms: now_ms,
-        body: DeviceRequestBody::SendCommand(NewCommand {
-            command_id: command_id.clone(),
-            name,
-            args,
-            idempotency_key: Some(command_id),
-            ttl_ms: spec.ttl_ms + spec.device_timeout_ms,
-        }),
+        body: (spec.command).request(&command_id, spec.ttl_ms + spec.device_timeout_ms),
     }
 }
 

@@ -3,8 +3,8 @@
 //! are tested deterministically; the owner records the events durably before it sends.
 
 use fleetwatch_protocol::{
-    AbortDecision, CanaryFigures, CommandState, DeviceId, ExecutionChange, ExecutionState,
-    JobCommand, JobEventBody,
+    patch_reported, AbortDecision, CanaryFigures, CommandState, DeviceId, ExecutionChange,
+    ExecutionState, JobCommand, JobEventBody, JobSpec,
 };
 
 use super::fleet::{DeviceView, FleetView};
@@ -90,7 +90,7 @@ pub fn step(job: &JobState, fleet: &FleetView, rules: StepRules) -> Step {
             );
         }
     } else {
-        release(&mut projected, &mut out, rules);
+        release(&mut projected, &mut out, fleet, rules);
     }
     resend(&projected, fleet, rules, &mut out);
     let open = projected
@@ -102,7 +102,9 @@ pub fn step(job: &JobState, fleet: &FleetView, rules: StepRules) -> Step {
             .waves
             .last()
             .is_some_and(|w| w.finished_ms.is_some());
-    if !open && (projected.is_stopped() || all_waves) {
+    // A continuous job waits for devices that match later until it is stopped.
+    let done = all_waves && !projected.spec.continuous;
+    if !open && (projected.is_stopped() || done) {
         record(
             &mut projected,
             &mut out,
@@ -154,13 +156,28 @@ fn outcome(
     command_id: &str,
     view: &DeviceView,
 ) -> Option<(ExecutionState, Option<String>)> {
-    if let JobCommand::SoftwareUpdate { version, .. } = command {
-        if view.reported.get("firmware").and_then(|v| v.as_str()) == Some(version.as_str()) {
+    match command {
+        JobCommand::SoftwareUpdate { version, .. }
+            if view.reported.get("firmware").and_then(|v| v.as_str()) == Some(version.as_str()) =>
+        {
             return Some((
                 ExecutionState::Succeeded,
                 Some(format!("reports firmware {version}")),
             ));
         }
+        JobCommand::Configuration { desired } => {
+            if patch_reported(desired, &view.reported) {
+                return Some((
+                    ExecutionState::Succeeded,
+                    Some("reports the desired configuration".into()),
+                ));
+            }
+            // The twin holds the patch and the device is connected: it has it to apply
+            // (its time to report starts); offline, it stays `sent` until it is back.
+            let received = view.online && patch_reported(desired, &view.desired);
+            return received.then_some((ExecutionState::InProgress, None));
+        }
+        _ => {}
     }
     let state = view.job_commands.get(command_id)?;
     Some(match (state, command) {
@@ -182,9 +199,18 @@ fn outcome(
     })
 }
 
+/// Whether the twin shows the job's request for `device` (a command in its journal, or
+/// the patch in its desired state).
+fn shown(spec: &JobSpec, device: &DeviceId, view: &DeviceView) -> bool {
+    match &spec.command {
+        JobCommand::Configuration { desired } => patch_reported(desired, &view.desired),
+        _ => view.job_commands.contains_key(&spec.command_id(device)),
+    }
+}
+
 fn timeout(
     execution: &super::state::Execution,
-    spec: &fleetwatch_protocol::JobSpec,
+    spec: &JobSpec,
     now_ms: i64,
 ) -> Option<(ExecutionState, Option<String>)> {
     let overdue =
@@ -301,7 +327,7 @@ fn start_wave(
 }
 
 /// First-send queued executions, within the rate limit.
-fn release(job: &mut JobState, out: &mut Step, rules: StepRules) {
+fn release(job: &mut JobState, out: &mut Step, fleet: &FleetView, rules: StepRules) {
     let per_minute = job.spec.rollout.max_per_minute.max(1) as usize;
     let last_minute = job
         .executions
@@ -311,16 +337,31 @@ fn release(job: &mut JobState, out: &mut Step, rules: StepRules) {
     let per_tick = (per_minute as u64 * rules.tick_ms).div_ceil(60_000).max(1) as usize;
     let allowed = per_minute.saturating_sub(last_minute).min(per_tick);
     let order = &job.spec.devices;
-    let released: Vec<ExecutionChange> = order
-        .iter()
-        .filter(|d| {
-            job.executions
-                .get(*d)
-                .is_some_and(|e| e.state == ExecutionState::Queued)
-        })
-        .take(allowed)
-        .map(|device| change(device, ExecutionState::Sent, None))
-        .collect();
+    let queued = order.iter().filter(|d| {
+        job.executions
+            .get(*d)
+            .is_some_and(|e| e.state == ExecutionState::Queued)
+    });
+    // A device that changed tenant since the job was created is out of its reach.
+    let (mut released, mut left) = (Vec::new(), Vec::new());
+    for device in queued {
+        let reached = fleet.with(device, |view| {
+            view.is_none_or(|v| job.spec.reaches(v.tenant.as_ref()))
+        });
+        if !reached {
+            left.push(change(
+                device,
+                ExecutionState::Cancelled,
+                Some("the device left the job's tenant".into()),
+            ));
+        } else if released.len() < allowed {
+            released.push(change(device, ExecutionState::Sent, None));
+        }
+    }
+    if !left.is_empty() {
+        let changes = JobEventBody::Executions { changes: left };
+        record(job, out, changes, rules.now_ms);
+    }
     if released.is_empty() {
         return;
     }
@@ -343,7 +384,7 @@ fn resend(job: &JobState, fleet: &FleetView, rules: StepRules, out: &mut Step) {
         }
         let stale = rules.now_ms - execution.changed_ms >= rules.resend_after_ms as i64;
         let shown = fleet.with(device, |view| {
-            view.is_some_and(|v| v.job_commands.contains_key(&job.spec.command_id(device)))
+            view.is_some_and(|v| shown(&job.spec, device, v))
         });
         if rules.resend_all || (stale && !shown) {
             out.send.push(device.clone());

@@ -59,6 +59,8 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         commands_topic: topics.commands(),
         config: config.clone(),
         metrics: launch.metrics.clone(),
+        directory: launch.directory.clone(),
+        resolved_ms: Default::default(),
     };
     launch.consume("jobs", group, owner);
     launch.jobs = Some(Arc::new(JobsApi {

@@ -57,6 +57,19 @@ pub struct JobState {
     pub first_success_ms: Option<i64>,
 }
 
+/// A new execution of `wave`, created at `at`.
+fn queued(wave: u32, at: i64) -> Execution {
+    Execution {
+        state: ExecutionState::Queued,
+        wave,
+        created_ms: at,
+        changed_ms: at,
+        sent_ms: None,
+        started_ms: None,
+        detail: None,
+    }
+}
+
 /// Forward order of execution states; terminal ones never change.
 fn rank(state: ExecutionState) -> u8 {
     match state {
@@ -152,6 +165,7 @@ impl JobState {
                     self.change(change, at);
                 }
             }
+            JobEventBody::TargetsAdded { devices } => self.add_targets(devices, at),
             JobEventBody::CancelRequested { by } => {
                 self.cancel.get_or_insert((by.clone(), at));
             }
@@ -172,32 +186,36 @@ impl JobState {
         let from = self.waves.last().map_or(0, |w| w.reach as usize);
         let reach = reach.min(self.spec.devices.len());
         for device in &self.spec.devices[from.min(reach)..reach] {
-            self.executions.entry(device.clone()).or_insert(Execution {
-                state: ExecutionState::Queued,
-                wave,
-                created_ms: at,
-                changed_ms: at,
-                sent_ms: None,
-                started_ms: None,
-                detail: None,
-            });
+            (self.executions)
+                .entry(device.clone())
+                .or_insert(queued(wave, at));
+        }
+    }
+
+    /// New targets of a continuous job: in the last wave (created at once, `queued`,
+    /// when it has started; with it otherwise).
+    fn add_targets(&mut self, devices: &[DeviceId], at: i64) {
+        let mut known: HashSet<DeviceId> = self.spec.devices.iter().cloned().collect();
+        let new: Vec<DeviceId> = (devices.iter())
+            .filter(|d| known.insert((*d).clone()))
+            .cloned()
+            .collect();
+        let last_wave = self.spec.rollout.waves_percent.len().saturating_sub(1);
+        let started = self.waves.len() > last_wave;
+        for device in new {
+            if started {
+                self.executions
+                    .insert(device.clone(), queued(last_wave as u32, at));
+            }
+            self.spec.devices.push(device);
         }
     }
 
     fn change(&mut self, change: &fleetwatch_protocol::ExecutionChange, at: i64) {
         let wave = self.waves.len().saturating_sub(1) as u32;
-        let execution = self
-            .executions
+        let execution = (self.executions)
             .entry(change.device_id.clone())
-            .or_insert(Execution {
-                state: ExecutionState::Queued,
-                wave,
-                created_ms: at,
-                changed_ms: at,
-                sent_ms: None,
-                started_ms: None,
-                detail: None,
-            });
+            .or_insert(queued(wave, at));
         if execution.state.is_terminal() || rank(change.state) < rank(execution.state) {
             return;
         }

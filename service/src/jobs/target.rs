@@ -1,8 +1,8 @@
 //! A job's target, resolved once when the job is created, across the whole fleet and
-//! within the caller's tenant: device ids, a device-id prefix, and/or a selector on the
-//! twins' reported fields.
+//! within the caller's tenant (an operator may name several tenants): device ids, a
+//! device-id prefix, and/or a selector on the twins' reported fields.
 
-use fleetwatch_protocol::DeviceId;
+use fleetwatch_protocol::{DeviceId, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -22,6 +22,37 @@ pub struct Target {
     /// (`"2.1"`, `3`, `true`, `null`) or a bare word taken as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Operators only: reach the devices of these tenants only (without it an operator's
+    /// job reaches every tenant's devices). A tenant's job is its own tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
+}
+
+/// The tenants a job may reach: `None` for every device (an operator's job without
+/// `tenants`), else these.
+pub fn scope(target: &Target, caller: &Caller) -> Result<Option<Vec<TenantId>>, String> {
+    let Some(named) = &target.tenants else {
+        return Ok(caller.tenant.clone().map(|own| vec![own]));
+    };
+    let mut tenants = Vec::with_capacity(named.len());
+    for raw in named {
+        let tenant = TenantId::parse(raw).map_err(|e| format!("target.tenants: {e}"))?;
+        if !caller.sees(Some(&tenant)) {
+            return Err("target.tenants: a tenant's job reaches its own devices only".into());
+        }
+        if !tenants.contains(&tenant) {
+            tenants.push(tenant);
+        }
+    }
+    if tenants.is_empty() {
+        return Err("target.tenants is empty".into());
+    }
+    Ok(Some(tenants))
+}
+
+/// Whether a device of `tenant` is within a job's `scope`.
+pub fn in_scope(scope: Option<&[TenantId]>, tenant: Option<&TenantId>) -> bool {
+    scope.is_none_or(|tenants| tenant.is_some_and(|t| tenants.contains(t)))
 }
 
 /// One clause of a selector.
@@ -100,11 +131,11 @@ pub fn matches(clauses: &[Clause], reported: &fleetwatch_protocol::JsonObject) -
     })
 }
 
-/// The devices of `target` the caller may reach, in id order (`device_ids` keep their
-/// order); `Err` says why the target is unusable.
+/// The devices of `target` within `scope` (see [`scope`]), in id order (`device_ids`
+/// keep their order); `Err` says why the target is unusable.
 pub fn resolve(
     target: &Target,
-    caller: &Caller,
+    scope: Option<&[TenantId]>,
     directory: &Directory,
     fleet: &FleetView,
 ) -> Result<Vec<DeviceId>, String> {
@@ -115,7 +146,7 @@ pub fn resolve(
         let mut devices: Vec<DeviceId> = Vec::with_capacity(ids.len());
         for raw in ids {
             let id = DeviceId::parse(raw).map_err(|e| e.to_string())?;
-            if !directory.knows(&id) || !caller.sees(directory.tenant_of(&id).as_ref()) {
+            if !directory.knows(&id) || !in_scope(scope, directory.tenant_of(&id).as_ref()) {
                 return Err(crate::auth::no_such_device(&id));
             }
             if !devices.contains(&id) {
@@ -130,13 +161,13 @@ pub fn resolve(
     }
     let prefix = target.prefix.as_deref().unwrap_or_default();
     let mut devices = Vec::new();
-    let mut after = None;
-    loop {
-        let page = directory.page(caller.tenant.as_ref(), prefix, after.as_ref(), 10_000);
-        devices.extend(page.devices.into_iter().map(|(id, _)| id));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
+    match scope {
+        None => devices = all_pages(directory, None, prefix),
+        Some(tenants) => {
+            for tenant in tenants {
+                devices.extend(all_pages(directory, Some(tenant), prefix));
+            }
+            devices.sort();
         }
     }
     if let Some(clauses) = clauses {
@@ -150,6 +181,46 @@ pub fn resolve(
         });
     }
     Ok(devices)
+}
+
+/// Devices a continuous job's target matches now that it does not have yet (at most
+/// `room`, in id order).
+pub fn matched_since(
+    spec: &fleetwatch_protocol::JobSpec,
+    directory: &Directory,
+    fleet: &FleetView,
+    room: usize,
+) -> Vec<DeviceId> {
+    let Ok(target) = serde_json::from_value::<Target>(spec.target.clone()) else {
+        return Vec::new();
+    };
+    let scope = match &spec.tenant {
+        Some(own) => Some(vec![own.clone()]),
+        None if spec.tenants.is_empty() => None,
+        None => Some(spec.tenants.clone()),
+    };
+    let Ok(matched) = resolve(&target, scope.as_deref(), directory, fleet) else {
+        return Vec::new();
+    };
+    let known: std::collections::HashSet<&DeviceId> = spec.devices.iter().collect();
+    (matched.into_iter())
+        .filter(|d| !known.contains(d))
+        .take(room)
+        .collect()
+}
+
+/// Every device of `tenant` (every device for `None`) starting with `prefix`, in id order.
+fn all_pages(directory: &Directory, tenant: Option<&TenantId>, prefix: &str) -> Vec<DeviceId> {
+    let mut devices = Vec::new();
+    let mut after = None;
+    loop {
+        let page = directory.page(tenant, prefix, after.as_ref(), 10_000);
+        devices.extend(page.devices.into_iter().map(|(id, _)| id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return devices,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,5 +257,38 @@ mod tests {
         ] {
             assert!(parse_selector(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn operators_may_name_tenants_and_a_tenant_only_its_own() {
+        let operator = Caller::anonymous_operator();
+        let acme_id = TenantId::parse("acme").unwrap();
+        let acme = Caller {
+            tenant: Some(acme_id.clone()),
+            ..Caller::anonymous_operator()
+        };
+        let named = |tenants: &[&str]| Target {
+            prefix: Some("d".into()),
+            tenants: Some(tenants.iter().map(|t| t.to_string()).collect()),
+            ..Target::default()
+        };
+        let both = scope(&named(&["acme", "globex", "acme"]), &operator)
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(scope(&Target::default(), &operator).unwrap(), None);
+        assert_eq!(
+            scope(&Target::default(), &acme).unwrap(),
+            Some(vec![acme_id.clone()])
+        );
+        assert_eq!(
+            scope(&named(&["acme"]), &acme).unwrap(),
+            Some(vec![acme_id.clone()])
+        );
+        assert!(scope(&named(&["globex"]), &acme).is_err());
+        assert!(scope(&named(&[]), &operator).is_err());
+        assert!(scope(&named(&["not a tenant!"]), &operator).is_err());
+        assert!(in_scope(Some(&both), Some(&acme_id)) && !in_scope(Some(&both), None));
+        assert!(in_scope(None, None));
     }
 }

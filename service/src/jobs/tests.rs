@@ -20,6 +20,7 @@ fn spec(devices: usize, canary: Option<Canary>) -> JobSpec {
     JobSpec {
         job_id: "j1".into(),
         tenant: None,
+        tenants: Vec::new(),
         created_by: "test".into(),
         command: JobCommand::SoftwareUpdate {
             url: "http://x/fw".into(),
@@ -40,6 +41,7 @@ fn spec(devices: usize, canary: Option<Canary>) -> JobSpec {
         },
         device_timeout_ms: 60_000,
         ttl_ms: 600_000,
+        continuous: false,
     }
 }
 
@@ -222,4 +224,150 @@ fn a_restored_owner_sends_again_only_what_is_sent_and_never_creates_twice() {
     );
     assert_eq!(restored.send, first.send, "the same executions, sent again");
     assert!(restored.events.is_empty(), "{restored:?}");
+}
+
+fn object(value: serde_json::Value) -> fleetwatch_protocol::JsonObject {
+    value.as_object().unwrap().clone()
+}
+
+#[test]
+fn a_configuration_change_succeeds_when_the_reported_state_closes_its_delta() {
+    let mut spec = spec(3, None);
+    spec.rollout.waves_percent = vec![100.0];
+    spec.command = JobCommand::Configuration {
+        desired: object(json!({"sampling_ms": 500, "led": null, "net": {"apn": "iot"}})),
+    };
+    let request = spec.command.request("job-j1-d00", 1_000);
+    assert!(matches!(
+        request,
+        fleetwatch_protocol::DeviceRequestBody::SetDesired { merge: true, .. }
+    ));
+    let (fleet, mut job) = (fleet(3), JobState::new(spec, 0, 0));
+    assert_eq!(run(&mut job, &fleet, 0).send.len(), 3);
+    let with = |i: usize, desired: serde_json::Value, reported: serde_json::Value, online: bool| {
+        let mut twin = twin(i, "1.0", &[]);
+        twin.desired = object(desired);
+        twin.reported.extend(object(reported));
+        if !online {
+            twin.connectivity = Some(fleetwatch_protocol::Connectivity::Offline);
+        }
+        fleet.apply(id(i), Some(twin));
+    };
+    let patched = json!({"sampling_ms": 500, "net": {"apn": "iot"}});
+    // d00 applied it (its other keys stay); d01 has it but not yet applied; d02 is
+    // offline with it waiting.
+    with(
+        0,
+        patched.clone(),
+        json!({"sampling_ms": 500, "net": {"apn": "iot", "mtu": 1400}}),
+        true,
+    );
+    with(
+        1,
+        patched.clone(),
+        json!({"sampling_ms": 100, "led": "on"}),
+        true,
+    );
+    with(2, patched.clone(), json!({}), false);
+    run(&mut job, &fleet, 250);
+    let state = |job: &JobState, i| job.executions[&id(i)].state;
+    assert_eq!(
+        [state(&job, 0), state(&job, 1), state(&job, 2)],
+        [
+            ExecutionState::Succeeded,
+            ExecutionState::InProgress,
+            ExecutionState::Sent
+        ]
+    );
+    // A key the patch deletes must be gone from the reported state too.
+    with(
+        1,
+        patched.clone(),
+        json!({"sampling_ms": 500, "net": {"apn": "iot"}, "led": "on"}),
+        true,
+    );
+    run(&mut job, &fleet, 500);
+    assert_eq!(
+        state(&job, 1),
+        ExecutionState::InProgress,
+        "led still reported"
+    );
+    let mut twin1 = twin(1, "1.0", &[]);
+    twin1.desired = object(patched);
+    twin1.reported = object(json!({"sampling_ms": 500, "net": {"apn": "iot"}}));
+    fleet.apply(id(1), Some(twin1));
+    run(&mut job, &fleet, 750);
+    assert_eq!(state(&job, 1), ExecutionState::Succeeded);
+}
+
+#[test]
+fn a_continuous_job_takes_devices_that_match_later_and_runs_until_cancelled() {
+    let mut spec = spec(4, None);
+    spec.rollout.waves_percent = vec![50.0, 100.0];
+    spec.rollout.soak_ms = 0;
+    spec.continuous = true;
+    let (fleet, mut job) = (fleet(8), JobState::new(spec, 0, 0));
+    let mut now = 0;
+    for _ in 0..40 {
+        install(&job, &fleet, "2.1", &[]);
+        now += 250;
+        run(&mut job, &fleet, now);
+    }
+    assert_eq!(job.counts()["succeeded"], 4);
+    assert_eq!(
+        job.status(),
+        "running",
+        "a continuous job does not finish by itself"
+    );
+    // Two devices match later (one of them twice: added once).
+    let added = JobEventBody::TargetsAdded {
+        devices: vec![id(4), id(5), id(4)],
+    };
+    job.apply(&JobEvent {
+        job_id: "j1".into(),
+        at_ms: now,
+        body: added,
+    });
+    assert_eq!(job.spec.devices.len(), 6);
+    assert_eq!(
+        job.counts()["queued"],
+        2,
+        "queued at once: the last wave runs"
+    );
+    now += 250;
+    let planned = run(&mut job, &fleet, now);
+    assert_eq!(planned.send, [id(4), id(5)]);
+    install(&job, &fleet, "2.1", &[]);
+    run(&mut job, &fleet, now + 250);
+    assert_eq!(job.counts()["succeeded"], 6);
+    job.apply(&JobEvent {
+        job_id: "j1".into(),
+        at_ms: now + 300,
+        body: JobEventBody::CancelRequested { by: "op".into() },
+    });
+    run(&mut job, &fleet, now + 500);
+    assert!(job.finished_ms.is_some() && job.status() == "cancelled");
+}
+
+#[test]
+fn a_device_that_left_the_jobs_tenant_is_never_sent_the_command() {
+    let acme = fleetwatch_protocol::TenantId::parse("acme").unwrap();
+    let mut spec = spec(3, None);
+    spec.rollout.waves_percent = vec![100.0];
+    spec.tenant = Some(acme.clone());
+    let fleet = FleetView::new(8);
+    fleet.start(Default::default());
+    for i in 0..3 {
+        let mut twin = twin(i, "1.0", &[]);
+        // d01 moved to another tenant after the job was created.
+        twin.tenant = Some(
+            fleetwatch_protocol::TenantId::parse(if i == 1 { "globex" } else { "acme" }).unwrap(),
+        );
+        fleet.apply(id(i), Some(twin));
+    }
+    let mut job = JobState::new(spec, 0, 0);
+    let planned = run(&mut job, &fleet, 0);
+    assert_eq!(planned.send, [id(0), id(2)]);
+    assert_eq!(job.executions[&id(1)].state, ExecutionState::Cancelled);
+    assert!(job.spec.reaches(Some(&acme)) && !job.spec.reaches(None));
 }
