@@ -21,6 +21,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 # What the binary links beyond libc and libgcc (`ldd target/release/fleetwatch`):
 # OpenSSL 3 (librdkafka's TLS) and zlib; CA roots for TLS to Kafka, MQTT and webhooks.
+# Not pinned: bookworm's security updates of OpenSSL should reach a rebuilt image.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates \
     && rm -rf /var/lib/apt/lists/*
