@@ -300,7 +300,7 @@ def check_dashboards(objects: list[dict], label: str) -> None:
             check(dashboard == json.loads(sources[key].read_text()), f"{label}: dashboard {key} differs from dashboards/{key}")
 
 
-def check_topics_job(objects: list[dict], topics: list[dict], label: str) -> None:
+def check_topics_job(objects: list[dict], topics: list[dict], values: dict, label: str) -> None:
     jobs = [o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-topics")]
     check(len(jobs) == 1, f"{label}: {len(jobs)} topics Jobs")
     if not jobs:
@@ -318,6 +318,9 @@ def check_topics_job(objects: list[dict], topics: list[dict], label: str) -> Non
     check(created == wanted, f"{label}: the topics Job creates {created}, `fleetwatch topics` says {wanted}")
     check(bool(topics) and all(env.get("PARTITIONS") == str(t["partitions"]) and env.get("REPLICATION") == str(t["replication"]) for t in topics),
           f"{label}: the topics Job's partitions/replication {env} differ from `fleetwatch topics`")
+    min_insync = values.get("kafka", {}).get("minInsyncReplicas", 2)
+    check(env.get("MIN_INSYNC") == (f"--config=min.insync.replicas={min_insync}" if min_insync else "")
+          and "$MIN_INSYNC" in script, f"{label}: the topics Job sets min.insync.replicas to {env.get('MIN_INSYNC')!r}, not {min_insync}")
 
 
 # --- values schema -----------------------------------------------------------------------
@@ -432,7 +435,7 @@ def main() -> int:
             if config_maps:
                 config = check_config(fleetwatch, config_maps[0]["data"]["fleetwatch.toml"], workloads, label, Path(scratch))
                 if config and values.get("kafka", {}).get("topicsJob", {}).get("enabled", True):
-                    check_topics_job(objects, binary_topics(fleetwatch, config), label)
+                    check_topics_job(objects, binary_topics(fleetwatch, config), values, label)
             if values.get("dashboards", {}).get("enabled", True):
                 check_dashboards(objects, label)
             kinds = sorted({o["kind"] for o in objects})
