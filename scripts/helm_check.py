@@ -384,7 +384,9 @@ def check_dockerfile(fleetwatch: str) -> None:
     runtime = text[text.rindex("\nFROM ") + 1:]
     check("debian:bookworm-slim" in runtime.splitlines()[0], "Dockerfile: the runtime stage is not debian:bookworm-slim")
     check(re.search(r"^USER\s+[1-9][0-9]*", runtime, re.M) is not None, "Dockerfile: the runtime stage runs as root")
-    installed = set(re.findall(r"^\s*&& apt-get install[^\n]*?--no-install-recommends ([^\n]+?)\s*\\?$", runtime, re.M)[0].split())
+    packages = re.findall(r"^\s*&& apt-get install[^\n]*?--no-install-recommends ([^\n]+?)\s*\\?$", runtime, re.M)
+    check(len(packages) == 1, "Dockerfile: no `apt-get install -y --no-install-recommends ...` line in the runtime stage")
+    installed = set(packages[0].split()) if packages else set()
     # Required packages of every Debian image, slim included.
     base = {"libc6", "libgcc-s1"}
     libraries = re.findall(r"=> (/\S+)", run("ldd", fleetwatch).stdout)
