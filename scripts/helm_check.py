@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the Helm chart (helm/fleetwatch) and the Dockerfile with real tools, offline.
 
-    python scripts/helm_check.py --fleetwatch target/debug/fleetwatch
+    python scripts/helm_check.py --fleetwatch target/debug/fleetwatch [--sync]
 
 Needs, in the running interpreter: helm-python-sdk (Helm's Go SDK: lint, schema check,
 render), kubernetes-validate (the Kubernetes JSON schemas) and PyYAML; hadolint on PATH
@@ -329,19 +329,41 @@ def json_type(value) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}[type(value)]
 
 
-def check_schema_follows_binary(fleetwatch: str) -> None:
+def schema_for(value, path: str) -> dict:
+    """A values.schema.json node for a setting `fleetwatch config` printed (for --sync)."""
+    if isinstance(value, dict):
+        return {"type": "object", "additionalProperties": False,
+                "properties": {k: schema_for(v, f"{path}.{k}") for k, v in value.items()}}
+    if isinstance(value, list):
+        if value and not isinstance(value[0], dict):
+            return {"type": "array", "items": {"type": json_type(value[0])}}
+        raise SystemExit(f"--sync: {path} is a list of tables or empty: write its schema by hand")
+    return {"type": json_type(value)}
+
+
+def check_schema_follows_binary(fleetwatch: str, sync: bool = False) -> None:
     """Every setting `fleetwatch config` prints is settable: in values.schema.json's
-    `config`, with the binary's type, or derived by the chart from other values."""
-    schema = json.loads((CHART / "values.schema.json").read_text())
+    `config`, with the binary's type, or derived by the chart from other values. Every key
+    of `config` the binary does not print (optional settings) carries `examples`, which
+    `fleetwatch config` must accept. With `sync`, missing settings are added instead."""
+    path = CHART / "values.schema.json"
+    schema = json.loads(path.read_text())
     config = schema["properties"]["config"]["properties"]
     defaults = tomllib.loads(run(fleetwatch, "config").stdout)
+    added = []
 
-    def walk(value, node: dict | None, path: list[str]) -> None:
+    def walk(value, parent: dict, key: str, path: list[str]) -> None:
         dotted = ".".join(path)
+        node = parent.get(key)
         if node is None:
-            section, key = path[0], path[1] if len(path) > 1 else None
-            check(key is not None and key in MANAGED.get(section, {}),
-                  f"values.schema.json: setting {dotted} of `fleetwatch config` cannot be set from values")
+            if len(path) > 1 and path[1] in MANAGED.get(path[0], {}):
+                return
+            if sync:
+                parent[key] = schema_for(value, dotted)
+                added.append(dotted)
+                return
+            failures.append(f"values.schema.json: setting {dotted} of `fleetwatch config` cannot be set from values "
+                            "(scripts/helm_check.py --sync adds it)")
             return
         types = node.get("type")
         types = types if isinstance(types, list) else [types]
@@ -349,15 +371,46 @@ def check_schema_follows_binary(fleetwatch: str) -> None:
         check(want in types or (want == "integer" and "number" in types),
               f"values.schema.json: config.{dotted} is {types}, the binary has a {want}")
         if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(inner, node.get("properties", {}).get(key), path + [key])
+            for inner_key, inner in value.items():
+                walk(inner, node.setdefault("properties", {}), inner_key, path + [inner_key])
 
     for section, value in defaults.items():
-        if section not in config:
-            check(section in MANAGED or section == "tls", f"values.schema.json: section {section} missing from config")
+        if section in MANAGED and section not in config and all(k in MANAGED[section] for k in value):
             continue
-        for key, inner in value.items():
-            walk(inner, config[section]["properties"].get(key), [section, key])
+        if section == "tls":
+            continue
+        walk(value, config, section, [section])
+    # The optional settings, with their examples, must be known to the binary.
+    optional: dict[str, dict] = {}
+    for section, node in config.items():
+        for key, inner in node.get("properties", {}).items():
+            if key not in defaults.get(section, {}):
+                if "examples" not in inner:
+                    failures.append(f"values.schema.json: config.{section}.{key} is not a setting of `fleetwatch config` "
+                                    "(remove it, or give an optional setting `examples`)")
+                    continue
+                optional.setdefault(section, {})[key] = inner["examples"][0]
+    if optional:
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as file:
+            for section, keys in optional.items():
+                file.write(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
+        done = run(fleetwatch, "config", "--config", file.name)
+        os.unlink(file.name)
+        check(done.returncode == 0, f"values.schema.json: the binary refuses the optional settings {optional}: {done.stderr.strip()[:800]}")
+    if sync and added:
+        path.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        print(f"  --sync: added {', '.join(added)} to values.schema.json")
+
+
+def sync_copies(fleetwatch: str) -> None:
+    """Copy dashboards/*.json and `fleetwatch topics` into the chart."""
+    target = CHART / "dashboards"
+    for stale in target.glob("*.json"):
+        stale.unlink()
+    for source in sorted((ROOT / "dashboards").glob("*.json")):
+        shutil.copyfile(source, target / source.name)
+    (CHART / "files" / "topics.jsonl").write_text(run(fleetwatch, "topics").stdout)
+    print("  --sync: copied dashboards/*.json and `fleetwatch topics` into helm/fleetwatch")
 
 
 def check_rejected(path: Path, expect: str) -> None:
@@ -404,9 +457,15 @@ def check_dockerfile(fleetwatch: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleetwatch", required=True, help="the fleetwatch binary (target/debug/fleetwatch)")
+    parser.add_argument("--sync", action="store_true",
+                        help="first copy dashboards/ and `fleetwatch topics` into the chart and add the binary's new "
+                             "settings to values.schema.json (then review the diff)")
     args = parser.parse_args()
     fleetwatch = str(Path(args.fleetwatch).resolve())
     started = time.monotonic()
+    if args.sync:
+        sync_copies(fleetwatch)
+        check_schema_follows_binary(fleetwatch, sync=True)
     print(f"helm-check: Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
           f"Kubernetes {KUBE_VERSION} and {OLDEST_KUBE_VERSION} schemas")
     roles = binary_roles(fleetwatch)
@@ -415,11 +474,12 @@ def main() -> int:
     lint(values_files)
     # The chart's copies follow the repository and the binary.
     check((CHART / "files" / "topics.jsonl").read_text() == run(fleetwatch, "topics").stdout,
-          "helm/fleetwatch/files/topics.jsonl differs from `fleetwatch topics`: copy it again")
+          "helm/fleetwatch/files/topics.jsonl differs from `fleetwatch topics` (scripts/helm_check.py --sync copies it)")
     for source in (ROOT / "dashboards").glob("*.json"):
         copy = CHART / "dashboards" / source.name
-        check(copy.exists() and copy.read_bytes() == source.read_bytes(), f"helm/fleetwatch/dashboards/{source.name} differs from dashboards/")
-    check_schema_follows_binary(fleetwatch)
+        check(copy.exists() and copy.read_bytes() == source.read_bytes(), f"helm/fleetwatch/dashboards/{source.name} differs from dashboards/ (--sync copies it)")
+    if not args.sync:
+        check_schema_follows_binary(fleetwatch)
     with tempfile.TemporaryDirectory(prefix="helm-check-") as scratch:
         for path in values_files:
             label = path.name.removesuffix("-values.yaml")
