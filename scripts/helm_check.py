@@ -275,12 +275,20 @@ def check_workloads(objects: list[dict], values: dict, roles: list[str], label: 
                   f"{label}: {kind} {obj['metadata']['name']} selects no pod")
     services = by_kind.get("Service", {})
     for ingress in by_kind.get("Ingress", {}).values():
+        routes = {}
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 backend = path["backend"]["service"]
                 service = services.get(backend["name"])
                 check(service is not None and any(p["port"] == backend["port"]["number"] for p in service["spec"]["ports"]),
                       f"{label}: Ingress path {path['path']} goes to {backend}, which does not exist")
+                if service is not None:
+                    routes[(path["path"], path["pathType"])] = service["spec"]["selector"].get("app.kubernetes.io/component")
+        # The live page, /alarms and /jobs reach the role that serves them; the rest any pod.
+        owners = {("/", "Exact"): "alerts", ("/alarms", "Prefix"): "alerts", ("/jobs", "Prefix"): "jobs"} if split else {}
+        for route, role in owners.items():
+            check(routes.get(route) == role, f"{label}: Ingress {route} goes to {routes.get(route)}, not the {role} role")
+        check(("/", "Prefix") in routes, f"{label}: the Ingress has no catch-all path")
     return workloads
 
 
