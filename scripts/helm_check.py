@@ -11,19 +11,22 @@ What it checks:
 - `helm lint` of the chart, with its defaults and with every ci/*-values.yaml;
 - each ci/*-values.yaml renders, and every manifest validates against the Kubernetes
   schemas of KUBE_VERSION and of the oldest release the chart declares (strict: unknown
-  fields fail); ServiceMonitor objects, which
-  those schemas lack, are checked for their required fields here;
+  fields fail); ServiceMonitor objects, which those schemas lack, are checked for their
+  required fields here;
 - the rendered fleetwatch.toml is accepted by `fleetwatch config` (its secret files, which
   the pods mount from Secrets, are stand-ins under a scratch root) and every file it names
   is mounted in every fleetwatch pod from a Secret;
 - every role's workload runs `fleetwatch run --config ... --roles <role>` with probes on
   /readyz and /livez, resources, a non-root and read-only securityContext, the ConfigMap
-  mounted; HPAs, PDBs, Services and the Ingress point at what exists;
+  mounted; HPAs, PDBs, Services and the Ingress point at what exists, and the Ingress
+  sends the live page, /alarms and /jobs to the roles that serve them;
 - the dashboards ConfigMaps carry the Grafana sidecar label and equal dashboards/*.json;
 - the topics Job names every topic of `fleetwatch topics` with its compaction and
   retention, with the partitions and replication of the rendered configuration;
 - the values schema follows the binary's configuration (every key of `fleetwatch config`
-  is settable) and refuses a wrong type and an unknown key with a message;
+  is settable with its type; optional keys carry examples the binary accepts) and refuses
+  a wrong type and an unknown key with a message (--sync adds the binary's new settings
+  and copies dashboards/ and `fleetwatch topics` into the chart);
 - the Dockerfile lints clean (hadolint) and its runtime stage installs the Debian package
   of every shared library `ldd` lists for the binary.
 """
