@@ -22,7 +22,9 @@ What it checks:
   sends the live page, /alarms and /jobs to the roles that serve them;
 - the dashboards ConfigMaps carry the Grafana sidecar label and equal dashboards/*.json;
 - the topics Job names every topic of `fleetwatch topics` with its compaction and
-  retention, with the partitions and replication of the rendered configuration;
+  retention, with the partitions and replication of the rendered configuration; its
+  script runs (bash, kafka-topics.sh replaced by a recorder, Secrets by stand-in files)
+  and makes exactly those calls, with the TLS and SASL client properties;
 - the values schema follows the binary's configuration (every key of `fleetwatch config`
   is settable with its type; optional keys carry examples the binary accepts) and refuses
   a wrong type and an unknown key with a message (--sync adds the binary's new settings
@@ -334,6 +336,64 @@ def check_topics_job(objects: list[dict], topics: list[dict], values: dict, labe
           and "$MIN_INSYNC" in script, f"{label}: the topics Job sets min.insync.replicas to {env.get('MIN_INSYNC')!r}, not {min_insync}")
 
 
+FAKE_KAFKA_TOPICS = """#!/bin/sh
+# Stands in for kafka-topics.sh: records its arguments and the client properties it got.
+printf '%s\037' "$@" >> "$CALLS"; echo >> "$CALLS"
+while [ $# -gt 0 ]; do [ "$1" = --command-config ] && cp "$2" "$CALLS.properties"; shift; done
+"""
+
+
+def run_topics_job(objects: list[dict], topics: list[dict], values: dict, label: str, scratch: Path) -> None:
+    """Run the topics Job's script with bash, kafka-topics.sh replaced by a recorder and the
+    Secrets by stand-in files: one --create --if-not-exists call per topic, with its
+    settings, and the client properties TLS and SASL need (the password read from its file)."""
+    job = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-topics"))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    root = scratch / f"{label}-job"
+    (root / "bin").mkdir(parents=True)
+    fake = root / "bin" / "kafka-topics.sh"
+    fake.write_text(FAKE_KAFKA_TOPICS)
+    fake.chmod(0o755)
+    password = secrets.token_urlsafe(16)
+    for mount in container.get("volumeMounts", []):
+        if mount["mountPath"].startswith(SECRETS_DIR):
+            directory = root / mount["mountPath"].lstrip("/")
+            directory.mkdir(parents=True)
+            for name in ("ca.crt", "tls.crt", "tls.key", "password"):
+                (directory / name).write_text(password if name == "password" else f"-----BEGIN {name}-----\n")
+    script = container["args"][0].replace("/tmp/", f"{root}/")
+    script = script.replace("/opt/kafka/bin/", f"{root}/bin/").replace(SECRETS_DIR, f"{root}{SECRETS_DIR}")
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, "CALLS": str(root / "calls")}
+    done = subprocess.run(container["command"][:2] + [script], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        failures.append(f"{label}: the topics Job's script failed: {done.stderr.strip()[:800]}")
+        return
+    calls = [line.split("\x1f")[:-1] for line in (root / "calls").read_text().splitlines()]
+    kafka = values.get("kafka", {})
+    min_insync = kafka.get("minInsyncReplicas", 2)
+    expected = []
+    for topic in topics:
+        call = ["--bootstrap-server", kafka.get("brokers", "kafka:9092"), "--command-config", f"{root}/client.properties",
+                "--create", "--if-not-exists", "--topic", topic["name"], "--partitions", str(topic["partitions"]),
+                "--replication-factor", str(topic["replication"]),
+                "--config", f"cleanup.policy={'compact' if topic['compacted'] else 'delete'}"]
+        call += [f"--config=retention.ms={topic['retention_ms']}"] if topic["retention_ms"] else []
+        call += [f"--config=min.insync.replicas={min_insync}"] if min_insync else []
+        expected.append(call)
+    check(calls == expected, f"{label}: the topics Job ran {calls[:2]}..., expected {expected[:2]}...")
+    properties = dict(line.split("=", 1) for line in (root / "calls.properties").read_text().splitlines() if line)
+    tls, sasl = kafka.get("tls", {}).get("enabled"), kafka.get("sasl", {}).get("enabled")
+    protocol = {(False, False): None, (True, False): "SSL", (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}
+    check(properties.get("security.protocol") == protocol[(bool(tls), bool(sasl))], f"{label}: topics Job client properties {properties}")
+    if sasl:
+        check(f'password="{password}"' in properties.get("sasl.jaas.config", ""), f"{label}: the topics Job's SASL login lacks the password")
+        check(properties.get("sasl.mechanism") == kafka["sasl"]["mechanism"], f"{label}: the topics Job's SASL mechanism")
+    if tls and kafka["tls"].get("caSecret", {}).get("name"):
+        check(Path(properties.get("ssl.truststore.location", "")).read_text().startswith("-----BEGIN"), f"{label}: the topics Job's trust store")
+    if tls and kafka["tls"].get("clientCertSecret", {}).get("name"):
+        check(Path(properties.get("ssl.keystore.location", "")).exists(), f"{label}: the topics Job's key store")
+
+
 # --- values schema -----------------------------------------------------------------------
 
 def json_type(value) -> str:
@@ -508,7 +568,9 @@ def main() -> int:
             if config_maps:
                 config = check_config(fleetwatch, config_maps[0]["data"]["fleetwatch.toml"], workloads, label, Path(scratch))
                 if config and values.get("kafka", {}).get("topicsJob", {}).get("enabled", True):
-                    check_topics_job(objects, binary_topics(fleetwatch, config), values, label)
+                    topics = binary_topics(fleetwatch, config)
+                    check_topics_job(objects, topics, values, label)
+                    run_topics_job(objects, topics, values, label, Path(scratch))
             if values.get("dashboards", {}).get("enabled", True):
                 check_dashboards(objects, label)
             kinds = sorted({o["kind"] for o in objects})
