@@ -15,5 +15,5 @@ pub use anomaly::{AnomalyKind, Injected};
 pub use config::SimConfig;
 pub use evaluate::{evaluate, Evaluation};
 pub use fleet::{run_fleet, FleetStats};
-pub use listener::{AlarmFeed, AlarmLog, AlertListener, ReceivedAlert};
+pub use listener::{AlarmFeed, AlarmLog, AlertListener, JobNotice, ReceivedAlert};
 pub use reviewer::{AlarmReviewer, Review, ReviewerConfig};

@@ -1,6 +1,6 @@
 //! A WebSocket client of the alerts role that records every alert with the time it
-//! arrived (what a customer sees, and when) and every alarm event with its cursor, so
-//! that it can resume where it left off.
+//! arrived (what a customer sees, and when), every alarm event with its cursor, so that
+//! it can resume where it left off, and the job events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,11 @@ enum Frame {
     Error {
         message: String,
     },
+    /// A job event (the listener keeps which job and what happened).
+    Job {
+        job_id: String,
+        event: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +68,24 @@ pub struct AlertListener {
     received: Arc<Mutex<Vec<ReceivedAlert>>>,
     missed: Arc<Mutex<u64>>,
     alarms: Arc<Mutex<AlarmLog>>,
+    jobs: Arc<Mutex<Vec<JobNotice>>>,
     stop: CancellationToken,
+}
+
+/// A job event frame as received: which job, and what happened (`created`,
+/// `wave_started`, `executions`, `aborted`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobNotice {
+    pub job_id: String,
+    pub event: String,
+}
+
+/// Where [`record`] puts what a frame says.
+struct Logs<'a> {
+    received: &'a Mutex<Vec<ReceivedAlert>>,
+    alarms: &'a Mutex<AlarmLog>,
+    missed: &'a Mutex<u64>,
+    jobs: &'a Mutex<Vec<JobNotice>>,
 }
 
 /// A handle on the alarm events a listener receives, for following them as they come.
@@ -92,15 +114,17 @@ pub struct AlarmLog {
     pub resumed: bool,
 }
 
-fn record(
-    text: &str,
-    received: &Mutex<Vec<ReceivedAlert>>,
-    alarms: &Mutex<AlarmLog>,
-    missed: &Mutex<u64>,
-) {
+fn record(text: &str, logs: &Logs<'_>) {
     let received_ms = now_ms();
+    let Logs {
+        received,
+        alarms,
+        missed,
+        jobs,
+    } = logs;
     match serde_json::from_str::<Frame>(text) {
         Ok(Frame::Alert { alert }) => received.lock().push(ReceivedAlert { alert, received_ms }),
+        Ok(Frame::Job { job_id, event }) => jobs.lock().push(JobNotice { job_id, event }),
         Ok(Frame::Alarm { event, cursor }) => {
             let mut log = alarms.lock();
             log.events.push(event);
@@ -169,9 +193,10 @@ impl AlertListener {
         let received = Arc::new(Mutex::new(Vec::new()));
         let missed = Arc::new(Mutex::new(0));
         let alarms = Arc::new(Mutex::new(AlarmLog::default()));
+        let jobs = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (sink, stopped) = (received.clone(), stop.clone());
-        let (missed_count, alarm_log) = (missed.clone(), alarms.clone());
+        let (missed_count, alarm_log, job_log) = (missed.clone(), alarms.clone(), jobs.clone());
         tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
@@ -184,7 +209,13 @@ impl AlertListener {
                     }
                     continue;
                 };
-                record(&text, &sink, &alarm_log, &missed_count);
+                let logs = Logs {
+                    received: &sink,
+                    alarms: &alarm_log,
+                    missed: &missed_count,
+                    jobs: &job_log,
+                };
+                record(&text, &logs);
             }
             let _ = socket.close(None).await;
         });
@@ -192,6 +223,7 @@ impl AlertListener {
             received,
             missed,
             alarms,
+            jobs,
             stop,
         })
     }
@@ -209,6 +241,11 @@ impl AlertListener {
     /// A handle that follows the alarm events as they come.
     pub fn alarm_feed(&self) -> AlarmFeed {
         AlarmFeed(self.alarms.clone())
+    }
+
+    /// The job events received so far.
+    pub fn job_events(&self) -> Vec<JobNotice> {
+        self.jobs.lock().clone()
     }
 
     /// Alerts the server said this client missed for being slow.

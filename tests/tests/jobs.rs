@@ -2,7 +2,8 @@
 //! to 200 simulated devices in growing waves across a SIGKILL of the service, devices
 //! offline at the start updated when they come back, another tenant's devices left
 //! alone; a bad build stopped by the canary criterion, a good one finishing, and a
-//! cancelled job's queued executions ending `cancelled`.
+//! cancelled job's queued executions ending `cancelled`; a continuous configuration change
+//! of an operator naming two tenants, picking up devices that join later.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_e2e::{eventually, Namespace, Rig, Service};
-use fleetwatch_sim::{run_fleet, FleetStats, SimConfig};
+use fleetwatch_sim::{run_fleet, AlertListener, FleetStats, SimConfig};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -316,6 +317,9 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     let (stats, stop) = (Arc::new(FleetStats::default()), CancellationToken::new());
     let running = spawn_fleet(sim, &stats, &stop);
     let devices: Vec<String> = (0..40).map(|i| format!("{prefix}{i:05}")).collect();
+    let listener = AlertListener::connect(&service.ws_url(), &prefix)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(32)).await;
 
     // The bad build: 1 device, then 2, then the canary's verdict.
@@ -358,6 +362,17 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
         "no execution after the abort"
     );
     assert_eq!(later["waves"], job["waves"]);
+    // A WebSocket client saw the job happen.
+    let seen: Vec<String> = (listener.job_events().into_iter())
+        .filter(|notice| notice.job_id == bad)
+        .map(|notice| notice.event)
+        .collect();
+    for event in ["created", "wave_started", "executions", "aborted"] {
+        assert!(
+            seen.iter().any(|e| e == event),
+            "{event} not pushed: {seen:?}"
+        );
+    }
 
     // A good build on devices the bad one never reached finishes.
     let good = blocking(|| {
@@ -400,4 +415,142 @@ async fn the_canary_stops_a_bad_build_a_good_build_finishes_and_cancel_cancels_q
     assert_eq!(job["status"], "cancelled", "{job}");
     stop.cancel();
     let _ = running.await;
+}
+
+/// Device → the state of its execution, for every execution of `job`.
+fn executions(job: &Value) -> BTreeMap<String, String> {
+    (job["executions"].as_object().unwrap().iter())
+        .map(|(id, e)| (id.clone(), e["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_continuous_configuration_change_reaches_the_named_tenants_and_devices_that_join() {
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("jobconf");
+    let prefix = namespace.device_prefix();
+    let env = [
+        ("FLEETWATCH_AUTH__MODE".to_owned(), "jwt".to_owned()),
+        ("FLEETWATCH_AUTH__HS256_SECRET".into(), SECRET.into()),
+        (
+            "FLEETWATCH_TENANCY__PROVISIONING".into(),
+            format!(
+                r#"[{{prefix = "{prefix}g", tenant = "globex"}}, {{prefix = "{prefix}i", tenant = "initech"}}, {{prefix = "{prefix}", tenant = "acme"}}]"#
+            ),
+        ),
+        ("FLEETWATCH_JOBS__TICK_MS".into(), "200".into()),
+        ("FLEETWATCH_JOBS__CONTINUOUS_EVERY_MS".into(), "1000".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::start_async(&rig, &namespace, "all", "a", &env).await;
+    let (operator, initech) = (token(&rig, None), token(&rig, Some("initech")));
+    let (stats, stop) = (Arc::new(FleetStats::default()), CancellationToken::new());
+    let fleets = [("a", 6), ("g", 4), ("i", 4)].map(|(group, devices)| {
+        let sim = fleet(&rig, format!("{prefix}{group}"), devices, devices as u64);
+        spawn_fleet(sim, &stats, &stop)
+    });
+    let known = |count: usize| {
+        blocking(|| {
+            eventually(Duration::from_secs(60), "devices in the directory", || {
+                let path = format!("/devices?prefix={prefix}&limit=1000");
+                let (_, page) = call(&service, "GET", &path, &operator, None);
+                (page["devices"].as_array().map_or(0, Vec::len) == count).then_some(())
+            })
+        })
+    };
+    known(14);
+
+    // A tenant may not name another tenant.
+    let job = |tenants: Value| {
+        json!({
+            "command": {"kind": "configuration", "desired": {"sampling_ms": 750, "mode": "eco"}},
+            "target": {"prefix": prefix, "tenants": tenants},
+            "rollout": {"waves_percent": [50, 100], "soak_ms": 500, "max_per_minute": 6000},
+            "abort": {"failure_ratio": 0.5, "min_finished": 10},
+            "device_timeout_ms": 30000,
+            "ttl_ms": 60000,
+            "continuous": true
+        })
+    };
+    let (status, refused) = blocking(|| {
+        call(
+            &service,
+            "POST",
+            "/jobs",
+            &initech,
+            Some(job(json!(["acme"]))),
+        )
+    });
+    assert_eq!(status, 400, "{refused}");
+    let (status, created) = blocking(|| {
+        call(
+            &service,
+            "POST",
+            "/jobs",
+            &operator,
+            Some(job(json!(["acme", "globex"]))),
+        )
+    });
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["targets"], 10,
+        "acme's 6 and globex's 4, not initech's"
+    );
+    let job_id = created["job_id"].as_str().unwrap().to_owned();
+    let succeeded = |count: usize| {
+        blocking(|| {
+            eventually(Duration::from_secs(60), "executions succeeded", || {
+                let job = job_of(&service, &operator, &job_id);
+                let states = executions(&job);
+                let done = states.values().filter(|s| *s == "succeeded").count();
+                (done == count).then_some(job)
+            })
+        })
+    };
+    let job = succeeded(10);
+    assert_eq!(job["status"], "running", "a continuous job keeps running");
+    assert!(executions(&job)
+        .keys()
+        .all(|id| !id.starts_with(&format!("{prefix}i"))));
+
+    // Three acme devices join: the job picks them up.
+    let late = spawn_fleet(fleet(&rig, format!("{prefix}late"), 3, 9), &stats, &stop);
+    known(17);
+    let job = succeeded(13);
+    assert_eq!(job["targets"], 13, "{}", job["targets"]);
+    for (id, state) in executions(&job) {
+        let (_, twin) =
+            blocking(|| call(&service, "GET", &format!("/devices/{id}"), &operator, None));
+        assert_eq!(state, "succeeded");
+        assert_eq!(twin["reported"]["mode"], "eco", "{id}: {twin}");
+    }
+    let initech_device = format!("{prefix}i00000");
+    let (_, twin) = blocking(|| {
+        call(
+            &service,
+            "GET",
+            &format!("/devices/{initech_device}"),
+            &operator,
+            None,
+        )
+    });
+    assert!(
+        twin["desired"].get("mode").is_none(),
+        "initech untouched: {twin}"
+    );
+
+    let path = format!("/jobs/{job_id}/cancel");
+    let (status, _) = blocking(|| call(&service, "POST", &path, &operator, None));
+    assert_eq!(status, 202);
+    let job = blocking(|| {
+        eventually(Duration::from_secs(20), "the job cancelled", || {
+            let job = job_of(&service, &operator, &job_id);
+            job["finished_ms"].is_i64().then_some(job)
+        })
+    });
+    assert_eq!(job["status"], "cancelled");
+    stop.cancel();
+    for running in fleets.into_iter().chain([late]) {
+        let _ = running.await;
+    }
 }

@@ -105,6 +105,8 @@ pub struct DemoSummary {
     pub evaluation: Evaluation,
     /// The demo's fleet job at the end (`None`: it was never created).
     pub job: Option<job::JobFigures>,
+    /// Job events the WebSocket client received.
+    pub job_events_received: usize,
 }
 
 /// The false-positive rate before and after feedback. The window runs from the
@@ -239,6 +241,7 @@ pub async fn run(options: DemoOptions, interrupted: CancellationToken) -> Result
         feedback: FeedbackFigures::new(&reviews, options.devices, start_ms, stop_ms),
         evaluation,
         job,
+        job_events_received: listener.job_events().len(),
     })
 }
 
