@@ -116,7 +116,10 @@ async fn server(clients: usize, alerts: usize) {
     for i in 0..alerts {
         let published = now_us();
         routes.publish(alert_frame(i));
-        let line = lines.next().and_then(Result::ok).expect("the child reports");
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the child reports");
         let received: u64 = line
             .strip_prefix(&format!("{i} "))
             .and_then(|t| t.parse().ok())
