@@ -31,6 +31,11 @@ pub fn parse_timestamp_ms(text: &str) -> Option<i64> {
     {
         return None;
     }
+    // Digits only: slicing a fraction with other characters could cut one in half (fuzz
+    // target `replay_csv`).
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
@@ -83,6 +88,10 @@ mod tests {
         );
         assert_eq!(parse_timestamp_ms("2014-13-01 00:00:00"), None);
         assert_eq!(parse_timestamp_ms("yesterday"), None);
+        // Found by fuzz target `replay_csv`: a multi-byte character in the fraction was
+        // sliced in half (a panic).
+        assert_eq!(parse_timestamp_ms("2000-01-01 00:00:00.12\u{38e}"), None);
+        assert_eq!(parse_timestamp_ms("2000-01-01 00:00:00.1x"), None);
     }
 
     #[test]
