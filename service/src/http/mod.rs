@@ -7,6 +7,7 @@ mod credentials;
 mod guard;
 mod jobs;
 mod requests;
+mod schedules;
 
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
@@ -67,6 +68,8 @@ pub struct Started {
     pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
     /// Every job, when this process runs the jobs role.
     pub jobs: Option<Arc<crate::jobs::JobsApi>>,
+    /// Every schedule, when this process runs the schedules role.
+    pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
 }
 
 impl HttpState {
@@ -681,6 +684,17 @@ pub fn start(
             )
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+            .service(
+                resource("/schedules")
+                    .route(web::get().to(schedules::list))
+                    .route(web::post().to(schedules::create)),
+            )
+            .service(
+                resource("/schedules/{id}")
+                    .route(web::get().to(schedules::get))
+                    .route(web::put().to(schedules::edit))
+                    .route(web::delete().to(schedules::delete)),
+            )
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))
