@@ -144,7 +144,7 @@ async fn every_minute_schedules_fire_once_per_occurrence_across_two_instances_an
         ("FLEETWATCH_SCHEDULES__CLOCK_ANCHOR_MS", anchor.as_str()),
         ("FLEETWATCH_SCHEDULES__TICK_MS", "100"),
         ("FLEETWATCH_SCHEDULES__RECENT_KEPT", "1000"),
-        ("FLEETWATCH_DEVICES__KEPT_FINISHED_COMMANDS", "500"),
+        ("FLEETWATCH_DEVICES__TWIN__KEPT_FINISHED_COMMANDS", "500"),
         ("FLEETWATCH_KAFKA__SESSION_TIMEOUT_MS", "4000"),
     ];
     let a = Service::start_async(&rig, &namespace, "all", "a", &env).await;
@@ -198,12 +198,22 @@ async fn every_minute_schedules_fire_once_per_occurrence_across_two_instances_an
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     blocking(|| {
-        check_kept(&a, &b, &on, &kept, &stats);
+        let fired = check_kept(&a, &b, &on, &kept, false) + check_kept(&a, &b, &on, &strict, true);
         let strict = schedule_of(&a, &strict);
-        check_occurrences(&strict);
         assert!(
             outcomes(&strict, "missed") >= 4,
             "the downtime's occurrences missed: {strict}"
+        );
+        // The device ran each command once (resends are not runs), but for the newest
+        // ones, which may still be on their way.
+        let started = stats.commands_started.load(Ordering::Relaxed) as usize;
+        eprintln!(
+            "schedules: {fired} occurrences fired, {started} run by the device, {} missed in the downtime",
+            outcomes(&strict, "missed")
+        );
+        assert!(
+            started <= fired && started + 4 >= fired,
+            "device ran {started} of {fired}"
         );
         check_offline(&a, &off, &offline, &returning);
     });
@@ -215,12 +225,12 @@ async fn every_minute_schedules_fire_once_per_occurrence_across_two_instances_an
 
 /// Each fired occurrence is one command on the twin (but one recorded just before the
 /// kill, whose command may not have left before its time to live ended), and the twin has
-/// no other; the device ran each at most once.
-fn check_kept(a: &Service, b: &Service, on: &str, id: &str, stats: &FleetStats) {
+/// no other. Returns how many fired.
+fn check_kept(a: &Service, b: &Service, on: &str, id: &str, missed: bool) -> usize {
     let schedule = schedule_of(b, id);
     let fired = check_occurrences(&schedule);
     assert!(fired.len() >= 8, "{schedule}");
-    assert_eq!(outcomes(&schedule, "missed"), 0, "{schedule}");
+    assert_eq!(outcomes(&schedule, "missed") > 0, missed, "{schedule}");
     let commands = commands_of(a, on, id);
     let ids: BTreeSet<String> = commands.iter().map(|(c, _)| c.clone()).collect();
     assert_eq!(ids.len(), commands.len(), "one command per id");
@@ -236,12 +246,7 @@ fn check_kept(a: &Service, b: &Service, on: &str, id: &str, stats: &FleetStats) 
     );
     let succeeded = commands.iter().filter(|(_, s)| s == "succeeded").count();
     assert!(succeeded + 3 >= fired.len(), "{commands:?}");
-    let started = stats.commands_started.load(Ordering::Relaxed) as usize;
-    assert!(
-        started <= fired.len() && started + 3 >= fired.len(),
-        "device ran {started} of {}",
-        fired.len()
-    );
+    fired.len()
 }
 
 /// The offline device's commands expired on the twin without ever being sent, and the

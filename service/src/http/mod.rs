@@ -684,17 +684,7 @@ pub fn start(
             )
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
-            .service(
-                resource("/schedules")
-                    .route(web::get().to(schedules::list))
-                    .route(web::post().to(schedules::create)),
-            )
-            .service(
-                resource("/schedules/{id}")
-                    .route(web::get().to(schedules::get))
-                    .route(web::put().to(schedules::edit))
-                    .route(web::delete().to(schedules::delete)),
-            )
+            .configure(schedules::routes)
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))
@@ -731,7 +721,12 @@ mod tests {
             .collect();
         paths.sort_unstable();
         let source = include_str!("mod.rs");
-        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        // Routes registered by a module's own `routes` (`.configure`) count too.
+        let code = [
+            &source[..source.find("#[cfg(test)]").unwrap()],
+            include_str!("schedules.rs"),
+        ]
+        .concat();
         let mut served: Vec<&str> = code
             .split("resource(\"")
             .skip(1)

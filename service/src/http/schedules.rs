@@ -49,6 +49,22 @@ fn body_of(
         .into_inner())
 }
 
+/// `/schedules` and `/schedules/{id}`.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/schedules")
+                .route(web::get().to(list))
+                .route(web::post().to(create)),
+        )
+        .service(
+            web::resource("/schedules/{id}")
+                .route(web::get().to(get))
+                .route(web::put().to(edit))
+                .route(web::delete().to(delete)),
+        );
+}
+
 /// Create a schedule.
 pub async fn create(
     state: web::Data<HttpState>,
