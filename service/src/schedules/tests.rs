@@ -322,3 +322,117 @@ async fn the_owner_records_before_sending_once_and_a_new_owner_resends_the_same_
     assert_eq!(harness.log.json::<ScheduleEvent>("sch").len(), 1);
     assert_eq!(harness.sent(), [expected.clone(), expected]);
 }
+
+fn caller(tenant: Option<&str>) -> crate::auth::Caller {
+    crate::auth::Caller {
+        subject: tenant.unwrap_or("operator").into(),
+        tenant: tenant.map(|t| fleetwatch_protocol::TenantId::parse(t).unwrap()),
+        can_read: true,
+        can_command: true,
+        expires_at: None,
+    }
+}
+
+/// Directory entries for `devices` (device, tenant).
+async fn directory_with(devices: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc<Directory> {
+    use crate::tenancy::DirectoryHandler;
+    let directory = Arc::new(Directory::new(Vec::new(), metrics.clone()));
+    let mut handler = DirectoryHandler::new(directory.clone(), Default::default());
+    for (device, tenant) in devices {
+        let entry = fleetwatch_protocol::DirectoryEntry {
+            device_id: DeviceId::parse(device).unwrap(),
+            tenant: Some(fleetwatch_protocol::TenantId::parse(tenant).unwrap()),
+        };
+        let payload = serde_json::to_vec(&entry).unwrap();
+        let record = crate::kafka::Record::new("dir", device, &payload);
+        handler.handle(&record).await.unwrap();
+    }
+    directory
+}
+
+#[tokio::test]
+async fn the_api_stays_within_the_callers_tenant_and_refuses_bad_schedules() {
+    use super::{NewSchedule, SchedulesApi, SchedulesError};
+    let metrics = Arc::new(Metrics::new());
+    let log = MemoryLog::default();
+    let directory = directory_with(&[("a-1", "acme"), ("g-1", "globex")], &metrics).await;
+    let api = SchedulesApi {
+        index: Arc::new(ScheduleIndex::new(10)),
+        directory,
+        producer: Producer::in_memory(&log, metrics.clone()),
+        topic: "sch".into(),
+        config: SchedulesConfig::default(),
+        clock: ScheduleClock::new(&SchedulesConfig::default()),
+    };
+    api.index.start(Default::default());
+    let new = |device: &str, expression: &str, zone: &str| -> NewSchedule {
+        serde_json::from_value(serde_json::json!({
+            "device_id": device,
+            "action": {"kind": "command", "name": "heat"},
+            "when": {"kind": "cron", "cron": expression, "time_zone": zone},
+        }))
+        .unwrap()
+    };
+    let (acme, globex) = (caller(Some("acme")), caller(Some("globex")));
+    let made = api
+        .create(&acme, new("a-1", "0 6 * * *", "Europe/Berlin"))
+        .await
+        .unwrap();
+    let id = made["schedule_id"].as_str().unwrap().to_owned();
+    assert_eq!(made["tenant"], "acme");
+    assert_eq!(made["next"].as_array().unwrap().len(), 5);
+    // Another tenant's device is unknown to acme; acme's schedule unknown to globex.
+    let other = api.create(&acme, new("g-1", "0 6 * * *", "UTC")).await;
+    assert!(
+        matches!(other, Err(SchedulesError::NoDevice(_))),
+        "{other:?}"
+    );
+    assert!(matches!(
+        api.get(&globex, &id),
+        Err(SchedulesError::NotFound(_))
+    ));
+    let edit = api.edit(&globex, &id, new("g-1", "0 7 * * *", "UTC")).await;
+    assert!(matches!(edit, Err(SchedulesError::NotFound(_))), "{edit:?}");
+    assert!(matches!(
+        api.delete(&globex, &id).await,
+        Err(SchedulesError::NotFound(_))
+    ));
+    assert_eq!(
+        api.list(&globex, None, true, None, 10)["schedules"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        api.list(&caller(None), None, false, None, 10)["schedules"][0]["schedule_id"],
+        id
+    );
+    // Bad recurrences are clear 400s.
+    for (expression, zone) in [
+        ("61 * * * *", "UTC"),
+        ("* * * *", "UTC"),
+        ("0 6 * * *", "Nowhere/City"),
+    ] {
+        let bad = api.create(&acme, new("a-1", expression, zone)).await;
+        assert!(
+            matches!(bad, Err(SchedulesError::BadRequest(_))),
+            "{expression} {zone}: {bad:?}"
+        );
+    }
+    // An edit is a new revision; a deleted schedule cannot be edited again.
+    let edited = api
+        .edit(&acme, &id, new("a-1", "30 6 * * *", "Europe/Berlin"))
+        .await
+        .unwrap();
+    assert_eq!(edited["revision"], 1);
+    api.delete(&acme, &id).await.unwrap();
+    let again = api.delete(&acme, &id).await;
+    assert!(
+        matches!(again, Err(SchedulesError::Conflict(_))),
+        "{again:?}"
+    );
+    assert_eq!(api.get(&acme, &id).unwrap()["next"], serde_json::json!([]));
+    assert_eq!(
+        log.json::<ScheduleEvent>("sch").len(),
+        3,
+        "saved, edited, deleted"
+    );
+}
