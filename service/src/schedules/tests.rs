@@ -350,12 +350,12 @@ async fn directory_with(devices: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc
     directory
 }
 
-#[tokio::test]
-async fn the_api_stays_within_the_callers_tenant_and_refuses_bad_schedules() {
-    use super::{NewSchedule, SchedulesApi, SchedulesError};
+/// A schedules API over an in-memory log and a directory of `devices`.
+async fn api_of(devices: &[(&str, &str)]) -> (super::SchedulesApi, MemoryLog) {
+    use super::SchedulesApi;
     let metrics = Arc::new(Metrics::new());
     let log = MemoryLog::default();
-    let directory = directory_with(&[("a-1", "acme"), ("g-1", "globex")], &metrics).await;
+    let directory = directory_with(devices, &metrics).await;
     let api = SchedulesApi {
         index: Arc::new(ScheduleIndex::new(10)),
         directory,
@@ -365,6 +365,13 @@ async fn the_api_stays_within_the_callers_tenant_and_refuses_bad_schedules() {
         clock: ScheduleClock::new(&SchedulesConfig::default()),
     };
     api.index.start(Default::default());
+    (api, log)
+}
+
+#[tokio::test]
+async fn the_api_stays_within_the_callers_tenant_and_refuses_bad_schedules() {
+    use super::{NewSchedule, SchedulesError};
+    let (api, log) = api_of(&[("a-1", "acme"), ("g-1", "globex")]).await;
     let new = |device: &str, expression: &str, zone: &str| -> NewSchedule {
         serde_json::from_value(serde_json::json!({
             "device_id": device,
