@@ -3,7 +3,8 @@
 //! docs/schedules.md): every-minute schedules produce one command per occurrence with
 //! two instances and across a SIGKILL of both and a restart; the occurrences that fell
 //! in a downtime longer than a schedule's grace period are recorded `missed`; a device
-//! offline past its occurrences' time to live never runs them.
+//! offline past its occurrences' time to live never runs them; a one-time schedule puts a
+//! device in safe mode, which its twin then reports.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -173,6 +174,24 @@ async fn every_minute_schedules_fire_once_per_occurrence_across_two_instances_an
     let kept = every_minute(&a, &on, 30 * MINUTE);
     let strict = every_minute(&a, &on, MINUTE);
     let offline = every_minute(&a, &off, 30 * MINUTE);
+    // Once, three schedule minutes from now: safe mode, which the device reports.
+    let now_ms = blocking(|| schedule_of(&a, &kept))["now_ms"]
+        .as_i64()
+        .unwrap();
+    let (status, safe) = blocking(|| {
+        call(
+            &a,
+            "POST",
+            "/schedules",
+            Some(json!({
+                "device_id": on,
+                "action": {"kind": "command", "name": "safe_mode"},
+                "when": {"kind": "at", "at_ms": now_ms + 3 * MINUTE as i64},
+            })),
+        )
+    });
+    assert_eq!(status, 201, "{safe}");
+    let safe = safe["schedule_id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let b = Service::start_async(&rig, &namespace, "schedules", "b", &env).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -206,6 +225,11 @@ async fn every_minute_schedules_fire_once_per_occurrence_across_two_instances_an
         );
         // The device ran each command once (resends are not runs), but for the newest
         // ones, which may still be on their way.
+        let safe = schedule_of(&a, &safe);
+        assert_eq!(safe["counts"], json!({"fired": 1}), "{safe}");
+        let fired = fired + 1;
+        let (_, twin) = call(&a, "GET", &format!("/devices/{on}"), None);
+        assert_eq!(twin["reported"]["mode"], "safe", "{twin}");
         let started = stats.commands_started.load(Ordering::Relaxed) as usize;
         eprintln!(
             "schedules: {fired} occurrences fired, {started} run by the device, {} missed in the downtime",
