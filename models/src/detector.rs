@@ -811,7 +811,28 @@ impl DetectorTrainer {
         let mut trainer: Self =
             postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
         trainer.config = config.validate()?;
+        if !trainer.is_consistent() {
+            return Err(ModelError::Decode(
+                "trainer state whose parts do not fit together".into(),
+            ));
+        }
         Ok(trainer)
+    }
+
+    /// Whether a decoded trainer's parts fit together: metrics sorted and unique, the
+    /// relation's columns among them, one seasonal profile per metric or none, each
+    /// metric's prototypes whole (fuzz target `model_params`).
+    fn is_consistent(&self) -> bool {
+        let dims = self.config.shape_length + 2;
+        let sorted = self.metrics.windows(2).all(|w| w[0].0 < w[1].0);
+        let shapes_fit =
+            (self.metrics.iter()).all(|(_, m)| m.centroids.len() == m.members.len() * dims);
+        let seasons_fit = self.seasons.is_empty() || self.seasons.len() == self.metrics.len();
+        sorted
+            && shapes_fit
+            && seasons_fit
+            && self.metrics.len() <= usize::from(u8::MAX)
+            && self.relation.is_consistent(self.metrics.len())
     }
 
     /// Refit the relation model now (it refits itself every `relation.refit_every`

@@ -248,6 +248,23 @@ impl RelationTrainer {
         &self.columns
     }
 
+    /// Whether a restored trainer's arrays fit together and its columns name metrics of
+    /// a detector that knows `metrics` (trainer state comes from outside the process).
+    pub fn is_consistent(&self, metrics: usize) -> bool {
+        let m = self.columns.len();
+        if m == 0 {
+            return self.mean.is_empty() && self.cov.is_empty() && self.model.is_none();
+        }
+        m <= MAX_COLUMNS
+            && self.columns.iter().all(|&c| usize::from(c) < metrics)
+            && self.mean.len() == m
+            && self.cov.len() == m * (m + 1) / 2
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|model| model.is_consistent() && model.mean.len() == m)
+    }
+
     /// The detector inserted a metric at `index` of its list: later indexes move up.
     pub fn metric_inserted(&mut self, index: usize) {
         for column in &mut self.columns {

@@ -46,6 +46,8 @@ fn model_params_crashes_are_fixed() {
             );
         }
         let config = production::Config::default();
+        // A trainer state whose relation named a metric past the last one panicked in
+        // `learn_relation` before restoring checked it (`DetectorTrainer::is_consistent`).
         if let Ok(mut trainer) = ModelTrainer::from_state_bytes(config, &bytes) {
             trainer.update(&observation);
             let _ = trainer.snapshot();

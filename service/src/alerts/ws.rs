@@ -21,6 +21,8 @@ use crate::auth::{bearer, query_token, Authenticator, Caller, Scope};
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 
+/// Read buffer of a client's connection.
+const CLIENT_READ_BUFFER_BYTES: usize = 4096;
 /// Largest frame accepted from a client: they only send small subscribe requests.
 const MAX_CLIENT_FRAME_BYTES: usize = 4096;
 /// A client must finish its TLS and WebSocket handshakes within this.
@@ -160,7 +162,11 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Clients send small frames (subscribe, resume): a 4 KiB read buffer instead of
+        // the default 128 KiB keeps a connected client at a few KB
+        // (docs/benchmarks.md, the ws_fanout bench).
         let config = WebSocketConfig::default()
+            .read_buffer_size(CLIENT_READ_BUFFER_BYTES)
             .max_message_size(Some(MAX_CLIENT_FRAME_BYTES))
             .max_frame_size(Some(MAX_CLIENT_FRAME_BYTES));
         let mut caller = None;

@@ -16,7 +16,7 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CredentialsConfig {
-    /// Serve the credential endpoints (they answer 501 when off).
+    /// Serve the credential endpoints (they answer 404 when off).
     pub enabled: bool,
     /// The dynamic security administrator (`mosquitto_ctrl dynsec init FILE ADMIN`).
     pub admin_username: String,

@@ -18,7 +18,9 @@ struct ProvisionBody {
 
 fn failed(error: CredentialsError) -> ApiError {
     let status = match error {
-        CredentialsError::Disabled => StatusCode::NOT_IMPLEMENTED,
+        // Off in this deployment: the endpoints are not there (a 5xx would say the
+        // server failed).
+        CredentialsError::Disabled => StatusCode::NOT_FOUND,
         CredentialsError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         CredentialsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CredentialsError::Connection(_) | CredentialsError::Refused(_) => StatusCode::BAD_GATEWAY,
