@@ -83,6 +83,10 @@ impl KafkaTopics {
     pub fn jobs(&self) -> String {
         self.of(Topic::Jobs)
     }
+    /// Schedules' event logs ([`crate::ScheduleEvent`]). Key: schedule id.
+    pub fn schedules(&self) -> String {
+        self.of(Topic::Schedules)
+    }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
@@ -128,12 +132,13 @@ pub enum Topic {
     Dlq,
     Scores,
     Jobs,
+    Schedules,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 14] = [
+    pub const ALL: [Topic; 15] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -148,6 +153,7 @@ impl Topic {
         Topic::Dlq,
         Topic::Scores,
         Topic::Jobs,
+        Topic::Schedules,
     ];
 
     /// The name without the deployment's prefix.
@@ -167,6 +173,7 @@ impl Topic {
             Topic::Dlq => "iot.dlq",
             Topic::Scores => "iot.scores",
             Topic::Jobs => "iot.jobs",
+            Topic::Schedules => "iot.schedules",
         }
     }
 
@@ -211,6 +218,9 @@ impl Topic {
             Topic::Alarms | Topic::WebhookDeliveries => Some(30 * DAY_MS),
             // A job's whole log is its state: kept as long as alarms (docs/jobs.md).
             Topic::Jobs => Some(30 * DAY_MS),
+            // A schedule's whole log is its state, for as long as it exists: kept for
+            // ever (docs/schedules.md).
+            Topic::Schedules => Some(-1),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod schedules;
 pub mod scorer;
 pub mod secret;
 pub mod settings;

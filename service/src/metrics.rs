@@ -123,6 +123,14 @@ pub struct Metrics {
     pub jobs_running: IntGauge,
     /// Job events pushed to WebSocket clients' channels.
     pub ws_job_events: IntCounter,
+    /// Schedule occurrences recorded, by outcome (fired, missed, expired,
+    /// nonexistent_local_time).
+    pub schedule_occurrences: IntCounterVec,
+    /// Schedule commands: `sent` to the device's command path (a new owner's resend
+    /// included: transport), `other_tenant` (not sent: the device left the tenant).
+    pub schedule_commands: IntCounterVec,
+    /// Live schedules this instance owns.
+    pub schedules_owned: IntGauge,
 }
 
 impl Metrics {
@@ -379,6 +387,20 @@ impl Metrics {
             ws_job_events: counter(
                 "fleetwatch_ws_job_events_total",
                 "Job events pushed to WebSocket clients' channels",
+            ),
+            schedule_occurrences: counter_vec(
+                "fleetwatch_schedule_occurrences_total",
+                "Schedule occurrences recorded, by outcome",
+                &["outcome"],
+            ),
+            schedule_commands: counter_vec(
+                "fleetwatch_schedule_commands_total",
+                "Schedule commands sent, or not sent because the device left the tenant",
+                &["result"],
+            ),
+            schedules_owned: gauge(
+                "fleetwatch_schedules_owned",
+                "Live schedules this instance owns",
             ),
             registry,
         }

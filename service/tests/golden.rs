@@ -711,3 +711,104 @@ fn webhook_deliveries_read() {
         assert_eq!(read.attempts, 2);
     });
 }
+
+/// `iot.schedules`.
+#[test]
+fn schedule_events_read() {
+    use fleetwatch_protocol::{
+        Occurrence, OccurrenceOutcome, ScheduleAction, ScheduleEvent, ScheduleEventBody,
+        ScheduleSpec, ScheduleWhen,
+    };
+    let event = |body| ScheduleEvent {
+        schedule_id: "19ac2f3b1e24a7c1".into(),
+        at_ms: 1_764_140_400_000,
+        body,
+    };
+    let spec = |action, when, ttl_ms| ScheduleSpec {
+        schedule_id: "19ac2f3b1e24a7c1".into(),
+        tenant: Some(tenant()),
+        device_id: device(),
+        action,
+        when,
+        grace_ms: 300_000,
+        ttl_ms,
+        revision: 2,
+    };
+    let command = ScheduleAction::Command {
+        name: "heat".into(),
+        args: serde_json::json!({"target_c": 21}),
+    };
+    let desired = ScheduleAction::Desired {
+        desired: object(serde_json::json!({"lights": "on"})),
+    };
+    let cron = ScheduleWhen::Cron {
+        cron: "0 6 * * 1-5".into(),
+        time_zone: "Europe/Berlin".into(),
+    };
+    let fired = Occurrence {
+        local: "2026-11-26T06:00".into(),
+        due_ms: Some(1_764_133_200_000),
+        outcome: OccurrenceOutcome::Fired,
+        command_id: Some("sched-19ac2f3b1e24a7c1-1764133200000".into()),
+        expires_ms: Some(1_764_219_600_000),
+    };
+    let skipped = |local: &str, due_ms, outcome| Occurrence {
+        local: local.into(),
+        due_ms,
+        outcome,
+        command_id: None,
+        expires_ms: None,
+    };
+    let samples = [
+        (
+            "schedule-event-saved-command",
+            event(ScheduleEventBody::Saved(Box::new(spec(
+                command, cron, None,
+            )))),
+        ),
+        (
+            "schedule-event-saved-desired",
+            event(ScheduleEventBody::Saved(Box::new(spec(
+                desired,
+                ScheduleWhen::At {
+                    at_ms: 1_764_219_600_000,
+                },
+                Some(3_600_000),
+            )))),
+        ),
+        (
+            "schedule-event-occurrences",
+            event(ScheduleEventBody::Occurrences {
+                occurrences: vec![
+                    skipped(
+                        "2026-03-29T02:30",
+                        None,
+                        OccurrenceOutcome::NonexistentLocalTime,
+                    ),
+                    skipped(
+                        "2026-11-24T06:00",
+                        Some(1_763_960_400_000),
+                        OccurrenceOutcome::Missed,
+                    ),
+                    skipped(
+                        "2026-11-25T06:00",
+                        Some(1_764_046_800_000),
+                        OccurrenceOutcome::Expired,
+                    ),
+                    fired,
+                ],
+            }),
+        ),
+        (
+            "schedule-event-deleted",
+            event(ScheduleEventBody::Deleted { by: "alice".into() }),
+        ),
+    ];
+    for (name, sample) in samples {
+        let kind = sample.body.kind();
+        json_format(name, 1, sample, |read: &ScheduleEvent| {
+            assert_eq!(read.body.kind(), kind);
+            assert_eq!(read.schedule_id, "19ac2f3b1e24a7c1");
+        });
+    }
+}

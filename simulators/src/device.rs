@@ -268,6 +268,27 @@ impl DeviceBrain {
     }
 
     /// Apply a delta (null removes a key) and report the whole new state.
+    /// The mode commands: `safe_mode` (no args) puts the device in safe mode,
+    /// `set_mode` with `{"mode": "…"}` in any mode; the device reports it as
+    /// `reported.mode`. Called once per new command (not for resends): the state to
+    /// report, when `command` is one of them.
+    pub fn on_mode_command(
+        &mut self,
+        command: &CommandPayload,
+        now_ms: i64,
+    ) -> Option<StatePayload> {
+        let mode = match command.name.as_str() {
+            "safe_mode" => "safe",
+            "set_mode" => command.args.get("mode")?.as_str()?,
+            _ => return None,
+        };
+        self.reported.insert("mode".into(), mode.into());
+        Some(StatePayload {
+            ts: Some(now_ms),
+            reported: self.reported.clone(),
+        })
+    }
+
     pub fn on_desired(&mut self, desired: DesiredPayload, now_ms: i64) -> StatePayload {
         for (key, value) in desired.delta {
             if value.is_null() {
@@ -304,6 +325,26 @@ mod tests {
             args,
             ts: 0,
         }
+    }
+
+    #[test]
+    fn safe_mode_and_set_mode_are_reported_as_the_mode() {
+        let mut brain = DeviceBrain::default();
+        let mut safe = command("c1", json!({}));
+        safe.name = "safe_mode".into();
+        let state = brain.on_mode_command(&safe, 7).unwrap();
+        assert_eq!(state.reported["mode"], "safe");
+        let mut normal = command("c2", json!({"mode": "normal"}));
+        normal.name = "set_mode".into();
+        assert_eq!(
+            brain.on_mode_command(&normal, 8).unwrap().reported["mode"],
+            "normal"
+        );
+        assert!(brain
+            .on_mode_command(&command("c3", json!({"mode": "x"})), 9)
+            .is_none());
+        normal.args = json!({"mode": 3});
+        assert!(brain.on_mode_command(&normal, 9).is_none());
     }
 
     #[test]

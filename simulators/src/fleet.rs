@@ -678,6 +678,13 @@ async fn session(
                                 device.brain.on_command(&command, behaviour, &mut device.rng, now)
                             };
                             stats.commands_started.fetch_add(device.brain.started - started, Ordering::Relaxed);
+                            // A new (not resent) mode command changes what the device reports.
+                            let mode = (device.brain.started > started)
+                                .then(|| device.brain.on_mode_command(&command, now))
+                                .flatten();
+                            if let Some(state) = mode {
+                                handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
+                            }
                             for answer in answers {
                                 match answer {
                                     Answer::Now(ack) => {

@@ -93,6 +93,7 @@ pub async fn start(
         alarms: None,
         deliveries: None,
         jobs: None,
+        schedules: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -130,6 +131,7 @@ fn started(
         alarms: launch.alarms.take(),
         deliveries: launch.deliveries.take(),
         jobs: launch.jobs.take(),
+        schedules: launch.schedules.take(),
     }
 }
 

@@ -56,6 +56,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::storage::ROLE,
     &crate::webhooks::ROLE,
     &crate::jobs::ROLE,
+    &crate::schedules::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.
@@ -86,6 +87,8 @@ pub struct Launch<'a> {
     pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
     /// Set by the jobs role: every job, for `/jobs`.
     pub jobs: Option<Arc<crate::jobs::JobsApi>>,
+    /// Set by the schedules role: every schedule, for `/schedules`.
+    pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

@@ -7,6 +7,7 @@ mod credentials;
 mod guard;
 mod jobs;
 mod requests;
+mod schedules;
 
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
@@ -67,6 +68,8 @@ pub struct Started {
     pub deliveries: Option<Arc<crate::webhooks::DeliveryLog>>,
     /// Every job, when this process runs the jobs role.
     pub jobs: Option<Arc<crate::jobs::JobsApi>>,
+    /// Every schedule, when this process runs the schedules role.
+    pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
 }
 
 impl HttpState {
@@ -681,6 +684,7 @@ pub fn start(
             )
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+            .configure(schedules::routes)
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))
@@ -717,7 +721,12 @@ mod tests {
             .collect();
         paths.sort_unstable();
         let source = include_str!("mod.rs");
-        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        // Routes registered by a module's own `routes` (`.configure`) count too.
+        let code = [
+            &source[..source.find("#[cfg(test)]").unwrap()],
+            include_str!("schedules.rs"),
+        ]
+        .concat();
         let mut served: Vec<&str> = code
             .split("resource(\"")
             .skip(1)

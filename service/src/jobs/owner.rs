@@ -53,21 +53,24 @@ impl Ownership {
         }
     }
 
-    /// Partitions whose marker the index met since the last call: restored now.
-    fn newly_restored(&self, index: &JobIndex) -> HashSet<i32> {
+    /// Partitions whose marker the reader met (`met` takes it) since the last call:
+    /// restored now. (Shared with the schedules role, which owns `iot.schedules` the
+    /// same way.)
+    pub fn newly_restored(&self, met: impl Fn(&str) -> bool) -> HashSet<i32> {
         let mut owned = self.owned.lock();
         let mut restored = HashSet::new();
         for (partition, state) in owned.iter_mut() {
-            if !state.restored && index.take_marker(&state.marker) {
+            if !state.restored && met(&state.marker) {
                 state.restored = true;
                 restored.insert(*partition);
-                tracing::info!(partition, "jobs partition restored");
+                tracing::info!(topic = %self.topic, partition, "owned partition restored");
             }
         }
         restored
     }
 
-    fn restored(&self) -> HashSet<i32> {
+    /// The partitions owned and restored.
+    pub fn restored(&self) -> HashSet<i32> {
         let owned = self.owned.lock();
         owned
             .iter()
@@ -139,7 +142,7 @@ impl RecordHandler for JobsOwner {
         if !self.fleet.is_loaded() {
             return Ok(());
         }
-        let fresh = self.ownership.newly_restored(&self.index);
+        let fresh = (self.ownership).newly_restored(|marker| self.index.take_marker(marker));
         let restored = self.ownership.restored();
         let jobs: Vec<JobState> = self.index.with_jobs(|jobs| {
             jobs.values()

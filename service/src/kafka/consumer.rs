@@ -42,6 +42,10 @@ pub enum ConsumerRole {
     JobsFleet,
     /// Each alerts instance's reader of `iot.jobs` (job events for WebSocket clients).
     JobEvents,
+    /// The schedules role's group member (owns partitions of `iot.schedules`).
+    Schedules,
+    /// Each schedules instance's reader of `iot.schedules`.
+    ScheduleLog,
 }
 
 impl ConsumerRole {
@@ -62,6 +66,8 @@ impl ConsumerRole {
             Self::JobLog => "job-log",
             Self::JobEvents => "job-events",
             Self::JobsFleet => "jobs-fleet",
+            Self::Schedules => "schedules",
+            Self::ScheduleLog => "schedule-log",
         }
     }
 }

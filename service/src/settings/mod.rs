@@ -18,6 +18,7 @@ use crate::ingest::IngestConfig;
 use crate::jobs::JobsConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
+use crate::schedules::SchedulesConfig;
 use crate::scorer::ScorerConfig;
 use crate::secret::Secret;
 use crate::storage::StorageConfig;
@@ -44,6 +45,7 @@ pub struct Settings {
     pub credentials: CredentialsConfig,
     pub webhooks: WebhooksConfig,
     pub jobs: JobsConfig,
+    pub schedules: SchedulesConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
