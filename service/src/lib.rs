@@ -15,6 +15,7 @@
 //! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
 
 pub mod alerts;
+pub mod archive;
 pub mod app;
 pub mod auth;
 pub mod credentials;
