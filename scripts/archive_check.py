@@ -40,7 +40,7 @@ def count(s3, bucket, prefix, device_prefix):
             s3.download_file(bucket, key, path)
         if not files:
             return {"files": 0, "rows": 0, "distinct_offsets": 0, "readings": 0}
-        rows, offsets, readings = duckdb.sql(f"""
+        rows, offsets, readings = duckdb.connect().execute(f"""
             SELECT count(*),
                    count(DISTINCT (topic, "partition", "offset")),
                    count(DISTINCT (device, seq)) FILTER (WHERE kind = 'telemetry'

@@ -15,8 +15,8 @@
 //! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
 
 pub mod alerts;
-pub mod archive;
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod credentials;
 pub mod demo;

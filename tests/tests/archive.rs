@@ -72,7 +72,14 @@ impl Moto {
             .port();
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new(&tools.python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -109,11 +116,20 @@ fn readings_in_kafka(kafka: &str, topic: &str) -> (usize, usize) {
 
 /// (partition, first offset) of each archive file of `topic`, from its name.
 fn files_of(tools: &Tools, moto: &Moto, topic: &str) -> Vec<(i32, i64)> {
-    let names = tools.check(&["list", &moto.endpoint, BUCKET, &format!("{PREFIX}/{topic}/")]);
+    let names = tools.check(&[
+        "list",
+        &moto.endpoint,
+        BUCKET,
+        &format!("{PREFIX}/{topic}/"),
+    ]);
     let mut files: Vec<(i32, i64)> = (names.as_array().unwrap().iter())
         .map(|name| {
             let name = name.as_str().unwrap();
-            let stem = name.rsplit('/').next().unwrap().trim_end_matches(".parquet");
+            let stem = name
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".parquet");
             let mut parts = stem.rsplit('-');
             let offset = parts.next().unwrap().parse().unwrap();
             let partition = parts.next().unwrap().parse().unwrap();
@@ -132,11 +148,20 @@ fn archive_env(moto: &Moto, dir: &Path) -> Vec<(String, String)> {
         ("FLEETWATCH_ARCHIVE__URL", format!("s3://{BUCKET}/{PREFIX}")),
         ("FLEETWATCH_ARCHIVE__S3__ENDPOINT", moto.endpoint.clone()),
         ("FLEETWATCH_ARCHIVE__S3__ALLOW_HTTP", "true".into()),
-        ("FLEETWATCH_ARCHIVE__S3__ACCESS_KEY_ID_FILE", id_file.display().to_string()),
-        ("FLEETWATCH_ARCHIVE__S3__SECRET_ACCESS_KEY_FILE", key_file.display().to_string()),
+        (
+            "FLEETWATCH_ARCHIVE__S3__ACCESS_KEY_ID_FILE",
+            id_file.display().to_string(),
+        ),
+        (
+            "FLEETWATCH_ARCHIVE__S3__SECRET_ACCESS_KEY_FILE",
+            key_file.display().to_string(),
+        ),
         ("FLEETWATCH_ARCHIVE__MAX_FILE_AGE_MS", "1000".into()),
         ("FLEETWATCH_ARCHIVE__MAX_FILE_BYTES", "200000".into()),
-        ("FLEETWATCH_KAFKA__SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
+        (
+            "FLEETWATCH_KAFKA__SESSION_TIMEOUT_MS",
+            SESSION_TIMEOUT_MS.to_string(),
+        ),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
@@ -157,7 +182,12 @@ fn credentials_never_print(rig: &Rig, env: &[(String, String)]) {
     assert!(!printed.contains("archive-test-secret") && !printed.contains("archive-test-id"));
 }
 
-async fn archive(rig: &Rig, namespace: &Namespace, instance: &str, env: &[(String, String)]) -> Service {
+async fn archive(
+    rig: &Rig,
+    namespace: &Namespace,
+    instance: &str,
+    env: &[(String, String)],
+) -> Service {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Service::start_async(rig, namespace, "archive", instance, &env).await
 }
@@ -181,18 +211,26 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
     let mut sim = SimConfig::new(&rig.mqtt_host, rig.mqtt_port, 20);
     (sim.id_prefix, sim.interval_ms, sim.seed) = (namespace.device_prefix(), 100, 19);
     sim.duration_secs = Some(45.0);
-    let fleet = tokio::spawn(run_fleet(sim, Arc::new(FleetStats::default()), CancellationToken::new()));
+    let fleet = tokio::spawn(run_fleet(
+        sim,
+        Arc::new(FleetStats::default()),
+        CancellationToken::new(),
+    ));
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     // 1. SIGKILL in the middle of a file: rows taken, not uploaded.
     tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(20), "files uploaded and rows in an open one", || {
-            let (files, open) = (
-                first.metric("fleetwatch_archive_files_total"),
-                first.metric("fleetwatch_archive_buffered_bytes"),
-            );
-            (files > 0.0 && open > 0.0).then_some(())
-        });
+        eventually(
+            Duration::from_secs(20),
+            "files uploaded and rows in an open one",
+            || {
+                let (files, open) = (
+                    first.metric("fleetwatch_archive_files_total"),
+                    first.metric("fleetwatch_archive_buffered_bytes"),
+                );
+                (files > 0.0 && open > 0.0).then_some(())
+            },
+        );
         first.kill();
     });
     println!("killed in the middle of a file");
@@ -205,9 +243,11 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
     tokio::task::block_in_place(|| {
         let before = second.metric("fleetwatch_archive_files_total");
         brokers.stop_tansu_answering();
-        eventually(Duration::from_secs(20), "an upload while tansu is frozen", || {
-            (second.metric("fleetwatch_archive_files_total") > before).then_some(())
-        });
+        eventually(
+            Duration::from_secs(20),
+            "an upload while tansu is frozen",
+            || (second.metric("fleetwatch_archive_files_total") > before).then_some(()),
+        );
         second.kill();
         // The commit request may sit in the frozen broker's socket buffer: a thawed tansu
         // would still apply it. Killed while frozen, it never reads it (what it had
@@ -222,7 +262,10 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
             .filter(|(partition, first)| committed.get(partition).is_none_or(|c| first >= c))
             .collect();
         println!("killed between upload and commit; uploaded, not committed: {uncommitted:?} (committed {committed:?})");
-        assert!(!uncommitted.is_empty(), "no file was uploaded without its commit");
+        assert!(
+            !uncommitted.is_empty(),
+            "no file was uploaded without its commit"
+        );
     });
     tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
     let third = archive(&rig, &namespace, "c", &env).await;
@@ -230,19 +273,29 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
 
     tokio::task::block_in_place(|| {
         let (readings, records) = readings_in_kafka(&rig.kafka, &telemetry);
-        assert!(readings > 1_000, "only {readings} readings reached {telemetry}");
-        let counted = eventually(Duration::from_secs(60), "the archive to hold every record", || {
-            let counted = tools.check(&[
-                "count",
-                &moto.endpoint,
-                BUCKET,
-                &format!("{PREFIX}/{telemetry}/"),
-                &namespace.device_prefix(),
-            ]);
-            (counted["distinct_offsets"] == records as u64).then_some(counted)
-        });
+        assert!(
+            readings > 1_000,
+            "only {readings} readings reached {telemetry}"
+        );
+        let counted = eventually(
+            Duration::from_secs(60),
+            "the archive to hold every record",
+            || {
+                let counted = tools.check(&[
+                    "count",
+                    &moto.endpoint,
+                    BUCKET,
+                    &format!("{PREFIX}/{telemetry}/"),
+                    &namespace.device_prefix(),
+                ]);
+                (counted["distinct_offsets"] == records as u64).then_some(counted)
+            },
+        );
         println!("archive: {counted} for {readings} readings in {records} records of {telemetry}");
-        assert_eq!(counted["rows"], counted["distinct_offsets"], "a (topic, partition, offset) archived twice");
+        assert_eq!(
+            counted["rows"], counted["distinct_offsets"],
+            "a (topic, partition, offset) archived twice"
+        );
         assert_eq!(counted["readings"], readings as u64);
         assert_eq!(third.metric("fleetwatch_archive_upload_errors_total"), 0.0);
     });

@@ -225,7 +225,9 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// The rows of a Parquet archive file, for readers (backfill, tests).
-pub fn read_rows(bytes: bytes::Bytes) -> Result<Vec<(String, i32, Row)>, parquet::errors::ParquetError> {
+pub fn read_rows(
+    bytes: bytes::Bytes,
+) -> Result<Vec<(String, i32, Row)>, parquet::errors::ParquetError> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type, UInt64Type};
     let reader =

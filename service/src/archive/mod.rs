@@ -108,7 +108,10 @@ impl ArchiveHandler {
         self.revocations_seen = seen;
         let dropped = self.open_rows();
         if dropped > 0 {
-            tracing::info!(rows = dropped, "partitions revoked: open archive files dropped, their records come again");
+            tracing::info!(
+                rows = dropped,
+                "partitions revoked: open archive files dropped, their records come again"
+            );
         }
         self.files.clear();
         self.update_buffered();
@@ -156,7 +159,14 @@ impl ArchiveHandler {
         }
     }
 
-    fn uploaded(&mut self, key: &(String, i32), last: i64, rows: usize, size: usize, took: Duration) {
+    fn uploaded(
+        &mut self,
+        key: &(String, i32),
+        last: i64,
+        rows: usize,
+        size: usize,
+        took: Duration,
+    ) {
         self.files.remove(key);
         self.durable.at(&key.0, key.1, last);
         self.awaiting_commit.insert(key.clone());
@@ -223,7 +233,10 @@ impl RecordHandler for ArchiveHandler {
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        Some((self.limits.max_file_age / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)))
+        Some(
+            (self.limits.max_file_age / 4)
+                .clamp(Duration::from_millis(10), Duration::from_millis(250)),
+        )
     }
 
     /// Close and upload the files that are old enough; one whose upload fails stays open

@@ -24,7 +24,9 @@ impl Location {
     pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(format!("archive.url {url:?}: a file:// URL needs an absolute path"));
+                return Err(format!(
+                    "archive.url {url:?}: a file:// URL needs an absolute path"
+                ));
             }
             return Ok(Self::Local(PathBuf::from(path)));
         }
@@ -117,7 +119,9 @@ impl Sink {
                         )
                     }
                 }
-                let store = builder.build().map_err(|e| format!("archive S3 client: {e}"))?;
+                let store = builder
+                    .build()
+                    .map_err(|e| format!("archive S3 client: {e}"))?;
                 Ok(Self {
                     store: Arc::new(store),
                     prefix,
@@ -154,7 +158,11 @@ impl Sink {
     /// returns once the store confirmed it (for a local directory: once the file and its
     /// directory are synced to disk).
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), SinkError> {
-        if self.down.as_ref().is_some_and(|down| down.load(Ordering::SeqCst)) {
+        if self
+            .down
+            .as_ref()
+            .is_some_and(|down| down.load(Ordering::SeqCst))
+        {
             return Err(SinkError::Store(object_store::Error::Generic {
                 store: "memory",
                 source: "switched off by the test".into(),
@@ -261,9 +269,15 @@ mod tests {
         sink.put("t/date=2026-01-01/hour=00/a.parquet", b"two".to_vec())
             .await
             .unwrap();
-        assert_eq!(sink.list("t").await.unwrap(), ["t/date=2026-01-01/hour=00/a.parquet"]);
         assert_eq!(
-            &sink.get("t/date=2026-01-01/hour=00/a.parquet").await.unwrap()[..],
+            sink.list("t").await.unwrap(),
+            ["t/date=2026-01-01/hour=00/a.parquet"]
+        );
+        assert_eq!(
+            &sink
+                .get("t/date=2026-01-01/hour=00/a.parquet")
+                .await
+                .unwrap()[..],
             b"two"
         );
         std::fs::remove_dir_all(dir).unwrap();

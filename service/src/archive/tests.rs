@@ -57,7 +57,12 @@ impl Rig {
         }
     }
 
-    async fn take(&mut self, partition: i32, offset: i64, ingest_ms: i64) -> Result<(), HandleError> {
+    async fn take(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        ingest_ms: i64,
+    ) -> Result<(), HandleError> {
         let payload = reading("d1", offset as u64);
         let mut record = Record::new("iot.telemetry", "d1", &payload).at(partition, offset);
         record.timestamp_ms = Some(ingest_ms);
@@ -83,7 +88,10 @@ fn dates_and_names_follow_the_calendar_and_sort_by_offset() {
     assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     assert_eq!(civil_from_days(-1), (1969, 12, 31));
     // The last day a device timestamp may have (2286-11-20).
-    assert_eq!(civil_from_days(9_999_999_999_999 / 86_400_000), (2286, 11, 20));
+    assert_eq!(
+        civil_from_days(9_999_999_999_999 / 86_400_000),
+        (2286, 11, 20)
+    );
     assert_eq!(
         file_name("iot.telemetry", 3, 42, T0 / HOUR),
         "iot.telemetry/date=2026-11-24/hour=06/iot.telemetry-00003-00000000000000000042.parquet"
@@ -98,13 +106,19 @@ async fn a_file_is_stored_on_age_and_only_then_are_its_offsets_durable() {
     }
     rig.take(1, 7, T0).await.unwrap();
     rig.handler.on_tick().await.unwrap();
-    assert!(rig.durable().is_empty(), "nothing is durable before a file is stored");
+    assert!(
+        rig.durable().is_empty(),
+        "nothing is durable before a file is stored"
+    );
     assert!(rig.files().await.is_empty());
     tokio::time::sleep(Duration::from_millis(40)).await;
     rig.handler.on_tick().await.unwrap();
     assert_eq!(
         rig.durable(),
-        [("iot.telemetry".into(), 0, 14), ("iot.telemetry".into(), 1, 7)]
+        [
+            ("iot.telemetry".into(), 0, 14),
+            ("iot.telemetry".into(), 1, 7)
+        ]
     );
     let files = rig.files().await;
     assert_eq!(files.len(), 2);
@@ -116,7 +130,10 @@ async fn a_file_is_stored_on_age_and_only_then_are_its_offsets_durable() {
     assert_eq!((topic.as_str(), *partition), ("iot.telemetry", 0));
     assert_eq!(row.device.as_deref(), Some("d1"));
     assert_eq!(row.kind.as_deref(), Some("telemetry"));
-    assert_eq!((row.seq, row.event_ts_ms, row.ingest_ms), (Some(12), Some(1_012), Some(T0 + 12)));
+    assert_eq!(
+        (row.seq, row.event_ts_ms, row.ingest_ms),
+        (Some(12), Some(1_012), Some(T0 + 12))
+    );
     assert_eq!(row.payload, reading("d1", 12));
     assert_eq!(rig.metrics.archive_rows.get(), 6);
     assert_eq!(rig.metrics.archive_files.get(), 2);
@@ -124,7 +141,10 @@ async fn a_file_is_stored_on_age_and_only_then_are_its_offsets_durable() {
 
 #[tokio::test]
 async fn a_record_of_another_ingest_hour_or_past_the_size_closes_the_file() {
-    let mut rig = Rig::new(3 * Row::of(&Record::new("t", "d1", &reading("d1", 0))).size(), Duration::from_secs(60));
+    let mut rig = Rig::new(
+        3 * Row::of(&Record::new("t", "d1", &reading("d1", 0))).size(),
+        Duration::from_secs(60),
+    );
     rig.take(0, 0, T0 + HOUR - 1).await.unwrap();
     rig.take(0, 1, T0 + HOUR).await.unwrap();
     assert_eq!(rig.durable(), [("iot.telemetry".into(), 0, 0)]);
@@ -141,7 +161,12 @@ async fn a_record_of_another_ingest_hour_or_past_the_size_closes_the_file() {
             "iot.telemetry/date=2026-11-24/hour=07/iot.telemetry-00000-00000000000000000001.parquet",
         ]
     );
-    assert_eq!(read_rows(rig.sink.get(&files[1]).await.unwrap()).unwrap().len(), 3);
+    assert_eq!(
+        read_rows(rig.sink.get(&files[1]).await.unwrap())
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(rig.handler.open_rows(), 2);
 }
 
@@ -173,7 +198,10 @@ async fn a_store_that_refuses_holds_the_record_and_loses_nothing() {
     rig.take(0, 0, T0).await.unwrap();
     rig.down.store(true, Ordering::SeqCst);
     // A record of the next hour needs the open file stored first.
-    assert!(matches!(rig.take(0, 1, T0 + HOUR).await, Err(HandleError::Retry(_))));
+    assert!(matches!(
+        rig.take(0, 1, T0 + HOUR).await,
+        Err(HandleError::Retry(_))
+    ));
     assert!(rig.durable().is_empty());
     assert_eq!(rig.metrics.archive_up.get(), 0);
     assert_eq!(rig.metrics.archive_upload_errors.get(), 1);
@@ -194,7 +222,11 @@ async fn a_revocation_drops_the_open_files_and_shutdown_stores_the_rest() {
     rig.take(1, 0, T0).await.unwrap();
     rig.revocations.revoked(&[0, 1], false);
     rig.take(1, 0, T0).await.unwrap();
-    assert_eq!(rig.handler.open_rows(), 1, "only what came after the revocation");
+    assert_eq!(
+        rig.handler.open_rows(),
+        1,
+        "only what came after the revocation"
+    );
     rig.handler.on_shutdown().await;
     assert_eq!(rig.durable(), [("iot.telemetry".into(), 1, 0)]);
     assert_eq!(rig.files().await.len(), 1);
