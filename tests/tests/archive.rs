@@ -210,7 +210,7 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
     let first = archive(&rig, &namespace, "a", &env).await;
     let mut sim = SimConfig::new(&rig.mqtt_host, rig.mqtt_port, 20);
     (sim.id_prefix, sim.interval_ms, sim.seed) = (namespace.device_prefix(), 100, 19);
-    sim.duration_secs = Some(45.0);
+    sim.duration_secs = Some(30.0);
     let fleet = tokio::spawn(run_fleet(
         sim,
         Arc::new(FleetStats::default()),
