@@ -114,6 +114,9 @@ impl ArchiveHandler {
             );
         }
         self.files.clear();
+        // Their uploaded files are rewritten, under the same names, by whoever reads
+        // those partitions next.
+        self.awaiting_commit.clear();
         self.update_buffered();
     }
 

@@ -231,3 +231,21 @@ async fn a_revocation_drops_the_open_files_and_shutdown_stores_the_rest() {
     assert_eq!(rig.durable(), [("iot.telemetry".into(), 1, 0)]);
     assert_eq!(rig.files().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_revocation_also_forgets_a_commit_that_failed() {
+    let mut rig = Rig::new(1 << 20, Duration::from_millis(1));
+    rig.take(0, 0, T0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    rig.handler.on_tick().await.unwrap();
+    rig.handler.committed(false);
+    assert!(rig.handler.commits_each_effect());
+    rig.revocations.revoked(&[0], true);
+    // Assigned again from the committed offset: the same file is written anew.
+    rig.take(0, 0, T0).await.unwrap();
+    assert!(!rig.handler.commits_each_effect());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    rig.handler.on_tick().await.unwrap();
+    assert_eq!(rig.files().await.len(), 1, "the same name, replaced");
+    assert_eq!(rig.metrics.archive_files.get(), 2);
+}

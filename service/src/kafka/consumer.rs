@@ -598,6 +598,10 @@ async fn handle_until_done<H: RecordHandler>(
             Err(HandleError::Fatal(reason)) => break Err(Error::RoleFailed { role, reason }),
             Err(HandleError::Retry(reason)) => {
                 tracing::warn!(role, %reason, ?backoff, "retrying record");
+                if handler.commits_each_effect() {
+                    // What it waits for may be the commit of its last effect.
+                    settle_durable(consumer, handler).await;
+                }
                 if !paused {
                     consumer.set_paused(true);
                     paused = true;
