@@ -26,7 +26,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let config = &launch.settings.archive;
     if config.url.is_empty() {
         launch.metrics.archive_enabled.set(0);
-        tracing::warn!("archive.url is not set: the archive role archives nothing");
+        tracing::info!("archive.url is not set: the archive role archives nothing");
         return Ok(());
     }
     let sink = Sink::open(config).map_err(Error::Config)?;
