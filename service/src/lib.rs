@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod credentials;
 pub mod demo;

@@ -104,6 +104,22 @@ pub struct Metrics {
     pub storage_write_seconds: Histogram,
     /// Points waiting in the storage role's batch.
     pub storage_buffered: IntGauge,
+    /// 1 when the archive role runs with an `archive.url`, 0 when it is idle.
+    pub archive_enabled: IntGauge,
+    /// 1 while the archive's store took the last upload, 0 after a failed one.
+    pub archive_up: IntGauge,
+    /// Archive files uploaded (each confirmed by the store).
+    pub archive_files: IntCounter,
+    /// Rows in the uploaded archive files.
+    pub archive_rows: IntCounter,
+    /// Bytes of the uploaded archive files (Parquet, compressed).
+    pub archive_bytes: IntCounter,
+    /// Failed archive uploads (each retried).
+    pub archive_upload_errors: IntCounter,
+    /// Time of each confirmed archive upload.
+    pub archive_upload_seconds: Histogram,
+    /// Bytes of rows in the archive's open files.
+    pub archive_buffered_bytes: IntGauge,
     /// Webhook delivery outcomes: delivered, retrying (an attempt failed), given_up.
     pub webhook_deliveries: IntCounterVec,
     /// Deliveries waiting in the webhooks role's outbox.
@@ -350,6 +366,39 @@ impl Metrics {
             storage_buffered: gauge(
                 "fleetwatch_storage_buffered_points",
                 "Points waiting in the storage role's batch",
+            ),
+            archive_enabled: gauge(
+                "fleetwatch_archive_enabled",
+                "1 when the archive role runs with an archive.url, 0 when idle",
+            ),
+            archive_up: gauge(
+                "fleetwatch_archive_up",
+                "1 while the archive's store took the last upload, 0 after a failed one",
+            ),
+            archive_files: counter(
+                "fleetwatch_archive_files_total",
+                "Archive files uploaded and confirmed by the store",
+            ),
+            archive_rows: counter(
+                "fleetwatch_archive_rows_total",
+                "Rows in the uploaded archive files",
+            ),
+            archive_bytes: counter(
+                "fleetwatch_archive_bytes_total",
+                "Bytes of the uploaded archive files",
+            ),
+            archive_upload_errors: counter(
+                "fleetwatch_archive_upload_errors_total",
+                "Failed archive uploads",
+            ),
+            archive_upload_seconds: histogram(
+                &registry,
+                "fleetwatch_archive_upload_seconds",
+                "Time of each confirmed archive upload",
+            ),
+            archive_buffered_bytes: gauge(
+                "fleetwatch_archive_buffered_bytes",
+                "Bytes of rows in the archive's open files",
             ),
             webhook_deliveries: counter_vec(
                 "fleetwatch_webhook_deliveries_total",

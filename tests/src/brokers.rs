@@ -184,6 +184,11 @@ impl OwnBrokers {
         std::thread::sleep(frozen);
         self.tansu.signal("-CONT");
     }
+
+    /// Freeze tansu (SIGSTOP) until [`OwnBrokers::thaw_tansu`].
+    pub fn stop_tansu_answering(&self) {
+        self.tansu.signal("-STOP");
+    }
 }
 
 fn path(path: &std::path::Path) -> String {

@@ -54,6 +54,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::scorer::ROLE,
     &crate::alerts::ROLE,
     &crate::storage::ROLE,
+    &crate::archive::ROLE,
     &crate::webhooks::ROLE,
     &crate::jobs::ROLE,
     &crate::schedules::ROLE,

@@ -354,6 +354,8 @@ fn demo_roles(options: &DemoOptions) -> Result<Roles> {
     let names: Vec<&str> = (app::ROLES.iter())
         .map(|role| role.name)
         .filter(|&name| name != crate::storage::ROLE.name || options.tsdb.is_some())
+        // The demo keeps no history: no archive.
+        .filter(|&name| name != crate::archive::ROLE.name)
         .collect();
     names.join(",").parse().map_err(Error::Config)
 }

@@ -46,6 +46,7 @@ pub enum ConsumerRole {
     Schedules,
     /// Each schedules instance's reader of `iot.schedules`.
     ScheduleLog,
+    Archive,
 }
 
 impl ConsumerRole {
@@ -68,6 +69,7 @@ impl ConsumerRole {
             Self::JobsFleet => "jobs-fleet",
             Self::Schedules => "schedules",
             Self::ScheduleLog => "schedule-log",
+            Self::Archive => "archive",
         }
     }
 }
@@ -444,6 +446,16 @@ pub trait RecordHandler: Send {
     fn take_durable(&mut self) -> DurableOffsets {
         DurableOffsets::default()
     }
+
+    /// Whether the offsets just reported durable must be committed now, before the next
+    /// record (the archive: one uploaded file per partition past the committed offset).
+    /// The loop then commits synchronously and tells [`RecordHandler::committed`].
+    fn commits_each_effect(&self) -> bool {
+        false
+    }
+
+    /// Whether the commit asked for by [`RecordHandler::commits_each_effect`] succeeded.
+    fn committed(&mut self, _ok: bool) {}
 }
 
 /// Store the offsets `handler` reports durable, for the next commit.
@@ -455,6 +467,30 @@ fn store_durable<H: RecordHandler>(consumer: &RoleConsumer, handler: &mut H) {
             tracing::debug!(role = consumer.role.name(), %error, topic, partition, "storing offset failed");
         }
     }
+}
+
+/// Store what `handler` reports durable and, when it asks, commit it now (off the async
+/// threads: a synchronous commit blocks), telling it whether that worked.
+async fn settle_durable<H: RecordHandler>(consumer: &RoleConsumer, handler: &mut H) {
+    store_durable(consumer, handler);
+    if !consumer.commits || !handler.commits_each_effect() {
+        return;
+    }
+    let (inner, role) = (consumer.inner.clone(), consumer.role.name());
+    let ok = tokio::task::spawn_blocking(move || {
+        match inner.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => true,
+            // Nothing stored since the last commit (a revoked partition's offset).
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => true,
+            Err(error) => {
+                tracing::warn!(role, %error, "commit failed; retried after the next record");
+                false
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    handler.committed(ok);
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -495,7 +531,7 @@ pub async fn consume<H: RecordHandler>(
                 if let Err(HandleError::Fatal(reason)) = handler.on_tick().await {
                     break Err(Error::RoleFailed { role, reason });
                 }
-                store_durable(&consumer, &mut handler);
+                settle_durable(&consumer, &mut handler).await;
                 continue;
             }
             record = consumer.inner.recv() => record,
@@ -514,7 +550,7 @@ pub async fn consume<H: RecordHandler>(
             Ok(Handled::Yes) => {
                 consumed.inc();
                 if defers_commit {
-                    store_durable(&consumer, &mut handler);
+                    settle_durable(&consumer, &mut handler).await;
                 } else if let Err(error) = consumer.inner.store_offset_from_message(&message) {
                     tracing::warn!(role, %error, "storing offset failed");
                 }
@@ -527,7 +563,7 @@ pub async fn consume<H: RecordHandler>(
     };
     lag_stop.cancel();
     handler.on_shutdown().await;
-    store_durable(&consumer, &mut handler);
+    settle_durable(&consumer, &mut handler).await;
     // A synchronous commit blocks: off the async threads.
     let _ = tokio::task::spawn_blocking(move || consumer.commit_stored()).await;
     outcome
@@ -568,6 +604,10 @@ async fn handle_until_done<H: RecordHandler>(
             Err(HandleError::Fatal(reason)) => break Err(Error::RoleFailed { role, reason }),
             Err(HandleError::Retry(reason)) => {
                 tracing::warn!(role, %reason, ?backoff, "retrying record");
+                if handler.commits_each_effect() {
+                    // What it waits for may be the commit of its last effect.
+                    settle_durable(consumer, handler).await;
+                }
                 if !paused {
                     consumer.set_paused(true);
                     paused = true;

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
+use crate::archive::ArchiveConfig;
 use crate::auth::AuthConfig;
 use crate::credentials::CredentialsConfig;
 use crate::devices::DevicesConfig;
@@ -42,6 +43,7 @@ pub struct Settings {
     pub tls: TlsConfig,
     pub tenancy: TenancyConfig,
     pub storage: StorageConfig,
+    pub archive: ArchiveConfig,
     pub credentials: CredentialsConfig,
     pub webhooks: WebhooksConfig,
     pub jobs: JobsConfig,
@@ -104,6 +106,7 @@ impl Settings {
             "credentials.admin_password",
         )?;
         self.webhooks.read_secret_files()?;
+        self.archive.read_secret_files()?;
         let kafka = &mut self.kafka;
         for (key, path) in &kafka.property_files {
             if kafka.properties.contains_key(key) {
@@ -171,6 +174,7 @@ impl Settings {
             .check()
             .map_err(|e| Error::Config(format!("scorer: {e}")))?;
         self.storage.check().map_err(Error::Config)?;
+        self.archive.check().map_err(Error::Config)?;
         self.webhooks.check().map_err(Error::Config)?;
         if self.trainer.checkpoint_every_publications == 0 {
             return Err(Error::Config(
