@@ -150,6 +150,10 @@ pub struct RoleConsumer {
     metrics: Arc<Metrics>,
     /// Whether this consumer commits offsets (group members) or not (whole-topic readers).
     commits: bool,
+    /// Partitions whose records were put back while paused, and the offset each was
+    /// rewound to (the first record put back): later records of the partition, already
+    /// fetched before the rewind took effect, must not move it forward past that one.
+    put_back_at: parking_lot::Mutex<std::collections::HashMap<(String, i32), i64>>,
 }
 
 /// Where a consumer starts when its group has no committed offset.
@@ -202,6 +206,7 @@ impl RoleConsumer {
             inner: Arc::new(inner),
             metrics,
             commits: commit,
+            put_back_at: Default::default(),
         })
     }
 
@@ -332,6 +337,10 @@ impl RoleConsumer {
 
     /// Pause or resume fetching from every partition assigned now.
     fn set_paused(&self, paused: bool) {
+        if !paused {
+            // Resumed partitions are read from where they were rewound to.
+            self.put_back_at.lock().clear();
+        }
         let Ok(assignment) = self.inner.assignment() else {
             return;
         };
@@ -376,12 +385,22 @@ impl RoleConsumer {
     fn put_back(&self, message: &rdkafka::message::BorrowedMessage<'_>) {
         use rdkafka::Message;
         let (topic, partition) = (message.topic(), message.partition());
+        // The seek below is asynchronous: records of the partition fetched before it takes
+        // effect still arrive. Rewinding to each of them in turn would leave the position
+        // after the first one, which would never be read again (a record lost): rewind to
+        // the earliest put back.
+        let offset = *self
+            .put_back_at
+            .lock()
+            .entry((topic.to_owned(), partition))
+            .and_modify(|at| *at = (*at).min(message.offset()))
+            .or_insert(message.offset());
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);
         let rewound = self.inner.pause(&list).and_then(|()| {
             // A zero timeout makes the seek asynchronous: nothing blocks here.
-            let offset = Offset::Offset(message.offset());
-            self.inner.seek(topic, partition, offset, Duration::ZERO)
+            self.inner
+                .seek(topic, partition, Offset::Offset(offset), Duration::ZERO)
         });
         if let Err(error) = rewound {
             tracing::warn!(role = self.role.name(), %error, topic, partition, "putting a record back failed");
