@@ -344,18 +344,23 @@ fn release(job: &mut JobState, out: &mut Step, fleet: &FleetView, rules: StepRul
     });
     // A device that changed tenant since the job was created is out of its reach.
     let (mut released, mut left) = (Vec::new(), Vec::new());
+    // Only the devices about to be sent are checked: a tick's work follows the rate
+    // limit, not the number of executions still queued.
     for device in queued {
+        if released.len() >= allowed {
+            break;
+        }
         let reached = fleet.with(device, |view| {
             view.is_none_or(|v| job.spec.reaches(v.tenant.as_ref()))
         });
-        if !reached {
+        if reached {
+            released.push(change(device, ExecutionState::Sent, None));
+        } else {
             left.push(change(
                 device,
                 ExecutionState::Cancelled,
                 Some("the device left the job's tenant".into()),
             ));
-        } else if released.len() < allowed {
-            released.push(change(device, ExecutionState::Sent, None));
         }
     }
     if !left.is_empty() {
