@@ -30,6 +30,11 @@ pub struct Metrics {
     pub skipped: IntCounterVec,
     /// Partitions currently assigned, by role.
     pub assigned_partitions: IntGaugeVec,
+    /// Device partitions owned whose twins were not read back from the changelog yet;
+    /// the devices role is not ready while any is (their commands would wait).
+    pub device_partitions_unrestored: IntGauge,
+    /// Records handled by the devices role whose twin writes have not landed yet.
+    pub twin_writes_pending: IntGauge,
     /// Live device actors.
     pub device_actors: IntGauge,
     /// Devices whose twin says online, among the live actors of this instance (an online
@@ -229,6 +234,14 @@ impl Metrics {
                 "fleetwatch_assigned_partitions",
                 "Partitions assigned, by role",
                 &["role"],
+            ),
+            device_partitions_unrestored: gauge(
+                "fleetwatch_device_partitions_unrestored",
+                "Device partitions owned whose twins are not read back yet",
+            ),
+            twin_writes_pending: gauge(
+                "fleetwatch_twin_writes_pending",
+                "Records handled by the devices role whose twin writes have not landed",
             ),
             device_actors: gauge("fleetwatch_device_actors", "Live device actors"),
             devices_online: gauge(

@@ -256,19 +256,47 @@ impl ChangelogWrite {
             companion.confirmed().await?;
         }
         let (partition, offset) = self.delivery.confirmed_at().await?;
-        let mut index = self.changelog.index.write();
-        let stored = index.entry(self.device_id).or_insert(Stored {
+        remember(
+            &self.changelog,
+            self.device_id,
+            self.version,
             partition,
             offset,
-            version: self.version,
-        });
-        if self.version >= stored.version {
-            *stored = Stored {
-                partition,
-                offset,
-                version: self.version,
-            };
-        }
+        );
         Ok(())
+    }
+
+    /// Like [`ChangelogWrite::confirmed`] without waiting: `None` while a record is
+    /// still on its way. Call again after `Some(Ok(()))` and it stays `Some(Ok(()))`.
+    pub fn try_confirmed(&mut self) -> Option<Result<()>> {
+        for companion in &mut self.companions {
+            if let Err(error) = companion.try_confirmed()? {
+                return Some(Err(error));
+            }
+        }
+        let (partition, offset) = match self.delivery.try_confirmed_at()? {
+            Ok(at) => at,
+            Err(error) => return Some(Err(error)),
+        };
+        let device_id = self.device_id.clone();
+        remember(&self.changelog, device_id, self.version, partition, offset);
+        Some(Ok(()))
+    }
+}
+
+/// Index where the twin's `version` landed, unless a newer version is indexed already.
+fn remember(changelog: &Changelog, device_id: DeviceId, version: u64, partition: i32, offset: i64) {
+    let mut index = changelog.index.write();
+    let stored = index.entry(device_id).or_insert(Stored {
+        partition,
+        offset,
+        version,
+    });
+    if version >= stored.version {
+        *stored = Stored {
+            partition,
+            offset,
+            version,
+        };
     }
 }

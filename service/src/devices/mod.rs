@@ -1,13 +1,15 @@
 //! The devices role: one actor per device holding its twin (reported, desired, delta,
 //! connectivity, command journal). It consumes its partitions of `iot.telemetry` (what
 //! devices say) and `iot.commands` (requests from the REST API) in group `devices`;
-//! every change is written to `iot.device-state` before the record's offset is stored,
-//! so a restart or a new owner continues from exactly the state the effects left.
+//! every change is written to `iot.device-state` before the record's offset is stored
+//! (`pending.rs`: without waiting for each write before the next record), so a restart
+//! or a new owner continues from exactly the state the effects left.
 
 mod actor;
 mod alarms;
 mod changelog;
 mod config;
+mod pending;
 mod registry;
 mod role;
 mod twin;
@@ -24,13 +26,14 @@ pub use actor::{
 pub use alarms::{severity, AlarmError, KEPT_ALARMS};
 pub use changelog::{Changelog, SideTopics};
 pub use config::{DevicesConfig, TwinRules};
+pub use pending::{PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
     ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, Twin, TwinError,
 };
 
-use crate::kafka::{decode_record, HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttPublisher;
 use crate::tenancy::Directory;
@@ -74,6 +77,8 @@ pub struct DevicesHandler {
     pub replies_topic: String,
     pub producer: Producer,
     pub metrics: Arc<Metrics>,
+    /// Twin writes on their way, with the records that caused them.
+    pub pending: PendingWrites,
 }
 
 impl DevicesHandler {
@@ -146,10 +151,14 @@ impl DevicesHandler {
         Ok(())
     }
 
-    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Result<(), HandleError> {
+    /// Apply a device's event to its twin; the twin write it caused, if any.
+    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Handled {
         let device_id = event.device_id.clone();
         if event.body == DeviceEventBody::Decommissioned {
-            return self.decommission(&device_id, partition).await;
+            return self
+                .decommission(&device_id, partition)
+                .await
+                .map(|()| None);
         }
         let applied = self
             .ask_actor(&device_id, partition, true, || ApplyEvent(event.clone()))
@@ -157,34 +166,26 @@ impl DevicesHandler {
         match applied {
             Some(Applied {
                 duplicate: true, ..
-            }) => self
-                .metrics
-                .skipped
-                .with_label_values(&["devices", "duplicate"])
-                .inc(),
-            Some(Applied {
-                write: Some(write), ..
-            }) => write.confirmed().await.map_err(Self::write_failed)?,
-            _ => {}
+            }) => {
+                self.metrics
+                    .skipped
+                    .with_label_values(&["devices", "duplicate"])
+                    .inc();
+                Ok(None)
+            }
+            Some(Applied { write, .. }) => Ok(write),
+            None => Ok(None),
         }
-        Ok(())
     }
 
     /// Fold a scorer alert into the device's alarms. An alert for a device with no twin
     /// here (decommissioned since) is dropped.
-    async fn apply_alert(
-        &self,
-        alert: fleetwatch_protocol::Alert,
-        partition: i32,
-    ) -> Result<(), HandleError> {
+    async fn apply_alert(&self, alert: fleetwatch_protocol::Alert, partition: i32) -> Handled {
         let device_id = alert.device_id.clone();
         let write = self
             .ask_actor(&device_id, partition, false, || ApplyAlert(alert.clone()))
             .await?;
-        if let Some(Some(write)) = write {
-            write.confirmed().await.map_err(Self::write_failed)?;
-        }
-        Ok(())
+        Ok(write.flatten())
     }
 
     async fn handle_request(
@@ -252,6 +253,7 @@ impl RecordHandler for DevicesHandler {
     }
 
     async fn on_tick(&mut self) -> Result<(), HandleError> {
+        self.pending.settle_ready().map_err(Self::write_failed)?;
         for partition in self.registry.unrestored() {
             if let Err(error) = self.registry.ensure_restored(partition).await {
                 tracing::warn!(partition, %error, "restoring partition failed; will retry");
@@ -261,6 +263,36 @@ impl RecordHandler for DevicesHandler {
     }
 
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        self.pending.settle_ready().map_err(Self::write_failed)?;
+        let write = self.dispatch(record).await?;
+        self.pending.push(record, write);
+        if self.pending.is_full() {
+            self.pending
+                .settle_oldest()
+                .await
+                .map_err(Self::write_failed)?;
+        }
+        Ok(())
+    }
+
+    async fn on_shutdown(&mut self) {
+        if let Err(error) = self.pending.settle_all().await {
+            tracing::warn!(%error, "twin writes not confirmed at shutdown; their records are read again");
+        }
+    }
+
+    fn defers_commit(&self) -> bool {
+        true
+    }
+
+    fn take_durable(&mut self) -> DurableOffsets {
+        self.pending.take_durable()
+    }
+}
+
+impl DevicesHandler {
+    /// Handle one record; the twin write it caused, if any (its offset waits for it).
+    async fn dispatch(&self, record: &Record<'_>) -> Handled {
         let partition = record.partition;
         // A new owner reads the partition's twins before handling anything of it.
         self.registry
@@ -270,21 +302,24 @@ impl RecordHandler for DevicesHandler {
         if record.topic == self.alerts_topic {
             match decode_record::<fleetwatch_protocol::Alert>(record, "devices", &self.metrics) {
                 Some(alert) => self.apply_alert(alert, partition).await,
-                None => Ok(()),
+                None => Ok(None),
             }
         } else if record.topic == self.commands_topic {
             match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
-                Some(request) => self.handle_request(request, partition).await,
-                None => Ok(()),
+                Some(request) => self.handle_request(request, partition).await.map(|()| None),
+                None => Ok(None),
             }
         } else {
             match decode_record::<DeviceEvent>(record, "devices", &self.metrics) {
                 Some(event) => self.apply_event(event, partition).await,
-                None => Ok(()),
+                None => Ok(None),
             }
         }
     }
 }
+
+/// What handling a record left on its way: the twin write it caused, if any.
+type Handled = Result<Option<changelog::ChangelogWrite>, HandleError>;
 
 #[cfg(test)]
 mod tests;

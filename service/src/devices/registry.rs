@@ -79,6 +79,15 @@ impl DeviceRegistry {
         }
     }
 
+    /// Keep `fleetwatch_device_partitions_unrestored` (readiness) current.
+    fn count_unrestored(&self) {
+        let unrestored = self.unrestored().len() as i64;
+        self.shared
+            .metrics
+            .device_partitions_unrestored
+            .set(unrestored);
+    }
+
     /// Owned partitions not restored yet.
     pub fn unrestored(&self) -> Vec<i32> {
         let restored = self.restored.lock();
@@ -133,6 +142,7 @@ impl DeviceRegistry {
         }
         tracing::info!(partition, started, "partition restored");
         self.restored.lock().insert(partition);
+        self.count_unrestored();
         Ok(())
     }
 
@@ -233,6 +243,7 @@ impl PartitionListener for DeviceRegistry {
         }
         self.restored.lock().retain(|p| owned.contains(p));
         *self.owned.lock() = partitions.to_vec();
+        self.count_unrestored();
         self.shared
             .changelog
             .forget_partitions(|p| owned.contains(&p));

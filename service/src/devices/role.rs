@@ -78,12 +78,19 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         replies_topic: launch.topics.replies(),
         producer: launch.producer.clone(),
         metrics: launch.metrics.clone(),
+        pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),
     };
     launch.consume("devices", consumer, handler);
     launch.registry = Some(registry);
     Ok(())
 }
 
+/// Ready once it holds partitions and has read their twins back: until then a command
+/// for one of its devices would wait for the restore (a first command after start took
+/// seconds while later ones took milliseconds).
 fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {
-    holds_partitions(metrics, &["devices"])
+    let (holds, mut detail) = holds_partitions(metrics, &["devices"]);
+    let unrestored = metrics.device_partitions_unrestored.get();
+    detail["unrestored_partitions"] = unrestored.into();
+    (holds && unrestored == 0, detail)
 }

@@ -53,6 +53,7 @@ fn fixture() -> Fixture {
         replies_topic: topics.replies(),
         producer,
         metrics: metrics.clone(),
+        pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, metrics.clone()),
     };
     Fixture {
         handler,
@@ -550,4 +551,32 @@ async fn a_new_owner_restores_twins_from_the_changelog() {
     // A replayed telemetry record is recognised as a duplicate after the restore.
     fx.event(&telemetry("d1", 7, 21.5)).await;
     assert_eq!(fx.skipped("duplicate"), 1);
+}
+
+#[actix_rt::test]
+async fn a_records_offset_is_reported_durable_once_its_twin_write_landed() {
+    let mut fx = fixture();
+    assert!(
+        fx.handler.defers_commit(),
+        "the loop must not store offsets itself"
+    );
+    let topic = fx.topics.telemetry();
+    for (offset, seq) in [(7, 1), (8, 2)] {
+        let payload = serde_json::to_vec(&telemetry("d1", seq, 20.0)).unwrap();
+        let record = Record::new(&topic, "d1", &payload).at(0, offset);
+        fx.handler.handle(&record).await.expect("handled");
+    }
+    // The in-memory log confirms at once: the first record's write (coming online) has
+    // landed by the time the second is handled, and nothing stays pending.
+    fx.handler.on_tick().await.expect("ticks");
+    let durable: Vec<_> = fx
+        .handler
+        .take_durable()
+        .iter()
+        .map(|(topic, partition, offset)| (topic.to_owned(), partition, offset))
+        .collect();
+    assert_eq!(durable, vec![(topic, 0, 8)]);
+    assert_eq!(fx.handler.pending.len(), 0);
+    assert_eq!(fx.metrics.twin_writes_pending.get(), 0);
+    assert!(fx.handler.take_durable().is_empty(), "reported once");
 }

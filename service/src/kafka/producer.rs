@@ -185,19 +185,28 @@ impl Delivery {
     /// The outcome if Kafka has answered already, without waiting: `None` while the
     /// record is still on its way.
     pub fn try_confirmed(&mut self) -> Option<Result<()>> {
+        self.try_confirmed_at().map(|outcome| outcome.map(|_| ()))
+    }
+
+    /// Like [`Delivery::try_confirmed`], with where the record landed: (partition,
+    /// offset). Once answered, later calls give the same place (or, after a failure,
+    /// `Ok((0, 0))`: a failed delivery is the caller's to queue again).
+    pub fn try_confirmed_at(&mut self) -> Option<Result<(i32, i64)>> {
         use std::future::Future;
         let (future, started, metrics) = match &mut self.0 {
-            Pending::Landed(..) => return Some(Ok(())),
+            Pending::Landed(partition, offset) => return Some(Ok((*partition, *offset))),
             Pending::Kafka(Err(error), _, metrics) => {
                 metrics.kafka_produce_errors.inc();
-                return Some(Err(Error::kafka("queueing record", error.clone())));
+                let error = Error::kafka("queueing record", error.clone());
+                self.0 = Pending::Landed(0, 0);
+                return Some(Err(error));
             }
             Pending::Kafka(Ok(future), started, metrics) => (future, *started, metrics),
         };
         let mut context = std::task::Context::from_waker(futures::task::noop_waker_ref());
         let outcome = match std::pin::Pin::new(future).poll(&mut context) {
             std::task::Poll::Pending => return None,
-            std::task::Poll::Ready(Ok(Ok(_))) => Ok(()),
+            std::task::Poll::Ready(Ok(Ok(delivery))) => Ok((delivery.partition, delivery.offset)),
             std::task::Poll::Ready(Ok(Err((error, _)))) => {
                 Err(Error::kafka("delivering record", error))
             }
@@ -206,12 +215,13 @@ impl Delivery {
             }
         };
         match &outcome {
-            Ok(()) => metrics
+            Ok(_) => metrics
                 .kafka_produce_seconds
                 .observe(started.elapsed().as_secs_f64()),
             Err(_) => metrics.kafka_produce_errors.inc(),
         }
-        self.0 = Pending::Landed(0, 0);
+        let (partition, offset) = *outcome.as_ref().unwrap_or(&(0, 0));
+        self.0 = Pending::Landed(partition, offset);
         Some(outcome)
     }
 
