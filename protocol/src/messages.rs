@@ -404,7 +404,7 @@ fn decode_damping(bytes: &[u8]) -> Option<(Vec<Damping>, usize)> {
     Some((damping, at))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     /// An anomaly episode started.

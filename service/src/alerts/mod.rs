@@ -32,7 +32,7 @@ mod ws;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use fleetwatch_protocol::{Alert, DeviceId, TenantId};
+use fleetwatch_protocol::{Alert, AlertState, DeviceId, TenantId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -142,6 +142,39 @@ pub struct AlertsHandler {
     pub routes: Arc<Routes>,
     pub recent: RecentAlerts,
     pub metrics: Arc<Metrics>,
+    pub seen: SeenAlerts,
+}
+
+/// Alert transitions pushed lately, so one sent again is not pushed twice: a scorer that
+/// crashed scores again from its last committed offset and re-sends the transitions it
+/// had sent since (same alert id, state and event). Kafka gives at least once; the
+/// customer gets each transition once.
+#[derive(Default)]
+pub struct SeenAlerts {
+    order: VecDeque<(String, AlertState, u64)>,
+    set: std::collections::HashSet<(String, AlertState, u64)>,
+}
+
+/// Transitions remembered (about 1 MB). A repeat comes within the scorer's restart and
+/// replay, seconds to minutes; older ones are forgotten first.
+pub const SEEN_ALERTS: usize = 10_000;
+
+impl SeenAlerts {
+    /// Whether `alert`'s transition was pushed already; remembers it if not.
+    pub fn repeated(&mut self, alert: &Alert) -> bool {
+        let key = (alert.alert_id.clone(), alert.state, alert.event_seq);
+        if self.set.contains(&key) {
+            return true;
+        }
+        if self.order.len() == SEEN_ALERTS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.set.insert(key);
+        false
+    }
 }
 
 impl RecordHandler for AlertsHandler {
@@ -149,6 +182,13 @@ impl RecordHandler for AlertsHandler {
         let Some(alert) = decode_record::<Alert>(record, "alerts", &self.metrics) else {
             return Ok(());
         };
+        if self.seen.repeated(&alert) {
+            self.metrics
+                .skipped
+                .with_label_values(&["alerts", "repeated"])
+                .inc();
+            return Ok(());
+        }
         let serialize = |frame| serde_json::to_string(&frame).expect("wire types serialize");
         let frame = AlertFrame {
             text: serialize(ServerFrame::Alert { alert: &alert }).into(),

@@ -55,6 +55,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         routes: routes.clone(),
         recent: recent.clone(),
         metrics: launch.metrics.clone(),
+        seen: super::SeenAlerts::default(),
     };
     launch.consume("alerts", consumer, handler);
     let live = Arc::new(LivePosition::default());

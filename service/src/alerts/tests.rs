@@ -43,6 +43,7 @@ fn handler(queue: usize) -> AlertsHandler {
         routes: Arc::new(Routes::new(queue)),
         recent: RecentAlerts::default(),
         metrics: Arc::new(Metrics::new()),
+        seen: SeenAlerts::default(),
     }
 }
 
@@ -420,4 +421,35 @@ async fn job_events_from_now_on_reach_the_jobs_tenant_and_operators_only() {
     assert!(drain(&mut globex).is_empty());
     assert_eq!(drain(&mut operator), [executions, ops_created, finished]);
     assert_eq!(handler.metrics.ws_job_events.get(), 3);
+}
+
+#[tokio::test]
+async fn a_transition_sent_again_is_pushed_once() {
+    let mut handler = handler(16);
+    let mut client = handler.routes.subscribe(&Caller::anonymous_operator());
+    let raised = alert("a1", 1);
+    let mut updated = raised.clone();
+    updated.state = AlertState::Updated;
+    updated.event_seq = 5;
+    // A scorer that crashed after the update sends both again.
+    for alert in [&raised, &updated, &raised, &updated] {
+        feed(&mut handler, alert).await;
+    }
+    for expected in [&raised, &updated] {
+        assert_eq!(
+            parse(&client.try_recv().unwrap().text),
+            frame("alert", expected)
+        );
+    }
+    assert!(matches!(client.try_recv(), Err(TryRecvError::Empty)));
+    let repeated = handler
+        .metrics
+        .skipped
+        .with_label_values(&["alerts", "repeated"]);
+    assert_eq!(repeated.get(), 2);
+    assert_eq!(handler.recent.lock().len(), 2);
+
+    // A new episode of the same device is new.
+    feed(&mut handler, &alert("a1", 9)).await;
+    assert!(client.try_recv().is_ok());
 }

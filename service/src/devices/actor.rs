@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::changelog::ChangelogWrite;
-use super::twin::{Downlink, Effects, Twin, TwinError};
+use super::twin::{Downlink, Effects, SourcePosition, Twin, TwinError};
 use super::Shared;
 
 pub struct DeviceActor {
@@ -338,16 +338,27 @@ pub struct Applied {
     pub write: Option<ChangelogWrite>,
 }
 
-/// Apply one event from `iot.telemetry`.
+/// Apply one event from `iot.telemetry`, read at the position given (`None`: not read
+/// from Kafka, never taken for a replay).
 #[derive(Message)]
 #[rtype(result = "Applied")]
-pub struct ApplyEvent(pub DeviceEvent);
+pub struct ApplyEvent(pub DeviceEvent, pub Option<SourcePosition>);
 
 impl Handler<ApplyEvent> for DeviceActor {
     type Result = MessageResult<ApplyEvent>;
 
-    fn handle(&mut self, ApplyEvent(event): ApplyEvent, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        ApplyEvent(event, source): ApplyEvent,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
         self.last_activity_ms = now_ms();
+        if source.is_some_and(|source| self.twin.already_applied(source)) {
+            return MessageResult(Applied {
+                duplicate: true,
+                write: None,
+            });
+        }
         let applied =
             match self
                 .twin

@@ -30,7 +30,8 @@ pub use pending::{PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
-    ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, Twin, TwinError,
+    ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, SourcePosition, Twin,
+    TwinError,
 };
 
 use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};
@@ -152,7 +153,8 @@ impl DevicesHandler {
     }
 
     /// Apply a device's event to its twin; the twin write it caused, if any.
-    async fn apply_event(&self, event: DeviceEvent, partition: i32) -> Handled {
+    async fn apply_event(&self, event: DeviceEvent, source: SourcePosition) -> Handled {
+        let partition = source.partition;
         let device_id = event.device_id.clone();
         if event.body == DeviceEventBody::Decommissioned {
             return self
@@ -161,7 +163,9 @@ impl DevicesHandler {
                 .map(|()| None);
         }
         let applied = self
-            .ask_actor(&device_id, partition, true, || ApplyEvent(event.clone()))
+            .ask_actor(&device_id, partition, true, || {
+                ApplyEvent(event.clone(), Some(source))
+            })
             .await?;
         match applied {
             Some(Applied {
@@ -311,7 +315,13 @@ impl DevicesHandler {
             }
         } else {
             match decode_record::<DeviceEvent>(record, "devices", &self.metrics) {
-                Some(event) => self.apply_event(event, partition).await,
+                Some(event) => {
+                    let source = SourcePosition {
+                        partition,
+                        offset: record.offset,
+                    };
+                    self.apply_event(event, source).await
+                }
                 None => Ok(None),
             }
         }

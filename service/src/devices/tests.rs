@@ -18,6 +18,8 @@ struct Fixture {
     topics: KafkaTopics,
     published: Published,
     metrics: Arc<Metrics>,
+    /// The offset the next fed record is read at (each one later than the last).
+    next_offset: i64,
 }
 
 /// Must run inside an actix `System` (the registry starts arbiters).
@@ -61,6 +63,7 @@ fn fixture() -> Fixture {
         topics,
         published,
         metrics,
+        next_offset: 0,
     }
 }
 
@@ -135,7 +138,8 @@ fn reboot(command_id: &str) -> DeviceRequestBody {
 impl Fixture {
     /// Hand one record of `topic` (key: the device) to the handler, as the consumer does.
     async fn feed(&mut self, topic: &str, device: &str, payload: &[u8]) {
-        let record = Record::new(topic, device, payload).at(0, 0);
+        let record = Record::new(topic, device, payload).at(0, self.next_offset);
+        self.next_offset += 1;
         self.handler.handle(&record).await.expect("handled");
     }
 
@@ -579,4 +583,49 @@ async fn a_records_offset_is_reported_durable_once_its_twin_write_landed() {
     assert_eq!(fx.handler.pending.len(), 0);
     assert_eq!(fx.metrics.twin_writes_pending.get(), 0);
     assert!(fx.handler.take_durable().is_empty(), "reported once");
+}
+
+#[actix_rt::test]
+async fn an_event_read_again_after_a_crash_is_not_applied_twice() {
+    let mut fx = fixture();
+    fx.event(&telemetry("d1", 1, 21.5)).await;
+    let report = DeviceEvent {
+        device_id: id("d1"),
+        received_ms: received_ms(),
+        tenant: None,
+        body: DeviceEventBody::State(fleetwatch_protocol::StatePayload {
+            ts: None,
+            reported: object(json!({"fan": "off"})),
+        }),
+    };
+    fx.event(&report).await;
+    let stored = fx.twin_records().pop().expect("the report is persisted");
+    assert_eq!(
+        stored.applied,
+        Some(SourcePosition {
+            partition: 0,
+            offset: 1
+        }),
+        "the changelog's twin says which records it holds"
+    );
+
+    // The consumer reads the report again from an older committed offset, as after a
+    // SIGKILL: the twin holds it already.
+    let payload = serde_json::to_vec(&report).unwrap();
+    let topic = fx.topics.telemetry();
+    let replayed = Record::new(&topic, "d1", &payload).at(0, 1);
+    fx.handler.handle(&replayed).await.expect("handled");
+    let twin = fx.twin("d1").await;
+    assert_eq!((twin.events, twin.duplicates, twin.version), (2, 1, 2));
+    assert_eq!(fx.twin_records().len(), 2, "nothing written again");
+    assert_eq!(fx.skipped("duplicate"), 1);
+
+    // The same offset of another partition is another record.
+    let mut restored = stored.clone();
+    let other = SourcePosition {
+        partition: 1,
+        offset: 1,
+    };
+    assert!(!restored.already_applied(other));
+    assert!(restored.already_applied(other), "and then it is applied");
 }

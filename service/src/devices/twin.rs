@@ -78,6 +78,11 @@ pub struct Twin {
     pub telemetry: Option<LastTelemetry>,
     #[serde(default)]
     pub sequence: SequenceTracker,
+    /// The newest `iot.telemetry` record applied to this twin: after a crash the records
+    /// from the last committed offset come again, and those this twin already holds
+    /// (its changelog record was written after them) are not applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<SourcePosition>,
     /// Pending commands and the most recent finished ones, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<CommandRecord>,
@@ -97,6 +102,13 @@ pub struct Twin {
     /// Active alarms and the most recent cleared ones (`alarms.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<fleetwatch_protocol::Alarm>,
+}
+
+/// Where a device event was read: its `iot.telemetry` partition and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// The last telemetry reading, kept compactly: a live twin holds one per device, and a
@@ -232,6 +244,7 @@ impl Twin {
             last_seen_ms: None,
             telemetry: None,
             sequence: SequenceTracker::default(),
+            applied: None,
             commands: Vec::new(),
             events: 0,
             duplicates: 0,
@@ -272,6 +285,20 @@ impl Twin {
 
     pub fn command(&self, command_id: &str) -> Option<&CommandRecord> {
         self.commands.iter().find(|c| c.command_id == command_id)
+    }
+
+    /// Whether the event read at `source` is in this twin already (counted as a
+    /// duplicate); if not, it is remembered as the newest applied. Offsets compare only
+    /// within one partition.
+    pub fn already_applied(&mut self, source: SourcePosition) -> bool {
+        if let Some(newest) = self.applied {
+            if newest.partition == source.partition && source.offset <= newest.offset {
+                self.duplicates += 1;
+                return true;
+            }
+        }
+        self.applied = Some(source);
+        false
     }
 
     /// Apply what the device said. `None` for a duplicate telemetry message.
