@@ -96,6 +96,9 @@ pub struct Metrics {
     pub kafka_produce_errors: IntCounter,
     /// Time from queueing a Kafka record to its confirmation (acks=all).
     pub kafka_produce_seconds: Histogram,
+    /// A reading's device timestamp to its twin holding it (device and service clocks
+    /// alike: on one machine, the pipeline's delay; across machines, also clock skew).
+    pub twin_update_delay_seconds: Histogram,
     /// Score records the scorer published to `iot.scores`.
     pub scores_published: IntCounter,
     /// 1 while the time-series store accepted the storage role's last write, 0 after a
@@ -353,6 +356,11 @@ impl Metrics {
                 &registry,
                 "fleetwatch_kafka_produce_seconds",
                 "Time from queueing a Kafka record to its confirmation",
+            ),
+            twin_update_delay_seconds: histogram(
+                &registry,
+                "fleetwatch_twin_update_delay_seconds",
+                "From a reading's device timestamp to its twin holding it",
             ),
             scores_published: counter(
                 "fleetwatch_scores_published_total",

@@ -63,9 +63,10 @@ impl FleetStats {
     pub fn summary(&self) -> String {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         format!(
-            "published {}  acknowledged {}  anomalies {}  commands {} (ok {}, failed {})  desired applied {}  outages {} (messages lost in them {})",
+            "published {}  acknowledged {}  unacknowledged at exit {}  anomalies {}  commands {} (ok {}, failed {})  desired applied {}  outages {} (messages lost in them {})",
             get(&self.published),
             get(&self.acknowledged),
+            get(&self.unacknowledged_at_exit),
             get(&self.anomalies),
             get(&self.commands_received),
             get(&self.commands_succeeded),

@@ -106,6 +106,14 @@ impl OwnBrokers {
     /// Start both, with the binaries `scripts/test` names (`FLEETWATCH_TEST_MOSQUITTO`,
     /// `FLEETWATCH_TEST_TANSU`), and `fleetwatch` from `FLEETWATCH_BIN`.
     pub fn start(dir: PathBuf) -> Self {
+        // A path relative to the broker's directory: tansu 0.6.0 reads `sqlite:///abs`
+        // as relative to its working directory anyway.
+        Self::start_with_storage(dir, "sqlite://tansu.db")
+    }
+
+    /// Like [`OwnBrokers::start`] with tansu on `storage` (`memory://tansu/`: nothing
+    /// survives a restart, but no disk in the way of a load test).
+    pub fn start_with_storage(dir: PathBuf, storage: &str) -> Self {
         let binary = |name: &str| {
             std::env::var(name)
                 .unwrap_or_else(|_| panic!("{name} is not set: run through scripts/test"))
@@ -138,9 +146,7 @@ impl OwnBrokers {
                 "--advertised-listener-url".into(),
                 listener,
                 "--storage-engine".into(),
-                // A path relative to the broker's directory: tansu 0.6.0 reads
-                // `sqlite:///abs` as relative to its working directory anyway.
-                "sqlite://tansu.db".into(),
+                storage.into(),
             ],
             port: kafka_port,
             dir: dir.clone(),
@@ -161,6 +167,15 @@ impl OwnBrokers {
             tansu,
             rig,
         }
+    }
+
+    /// The process ids of Mosquitto and tansu (for CPU figures).
+    pub fn pids(&self) -> [(&'static str, u32); 2] {
+        let pid = |broker: &Broker| broker.child.as_ref().map_or(0, Child::id);
+        [
+            ("mosquitto", pid(&self.mosquitto)),
+            ("tansu", pid(&self.tansu)),
+        ]
     }
 
     /// Stop Mosquitto, wait `down`, start it again on the same port and data.

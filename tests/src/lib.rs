@@ -6,6 +6,7 @@
 
 pub mod brokers;
 pub mod device;
+pub mod load;
 pub mod proxy;
 pub mod tsdb;
 

@@ -107,9 +107,11 @@ struct Outcome {
     /// Alarms created more than once (distinct creation events for one alarm).
     alarms_created_twice: u64,
     commands: u64,
-    /// Requests answered with two command ids for one idempotency key.
+    /// Command ids beyond one per idempotency key, in the twins' command journals (which
+    /// also hold commands whose answer was lost in a crash).
     commands_created_twice: u64,
-    /// Command ids a device started beyond one per request.
+    /// Commands the devices started beyond the journaled ones (a device starts each
+    /// command id once, so a second execution needs a second id).
     commands_run_twice: u64,
     params_backwards: u64,
     recovery: Duration,
@@ -246,9 +248,9 @@ async fn run_case(brokers: &mut OwnBrokers, fault: Fault, load: &Load) -> Outcom
     stop_fleet.cancel();
     fleet.await.unwrap().unwrap();
     stop_commands.cancel();
-    let (commands, command_ids) = commander.await.unwrap();
+    let commands = commander.await.unwrap();
     tokio::task::block_in_place(|| {
-        let mut outcome = measure(&deployment, &stats, &prefix, &command_ids);
+        let mut outcome = measure(&deployment, &stats, &prefix);
         outcome.commands = commands;
         outcome.recovery = recovery;
         outcome
@@ -342,14 +344,14 @@ fn now_ms() -> i64 {
 
 /// One command a second to a device of the fleet, each with its own idempotency key; a
 /// request that fails (an instance down) is sent again with the same key until it is
-/// answered. Returns how many were created and the ids each key was answered with.
+/// answered. Returns how many were answered (the twins' journals say how many were
+/// created: an answer may be lost in a crash).
 async fn send_commands(
     addresses: Arc<Mutex<Vec<SocketAddr>>>,
     prefix: String,
     devices: usize,
     stop: CancellationToken,
-) -> (u64, HashMap<String, HashSet<String>>) {
-    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+) -> u64 {
     let mut created = 0;
     for n in 0.. {
         tokio::select! {
@@ -364,12 +366,11 @@ async fn send_commands(
         })
         .await
         .unwrap();
-        if let Some(id) = answered {
+        if answered.is_some() {
             created += 1;
-            ids.entry(key).or_default().insert(id);
         }
     }
-    (created, ids)
+    created
 }
 
 fn post_until_answered(
@@ -401,12 +402,7 @@ fn post_until_answered(
     None
 }
 
-fn measure(
-    deployment: &Deployment,
-    stats: &FleetStats,
-    prefix: &str,
-    command_ids: &HashMap<String, HashSet<String>>,
-) -> Outcome {
+fn measure(deployment: &Deployment, stats: &FleetStats, prefix: &str) -> Outcome {
     let topic = |base: &str| deployment.namespace.topic(base);
     let published = stats.published.load(Ordering::Relaxed);
     let unacknowledged = stats.unacknowledged_at_exit.load(Ordering::Relaxed)
@@ -419,7 +415,8 @@ fn measure(
     report_gaps(&readings);
     let (alerts_raised, alert_raises_repeated) = raised_alerts(&kafka, &topic("iot.alerts"));
     let started = stats.commands_started.load(Ordering::Relaxed);
-    let distinct_commands: u64 = command_ids.values().map(|ids| ids.len() as u64).sum();
+    let journaled = journaled_commands(deployment, readings.keys());
+    let journaled_ids: u64 = journaled.values().map(|ids| ids.len() as u64).sum();
     Outcome {
         acknowledged,
         stored,
@@ -428,8 +425,8 @@ fn measure(
         alerts_raised,
         alert_raises_repeated,
         alarms_created_twice: alarms_created_twice(&kafka, &topic("iot.alarms")),
-        commands_created_twice: distinct_commands.saturating_sub(command_ids.len() as u64),
-        commands_run_twice: started.saturating_sub(distinct_commands),
+        commands_created_twice: journaled_ids.saturating_sub(journaled.len() as u64),
+        commands_run_twice: started.saturating_sub(journaled_ids),
         params_backwards: versions_backwards(&kafka, &topic("iot.model-params")),
         ..Outcome::default()
     }
@@ -477,6 +474,30 @@ fn twin_excess(
         excess += applied.saturating_sub(expected);
     }
     excess
+}
+
+/// Command ids per idempotency key, from the twins' command journals.
+fn journaled_commands<'a>(
+    deployment: &Deployment,
+    devices: impl Iterator<Item = &'a String>,
+) -> HashMap<String, HashSet<String>> {
+    let mut journaled: HashMap<String, HashSet<String>> = HashMap::new();
+    for device in devices {
+        let (status, twin) = deployment.any().get(&format!("/devices/{device}"));
+        assert_eq!(status, 200, "{twin}");
+        for command in twin["commands"].as_array().into_iter().flatten() {
+            if let (Some(key), Some(id)) = (
+                command["idempotency_key"].as_str(),
+                command["command_id"].as_str(),
+            ) {
+                journaled
+                    .entry(key.to_owned())
+                    .or_default()
+                    .insert(id.to_owned());
+            }
+        }
+    }
+    journaled
 }
 
 /// (episodes raised, raises beyond the first of an episode).

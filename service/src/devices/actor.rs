@@ -359,6 +359,10 @@ impl Handler<ApplyEvent> for DeviceActor {
                 write: None,
             });
         }
+        let device_ts = match &event.body {
+            fleetwatch_protocol::DeviceEventBody::Telemetry(reading) => Some(reading.ts),
+            _ => None,
+        };
         let applied =
             match self
                 .twin
@@ -368,10 +372,19 @@ impl Handler<ApplyEvent> for DeviceActor {
                     duplicate: true,
                     write: None,
                 },
-                Some(effects) => Applied {
-                    duplicate: false,
-                    write: self.carry_out(effects),
-                },
+                Some(effects) => {
+                    if let Some(ts) = device_ts {
+                        let delay_ms = now_ms().saturating_sub(ts).max(0);
+                        self.shared
+                            .metrics
+                            .twin_update_delay_seconds
+                            .observe(delay_ms as f64 / 1000.0);
+                    }
+                    Applied {
+                        duplicate: false,
+                        write: self.carry_out(effects),
+                    }
+                }
             };
         self.schedule(ctx);
         MessageResult(applied)

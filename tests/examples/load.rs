@@ -1,0 +1,59 @@
+//! The load harness's full run (docs/benchmarks.md, "Load"): rates of 2k, 5k, 10k and
+//! 20k readings a second (1,000 devices), the five pipeline roles in one process; 5k again
+//! with one process per role (each role's own cost); and 10,000 devices reading every
+//! second (the service's memory at 10k devices). Each load gets a fresh service; the
+//! brokers (its own Mosquitto, tansu in memory) are shared. Prints a Markdown table and
+//! writes one JSON line per load to OUT (default `target/load.jsonl`) for
+//! `scripts/load_plot.py`.
+//!
+//! ```sh
+//! cargo build --release -p fleetwatch -p fleetwatch-sim
+//! FLEETWATCH_BIN=$PWD/target/release/fleetwatch FLEETSIM_BIN=$PWD/target/release/fleetsim \
+//! FLEETWATCH_TEST_MOSQUITTO=/usr/sbin/mosquitto FLEETWATCH_TEST_TANSU=$HOME/.cargo/bin/tansu \
+//!   cargo run --release -p fleetwatch-e2e --example load -- [OUT] [--quick]
+//! ```
+//! `--quick`: 10 s windows and 30 s warm-ups (no alert latency at the slow rates).
+
+use std::io::Write;
+
+use fleetwatch_e2e::brokers::OwnBrokers;
+use fleetwatch_e2e::load::{run, table_row, Layout, Load, TABLE_HEADER};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "target/load.jsonl".into());
+    let fleetsim = std::env::var("FLEETSIM_BIN").expect("FLEETSIM_BIN: the fleetsim binary");
+    let load = |devices: usize, interval_ms: u64| {
+        // Long enough for the models to pass their warm-up (about 400 readings).
+        let warmup = (400.0 * interval_ms as f64 / 1000.0).clamp(30.0, 120.0);
+        Load {
+            devices,
+            interval_ms,
+            warmup_secs: if quick { 30.0 } else { warmup },
+            window_secs: if quick { 10.0 } else { 20.0 },
+        }
+    };
+    let plan = [
+        (load(1000, 500), Layout::OneProcess),
+        (load(1000, 200), Layout::OneProcess),
+        (load(1000, 100), Layout::OneProcess),
+        (load(1000, 50), Layout::OneProcess),
+        (load(1000, 200), Layout::PerRole),
+        (load(10_000, 1000), Layout::OneProcess),
+    ];
+    let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
+    let brokers = OwnBrokers::start_with_storage(dir, "memory://tansu/");
+    let mut lines = std::fs::File::create(&out).expect("the output file");
+    println!("{TABLE_HEADER}");
+    for (load, layout) in plan {
+        let measured = run(&brokers, &fleetsim, load, layout);
+        println!("{}", table_row(&measured));
+        writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();
+    }
+    eprintln!("per-process CPU and the rest: {out}");
+}
