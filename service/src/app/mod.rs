@@ -94,6 +94,7 @@ pub async fn start(
         deliveries: None,
         jobs: None,
         schedules: None,
+        rules: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -132,6 +133,7 @@ fn started(
         deliveries: launch.deliveries.take(),
         jobs: launch.jobs.take(),
         schedules: launch.schedules.take(),
+        rules: launch.rules.take(),
     }
 }
 

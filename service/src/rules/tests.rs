@@ -1,0 +1,406 @@
+//! Alarm rules deterministically: condition matching, the per-device limit (and its
+//! rebuild from the journal, as after a restart), dry run, tenants, and the owner
+//! recording each decision once before acting.
+
+use std::sync::Arc;
+
+use fleetwatch_protocol::{
+    Alarm, AlarmEvent, AlarmEventKind, DeviceId, DeviceRequest, DeviceRequestBody, Severity,
+    TenantId,
+};
+use serde_json::json;
+
+use super::limit::DeviceLimit;
+use super::owner::RulesOwner;
+use super::perform::{Performer, PerformerSetup};
+use super::rule::{
+    ActionOutcome, ActionRecord, Compiled, Condition, RuleAction, RuleEvent, RuleEventBody,
+    RuleSpec,
+};
+use super::state::{ActiveAlarms, RulesIndex};
+use super::RulesConfig;
+use crate::jobs::fleet::FleetView;
+use crate::jobs::owner::Ownership;
+use crate::kafka::memory::MemoryLog;
+use crate::kafka::{PartitionListener, Producer, RecordHandler};
+use crate::metrics::Metrics;
+use crate::tenancy::{Directory, DirectoryHandler};
+
+fn alarm(
+    id: &str,
+    device: &str,
+    tenant: Option<&str>,
+    severity: Severity,
+    created_ms: i64,
+) -> Alarm {
+    Alarm {
+        alarm_id: id.into(),
+        device_id: DeviceId::parse(device).unwrap(),
+        tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+        severity,
+        active: true,
+        acknowledged: false,
+        verdict: None,
+        created_ms,
+        updated_ms: created_ms,
+        cleared_ms: None,
+        peak_score: 2.0,
+        threshold: 1.0,
+        reason: "test".into(),
+        cause: Some("temperature".into()),
+        count: 1,
+        last_alert_seq: 1,
+        changes: 0,
+        history: Vec::new(),
+    }
+}
+
+fn condition(value: serde_json::Value) -> Compiled {
+    Compiled::new(&serde_json::from_value::<Condition>(value).unwrap()).unwrap()
+}
+
+#[test]
+fn conditions_match_severity_duration_prefix_metric_and_selector() {
+    let critical = alarm("pump-1:1", "pump-1", None, Severity::Critical, 1_000);
+    let lasting = condition(json!({"severity": "critical", "active_for_ms": 10_000}));
+    assert!(
+        !lasting.holds(&critical, 10_999, None),
+        "9.999 s is not 10 s"
+    );
+    assert!(lasting.holds(&critical, 11_000, None));
+    let major = alarm("pump-1:2", "pump-1", None, Severity::Major, 1_000);
+    assert!(
+        !lasting.holds(&major, 60_000, None),
+        "major is below critical"
+    );
+    assert!(condition(json!({"severity": "minor"})).holds(&major, 1_000, None));
+    let mut cleared = critical.clone();
+    cleared.active = false;
+    assert!(
+        !condition(json!({})).holds(&cleared, 60_000, None),
+        "only active alarms"
+    );
+    let prefix = condition(json!({"device_prefix": "pump-"}));
+    assert!(prefix.holds(&critical, 1_000, None));
+    let other = alarm("fan-1:1", "fan-1", None, Severity::Critical, 1_000);
+    assert!(!prefix.holds(&other, 1_000, None));
+    assert!(condition(json!({"metric": "temperature"})).holds(&critical, 1_000, None));
+    assert!(!condition(json!({"metric": "pressure"})).holds(&critical, 1_000, None));
+    let selector =
+        condition(json!({"selector": "reported.site == \"north\" AND reported.mode != \"safe\""}));
+    let north = json!({"site": "north", "mode": "normal"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let safe = json!({"site": "north", "mode": "safe"})
+        .as_object()
+        .unwrap()
+        .clone();
+    assert!(selector.holds(&critical, 1_000, Some(&north)));
+    assert!(!selector.holds(&critical, 1_000, Some(&safe)));
+    assert!(
+        !selector.holds(&critical, 1_000, None),
+        "an unknown twin matches no selector"
+    );
+    assert!(Compiled::new(&Condition {
+        selector: Some("mode = 1".into()),
+        ..Condition::default()
+    })
+    .is_err());
+}
+
+#[test]
+fn the_limit_counts_each_action_once_within_a_sliding_window() {
+    let device = DeviceId::parse("pump-1").unwrap();
+    let other = DeviceId::parse("pump-2").unwrap();
+    let mut limit = DeviceLimit::new(2, 60_000);
+    assert!(limit.admits(&device, 0));
+    limit.note(&device, "a", 1_000);
+    limit.note(&device, "a", 1_000);
+    assert_eq!(
+        limit.count(&device, 1_000),
+        1,
+        "a record read twice counts once"
+    );
+    limit.note(&device, "b", 30_000);
+    assert!(!limit.admits(&device, 30_000));
+    assert!(limit.admits(&other, 30_000), "per device");
+    assert!(!limit.admits(&device, 60_999), "a and b within the window");
+    assert!(limit.admits(&device, 61_000), "a left the window; b alone is within");
+    limit.prune(61_000);
+    assert_eq!(limit.count(&device, 61_000), 1);
+    limit.note(&device, "a", 1_000);
+    assert_eq!(
+        limit.count(&device, 61_000),
+        1,
+        "a pruned id still counted once"
+    );
+    assert!(
+        !DeviceLimit::new(0, 60_000).admits(&device, 0),
+        "0: no action at all"
+    );
+}
+
+fn config() -> RulesConfig {
+    RulesConfig {
+        max_actions_per_device: 2,
+        ..RulesConfig::default()
+    }
+}
+
+/// A rule's saved event.
+fn saved(id: &str, tenant: Option<&str>, condition: serde_json::Value, dry_run: bool) -> RuleEvent {
+    RuleEvent {
+        rule_id: id.into(),
+        at_ms: 0,
+        body: RuleEventBody::Saved(Box::new(RuleSpec {
+            rule_id: id.into(),
+            tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+            name: id.into(),
+            condition: serde_json::from_value(condition).unwrap(),
+            action: RuleAction::Command {
+                name: "safe_mode".into(),
+                args: serde_json::Value::Null,
+            },
+            dry_run,
+            revision: 0,
+        })),
+    }
+}
+
+async fn directory_with(devices: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc<Directory> {
+    let directory = Arc::new(Directory::new(Vec::new(), metrics.clone()));
+    let mut handler = DirectoryHandler::new(directory.clone(), Default::default());
+    for (device, tenant) in devices {
+        let entry = fleetwatch_protocol::DirectoryEntry {
+            device_id: DeviceId::parse(device).unwrap(),
+            tenant: Some(TenantId::parse(tenant).unwrap()),
+        };
+        let payload = serde_json::to_vec(&entry).unwrap();
+        let record = crate::kafka::Record::new("dir", device, &payload);
+        handler.handle(&record).await.unwrap();
+    }
+    directory
+}
+
+/// One process of the role over an in-memory Kafka: its index rebuilt from the log.
+struct Process {
+    owner: RulesOwner,
+    alarms: Arc<ActiveAlarms>,
+}
+
+async fn process(log: &MemoryLog, rules: &[RuleEvent]) -> Process {
+    let metrics = Arc::new(Metrics::new());
+    let config = config();
+    let index = Arc::new(RulesIndex::new(&config));
+    index.rules_loading.start(Default::default());
+    index.actions_loading.start(Default::default());
+    for rule in rules {
+        index.apply_rule(rule);
+    }
+    // The journal read whole, as at start: the limit's counts come back.
+    for record in log.records("act") {
+        if record.payload.is_empty() {
+            continue;
+        }
+        let action: ActionRecord = serde_json::from_slice(&record.payload).unwrap();
+        index.apply_action(&action, record.partition);
+    }
+    let producer = Producer::in_memory(log, metrics.clone());
+    let ownership = Arc::new(Ownership::new(producer.clone(), "act".into(), "m/".into()));
+    ownership.assigned(&[0]);
+    for record in log.records("act") {
+        if record.payload.is_empty() {
+            index.saw_marker(&record.key);
+        }
+    }
+    let alarms = Arc::new(ActiveAlarms::default());
+    alarms.loading.start(Default::default());
+    let fleet = Arc::new(FleetView::new(1));
+    fleet.start(Default::default());
+    let directory = directory_with(
+        &[
+            ("acme-1", "acme"),
+            ("acme-2", "acme"),
+            ("globex-1", "globex"),
+        ],
+        &metrics,
+    )
+    .await;
+    let performer = Performer::new(PerformerSetup {
+        producer: producer.clone(),
+        commands_topic: "cmd".into(),
+        jobs_topic: "jobs".into(),
+        jobs: &Default::default(),
+        webhooks: &Default::default(),
+        ttl_ms: config.command_ttl_ms,
+        notify_timeout_ms: 100,
+        metrics: metrics.clone(),
+    })
+    .unwrap();
+    let owner = RulesOwner {
+        ownership,
+        index,
+        alarms: alarms.clone(),
+        fleet,
+        directory,
+        producer,
+        actions_topic: "act".into(),
+        performer,
+        config,
+        metrics,
+        taken: Default::default(),
+    };
+    Process { owner, alarms }
+}
+
+impl Process {
+    fn raise(&self, alarm: Alarm) {
+        let event = AlarmEvent {
+            event_id: format!("{}/0", alarm.alarm_id),
+            kind: AlarmEventKind::Created,
+            at_ms: alarm.created_ms,
+            by: "scorer".into(),
+            alarm,
+        };
+        self.alarms.apply(&event, 0);
+    }
+
+    fn clear(&self, mut alarm: Alarm) {
+        alarm.active = false;
+        alarm.changes += 1;
+        let event = AlarmEvent {
+            event_id: format!("{}/1", alarm.alarm_id),
+            kind: AlarmEventKind::Cleared,
+            at_ms: alarm.created_ms,
+            by: "scorer".into(),
+            alarm,
+        };
+        self.alarms.apply(&event, 0);
+    }
+}
+
+fn journal(log: &MemoryLog) -> Vec<ActionRecord> {
+    (log.records("act").into_iter())
+        .filter(|r| !r.payload.is_empty())
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect()
+}
+
+/// Command ids sent to devices.
+fn sent(log: &MemoryLog) -> Vec<(String, String)> {
+    (log.json::<DeviceRequest>("cmd").into_iter())
+        .map(|r| match r.body {
+            DeviceRequestBody::SendCommand(c) => (r.device_id.to_string(), c.command_id),
+            other => panic!("unexpected request {other:?}"),
+        })
+        .collect()
+}
+
+fn outcomes(records: &[ActionRecord], device: &str) -> Vec<ActionOutcome> {
+    (records.iter())
+        .filter(|r| r.device_id.as_str() == device)
+        .map(|r| r.outcome)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flapping_alarm_is_limited_also_across_a_restart_dry_run_sends_nothing_and_tenants_hold()
+{
+    let log = MemoryLog::default();
+    let rules = [
+        saved(
+            "flap",
+            Some("acme"),
+            json!({"device_prefix": "acme-1"}),
+            false,
+        ),
+        saved(
+            "dry",
+            Some("acme"),
+            json!({"device_prefix": "acme-2"}),
+            true,
+        ),
+        // acme's rule whose prefix also matches globex's device: never acts on it.
+        saved(
+            "wide",
+            Some("acme"),
+            json!({"device_prefix": "globex"}),
+            false,
+        ),
+    ];
+    let now = fleetwatch_protocol::now_ms();
+    let mut first = process(&log, &rules).await;
+    // The flapping alarm: three episodes, each a new alarm.
+    for n in 1..=3 {
+        let episode = alarm(
+            &format!("acme-1:{n}"),
+            "acme-1",
+            Some("acme"),
+            Severity::Warning,
+            now,
+        );
+        first.raise(episode.clone());
+        first.owner.on_tick().await.unwrap();
+        first.owner.on_tick().await.unwrap();
+        first.clear(episode);
+    }
+    first.raise(alarm(
+        "acme-2:1",
+        "acme-2",
+        Some("acme"),
+        Severity::Critical,
+        now,
+    ));
+    first.raise(alarm(
+        "globex-1:1",
+        "globex-1",
+        Some("globex"),
+        Severity::Critical,
+        now,
+    ));
+    first.owner.on_tick().await.unwrap();
+    first.owner.on_tick().await.unwrap();
+    let records = journal(&log);
+    use ActionOutcome::*;
+    assert_eq!(
+        outcomes(&records, "acme-1"),
+        [Performed, Performed, Limited]
+    );
+    assert_eq!(outcomes(&records, "acme-2"), [DryRun]);
+    assert!(outcomes(&records, "globex-1").is_empty(), "{records:?}");
+    assert_eq!(
+        sent(&log),
+        [
+            ("acme-1".to_owned(), "rule-flap-acme-1:1".to_owned()),
+            ("acme-1".to_owned(), "rule-flap-acme-1:2".to_owned()),
+        ],
+        "each performed action sent once; nothing for dry run or another tenant"
+    );
+    assert!(
+        records[2].detail.as_deref().unwrap().contains("2 actions"),
+        "{:?}",
+        records[2]
+    );
+
+    // A restart: a new process rebuilds the limit from the journal and sends the
+    // recorded actions again with the same ids (transport), deciding nothing twice.
+    let mut second = process(&log, &rules).await;
+    second.raise(alarm(
+        "acme-1:4",
+        "acme-1",
+        Some("acme"),
+        Severity::Warning,
+        now,
+    ));
+    second.owner.on_tick().await.unwrap();
+    second.owner.on_tick().await.unwrap();
+    let records = journal(&log);
+    assert_eq!(
+        outcomes(&records, "acme-1"),
+        [Performed, Performed, Limited, Limited]
+    );
+    let ids: std::collections::BTreeSet<String> =
+        sent(&log).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 2, "still two commands: {ids:?}");
+}
