@@ -537,13 +537,16 @@ fn outcomes_of(service: &Service, alarm_id: &str) -> Vec<String> {
 
 /// The device's commands sent by rules (command ids starting `rule-`).
 fn rule_commands(service: &Service, device: &str) -> Vec<String> {
-    let (status, twin) = service.get(&format!("/devices/{device}"));
+    let (status, twin) = service.get(&format!("/devices/{device}/commands"));
     assert_eq!(status, 200, "{twin}");
-    (twin["commands"].as_array().unwrap().iter())
-        .filter_map(|c| c["command_id"].as_str())
-        .filter(|id| id.starts_with("rule-"))
-        .map(str::to_owned)
-        .collect()
+    (twin["commands"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{twin}"))
+        .iter())
+    .filter_map(|c| c["command_id"].as_str())
+    .filter(|id| id.starts_with("rule-"))
+    .map(str::to_owned)
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

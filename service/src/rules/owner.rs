@@ -146,7 +146,7 @@ impl RulesOwner {
         (self.metrics.rule_actions)
             .with_label_values(&[outcome.as_str()])
             .inc();
-        tracing::info!(rule = %spec.rule_id, alarm = %alarm.alarm_id, outcome = outcome.as_str(), "rule decided");
+        tracing::debug!(rule = %spec.rule_id, alarm = %alarm.alarm_id, outcome = outcome.as_str(), "rule decided");
         Ok(())
     }
 

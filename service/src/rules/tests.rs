@@ -126,7 +126,10 @@ fn the_limit_counts_each_action_once_within_a_sliding_window() {
     assert!(!limit.admits(&device, 30_000));
     assert!(limit.admits(&other, 30_000), "per device");
     assert!(!limit.admits(&device, 60_999), "a and b within the window");
-    assert!(limit.admits(&device, 61_000), "a left the window; b alone is within");
+    assert!(
+        limit.admits(&device, 61_000),
+        "a left the window; b alone is within"
+    );
     limit.prune(61_000);
     assert_eq!(limit.count(&device, 61_000), 1);
     limit.note(&device, "a", 1_000);
