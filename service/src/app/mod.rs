@@ -95,6 +95,7 @@ pub async fn start(
         jobs: None,
         schedules: None,
         rules: None,
+        rule_actions: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -134,6 +135,7 @@ fn started(
         jobs: launch.jobs.take(),
         schedules: launch.schedules.take(),
         rules: launch.rules.take(),
+        rule_actions: launch.rule_actions.take(),
     }
 }
 

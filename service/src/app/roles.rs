@@ -93,6 +93,9 @@ pub struct Launch<'a> {
     pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
     /// Set by the rules role: every rule and action, for `/rules`.
     pub rules: Option<Arc<crate::rules::RulesApi>>,
+    /// Set by the alerts role (else the rules role): every rule action, for `GET
+    /// /alarms/{id}/actions`.
+    pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

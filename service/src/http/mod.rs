@@ -73,6 +73,8 @@ pub struct Started {
     pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
     /// Every rule and action, when this process runs the rules role.
     pub rules: Option<Arc<crate::rules::RulesApi>>,
+    /// Every rule action, when this process runs the alerts or the rules role.
+    pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
 }
 
 impl HttpState {

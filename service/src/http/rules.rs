@@ -164,6 +164,21 @@ pub async fn actions(
     caller: Option<web::ReqData<Caller>>,
     path: web::Path<String>,
 ) -> ApiResult {
-    let actions = api(&state)?.actions_of(&caller_of(caller), &path);
-    Ok(HttpResponse::Ok().json(actions))
+    let index = state.started()?.rule_actions.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "neither the alerts nor the rules role (which keep rule actions) runs in this process",
+        )
+    })?;
+    if !index.is_loaded() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the rule actions are still being read; retry shortly",
+        ));
+    }
+    let caller = caller_of(caller);
+    let actions: Vec<_> = (index.actions_of(&path).into_iter())
+        .filter(|a| caller.sees(a.tenant.as_ref()))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"alarm_id": *path, "actions": actions})))
 }

@@ -54,6 +54,8 @@ pub enum ConsumerRole {
     RuleActionLog,
     RuleAlarms,
     RulesFleet,
+    /// Each alerts instance's reader of `iot.rule-actions` (`/alarms/{id}/actions`).
+    AlertsRuleActions,
     Archive,
 }
 
@@ -82,6 +84,7 @@ impl ConsumerRole {
             Self::RuleActionLog => "rule-action-log",
             Self::RuleAlarms => "rule-alarms",
             Self::RulesFleet => "rules-fleet",
+            Self::AlertsRuleActions => "alerts-rule-actions",
             Self::Archive => "archive",
         }
     }

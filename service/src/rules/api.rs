@@ -215,14 +215,6 @@ impl RulesApi {
         json!({"rules": rules, "next": next})
     }
 
-    /// The actions `alarm_id` caused that `caller` may see, oldest first.
-    pub fn actions_of(&self, caller: &Caller, alarm_id: &str) -> Value {
-        let actions: Vec<_> = (self.index.actions_of(alarm_id).into_iter())
-            .filter(|a| caller.sees(a.tenant.as_ref()))
-            .collect();
-        json!({"alarm_id": alarm_id, "actions": actions})
-    }
-
     async fn record(&self, rule_id: &str, body: RuleEventBody) -> Result<(), RulesError> {
         let event = RuleEvent {
             rule_id: rule_id.to_owned(),

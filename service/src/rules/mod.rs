@@ -23,7 +23,7 @@ pub mod state;
 
 pub use api::{NewRule, RulesApi, RulesError};
 pub use config::RulesConfig;
-pub use role::ROLE;
+pub use role::{read_actions, ROLE};
 
 #[cfg(test)]
 mod tests;

@@ -38,59 +38,12 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let topic = launch.topics.rule_actions();
     let marker_prefix = format!("{}{}/rules/", crate::kafka::MARKER_PREFIX, launch.instance);
     let metrics = launch.metrics.clone();
-    let rules_log = RuleLogHandler {
+    let state = Readers {
         index: index.clone(),
-        metrics: metrics.clone(),
-    };
-    let action_log = ActionLogHandler {
-        index: index.clone(),
-        marker_prefix: marker_prefix.clone(),
-        metrics: metrics.clone(),
-    };
-    let alarm_log = RuleAlarmsHandler {
         alarms: alarms.clone(),
-        metrics: metrics.clone(),
-    };
-    let twins = FleetHandler {
         fleet: fleet.clone(),
-        metrics: metrics.clone(),
     };
-    let (rules_topic, alarms_topic) = (launch.topics.rules(), launch.topics.alarms());
-    let (index2, alarms2, fleet2) = (index.clone(), alarms.clone(), fleet.clone());
-    read_whole(
-        launch,
-        "rules-log",
-        ConsumerRole::RuleLog,
-        rules_topic,
-        rules_log,
-        move |ends| index2.rules_loading.start(ends),
-    );
-    let index3 = index.clone();
-    read_whole(
-        launch,
-        "rule-actions-log",
-        ConsumerRole::RuleActionLog,
-        topic.clone(),
-        action_log,
-        move |ends| index3.actions_loading.start(ends),
-    );
-    read_whole(
-        launch,
-        "rules-alarms",
-        ConsumerRole::RuleAlarms,
-        alarms_topic,
-        alarm_log,
-        move |ends| alarms2.loading.start(ends),
-    );
-    let state_topic = launch.topics.device_state();
-    read_whole(
-        launch,
-        "rules-fleet",
-        ConsumerRole::RulesFleet,
-        state_topic,
-        twins,
-        move |ends| fleet2.start(ends),
-    );
+    state.start(launch, &marker_prefix);
     let ownership = Arc::new(Ownership::new(
         launch.producer.clone(),
         topic.clone(),
@@ -133,6 +86,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         taken: Default::default(),
     };
     launch.consume("rules", group, owner);
+    launch.rule_actions.get_or_insert_with(|| index.clone());
     launch.rules = Some(Arc::new(RulesApi {
         index,
         producer: launch.producer.clone(),
@@ -140,6 +94,99 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         config,
     }));
     Ok(())
+}
+
+/// What the role's whole-topic readers fill.
+struct Readers {
+    index: Arc<RulesIndex>,
+    alarms: Arc<ActiveAlarms>,
+    fleet: Arc<FleetView>,
+}
+
+impl Readers {
+    /// Read `iot.rules`, `iot.rule-actions` (meeting markers of `marker_prefix`),
+    /// `iot.alarms` and `iot.device-state` whole.
+    fn start(&self, launch: &mut Launch<'_>, marker_prefix: &str) {
+        let metrics = launch.metrics.clone();
+        let topic = launch.topics.rule_actions();
+        let (index, alarms, fleet) = (&self.index, &self.alarms, &self.fleet);
+        let rules_log = RuleLogHandler {
+            index: index.clone(),
+            metrics: metrics.clone(),
+        };
+        let action_log = ActionLogHandler {
+            index: index.clone(),
+            marker_prefix: marker_prefix.to_owned(),
+            metrics: metrics.clone(),
+        };
+        let alarm_log = RuleAlarmsHandler {
+            alarms: alarms.clone(),
+            metrics: metrics.clone(),
+        };
+        let twins = FleetHandler {
+            fleet: fleet.clone(),
+            metrics: metrics.clone(),
+        };
+        let (rules_topic, alarms_topic) = (launch.topics.rules(), launch.topics.alarms());
+        let (index2, alarms2, fleet2) = (index.clone(), alarms.clone(), fleet.clone());
+        read_whole(
+            launch,
+            "rules-log",
+            ConsumerRole::RuleLog,
+            rules_topic,
+            rules_log,
+            move |ends| index2.rules_loading.start(ends),
+        );
+        let index3 = index.clone();
+        read_whole(
+            launch,
+            "rule-actions-log",
+            ConsumerRole::RuleActionLog,
+            topic,
+            action_log,
+            move |ends| index3.actions_loading.start(ends),
+        );
+        read_whole(
+            launch,
+            "rules-alarms",
+            ConsumerRole::RuleAlarms,
+            alarms_topic,
+            alarm_log,
+            move |ends| alarms2.loading.start(ends),
+        );
+        let state_topic = launch.topics.device_state();
+        read_whole(
+            launch,
+            "rules-fleet",
+            ConsumerRole::RulesFleet,
+            state_topic,
+            twins,
+            move |ends| fleet2.start(ends),
+        );
+    }
+}
+
+/// For the alerts role (which answers `/alarms` behind a split deployment's Ingress):
+/// every action of the journal, by alarm, for `GET /alarms/{id}/actions`.
+pub fn read_actions(launch: &mut Launch<'_>) -> Arc<RulesIndex> {
+    let index = Arc::new(RulesIndex::new(&launch.settings.rules));
+    index.rules_loading.start(Default::default());
+    let handler = ActionLogHandler {
+        index: index.clone(),
+        // This reader owns nothing: no marker is its.
+        marker_prefix: format!("{}{}/alerts/", crate::kafka::MARKER_PREFIX, launch.instance),
+        metrics: launch.metrics.clone(),
+    };
+    let (topic, started) = (launch.topics.rule_actions(), index.clone());
+    read_whole(
+        launch,
+        "alerts-rule-actions",
+        ConsumerRole::AlertsRuleActions,
+        topic,
+        handler,
+        move |ends| started.actions_loading.start(ends),
+    );
+    index
 }
 
 /// Read `topic` whole from the beginning with `handler`, telling `started` where it

@@ -307,63 +307,51 @@ fn outcomes(records: &[ActionRecord], device: &str) -> Vec<ActionOutcome> {
         .collect()
 }
 
+fn three_rules() -> [RuleEvent; 3] {
+    let rule = |id: &str, prefix: &str, dry_run| {
+        saved(
+            id,
+            Some("acme"),
+            json!({ "device_prefix": prefix }),
+            dry_run,
+        )
+    };
+    // The last: acme's rule whose prefix matches globex's device, which it never touches.
+    [
+        rule("flap", "acme-1", false),
+        rule("dry", "acme-2", true),
+        rule("wide", "globex", false),
+    ]
+}
+
+/// An alarm of episode `n` of `device` (of `tenant`) raised, and two ticks.
+async fn episode(p: &mut Process, device: &str, tenant: &str, n: u32, now: i64) -> Alarm {
+    let raised = alarm(
+        &format!("{device}:{n}"),
+        device,
+        Some(tenant),
+        Severity::Warning,
+        now,
+    );
+    p.raise(raised.clone());
+    p.owner.on_tick().await.unwrap();
+    p.owner.on_tick().await.unwrap();
+    raised
+}
+
 #[tokio::test]
 async fn a_flapping_alarm_is_limited_also_across_a_restart_dry_run_sends_nothing_and_tenants_hold()
 {
-    let log = MemoryLog::default();
-    let rules = [
-        saved(
-            "flap",
-            Some("acme"),
-            json!({"device_prefix": "acme-1"}),
-            false,
-        ),
-        saved(
-            "dry",
-            Some("acme"),
-            json!({"device_prefix": "acme-2"}),
-            true,
-        ),
-        // acme's rule whose prefix also matches globex's device: never acts on it.
-        saved(
-            "wide",
-            Some("acme"),
-            json!({"device_prefix": "globex"}),
-            false,
-        ),
-    ];
+    let (log, rules) = (MemoryLog::default(), three_rules());
     let now = fleetwatch_protocol::now_ms();
     let mut first = process(&log, &rules).await;
     // The flapping alarm: three episodes, each a new alarm.
     for n in 1..=3 {
-        let episode = alarm(
-            &format!("acme-1:{n}"),
-            "acme-1",
-            Some("acme"),
-            Severity::Warning,
-            now,
-        );
-        first.raise(episode.clone());
-        first.owner.on_tick().await.unwrap();
-        first.owner.on_tick().await.unwrap();
-        first.clear(episode);
+        let raised = episode(&mut first, "acme-1", "acme", n, now).await;
+        first.clear(raised);
     }
-    first.raise(alarm(
-        "acme-2:1",
-        "acme-2",
-        Some("acme"),
-        Severity::Critical,
-        now,
-    ));
-    first.raise(alarm(
-        "globex-1:1",
-        "globex-1",
-        Some("globex"),
-        Severity::Critical,
-        now,
-    ));
-    first.owner.on_tick().await.unwrap();
-    first.owner.on_tick().await.unwrap();
+    episode(&mut first, "acme-2", "acme", 1, now).await;
+    episode(&mut first, "globex-1", "globex", 1, now).await;
     let records = journal(&log);
     use ActionOutcome::*;
     assert_eq!(
@@ -380,29 +368,16 @@ async fn a_flapping_alarm_is_limited_also_across_a_restart_dry_run_sends_nothing
         ],
         "each performed action sent once; nothing for dry run or another tenant"
     );
-    assert!(
-        records[2].detail.as_deref().unwrap().contains("2 actions"),
-        "{:?}",
-        records[2]
-    );
+    let detail = records[2].detail.as_deref().unwrap();
+    assert!(detail.contains("2 actions"), "{detail}");
 
     // A restart: a new process rebuilds the limit from the journal and sends the
     // recorded actions again with the same ids (transport), deciding nothing twice.
     let mut second = process(&log, &rules).await;
-    second.raise(alarm(
-        "acme-1:4",
-        "acme-1",
-        Some("acme"),
-        Severity::Warning,
-        now,
-    ));
-    second.owner.on_tick().await.unwrap();
-    second.owner.on_tick().await.unwrap();
+    episode(&mut second, "acme-1", "acme", 4, now).await;
     let records = journal(&log);
-    assert_eq!(
-        outcomes(&records, "acme-1"),
-        [Performed, Performed, Limited, Limited]
-    );
+    let expected = [Performed, Performed, Limited, Limited];
+    assert_eq!(outcomes(&records, "acme-1"), expected);
     let ids: std::collections::BTreeSet<String> =
         sent(&log).into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), 2, "still two commands: {ids:?}");
