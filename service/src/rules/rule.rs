@@ -179,7 +179,7 @@ impl Compiled {
         let lasted = now_ms.saturating_sub(alarm.created_ms);
         alarm.active
             && c.severity.is_none_or(|least| alarm.severity >= least)
-            && lasted >= c.active_for_ms as i64
+            && lasted >= i64::try_from(c.active_for_ms).unwrap_or(i64::MAX)
             && (c.device_prefix.as_deref())
                 .is_none_or(|prefix| alarm.device_id.as_str().starts_with(prefix))
             && (c.metric.as_deref()).is_none_or(|metric| alarm.cause.as_deref() == Some(metric))
