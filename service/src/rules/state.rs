@@ -56,10 +56,16 @@ pub struct RuleState {
     pub updated_ms: i64,
     /// Who deleted it, and when.
     pub deleted: Option<(String, i64)>,
-    /// Its actions per outcome.
-    pub counts: BTreeMap<&'static str, u64>,
-    /// Its most recent action ids, oldest first.
-    pub recent: VecDeque<String>,
+}
+
+/// A rule's decisions (kept apart from the rule: the journal may be read before the
+/// rule's log).
+#[derive(Debug, Default)]
+struct Decisions {
+    /// Per outcome.
+    counts: BTreeMap<&'static str, u64>,
+    /// The most recent action ids, oldest first.
+    recent: VecDeque<String>,
 }
 
 impl RuleState {
@@ -84,6 +90,7 @@ impl RuleState {
 struct Journal {
     by_id: HashMap<String, (ActionRecord, i32)>,
     by_alarm: HashMap<String, Vec<String>>,
+    by_rule: HashMap<String, Decisions>,
     limit: DeviceLimit,
 }
 
@@ -104,6 +111,7 @@ impl RulesIndex {
             journal: RwLock::new(Journal {
                 by_id: HashMap::new(),
                 by_alarm: HashMap::new(),
+                by_rule: HashMap::new(),
                 limit: DeviceLimit::new(config.max_actions_per_device, config.limit_window_ms),
             }),
             markers: Mutex::default(),
@@ -141,8 +149,6 @@ impl RulesIndex {
                 created_ms: event.at_ms,
                 updated_ms: event.at_ms,
                 deleted: None,
-                counts: BTreeMap::new(),
-                recent: VecDeque::new(),
             },
         );
     }
@@ -158,15 +164,13 @@ impl RulesIndex {
         }
         (journal.by_alarm.entry(record.alarm_id.clone()).or_default())
             .push(record.action_id.clone());
-        (journal.by_id).insert(record.action_id.clone(), (record.clone(), partition));
-        drop(journal);
-        if let Some(rule) = self.rules.write().get_mut(&record.rule_id) {
-            *rule.counts.entry(record.outcome.as_str()).or_default() += 1;
-            rule.recent.push_back(record.action_id.clone());
-            while rule.recent.len() > self.keep {
-                rule.recent.pop_front();
-            }
+        let decisions = journal.by_rule.entry(record.rule_id.clone()).or_default();
+        *decisions.counts.entry(record.outcome.as_str()).or_default() += 1;
+        decisions.recent.push_back(record.action_id.clone());
+        while decisions.recent.len() > self.keep {
+            decisions.recent.pop_front();
         }
+        (journal.by_id).insert(record.action_id.clone(), (record.clone(), partition));
     }
 
     /// Whether a decision was recorded for this action id.
@@ -229,9 +233,11 @@ impl RulesIndex {
     /// The rule as the REST API shows it, with its recent actions.
     pub fn view(&self, rule: &RuleState) -> Value {
         let journal = self.journal.read();
-        let recent: Vec<&ActionRecord> = (rule.recent.iter())
+        let decisions = journal.by_rule.get(&rule.spec.rule_id);
+        let recent: Vec<&ActionRecord> = (decisions.iter().flat_map(|d| d.recent.iter()))
             .filter_map(|id| journal.by_id.get(id).map(|(r, _)| r))
             .collect();
+        let counts = decisions.map(|d| d.counts.clone()).unwrap_or_default();
         let spec = &rule.spec;
         json!({
             "rule_id": spec.rule_id,
@@ -244,7 +250,7 @@ impl RulesIndex {
             "created_ms": rule.created_ms,
             "updated_ms": rule.updated_ms,
             "deleted": rule.deleted.as_ref().map(|(by, at)| json!({"by": by, "at_ms": at})),
-            "counts": rule.counts,
+            "counts": counts,
             "recent": recent,
         })
     }

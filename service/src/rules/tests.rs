@@ -198,16 +198,17 @@ async fn process(log: &MemoryLog, rules: &[RuleEvent]) -> Process {
     let index = Arc::new(RulesIndex::new(&config));
     index.rules_loading.start(Default::default());
     index.actions_loading.start(Default::default());
-    for rule in rules {
-        index.apply_rule(rule);
-    }
-    // The journal read whole, as at start: the limit's counts come back.
+    // The journal read whole, as at start (before the rules' log here: the readers run
+    // side by side): the limit's counts come back.
     for record in log.records("act") {
         if record.payload.is_empty() {
             continue;
         }
         let action: ActionRecord = serde_json::from_slice(&record.payload).unwrap();
         index.apply_action(&action, record.partition);
+    }
+    for rule in rules {
+        index.apply_rule(rule);
     }
     let producer = Producer::in_memory(log, metrics.clone());
     let ownership = Arc::new(Ownership::new(producer.clone(), "act".into(), "m/".into()));
@@ -381,4 +382,12 @@ async fn a_flapping_alarm_is_limited_also_across_a_restart_dry_run_sends_nothing
     let ids: std::collections::BTreeSet<String> =
         sent(&log).into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), 2, "still two commands: {ids:?}");
+    let index = &second.owner.index;
+    let view = index.view(&index.get("flap").unwrap());
+    assert_eq!(
+        view["counts"],
+        json!({"performed": 2, "limited": 2}),
+        "{view}"
+    );
+    assert_eq!(view["recent"].as_array().unwrap().len(), 4);
 }
