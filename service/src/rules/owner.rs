@@ -67,7 +67,8 @@ impl RecordHandler for RulesOwner {
         (self.ownership).newly_restored(|marker| self.index.take_marker(marker));
         let restored = self.ownership.restored();
         let now_ms = fleetwatch_protocol::now_ms();
-        self.index.prune(now_ms);
+        let taken_since = now_ms.saturating_sub(self.config.command_ttl_ms as i64);
+        self.index.prune(now_ms, taken_since);
         let alarms = self.alarms.in_partitions(&restored);
         self.metrics.rules_alarms_watched.set(alarms.len() as i64);
         let rules: Vec<RuleState> = self.index.with_rules(|all| {

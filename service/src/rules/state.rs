@@ -4,7 +4,7 @@
 //! beginning. Applying a record twice (a reader meeting the owner's own writes) changes
 //! nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleetwatch_protocol::{Alarm, AlarmEvent};
@@ -91,6 +91,8 @@ struct Journal {
     by_id: HashMap<String, (ActionRecord, i32)>,
     by_alarm: HashMap<String, Vec<String>>,
     by_rule: HashMap<String, Decisions>,
+    /// Performed actions by (record time, id): the recent ones are what an owner takes.
+    performed: BTreeSet<(i64, String)>,
     limit: DeviceLimit,
 }
 
@@ -112,6 +114,7 @@ impl RulesIndex {
                 by_id: HashMap::new(),
                 by_alarm: HashMap::new(),
                 by_rule: HashMap::new(),
+                performed: BTreeSet::new(),
                 limit: DeviceLimit::new(config.max_actions_per_device, config.limit_window_ms),
             }),
             markers: Mutex::default(),
@@ -161,6 +164,7 @@ impl RulesIndex {
         }
         if record.outcome == ActionOutcome::Performed {
             (journal.limit).note(&record.device_id, &record.action_id, record.at_ms);
+            (journal.performed).insert((record.at_ms, record.action_id.clone()));
         }
         (journal.by_alarm.entry(record.alarm_id.clone()).or_default())
             .push(record.action_id.clone());
@@ -191,20 +195,21 @@ impl RulesIndex {
         )
     }
 
-    /// Forget limit entries older than the window.
-    pub fn prune(&self, now_ms: i64) {
-        self.journal.write().limit.prune(now_ms);
+    /// Forget limit entries older than the window, and performed actions recorded
+    /// before `taken_since_ms` (no owner takes them again).
+    pub fn prune(&self, now_ms: i64, taken_since_ms: i64) {
+        let mut journal = self.journal.write();
+        journal.limit.prune(now_ms);
+        let recent = (journal.performed).split_off(&(taken_since_ms, String::new()));
+        journal.performed = recent;
     }
 
     /// Performed actions recorded at or after `since_ms` in `partitions`.
     pub fn performed_since(&self, partitions: &HashSet<i32>, since_ms: i64) -> Vec<ActionRecord> {
         let journal = self.journal.read();
-        (journal.by_id.values())
-            .filter(|(r, p)| {
-                partitions.contains(p)
-                    && r.outcome == ActionOutcome::Performed
-                    && r.at_ms >= since_ms
-            })
+        (journal.performed.range((since_ms, String::new())..))
+            .filter_map(|(_, id)| journal.by_id.get(id))
+            .filter(|(_, p)| partitions.contains(p))
             .map(|(r, _)| r.clone())
             .collect()
     }

@@ -542,3 +542,41 @@ async fn a_job_action_is_a_job_on_the_device_whose_id_is_the_actions() {
     );
     assert!(log.records("cmd").is_empty());
 }
+
+fn performed(id: &str, outcome: ActionOutcome, at_ms: i64) -> ActionRecord {
+    ActionRecord {
+        action_id: id.into(),
+        rule_id: "r".into(),
+        rule_revision: 0,
+        tenant: None,
+        alarm_id: format!("d-{id}:1"),
+        severity: Severity::Major,
+        alarm_created_ms: 0,
+        device_id: DeviceId::parse(&format!("d-{id}")).unwrap(),
+        action: RuleAction::Notify { message: None },
+        outcome,
+        detail: None,
+        at_ms,
+    }
+}
+
+#[test]
+fn owners_take_again_only_recent_performed_actions_of_their_partitions() {
+    let index = RulesIndex::new(&config());
+    index.apply_action(&performed("a", ActionOutcome::Performed, 1_000), 0);
+    index.apply_action(&performed("b", ActionOutcome::Performed, 5_000), 1);
+    index.apply_action(&performed("c", ActionOutcome::Limited, 6_000), 0);
+    let ids = |partitions: &[i32], since| -> Vec<String> {
+        let partitions = partitions.iter().copied().collect();
+        (index.performed_since(&partitions, since).into_iter())
+            .map(|r| r.action_id)
+            .collect()
+    };
+    assert_eq!(ids(&[0, 1], 2_000), ["b"]);
+    assert_eq!(ids(&[0], 0), ["a"], "limited is never taken");
+    index.prune(10_000, 5_001);
+    assert!(ids(&[0, 1], 0).is_empty());
+    // A record read again after the pruning is not taken again.
+    index.apply_action(&performed("b", ActionOutcome::Performed, 5_000), 1);
+    assert!(ids(&[0, 1], 0).is_empty());
+}
