@@ -87,6 +87,15 @@ impl KafkaTopics {
     pub fn schedules(&self) -> String {
         self.of(Topic::Schedules)
     }
+    /// Alarm rules' specs (saved, deleted). Key: rule id. Kept for ever.
+    pub fn rules(&self) -> String {
+        self.of(Topic::Rules)
+    }
+    /// The journal of alarm rules' actions, each with the alarm that caused it. Key:
+    /// device id (co-partitioned: the owner of a device's alarms records its actions).
+    pub fn rule_actions(&self) -> String {
+        self.of(Topic::RuleActions)
+    }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
@@ -133,12 +142,14 @@ pub enum Topic {
     Scores,
     Jobs,
     Schedules,
+    Rules,
+    RuleActions,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 15] = [
+    pub const ALL: [Topic; 17] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -154,6 +165,8 @@ impl Topic {
         Topic::Scores,
         Topic::Jobs,
         Topic::Schedules,
+        Topic::Rules,
+        Topic::RuleActions,
     ];
 
     /// The name without the deployment's prefix.
@@ -174,6 +187,8 @@ impl Topic {
             Topic::Scores => "iot.scores",
             Topic::Jobs => "iot.jobs",
             Topic::Schedules => "iot.schedules",
+            Topic::Rules => "iot.rules",
+            Topic::RuleActions => "iot.rule-actions",
         }
     }
 
@@ -203,6 +218,7 @@ impl Topic {
                 | Topic::Feedback
                 | Topic::WebhookDeliveries
                 | Topic::Scores
+                | Topic::RuleActions
         )
     }
 
@@ -221,6 +237,10 @@ impl Topic {
             // A schedule's whole log is its state, for as long as it exists: kept for
             // ever (docs/schedules.md).
             Topic::Schedules => Some(-1),
+            // Rules are their log, kept for ever; their actions are shown on alarms as
+            // long as alarms are kept (docs/rules.md).
+            Topic::Rules => Some(-1),
+            Topic::RuleActions => Some(30 * DAY_MS),
             Topic::Commands => Some(DAY_MS),
             // Replies matter for seconds (a REST request's wait).
             Topic::Replies => Some(60 * 60 * 1000),

@@ -19,6 +19,9 @@ pub enum ScheduleAction {
     /// A JSON merge patch of the device's desired state (applying it again changes
     /// nothing).
     Desired { desired: JsonObject },
+    /// A fleet job on the device, one per occurrence (job id: the occurrence's command
+    /// id, so a retried or doubled firing makes one job).
+    Job { command: crate::JobCommand },
 }
 
 /// When a schedule's occurrences are.

@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
+pub mod rules;
 pub mod schedules;
 pub mod scorer;
 pub mod secret;

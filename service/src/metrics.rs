@@ -155,6 +155,15 @@ pub struct Metrics {
     pub schedule_commands: IntCounterVec,
     /// Live schedules this instance owns.
     pub schedules_owned: IntGauge,
+    /// Alarm rules' decisions recorded, by outcome (performed, dry_run, limited,
+    /// other_tenant).
+    pub rule_actions: IntCounterVec,
+    /// Rule actions taken, by kind (command, job, notify) and result (`taken`; for
+    /// notifications also `delivered` or `failed` per webhook). A new owner's retake is
+    /// counted again (transport).
+    pub rule_sends: IntCounterVec,
+    /// Active alarms of the devices this instance decides for.
+    pub rules_alarms_watched: IntGauge,
 }
 
 impl Metrics {
@@ -471,6 +480,20 @@ impl Metrics {
             schedules_owned: gauge(
                 "fleetwatch_schedules_owned",
                 "Live schedules this instance owns",
+            ),
+            rule_actions: counter_vec(
+                "fleetwatch_rule_actions_total",
+                "Alarm rules' decisions recorded, by outcome",
+                &["outcome"],
+            ),
+            rule_sends: counter_vec(
+                "fleetwatch_rule_sends_total",
+                "Rule actions taken, by kind and result",
+                &["kind", "result"],
+            ),
+            rules_alarms_watched: gauge(
+                "fleetwatch_rules_alarms_watched",
+                "Active alarms of the devices this instance decides rules for",
             ),
             registry,
         }

@@ -803,12 +803,124 @@ fn schedule_events_read() {
             "schedule-event-deleted",
             event(ScheduleEventBody::Deleted { by: "alice".into() }),
         ),
+        (
+            "schedule-event-saved-job",
+            event(ScheduleEventBody::Saved(Box::new(spec(
+                ScheduleAction::Job {
+                    command: fleetwatch_protocol::JobCommand::Command {
+                        name: "reboot".into(),
+                        args: serde_json::Value::Null,
+                    },
+                },
+                ScheduleWhen::Cron {
+                    cron: "0 3 * * *".into(),
+                    time_zone: "UTC".into(),
+                },
+                None,
+            )))),
+        ),
     ];
     for (name, sample) in samples {
         let kind = sample.body.kind();
         json_format(name, 1, sample, |read: &ScheduleEvent| {
             assert_eq!(read.body.kind(), kind);
             assert_eq!(read.schedule_id, "19ac2f3b1e24a7c1");
+        });
+    }
+}
+
+/// `iot.rules` and `iot.rule-actions`.
+#[test]
+fn rule_events_and_actions_read() {
+    use fleetwatch::rules::rule::{
+        ActionOutcome, ActionRecord, Condition, RuleAction, RuleEvent, RuleEventBody, RuleSpec,
+    };
+    let spec = RuleSpec {
+        rule_id: "19ac2f3b1e2fb3c2".into(),
+        tenant: Some(tenant()),
+        name: "safe mode on lasting critical alarms".into(),
+        condition: Condition {
+            severity: Some(Severity::Critical),
+            active_for_ms: 10_000,
+            device_prefix: Some("pump-".into()),
+            selector: Some("reported.site == \"north\"".into()),
+            metric: Some("temperature:level".into()),
+        },
+        action: RuleAction::Command {
+            name: "safe_mode".into(),
+            args: serde_json::Value::Null,
+        },
+        dry_run: false,
+        revision: 1,
+    };
+    let event = |body| RuleEvent {
+        rule_id: "19ac2f3b1e2fb3c2".into(),
+        at_ms: 1_764_140_400_000,
+        body,
+    };
+    let samples = [
+        (
+            "rule-event-saved",
+            event(RuleEventBody::Saved(Box::new(spec.clone()))),
+        ),
+        (
+            "rule-event-deleted",
+            event(RuleEventBody::Deleted { by: "alice".into() }),
+        ),
+    ];
+    for (name, sample) in samples {
+        json_format(name, 1, sample, |read: &RuleEvent| {
+            assert_eq!(read.rule_id, "19ac2f3b1e2fb3c2");
+        });
+    }
+    let alarm_id = format!("{}:7", device());
+    let action = |outcome, action, detail: Option<&str>| ActionRecord {
+        action_id: spec.action_id(&alarm_id),
+        rule_id: spec.rule_id.clone(),
+        rule_revision: 1,
+        tenant: Some(tenant()),
+        alarm_id: alarm_id.clone(),
+        severity: Severity::Critical,
+        alarm_created_ms: 1_764_140_390_000,
+        device_id: device(),
+        action,
+        outcome,
+        detail: detail.map(str::to_owned),
+        at_ms: 1_764_140_400_000,
+    };
+    let samples = [
+        (
+            "rule-action-performed",
+            action(ActionOutcome::Performed, spec.action.clone(), None),
+        ),
+        (
+            "rule-action-limited-job",
+            action(
+                ActionOutcome::Limited,
+                RuleAction::Job {
+                    command: fleetwatch_protocol::JobCommand::Configuration {
+                        desired: object(json!({"mode": "safe"})),
+                    },
+                },
+                Some("3 actions on this device within the last 3600000 ms; the limit is 3 (rules.max_actions_per_device)"),
+            ),
+        ),
+        (
+            "rule-action-dry-run-notify",
+            action(
+                ActionOutcome::DryRun,
+                RuleAction::Notify {
+                    message: Some("pump overheating".into()),
+                },
+                Some("would be performed: 0 actions on this device within the last 3600000 ms; the limit is 3 (rules.max_actions_per_device)"),
+            ),
+        ),
+    ];
+    for (name, sample) in samples {
+        let outcome = sample.outcome;
+        json_format(name, 1, sample, |read: &ActionRecord| {
+            assert_eq!(read.outcome, outcome);
+            assert_eq!(read.alarm_id, format!("{}:7", device()));
         });
     }
 }

@@ -485,3 +485,234 @@ fn check_status(service: &Service, namespace: &Namespace, event_id: &str, attemp
             .then_some(())
     });
 }
+
+// Alarm rules (docs/rules.md): alarms made by injecting the scorer's alerts on
+// `iot.alerts`, folded into alarms by the twins of simulated devices.
+
+/// An alert of episode `n` of `device` (critical at a score 2× the threshold, minor at
+/// 1.1×), raised or cleared.
+fn alert_record(device: &str, n: u32, seq: u64, score: f64, cleared: bool) -> (String, Vec<u8>) {
+    use fleetwatch_protocol::{Alert, AlertState, DeviceId};
+    let now = fleetwatch_protocol::now_ms();
+    let alert = Alert {
+        alert_id: format!("{device}:{n}"),
+        device_id: DeviceId::parse(device).unwrap(),
+        tenant: None,
+        state: if cleared {
+            AlertState::Cleared
+        } else {
+            AlertState::Raised
+        },
+        score,
+        threshold: 1.0,
+        reason: "injected by the rules test".into(),
+        contributors: Vec::new(),
+        cause: Some("temperature:level".into()),
+        event_ts: now,
+        event_seq: seq,
+        emitted_ms: now,
+        model_version: 1,
+    };
+    (device.to_owned(), serde_json::to_vec(&alert).unwrap())
+}
+
+fn rule(service: &Service, body: Value) -> String {
+    let (status, rule) = post(service, "/rules", body);
+    assert_eq!(status, 201, "{rule}");
+    rule["rule_id"].as_str().unwrap().to_owned()
+}
+
+/// The actions rules recorded about an alarm: (rule, outcome).
+fn actions_of(service: &Service, alarm_id: &str) -> Vec<Value> {
+    let (status, body) = service.get(&format!("/alarms/{alarm_id}/actions"));
+    assert_eq!(status, 200, "{body}");
+    body["actions"].as_array().unwrap().clone()
+}
+
+fn outcomes_of(service: &Service, alarm_id: &str) -> Vec<String> {
+    (actions_of(service, alarm_id).iter())
+        .map(|a| a["outcome"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The device's commands sent by rules (command ids starting `rule-`).
+fn rule_commands(service: &Service, device: &str) -> Vec<String> {
+    let (status, twin) = service.get(&format!("/devices/{device}/commands"));
+    assert_eq!(status, 200, "{twin}");
+    (twin["commands"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{twin}"))
+        .iter())
+    .filter_map(|c| c["command_id"].as_str())
+    .filter(|id| id.starts_with("rule-"))
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_put_a_device_in_safe_mode_hold_their_limit_across_a_restart_dry_run_and_tenants() {
+    let started = std::time::Instant::now();
+    let rig = Rig::from_env();
+    let namespace = Namespace::new("rules");
+    let prefix = namespace.device_prefix();
+    let provisioning = format!(
+        r#"[{{prefix = "{prefix}acme-", tenant = "acme"}}, {{prefix = "{prefix}globex-", tenant = "globex"}}]"#
+    );
+    let env = [
+        ("FLEETWATCH_TENANCY__PROVISIONING", provisioning.as_str()),
+        ("FLEETWATCH_RULES__MAX_ACTIONS_PER_DEVICE", "2"),
+        ("FLEETWATCH_RULES__TICK_MS", "100"),
+    ];
+    let roles = "ingest,devices,rules";
+    let service = Service::start_async(&rig, &namespace, roles, "a", &env).await;
+    let stop = CancellationToken::new();
+    let mut fleets = Vec::new();
+    for (tenant, count) in [("acme", 3), ("globex", 1)] {
+        let mut sim = SimConfig::new(&rig.mqtt_host, rig.mqtt_port, count);
+        sim.id_prefix = format!("{prefix}{tenant}-");
+        sim.interval_ms = 500;
+        sim.anomalies_per_minute = 0.0;
+        sim.outages_per_minute = 0.0;
+        sim.command_failure_rate = 0.0;
+        sim.slow_command_rate = 0.0;
+        sim.seed = 18;
+        let stop = stop.clone();
+        fleets.push(tokio::spawn(async move {
+            run_fleet(sim, Arc::new(FleetStats::default()), stop).await
+        }));
+    }
+    let device = |tenant: &str, n: u32| format!("{prefix}{tenant}-{n:05}");
+    let (safe, flapping, dry, other) = (
+        device("acme", 0),
+        device("acme", 1),
+        device("acme", 2),
+        device("globex", 0),
+    );
+    blocking(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the devices known, with tenants",
+            || {
+                [&safe, &flapping, &dry, &other]
+                    .iter()
+                    .all(|d| {
+                        let (status, twin) = service.get(&format!("/devices/{d}"));
+                        status == 200 && twin["tenant"].is_string()
+                    })
+                    .then_some(())
+            },
+        )
+    });
+    // acme's rules; the first one's prefix also matches globex's device.
+    blocking(|| {
+        rule(
+            &service,
+            json!({"name": "safe mode", "tenant": "acme",
+            "condition": {"severity": "critical", "active_for_ms": 10_000, "device_prefix": prefix},
+            "action": {"kind": "command", "name": "safe_mode"}}),
+        );
+        rule(
+            &service,
+            json!({"name": "flap", "tenant": "acme",
+            "condition": {"severity": "minor", "device_prefix": flapping, "metric": "temperature:level"},
+            "action": {"kind": "command", "name": "recalibrate", "args": {"simulate": "ok"}}}),
+        );
+        rule(
+            &service,
+            json!({"name": "dry", "tenant": "acme", "dry_run": true,
+            "condition": {"device_prefix": dry},
+            "action": {"kind": "command", "name": "safe_mode"}}),
+        );
+    });
+    let alerts = namespace.topic("iot.alerts");
+    let critical = [
+        alert_record(&safe, 1, 1, 2.0, false),
+        alert_record(&other, 1, 1, 2.0, false),
+        alert_record(&dry, 1, 1, 1.1, false),
+    ];
+    fleetwatch_e2e::produce(&rig.kafka, &alerts, &critical).await;
+    // The flapping alarm: episodes raised and cleared, each a new alarm.
+    let flap = |from: u32, to: u32| {
+        let (rig, alerts, flapping) = (rig.clone(), alerts.clone(), flapping.clone());
+        async move {
+            for n in from..=to {
+                let seq = u64::from(n) * 2;
+                let raise = alert_record(&flapping, n, seq, 1.1, false);
+                fleetwatch_e2e::produce(&rig.kafka, &alerts, &[raise]).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let clear = alert_record(&flapping, n, seq + 1, 1.1, true);
+                fleetwatch_e2e::produce(&rig.kafka, &alerts, &[clear]).await;
+            }
+        }
+    };
+    flap(1, 3).await;
+    blocking(|| {
+        eventually(
+            Duration::from_secs(10),
+            "the flapping episodes decided",
+            || {
+                let decided: Vec<Vec<String>> = (1..=3)
+                    .map(|n| outcomes_of(&service, &format!("{flapping}:{n}")))
+                    .collect();
+                (decided.iter().all(|d| d.len() == 1)).then_some(decided)
+            },
+        );
+        let performed = (1..=3)
+            .filter(|n| outcomes_of(&service, &format!("{flapping}:{n}")) == ["performed"])
+            .count();
+        assert_eq!(performed, 2, "the limit: two actions per device per hour");
+    });
+
+    // A restart: the limit is counted from the journal, so it still holds.
+    let status = blocking(|| service.terminate(Duration::from_secs(30)));
+    assert!(status.success(), "{status:?}");
+    let service = Service::start_async(&rig, &namespace, roles, "a", &env).await;
+    flap(4, 5).await;
+    blocking(|| {
+        let later = eventually(
+            Duration::from_secs(20),
+            "the later episodes decided",
+            || {
+                let decided: Vec<Vec<String>> = (4..=5)
+                    .map(|n| outcomes_of(&service, &format!("{flapping}:{n}")))
+                    .collect();
+                (decided.iter().all(|d| d.len() == 1)).then_some(decided)
+            },
+        );
+        assert_eq!(
+            later,
+            [["limited"], ["limited"]],
+            "the limit survives a restart"
+        );
+        let commands = rule_commands(&service, &flapping);
+        assert_eq!(commands.len(), 2, "{commands:?}");
+
+        // The critical alarm that lasted 10 s: safe mode, which the device reports.
+        let twin = eventually(Duration::from_secs(30), "the device in safe mode", || {
+            let (_, twin) = service.get(&format!("/devices/{safe}"));
+            (twin["reported"]["mode"] == "safe").then_some(twin)
+        });
+        let actions = actions_of(&service, &format!("{safe}:1"));
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0]["outcome"], "performed");
+        let lasted = actions[0]["at_ms"].as_i64().unwrap()
+            - actions[0]["alarm_created_ms"].as_i64().unwrap();
+        assert!(lasted >= 10_000, "acted after {lasted} ms: {actions:?}");
+        assert_eq!(rule_commands(&service, &safe).len(), 1, "{twin}");
+
+        // Dry run: recorded, nothing sent. Another tenant's device: nothing at all.
+        assert_eq!(outcomes_of(&service, &format!("{dry}:1")), ["dry_run"]);
+        assert!(rule_commands(&service, &dry).is_empty());
+        assert!(actions_of(&service, &format!("{other}:1")).is_empty());
+        assert!(rule_commands(&service, &other).is_empty());
+        let (_, twin) = service.get(&format!("/devices/{other}"));
+        assert_ne!(twin["reported"]["mode"], "safe", "{twin}");
+        let (_, twin) = service.get(&format!("/devices/{dry}"));
+        assert_ne!(twin["reported"]["mode"], "safe", "{twin}");
+    });
+    stop.cancel();
+    for fleet in fleets {
+        let _ = fleet.await;
+    }
+    println!("rules e2e: {:.1} s", started.elapsed().as_secs_f64());
+}

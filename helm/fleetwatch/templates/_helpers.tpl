@@ -43,7 +43,7 @@ app.kubernetes.io/part-of: fleetwatch
 
 {{/* The service's roles, in the order of `fleetwatch roles`. */}}
 {{- define "fleetwatch.roleNames" -}}
-ingest devices trainer scorer alerts storage archive webhooks jobs schedules
+ingest devices trainer scorer alerts storage archive webhooks jobs schedules rules
 {{- end -}}
 
 {{/*

@@ -18,8 +18,14 @@ use crate::webhooks::{DeliveriesHandler, DeliveryLog};
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "alerts",
-    summary: "pushes alerts, alarm events (resumable from a cursor) and job events to the WebSocket clients of their tenant; keeps every alarm and its webhook deliveries for `GET /alarms`",
-    consumes: &[Topic::Alerts, Topic::Alarms, Topic::WebhookDeliveries, Topic::Jobs],
+    summary: "pushes alerts, alarm events (resumable from a cursor) and job events to the WebSocket clients of their tenant; keeps every alarm, its webhook deliveries and its rule actions for `GET /alarms`",
+    consumes: &[
+        Topic::Alerts,
+        Topic::Alarms,
+        Topic::WebhookDeliveries,
+        Topic::Jobs,
+        Topic::RuleActions,
+    ],
     produces: &[],
     membership: Membership::EveryInstance,
     start,
@@ -61,6 +67,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let live = Arc::new(LivePosition::default());
     launch.alarms = Some(read_alarms(launch, routes.clone(), live.clone()));
     launch.deliveries = Some(read_deliveries(launch));
+    launch.rule_actions = Some(crate::rules::read_actions(launch));
     read_job_events(launch, routes.clone());
     let server = Server {
         alarms: Some(AlarmsFeed {

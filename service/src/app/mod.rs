@@ -94,6 +94,8 @@ pub async fn start(
         deliveries: None,
         jobs: None,
         schedules: None,
+        rules: None,
+        rule_actions: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -132,6 +134,8 @@ fn started(
         deliveries: launch.deliveries.take(),
         jobs: launch.jobs.take(),
         schedules: launch.schedules.take(),
+        rules: launch.rules.take(),
+        rule_actions: launch.rule_actions.take(),
     }
 }
 

@@ -58,6 +58,7 @@ pub const ROLES: &[&RoleSpec] = &[
     &crate::webhooks::ROLE,
     &crate::jobs::ROLE,
     &crate::schedules::ROLE,
+    &crate::rules::ROLE,
 ];
 
 /// A role's tasks report their name and outcome when they end.
@@ -90,6 +91,11 @@ pub struct Launch<'a> {
     pub jobs: Option<Arc<crate::jobs::JobsApi>>,
     /// Set by the schedules role: every schedule, for `/schedules`.
     pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
+    /// Set by the rules role: every rule and action, for `/rules`.
+    pub rules: Option<Arc<crate::rules::RulesApi>>,
+    /// Set by the alerts role (else the rules role): every rule action, for `GET
+    /// /alarms/{id}/actions`.
+    pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).

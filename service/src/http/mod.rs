@@ -7,6 +7,7 @@ mod credentials;
 mod guard;
 mod jobs;
 mod requests;
+mod rules;
 mod schedules;
 
 use std::net::TcpListener;
@@ -70,6 +71,10 @@ pub struct Started {
     pub jobs: Option<Arc<crate::jobs::JobsApi>>,
     /// Every schedule, when this process runs the schedules role.
     pub schedules: Option<Arc<crate::schedules::SchedulesApi>>,
+    /// Every rule and action, when this process runs the rules role.
+    pub rules: Option<Arc<crate::rules::RulesApi>>,
+    /// Every rule action, when this process runs the alerts or the rules role.
+    pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
 }
 
 impl HttpState {
@@ -685,6 +690,7 @@ pub fn start(
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .configure(schedules::routes)
+            .configure(rules::routes)
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))
@@ -725,6 +731,7 @@ mod tests {
         let code = [
             &source[..source.find("#[cfg(test)]").unwrap()],
             include_str!("schedules.rs"),
+            include_str!("rules.rs"),
         ]
         .concat();
         let mut served: Vec<&str> = code

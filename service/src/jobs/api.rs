@@ -79,7 +79,8 @@ fn check_rollout(rollout: &Rollout) -> Result<(), String> {
 /// Largest configuration patch a job may carry (serialized).
 const MAX_PATCH_BYTES: usize = 16 * 1024;
 
-fn check_command(command: &JobCommand) -> Result<(), String> {
+/// Whether a job's command is acceptable (also a schedule's or a rule's job).
+pub fn check_command(command: &JobCommand) -> Result<(), String> {
     match command {
         JobCommand::Command { name, .. } if name.is_empty() || name.len() > 128 => {
             Err("command.name must be 1 to 128 characters".into())
@@ -315,4 +316,62 @@ pub fn summary(job: &JobState, executions: bool) -> Value {
         value["executions"] = json!(list);
     }
     value
+}
+
+/// A job on one device made by the service itself (a schedule's occurrence, an alarm
+/// rule's action), with an id the caller derives from what made it: recording it twice
+/// (a retry, two instances) leaves one job, since the fold keeps a job's first
+/// `created`. One wave, the configured defaults, no canary (one device).
+pub fn device_job(
+    config: &JobsConfig,
+    job_id: String,
+    tenant: Option<fleetwatch_protocol::TenantId>,
+    created_by: String,
+    command: JobCommand,
+    device: fleetwatch_protocol::DeviceId,
+    ttl_ms: u64,
+) -> JobSpec {
+    JobSpec {
+        job_id,
+        tenant,
+        tenants: Vec::new(),
+        created_by,
+        command,
+        target: json!({ "device_ids": [device.as_str()] }),
+        devices: vec![device],
+        rollout: Rollout {
+            waves_percent: vec![100.0],
+            soak_ms: 0,
+            max_per_minute: config.default_max_per_minute,
+        },
+        abort: AbortCriteria {
+            failure_ratio: 1.0,
+            min_finished: 1,
+            canary: None,
+        },
+        device_timeout_ms: config.default_device_timeout_ms,
+        ttl_ms,
+        continuous: false,
+    }
+}
+
+/// Record a job made by the service (see [`device_job`]) on `iot.jobs` (`topic`),
+/// confirmed; the jobs role's owner of its partition runs it.
+pub async fn record_created(
+    producer: &Producer,
+    topic: &str,
+    spec: JobSpec,
+    at_ms: i64,
+) -> crate::error::Result<()> {
+    let event = JobEvent {
+        job_id: spec.job_id.clone(),
+        at_ms,
+        body: JobEventBody::Created(Box::new(spec)),
+    };
+    let payload = serde_json::to_vec(&event).expect("job events serialize");
+    producer
+        .enqueue(topic, &event.job_id, &payload)
+        .await
+        .confirmed()
+        .await
 }

@@ -19,7 +19,7 @@ mod role;
 pub mod state;
 pub mod target;
 
-pub use api::{JobsApi, JobsError, NewJob};
+pub use api::{check_command, device_job, record_created, JobsApi, JobsError, NewJob};
 pub use config::JobsConfig;
 pub use role::ROLE;
 

@@ -46,6 +46,16 @@ pub enum ConsumerRole {
     Schedules,
     /// Each schedules instance's reader of `iot.schedules`.
     ScheduleLog,
+    /// The rules role's group member (owns partitions of `iot.rule-actions`).
+    Rules,
+    /// Each rules instance's readers of `iot.rules`, `iot.rule-actions`, `iot.alarms`
+    /// and `iot.device-state`.
+    RuleLog,
+    RuleActionLog,
+    RuleAlarms,
+    RulesFleet,
+    /// Each alerts instance's reader of `iot.rule-actions` (`/alarms/{id}/actions`).
+    AlertsRuleActions,
     Archive,
 }
 
@@ -69,6 +79,12 @@ impl ConsumerRole {
             Self::JobsFleet => "jobs-fleet",
             Self::Schedules => "schedules",
             Self::ScheduleLog => "schedule-log",
+            Self::Rules => "rules",
+            Self::RuleLog => "rule-log",
+            Self::RuleActionLog => "rule-action-log",
+            Self::RuleAlarms => "rule-alarms",
+            Self::RulesFleet => "rules-fleet",
+            Self::AlertsRuleActions => "alerts-rule-actions",
             Self::Archive => "archive",
         }
     }

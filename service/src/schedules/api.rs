@@ -69,6 +69,9 @@ fn check(new: &NewSchedule) -> Result<(), String> {
             ))
         }
         _ if new.ttl_ms == Some(0) => Err("ttl_ms must be at least 1".into()),
+        ScheduleAction::Job { command } => {
+            crate::jobs::check_command(command).map_err(|e| format!("action.{e}"))
+        }
         _ => Ok(()),
     }
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_protocol::{
-    DeviceRequest, DeviceRequestBody, NewCommand, Occurrence, ScheduleAction, ScheduleEvent,
-    ScheduleEventBody,
+    DeviceRequest, DeviceRequestBody, JobCommand, NewCommand, Occurrence, ScheduleAction,
+    ScheduleEvent, ScheduleEventBody,
 };
 
 use super::plan::{due_occurrences, PlanRules};
@@ -35,6 +35,9 @@ pub struct SchedulesOwner {
     pub producer: Producer,
     pub schedules_topic: String,
     pub commands_topic: String,
+    /// Where a job action's jobs are recorded (`iot.jobs`), and their defaults.
+    pub jobs_topic: String,
+    pub jobs_config: crate::jobs::JobsConfig,
     pub config: SchedulesConfig,
     pub clock: ScheduleClock,
     pub metrics: Arc<Metrics>,
@@ -118,16 +121,23 @@ impl SchedulesOwner {
                 .insert(spec.schedule_id.clone(), command_id.clone());
             return Ok(());
         }
-        let request = self.request(&state, &last, command_id, expires_ms - now_ms);
-        let payload = serde_json::to_vec(&request).expect("requests serialize");
-        (self.producer)
-            .enqueue(&self.commands_topic, spec.device_id.as_str(), &payload)
-            .await
-            .confirmed()
-            .await?;
+        let result = if let ScheduleAction::Job { command } = &spec.action {
+            self.create_job(&state, command, command_id, expires_ms - now_ms)
+                .await?;
+            "job_created"
+        } else {
+            let request = self.request(&state, &last, command_id, expires_ms - now_ms);
+            let payload = serde_json::to_vec(&request).expect("requests serialize");
+            (self.producer)
+                .enqueue(&self.commands_topic, spec.device_id.as_str(), &payload)
+                .await
+                .confirmed()
+                .await?;
+            "sent"
+        };
         self.metrics
             .schedule_commands
-            .with_label_values(&["sent"])
+            .with_label_values(&[result])
             .inc();
         self.sent
             .insert(spec.schedule_id.clone(), command_id.clone());
@@ -162,6 +172,30 @@ impl SchedulesOwner {
         Ok(())
     }
 
+    /// The fleet job of a fired occurrence, on the schedule's device: its id is the
+    /// occurrence's command id, so recording it again (a retry, a new owner) is the same
+    /// job. It may wait for the device `remaining_ms` (schedule time) more.
+    async fn create_job(
+        &self,
+        schedule: &ScheduleState,
+        command: &JobCommand,
+        job_id: &str,
+        remaining_ms: i64,
+    ) -> crate::error::Result<()> {
+        let spec = &schedule.spec;
+        let job = crate::jobs::device_job(
+            &self.jobs_config,
+            job_id.to_owned(),
+            spec.tenant.clone(),
+            format!("schedule {}", spec.schedule_id),
+            command.clone(),
+            spec.device_id.clone(),
+            self.clock.wall_ms(remaining_ms),
+        );
+        let now = fleetwatch_protocol::now_ms();
+        crate::jobs::record_created(&self.producer, &self.jobs_topic, job, now).await
+    }
+
     /// The request for a fired occurrence, its command living `remaining_ms` (schedule
     /// time) more.
     fn request(
@@ -185,6 +219,9 @@ impl SchedulesOwner {
                 merge: true,
                 if_match: None,
             },
+            // Jobs are created, not requested (`create_job`); a job action never
+            // reaches here, and would be no request of the device's.
+            ScheduleAction::Job { command } => command.request(command_id, 1),
         };
         DeviceRequest {
             request_id: format!("{command_id}@{wall_now}/{}", occurrence.local),

@@ -17,9 +17,9 @@ use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "schedules",
-    summary: "commands and desired-state patches at a time or on a cron recurrence in a time zone: records each occurrence (fired, missed, expired, nonexistent local time) before sending its command, once per (schedule, occurrence)",
+    summary: "commands, desired-state patches and fleet jobs at a time or on a cron recurrence in a time zone: records each occurrence (fired, missed, expired, nonexistent local time) before sending its command or creating its job, once per (schedule, occurrence)",
     consumes: &[Topic::Schedules],
-    produces: &[Topic::Schedules, Topic::Commands],
+    produces: &[Topic::Schedules, Topic::Commands, Topic::Jobs],
     membership: Membership::Group("schedules"),
     start,
     ready,
@@ -58,6 +58,8 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         producer: launch.producer.clone(),
         schedules_topic: topic.clone(),
         commands_topic: launch.topics.commands(),
+        jobs_topic: launch.topics.jobs(),
+        jobs_config: settings.jobs.clone(),
         config: config.clone(),
         clock,
         metrics: launch.metrics.clone(),

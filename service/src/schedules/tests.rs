@@ -265,6 +265,8 @@ impl Harness {
             producer,
             schedules_topic: "sch".into(),
             commands_topic: "cmd".into(),
+            jobs_topic: "jobs".into(),
+            jobs_config: crate::jobs::JobsConfig::default(),
             config: SchedulesConfig::default(),
             clock: ScheduleClock::new(&SchedulesConfig::default()),
             metrics: self.metrics.clone(),
@@ -321,6 +323,48 @@ async fn the_owner_records_before_sending_once_and_a_new_owner_resends_the_same_
     second.on_tick().await.unwrap();
     assert_eq!(harness.log.json::<ScheduleEvent>("sch").len(), 1);
     assert_eq!(harness.sent(), [expected.clone(), expected]);
+}
+
+#[tokio::test]
+async fn a_job_action_creates_one_job_per_occurrence_whatever_the_owners() {
+    let metrics = Arc::new(Metrics::new());
+    let harness = Harness {
+        log: MemoryLog::default(),
+        index: Arc::new(ScheduleIndex::new(10)),
+        metrics,
+    };
+    harness.index.start(Default::default());
+    let now = fleetwatch_protocol::now_ms();
+    let mut spec = spec(ScheduleWhen::At { at_ms: now - 1000 }, MINUTE as u64);
+    spec.action = ScheduleAction::Job {
+        command: fleetwatch_protocol::JobCommand::Command {
+            name: "reboot".into(),
+            args: serde_json::Value::Null,
+        },
+    };
+    harness.index.apply(
+        &event(ScheduleEventBody::Saved(Box::new(spec.clone())), now - 5000),
+        0,
+    );
+    // Two owners in turn (a restart, or a rebalance): the same job id both times.
+    for _ in 0..2 {
+        let mut owner = harness.owner();
+        owner.on_tick().await.unwrap();
+        owner.on_tick().await.unwrap();
+    }
+    assert!(harness.log.records("cmd").is_empty(), "no command is sent");
+    let created: Vec<fleetwatch_protocol::JobEvent> = harness.log.json("jobs");
+    let expected = spec.command_id(now - 1000);
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().all(|e| e.job_id == expected), "{created:?}");
+    // The jobs' fold keeps one job of that id.
+    let jobs = crate::jobs::state::JobIndex::default();
+    for event in &created {
+        jobs.apply(event, 0);
+    }
+    let job = jobs.get(&expected).expect("the job");
+    assert_eq!(job.spec.devices, [spec.device_id.clone()]);
+    assert_eq!(jobs.with_jobs(|all| all.len()), 1);
 }
 
 fn caller(tenant: Option<&str>) -> crate::auth::Caller {

@@ -19,6 +19,7 @@ use crate::ingest::IngestConfig;
 use crate::jobs::JobsConfig;
 use crate::kafka::KafkaConfig;
 use crate::mqtt::MqttConfig;
+use crate::rules::RulesConfig;
 use crate::schedules::SchedulesConfig;
 use crate::scorer::ScorerConfig;
 use crate::secret::Secret;
@@ -48,6 +49,7 @@ pub struct Settings {
     pub webhooks: WebhooksConfig,
     pub jobs: JobsConfig,
     pub schedules: SchedulesConfig,
+    pub rules: RulesConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";
