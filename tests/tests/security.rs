@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetwatch_e2e::brokers::free_port;
 use fleetwatch_e2e::{eventually, read_topic, unique, Namespace, Rig, Service};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -80,14 +81,6 @@ fn make_pki(dir: &Path) -> Pki {
     std::fs::write(&pki.server_cert, server.pem()).unwrap();
     std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
     pki
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn dynsec_plugin() -> String {
