@@ -88,13 +88,7 @@ async fn archive(settings: &Settings, topic: &str) -> usize {
     let from: HashMap<i32, i64> = marks.iter().map(|m| (m.partition, m.low)).collect();
     let until: HashMap<i32, i64> = marks.iter().map(|m| (m.partition, m.high)).collect();
     let (sender, mut records) = tokio::sync::mpsc::channel(8_192);
-    let reading = tokio::spawn(kafka::read_range(
-        &settings.kafka.clone(),
-        topic,
-        from,
-        until,
-        sender,
-    ));
+    let reading = kafka::read_range(&settings.kafka, topic, from, until, sender);
     let limits = Limits {
         max_file_bytes: 64 * 1024 * 1024,
         max_file_age: Duration::from_secs(3_600),
@@ -103,21 +97,26 @@ async fn archive(settings: &Settings, topic: &str) -> usize {
     let metrics = Arc::new(Metrics::new());
     let revocations = Arc::new(Revocations::default());
     let mut handler = ArchiveHandler::new(sink, limits, metrics, revocations);
-    let mut count = 0;
-    while let Some(record) = records.recv().await {
-        let record: kafka::RangeRecord = record;
-        let mut row = Record::new(topic, "", &record.payload).at(record.partition, record.offset);
-        row.key = record.key.as_deref();
-        row.timestamp_ms = record.timestamp_ms;
-        handler.handle(&row).await.unwrap();
-        if handler.commits_each_effect() {
-            handler.take_durable();
-            handler.committed(true);
+    let writing = async {
+        let mut count = 0;
+        while let Some(record) = records.recv().await {
+            let record: kafka::RangeRecord = record;
+            let mut row =
+                Record::new(topic, "", &record.payload).at(record.partition, record.offset);
+            row.key = record.key.as_deref();
+            row.timestamp_ms = record.timestamp_ms;
+            handler.handle(&row).await.unwrap();
+            if handler.commits_each_effect() {
+                handler.take_durable();
+                handler.committed(true);
+            }
+            count += 1;
         }
-        count += 1;
-    }
-    handler.on_shutdown().await;
-    reading.await.unwrap().unwrap();
+        handler.on_shutdown().await;
+        count
+    };
+    let (read, count) = tokio::join!(reading, writing);
+    read.unwrap();
     count
 }
 

@@ -26,6 +26,9 @@ struct Cli {
     devices: usize,
 }
 
+/// A device's row: its id, the baseline's and the candidate's alert spans.
+type Row = (String, Vec<(i64, i64)>, Vec<(i64, i64)>);
+
 /// (opened, closed) record times of one configuration's alerts; an open alert reaches
 /// the end of the range.
 fn spans(alerts: &Value, to_ms: i64) -> Vec<(i64, i64)> {
@@ -57,7 +60,7 @@ fn main() -> Result<()> {
             .as_i64()
             .context("no counted_from_ms")?,
     );
-    let mut rows: Vec<(String, Vec<(i64, i64)>, Vec<(i64, i64)>)> = report["per_device"]
+    let mut rows: Vec<Row> = report["per_device"]
         .as_object()
         .context("no per_device")?
         .iter()

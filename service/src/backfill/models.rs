@@ -78,6 +78,9 @@ pub fn device_alerts(
         .collect()
 }
 
+/// Each thread's devices and their alerts.
+type Part = Vec<(String, Vec<Alert>)>;
+
 /// The alerts of every device under `run`, devices split over `threads` threads.
 pub fn all_alerts(
     run: &ModelRun,
@@ -88,7 +91,7 @@ pub fn all_alerts(
     let rules = run.rules()?;
     let names: Vec<&String> = devices.keys().collect();
     let chunk = names.len().div_ceil(threads.max(1)).max(1);
-    let parts: Option<Vec<Vec<(String, Vec<Alert>)>>> = std::thread::scope(|scope| {
+    let parts: Option<Vec<Part>> = std::thread::scope(|scope| {
         let handles: Vec<_> = names
             .chunks(chunk)
             .map(|part| {

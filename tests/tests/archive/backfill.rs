@@ -130,6 +130,9 @@ async fn produce(kafka: &str, topic: &str, readings: &[Reading]) {
 /// An alert as compared: (opening seq, closing seq).
 type Span = (u64, Option<u64>);
 
+/// Each device's alerts.
+type Alerts = BTreeMap<String, Vec<Span>>;
+
 /// The alerts the models crate's replay decides for each device with `model`, opened
 /// after the warm-up.
 fn expected_alerts(
@@ -208,7 +211,7 @@ fn comparable(report: &Value) -> Value {
 /// Whether the reading `seq` of `device` was in a fault.
 fn in_fault(device: &str, first: u64, last: u64) -> bool {
     FAULTS.iter().any(|&(d, start, len, _, _)| {
-        device.ends_with(&format!("d{d:02}")) && first <= start + len && start + 1 <= last
+        device.ends_with(&format!("d{d:02}")) && first <= start + len && start < last
     })
 }
 
@@ -301,7 +304,7 @@ fn overlaps(span: Span, first: u64, last: u64) -> bool {
 fn expected_verdicts(
     given: &[(String, String, u64, u64, bool)],
     readings: &[Reading],
-    alerts: (&BTreeMap<String, Vec<Span>>, &BTreeMap<String, Vec<Span>>),
+    alerts: (&Alerts, &Alerts),
     counted_from: i64,
 ) -> Value {
     let mut figures = [[0u64; 3]; 2];
