@@ -72,29 +72,40 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Every alarm event on `iot.alarms`, as Kafka holds it now.
-async fn alarm_events(kafka_config: &KafkaConfig) -> Result<Vec<AlarmEvent>, BackfillError> {
+/// Every alarm event on `iot.alarms` from the range's start on: from the archive for what
+/// Kafka no longer holds (when there is one), then from Kafka, up to its end now.
+async fn alarm_events(
+    kafka_config: &KafkaConfig,
+    archive: Option<&Sink>,
+    from_ms: i64,
+) -> Result<Vec<AlarmEvent>, BackfillError> {
     let topic = kafka_config.topics().alarms();
     let marks = kafka::watermarks(kafka_config, &topic)
         .await
         .map_err(|e| BackfillError::Kafka(e.to_string()))?;
+    let mut payloads = match archive {
+        // Verdicts come after their alarm: any time from the range's start to now.
+        Some(sink) => {
+            let now = fleetwatch_protocol::now_ms().max(from_ms + 1);
+            source::archived_payloads(sink, &topic, (from_ms, now + 1), &marks).await?
+        }
+        None => Vec::new(),
+    };
     let from = marks.iter().map(|m| (m.partition, m.low)).collect();
     let until = marks.iter().map(|m| (m.partition, m.high)).collect();
     let (sender, mut records) = mpsc::channel::<RangeRecord>(1_024);
     let reading = kafka::read_range(kafka_config, &topic, from, until, sender);
     let taking = async {
-        let mut events = Vec::new();
         while let Some(record) = records.recv().await {
-            // Not every record is an alarm event (tombstones); those are not verdicts.
-            if let Ok(event) = serde_json::from_slice::<AlarmEvent>(&record.payload) {
-                events.push(event);
-            }
+            payloads.push(record.payload);
         }
-        events
     };
-    let (read, events) = tokio::join!(reading, taking);
+    let (read, ()) = tokio::join!(reading, taking);
     read.map_err(|e| BackfillError::Kafka(e.to_string()))?;
-    Ok(events)
+    // Not every record is an alarm event (tombstones); those are not verdicts.
+    Ok((payloads.iter())
+        .filter_map(|payload| serde_json::from_slice::<AlarmEvent>(payload).ok())
+        .collect())
 }
 
 /// Both configurations' alerts of every device, without those opened in the warm-up.
@@ -157,7 +168,8 @@ pub async fn run(
     progress.set_message("reading");
     let mut history = source::read(&settings.kafka, archive.as_ref(), config, progress).await?;
     let duplicates = models::deduplicate(&mut history.devices);
-    let verdicts = report::latest_verdicts(&alarm_events(&settings.kafka).await?);
+    let events = alarm_events(&settings.kafka, archive.as_ref(), config.from_ms).await?;
+    let verdicts = report::latest_verdicts(&events);
     // The replay is CPU work on threads of its own; the runtime's threads stay free.
     let (replay_config, bar) = (config.clone(), progress.clone());
     let (per_device, devices) = tokio::task::spawn_blocking(move || {

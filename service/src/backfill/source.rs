@@ -141,14 +141,14 @@ fn parse_name(name: &str) -> Option<(i64, i32, i64)> {
 async fn archive_files(
     sink: &Sink,
     topic: &str,
-    config: &BackfillConfig,
+    (from_ms, to_ms): (i64, i64),
 ) -> Result<Vec<ArchiveFile>, BackfillError> {
     let (first_hour, last_hour) = (
-        config.from_ms.div_euclid(3_600_000),
-        (config.to_ms - 1).div_euclid(3_600_000),
+        from_ms.div_euclid(3_600_000),
+        (to_ms - 1).div_euclid(3_600_000),
     );
     let mut files = Vec::new();
-    for day in config.from_ms.div_euclid(DAY_MS)..=(config.to_ms - 1).div_euclid(DAY_MS) {
+    for day in from_ms.div_euclid(DAY_MS)..=(to_ms - 1).div_euclid(DAY_MS) {
         let (year, month, date) = civil_from_days(day);
         let under = format!("{topic}/date={year:04}-{month:02}-{date:02}");
         for name in sink.list(&under).await.map_err(BackfillError::archive)? {
@@ -179,7 +179,7 @@ async fn read_archive(
     progress: &ProgressBar,
 ) -> Result<HashMap<i32, i64>, BackfillError> {
     let mut last: HashMap<i32, i64> = HashMap::new();
-    for file in archive_files(sink, topic, config).await? {
+    for file in archive_files(sink, topic, (config.from_ms, config.to_ms)).await? {
         if !wanted(file.partition, file.first_offset) {
             continue;
         }
@@ -200,6 +200,33 @@ async fn read_archive(
         }
     }
     Ok(last)
+}
+
+/// The payloads of the archived records of `topic` whose ingest time is in `range` and
+/// that Kafka no longer holds (offsets below `marks`' low watermarks), in file order.
+pub async fn archived_payloads(
+    sink: &Sink,
+    topic: &str,
+    range: (i64, i64),
+    marks: &[Watermarks],
+) -> Result<Vec<Vec<u8>>, BackfillError> {
+    let low: HashMap<i32, i64> = marks.iter().map(|m| (m.partition, m.low)).collect();
+    let gone = |partition: i32, offset: i64| low.get(&partition).is_none_or(|&l| offset < l);
+    let mut payloads = Vec::new();
+    for file in archive_files(sink, topic, range).await? {
+        if !gone(file.partition, file.first_offset) {
+            continue;
+        }
+        let bytes = sink.get(&file.name).await.map_err(BackfillError::archive)?;
+        let rows = read_rows(bytes)
+            .map_err(|e| BackfillError::Archive(format!("reading {}: {e}", file.name)))?;
+        payloads.extend(
+            (rows.into_iter())
+                .filter(|(_, partition, row)| gone(*partition, row.offset))
+                .map(|(_, _, row)| row.payload),
+        );
+    }
+    Ok(payloads)
 }
 
 /// Read `to_read` of the topic from Kafka, up to the ends captured in `marks`.
@@ -281,6 +308,92 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::file::{hour_of, OpenFile, Row};
+    use crate::kafka::Record;
+
+    const HOUR_MS: i64 = 3_600_000;
+    /// 2026-11-24T00:00:00Z.
+    const DAY: i64 = 1_795_478_400_000;
+
+    fn reading(device: &str, seq: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "device_id": device, "received_ms": 0,
+            "body": {"kind": "telemetry", "ts": seq, "seq": seq, "metrics": {"t": 1.0}},
+        }))
+        .unwrap()
+    }
+
+    /// Archive `records` (offset, ingest ms, payload) of partition 0 as one file an hour.
+    async fn archive(sink: &Sink, topic: &str, records: &[(i64, i64, Vec<u8>)]) {
+        let mut files: BTreeMap<i64, OpenFile> = BTreeMap::new();
+        for (offset, ingest, payload) in records {
+            let mut record = Record::new(topic, "k", payload).at(0, *offset);
+            record.timestamp_ms = Some(*ingest);
+            let hour = hour_of(Some(*ingest));
+            (files.entry(hour))
+                .or_insert_with(|| OpenFile::new(topic, 0, hour))
+                .push(Row::of(&record));
+        }
+        for file in files.values() {
+            sink.put(&file.name(), file.to_parquet().unwrap())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_archive_gives_only_what_kafka_no_longer_holds_in_the_range() {
+        let (sink, _) = Sink::in_memory();
+        let records: Vec<_> = (0..6)
+            .map(|i| (i, DAY + i * HOUR_MS, reading("pump-1", i as u64)))
+            .collect();
+        archive(&sink, "t", &records).await;
+        let marks = [Watermarks {
+            partition: 0,
+            low: 4,
+            high: 6,
+        }];
+        // Hours 1 to 4 of the day, offsets below 4: offsets 1, 2 and 3.
+        let range = (DAY + HOUR_MS, DAY + 5 * HOUR_MS);
+        let payloads = archived_payloads(&sink, "t", range, &marks).await.unwrap();
+        let expected: Vec<_> = (1..4).map(|i| reading("pump-1", i)).collect();
+        assert_eq!(payloads, expected);
+    }
+
+    #[test]
+    fn only_readings_of_the_range_and_the_devices_are_taken() {
+        let config = BackfillConfig {
+            from_ms: 100,
+            to_ms: 200,
+            warmup_ms: 0,
+            source: SourceChoice::Auto,
+            device_prefix: "pump-".into(),
+            candidate: Default::default(),
+            report: "r.json".into(),
+        };
+        let mut history = History::default();
+        history.take(&config, (0, 1), Some(150), &reading("pump-1", 1));
+        history.take(&config, (0, 2), Some(200), &reading("pump-1", 2));
+        history.take(&config, (0, 3), None, &reading("pump-1", 3));
+        history.take(&config, (0, 4), Some(150), &reading("fan-1", 4));
+        history.take(&config, (0, 5), Some(150), b"not json");
+        let status =
+            br#"{"device_id": "pump-1", "received_ms": 0, "body": {"kind": "decommissioned"}}"#;
+        history.take(&config, (0, 6), Some(150), status);
+        let seqs: Vec<u64> = history.devices["pump-1"].iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1]);
+        assert_eq!(history.devices.len(), 1);
+        let counts = &history.counts;
+        assert_eq!(
+            (
+                counts.readings,
+                counts.outside,
+                counts.undecodable,
+                counts.other_events
+            ),
+            (1, 3, 1, 1)
+        );
+    }
 
     #[test]
     fn archive_names_give_hour_partition_and_offset() {
