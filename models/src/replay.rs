@@ -9,15 +9,18 @@ use crate::episode::{Episode, EpisodeRules, Transition};
 use crate::{Observation, Score, Scorer, Trainer};
 
 /// Score every observation in order; returns one score per observation.
-pub fn replay<T, S>(
+/// The metrics may be owned or borrowed (`&BTreeMap`), so that several configurations can
+/// replay the same series without copying it.
+pub fn replay<T, S, M>(
     mut trainer: T,
     mut scorer: S,
     publish_every: u32,
-    observations: impl IntoIterator<Item = (i64, BTreeMap<String, f64>)>,
+    observations: impl IntoIterator<Item = (i64, M)>,
 ) -> Vec<Score>
 where
     T: Trainer,
     S: Scorer<Params = T::Params>,
+    M: std::borrow::Borrow<BTreeMap<String, f64>>,
 {
     let publish_every = publish_every.max(1);
     let mut params = trainer.snapshot();
@@ -27,7 +30,7 @@ where
         .map(|(ts_ms, metrics)| {
             let observation = Observation {
                 ts_ms,
-                metrics: &metrics,
+                metrics: metrics.borrow(),
             };
             let score = scorer.score(&params, &observation);
             trainer.update(&observation);
@@ -112,6 +115,38 @@ pub fn episode_rows(scores: &[Score], rules: &EpisodeRules) -> (Vec<bool>, usize
         marks[last_active + 1..].fill(false);
     }
     (marks, episodes)
+}
+
+/// One episode as the production episode machine decides it over a replayed series:
+/// the indices (into the scores) of the event that opened it and of the event that
+/// closed it (`None`: still open at the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpisodeSpan {
+    pub opened: usize,
+    pub closed: Option<usize>,
+}
+
+/// The episodes of a replayed series, in order, as the scorer role's episode machine
+/// decides them (a score that is not ready counts as 0, as in [`episode_rows`]): what the
+/// backfill reports as alerts, and what [`episode_rows`] marks.
+pub fn episodes(scores: &[Score], rules: &EpisodeRules) -> Vec<EpisodeSpan> {
+    let mut episode = Episode::default();
+    let mut spans: Vec<EpisodeSpan> = Vec::new();
+    for (i, score) in scores.iter().enumerate() {
+        match episode.observe(rules, score, i as u64) {
+            Some(Transition::Opened) => spans.push(EpisodeSpan {
+                opened: i,
+                closed: None,
+            }),
+            Some(Transition::Closed) => {
+                if let Some(last) = spans.last_mut() {
+                    last.closed = Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    spans
 }
 
 /// Timestamps as epoch seconds or milliseconds (by magnitude), or
@@ -391,6 +426,37 @@ mod tests {
         };
         let error = run("time;temp\n1;2\n", &metrics).unwrap_err().to_string();
         assert!(error.contains("\"humidity\""), "{error}");
+    }
+
+    #[test]
+    fn episodes_open_and_close_where_the_rows_are_marked() {
+        let rules = EpisodeRules::recommended(0.5);
+        let score = |value: f64| Score {
+            value,
+            ready: true,
+            ..Score::default()
+        };
+        let mut scores: Vec<Score> = (0..10).map(|_| score(0.0)).collect();
+        scores.push(score(0.9));
+        scores.extend((0..40).map(|_| score(0.0)));
+        scores.push(score(0.9));
+        let spans = episodes(&scores, &rules);
+        assert_eq!(
+            spans,
+            [
+                EpisodeSpan {
+                    opened: 10,
+                    closed: Some(40)
+                },
+                EpisodeSpan {
+                    opened: 51,
+                    closed: None
+                }
+            ]
+        );
+        let (marks, count) = episode_rows(&scores, &rules);
+        assert_eq!(count, spans.len());
+        assert!(marks[10] && !marks[11] && marks[51]);
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //! - [`kafka`], [`mqtt`]: the plumbing every role shares
 //! - [`credentials`]: devices' MQTT credentials and ACLs on the broker (dynamic security)
 //! - [`secret`]: secrets that print as `***`, and `*_file` settings
+//! - [`backfill`]: replays history through a candidate model and reports (`fleetwatch backfill`)
 //! - [`app`]: starts the roles a process runs; [`demo`] wraps it with embedded brokers.
 
 pub mod alerts;
 pub mod app;
 pub mod archive;
 pub mod auth;
+pub mod backfill;
 pub mod credentials;
 pub mod demo;
 pub mod devices;

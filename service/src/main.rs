@@ -73,6 +73,9 @@ enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
     },
+    /// Replay a record-time range of telemetry through a candidate model and the
+    /// production one, and report how the candidate would have done (docs/backfill.md).
+    Backfill(fleetwatch::backfill::cli::BackfillArgs),
     /// Print every role with the topics it consumes and produces, as a Markdown table.
     Roles {
         #[arg(long, env = "FLEETWATCH_CONFIG")]
@@ -208,6 +211,11 @@ fn main() -> anyhow::Result<()> {
                     })
                 );
                 running.wait().await?;
+                Ok(())
+            }
+            Command::Backfill(args) => {
+                let settings = load_settings(args.config.as_ref())?;
+                fleetwatch::backfill::command(&args, &settings).await?;
                 Ok(())
             }
             Command::Demo(options) => {

@@ -192,15 +192,48 @@ async fn archive(
     Service::start_async(rig, namespace, "archive", instance, &env).await
 }
 
+/// What the archive and backfill tests share: their own brokers (tansu is frozen and
+/// restarted) and moto with the bucket.
+struct Setup {
+    tools: Tools,
+    scratch: PathBuf,
+    brokers: OwnBrokers,
+    moto: Moto,
+}
+
+/// One set-up for both tests (starting brokers and moto is most of a test's time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
+async fn archive_and_backfill() {
     let tools = Tools::from_env();
     let scratch = std::env::temp_dir().join(unique("archive"));
-    let mut brokers = OwnBrokers::start(scratch.join("brokers"));
-    let rig = brokers.rig.clone();
+    let brokers = OwnBrokers::start(scratch.join("brokers"));
     let moto = Moto::start(&tools, &scratch.join("moto.log"));
     tools.check(&["create-bucket", &moto.endpoint, BUCKET]);
-    let env = archive_env(&moto, &scratch);
+    let mut setup = Setup {
+        tools,
+        scratch,
+        brokers,
+        moto,
+    };
+    let started = std::time::Instant::now();
+    every_reading_is_archived_once_across_two_kinds_of_crash(&mut setup).await;
+    println!("archive test: {:.1} s", started.elapsed().as_secs_f64());
+    let started = std::time::Instant::now();
+    backfill::agrees_with_the_replay_across_archive_and_kafka(&setup).await;
+    println!("backfill test: {:.1} s", started.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&setup.scratch);
+}
+
+async fn every_reading_is_archived_once_across_two_kinds_of_crash(setup: &mut Setup) {
+    let Setup {
+        tools,
+        scratch,
+        brokers,
+        moto,
+    } = setup;
+    let (tools, scratch, moto) = (&*tools, &*scratch, &*moto);
+    let rig = brokers.rig.clone();
+    let env = archive_env(moto, scratch);
     credentials_never_print(&rig, &env);
     let namespace = Namespace::new("archive");
     let telemetry = namespace.topic("iot.telemetry");
@@ -258,7 +291,7 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
             .into_iter()
             .filter_map(|(partition, committed, _)| Some((partition, committed?)))
             .collect();
-        let uncommitted: Vec<_> = (files_of(&tools, &moto, &telemetry).into_iter())
+        let uncommitted: Vec<_> = (files_of(tools, moto, &telemetry).into_iter())
             .filter(|(partition, first)| committed.get(partition).is_none_or(|c| first >= c))
             .collect();
         println!("killed between upload and commit; uploaded, not committed: {uncommitted:?} (committed {committed:?})");
@@ -300,5 +333,7 @@ async fn every_reading_is_archived_once_across_two_kinds_of_crash() {
         assert_eq!(third.metric("fleetwatch_archive_upload_errors_total"), 0.0);
     });
     drop(third);
-    let _ = std::fs::remove_dir_all(&scratch);
 }
+
+#[path = "archive/backfill.rs"]
+mod backfill;

@@ -115,6 +115,10 @@ process loads the whole configuration, which reads its *_file secrets at start.
 {{- if $v.credentials.adminPasswordSecret.name -}}
 {{- $m = append $m (dict "volume" "credentials-admin" "secret" $v.credentials.adminPasswordSecret.name "items" (list (dict "key" $v.credentials.adminPasswordSecret.key "path" "password"))) -}}
 {{- end -}}
+{{- if $v.archive.credentialsSecret.name -}}
+{{- $c := $v.archive.credentialsSecret -}}
+{{- $m = append $m (dict "volume" "archive-s3" "secret" $c.name "items" (list (dict "key" $c.accessKeyIdKey "path" "access-key-id") (dict "key" $c.secretAccessKeyKey "path" "secret-access-key"))) -}}
+{{- end -}}
 {{- range $e := $v.webhookEndpoints -}}
 {{- $m = append $m (dict "volume" (printf "webhook-%s" $e.name) "secret" $e.secretRef.name "items" (list (dict "key" $e.secretRef.key "path" "secret"))) -}}
 {{- end -}}
@@ -172,11 +176,15 @@ process loads the whole configuration, which reads its *_file secrets at start.
 {{- if $v.credentials.adminPasswordSecret.name -}}
 {{- $_ := set $credentials "admin_password_file" (printf "%s/credentials-admin/password" $dir) -}}
 {{- end -}}
+{{- $archive := dict -}}
+{{- if $v.archive.credentialsSecret.name -}}
+{{- $archive = dict "s3" (dict "access_key_id_file" (printf "%s/archive-s3/access-key-id" $dir) "secret_access_key_file" (printf "%s/archive-s3/secret-access-key" $dir)) -}}
+{{- end -}}
 {{- $endpoints := list -}}
 {{- range $e := $v.webhookEndpoints -}}
 {{- $endpoints = append $endpoints (dict "name" $e.name "tenant" $e.tenant "url" $e.url "secret_file" (printf "%s/webhook-%s/secret" $dir $e.name)) -}}
 {{- end -}}
-{{- $settings := dict "kafka" $kafka "mqtt" $mqtt "auth" $auth "tls" $tls "credentials" $credentials
+{{- $settings := dict "kafka" $kafka "mqtt" $mqtt "auth" $auth "tls" $tls "credentials" $credentials "archive" $archive
   "storage" (dict "url" $v.storage.url)
   "webhooks" (dict "endpoints" $endpoints)
   "http" (dict "bind" (printf "0.0.0.0:%d" (int $v.ports.http)))

@@ -38,8 +38,9 @@ pub fn schema() -> Arc<Schema> {
 }
 
 /// What the archive reads from a payload to make it queryable without JSON: device
-/// events (`iot.telemetry`: `body.kind`, `body.seq`, `body.ts`), scores (`seq`, `ts`) and
-/// alerts (`state`, `event_seq`, `event_ts`). Anything else stays in `payload` only.
+/// events (`iot.telemetry`: `body.kind`, `body.seq`, `body.ts`), scores (`seq`, `ts`),
+/// alerts (`state`, `event_seq`, `event_ts`) and alarm events (`kind`). Anything else
+/// stays in `payload` only.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct Probe {
@@ -50,6 +51,7 @@ struct Probe {
     event_seq: Option<u64>,
     event_ts: Option<i64>,
     state: Option<String>,
+    kind: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -84,7 +86,7 @@ impl Row {
             device: probe.device_id.or_else(|| key.clone()),
             key,
             ingest_ms: record.timestamp_ms,
-            kind: body.kind.or(probe.state),
+            kind: body.kind.or(probe.state).or(probe.kind),
             seq: body.seq.or(probe.seq).or(probe.event_seq),
             event_ts_ms: body.ts.or(probe.ts).or(probe.event_ts),
             payload: record.payload.to_vec(),

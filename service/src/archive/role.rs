@@ -14,8 +14,8 @@ use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "archive",
-    summary: "writes telemetry, scores and alerts as Parquet files partitioned by ingest hour to a directory or S3 (archive.url; idle when unset); commits a file's offsets once it is uploaded",
-    consumes: &[Topic::Telemetry, Topic::Scores, Topic::Alerts],
+    summary: "writes telemetry, scores, alerts and alarm events as Parquet files partitioned by ingest hour to a directory or S3 (archive.url; idle when unset); commits a file's offsets once it is uploaded",
+    consumes: &[Topic::Telemetry, Topic::Scores, Topic::Alerts, Topic::Alarms],
     produces: &[],
     membership: Membership::Group("archive"),
     start,

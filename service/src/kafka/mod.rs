@@ -9,6 +9,7 @@ mod lag;
 pub mod memory;
 mod partition_reader;
 mod producer;
+mod range;
 mod record;
 mod replay;
 
@@ -33,6 +34,7 @@ pub use consumer::{
 pub use durable::{DurableOffsets, PendingDeliveries};
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
+pub use range::{read_range, watermarks, RangeRecord, Watermarks};
 pub use record::Record;
 pub use replay::{replay, ReplayOutcome, Replayed};
 
