@@ -13,6 +13,7 @@
 //!   cargo run --release -p fleetwatch-e2e --example load -- [OUT] [--quick]
 //! ```
 //! `--quick`: 10 s windows and 30 s warm-ups (no alert latency at the slow rates).
+//! `--only=3,5`: only those loads of the plan (0-based, in the order above).
 
 use std::io::Write;
 
@@ -22,6 +23,10 @@ use fleetwatch_e2e::load::{run, table_row, Layout, Load, TABLE_HEADER};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<usize>> = args.iter().find_map(|a| {
+        let list = a.strip_prefix("--only=")?;
+        Some(list.split(',').filter_map(|n| n.parse().ok()).collect())
+    });
     let out = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -50,7 +55,10 @@ fn main() {
     let brokers = OwnBrokers::start_with_storage(dir, "memory://tansu/");
     let mut lines = std::fs::File::create(&out).expect("the output file");
     println!("{TABLE_HEADER}");
-    for (load, layout) in plan {
+    for (index, (load, layout)) in plan.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|only| !only.contains(&index)) {
+            continue;
+        }
         let measured = run(&brokers, &fleetsim, load, layout);
         println!("{}", table_row(&measured));
         writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();
