@@ -209,6 +209,15 @@ impl Roles {
         self.drain();
     }
 
+    /// Let the tasks that wait for the publications' confirmations finish (the consume
+    /// loop awaits Kafka between records; on the in-memory log nothing ever waits), and
+    /// collect the scores' confirmations, as the scorer's tick does.
+    async fn settle(&mut self) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.scorer.on_tick().await.expect("scores settle");
+        self.drain();
+    }
+
     /// What the roles wrote that nobody here reads (checkpoints, scores, alerts) is
     /// consumed: the log is not part of any role's memory.
     fn drain(&self) {
@@ -226,6 +235,61 @@ fn per_device(bytes: isize, count: usize) -> f64 {
     (bytes as f64 / count as f64).round()
 }
 
+/// Where one device's bytes go, by type: each built alone between two readings of the
+/// counter (a copy is as large as the original but for spare capacity).
+fn breakdown(roles: &Roles, id: &DeviceId, readings: u64) {
+    use fleetwatch_models::production::{self, ModelTrainer};
+    use fleetwatch_models::{Observation, Scorer, Trainer};
+    let params = roles
+        .params
+        .read()
+        .get(id)
+        .cloned()
+        .expect("device 0 has parameters");
+    let before = held();
+    let copy = params.params.clone();
+    let params_heap = held() - before;
+    let before = held();
+    let (mut trainer, mut scorer) = (production::trainer(&copy.config), production::scorer());
+    let mut noise = Lcg(1);
+    for seq in 0..readings {
+        let reading = telemetry(0, seq, &mut noise, false);
+        let observation = Observation {
+            ts_ms: reading.ts,
+            metrics: &reading.metrics,
+        };
+        trainer.update(&observation);
+    }
+    let trainer_heap = held() - before;
+    let before = held();
+    let mut noise = Lcg(1);
+    for seq in 0..readings {
+        let reading = telemetry(0, seq, &mut noise, false);
+        let observation = Observation {
+            ts_ms: reading.ts,
+            metrics: &reading.metrics,
+        };
+        scorer.score(&copy, &observation);
+    }
+    let scorer_heap = held() - before;
+    println!(
+        "{}",
+        json!({
+            "breakdown_device": id.as_str(),
+            "model_trainer_inline_bytes": std::mem::size_of::<ModelTrainer>(),
+            "model_trainer_heap_bytes": trainer_heap,
+            "model_scorer_inline_bytes": std::mem::size_of::<production::ModelScorer>(),
+            "model_scorer_heap_bytes": scorer_heap,
+            "params_inline_bytes": std::mem::size_of::<production::Params>(),
+            "params_heap_bytes": params_heap,
+            "params_config_copy_bytes": std::mem::size_of::<production::Config>(),
+            "device_params_inline_bytes": std::mem::size_of::<fleetwatch::scorer::DeviceParams>(),
+            "params_wire_bytes": copy.to_bytes().len(),
+            "trainer_state_wire_bytes": trainer.state_bytes().len(),
+        })
+    );
+}
+
 async fn models(count: usize, readings: u64) {
     let (held_start, resident_start) = (held(), resident_bytes());
     let mut roles = Roles::new();
@@ -237,19 +301,23 @@ async fn models(count: usize, readings: u64) {
         for (n, id) in ids.iter().enumerate() {
             let payload = event(id, telemetry(n, seq, &mut noise[n], false));
             roles.feed(id, &payload, false).await;
+            if n % 256 == 0 {
+                roles.settle().await;
+            }
         }
     }
     let trained_secs = started.elapsed().as_secs_f64();
-    roles.scorer.on_tick().await.expect("scores settle");
-    roles.drain();
+    roles.settle().await;
     let calm = held();
     for (n, id) in ids.iter().enumerate() {
         let payload = event(id, telemetry(n, readings, &mut noise[n], true));
         roles.feed(id, &payload, true).await;
+        if n % 256 == 0 {
+            roles.settle().await;
+        }
     }
-    roles.scorer.on_tick().await.expect("scores settle");
-    roles.drain();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    roles.settle().await;
+    breakdown(&roles, &ids[0], readings);
     let (held_end, resident_end) = (held(), resident_bytes());
     let open_episodes = held_end as isize - calm as isize;
     let metrics = roles.metrics.clone();
