@@ -30,6 +30,16 @@ pub struct KafkaConfig {
     /// to the others: how long a crashed instance's share waits. Shorter recovers faster,
     /// longer tolerates longer pauses; the broker bounds it (Kafka: 6 s to 30 min).
     pub session_timeout_ms: u64,
+    /// Records each consumer may hold fetched ahead of its handler, at most, in KB
+    /// (librdkafka's `queued.max.messages.kbytes`, whose own default is 64 MB per
+    /// consumer; a process runs a consumer per role plus its whole-topic readers). It
+    /// bounds the memory Kafka buffers take whatever the fleet's rate, and is also the
+    /// size of one fetch (`fetch.max.bytes`, at least 1 MB). At 10,000 records/s of
+    /// ~400 bytes, 4 MB is a second of records ahead of each handler.
+    pub consumer_queue_kbytes: u32,
+    /// Bytes each partition returns per fetch at most, to start with (librdkafka's
+    /// `max.partition.fetch.bytes`, default 1 MB); a larger record is still fetched.
+    pub partition_fetch_bytes: u32,
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" =
     /// "sasl_ssl"` (TLS and SASL PLAIN/SCRAM/OAUTHBEARER are compiled in; see the
     /// configuration reference). Secret ones (names with `password`, `secret`, `token`,
@@ -52,6 +62,8 @@ impl Default for KafkaConfig {
             create_topics: true,
             delivery_timeout_ms: 120_000,
             session_timeout_ms: 10_000,
+            consumer_queue_kbytes: 4_096,
+            partition_fetch_bytes: 262_144,
             properties: Properties::default(),
             property_files: BTreeMap::new(),
         }

@@ -195,7 +195,7 @@ impl RoleConsumer {
             listener,
         };
         let inner: StreamConsumer<RoleContext> = config
-            .client_config()
+            .consumer_config()
             .set("group.id", group_id)
             .set("enable.auto.commit", commit.to_string())
             .set("auto.commit.interval.ms", "1000")

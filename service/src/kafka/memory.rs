@@ -1,5 +1,6 @@
 //! An in-memory stand-in for Kafka topics, for unit tests of roles: what the in-memory
-//! producer writes, the partition reader reads back. Never used by the running service.
+//! producer writes, the partition reader reads back. Never used by the running service
+//! (the memory benchmark, `benches/memory.rs`, drives the roles' handlers on it too).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,14 @@ pub struct StoredRecord {
 /// Topics in memory. Records without an explicit partition go to partition 0.
 #[derive(Clone, Default)]
 pub struct MemoryLog {
-    topics: Arc<Mutex<HashMap<String, Vec<StoredRecord>>>>,
+    inner: Arc<Mutex<Topics>>,
+}
+
+#[derive(Default)]
+struct Topics {
+    records: HashMap<String, Vec<StoredRecord>>,
+    /// The next offset of each (topic, partition): offsets keep counting after [`MemoryLog::take`].
+    next_offsets: HashMap<(String, i32), i64>,
 }
 
 impl MemoryLog {
@@ -32,9 +40,13 @@ impl MemoryLog {
         payload: &[u8],
     ) -> Delivery {
         let partition = partition.unwrap_or(0);
-        let mut topics = self.topics.lock();
-        let records = topics.entry(topic.to_owned()).or_default();
-        let offset = records.iter().filter(|r| r.partition == partition).count() as i64;
+        let mut topics = self.inner.lock();
+        let next = (topics.next_offsets)
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        let offset = *next;
+        *next += 1;
+        let records = topics.records.entry(topic.to_owned()).or_default();
         records.push(StoredRecord {
             partition,
             offset,
@@ -46,7 +58,17 @@ impl MemoryLog {
 
     /// Every record of `topic`, in the order written.
     pub fn records(&self, topic: &str) -> Vec<StoredRecord> {
-        self.topics.lock().get(topic).cloned().unwrap_or_default()
+        (self.inner.lock().records.get(topic))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Remove and return every record of `topic`, in the order written (as a consumer
+    /// that has read them; offsets of later records keep counting).
+    pub fn take(&self, topic: &str) -> Vec<StoredRecord> {
+        (self.inner.lock().records.get_mut(topic))
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Records of one partition from `offset` on.

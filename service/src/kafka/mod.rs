@@ -52,6 +52,29 @@ impl KafkaConfig {
         config
     }
 
+    /// [`Self::client_config`] for a consumer: its prefetch buffers bounded by
+    /// `consumer_queue_kbytes` and `partition_fetch_bytes`. `properties` still win.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set(
+                "queued.max.messages.kbytes",
+                self.consumer_queue_kbytes.to_string(),
+            )
+            .set(
+                "max.partition.fetch.bytes",
+                self.partition_fetch_bytes.to_string(),
+            )
+            // A full queue postpones the partition's next fetch this long (librdkafka's
+            // default, 1 s, would cap a small queue's catch-up at a queue per second).
+            .set("fetch.queue.backoff.ms", "20");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
     pub fn topics(&self) -> KafkaTopics {
         KafkaTopics::with_prefix(&self.topic_prefix)
     }

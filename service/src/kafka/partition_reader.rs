@@ -57,7 +57,7 @@ impl PartitionReader {
         instance: &str,
     ) -> Result<Self> {
         let consumer: BaseConsumer = config
-            .client_config()
+            .consumer_config()
             .set("group.id", config.group_id(group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -50,7 +50,7 @@ fn replay_blocking(
     records: &mpsc::Sender<Replayed>,
 ) -> Result<ReplayOutcome> {
     let consumer: BaseConsumer = config
-        .client_config()
+        .consumer_config()
         .set("group.id", config.group_id("replay"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
