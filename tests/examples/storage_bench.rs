@@ -15,19 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use fleetwatch_e2e::load::cpu_seconds;
 use fleetwatch_e2e::{produce, Namespace, Rig, Service};
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
 
 fn reading(device: usize, seq: u64, ts: i64) -> Vec<u8> {
     format!(

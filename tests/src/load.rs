@@ -242,8 +242,8 @@ fn finish_fleetsim(mut sim: Child, output_dir: &std::path::Path) -> (u64, serde_
     // `done: published N  acknowledged M  unacknowledged at exit K ...`: readings are
     // what was published; acknowledgements also count status messages. What a device
     // still held unacknowledged when it stopped was never the broker's.
+    let tokens: Vec<&str> = stderr.split_whitespace().collect();
     let count_after = |words: &[&str]| -> u64 {
-        let tokens: Vec<&str> = stderr.split_whitespace().collect();
         tokens
             .windows(words.len() + 1)
             .rev()
