@@ -5,21 +5,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetwatch_protocol::{
-    now_ms, AckOutcome, AckPayload, CommandPayload, Connectivity, DesiredPayload, DeviceId,
-    DeviceTopic, DeviceTopicKind, JsonObject, StatePayload, StatusPayload, TelemetryPayload,
-};
+use fleetwatch_protocol::{now_ms, AckPayload, DeviceId, JsonObject, StatePayload};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::{ActiveAnomaly, Effect};
-use crate::device::{Answer, CommandBehaviour, DeviceBrain, UpdatePlan, UpdateStage};
+use crate::device::{DeviceBrain, UpdatePlan, UpdateStage};
 use crate::signal::DeviceSignal;
 use crate::{AnomalyKind, Injected, SimConfig};
+
+mod session;
+use session::{session, SessionEnd};
 
 /// Live counters of a running fleet.
 #[derive(Debug, Default)]
@@ -98,6 +97,24 @@ struct GroundTruth {
 }
 
 impl GroundTruth {
+    /// Ground truth of a run, appended to `config.ground_truth` when one is named.
+    fn open(config: &SimConfig, stats: Arc<FleetStats>) -> Result<Self, SimError> {
+        let file = match &config.ground_truth {
+            Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|source| SimError::GroundTruth {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ))),
+            None => None,
+        };
+        Ok(Self {
+            injected: Mutex::new(Vec::new()),
+            stats,
+            file,
+        })
+    }
+
     fn record(&self, injected: &Injected) {
         if let Some(file) = &self.file {
             let mut file = file.lock();
@@ -132,60 +149,8 @@ pub async fn run_fleet(
     stats: Arc<FleetStats>,
     shutdown: CancellationToken,
 ) -> Result<Vec<Injected>, SimError> {
-    if config.devices == 0 || config.interval_ms == 0 {
-        return Err(SimError::Config(
-            "devices and interval_ms must be positive".into(),
-        ));
-    }
-    if config.kinds.is_empty() && config.anomalies_per_minute > 0.0 {
-        return Err(SimError::Config("no anomaly kinds to inject".into()));
-    }
-    if config.anomalies_per_minute.is_nan() || config.anomalies_per_minute < 0.0 {
-        return Err(SimError::Config(
-            "anomalies_per_minute must not be negative".into(),
-        ));
-    }
-    if config.outages_per_minute.is_nan()
-        || config.outages_per_minute < 0.0
-        || config.outage_secs.is_nan()
-        || config.outage_secs <= 0.0
-    {
-        return Err(SimError::Config(
-            "outages_per_minute must not be negative and outage_secs must be positive".into(),
-        ));
-    }
-    for (name, rate) in [
-        ("command_failure_rate", config.command_failure_rate),
-        ("slow_command_rate", config.slow_command_rate),
-    ] {
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(SimError::Config(format!(
-                "{name} must be between 0 and 1, not {rate}"
-            )));
-        }
-    }
-    for index in [0, config.devices - 1] {
-        DeviceId::parse(&config.device_id(index)).map_err(|e| {
-            SimError::Config(format!(
-                "device ids from prefix {:?}: {e}",
-                config.id_prefix
-            ))
-        })?;
-    }
-    let file = match &config.ground_truth {
-        Some(path) => Some(Mutex::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|source| SimError::GroundTruth {
-                path: path.display().to_string(),
-                source,
-            })?,
-        ))),
-        None => None,
-    };
-    let truth = Arc::new(GroundTruth {
-        injected: Mutex::new(Vec::new()),
-        stats: stats.clone(),
-        file,
-    });
+    validate(&config)?;
+    let truth = Arc::new(GroundTruth::open(&config, stats.clone())?);
     let clock = RunClock {
         started: Instant::now(),
         started_ms: now_ms(),
@@ -213,6 +178,44 @@ pub async fn run_fleet(
     while devices.join_next().await.is_some() {}
     let injected = std::mem::take(&mut *truth.injected.lock());
     Ok(injected)
+}
+
+/// A configuration the fleet can run, or why not.
+fn validate(config: &SimConfig) -> Result<(), SimError> {
+    let invalid = |message: &str| Err(SimError::Config(message.into()));
+    if config.devices == 0 || config.interval_ms == 0 {
+        return invalid("devices and interval_ms must be positive");
+    }
+    if config.kinds.is_empty() && config.anomalies_per_minute > 0.0 {
+        return invalid("no anomaly kinds to inject");
+    }
+    if config.anomalies_per_minute.is_nan() || config.anomalies_per_minute < 0.0 {
+        return invalid("anomalies_per_minute must not be negative");
+    }
+    if config.outages_per_minute.is_nan()
+        || config.outages_per_minute < 0.0
+        || config.outage_secs.is_nan()
+        || config.outage_secs <= 0.0
+    {
+        return invalid("outages_per_minute must not be negative and outage_secs must be positive");
+    }
+    for (name, rate) in [
+        ("command_failure_rate", config.command_failure_rate),
+        ("slow_command_rate", config.slow_command_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return invalid(&format!("{name} must be between 0 and 1, not {rate}"));
+        }
+    }
+    for index in [0, config.devices - 1] {
+        DeviceId::parse(&config.device_id(index)).map_err(|e| {
+            SimError::Config(format!(
+                "device ids from prefix {:?}: {e}",
+                config.id_prefix
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// When anomalies may start and how often, per device.
@@ -339,6 +342,48 @@ fn device_rng(seed: u64, index: usize) -> StdRng {
 }
 
 impl SimDevice {
+    /// Device `index` as the seed draws it: its signal, metrics and first anomaly and
+    /// outage.
+    fn new(
+        index: usize,
+        config: &SimConfig,
+        schedule: &Schedule,
+        outages: &Schedule,
+        started_ms: i64,
+    ) -> Self {
+        let id = config.device_id(index);
+        let device_id = DeviceId::parse(&id).expect("validated at start");
+        let mut rng = device_rng(config.seed, index);
+        let signal = DeviceSignal::random(&mut rng, config.day_secs);
+        let metric_names = signal.metrics.iter().map(|m| m.name).collect();
+        let next_anomaly =
+            schedule.next_anomaly(&mut rng, started_ms, &config.kinds, config.interval_ms);
+        let next_outage = outages.next_start(&mut rng, started_ms);
+        let (finished_tx, finished_rx) = mpsc::channel(64);
+        let (update_tx, update_rx) = mpsc::channel(16);
+        let mut reported = JsonObject::new();
+        reported.insert("firmware".into(), "1.4.2".into());
+        reported.insert("interval_ms".into(), config.interval_ms.into());
+        Self {
+            id,
+            device_id,
+            rng,
+            signal,
+            metric_names,
+            seq: 0,
+            previous: Vec::new(),
+            active: None,
+            next_anomaly,
+            next_outage,
+            brain: DeviceBrain::new(reported),
+            finished_tx,
+            finished_rx,
+            update_tx,
+            update_rx,
+            first_session: true,
+        }
+    }
+
     fn runs_bad_build(&self, config: &SimConfig) -> bool {
         self.brain
             .firmware()
@@ -435,12 +480,6 @@ impl SimDevice {
     }
 }
 
-/// How a connected session ended.
-enum SessionEnd {
-    Stopped,
-    Outage,
-}
-
 async fn run_device(
     index: usize,
     config: Arc<SimConfig>,
@@ -449,47 +488,12 @@ async fn run_device(
     stats: Arc<FleetStats>,
     stop: CancellationToken,
 ) {
-    let id = config.device_id(index);
-    let device_id = DeviceId::parse(&id).expect("validated at start");
-    let mut rng = device_rng(config.seed, index);
-    let signal = DeviceSignal::random(&mut rng, config.day_secs);
-    let metric_names: Vec<&'static str> = signal.metrics.iter().map(|m| m.name).collect();
     let schedule = Schedule::anomalies(&config, clock.started_ms);
     let outages = Schedule {
         mean_gap_ms: 60_000.0 * config.devices as f64 / config.outages_per_minute,
         ..schedule
     };
-    let next_anomaly = schedule.next_anomaly(
-        &mut rng,
-        clock.started_ms,
-        &config.kinds,
-        config.interval_ms,
-    );
-    let next_outage = outages.next_start(&mut rng, clock.started_ms);
-    let (finished_tx, finished_rx) = mpsc::channel(64);
-    let (update_tx, update_rx) = mpsc::channel(16);
-    let mut reported = JsonObject::new();
-    reported.insert("firmware".into(), "1.4.2".into());
-    reported.insert("interval_ms".into(), config.interval_ms.into());
-    let mut device = SimDevice {
-        id,
-        device_id,
-        rng,
-        signal,
-        metric_names,
-        seq: 0,
-        previous: Vec::new(),
-        active: None,
-        next_anomaly,
-        next_outage,
-        brain: DeviceBrain::new(reported),
-        finished_tx,
-        finished_rx,
-        update_tx,
-        update_rx,
-        first_session: true,
-    };
-
+    let mut device = SimDevice::new(index, &config, &schedule, &outages, clock.started_ms);
     let interval = Duration::from_millis(config.interval_ms);
     let offset = Duration::from_millis(device.rng.random_range(0..config.interval_ms));
     let mut ticker = tokio::time::interval_at(
@@ -534,278 +538,6 @@ async fn run_device(
             }
         }
     }
-}
-
-/// One MQTT connection of a device: from connect until the run stops or an outage cuts
-/// it.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    device: &mut SimDevice,
-    config: &SimConfig,
-    clock: RunClock,
-    schedule: &Schedule,
-    truth: &GroundTruth,
-    stats: &Arc<FleetStats>,
-    ticker: &mut tokio::time::Interval,
-    stop: &CancellationToken,
-) -> SessionEnd {
-    // Its own copy of the id, so that the device stays free to change.
-    let device_id = device.device_id.clone();
-    let topic = |kind| DeviceTopic::new(device_id.clone(), kind).to_string();
-    let status = |status| {
-        serde_json::to_vec(&StatusPayload {
-            status,
-            ts: Some(now_ms()),
-        })
-        .expect("serializes")
-    };
-    let mut options = MqttOptions::new(device.id.clone(), &config.mqtt_host, config.mqtt_port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_max_packet_size(1024 * 1024, 1024 * 1024)
-        .set_last_will(LastWill::new(
-            topic(DeviceTopicKind::Status),
-            status(Connectivity::Offline),
-            QoS::AtLeastOnce,
-            false,
-        ));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    // Every QoS 1 message handed to the client, and every one the broker acknowledged
-    // (counted by the connection task).
-    let mut handed: u64 = 0;
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let (incoming_tx, mut incoming) = mpsc::channel::<Publish>(64);
-    let downstream = [
-        topic(DeviceTopicKind::Commands),
-        topic(DeviceTopicKind::Desired),
-    ];
-    let connection = {
-        let (stats, acknowledged, stop) = (stats.clone(), acknowledged.clone(), stop.clone());
-        let (client, downstream) = (client.clone(), downstream.clone());
-        tokio::spawn(async move {
-            let mut connected = false;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if !connected {
-                            stats.connected.fetch_add(1, Ordering::Relaxed);
-                            connected = true;
-                        }
-                        for filter in &downstream {
-                            let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                        acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if incoming_tx.send(publish).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(error) => {
-                        if stop.is_cancelled() {
-                            break;
-                        }
-                        if connected {
-                            stats.connected.fetch_sub(1, Ordering::Relaxed);
-                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                            connected = false;
-                        }
-                        tracing::debug!(%error, "device connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-            if connected {
-                stats.connected.fetch_sub(1, Ordering::Relaxed);
-            }
-        })
-    };
-    let publish = |kind: DeviceTopicKind, payload: Vec<u8>| {
-        let (client, topic) = (&client, topic(kind));
-        async move {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_ok()
-        }
-    };
-
-    handed += u64::from(publish(DeviceTopicKind::Status, status(Connectivity::Online)).await);
-    if device.first_session {
-        device.first_session = false;
-        let state = StatePayload {
-            ts: Some(now_ms()),
-            reported: device.brain.reported.clone(),
-        };
-        handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
-    }
-    let behaviour = CommandBehaviour {
-        failure_rate: config.command_failure_rate,
-        slow_rate: config.slow_command_rate,
-        slow_ms: config.slow_command_ms,
-    };
-
-    let end = loop {
-        let outage_in = device
-            .next_outage
-            .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64));
-        let tick = tokio::select! {
-            _ = stop.cancelled() => break SessionEnd::Stopped,
-            _ = async { match outage_in {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => std::future::pending().await,
-            } } => break SessionEnd::Outage,
-            Some(message) = incoming.recv() => {
-                let now = now_ms();
-                if message.topic == downstream[0] {
-                    match serde_json::from_slice::<CommandPayload>(&message.payload) {
-                        Ok(command) => {
-                            stats.commands_received.fetch_add(1, Ordering::Relaxed);
-                            let started = device.brain.started;
-                            let answers = if command.name == "software_update" {
-                                let (answers, plan) = device.brain.on_update(&command, config.update_failure_rate, &mut device.rng, now);
-                                if let Some(plan) = plan {
-                                    stats.updates_started.fetch_add(1, Ordering::Relaxed);
-                                    run_update(plan, config.update_stage_ms, device.update_tx.clone());
-                                }
-                                answers
-                            } else {
-                                device.brain.on_command(&command, behaviour, &mut device.rng, now)
-                            };
-                            stats.commands_started.fetch_add(device.brain.started - started, Ordering::Relaxed);
-                            // A new (not resent) mode command changes what the device reports.
-                            let mode = (device.brain.started > started)
-                                .then(|| device.brain.on_mode_command(&command, now))
-                                .flatten();
-                            if let Some(state) = mode {
-                                handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
-                            }
-                            for answer in answers {
-                                match answer {
-                                    Answer::Now(ack) => {
-                                        count_outcome(stats, &ack);
-                                        handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
-                                    }
-                                    Answer::Later { delay_ms, ack } => {
-                                        let finished = device.finished_tx.clone();
-                                        tokio::spawn(async move {
-                                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                                            let _ = finished.send(ack).await;
-                                        });
-                                    }
-                                }
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "unreadable command"),
-                    }
-                } else {
-                    match serde_json::from_slice::<DesiredPayload>(&message.payload) {
-                        Ok(desired) => {
-                            stats.desired_applied.fetch_add(1, Ordering::Relaxed);
-                            let state = device.brain.on_desired(desired, now);
-                            handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
-                        }
-                        Err(error) => tracing::warn!(%error, "unreadable desired state"),
-                    }
-                }
-                continue;
-            }
-            Some((plan, stage)) = device.update_rx.recv() => {
-                let (state, outcome) = device.on_update_stage(&plan, stage, config, stats);
-                handed += u64::from(publish(DeviceTopicKind::State, to_json(&state)).await);
-                if let Some(ack) = outcome {
-                    count_outcome(stats, &ack);
-                    handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
-                }
-                continue;
-            }
-            Some(ack) = device.finished_rx.recv() => {
-                let ack = device.brain.finish(ack);
-                count_outcome(stats, &ack);
-                handed += u64::from(publish(DeviceTopicKind::Acks, to_json(&ack)).await);
-                continue;
-            }
-            tick = ticker.tick() => tick,
-        };
-        let t_ms = clock.ms(tick.into_std());
-        let Some(values) = device.reading(t_ms, config, schedule, truth, stats) else {
-            continue;
-        };
-        let payload = TelemetryPayload {
-            ts: t_ms,
-            seq: device.seq,
-            metrics: device
-                .metric_names
-                .iter()
-                .map(|n| n.to_string())
-                .zip(values.iter().copied())
-                .collect(),
-        };
-        device.previous = values;
-        if !publish(DeviceTopicKind::Telemetry, to_json(&payload)).await {
-            break SessionEnd::Stopped;
-        }
-        handed += 1;
-        stats.published.fetch_add(1, Ordering::Relaxed);
-    };
-
-    let outstanding = || handed.saturating_sub(acknowledged.load(Ordering::Relaxed));
-    if let SessionEnd::Outage = end {
-        // Power lost: no goodbye. Dropping the connection makes the broker publish the
-        // Last Will; what was not acknowledged yet is lost with the device's memory.
-        connection.abort();
-        stats
-            .lost_in_outages
-            .fetch_add(outstanding(), Ordering::Relaxed);
-        return end;
-    }
-    // A clean goodbye: wait (briefly) for the broker to acknowledge what was sent, say
-    // offline, disconnect.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while outstanding() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stats
-        .unacknowledged_at_exit
-        .fetch_add(outstanding(), Ordering::Relaxed);
-    publish(DeviceTopicKind::Status, status(Connectivity::Offline)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
-    end
-}
-
-/// Walk an update through its stages, `stage_ms` apart (the first after a simulated
-/// download of that long).
-fn run_update(plan: UpdatePlan, stage_ms: u64, stages: mpsc::Sender<(UpdatePlan, UpdateStage)>) {
-    tokio::spawn(async move {
-        for stage in plan.stages() {
-            if stages.send((plan.clone(), stage)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(stage_ms)).await;
-        }
-    });
-}
-
-fn count_outcome(stats: &FleetStats, ack: &AckPayload) {
-    let counter = match ack.outcome {
-        AckOutcome::Received => return,
-        AckOutcome::Succeeded => &stats.commands_succeeded,
-        AckOutcome::Failed => &stats.commands_failed,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A wire type as JSON bytes (they always serialize).
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("wire types serialize")
 }
 
 #[cfg(test)]
