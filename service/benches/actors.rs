@@ -10,17 +10,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetwatch::devices::{self, Changelog, Twin};
-use fleetwatch::kafka::{KafkaConfig, PartitionReader, Producer};
+use fleetwatch::devices::{self, Twin};
 use fleetwatch::metrics::Metrics;
-use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
 use fleetwatch_protocol::{DeviceEventBody, DeviceId, TelemetryPayload};
 use tokio_util::sync::CancellationToken;
 
 #[path = "common/counting.rs"]
 mod counting;
 
+#[path = "common/registry.rs"]
+mod registry;
+
 use counting::{resident_bytes, Counting, HELD};
+use registry::offline_registry;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -66,39 +68,8 @@ async fn bare_floor(count: usize) {
 
 async fn run(count: usize) {
     let metrics = Arc::new(Metrics::new());
-    // Nothing listens there: the benchmark writes nothing and publishes nothing.
-    let kafka = KafkaConfig {
-        brokers: "127.0.0.1:1".into(),
-        ..KafkaConfig::default()
-    };
-    let mqtt = MqttConfig {
-        port: 1,
-        ..MqttConfig::default()
-    };
     let shutdown = CancellationToken::new();
-    let producer = Producer::new(&kafka, metrics.clone()).expect("producer");
-    let reader = PartitionReader::new(&kafka, "bench".into(), "bench", producer.clone(), "bench")
-        .expect("changelog reader");
-    let changelog = Arc::new(Changelog::new(
-        producer,
-        reader,
-        fleetwatch::devices::SideTopics::of(&Default::default()),
-        metrics.clone(),
-    ));
-    let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone())
-        .expect("downlink options");
-    let config = devices::DevicesConfig::default();
-    let rules = config.twin.clone();
-    let registry = devices::registry(
-        config,
-        changelog,
-        downlink,
-        Arc::new(fleetwatch::tenancy::Directory::loaded(
-            Vec::new(),
-            metrics.clone(),
-        )),
-        metrics.clone(),
-    );
+    let (registry, rules) = offline_registry(&metrics, &shutdown);
 
     let before_twins = HELD.load(Ordering::Relaxed);
     let twins: Vec<Twin> = (0..count)

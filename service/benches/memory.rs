@@ -19,11 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetwatch::devices::{self, Changelog, Twin};
+use fleetwatch::devices::Twin;
 use fleetwatch::kafka::memory::MemoryLog;
-use fleetwatch::kafka::{KafkaConfig, PartitionReader, Producer, Record, RecordHandler};
+use fleetwatch::kafka::{PartitionReader, Producer, Record, RecordHandler};
 use fleetwatch::metrics::Metrics;
-use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
 use fleetwatch::scorer::{ParamsHandler, ScorerConfig, ScoringHandler, SharedParams};
 use fleetwatch::trainer::{Checkpoints, SharedModels, TrainerConfig, TrainerHandler};
 use fleetwatch_protocol::{DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics, TelemetryPayload};
@@ -33,7 +32,11 @@ use tokio_util::sync::CancellationToken;
 #[path = "common/counting.rs"]
 mod counting;
 
+#[path = "common/registry.rs"]
+mod registry;
+
 use counting::{resident_bytes, Counting, HELD};
+use registry::offline_registry;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -371,37 +374,8 @@ async fn models(count: usize, readings: u64) {
 /// the 8 metrics, started through the real registry (as `actors.rs` does).
 async fn devices_role(count: usize, readings: u64) {
     let metrics = Arc::new(Metrics::new());
-    // Nothing listens there: the benchmark writes nothing and publishes nothing.
-    let kafka = KafkaConfig {
-        brokers: "127.0.0.1:1".into(),
-        ..KafkaConfig::default()
-    };
-    let mqtt = MqttConfig {
-        port: 1,
-        ..MqttConfig::default()
-    };
     let shutdown = CancellationToken::new();
-    let producer = Producer::new(&kafka, metrics.clone()).expect("producer");
-    let reader = PartitionReader::new(&kafka, "bench".into(), "bench", producer.clone(), "bench")
-        .expect("changelog reader");
-    let changelog = Arc::new(Changelog::new(
-        producer,
-        reader,
-        devices::SideTopics::of(&Default::default()),
-        metrics.clone(),
-    ));
-    let downlink = MqttPublisher::start(&mqtt, "bench", 16, metrics.clone(), shutdown.clone())
-        .expect("downlink options");
-    let config = devices::DevicesConfig::default();
-    let rules = config.twin.clone();
-    let directory = fleetwatch::tenancy::Directory::loaded(Vec::new(), metrics.clone());
-    let registry = devices::registry(
-        config,
-        changelog,
-        downlink,
-        Arc::new(directory),
-        metrics.clone(),
-    );
+    let (registry, rules) = offline_registry(&metrics, &shutdown);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (held_before, resident_before) = (held(), resident_bytes());
     for n in 0..count {
