@@ -118,6 +118,7 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
     );
     assert!(is_candidates(first.threshold), "{first:?}");
     let switched = blocking(|| switch_delay(&rig, &namespace, &open));
+    println!("the first model_promoted clear was written {switched:?} after the promotion");
     assert!(
         switched <= Duration::from_millis(PUBLISH_EVERY_MS),
         "the candidate decided {switched:?} after promotion"
