@@ -66,6 +66,17 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
         .await
         .unwrap();
     blocking(|| create_and_shadow(&service));
+    // An alarm rule on every alarm of the test's devices, recording what it would do.
+    blocking(|| {
+        let rule = json!({
+            "name": "every alarm",
+            "condition": {"device_prefix": prefix},
+            "action": {"kind": "notify"},
+            "dry_run": true,
+        });
+        let (status, body) = call(&service, "POST", "/rules", Some(rule));
+        assert_eq!(status, 201, "{body}");
+    });
 
     let mut sim = SimConfig::new(&rig.mqtt_host, rig.mqtt_port, 8);
     sim.id_prefix = prefix.clone();
@@ -93,6 +104,7 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
         "the candidate raised nothing in shadow"
     );
     assert_no_candidate_for_customers(&rig, &namespace, &customer, "in shadow");
+    blocking(|| rules_acted_on_production_alarms_only(&rig, &namespace));
 
     // Promoted once production has an open alarm: it closes with `model_promoted`, the
     // candidate decides from the device's next reading on.
@@ -270,4 +282,26 @@ fn switch_delay(rig: &Rig, namespace: &Namespace, open: &[String]) -> Duration {
         .min()
         .expect("cleared");
     Duration::from_millis((cleared_ms - promoted_ms).max(0) as u64)
+}
+
+/// The alarm rule decided on alarms, and only on alarms of `iot.alarms` (all
+/// production's while the candidate is in shadow).
+fn rules_acted_on_production_alarms_only(rig: &Rig, namespace: &Namespace) {
+    let alarms: std::collections::HashSet<String> = (alarm_events(rig, namespace).into_iter())
+        .filter(|e| !is_candidates(e.alarm.threshold))
+        .map(|e| e.alarm.alarm_id)
+        .collect();
+    let actions: Vec<Value> = (read_topic(&rig.kafka, &namespace.topic("iot.rule-actions")).iter())
+        .filter_map(|r| serde_json::from_str::<Value>(&r.payload).ok())
+        .filter(|a| a["alarm_id"].is_string())
+        .collect();
+    assert!(!actions.is_empty(), "the rule decided nothing");
+    for action in &actions {
+        let alarm_id = action["alarm_id"].as_str().unwrap();
+        assert!(
+            alarms.contains(alarm_id),
+            "a rule acted on {alarm_id}, not a production alarm"
+        );
+    }
+    println!("{} rule decisions, all on production alarms", actions.len());
 }
