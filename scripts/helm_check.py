@@ -19,7 +19,7 @@ What it checks:
 - every role's workload runs `fleetwatch run --config ... --roles <role>` with probes on
   /readyz and /livez, resources, a non-root and read-only securityContext, the ConfigMap
   mounted; HPAs, PDBs, Services and the Ingress point at what exists, and the Ingress
-  sends the live page, /alarms, /jobs, /schedules and /rules to the roles that serve them;
+  sends the live page, /alarms, /jobs, /schedules, /rules and /models to the roles that serve them;
 - the dashboards ConfigMaps carry the Grafana sidecar label and equal dashboards/*.json;
 - the topics Job names every topic of `fleetwatch topics` with its compaction and
   retention, with the partitions and replication of the rendered configuration; its
@@ -290,7 +290,7 @@ def check_workloads(objects: list[dict], values: dict, roles: list[str], label: 
                 if service is not None:
                     routes[(path["path"], path["pathType"])] = service["spec"]["selector"].get("app.kubernetes.io/component")
         # The live page, /alarms and /jobs reach the role that serves them; the rest any pod.
-        owners = {("/", "Exact"): "alerts", ("/alarms", "Prefix"): "alerts", ("/jobs", "Prefix"): "jobs", ("/schedules", "Prefix"): "schedules", ("/rules", "Prefix"): "rules"} if split else {}
+        owners = {("/", "Exact"): "alerts", ("/alarms", "Prefix"): "alerts", ("/jobs", "Prefix"): "jobs", ("/schedules", "Prefix"): "schedules", ("/rules", "Prefix"): "rules", ("/models", "Prefix"): "scorer"} if split else {}
         for route, role in owners.items():
             check(routes.get(route) == role, f"{label}: Ingress {route} goes to {routes.get(route)}, not the {role} role")
         check(("/", "Prefix") in routes, f"{label}: the Ingress has no catch-all path")

@@ -181,6 +181,13 @@ impl Episode {
         self.open
     }
 
+    /// End the open episode from outside the scores (another model took over the
+    /// device's alerts): true when one was open. Its identity ([`Episode::opened_at`])
+    /// stays, for the closing alert.
+    pub fn close(&mut self) -> bool {
+        std::mem::replace(&mut self.open, false)
+    }
+
     /// The sequence number that opened the current (or just-closed) episode: with the
     /// device id, the episode's identity.
     pub fn opened_at(&self) -> u64 {

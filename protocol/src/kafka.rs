@@ -96,6 +96,16 @@ impl KafkaTopics {
     pub fn rule_actions(&self) -> String {
         self.of(Topic::RuleActions)
     }
+    /// The model registry's log ([`crate::ModelEvent`]): candidates, their shadows,
+    /// promotions and rollbacks. Key: `registry`. Kept for ever.
+    pub fn models(&self) -> String {
+        self.of(Topic::Models)
+    }
+    /// Alerts of models in shadow ([`crate::Alert`] with its `model_id`): recorded and
+    /// measured, never delivered to customers. Key: device id.
+    pub fn shadow_alerts(&self) -> String {
+        self.of(Topic::ShadowAlerts)
+    }
     /// Answers to [`crate::DeviceRequest`]s, for the instance that asked
     /// ([`crate::DeviceReply`]). Key: the asking instance.
     pub fn replies(&self) -> String {
@@ -144,12 +154,14 @@ pub enum Topic {
     Schedules,
     Rules,
     RuleActions,
+    Models,
+    ShadowAlerts,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Topic {
-    pub const ALL: [Topic; 17] = [
+    pub const ALL: [Topic; 19] = [
         Topic::Telemetry,
         Topic::Commands,
         Topic::DeviceState,
@@ -167,6 +179,8 @@ impl Topic {
         Topic::Schedules,
         Topic::Rules,
         Topic::RuleActions,
+        Topic::Models,
+        Topic::ShadowAlerts,
     ];
 
     /// The name without the deployment's prefix.
@@ -189,6 +203,8 @@ impl Topic {
             Topic::Schedules => "iot.schedules",
             Topic::Rules => "iot.rules",
             Topic::RuleActions => "iot.rule-actions",
+            Topic::Models => "iot.models",
+            Topic::ShadowAlerts => "iot.shadow-alerts",
         }
     }
 
@@ -219,6 +235,7 @@ impl Topic {
                 | Topic::WebhookDeliveries
                 | Topic::Scores
                 | Topic::RuleActions
+                | Topic::ShadowAlerts
         )
     }
 
@@ -226,9 +243,14 @@ impl Topic {
     /// and compacted topics keep their newest record per key for ever.
     pub fn retention_ms(self) -> Option<i64> {
         match self {
-            Topic::Telemetry | Topic::Alerts | Topic::Dlq | Topic::Feedback | Topic::Scores => {
-                Some(7 * DAY_MS)
-            }
+            Topic::Telemetry
+            | Topic::Alerts
+            | Topic::Dlq
+            | Topic::Feedback
+            | Topic::Scores
+            | Topic::ShadowAlerts => Some(7 * DAY_MS),
+            // The registry is its log: kept for ever (docs/shadow.md).
+            Topic::Models => Some(-1),
             // A resuming client reads the alarm events it missed: a month of them.
             // Delivery status is answered per alarm as long as the alarm is.
             Topic::Alarms | Topic::WebhookDeliveries => Some(30 * DAY_MS),

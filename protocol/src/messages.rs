@@ -258,10 +258,15 @@ fn cut_reason(mut reason: String) -> String {
     reason
 }
 
-/// Model parameters for one device on `iot.model-params` (compacted; key: device id).
+/// Model parameters for one device and model on `iot.model-params` (compacted; key:
+/// [`crate::params_key`], partition: the device's telemetry partition).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamsEnvelope<P> {
     pub device_id: DeviceId,
+    /// The model these parameters are of ([`crate::PRODUCTION_MODEL`] in records written
+    /// before model ids existed).
+    #[serde(default = "production_model")]
+    pub model_id: String,
     /// Increases by one with every publication for this device.
     pub version: u64,
     /// Telemetry events the trainer had learned from when it published.
@@ -299,10 +304,15 @@ impl Damping {
     }
 }
 
+fn production_model() -> String {
+    crate::PRODUCTION_MODEL.to_owned()
+}
+
 /// First bytes of a binary parameters record, the last one the layout's version: 1
-/// without damping, 2 with it.
+/// without damping, 2 with it (both the production model's), 3 for any other model.
 const PARAMS_MAGIC: [u8; 4] = *b"FWP\x01";
 const PARAMS_MAGIC_V2: [u8; 4] = *b"FWP\x02";
+const PARAMS_MAGIC_V3: [u8; 4] = *b"FWP\x03";
 
 /// The binary layout of `iot.model-params` records: compact (parameters are most of
 /// the traffic between trainer and scorers) and versioned. The parameters themselves are
@@ -313,15 +323,21 @@ const PARAMS_MAGIC_V2: [u8; 4] = *b"FWP\x02";
 /// device id (UTF-8) | parameters (the rest)          integers little-endian
 /// "FWP" 0x02 | the same header | damping count u8 | per damping: cause length u8,
 /// cause (UTF-8), factor f32, since_ms i64 | parameters (the rest)
+/// "FWP" 0x03 | the same header | model id length u8 | model id (UTF-8) | the damping
+/// section of 0x02 (count 0 without) | parameters (the rest)
 /// ```
+///
+/// The production model's records keep layouts 1 and 2, byte for byte as before model
+/// ids existed; other models' use layout 3.
 impl ParamsEnvelope<Vec<u8>> {
     pub fn encode(&self) -> Vec<u8> {
         let id = self.device_id.as_str().as_bytes();
-        let mut out = Vec::with_capacity(31 + id.len() + self.params.len());
-        let magic = if self.damping.is_empty() {
-            PARAMS_MAGIC
-        } else {
-            PARAMS_MAGIC_V2
+        let mut out = Vec::with_capacity(32 + id.len() + self.params.len());
+        let candidate = self.model_id != crate::PRODUCTION_MODEL;
+        let magic = match (candidate, self.damping.is_empty()) {
+            (true, _) => PARAMS_MAGIC_V3,
+            (false, true) => PARAMS_MAGIC,
+            (false, false) => PARAMS_MAGIC_V2,
         };
         out.extend_from_slice(&magic);
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -329,7 +345,12 @@ impl ParamsEnvelope<Vec<u8>> {
         out.extend_from_slice(&self.published_ms.to_le_bytes());
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id);
-        if !self.damping.is_empty() {
+        if candidate {
+            let model = &self.model_id.as_bytes()[..self.model_id.len().min(255)];
+            out.push(model.len() as u8);
+            out.extend_from_slice(model);
+        }
+        if candidate || !self.damping.is_empty() {
             let kept = &self.damping[..self.damping.len().min(u8::MAX as usize)];
             out.push(kept.len() as u8);
             for damping in kept {
@@ -346,6 +367,24 @@ impl ParamsEnvelope<Vec<u8>> {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
         let bad = |what: &str| PayloadError::Binary(what.to_owned());
+        if let Some(rest) = bytes.strip_prefix(&PARAMS_MAGIC_V3) {
+            let mut envelope = Self::decode_v1(rest)?;
+            let len = *envelope
+                .params
+                .first()
+                .ok_or_else(|| bad("truncated model id"))? as usize;
+            let model = (envelope.params.get(1..1 + len))
+                .and_then(|model| std::str::from_utf8(model).ok())
+                .ok_or_else(|| bad("truncated or non-UTF-8 model id"))?;
+            crate::check_model_id(model).map_err(|e| bad(&e))?;
+            envelope.model_id = model.to_owned();
+            envelope.params.drain(..1 + len);
+            let (damping, used) =
+                decode_damping(&envelope.params).ok_or_else(|| bad("truncated damping"))?;
+            envelope.damping = damping;
+            envelope.params.drain(..used);
+            return Ok(envelope);
+        }
         if let Some(rest) = bytes.strip_prefix(&PARAMS_MAGIC_V2) {
             let mut envelope = Self::decode_v1(rest)?;
             let (damping, used) =
@@ -374,6 +413,7 @@ impl ParamsEnvelope<Vec<u8>> {
         let id = std::str::from_utf8(id).map_err(|_| bad("device id is not UTF-8"))?;
         Ok(Self {
             device_id: DeviceId::parse(id).map_err(|e| bad(&e.to_string()))?,
+            model_id: production_model(),
             version: u64::from_le_bytes(word(0)),
             trained_events: u64::from_le_bytes(word(8)),
             published_ms: i64::from_le_bytes(word(16)),
@@ -455,7 +495,14 @@ pub struct Alert {
     pub emitted_ms: i64,
     /// Version of the parameters the scorer used.
     pub model_version: u64,
+    /// The model whose episode this is; none: the production model (docs/shadow.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
 }
+
+/// The reason of the `cleared` alert that closes a model's open episode when another
+/// model is promoted (or rolled back to) for the device.
+pub const MODEL_PROMOTED: &str = "model_promoted";
 
 /// The score of one scored event, on `iot.scores` (key: device id): what the storage
 /// role writes next to the reading. Only events the model could judge (not warming up)
@@ -561,6 +608,7 @@ mod tests {
     fn binary_parameters_round_trip_and_refuse_garbage() {
         let envelope = ParamsEnvelope {
             device_id: DeviceId::parse("pump-7").unwrap(),
+            model_id: crate::PRODUCTION_MODEL.into(),
             version: 42,
             trained_events: 420,
             published_ms: 1_800_000_000_000,
@@ -579,6 +627,16 @@ mod tests {
             ..envelope.clone()
         };
         assert_eq!(ParamsEnvelope::decode(&damped.encode()).unwrap(), damped);
+        for damping in [Vec::new(), damped.damping.clone()] {
+            let candidate = ParamsEnvelope {
+                model_id: "cand-1".into(),
+                damping,
+                ..envelope.clone()
+            };
+            let bytes = candidate.encode();
+            assert_eq!(&bytes[..4], b"FWP\x03");
+            assert_eq!(ParamsEnvelope::decode(&bytes).unwrap(), candidate);
+        }
         let fresh = damped.damping[0].factor_at(1_800_000_000_000);
         let faded = damped.damping[0].factor_at(1_800_000_000_000 + Damping::FADE_MS / 2);
         assert!((fresh - 0.8).abs() < 1e-6 && (faded - 0.9).abs() < 1e-6);

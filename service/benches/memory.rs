@@ -163,6 +163,7 @@ impl Roles {
             producer.clone(),
             checkpoints,
             models.clone(),
+            fleetwatch::shadow::ModelRegistry::empty(),
             metrics.clone(),
         );
         let params = SharedParams::default();
@@ -176,6 +177,7 @@ impl Roles {
             &topics,
             producer,
             params.clone(),
+            fleetwatch::shadow::ModelRegistry::empty(),
             metrics.clone(),
         );
         Self {
@@ -247,7 +249,7 @@ fn breakdown(roles: &Roles, id: &DeviceId, readings: u64) {
         .params
         .read()
         .get(id)
-        .cloned()
+        .and_then(|models| models.get(fleetwatch_protocol::PRODUCTION_MODEL).cloned())
         .expect("device 0 has parameters");
     let before = held();
     let copy = params.params.clone();

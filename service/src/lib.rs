@@ -35,6 +35,7 @@ pub mod schedules;
 pub mod scorer;
 pub mod secret;
 pub mod settings;
+pub mod shadow;
 pub mod storage;
 pub mod tenancy;
 pub mod tls;

@@ -164,6 +164,17 @@ pub struct Metrics {
     pub rule_sends: IntCounterVec,
     /// Active alarms of the devices this instance decides for.
     pub rules_alarms_watched: IntGauge,
+    /// Alerts per model id, by whether the model decides for the device (`decides`: to
+    /// customers, on `iot.alerts`) or runs in shadow (`shadow`: on `iot.shadow-alerts`
+    /// only), and state.
+    pub model_alerts: IntCounterVec,
+    /// Readings each model learned, by model id (the trainer's cost per model).
+    pub trainer_model_updates: IntCounterVec,
+    /// Time (µs) the trainer spent learning, by model id.
+    pub trainer_model_micros: IntCounterVec,
+    /// Devices whose promoted model has no parameters yet here, so their previous model
+    /// still decides for them.
+    pub scorer_awaiting_params: IntGauge,
 }
 
 impl Metrics {
@@ -494,6 +505,25 @@ impl Metrics {
             rules_alarms_watched: gauge(
                 "fleetwatch_rules_alarms_watched",
                 "Active alarms of the devices this instance decides rules for",
+            ),
+            model_alerts: counter_vec(
+                "fleetwatch_model_alerts_total",
+                "Alerts per model id, by role (decides, shadow) and state",
+                &["model", "role", "state"],
+            ),
+            trainer_model_updates: counter_vec(
+                "fleetwatch_trainer_model_updates_total",
+                "Readings the trainer learned, by model id",
+                &["model"],
+            ),
+            trainer_model_micros: counter_vec(
+                "fleetwatch_trainer_model_update_micros_total",
+                "Time (microseconds) the trainer spent learning, by model id",
+                &["model"],
+            ),
+            scorer_awaiting_params: gauge(
+                "fleetwatch_scorer_devices_awaiting_promoted_params",
+                "Devices whose promoted model has no parameters yet, decided by their previous model",
             ),
             registry,
         }

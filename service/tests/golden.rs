@@ -165,6 +165,7 @@ fn damping() -> Vec<Damping> {
 fn envelope(params: Vec<u8>, damping: Vec<Damping>) -> ParamsEnvelope<Vec<u8>> {
     ParamsEnvelope {
         device_id: device(),
+        model_id: fleetwatch_protocol::PRODUCTION_MODEL.into(),
         version: 42,
         trained_events: 400,
         published_ms: T0 + 400_000,
@@ -193,6 +194,10 @@ fn model_params_of_every_version_read() {
             ParamsEnvelope::encode,
             |_, envelope| {
                 check_envelope(envelope);
+                assert_eq!(
+                    envelope.model_id, "production",
+                    "old records are production's"
+                );
                 let params = Params::from_bytes(&envelope.params).expect("the parameters read");
                 let metrics = metrics_at(401);
                 let score = production::scorer().score(
@@ -205,6 +210,82 @@ fn model_params_of_every_version_read() {
                 assert!(score.value.is_finite(), "{score:?}");
             },
         );
+    }
+}
+
+/// `iot.model-params` and `iot.trainer-state` records of a model other than production
+/// (docs/shadow.md): layout 3, naming the model (key `{device}/{model}`).
+#[test]
+fn candidate_model_params_read() {
+    let params = trained().snapshot().to_bytes();
+    let candidate = ParamsEnvelope {
+        model_id: "cand-1".into(),
+        ..envelope(params, damping())
+    };
+    binary_format(
+        "model-params-candidate",
+        3,
+        candidate.encode(),
+        |bytes| ParamsEnvelope::decode(bytes).expect("the envelope reads"),
+        ParamsEnvelope::encode,
+        |_, envelope| {
+            check_envelope(envelope);
+            assert_eq!(envelope.model_id, "cand-1");
+            assert_eq!(envelope.damping, damping());
+            Params::from_bytes(&envelope.params).expect("the parameters read");
+        },
+    );
+}
+
+/// `iot.models`: the model registry's events (docs/shadow.md).
+#[test]
+fn model_registry_events_read() {
+    use fleetwatch_protocol::{ModelEvent, ModelEventBody, ShadowScope};
+    let event = |body| ModelEvent {
+        at_ms: T0,
+        by: "ops".into(),
+        body,
+    };
+    let samples = [
+        (
+            "model-event-created",
+            event(ModelEventBody::Created {
+                model_id: "cand-1".into(),
+                config: json!({"trainer": {"model": {"threshold": 0.7}}}),
+            }),
+        ),
+        (
+            "model-event-shadow-started",
+            event(ModelEventBody::ShadowStarted {
+                model_id: "cand-1".into(),
+                scope: ShadowScope {
+                    tenant: Some(tenant()),
+                    sample_percent: Some(20),
+                },
+            }),
+        ),
+        (
+            "model-event-shadow-stopped",
+            event(ModelEventBody::ShadowStopped {
+                model_id: "cand-1".into(),
+            }),
+        ),
+        (
+            "model-event-promoted",
+            event(ModelEventBody::Promoted {
+                model_id: "cand-1".into(),
+                tenant: Some(tenant()),
+            }),
+        ),
+        (
+            "model-event-rolled-back",
+            event(ModelEventBody::RolledBack { tenant: None }),
+        ),
+    ];
+    for (name, sample) in samples {
+        json_format(name, 1, sample, |read: &ModelEvent| {
+            assert_eq!((read.at_ms, read.by.as_str()), (T0, "ops"));
+        });
     }
 }
 
@@ -534,10 +615,19 @@ fn alerts_scores_and_dead_letters_read() {
         event_seq: 17,
         emitted_ms: T0 + 20,
         model_version: 42,
+        model_id: None,
+    };
+    let shadow_alert = Alert {
+        model_id: Some("cand-1".into()),
+        ..alert.clone()
     };
     json_format("alert", 1, alert, |read: &Alert| {
         assert_eq!(read.state, AlertState::Raised);
         assert_eq!(read.contributors.len(), 1);
+    });
+    // On `iot.shadow-alerts`, and on `iot.alerts` from a promoted candidate.
+    json_format("alert-of-model", 1, shadow_alert, |read: &Alert| {
+        assert_eq!(read.model_id.as_deref(), Some("cand-1"));
     });
     let score = ScoreRecord {
         device_id: device(),

@@ -183,6 +183,7 @@ mod tests {
                 event_seq: event_ts as u64,
                 emitted_ms: event_ts + 100,
                 model_version: 1,
+                model_id: None,
             },
             received_ms: event_ts + 100,
         }

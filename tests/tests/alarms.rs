@@ -512,6 +512,7 @@ fn alert_record(device: &str, n: u32, seq: u64, score: f64, cleared: bool) -> (S
         event_seq: seq,
         emitted_ms: now,
         model_version: 1,
+        model_id: None,
     };
     (device.to_owned(), serde_json::to_vec(&alert).unwrap())
 }

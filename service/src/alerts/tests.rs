@@ -35,6 +35,7 @@ fn alert(device: &str, episode: u64) -> Alert {
         event_seq: episode,
         emitted_ms: 1_700_000_000_100,
         model_version: 3,
+        model_id: None,
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn start(
         schedules: None,
         rules: None,
         rule_actions: None,
+        models: None,
         auth,
         directory: directory.clone(),
         tls,
@@ -136,6 +137,7 @@ fn started(
         schedules: launch.schedules.take(),
         rules: launch.rules.take(),
         rule_actions: launch.rule_actions.take(),
+        models: launch.models.take(),
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Launch<'a> {
     /// Set by the alerts role (else the rules role): every rule action, for `GET
     /// /alarms/{id}/actions`.
     pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
+    /// Set by the trainer or scorer role: the model registry, for `/models`.
+    pub models: Option<Arc<crate::shadow::ModelsApi>>,
     /// Checks callers' tokens (the alerts WebSocket).
     pub auth: Arc<Authenticator>,
     /// Which tenant each device belongs to (ingest stamps events with it).
@@ -115,6 +117,35 @@ impl Launch<'_> {
         let shutdown = self.shutdown.clone();
         self.tasks
             .spawn(async move { (name, consume(consumer, handler, shutdown).await) });
+    }
+
+    /// Read `topic` whole from the beginning with `handler`, as task `name`, telling
+    /// `started` where it ended when reading began (for a [`crate::kafka::Loading`]).
+    pub fn read_whole<H: RecordHandler + 'static>(
+        &mut self,
+        name: &'static str,
+        role: crate::kafka::ConsumerRole,
+        topic: String,
+        handler: H,
+        started: impl FnOnce(std::collections::HashMap<i32, i64>) + Send + 'static,
+    ) {
+        let kafka = self.settings.kafka.clone();
+        let (metrics, shutdown) = (self.metrics.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            let reading = async {
+                let consumer = RoleConsumer::read_whole_topic(
+                    &kafka,
+                    role,
+                    &topic,
+                    crate::kafka::StartAt::Earliest,
+                    metrics,
+                )
+                .await?;
+                started(consumer.end_offsets(&topic).await?);
+                consume(consumer, handler, shutdown).await
+            };
+            (name, reading.await)
+        });
     }
 }
 

@@ -110,7 +110,11 @@ impl Twin {
             }
         };
         let index = index.unwrap_or(self.alarms.len() - 1);
-        self.record(index, change, at_ms, SCORER, None)
+        // Closed because another model now decides for the device (docs/shadow.md).
+        let detail = (change == AlarmEventKind::Cleared
+            && alert.reason == fleetwatch_protocol::MODEL_PROMOTED)
+            .then(|| alert.reason.clone());
+        self.record(index, change, at_ms, SCORER, detail)
     }
 
     /// A user acknowledges (with an optional verdict) or clears an alarm. Repeating an
@@ -239,6 +243,7 @@ mod tests {
             event_seq: seq,
             emitted_ms: 1_700_000_000_000,
             model_version: 1,
+            model_id: None,
         }
     }
 

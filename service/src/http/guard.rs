@@ -21,7 +21,7 @@ enum Needs {
     /// An open path: no token at all.
     Nothing,
     Scope(Scope),
-    /// Assigning tenants, decommissioning.
+    /// Assigning tenants, decommissioning, the model registry.
     Operator,
 }
 
@@ -35,6 +35,8 @@ fn needs(method: &Method, path: &str, open_paths: &[String]) -> Needs {
             Needs::Operator
         }
         (_, ["devices", _, "credentials"]) => Needs::Operator,
+        // The model registry decides what every customer is alerted by.
+        (_, ["models", ..]) => Needs::Operator,
         (&Method::GET | &Method::HEAD, _) => Needs::Scope(Scope::Read),
         _ => Needs::Scope(Scope::Command),
     }

@@ -6,6 +6,7 @@ mod config;
 mod credentials;
 mod guard;
 mod jobs;
+mod models;
 mod requests;
 mod rules;
 mod schedules;
@@ -75,6 +76,8 @@ pub struct Started {
     pub rules: Option<Arc<crate::rules::RulesApi>>,
     /// Every rule action, when this process runs the alerts or the rules role.
     pub rule_actions: Option<Arc<crate::rules::state::RulesIndex>>,
+    /// The model registry, when this process runs the trainer or the scorer role.
+    pub models: Option<Arc<crate::shadow::ModelsApi>>,
 }
 
 impl HttpState {
@@ -321,18 +324,37 @@ async fn get_model(state: web::Data<HttpState>, path: web::Path<String>) -> ApiR
             "the scorer role does not run in this process",
         ));
     };
-    let Some(device) = params.read().get(&device_id).cloned() else {
+    let started = state.started()?;
+    let Some(models) = params.read().get(&device_id).cloned() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("this instance's scorer holds no parameters for {device_id} (not its partition, or no model yet)"),
         ));
     };
+    let Some(device) = models.get(fleetwatch_protocol::PRODUCTION_MODEL).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("this instance's scorer holds no production parameters for {device_id} yet"),
+        ));
+    };
+    let tenant = started.directory.tenant_of(&device_id);
+    let promoted = (started.models.as_ref()).map(|api| {
+        api.registry
+            .read(|r| r.promoted_for(tenant.as_ref()).to_owned())
+    });
+    let per_model: serde_json::Map<String, serde_json::Value> = (models.iter())
+        .map(|(id, p)| (id.clone(), json!({"version": p.version, "trained_events": p.trained_events, "published_ms": p.published_ms})))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "device_id": device_id,
         "version": device.version,
         "trained_events": device.trained_events,
         "published_ms": device.published_ms,
         "partition": device.partition,
+        "models": per_model,
+        "promoted": promoted,
+        // The promoted model has no parameters here yet: the previous one still decides.
+        "awaiting_promoted_params": promoted.as_ref().is_some_and(|p| !models.contains_key(p)),
     })))
 }
 
@@ -691,6 +713,7 @@ pub fn start(
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .configure(schedules::routes)
             .configure(rules::routes)
+            .configure(models::routes)
             .service(resource("/openapi.json").route(web::get().to(openapi)))
             .service(resource("/metrics").route(web::get().to(metrics)))
             .service(resource("/readyz").route(web::get().to(ready)))
@@ -732,6 +755,7 @@ mod tests {
             &source[..source.find("#[cfg(test)]").unwrap()],
             include_str!("schedules.rs"),
             include_str!("rules.rs"),
+            include_str!("models.rs"),
         ]
         .concat();
         let mut served: Vec<&str> = code

@@ -3,6 +3,9 @@
 //! is. No I/O: the reader reports its positions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 /// The partitions a whole-topic reader has not caught up with yet.
 #[derive(Debug, Default)]
@@ -33,6 +36,37 @@ impl CatchUp {
         }
         self.remaining.retain(|_, end| *end > 0);
         self.remaining.is_empty()
+    }
+}
+
+/// Whether a whole-topic reader has read what was on its topic when it started.
+#[derive(Default)]
+pub struct Loading {
+    remaining: Mutex<Option<CatchUp>>,
+    loaded: AtomicBool,
+}
+
+impl Loading {
+    /// The reader starts: loaded once it read up to these offsets.
+    pub fn start(&self, end_offsets: HashMap<i32, i64>) {
+        *self.remaining.lock() = Some(CatchUp::new(end_offsets));
+        self.reached(None);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// The reader is at `position` (partition, offset).
+    pub fn reached(&self, position: Option<(i32, i64)>) {
+        if self.is_loaded() {
+            return;
+        }
+        if let Some(remaining) = self.remaining.lock().as_mut() {
+            if remaining.reached(position) {
+                self.loaded.store(true, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -57,6 +57,8 @@ pub enum ConsumerRole {
     /// Each alerts instance's reader of `iot.rule-actions` (`/alarms/{id}/actions`).
     AlertsRuleActions,
     Archive,
+    /// Each trainer and scorer instance's reader of `iot.models` (the model registry).
+    ModelLog,
 }
 
 impl ConsumerRole {
@@ -65,6 +67,7 @@ impl ConsumerRole {
             Self::Devices => "devices",
             Self::Trainer => "trainer",
             Self::Scorer => "scorer",
+            Self::ModelLog => "models-log",
             Self::ScorerParams => "scorer-params",
             Self::Alerts => "alerts",
             Self::Replies => "replies",

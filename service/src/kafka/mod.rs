@@ -25,7 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-pub use catch_up::CatchUp;
+pub use catch_up::{CatchUp, Loading};
 pub use config::KafkaConfig;
 pub use consumer::{
     consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,

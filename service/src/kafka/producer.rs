@@ -84,13 +84,60 @@ impl Producer {
         }
     }
 
+    /// Queue a record for an explicit `partition` (a key that does not hash to the
+    /// partition it belongs on, such as a device's parameters of a candidate model, which
+    /// go to the device's telemetry partition).
+    pub async fn enqueue_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+    ) -> Delivery {
+        loop {
+            match self.try_enqueue_at(topic, Some(partition), key, payload) {
+                Some(delivery) => return delivery,
+                None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
+            }
+        }
+    }
+
+    /// Like [`Producer::enqueue_to`], without awaiting (for rebalance callbacks).
+    pub fn enqueue_to_now(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+    ) -> Delivery {
+        loop {
+            match self.try_enqueue_at(topic, Some(partition), key, payload) {
+                Some(delivery) => return delivery,
+                None => std::thread::sleep(QUEUE_FULL_BACKOFF),
+            }
+        }
+    }
+
     /// One attempt: `None` (counted) when librdkafka's local queue is full.
     fn try_enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Option<Delivery> {
+        self.try_enqueue_at(topic, None, key, payload)
+    }
+
+    fn try_enqueue_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: &[u8],
+    ) -> Option<Delivery> {
         let producer = match &self.inner {
             Sink::Kafka(producer) => producer,
-            Sink::Memory(log) => return Some(log.append(topic, None, key, payload)),
+            Sink::Memory(log) => return Some(log.append(topic, partition, key, payload)),
         };
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         match producer.send_result(record) {
             Ok(delivery) => Some(Delivery::kafka(Ok(delivery), &self.metrics)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

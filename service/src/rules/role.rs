@@ -15,7 +15,7 @@ use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::{Error, Result};
 use crate::jobs::fleet::{FleetHandler, FleetView};
 use crate::jobs::owner::Ownership;
-use crate::kafka::{consume, ConsumerRole, RecordHandler, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
@@ -129,8 +129,7 @@ impl Readers {
         };
         let (rules_topic, alarms_topic) = (launch.topics.rules(), launch.topics.alarms());
         let (index2, alarms2, fleet2) = (index.clone(), alarms.clone(), fleet.clone());
-        read_whole(
-            launch,
+        launch.read_whole(
             "rules-log",
             ConsumerRole::RuleLog,
             rules_topic,
@@ -138,16 +137,14 @@ impl Readers {
             move |ends| index2.rules_loading.start(ends),
         );
         let index3 = index.clone();
-        read_whole(
-            launch,
+        launch.read_whole(
             "rule-actions-log",
             ConsumerRole::RuleActionLog,
             topic,
             action_log,
             move |ends| index3.actions_loading.start(ends),
         );
-        read_whole(
-            launch,
+        launch.read_whole(
             "rules-alarms",
             ConsumerRole::RuleAlarms,
             alarms_topic,
@@ -155,8 +152,7 @@ impl Readers {
             move |ends| alarms2.loading.start(ends),
         );
         let state_topic = launch.topics.device_state();
-        read_whole(
-            launch,
+        launch.read_whole(
             "rules-fleet",
             ConsumerRole::RulesFleet,
             state_topic,
@@ -178,8 +174,7 @@ pub fn read_actions(launch: &mut Launch<'_>) -> Arc<RulesIndex> {
         metrics: launch.metrics.clone(),
     };
     let (topic, started) = (launch.topics.rule_actions(), index.clone());
-    read_whole(
-        launch,
+    launch.read_whole(
         "alerts-rule-actions",
         ConsumerRole::AlertsRuleActions,
         topic,
@@ -187,30 +182,6 @@ pub fn read_actions(launch: &mut Launch<'_>) -> Arc<RulesIndex> {
         move |ends| started.actions_loading.start(ends),
     );
     index
-}
-
-/// Read `topic` whole from the beginning with `handler`, telling `started` where it
-/// ended when reading began.
-fn read_whole<H: RecordHandler + 'static>(
-    launch: &mut Launch<'_>,
-    name: &'static str,
-    role: ConsumerRole,
-    topic: String,
-    handler: H,
-    started: impl FnOnce(std::collections::HashMap<i32, i64>) + Send + 'static,
-) {
-    let kafka = launch.settings.kafka.clone();
-    let (metrics, shutdown) = (launch.metrics.clone(), launch.shutdown.clone());
-    launch.tasks.spawn(async move {
-        let reading = async {
-            let consumer =
-                RoleConsumer::read_whole_topic(&kafka, role, &topic, StartAt::Earliest, metrics)
-                    .await?;
-            started(consumer.end_offsets(&topic).await?);
-            consume(consumer, handler, shutdown).await
-        };
-        (name, reading.await)
-    });
 }
 
 fn ready(metrics: &Metrics) -> (bool, serde_json::Value) {

@@ -5,7 +5,6 @@
 //! nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleetwatch_protocol::{Alarm, AlarmEvent};
 use parking_lot::{Mutex, RwLock};
@@ -14,38 +13,7 @@ use serde_json::{json, Value};
 use super::limit::DeviceLimit;
 use super::rule::{ActionOutcome, ActionRecord, Compiled, RuleEvent, RuleEventBody, RuleSpec};
 use super::RulesConfig;
-use crate::kafka::CatchUp;
-
-/// Whether a whole-topic reader has read what was on its topic when it started.
-#[derive(Default)]
-pub struct Loading {
-    remaining: Mutex<Option<CatchUp>>,
-    loaded: AtomicBool,
-}
-
-impl Loading {
-    /// The reader starts: loaded once it read up to these offsets.
-    pub fn start(&self, end_offsets: HashMap<i32, i64>) {
-        *self.remaining.lock() = Some(CatchUp::new(end_offsets));
-        self.reached(None);
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Relaxed)
-    }
-
-    /// The reader is at `position` (partition, offset).
-    pub fn reached(&self, position: Option<(i32, i64)>) {
-        if self.is_loaded() {
-            return;
-        }
-        if let Some(remaining) = self.remaining.lock().as_mut() {
-            if remaining.reached(position) {
-                self.loaded.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-}
+pub use crate::kafka::Loading;
 
 /// Everything known about one rule.
 #[derive(Clone, Debug)]

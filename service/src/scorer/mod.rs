@@ -10,23 +10,33 @@
 //!
 //! Each device's telemetry partition has exactly one scorer instance, so each device's
 //! alert state has a single writer.
+//!
+//! Every model a device has parameters of (production, and the candidates the model
+//! registry names for it) scores each of its readings with its own episode machine.
+//! One model *decides* for the device: the one promoted for its tenant
+//! (`shadow::Registry::promoted_for`); its alerts go to `iot.alerts` (customers), the
+//! others' to `iot.shadow-alerts` (nobody's). When the promoted model changes, the
+//! deciding model's open episode is closed (`cleared`, reason `model_promoted`) and the
+//! new one decides from its next reading on, from a closed episode; a device without
+//! parameters of the new model yet keeps its previous model until they arrive (counted
+//! in `fleetwatch_scorer_devices_awaiting_promoted_params`).
 
 mod config;
 mod params;
 mod role;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use fleetwatch_models::production::{Episode, EpisodeRules, ModelScorer, Transition};
 use fleetwatch_models::{Observation, Score, Scorer};
 use fleetwatch_protocol::{
     now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ScoreRecord, SequenceTracker,
-    TelemetryPayload,
+    TelemetryPayload, TenantId, MODEL_PROMOTED, PRODUCTION_MODEL,
 };
 
 pub use config::ScorerConfig;
-pub use params::{DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
+pub use params::{DeviceModels, DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
 pub use role::ROLE;
 
 use crate::kafka::{
@@ -34,26 +44,64 @@ use crate::kafka::{
     Record, RecordHandler,
 };
 use crate::metrics::Metrics;
+use crate::shadow::ModelRegistry;
 
-/// An episode transition with the score that caused it and the parameters' version.
-type Change = (Transition, Score, u64);
+/// An episode transition of a model with the score that caused it and the parameters'
+/// version.
+struct Change {
+    model_id: String,
+    transition: Transition,
+    /// None: closed because another model was promoted.
+    score: Option<Score>,
+    /// The sequence number that opened the episode (with the device, its identity).
+    opened_at: u64,
+    version: u64,
+    /// Whether the model decides for the device (its alerts reach customers).
+    decides: bool,
+}
 
+/// One model's scoring context and episode for one device.
 #[derive(Default)]
-struct DeviceScoring {
+struct ModelScoring {
     scorer: ModelScorer,
-    sequence: SequenceTracker,
     episode: Episode,
 }
+
+struct DeviceScoring {
+    sequence: SequenceTracker,
+    models: BTreeMap<String, ModelScoring>,
+    /// The model whose alerts reach customers for this device.
+    decides: String,
+    /// The promoted model has no parameters here yet: the previous one still decides.
+    awaiting: bool,
+}
+
+impl Default for DeviceScoring {
+    fn default() -> Self {
+        Self {
+            sequence: SequenceTracker::default(),
+            models: BTreeMap::new(),
+            decides: PRODUCTION_MODEL.to_owned(),
+            awaiting: false,
+        }
+    }
+}
+
+/// An alert to send, and whether it goes to customers (`iot.alerts`) or to
+/// `iot.shadow-alerts`.
+type Outgoing = (bool, Alert);
 
 pub struct ScoringHandler {
     rules: EpisodeRules,
     topic: String,
     producer: Producer,
+    shadow_topic: String,
     params: SharedParams,
+    registry: Arc<ModelRegistry>,
     metrics: Arc<Metrics>,
     devices: HashMap<DeviceId, DeviceScoring>,
-    /// An alert whose delivery failed; sent again before anything else.
-    unsent: Option<Alert>,
+    /// Alerts not yet confirmed (a failed delivery is sent again before anything else).
+    unsent: VecDeque<Outgoing>,
     /// With `publish_scores`: `iot.scores`, and the records whose scores are on their way.
     scores: Option<(String, PendingDeliveries)>,
     /// Offsets whose alerts and scores Kafka confirmed, for the consume loop.
@@ -67,17 +115,20 @@ impl ScoringHandler {
         topics: &KafkaTopics,
         producer: Producer,
         params: SharedParams,
+        registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let producer_copy = producer.clone();
         Self {
             rules: config.rules(recommended_threshold),
             topic: topics.alerts(),
+            shadow_topic: topics.shadow_alerts(),
             producer,
             params,
+            registry,
             metrics,
             devices: HashMap::new(),
-            unsent: None,
+            unsent: VecDeque::new(),
             scores: config.publish_scores.then(|| {
                 let pending = PendingDeliveries::new(producer_copy, config.max_pending_scores);
                 (topics.scores(), pending)
@@ -87,33 +138,45 @@ impl ScoringHandler {
     }
 
     async fn send_unsent(&mut self) -> Result<(), HandleError> {
-        let Some(alert) = &self.unsent else {
-            return Ok(());
-        };
-        self.producer
-            .send_json(&self.topic, alert.device_id.as_str(), alert)
-            .await
-            .map_err(|error| HandleError::Retry(error.to_string()))?;
-        let state = match alert.state {
-            AlertState::Raised => "raised",
-            AlertState::Updated => "updated",
-            AlertState::Cleared => "cleared",
-        };
-        self.metrics
-            .alerts_emitted
-            .with_label_values(&[state])
-            .inc();
-        self.unsent = None;
+        while let Some((customers, alert)) = self.unsent.front() {
+            let topic = if *customers {
+                &self.topic
+            } else {
+                &self.shadow_topic
+            };
+            self.producer
+                .send_json(topic, alert.device_id.as_str(), alert)
+                .await
+                .map_err(|error| HandleError::Retry(error.to_string()))?;
+            let state = match alert.state {
+                AlertState::Raised => "raised",
+                AlertState::Updated => "updated",
+                AlertState::Cleared => "cleared",
+            };
+            if *customers {
+                self.metrics
+                    .alerts_emitted
+                    .with_label_values(&[state])
+                    .inc();
+            }
+            let model = alert.model_id.as_deref().unwrap_or(PRODUCTION_MODEL);
+            let role = if *customers { "decides" } else { "shadow" };
+            (self.metrics.model_alerts)
+                .with_label_values(&[model, role, state])
+                .inc();
+            self.unsent.pop_front();
+        }
         Ok(())
     }
 
-    /// Score one reading of a known device: the score when the model could judge it,
-    /// and the episode transition it causes, if any, with the parameters' version.
+    /// Score one reading of a known device with each of its models: the deciding
+    /// model's score when it could judge the reading, and every episode transition.
     fn score(
         &mut self,
         device_id: &DeviceId,
+        tenant: Option<&TenantId>,
         telemetry: &TelemetryPayload,
-    ) -> Option<(Score, Option<Change>)> {
+    ) -> Option<(Option<Score>, Vec<Change>)> {
         let device = self.devices.entry(device_id.clone()).or_default();
         if !device.sequence.accept(telemetry.seq) {
             self.metrics
@@ -129,43 +192,124 @@ impl ScoringHandler {
                 .inc();
             return None;
         };
+        let (models, mut changes) = self.decide(device_id, tenant, &params);
+        let device = self.devices.get_mut(device_id).expect("entered above");
         let observation = Observation {
             ts_ms: telemetry.ts,
             metrics: &telemetry.metrics,
         };
-        let mut score = device.scorer.score(&params.params, &observation);
-        damp(&mut score, &params.damping, telemetry.ts);
-        self.metrics.events_scored.inc();
-        if !score.ready {
-            return None;
+        let mut decided = None;
+        for (model_id, rules) in models {
+            let Some(params) = params.get(&model_id) else {
+                continue;
+            };
+            let scoring = device.models.entry(model_id.clone()).or_default();
+            let mut score = scoring.scorer.score(&params.params, &observation);
+            damp(&mut score, &params.damping, telemetry.ts);
+            if !score.ready {
+                continue;
+            }
+            let decides = model_id == device.decides;
+            let transition = scoring.episode.observe(&rules, &score, telemetry.seq);
+            if let Some(transition) = transition {
+                changes.push(Change {
+                    model_id: model_id.clone(),
+                    transition,
+                    score: Some(score.clone()),
+                    opened_at: scoring.episode.opened_at(),
+                    version: params.version,
+                    decides,
+                });
+            }
+            if decides {
+                decided = Some(score);
+            }
         }
-        let transition = device.episode.observe(&self.rules, &score, telemetry.seq);
-        let change = transition.map(|transition| (transition, score.clone(), params.version));
-        Some((score, change))
+        self.metrics.events_scored.inc();
+        Some((decided, changes))
+    }
+
+    /// The models that score a device of `tenant` (production first) with their
+    /// episode rules; switches the deciding model when another is promoted and has
+    /// parameters here, closing the old one's open episode (`model_promoted`).
+    fn decide(
+        &mut self,
+        device_id: &DeviceId,
+        tenant: Option<&TenantId>,
+        params: &DeviceModels,
+    ) -> (Vec<(String, EpisodeRules)>, Vec<Change>) {
+        let mut models = vec![(PRODUCTION_MODEL.to_owned(), self.rules)];
+        let promoted = self.registry.read(|registry| {
+            let candidates = registry.models_for(device_id, tenant).into_iter();
+            models.extend(candidates.map(|c| (c.model_id.clone(), c.rules)));
+            registry.promoted_for(tenant).to_owned()
+        });
+        let device = self
+            .devices
+            .get_mut(device_id)
+            .expect("entered by the caller");
+        let mut changes = Vec::new();
+        let awaiting = promoted != device.decides && !params.contains_key(&promoted);
+        if awaiting != device.awaiting {
+            device.awaiting = awaiting;
+            let gauge = &self.metrics.scorer_awaiting_params;
+            if awaiting {
+                gauge.inc()
+            } else {
+                gauge.dec()
+            }
+        }
+        if promoted != device.decides && !awaiting {
+            let old = std::mem::replace(&mut device.decides, promoted.clone());
+            let closed = (device.models.get_mut(&old))
+                .and_then(|m| m.episode.close().then(|| m.episode.opened_at()));
+            if let Some(opened_at) = closed {
+                changes.push(Change {
+                    opened_at,
+                    version: params.get(&old).map_or(0, |p| p.version),
+                    model_id: old,
+                    transition: Transition::Closed,
+                    score: None,
+                    decides: true,
+                });
+            }
+            // The new model decides from a closed episode: its next crossing raises.
+            device.models.entry(promoted).or_default().episode = Episode::default();
+        }
+        (models, changes)
     }
 
     fn alert(
         &self,
         device_id: DeviceId,
-        tenant: Option<fleetwatch_protocol::TenantId>,
+        tenant: Option<TenantId>,
         telemetry: &TelemetryPayload,
-        (transition, score, model_version): (Transition, Score, u64),
-    ) -> Alert {
-        let opened_at = self.devices[&device_id].episode.opened_at();
-        let (state, reason) = match transition {
-            Transition::Opened => (AlertState::Raised, score.reason()),
-            Transition::Escalated => (AlertState::Updated, score.reason()),
-            Transition::Closed => (AlertState::Cleared, "back to normal".to_owned()),
+        change: Change,
+    ) -> Outgoing {
+        let opened_at = change.opened_at;
+        let (state, reason) = match (&change.transition, &change.score) {
+            (Transition::Opened, Some(score)) => (AlertState::Raised, score.reason()),
+            (Transition::Escalated, Some(score)) => (AlertState::Updated, score.reason()),
+            (_, None) => (AlertState::Cleared, MODEL_PROMOTED.to_owned()),
+            _ => (AlertState::Cleared, "back to normal".to_owned()),
         };
+        let score = change.score.unwrap_or_default();
         let cause = Some(fleetwatch_models::episode::cause_label(&score))
             .filter(|label| state != AlertState::Cleared && !label.is_empty());
-        Alert {
+        let threshold = self.registry.read(|r| {
+            r.get(&change.model_id)
+                .map_or(self.rules.threshold, |c| c.rules.threshold)
+        });
+        // Customers' alerts of the production model keep the format from before model
+        // ids; every other alert names its model.
+        let named = !change.decides || change.model_id != PRODUCTION_MODEL;
+        let alert = Alert {
             alert_id: format!("{device_id}:{opened_at}"),
             device_id,
             tenant,
             state,
             score: score.value,
-            threshold: self.rules.threshold,
+            threshold,
             reason,
             cause,
             contributors: score
@@ -182,8 +326,10 @@ impl ScoringHandler {
             event_ts: telemetry.ts,
             event_seq: telemetry.seq,
             emitted_ms: now_ms(),
-            model_version,
-        }
+            model_version: change.version,
+            model_id: named.then_some(change.model_id),
+        };
+        (change.decides, alert)
     }
 }
 
@@ -260,6 +406,13 @@ impl ScoringHandler {
 
 impl RecordHandler for ScoringHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        // Which model decides for each device comes from the registry: nothing is
+        // scored before it is read.
+        if !self.registry.loading.is_loaded() {
+            return Err(HandleError::Retry(
+                "the model registry (iot.models) is still being read".into(),
+            ));
+        }
         // A retried record finds its alert here; the record itself is then a duplicate.
         self.send_unsent().await?;
         self.make_room().await?;
@@ -271,8 +424,10 @@ impl RecordHandler for ScoringHandler {
                     telemetry,
                 }) => (device_id, tenant, telemetry),
                 Some(ModelInput::Forget(device_id)) => {
-                    // Its parameters' tombstone follows on the parameters topic.
-                    self.devices.remove(&device_id);
+                    // Its parameters' tombstones follow on the parameters topic.
+                    if self.devices.remove(&device_id).is_some_and(|d| d.awaiting) {
+                        self.metrics.scorer_awaiting_params.dec();
+                    }
                     self.params.write().remove(&device_id);
                     self.finish(record, None).await;
                     return Ok(());
@@ -282,16 +437,16 @@ impl RecordHandler for ScoringHandler {
                     return Ok(());
                 }
             };
-        let Some((score, change)) = self.score(&device_id, &telemetry) else {
+        let Some((score, changes)) = self.score(&device_id, tenant.as_ref(), &telemetry) else {
             self.finish(record, None).await;
             return Ok(());
         };
-        let payload = self
-            .scores
-            .is_some()
-            .then(|| score_record(&device_id, &telemetry, &score));
-        if let Some(change) = change {
-            self.unsent = Some(self.alert(device_id.clone(), tenant, &telemetry, change));
+        let payload = (score.as_ref())
+            .filter(|_| self.scores.is_some())
+            .map(|score| score_record(&device_id, &telemetry, score));
+        for change in changes {
+            let alert = self.alert(device_id.clone(), tenant.clone(), &telemetry, change);
+            self.unsent.push_back(alert);
         }
         self.finish(record, payload.map(|payload| (&device_id, payload)))
             .await;

@@ -1,17 +1,18 @@
-//! The scorer's parameters: the newest snapshot per device of the partitions this
-//! instance scores, read from `iot.model-params` (binary envelopes).
+//! The scorer's parameters: the newest snapshot per device and model of the partitions
+//! this instance scores, read from `iot.model-params` (binary envelopes; records in the
+//! format from before model ids are the production model's).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use fleetwatch_models::production::Params;
-use fleetwatch_protocol::{DeviceId, ParamsEnvelope};
+use fleetwatch_protocol::{parse_params_key, DeviceId, ParamsEnvelope};
 use parking_lot::RwLock;
 
 use crate::kafka::{Follower, HandleError, PartitionListener, Record, RecordHandler};
 use crate::metrics::Metrics;
 
-/// One device's newest parameters.
+/// One device's newest parameters of one model.
 #[derive(Debug)]
 pub struct DeviceParams {
     pub version: u64,
@@ -23,9 +24,12 @@ pub struct DeviceParams {
     pub damping: Vec<fleetwatch_protocol::Damping>,
 }
 
-pub type SharedParams = Arc<RwLock<HashMap<DeviceId, Arc<DeviceParams>>>>;
+/// A device's newest parameters, by model id.
+pub type DeviceModels = BTreeMap<String, Arc<DeviceParams>>;
 
-/// Keeps the newest parameters per device.
+pub type SharedParams = Arc<RwLock<HashMap<DeviceId, DeviceModels>>>;
+
+/// Keeps the newest parameters per device and model.
 pub struct ParamsHandler {
     pub params: SharedParams,
     pub metrics: Arc<Metrics>,
@@ -44,8 +48,14 @@ impl RecordHandler for ParamsHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
         // No value: a reader's marker, or a device's tombstone (decommissioned).
         if record.payload.is_empty() {
-            if let Ok(device_id) = DeviceId::parse(&record.key_str()) {
-                self.params.write().remove(&device_id);
+            if let Some((device_id, model_id)) = parse_params_key(&record.key_str()) {
+                let mut known = self.params.write();
+                if let Some(models) = known.get_mut(&device_id) {
+                    models.remove(&model_id);
+                    if models.is_empty() {
+                        known.remove(&device_id);
+                    }
+                }
             }
             return Ok(());
         }
@@ -67,8 +77,9 @@ impl RecordHandler for ParamsHandler {
         };
         self.metrics.params_received.inc();
         let mut known = self.params.write();
-        let newer = known
-            .get(&envelope.device_id)
+        let models = known.entry(envelope.device_id).or_default();
+        let newer = models
+            .get(&envelope.model_id)
             .is_none_or(|current| current.version < envelope.version);
         if newer {
             let device = DeviceParams {
@@ -79,7 +90,7 @@ impl RecordHandler for ParamsHandler {
                 params,
                 damping: envelope.damping,
             };
-            known.insert(envelope.device_id, Arc::new(device));
+            models.insert(envelope.model_id, Arc::new(device));
         }
         Ok(())
     }
@@ -101,9 +112,10 @@ impl PartitionListener for ParamsFollower {
 
     fn assigned(&self, partitions: &[i32]) {
         let owned: HashSet<i32> = partitions.iter().copied().collect();
-        self.params
-            .write()
-            .retain(|_, device| owned.contains(&device.partition));
+        self.params.write().retain(|_, models| {
+            models.retain(|_, device| owned.contains(&device.partition));
+            !models.is_empty()
+        });
         self.follower.follow(partitions);
     }
 }

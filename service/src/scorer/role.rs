@@ -14,14 +14,15 @@ use crate::metrics::Metrics;
 pub const ROLE: RoleSpec = RoleSpec {
     name: "scorer",
     summary: "scores each event with the newest parameters of its device; one alert episode per device at a time",
-    consumes: &[Topic::Telemetry, Topic::ModelParams],
-    produces: &[Topic::Alerts, Topic::Scores],
+    consumes: &[Topic::Telemetry, Topic::ModelParams, Topic::Models],
+    produces: &[Topic::Alerts, Topic::ShadowAlerts, Topic::Scores],
     membership: Membership::Group("scorer"),
     start,
     ready,
 };
 
 fn start(launch: &mut Launch<'_>) -> Result<()> {
+    let registry = crate::shadow::start(launch);
     let settings = launch.settings;
     let kafka = &settings.kafka;
     let params = SharedParams::default();
@@ -55,6 +56,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         &launch.topics,
         launch.producer.clone(),
         params.clone(),
+        registry,
         launch.metrics.clone(),
     );
     launch.consume("scorer", consumer, handler);

@@ -125,6 +125,7 @@ fn params_bytes_record(device_id: &str, version: u64, params: Vec<u8>) -> Vec<u8
     let envelope = ParamsEnvelope {
         damping: Vec::new(),
         device_id: device(device_id),
+        model_id: fleetwatch_protocol::PRODUCTION_MODEL.into(),
         version,
         trained_events: 40 + version,
         published_ms: T0_MS + version as i64,
@@ -202,6 +203,7 @@ fn story(entries: &[(&str, AlertState, u64)]) -> Vec<(String, AlertState, u64)> 
 /// The parameters reader and the scoring handler of one scorer instance, sharing their
 /// parameters as in production, with alerts going to memory.
 struct Rig {
+    registry: Arc<crate::shadow::ModelRegistry>,
     params_reader: ParamsHandler,
     scoring: ScoringHandler,
     log: MemoryLog,
@@ -218,6 +220,7 @@ impl Rig {
             KafkaTopics::default(),
         );
         let params: SharedParams = Arc::default();
+        let registry = crate::shadow::ModelRegistry::empty();
         let params_reader = ParamsHandler {
             params: params.clone(),
             metrics: metrics.clone(),
@@ -230,9 +233,11 @@ impl Rig {
             &topics,
             producer,
             params,
+            registry.clone(),
             metrics.clone(),
         );
         Self {
+            registry,
             params_reader,
             scoring,
             log,
@@ -303,6 +308,7 @@ impl Rig {
         let params = self.params_reader.params.read();
         params
             .get(&device(device_id))
+            .and_then(|models| models.get(fleetwatch_protocol::PRODUCTION_MODEL))
             .map(|envelope| envelope.version)
     }
 
@@ -374,7 +380,7 @@ async fn the_params_reader_keeps_what_the_envelope_says_and_the_partition() {
     rig.feed_params_at(3, "pump-1", &params_record("pump-1", 4, &params))
         .await;
 
-    let held = rig.params_reader.params.read()[&device("pump-1")].clone();
+    let held = rig.params_reader.params.read()[&device("pump-1")]["production"].clone();
     assert_eq!(
         (
             held.version,
@@ -1002,4 +1008,163 @@ async fn state_status_and_undecodable_records_are_skipped_without_failing() {
         "the device is still scored"
     );
     assert_eq!(rig.alerts(), vec![]);
+}
+
+// ---- models in shadow, promotion, rollback ------------------------------------------------
+
+/// A binary `iot.model-params` record of model `model_id` (key: device and model).
+fn model_record(device_id: &str, model_id: &str, version: u64, params: &Params) -> Vec<u8> {
+    let envelope = ParamsEnvelope {
+        damping: Vec::new(),
+        device_id: device(device_id),
+        model_id: model_id.into(),
+        version,
+        trained_events: 40 + version,
+        published_ms: T0_MS + version as i64,
+        params: params.to_bytes(),
+    };
+    envelope.encode()
+}
+
+impl Rig {
+    /// Apply one registry change at the registry's next offset.
+    fn registry_change(&self, body: fleetwatch_protocol::ModelEventBody) {
+        let offset = self
+            .registry
+            .read(|r| r.describe()["journal"].as_array().map_or(0, Vec::len));
+        let event = fleetwatch_protocol::ModelEvent {
+            at_ms: T0_MS,
+            by: "ops".into(),
+            body,
+        };
+        assert!(self.registry.apply_at(offset as i64, &event), "applied");
+    }
+
+    /// (alert id, state, model, reason) of every alert on `topic`.
+    fn alerts_on(&self, topic: &str) -> Vec<(String, AlertState, Option<String>, String)> {
+        (self.log.json::<Alert>(topic).into_iter())
+            .map(|a| (a.alert_id, a.state, a.model_id, a.reason))
+            .collect()
+    }
+}
+
+fn short(
+    alerts: &[(String, AlertState, Option<String>, String)],
+) -> Vec<(&str, AlertState, Option<&str>)> {
+    (alerts.iter())
+        .map(|(id, state, model, _)| (id.as_str(), *state, model.as_deref()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shadow_models_alerts_never_reach_customers_until_promoted_and_back_after_rollback() {
+    use fleetwatch_protocol::{ModelEventBody, ShadowScope, MODEL_PROMOTED};
+    let mut series = Series::new(20.0, 7);
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    rig.registry_change(ModelEventBody::Created {
+        model_id: "cand-1".into(),
+        config: serde_json::json!({}),
+    });
+    rig.registry_change(ModelEventBody::ShadowStarted {
+        model_id: "cand-1".into(),
+        scope: ShadowScope::default(),
+    });
+    rig.feed_params(
+        "pump-1/cand-1",
+        &model_record("pump-1", "cand-1", 1, &params),
+    )
+    .await;
+    rig.feed_calm("pump-1", &mut series, 20).await;
+    rig.feed_reading("pump-1", &series.spike()).await; // 120
+    let (customers, shadow) = (rig.topics.alerts(), rig.topics.shadow_alerts());
+    assert_eq!(
+        short(&rig.alerts_on(&customers)),
+        [("pump-1:120", AlertState::Raised, None)]
+    );
+    assert_eq!(
+        short(&rig.alerts_on(&shadow)),
+        [("pump-1:120", AlertState::Raised, Some("cand-1"))],
+        "the candidate's alert is recorded apart"
+    );
+    // Promoted: production's open episode is closed for customers; the candidate decides
+    // from a closed episode, so its next crossing raises.
+    rig.registry_change(ModelEventBody::Promoted {
+        model_id: "cand-1".into(),
+        tenant: None,
+    });
+    rig.feed_calm("pump-1", &mut series, 1).await; // 121
+    let customer = rig.alerts_on(&customers);
+    assert_eq!(customer.len(), 2);
+    assert_eq!(customer[1].0, "pump-1:120");
+    assert_eq!(
+        (customer[1].1, customer[1].3.as_str()),
+        (AlertState::Cleared, MODEL_PROMOTED)
+    );
+    rig.feed_calm("pump-1", &mut series, 40).await; // 122..=161
+    rig.feed_reading("pump-1", &series.spike()).await; // 162
+    let customer = rig.alerts_on(&customers);
+    assert_eq!(
+        short(&customer[2..]),
+        [("pump-1:162", AlertState::Raised, Some("cand-1"))],
+        "the promoted model decides"
+    );
+    let shadow_alerts = rig.alerts_on(&shadow);
+    let shadow_now = short(&shadow_alerts);
+    assert!(
+        shadow_now.contains(&("pump-1:162", AlertState::Raised, Some("production"))),
+        "production runs in shadow now: {shadow_now:?}"
+    );
+    // Rolled back: the candidate's open episode closes the same way.
+    rig.registry_change(ModelEventBody::RolledBack { tenant: None });
+    rig.feed_calm("pump-1", &mut series, 1).await;
+    let customer = rig.alerts_on(&customers);
+    assert_eq!(
+        (
+            customer[3].0.as_str(),
+            customer[3].1,
+            customer[3].3.as_str()
+        ),
+        ("pump-1:162", AlertState::Cleared, MODEL_PROMOTED)
+    );
+    let decides = |model: &str| {
+        (rig.metrics.model_alerts)
+            .with_label_values(&[model, "decides", "raised"])
+            .get()
+    };
+    assert_eq!((decides("production"), decides("cand-1")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_device_without_the_promoted_models_params_keeps_its_previous_model_visibly() {
+    use fleetwatch_protocol::ModelEventBody;
+    let mut series = Series::new(20.0, 7);
+    let (mut rig, params) = rig_with_params("pump-1", &mut series, &model_config()).await;
+    rig.registry_change(ModelEventBody::Created {
+        model_id: "cand-1".into(),
+        config: serde_json::json!({}),
+    });
+    rig.registry_change(ModelEventBody::Promoted {
+        model_id: "cand-1".into(),
+        tenant: None,
+    });
+    rig.feed_calm("pump-1", &mut series, 20).await;
+    assert_eq!(rig.metrics.scorer_awaiting_params.get(), 1);
+    rig.feed_reading("pump-1", &series.spike()).await; // 120
+    assert_eq!(
+        short(&rig.alerts_on(&rig.topics.alerts())),
+        [("pump-1:120", AlertState::Raised, None)],
+        "production still decides"
+    );
+    rig.feed_params(
+        "pump-1/cand-1",
+        &model_record("pump-1", "cand-1", 1, &params),
+    )
+    .await;
+    rig.feed_calm("pump-1", &mut series, 1).await;
+    assert_eq!(rig.metrics.scorer_awaiting_params.get(), 0);
+    let customer = rig.alerts_on(&rig.topics.alerts());
+    assert_eq!(
+        (customer[1].1, customer[1].3.as_str()),
+        (AlertState::Cleared, fleetwatch_protocol::MODEL_PROMOTED)
+    );
 }

@@ -23,6 +23,7 @@ use crate::rules::RulesConfig;
 use crate::schedules::SchedulesConfig;
 use crate::scorer::ScorerConfig;
 use crate::secret::Secret;
+use crate::shadow::ShadowConfig;
 use crate::storage::StorageConfig;
 use crate::tenancy::TenancyConfig;
 use crate::tls::TlsConfig;
@@ -50,6 +51,7 @@ pub struct Settings {
     pub jobs: JobsConfig,
     pub schedules: SchedulesConfig,
     pub rules: RulesConfig,
+    pub shadow: ShadowConfig,
 }
 
 const ENV_PREFIX: &str = "FLEETWATCH_";

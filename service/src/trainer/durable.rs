@@ -14,30 +14,37 @@ use std::time::Duration;
 
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::Trainer;
-use fleetwatch_protocol::{now_ms, DeviceId, ParamsEnvelope};
+use fleetwatch_protocol::{now_ms, params_key, parse_params_key, ParamsEnvelope, PRODUCTION_MODEL};
 
-use super::{DeviceModel, Outgoing, SharedModels};
+use super::{DeviceModel, ModelKey, Outgoing, SharedModels};
 use crate::error::Result;
 use crate::kafka::{PartitionListener, PartitionReader, Producer, ScanFrom};
 use crate::metrics::Metrics;
+use crate::shadow::ModelRegistry;
 
 /// How long a revoked partition's checkpoints may take to reach Kafka.
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The checkpoint record of a device's model: the binary envelope of
 /// `iot.model-params`, carrying the trainer's state instead of the scorer's parameters.
-pub(super) fn checkpoint(topic: &str, device_id: &DeviceId, model: &mut DeviceModel) -> Outgoing {
+pub(super) fn checkpoint(
+    topic: &str,
+    (device_id, model_id): &ModelKey,
+    model: &mut DeviceModel,
+) -> Outgoing {
     model.since_checkpoint = 0;
     model.dirty = false;
     let envelope = ParamsEnvelope {
         device_id: device_id.clone(),
+        model_id: model_id.clone(),
         version: model.version,
         trained_events: model.trainer.events(),
         published_ms: now_ms(),
         damping: model.damping.clone(),
         params: model.trainer.state_bytes(),
     };
-    (topic.to_owned(), device_id.to_string(), envelope.encode())
+    let key = params_key(device_id, model_id);
+    (topic.to_owned(), model.partition, key, envelope.encode())
 }
 
 /// Checkpoints of every model that learned something since its last checkpoint
@@ -48,7 +55,7 @@ pub(super) fn stale_checkpoints(topic: &str, models: &SharedModels) -> Vec<Outgo
         .devices
         .iter_mut()
         .filter(|(_, model)| model.dirty)
-        .map(|(device_id, model)| checkpoint(topic, device_id, model))
+        .map(|(key, model)| checkpoint(topic, key, model))
         .collect()
 }
 
@@ -66,6 +73,7 @@ impl Checkpoints {
         partition: i32,
         models: &SharedModels,
         config: &production::Config,
+        registry: &ModelRegistry,
     ) -> Result<()> {
         if models.lock().restored.contains(&partition) {
             return Ok(());
@@ -73,7 +81,7 @@ impl Checkpoints {
         // Versions from the parameters; models (and their versions) from the checkpoints.
         let published = self.newest(&self.params, partition, false).await?;
         let mut checkpoints = self.newest(&self.states, partition, true).await?;
-        let mut devices: HashMap<DeviceId, u64> = published
+        let mut devices: HashMap<ModelKey, u64> = published
             .into_iter()
             .map(|(device_id, envelope)| (device_id, envelope.version))
             .collect();
@@ -83,17 +91,25 @@ impl Checkpoints {
         }
         let mut models = models.lock();
         let restored = devices.len();
-        for (device_id, version) in devices {
-            let (trainer, damping) = match checkpoints.remove(&device_id) {
+        for (key, version) in devices {
+            // A candidate the registry no longer knows is not trained any more.
+            let config = match key.1.as_str() {
+                PRODUCTION_MODEL => config.clone(),
+                model_id => match registry.read(|r| r.get(model_id).map(|c| (*c.config).clone())) {
+                    Some(config) => config,
+                    None => continue,
+                },
+            };
+            let (trainer, damping) = match checkpoints.remove(&key) {
                 Some(checkpoint) => (
-                    self.trainer_from(&device_id, &checkpoint.params, config),
+                    self.trainer_from(&key, &checkpoint.params, &config),
                     checkpoint.damping,
                 ),
-                None => (production::trainer(config), Vec::new()),
+                None => (production::trainer(&config), Vec::new()),
             };
             let mut model = DeviceModel::new(trainer, partition, version);
             model.damping = damping;
-            models.devices.insert(device_id, model);
+            models.devices.insert(key, model);
         }
         models.restored.insert(partition);
         tracing::info!(partition, restored, "trainer models restored");
@@ -102,12 +118,12 @@ impl Checkpoints {
 
     fn trainer_from(
         &self,
-        device_id: &DeviceId,
+        (device_id, model_id): &ModelKey,
         state: &[u8],
         config: &production::Config,
     ) -> ModelTrainer {
         ModelTrainer::from_state_bytes(config.clone(), state).unwrap_or_else(|error| {
-            tracing::warn!(device = %device_id, %error, "checkpoint unusable; the model starts afresh");
+            tracing::warn!(device = %device_id, model = %model_id, %error, "checkpoint unusable; the model starts afresh");
             self.skipped("unusable_checkpoint");
             production::trainer(config)
         })
@@ -120,13 +136,13 @@ impl Checkpoints {
         reader: &PartitionReader,
         partition: i32,
         keep_bytes: bool,
-    ) -> Result<HashMap<DeviceId, ParamsEnvelope<Vec<u8>>>> {
-        let mut newest: HashMap<DeviceId, ParamsEnvelope<Vec<u8>>> = HashMap::new();
+    ) -> Result<HashMap<ModelKey, ParamsEnvelope<Vec<u8>>>> {
+        let mut newest: HashMap<ModelKey, ParamsEnvelope<Vec<u8>>> = HashMap::new();
         reader
             .scan(partition, ScanFrom::Beginning, |_, key, payload| {
                 if payload.is_empty() {
-                    if let Ok(device_id) = DeviceId::parse(key) {
-                        newest.remove(&device_id);
+                    if let Some(key) = parse_params_key(key) {
+                        newest.remove(&key);
                     }
                     return false;
                 }
@@ -137,9 +153,10 @@ impl Checkpoints {
                 if !keep_bytes {
                     envelope.params = Vec::new();
                 }
-                let known = newest.get(&envelope.device_id).map(|e| e.version);
+                let key = (envelope.device_id.clone(), envelope.model_id.clone());
+                let known = newest.get(&key).map(|e| e.version);
                 if known.is_none_or(|version| version <= envelope.version) {
-                    newest.insert(envelope.device_id.clone(), envelope);
+                    newest.insert(key, envelope);
                 }
                 false
             })
@@ -165,9 +182,9 @@ pub struct TrainerPartitions {
 impl PartitionListener for TrainerPartitions {
     /// Checkpoint before the partitions go: the next owner restores from them.
     fn revoked(&self, _partitions: &[i32], lost: bool) {
-        for (topic, key, payload) in stale_checkpoints(&self.state_topic, &self.models) {
+        for (topic, partition, key, payload) in stale_checkpoints(&self.state_topic, &self.models) {
             // The delivery is awaited by the flush below.
-            let _ = self.producer.enqueue_now(&topic, &key, &payload);
+            let _ = (self.producer).enqueue_to_now(&topic, partition, &key, &payload);
         }
         self.producer.flush_blocking(REVOKE_FLUSH_TIMEOUT);
         if lost {

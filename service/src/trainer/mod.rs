@@ -4,6 +4,12 @@
 //! Publications are not awaited per event: parameters are derived state, refreshed every
 //! few events, so a lost publication is replaced by the next one. Failures are counted.
 //!
+//! Every device has its production model and, beside it, the candidates the model
+//! registry names for it (`shadow::Registry::models_for`: in shadow for it, promoted for
+//! it, or what a rollback would restore), each trained with its own configuration and
+//! published under its own key (`params_key`: device and model) to the device's
+//! telemetry partition, with versions counted per (device, model).
+//!
 //! Training is durable (`durable.rs`): each device's model is checkpointed to
 //! `iot.trainer-state` every few publications and whenever its partition is taken away
 //! or the process stops; a new owner of a partition restores every model from there
@@ -21,7 +27,8 @@ use std::time::{Duration, Instant};
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
 use fleetwatch_protocol::{
-    now_ms, Damping, DeviceId, Feedback, KafkaTopics, ParamsEnvelope, SequenceTracker, Verdict,
+    now_ms, params_key, Damping, DeviceId, Feedback, KafkaTopics, ParamsEnvelope, SequenceTracker,
+    TenantId, Verdict, PRODUCTION_MODEL,
 };
 use parking_lot::Mutex;
 
@@ -33,6 +40,10 @@ use crate::kafka::{
     decode_model_input, decode_record, HandleError, ModelInput, Producer, Record, RecordHandler,
 };
 use crate::metrics::Metrics;
+use crate::shadow::ModelRegistry;
+
+/// A device and one of its models.
+pub type ModelKey = (DeviceId, String);
 
 struct DeviceModel {
     trainer: ModelTrainer,
@@ -68,15 +79,15 @@ impl DeviceModel {
 /// The models of the partitions this instance owns; shared with the rebalance listener.
 #[derive(Default)]
 pub struct Models {
-    devices: HashMap<DeviceId, DeviceModel>,
+    devices: HashMap<ModelKey, DeviceModel>,
     /// Partitions whose models were read back from the checkpoints.
     restored: HashSet<i32>,
 }
 
 pub type SharedModels = Arc<Mutex<Models>>;
 
-/// A record to produce: (topic, key, payload).
-type Outgoing = (String, String, Vec<u8>);
+/// A record to produce: (topic, partition, key, payload).
+type Outgoing = (String, i32, String, Vec<u8>);
 
 pub struct TrainerHandler {
     config: TrainerConfig,
@@ -87,6 +98,7 @@ pub struct TrainerHandler {
     metrics: Arc<Metrics>,
     models: SharedModels,
     checkpoints: Checkpoints,
+    registry: Arc<ModelRegistry>,
 }
 
 impl TrainerHandler {
@@ -96,6 +108,7 @@ impl TrainerHandler {
         producer: Producer,
         checkpoints: Checkpoints,
         models: SharedModels,
+        registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -107,18 +120,24 @@ impl TrainerHandler {
             metrics,
             models,
             checkpoints,
+            registry,
         }
     }
 
-    /// The records a publication of `device_id` makes: its parameters, and a checkpoint
-    /// of its model every `checkpoint_every_publications`.
-    fn publication(&self, device_id: &DeviceId, model: &mut DeviceModel) -> Vec<Outgoing> {
+    /// The records a publication of a device's model makes: its parameters, and a
+    /// checkpoint of the model every `checkpoint_every_publications`.
+    fn publication(
+        &self,
+        (device_id, model_id): &ModelKey,
+        model: &mut DeviceModel,
+    ) -> Vec<Outgoing> {
         model.version += 1;
         model.unpublished = 0;
         model.last_published = Instant::now();
         model.since_checkpoint += 1;
         let envelope = ParamsEnvelope {
             device_id: device_id.clone(),
+            model_id: model_id.clone(),
             version: model.version,
             trained_events: model.trainer.events(),
             published_ms: now_ms(),
@@ -127,18 +146,22 @@ impl TrainerHandler {
         };
         let mut records = vec![(
             self.params_topic.clone(),
-            device_id.to_string(),
+            model.partition,
+            params_key(device_id, model_id),
             envelope.encode(),
         )];
         if model.since_checkpoint >= self.config.checkpoint_every_publications {
-            records.push(durable::checkpoint(&self.state_topic, device_id, model));
+            let key = (device_id.clone(), model_id.clone());
+            records.push(durable::checkpoint(&self.state_topic, &key, model));
         }
         records
     }
 
     async fn send(&self, records: Vec<Outgoing>) {
-        for (topic, key, payload) in records {
-            let delivery = self.producer.enqueue(&topic, &key, &payload).await;
+        for (topic, partition, key, payload) in records {
+            let delivery = (self.producer)
+                .enqueue_to(&topic, partition, &key, &payload)
+                .await;
             if topic == self.params_topic {
                 self.metrics.params_published.inc();
             }
@@ -155,38 +178,66 @@ impl TrainerHandler {
         }
     }
 
-    /// Learn from one reading; the records to produce if a publication is due.
+    /// Learn from one reading with each of the device's models; the records to produce
+    /// for those whose publication is due.
     fn learn(
         &self,
         device_id: &DeviceId,
+        tenant: Option<&TenantId>,
         partition: i32,
         telemetry: &fleetwatch_protocol::TelemetryPayload,
     ) -> Vec<Outgoing> {
-        let mut models = self.models.lock();
-        let model = models.devices.entry(device_id.clone()).or_insert_with(|| {
-            DeviceModel::new(production::trainer(&self.config.model), partition, 0)
+        let production = Arc::new(self.config.model.clone());
+        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), production)];
+        self.registry.read(|registry| {
+            let candidates = registry.models_for(device_id, tenant).into_iter();
+            wanted.extend(candidates.map(|c| (c.model_id.clone(), c.config.clone())));
         });
+        let mut models = self.models.lock();
+        let mut records = Vec::new();
+        for (model_id, config) in wanted {
+            let key = (device_id.clone(), model_id);
+            let model = models
+                .devices
+                .entry(key.clone())
+                .or_insert_with(|| DeviceModel::new(production::trainer(&config), partition, 0));
+            if self.learn_one(&key, model, telemetry) {
+                records.extend(self.publication(&key, model));
+            }
+        }
+        records
+    }
+
+    /// Learn one reading with one model: whether its publication is due.
+    fn learn_one(
+        &self,
+        (_, model_id): &ModelKey,
+        model: &mut DeviceModel,
+        telemetry: &fleetwatch_protocol::TelemetryPayload,
+    ) -> bool {
         if !model.sequence.accept(telemetry.seq) {
             self.metrics
                 .skipped
                 .with_label_values(&["trainer", "duplicate"])
                 .inc();
-            return Vec::new();
+            return false;
         }
+        let started = Instant::now();
         model.trainer.update(&Observation {
             ts_ms: telemetry.ts,
             metrics: &telemetry.metrics,
         });
+        let spent = started.elapsed().as_micros() as u64;
+        let labels = [model_id.as_str()];
+        self.metrics
+            .trainer_model_updates
+            .with_label_values(&labels)
+            .inc();
+        (self.metrics.trainer_model_micros.with_label_values(&labels)).inc_by(spent);
         model.unpublished += 1;
         model.dirty = true;
-        let due = model.unpublished >= self.config.publish_every_events
-            || model.last_published.elapsed()
-                >= Duration::from_millis(self.config.publish_every_ms);
-        if due {
-            self.publication(device_id, model)
-        } else {
-            Vec::new()
-        }
+        model.unpublished >= self.config.publish_every_events
+            || model.last_published.elapsed() >= Duration::from_millis(self.config.publish_every_ms)
     }
 }
 
@@ -230,14 +281,17 @@ impl TrainerHandler {
         let Some(feedback) = decode_record::<Feedback>(record, "trainer", &self.metrics) else {
             return Ok(());
         };
-        let records = {
+        // Every model of the device learns the verdict: it is about the device's
+        // behaviour, whichever model raised the alarm.
+        let records: Vec<Outgoing> = {
             let mut models = self.models.lock();
-            let Some(model) = models.devices.get_mut(&feedback.device_id) else {
-                return Ok(());
-            };
-            learn_verdict(&mut model.damping, &feedback, self.config.model.threshold);
-            model.dirty = true;
-            self.publication(&feedback.device_id, model)
+            let mine = (models.devices.iter_mut()).filter(|((id, _), _)| *id == feedback.device_id);
+            mine.flat_map(|(key, model)| {
+                learn_verdict(&mut model.damping, &feedback, self.config.model.threshold);
+                model.dirty = true;
+                self.publication(key, model)
+            })
+            .collect()
         };
         self.send(records).await;
         Ok(())
@@ -247,15 +301,19 @@ impl TrainerHandler {
     /// checkpoint, so neither comes back after a restart; a device that returns with
     /// the same id starts a fresh model.
     async fn forget(&self, device_id: &DeviceId, partition: i32) -> Result<(), HandleError> {
-        self.models.lock().devices.remove(device_id);
-        let key = device_id.as_str();
-        let params = self
-            .producer
-            .enqueue_empty(&self.params_topic, partition, key);
-        let state = self
-            .producer
-            .enqueue_empty(&self.state_topic, partition, key);
-        for delivery in [params, state] {
+        let mut keys = vec![device_id.to_string()];
+        self.models.lock().devices.retain(|(id, model_id), _| {
+            if id == device_id && model_id != PRODUCTION_MODEL {
+                keys.push(params_key(id, model_id));
+            }
+            id != device_id
+        });
+        let mut deliveries = Vec::with_capacity(keys.len() * 2);
+        for key in &keys {
+            deliveries.push((self.producer).enqueue_empty(&self.params_topic, partition, key));
+            deliveries.push((self.producer).enqueue_empty(&self.state_topic, partition, key));
+        }
+        for delivery in deliveries {
             delivery
                 .confirmed()
                 .await
@@ -271,7 +329,8 @@ impl TrainerHandler {
     /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
     /// paused clock would not do: the handler reads `std::time::Instant`.)
     pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
-        if let Some(model) = self.models.lock().devices.get_mut(device_id) {
+        let key = (device_id.clone(), PRODUCTION_MODEL.to_owned());
+        if let Some(model) = self.models.lock().devices.get_mut(&key) {
             model.last_published = model
                 .last_published
                 .checked_sub(ago)
@@ -282,9 +341,20 @@ impl TrainerHandler {
 
 impl RecordHandler for TrainerHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
+        // Which candidates a device has, and their configurations, come from it.
+        if !self.registry.loading.is_loaded() {
+            return Err(HandleError::Retry(
+                "the model registry (iot.models) is still being read".into(),
+            ));
+        }
         // A new owner reads the partition's checkpoints before training on it.
         self.checkpoints
-            .ensure_restored(record.partition, &self.models, &self.config.model)
+            .ensure_restored(
+                record.partition,
+                &self.models,
+                &self.config.model,
+                &self.registry,
+            )
             .await
             .map_err(|error| HandleError::Retry(error.to_string()))?;
         if record.topic == self.feedback_topic {
@@ -293,10 +363,10 @@ impl RecordHandler for TrainerHandler {
         match decode_model_input(record, "trainer", &self.metrics) {
             Some(ModelInput::Reading {
                 device_id,
+                tenant,
                 telemetry,
-                ..
             }) => {
-                let records = self.learn(&device_id, record.partition, &telemetry);
+                let records = self.learn(&device_id, tenant.as_ref(), record.partition, &telemetry);
                 self.send(records).await;
                 Ok(())
             }
@@ -333,8 +403,12 @@ impl RecordHandler for TrainerHandler {
         let count = records.len();
         // Queue them all, then wait: one round trip, not one per device.
         let mut deliveries = Vec::with_capacity(count);
-        for (topic, key, payload) in records {
-            deliveries.push(self.producer.enqueue(&topic, &key, &payload).await);
+        for (topic, partition, key, payload) in records {
+            deliveries.push(
+                (self.producer)
+                    .enqueue_to(&topic, partition, &key, &payload)
+                    .await,
+            );
         }
         for delivery in deliveries {
             if let Err(error) = delivery.confirmed().await {

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 pub const ROLE: RoleSpec = RoleSpec {
     name: "trainer",
     summary: "one online model per device, trained on its telemetry; publishes versioned parameter snapshots",
-    consumes: &[Topic::Telemetry, Topic::Feedback],
+    consumes: &[Topic::Telemetry, Topic::Feedback, Topic::Models],
     produces: &[Topic::ModelParams, Topic::TrainerState],
     membership: Membership::Group("trainer"),
     start,
@@ -21,6 +21,7 @@ pub const ROLE: RoleSpec = RoleSpec {
 };
 
 fn start(launch: &mut Launch<'_>) -> Result<()> {
+    let registry = crate::shadow::start(launch);
     let kafka = &launch.settings.kafka;
     let topics = &launch.topics;
     let reader = |topic: String, name: &str| {
@@ -58,6 +59,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.producer.clone(),
         checkpoints,
         models,
+        registry,
         launch.metrics.clone(),
     );
     launch.consume("trainer", consumer, handler);

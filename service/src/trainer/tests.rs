@@ -141,7 +141,15 @@ impl Rig {
     /// A fresh trainer instance (no models in memory) on an existing log: what a restart
     /// or the next owner of partition 0 sees.
     async fn on_log(config: TrainerConfig, log: &MemoryLog) -> Self {
-        let rig = Self::on_shared_log(config, log);
+        Self::on_log_with(config, log, crate::shadow::ModelRegistry::empty()).await
+    }
+
+    async fn on_log_with(
+        config: TrainerConfig,
+        log: &MemoryLog,
+        registry: Arc<crate::shadow::ModelRegistry>,
+    ) -> Self {
+        let rig = Self::with_registry(config, log, registry);
         // Every in-memory reader names its markers `marker/test/<n>`, counting from 0:
         // the new readers must count past the markers earlier instances left, or their
         // scans would stop at one of those instead of their own.
@@ -161,6 +169,14 @@ impl Rig {
     }
 
     fn on_shared_log(config: TrainerConfig, log: &MemoryLog) -> Self {
+        Self::with_registry(config, log, crate::shadow::ModelRegistry::empty())
+    }
+
+    fn with_registry(
+        config: TrainerConfig,
+        log: &MemoryLog,
+        registry: Arc<crate::shadow::ModelRegistry>,
+    ) -> Self {
         let (metrics, topics) = (Arc::new(Metrics::new()), KafkaTopics::default());
         let producer = Producer::in_memory(log, metrics.clone());
         let checkpoints = Checkpoints {
@@ -175,6 +191,7 @@ impl Rig {
             producer,
             checkpoints,
             models.clone(),
+            registry,
             metrics.clone(),
         );
         Self {
@@ -246,6 +263,7 @@ impl Rig {
                 damping: Vec::new(),
                 params: Params::from_bytes(&envelope.params).expect("parameters decode"),
                 device_id: envelope.device_id,
+                model_id: envelope.model_id,
                 version: envelope.version,
                 trained_events: envelope.trained_events,
                 published_ms: envelope.published_ms,
@@ -292,7 +310,7 @@ impl Rig {
     fn held(&self) -> Vec<(String, i32, u64, u64)> {
         let models = self.models.lock();
         let mut held: Vec<_> = (models.devices.iter())
-            .map(|(id, model)| {
+            .map(|((id, _), model)| {
                 let events = model.trainer.events();
                 (id.to_string(), model.partition, model.version, events)
             })
@@ -643,6 +661,7 @@ async fn an_unusable_checkpoint_starts_the_model_afresh_and_is_counted() {
         let envelope = ParamsEnvelope {
             damping: Vec::new(),
             device_id: device("pump-1"),
+            model_id: fleetwatch_protocol::PRODUCTION_MODEL.into(),
             version,
             trained_events: 40,
             published_ms: T0_MS,
@@ -745,4 +764,150 @@ async fn on_shutdown_checkpoints_events_learned_since_the_last_checkpoint() {
     let mut next = Rig::on_log(config, &rig.log).await;
     next.feed_readings("pump-1", 13..14, 20.0).await;
     assert_eq!(next.held(), vec![("pump-1".to_owned(), 0, 2, 14)]);
+}
+
+// ---- candidate models ---------------------------------------------------------------------
+
+/// A registry with candidate `cand-1` in shadow for the whole fleet.
+fn registry_with_candidate() -> Arc<crate::shadow::ModelRegistry> {
+    use fleetwatch_protocol::{ModelEvent, ModelEventBody, ShadowScope};
+    let registry = crate::shadow::ModelRegistry::empty();
+    let bodies = [
+        ModelEventBody::Created {
+            model_id: "cand-1".into(),
+            config: serde_json::json!({"trainer": {"model": {"threshold": 0.7}}}),
+        },
+        ModelEventBody::ShadowStarted {
+            model_id: "cand-1".into(),
+            scope: ShadowScope::default(),
+        },
+    ];
+    for (offset, body) in bodies.into_iter().enumerate() {
+        let event = ModelEvent {
+            at_ms: T0_MS,
+            by: "ops".into(),
+            body,
+        };
+        assert!(registry.apply_at(offset as i64, &event));
+    }
+    registry
+}
+
+#[tokio::test]
+async fn candidate_parameters_land_on_the_device_partition_under_their_own_key() {
+    let log = MemoryLog::default();
+    let mut rig = Rig::with_registry(
+        trainer_config(5, NEVER_MS, 2),
+        &log,
+        registry_with_candidate(),
+    );
+    rig.feed_readings_at(3, "pump-1", 0..20, 20.0).await;
+    let records: Vec<_> = (log.records(&rig.topics.model_params()).into_iter())
+        .filter(|record| !record.key.starts_with(MARKER_PREFIX))
+        .collect();
+    assert_eq!(records.len(), 8, "4 publications of each model");
+    assert!(
+        records.iter().all(|r| r.partition == 3),
+        "the device's telemetry partition"
+    );
+    // What a compacted topic keeps: the newest record per key.
+    let mut latest: BTreeMap<String, ParamsEnvelope<Vec<u8>>> = BTreeMap::new();
+    for record in &records {
+        let envelope = ParamsEnvelope::decode(&record.payload).expect("binary envelope");
+        let key = fleetwatch_protocol::params_key(&envelope.device_id, &envelope.model_id);
+        assert_eq!(record.key, key);
+        latest.insert(record.key.clone(), envelope);
+    }
+    let kept: Vec<(&str, &str, u64)> = (latest.iter())
+        .map(|(key, e)| (key.as_str(), e.model_id.as_str(), e.version))
+        .collect();
+    assert_eq!(
+        kept,
+        [("pump-1", "production", 4), ("pump-1/cand-1", "cand-1", 4)],
+        "both survive, versions counted per (device, model)"
+    );
+    // The scorer's reader of the partition ends with both.
+    let params = crate::scorer::SharedParams::default();
+    let mut reader = crate::scorer::ParamsHandler {
+        params: params.clone(),
+        metrics: rig.metrics.clone(),
+    };
+    let topic = rig.topics.model_params();
+    for record in &records {
+        let read = Record::new(&topic, &record.key, &record.payload).at(3, record.offset);
+        reader.handle(&read).await.expect("reads");
+    }
+    let held: Vec<String> = params.read()[&device("pump-1")].keys().cloned().collect();
+    assert_eq!(held, ["cand-1", "production"]);
+    let checkpoints = log.records(&rig.topics.trainer_state());
+    assert!(checkpoints
+        .iter()
+        .any(|r| r.key == "pump-1/cand-1" && r.partition == 3));
+    let spent = (rig.metrics.trainer_model_updates)
+        .with_label_values(&["cand-1"])
+        .get();
+    assert_eq!(spent, 20, "the candidate's cost is counted");
+}
+
+#[tokio::test]
+async fn a_new_owner_continues_candidate_models_from_their_checkpoints() {
+    let log = MemoryLog::default();
+    let config = trainer_config(5, NEVER_MS, 2);
+    let mut first = Rig::with_registry(config.clone(), &log, registry_with_candidate());
+    first.feed_readings("pump-1", 0..20, 20.0).await;
+    drop(first);
+    let mut next = Rig::on_log_with(config, &log, registry_with_candidate()).await;
+    next.feed_readings("pump-1", 20..25, 20.0).await;
+    let key = (device("pump-1"), "cand-1".to_owned());
+    let models = next.models.lock();
+    let candidate = &models.devices[&key];
+    assert_eq!(candidate.version, 5, "versions continue");
+    assert_eq!(
+        candidate.trainer.events(),
+        25,
+        "training continues from the checkpoint"
+    );
+}
+
+/// The trainer's cost with one candidate in shadow for the whole fleet, against none
+/// (docs/benchmarks.md): 200 devices × 300 readings through the handler (learning,
+/// publications every 10 readings, checkpoints), interleaved runs, the fastest of each.
+/// Run: `cargo test -p fleetwatch --lib trainer::tests::candidate_cost -- --ignored --nocapture`
+/// (a debug build: the ratio is the figure, not the absolute times).
+#[tokio::test]
+#[ignore]
+async fn candidate_cost() {
+    async fn run(registry: Arc<crate::shadow::ModelRegistry>) -> Duration {
+        let mut rig = Rig::with_registry(
+            trainer_config(10, NEVER_MS, 10),
+            &MemoryLog::default(),
+            registry,
+        );
+        let events: Vec<(String, Vec<u8>)> = (0..200)
+            .flat_map(|d| {
+                let id = format!("dev-{d}");
+                let payloads: Vec<(String, Vec<u8>)> = (readings(0..300, 20.0).into_iter())
+                    .map(|r| (id.clone(), telemetry_event(&id, r)))
+                    .collect();
+                payloads
+            })
+            .collect();
+        let started = Instant::now();
+        for (key, payload) in &events {
+            rig.feed(key, payload).await;
+        }
+        started.elapsed()
+    }
+    let (mut alone, mut with) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        alone = alone.min(run(crate::shadow::ModelRegistry::empty()).await);
+        with = with.min(run(registry_with_candidate()).await);
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / 60_000.0;
+    println!(
+        "trainer handler, 60,000 readings: production only {:.1} µs/reading, with one fleet-wide candidate {:.1} µs/reading ({:.2}×)",
+        per(alone),
+        per(with),
+        with.as_secs_f64() / alone.as_secs_f64()
+    );
 }
