@@ -64,24 +64,14 @@ impl Producer {
     /// Queue a record and return its pending delivery. Records queued one after the other
     /// keep their order within a partition (the idempotent producer guarantees it).
     pub async fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
-        loop {
-            match self.try_enqueue(topic, key, payload) {
-                Some(delivery) => return delivery,
-                None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
-            }
-        }
+        self.enqueue_at(topic, None, key, payload).await
     }
 
     /// Queue a record without awaiting: for actors, whose handlers are synchronous and
     /// whose records must keep the order they were made in. A full local queue blocks
     /// the calling thread briefly (backpressure on the actor), counted like a wait.
     pub fn enqueue_now(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
-        loop {
-            match self.try_enqueue(topic, key, payload) {
-                Some(delivery) => return delivery,
-                None => std::thread::sleep(QUEUE_FULL_BACKOFF),
-            }
-        }
+        self.enqueue_at_now(topic, None, key, payload)
     }
 
     /// Queue a record for an explicit `partition` (a key that does not hash to the
@@ -94,12 +84,7 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Delivery {
-        loop {
-            match self.try_enqueue_at(topic, Some(partition), key, payload) {
-                Some(delivery) => return delivery,
-                None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
-            }
-        }
+        self.enqueue_at(topic, Some(partition), key, payload).await
     }
 
     /// Like [`Producer::enqueue_to`], without awaiting (for rebalance callbacks).
@@ -110,8 +95,36 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Delivery {
+        self.enqueue_at_now(topic, Some(partition), key, payload)
+    }
+
+    /// Queue a record to `partition` (or where its key hashes); a full local queue is
+    /// waited out.
+    async fn enqueue_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: &[u8],
+    ) -> Delivery {
         loop {
-            match self.try_enqueue_at(topic, Some(partition), key, payload) {
+            match self.try_enqueue_at(topic, partition, key, payload) {
+                Some(delivery) => return delivery,
+                None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
+            }
+        }
+    }
+
+    /// [`Producer::enqueue_at`] blocking the calling thread while the queue is full.
+    fn enqueue_at_now(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: &[u8],
+    ) -> Delivery {
+        loop {
+            match self.try_enqueue_at(topic, partition, key, payload) {
                 Some(delivery) => return delivery,
                 None => std::thread::sleep(QUEUE_FULL_BACKOFF),
             }
@@ -119,10 +132,6 @@ impl Producer {
     }
 
     /// One attempt: `None` (counted) when librdkafka's local queue is full.
-    fn try_enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Option<Delivery> {
-        self.try_enqueue_at(topic, None, key, payload)
-    }
-
     fn try_enqueue_at(
         &self,
         topic: &str,
