@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Largest step of the drift's level, in error deviations.
 const DRIFT_STEP: f64 = 5.0;
@@ -89,6 +89,9 @@ pub struct DetectorConfig {
     /// Per event, the seen extremes relax this fraction of the way towards the mean, so
     /// an old outlier does not mask new ones forever (0: never forget).
     pub range_decay: f64,
+    /// Judge a value's excursion beyond its range by the range before the excursion
+    /// began, until it returns or its long-run mean has moved there (see `Excursion`).
+    pub range_holds: bool,
     /// Score stuck sensors (a metric repeating a value far more than it usually does).
     pub stuck_detection: bool,
     /// Score silences far longer than the usual interval between events.
@@ -176,6 +179,7 @@ impl Default for DetectorConfig {
             range_prior: 1e-2,
             range_events: 1000,
             range_decay: 0.0001,
+            range_holds: true,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
@@ -1334,6 +1338,41 @@ struct Reading<'a> {
     shape: Option<&'a Shape>,
     /// The seasonal lean's z-score and the profile's value now, once the profile counts.
     season: Option<(f64, f64)>,
+    /// The range the value is judged by (see [`Excursion`]).
+    range: (f64, f64),
+}
+
+/// A value's excursion beyond its range, judged by the range *before it began*, as a
+/// stuck run is judged by the repeat rate before it: the trainer's range follows every
+/// new extreme, so a fault that drives a value steadily into new territory would make
+/// each reading only a slight new extreme. The excursion ends when the value returns
+/// inside that range, or when the value's long-run mean has itself moved beyond it (the
+/// new level has become the usual one). The scorer's own context.
+#[derive(Clone, Copy, Debug, Default)]
+struct Excursion {
+    /// The range when the excursion began; `None` while the value is inside its range.
+    held: Option<(f64, f64)>,
+}
+
+impl Excursion {
+    /// The range to judge `value` by, advancing the excursion.
+    fn range(&mut self, metric: &MetricParams, config: &DetectorConfig, value: f64) -> (f64, f64) {
+        let current = (metric.min, metric.max);
+        if !config.range_holds || metric.n < config.range_events {
+            self.held = None;
+            return current;
+        }
+        if let Some((min, max)) = self.held {
+            let back = value >= min && value <= max;
+            let settled = metric.value_mean < min || metric.value_mean > max;
+            if back || settled {
+                self.held = None;
+            }
+        } else if value > metric.max || value < metric.min {
+            self.held = Some(current);
+        }
+        self.held.unwrap_or(current)
+    }
 }
 
 /// Whether the current shape lies close to a prototype (once shapes count at all).
@@ -1354,7 +1393,8 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
     };
-    let beyond_range = r.value > metric.max || r.value < metric.min;
+    let (min, max) = r.range;
+    let beyond_range = r.value > max || r.value < min;
     if config.outlier_z_scale > 0.0 && beyond_range {
         let outlier = tail_score(ln_two_sided_tail(r.raw / config.outlier_z_scale));
         if outlier > score {
@@ -1417,13 +1457,10 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Seasonal { z, usual };
         }
     }
-    let ranged = range_score(metric, config, r.value);
+    let ranged = range_score(metric, config, r.value, r.range);
     if ranged > score {
         score = ranged;
-        cause = Cause::OutOfRange {
-            min: metric.min,
-            max: metric.max,
-        };
+        cause = Cause::OutOfRange { min, max };
     }
     (score, cause)
 }
@@ -1433,9 +1470,14 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
 /// the long-run distribution, and how far it lies beyond the range in units of the
 /// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
 /// a fault jumps out of it by many.
-fn range_score(metric: &MetricParams, config: &DetectorConfig, value: f64) -> f64 {
-    let range = metric.max - metric.min;
-    let excess = (value - metric.max).max(metric.min - value);
+fn range_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    value: f64,
+    (min, max): (f64, f64),
+) -> f64 {
+    let range = max - min;
+    let excess = (value - max).max(min - value);
     if range <= 0.0 || excess <= config.range_tolerance * range || metric.n < config.range_events {
         return 0.0;
     }
@@ -1463,7 +1505,7 @@ fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
 pub struct DetectorScorer {
     last_ts: Option<i64>,
     /// Sorted by name.
-    contexts: Vec<(String, Context)>,
+    contexts: Vec<(String, Context, Excursion)>,
     relation: RelationContext,
     /// The seasonal lean per metric (in the order of the parameters' metrics).
     leans: Vec<f32>,
@@ -1558,18 +1600,21 @@ impl DetectorScorer {
 
     /// The context of `name`; `hint` is where it usually is (the metrics of a device
     /// come in the same sorted order every event), which saves the search.
-    fn context(&mut self, name: &String, hint: usize) -> &mut Context {
-        if self.contexts.get(hint).is_some_and(|(n, _)| n == name) {
-            return &mut self.contexts[hint].1;
-        }
-        let index = match self.contexts.binary_search_by(|(n, _)| n.cmp(name)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.contexts.insert(i, (name.clone(), Context::default()));
-                i
+    fn context(&mut self, name: &String, hint: usize) -> (&mut Context, &mut Excursion) {
+        let index = if self.contexts.get(hint).is_some_and(|(n, _, _)| n == name) {
+            hint
+        } else {
+            match self.contexts.binary_search_by(|(n, _, _)| n.cmp(name)) {
+                Ok(i) => i,
+                Err(i) => {
+                    let fresh = (name.clone(), Context::default(), Excursion::default());
+                    self.contexts.insert(i, fresh);
+                    i
+                }
             }
         };
-        &mut self.contexts[index].1
+        let (_, context, excursion) = &mut self.contexts[index];
+        (context, excursion)
     }
 
     /// Advance the seasonal lean of `name`; its z-score against the learned lean and the
@@ -1615,7 +1660,7 @@ impl DetectorScorer {
         let (name, value, hint) = reading;
         let config = &params.config;
         let season = self.season_reading(params, name, (value, hint), tod.ts_ms);
-        let context = self.context(name, hint);
+        let (context, excursion) = self.context(name, hint);
         let Some((index, metric)) = params.metric(name, hint) else {
             context.observe(value, 1.0, config);
             return None;
@@ -1652,6 +1697,7 @@ impl DetectorScorer {
             drift: f64::from(context.drift),
             shape: shape.as_ref(),
             season,
+            range: excursion.range(metric, config, value),
         };
         let (mut score, mut cause) = if metric.n < config.history_events {
             (
@@ -2003,6 +2049,7 @@ mod tests {
                 drift: 0.0,
                 shape: Some(&shape),
                 season: None,
+                range: (metric.min, metric.max),
             };
             history_score(&metric, &config, &reading).0
         };
