@@ -92,6 +92,9 @@ pub struct DetectorConfig {
     /// Judge a value's excursion beyond its range by the range before the excursion
     /// began, until it returns or its long-run mean has moved there (see `Excursion`).
     pub range_holds: bool,
+    /// Judge the range of a metric that has only ever been positive on a multiplicative
+    /// scale (its log), and the improbability of a value beyond it under a log-normal.
+    pub range_log_scale: bool,
     /// Score stuck sensors (a metric repeating a value far more than it usually does).
     pub stuck_detection: bool,
     /// Score silences far longer than the usual interval between events.
@@ -180,6 +183,7 @@ impl Default for DetectorConfig {
             range_events: 1000,
             range_decay: 0.0001,
             range_holds: true,
+            range_log_scale: true,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
@@ -1476,21 +1480,51 @@ fn range_score(
     value: f64,
     (min, max): (f64, f64),
 ) -> f64 {
-    let range = max - min;
     let excess = (value - max).max(min - value);
-    if range <= 0.0 || excess <= config.range_tolerance * range || metric.n < config.range_events {
+    if max <= min || excess <= 0.0 || metric.n < config.range_events {
+        return 0.0;
+    }
+    // A quantity that has only ever been positive (a count, a rate, a duration) is
+    // judged on its own, multiplicative scale: a fall to a hundredth of its least value
+    // is far beyond its range however small the fall is next to its peaks.
+    let multiplicative = config.range_log_scale
+        && min > 0.0
+        && value > 0.0
+        && value < min
+        && metric.value_mean > 0.0;
+    let (fraction, ln_value_tail) = if multiplicative {
+        let fraction = (min / value).ln() / (max / min).ln();
+        (fraction, ln_lognormal_tail(metric, value))
+    } else {
+        let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
+        (excess / (max - min), ln_two_sided_tail(z))
+    };
+    if fraction <= config.range_tolerance {
         return 0.0;
     }
     // Graded, so that the threshold can tell a slight new extreme from a wild one.
-    let beyond = (excess / range - config.range_tolerance).min(1.0);
+    let beyond = (fraction - config.range_tolerance).min(1.0);
     let ranged = config.range_score * (0.9 + 0.1 * beyond);
     if config.range_prior <= 0.0 {
         return ranged;
     }
-    let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
     let spreads = excess / metric.error_std.max(1e-12);
-    let ln_p = ln_fisher2(ln_two_sided_tail(z), ln_upper_tail(spreads));
+    let ln_p = ln_fisher2(ln_value_tail, ln_upper_tail(spreads));
     ranged.min(tail_score(ln_p + config.range_prior.ln()))
+}
+
+/// ln of the two-sided tail probability of `value` under the log-normal with the
+/// metric's long-run mean and spread (moment-matched: `σ² = ln(1 + (std/mean)²)`,
+/// `μ = ln(mean) − σ²/2`); a value at or below zero lies beyond any probability.
+fn ln_lognormal_tail(metric: &MetricParams, value: f64) -> f64 {
+    const LN_NOTHING: f64 = -1e3;
+    if value <= 0.0 {
+        return LN_NOTHING;
+    }
+    let relative = metric.value_std / metric.value_mean;
+    let var = relative.mul_add(relative, 1.0).ln().max(1e-12);
+    let mu = metric.value_mean.ln() - 0.5 * var;
+    ln_two_sided_tail((value.ln() - mu) / var.sqrt()).max(LN_NOTHING)
 }
 
 /// Fisher's combination of two independent p-values, in log space: the probability that
