@@ -92,8 +92,10 @@ pub struct DetectorConfig {
     /// Judge a value's excursion beyond its range by the range before the excursion
     /// began, until it returns or its long-run mean has moved there (see `Excursion`).
     pub range_holds: bool,
-    /// Judge the range of a metric that has only ever been positive on a multiplicative
-    /// scale (its log), and the improbability of a value beyond it under a log-normal.
+    /// Judge a fall below the range of a metric whose range lies above zero on its own,
+    /// multiplicative scale (how far below the least value in logarithms, as a fraction
+    /// of the range's), and the value's improbability under a log-normal. Upward exits,
+    /// and values at or below zero, stay additive.
     pub range_log_scale: bool,
     /// Score stuck sensors (a metric repeating a value far more than it usually does).
     pub stuck_detection: bool,
@@ -1484,9 +1486,10 @@ fn range_score(
     if max <= min || excess <= 0.0 || metric.n < config.range_events {
         return 0.0;
     }
-    // A quantity that has only ever been positive (a count, a rate, a duration) is
+    // A positive quantity (a count, a rate, a duration) falling below its range is
     // judged on its own, multiplicative scale: a fall to a hundredth of its least value
-    // is far beyond its range however small the fall is next to its peaks.
+    // is far beyond its range however small the fall is next to its peaks. (Upward
+    // exits stay additive: on that scale the spikes of positive series look small.)
     let multiplicative = config.range_log_scale
         && min > 0.0
         && value > 0.0
@@ -1515,7 +1518,8 @@ fn range_score(
 
 /// ln of the two-sided tail probability of `value` under the log-normal with the
 /// metric's long-run mean and spread (moment-matched: `σ² = ln(1 + (std/mean)²)`,
-/// `μ = ln(mean) − σ²/2`); a value at or below zero lies beyond any probability.
+/// `μ = ln(mean) − σ²/2`); a value at or below zero lies beyond any probability (the
+/// range check does not ask: it judges those additively).
 fn ln_lognormal_tail(metric: &MetricParams, value: f64) -> f64 {
     const LN_NOTHING: f64 = -1e3;
     if value <= 0.0 {
@@ -2143,6 +2147,66 @@ mod tests {
             let expected = if metrics * 168 <= 336 { metrics } else { 0 };
             assert_eq!(trainer.snapshot().seasons.len(), expected);
         }
+    }
+
+    /// The score of the range part of an event (0 when it does not contribute).
+    fn range_part(score: &Score) -> f64 {
+        score
+            .contributors
+            .iter()
+            .filter(|part| matches!(part.cause, Cause::OutOfRange { .. }))
+            .map(|part| part.score)
+            .fold(0.0, f64::max)
+    }
+
+    /// A cycle between 10 and 30 for 3,150 readings (ending at its trough), then a slow
+    /// fall of 0.05 per reading for 80 readings: each reading only a slight new extreme.
+    /// The largest range part during the fall.
+    fn slow_fall(config: DetectorConfig) -> f64 {
+        let mut rig = Rig::with(config);
+        let cycle = |i: u64| 20.0 + 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
+        for i in 0..3_150 {
+            rig.step(cycle(i) + 0.3 * noise(i), 1000);
+        }
+        (1..=80u64)
+            .map(|k| rig.step(10.0 - 0.05 * k as f64 + 0.3 * noise(10_000 + k), 1000))
+            .map(|score| range_part(&score))
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn an_excursion_is_judged_by_the_range_before_it_began() {
+        let held = slow_fall(DetectorConfig::default());
+        let followed = slow_fall(DetectorConfig {
+            range_holds: false,
+            ..DetectorConfig::default()
+        });
+        assert!(held >= THRESHOLD, "held range: {held}");
+        assert!(followed < THRESHOLD, "range following the fall: {followed}");
+    }
+
+    /// A positive metric cycling multiplicatively between about 13.5 and 740, then one
+    /// reading of 1: the range part of that reading.
+    fn fall_towards_zero(config: DetectorConfig) -> f64 {
+        let mut rig = Rig::with(config);
+        let cycle =
+            |i: u64| 100.0 * (2.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin()).exp();
+        for i in 0..3_000 {
+            let score = rig.step(cycle(i) * (1.0 + 0.01 * noise(i)), 1000);
+            assert!(score.value < THRESHOLD, "false alarm at {i}: {score:?}");
+        }
+        range_part(&rig.step(1.0, 1000))
+    }
+
+    #[test]
+    fn a_positive_metric_falling_towards_zero_is_beyond_its_range() {
+        let multiplicative = fall_towards_zero(DetectorConfig::default());
+        let additive = fall_towards_zero(DetectorConfig {
+            range_log_scale: false,
+            ..DetectorConfig::default()
+        });
+        assert!(multiplicative >= THRESHOLD, "multiplicative: {multiplicative}");
+        assert!(additive < THRESHOLD, "additive: {additive}");
     }
 
     #[test]
