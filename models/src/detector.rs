@@ -1494,7 +1494,8 @@ fn range_score(
         && min > 0.0
         && value > 0.0
         && value < min
-        && metric.value_mean > 0.0;
+        && metric.value_mean > 0.0
+        && metric.value_mean < ZERO_BOUND_SPREADS * metric.value_std;
     let (fraction, ln_value_tail) = if multiplicative {
         let fraction = (min / value).ln() / (max / min).ln();
         (fraction, ln_lognormal_tail(metric, value))
@@ -1515,6 +1516,12 @@ fn range_score(
     let ln_p = ln_fisher2(ln_value_tail, ln_upper_tail(spreads));
     ranged.min(tail_score(ln_p + config.range_prior.ln()))
 }
+
+/// A positive metric is bounded by zero in a way that matters, and so judged on its own
+/// scale below its range, only while its long-run mean lies within this many spreads of
+/// zero: farther, it is as symmetric as a Gaussian (a moment-matched log-normal would
+/// make its falls of plain noise look improbable).
+const ZERO_BOUND_SPREADS: f64 = 3.0;
 
 /// ln of the two-sided tail probability of `value` under the log-normal with the
 /// metric's long-run mean and spread (moment-matched: `σ² = ln(1 + (std/mean)²)`,
@@ -2159,17 +2166,21 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
-    /// A cycle between 10 and 30 for 3,150 readings (ending at its trough), then a slow
-    /// fall of 0.05 per reading for 80 readings: each reading only a slight new extreme.
-    /// The largest range part during the fall.
+    /// A cycle between -10 and 10 for 3,150 readings (ending at its trough), then a slow
+    /// fall of 0.05 per reading for 200 readings: each reading only a slight new
+    /// extreme. The largest range part during the fall (the range additive, so that only
+    /// the excursion's rule differs).
     fn slow_fall(config: DetectorConfig) -> f64 {
-        let mut rig = Rig::with(config);
-        let cycle = |i: u64| 20.0 + 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
+        let mut rig = Rig::with(DetectorConfig {
+            range_log_scale: false,
+            ..config
+        });
+        let cycle = |i: u64| 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
         for i in 0..3_150 {
             rig.step(cycle(i) + 0.3 * noise(i), 1000);
         }
-        (1..=80u64)
-            .map(|k| rig.step(10.0 - 0.05 * k as f64 + 0.3 * noise(10_000 + k), 1000))
+        (1..=200u64)
+            .map(|k| rig.step(-10.0 - 0.05 * k as f64 + 0.3 * noise(10_000 + k), 1000))
             .map(|score| range_part(&score))
             .fold(0.0, f64::max)
     }
@@ -2189,8 +2200,7 @@ mod tests {
     /// reading of 1: the range part of that reading.
     fn fall_towards_zero(config: DetectorConfig) -> f64 {
         let mut rig = Rig::with(config);
-        let cycle =
-            |i: u64| 100.0 * (2.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin()).exp();
+        let cycle = |i: u64| 100.0 * (2.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin()).exp();
         for i in 0..3_000 {
             let score = rig.step(cycle(i) * (1.0 + 0.01 * noise(i)), 1000);
             assert!(score.value < THRESHOLD, "false alarm at {i}: {score:?}");
@@ -2205,7 +2215,10 @@ mod tests {
             range_log_scale: false,
             ..DetectorConfig::default()
         });
-        assert!(multiplicative >= THRESHOLD, "multiplicative: {multiplicative}");
+        assert!(
+            multiplicative >= THRESHOLD,
+            "multiplicative: {multiplicative}"
+        );
         assert!(additive < THRESHOLD, "additive: {additive}");
     }
 
