@@ -36,7 +36,7 @@ use crate::ring::Ring;
 use crate::{Cause, MetricScore, ModelError, Observation, Score, Scorer, Trainer};
 
 pub const KIND: &str = "fleetwatch-detector";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Largest step of the drift's level, in error deviations.
 const DRIFT_STEP: f64 = 5.0;
@@ -89,6 +89,14 @@ pub struct DetectorConfig {
     /// Per event, the seen extremes relax this fraction of the way towards the mean, so
     /// an old outlier does not mask new ones forever (0: never forget).
     pub range_decay: f64,
+    /// Judge a value's excursion beyond its range by the range before the excursion
+    /// began, until it returns or its long-run mean has moved there (see `Excursion`).
+    pub range_holds: bool,
+    /// Judge a fall below the range of a metric whose range lies above zero on its own,
+    /// multiplicative scale (how far below the least value in logarithms, as a fraction
+    /// of the range's), and the value's improbability under a log-normal. Upward exits,
+    /// and values at or below zero, stay additive.
+    pub range_log_scale: bool,
     /// Score stuck sensors (a metric repeating a value far more than it usually does).
     pub stuck_detection: bool,
     /// Score silences far longer than the usual interval between events.
@@ -176,6 +184,8 @@ impl Default for DetectorConfig {
             range_prior: 1e-2,
             range_events: 1000,
             range_decay: 0.0001,
+            range_holds: true,
+            range_log_scale: true,
             stuck_detection: true,
             gap_detection: true,
             gap_min_ratio: 5.0,
@@ -1334,6 +1344,41 @@ struct Reading<'a> {
     shape: Option<&'a Shape>,
     /// The seasonal lean's z-score and the profile's value now, once the profile counts.
     season: Option<(f64, f64)>,
+    /// The range the value is judged by (see [`Excursion`]).
+    range: (f64, f64),
+}
+
+/// A value's excursion beyond its range, judged by the range *before it began*, as a
+/// stuck run is judged by the repeat rate before it: the trainer's range follows every
+/// new extreme, so a fault that drives a value steadily into new territory would make
+/// each reading only a slight new extreme. The excursion ends when the value returns
+/// inside that range, or when the value's long-run mean has itself moved beyond it (the
+/// new level has become the usual one). The scorer's own context.
+#[derive(Clone, Copy, Debug, Default)]
+struct Excursion {
+    /// The range when the excursion began; `None` while the value is inside its range.
+    held: Option<(f64, f64)>,
+}
+
+impl Excursion {
+    /// The range to judge `value` by, advancing the excursion.
+    fn range(&mut self, metric: &MetricParams, config: &DetectorConfig, value: f64) -> (f64, f64) {
+        let current = (metric.min, metric.max);
+        if !config.range_holds || metric.n < config.range_events {
+            self.held = None;
+            return current;
+        }
+        if let Some((min, max)) = self.held {
+            let back = value >= min && value <= max;
+            let settled = metric.value_mean < min || metric.value_mean > max;
+            if back || settled {
+                self.held = None;
+            }
+        } else if value > metric.max || value < metric.min {
+            self.held = Some(current);
+        }
+        self.held.unwrap_or(current)
+    }
 }
 
 /// Whether the current shape lies close to a prototype (once shapes count at all).
@@ -1354,7 +1399,8 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
     };
-    let beyond_range = r.value > metric.max || r.value < metric.min;
+    let (min, max) = r.range;
+    let beyond_range = r.value > max || r.value < min;
     if config.outlier_z_scale > 0.0 && beyond_range {
         let outlier = tail_score(ln_two_sided_tail(r.raw / config.outlier_z_scale));
         if outlier > score {
@@ -1417,13 +1463,10 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Seasonal { z, usual };
         }
     }
-    let ranged = range_score(metric, config, r.value);
+    let ranged = range_score(metric, config, r.value, r.range);
     if ranged > score {
         score = ranged;
-        cause = Cause::OutOfRange {
-            min: metric.min,
-            max: metric.max,
-        };
+        cause = Cause::OutOfRange { min, max };
     }
     (score, cause)
 }
@@ -1433,22 +1476,66 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
 /// the long-run distribution, and how far it lies beyond the range in units of the
 /// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
 /// a fault jumps out of it by many.
-fn range_score(metric: &MetricParams, config: &DetectorConfig, value: f64) -> f64 {
-    let range = metric.max - metric.min;
-    let excess = (value - metric.max).max(metric.min - value);
-    if range <= 0.0 || excess <= config.range_tolerance * range || metric.n < config.range_events {
+fn range_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    value: f64,
+    (min, max): (f64, f64),
+) -> f64 {
+    let excess = (value - max).max(min - value);
+    if max <= min || excess <= 0.0 || metric.n < config.range_events {
+        return 0.0;
+    }
+    // A positive quantity (a count, a rate, a duration) falling below its range is
+    // judged on its own, multiplicative scale: a fall to a hundredth of its least value
+    // is far beyond its range however small the fall is next to its peaks. (Upward
+    // exits stay additive: on that scale the spikes of positive series look small.)
+    let multiplicative = config.range_log_scale
+        && min > 0.0
+        && value > 0.0
+        && value < min
+        && metric.value_mean > 0.0
+        && metric.value_mean < ZERO_BOUND_SPREADS * metric.value_std;
+    let (fraction, ln_value_tail) = if multiplicative {
+        let fraction = (min / value).ln() / (max / min).ln();
+        (fraction, ln_lognormal_tail(metric, value))
+    } else {
+        let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
+        (excess / (max - min), ln_two_sided_tail(z))
+    };
+    if fraction <= config.range_tolerance {
         return 0.0;
     }
     // Graded, so that the threshold can tell a slight new extreme from a wild one.
-    let beyond = (excess / range - config.range_tolerance).min(1.0);
+    let beyond = (fraction - config.range_tolerance).min(1.0);
     let ranged = config.range_score * (0.9 + 0.1 * beyond);
     if config.range_prior <= 0.0 {
         return ranged;
     }
-    let z = (value - metric.value_mean) / metric.value_std.max(1e-12);
     let spreads = excess / metric.error_std.max(1e-12);
-    let ln_p = ln_fisher2(ln_two_sided_tail(z), ln_upper_tail(spreads));
+    let ln_p = ln_fisher2(ln_value_tail, ln_upper_tail(spreads));
     ranged.min(tail_score(ln_p + config.range_prior.ln()))
+}
+
+/// A positive metric is bounded by zero in a way that matters, and so judged on its own
+/// scale below its range, only while its long-run mean lies within this many spreads of
+/// zero: farther, it is as symmetric as a Gaussian (a moment-matched log-normal would
+/// make its falls of plain noise look improbable).
+const ZERO_BOUND_SPREADS: f64 = 3.0;
+
+/// ln of the two-sided tail probability of `value` under the log-normal with the
+/// metric's long-run mean and spread (moment-matched: `σ² = ln(1 + (std/mean)²)`,
+/// `μ = ln(mean) − σ²/2`); a value at or below zero lies beyond any probability (the
+/// range check does not ask: it judges those additively).
+fn ln_lognormal_tail(metric: &MetricParams, value: f64) -> f64 {
+    const LN_NOTHING: f64 = -1e3;
+    if value <= 0.0 {
+        return LN_NOTHING;
+    }
+    let relative = metric.value_std / metric.value_mean;
+    let var = relative.mul_add(relative, 1.0).ln().max(1e-12);
+    let mu = metric.value_mean.ln() - 0.5 * var;
+    ln_two_sided_tail((value.ln() - mu) / var.sqrt()).max(LN_NOTHING)
 }
 
 /// Fisher's combination of two independent p-values, in log space: the probability that
@@ -1463,7 +1550,7 @@ fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
 pub struct DetectorScorer {
     last_ts: Option<i64>,
     /// Sorted by name.
-    contexts: Vec<(String, Context)>,
+    contexts: Vec<(String, Context, Excursion)>,
     relation: RelationContext,
     /// The seasonal lean per metric (in the order of the parameters' metrics).
     leans: Vec<f32>,
@@ -1558,18 +1645,21 @@ impl DetectorScorer {
 
     /// The context of `name`; `hint` is where it usually is (the metrics of a device
     /// come in the same sorted order every event), which saves the search.
-    fn context(&mut self, name: &String, hint: usize) -> &mut Context {
-        if self.contexts.get(hint).is_some_and(|(n, _)| n == name) {
-            return &mut self.contexts[hint].1;
-        }
-        let index = match self.contexts.binary_search_by(|(n, _)| n.cmp(name)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.contexts.insert(i, (name.clone(), Context::default()));
-                i
+    fn context(&mut self, name: &String, hint: usize) -> (&mut Context, &mut Excursion) {
+        let index = if self.contexts.get(hint).is_some_and(|(n, _, _)| n == name) {
+            hint
+        } else {
+            match self.contexts.binary_search_by(|(n, _, _)| n.cmp(name)) {
+                Ok(i) => i,
+                Err(i) => {
+                    let fresh = (name.clone(), Context::default(), Excursion::default());
+                    self.contexts.insert(i, fresh);
+                    i
+                }
             }
         };
-        &mut self.contexts[index].1
+        let (_, context, excursion) = &mut self.contexts[index];
+        (context, excursion)
     }
 
     /// Advance the seasonal lean of `name`; its z-score against the learned lean and the
@@ -1615,7 +1705,7 @@ impl DetectorScorer {
         let (name, value, hint) = reading;
         let config = &params.config;
         let season = self.season_reading(params, name, (value, hint), tod.ts_ms);
-        let context = self.context(name, hint);
+        let (context, excursion) = self.context(name, hint);
         let Some((index, metric)) = params.metric(name, hint) else {
             context.observe(value, 1.0, config);
             return None;
@@ -1652,6 +1742,7 @@ impl DetectorScorer {
             drift: f64::from(context.drift),
             shape: shape.as_ref(),
             season,
+            range: excursion.range(metric, config, value),
         };
         let (mut score, mut cause) = if metric.n < config.history_events {
             (
@@ -2003,6 +2094,7 @@ mod tests {
                 drift: 0.0,
                 shape: Some(&shape),
                 season: None,
+                range: (metric.min, metric.max),
             };
             history_score(&metric, &config, &reading).0
         };
@@ -2062,6 +2154,72 @@ mod tests {
             let expected = if metrics * 168 <= 336 { metrics } else { 0 };
             assert_eq!(trainer.snapshot().seasons.len(), expected);
         }
+    }
+
+    /// The score of the range part of an event (0 when it does not contribute).
+    fn range_part(score: &Score) -> f64 {
+        score
+            .contributors
+            .iter()
+            .filter(|part| matches!(part.cause, Cause::OutOfRange { .. }))
+            .map(|part| part.score)
+            .fold(0.0, f64::max)
+    }
+
+    /// A cycle between -10 and 10 for 3,150 readings (ending at its trough), then a slow
+    /// fall of 0.05 per reading for 200 readings: each reading only a slight new
+    /// extreme. The largest range part during the fall (the range additive, so that only
+    /// the excursion's rule differs).
+    fn slow_fall(config: DetectorConfig) -> f64 {
+        let mut rig = Rig::with(DetectorConfig {
+            range_log_scale: false,
+            ..config
+        });
+        let cycle = |i: u64| 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
+        for i in 0..3_150 {
+            rig.step(cycle(i) + 0.3 * noise(i), 1000);
+        }
+        (1..=200u64)
+            .map(|k| rig.step(-10.0 - 0.05 * k as f64 + 0.3 * noise(10_000 + k), 1000))
+            .map(|score| range_part(&score))
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn an_excursion_is_judged_by_the_range_before_it_began() {
+        let held = slow_fall(DetectorConfig::default());
+        let followed = slow_fall(DetectorConfig {
+            range_holds: false,
+            ..DetectorConfig::default()
+        });
+        assert!(held >= THRESHOLD, "held range: {held}");
+        assert!(followed < THRESHOLD, "range following the fall: {followed}");
+    }
+
+    /// A positive metric cycling multiplicatively between about 13.5 and 740, then one
+    /// reading of 1: the range part of that reading.
+    fn fall_towards_zero(config: DetectorConfig) -> f64 {
+        let mut rig = Rig::with(config);
+        let cycle = |i: u64| 100.0 * (2.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin()).exp();
+        for i in 0..3_000 {
+            let score = rig.step(cycle(i) * (1.0 + 0.01 * noise(i)), 1000);
+            assert!(score.value < THRESHOLD, "false alarm at {i}: {score:?}");
+        }
+        range_part(&rig.step(1.0, 1000))
+    }
+
+    #[test]
+    fn a_positive_metric_falling_towards_zero_is_beyond_its_range() {
+        let multiplicative = fall_towards_zero(DetectorConfig::default());
+        let additive = fall_towards_zero(DetectorConfig {
+            range_log_scale: false,
+            ..DetectorConfig::default()
+        });
+        assert!(
+            multiplicative >= THRESHOLD,
+            "multiplicative: {multiplicative}"
+        );
+        assert!(additive < THRESHOLD, "additive: {additive}");
     }
 
     #[test]
