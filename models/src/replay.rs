@@ -12,8 +12,8 @@ use crate::{Observation, Score, Scorer, Trainer};
 /// The metrics may be owned or borrowed (`&BTreeMap`), so that several configurations can
 /// replay the same series without copying it.
 pub fn replay<T, S, M>(
-    mut trainer: T,
-    mut scorer: S,
+    trainer: T,
+    scorer: S,
     publish_every: u32,
     observations: impl IntoIterator<Item = (i64, M)>,
 ) -> Vec<Score>
@@ -22,26 +22,51 @@ where
     S: Scorer<Params = T::Params>,
     M: std::borrow::Borrow<BTreeMap<String, f64>>,
 {
-    let publish_every = publish_every.max(1);
-    let mut params = trainer.snapshot();
-    let mut since_publish = 0;
+    let mut replayer = Replayer::new(trainer, scorer, publish_every);
     observations
         .into_iter()
-        .map(|(ts_ms, metrics)| {
-            let observation = Observation {
-                ts_ms,
-                metrics: metrics.borrow(),
-            };
-            let score = scorer.score(&params, &observation);
-            trainer.update(&observation);
-            since_publish += 1;
-            if since_publish >= publish_every {
-                params = trainer.snapshot();
-                since_publish = 0;
-            }
-            score
-        })
+        .map(|(ts_ms, metrics)| replayer.step(ts_ms, metrics.borrow()))
         .collect()
+}
+
+/// [`replay`] one observation at a time, for callers that score a series as it arrives
+/// (the backfill) instead of holding it: the same pairing, the same scores.
+pub struct Replayer<T: Trainer, S> {
+    trainer: T,
+    scorer: S,
+    params: T::Params,
+    publish_every: u32,
+    since_publish: u32,
+}
+
+impl<T, S> Replayer<T, S>
+where
+    T: Trainer,
+    S: Scorer<Params = T::Params>,
+{
+    /// A replay whose trainer publishes its parameters every `publish_every` events.
+    pub fn new(trainer: T, scorer: S, publish_every: u32) -> Self {
+        Self {
+            params: trainer.snapshot(),
+            trainer,
+            scorer,
+            publish_every: publish_every.max(1),
+            since_publish: 0,
+        }
+    }
+
+    /// Score the next observation with the parameters last published, then learn it.
+    pub fn step(&mut self, ts_ms: i64, metrics: &BTreeMap<String, f64>) -> Score {
+        let observation = Observation { ts_ms, metrics };
+        let score = self.scorer.score(&self.params, &observation);
+        self.trainer.update(&observation);
+        self.since_publish += 1;
+        if self.since_publish >= self.publish_every {
+            self.params = self.trainer.snapshot();
+            self.since_publish = 0;
+        }
+        score
+    }
 }
 
 /// What went wrong reading a telemetry table: always names the row (1-based, the header

@@ -226,6 +226,64 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// One record of an archive file as a reader of records needs it (the backfill): partition,
+/// offset, ingest ms and the value, borrowed from the file's batch.
+pub type RecordRef<'a> = (i32, i64, Option<i64>, &'a [u8]);
+
+/// The batches of an archive file with only the columns of a [`RecordRef`] (the others
+/// are not decoded); see [`batch_records`].
+pub fn record_batches(
+    bytes: bytes::Bytes,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, parquet::errors::ParquetError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let columns = ["partition", "offset", "ingest_ms", "payload"];
+    let schema = builder.parquet_schema();
+    let indices: Vec<usize> = (0..schema.num_columns())
+        .filter(|&i| columns.contains(&schema.column(i).name()))
+        .collect();
+    if indices.len() != columns.len() {
+        return Err(parquet::errors::ParquetError::General(format!(
+            "not an archive file: it lacks one of the columns {columns:?}"
+        )));
+    }
+    let mask = ProjectionMask::leaves(schema, indices);
+    builder.with_projection(mask).build()
+}
+
+/// The records of one batch of [`record_batches`].
+pub fn batch_records(
+    batch: &RecordBatch,
+) -> Result<impl Iterator<Item = RecordRef<'_>>, parquet::errors::ParquetError> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| {
+            parquet::errors::ParquetError::General(format!("no column {name:?} in the batch"))
+        })
+    };
+    let wrong = |name: &str| {
+        parquet::errors::ParquetError::General(format!("column {name:?} has the wrong type"))
+    };
+    let partition =
+        (column("partition")?.as_primitive_opt::<Int32Type>()).ok_or_else(|| wrong("partition"))?;
+    let offset =
+        (column("offset")?.as_primitive_opt::<Int64Type>()).ok_or_else(|| wrong("offset"))?;
+    let ingest =
+        (column("ingest_ms")?.as_primitive_opt::<Int64Type>()).ok_or_else(|| wrong("ingest_ms"))?;
+    let payload = (column("payload")?.as_binary_opt::<i32>()).ok_or_else(|| wrong("payload"))?;
+    Ok((0..batch.num_rows()).map(move |i| {
+        let ingest_ms = (!ingest.is_null(i)).then(|| ingest.value(i));
+        (
+            partition.value(i),
+            offset.value(i),
+            ingest_ms,
+            payload.value(i),
+        )
+    }))
+}
+
 /// The rows of a Parquet archive file, for readers (backfill, tests).
 pub fn read_rows(
     bytes: bytes::Bytes,

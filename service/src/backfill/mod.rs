@@ -15,8 +15,9 @@ mod config;
 pub mod models;
 pub mod report;
 pub mod source;
+pub mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -132,20 +133,133 @@ fn replay_both(
         base.map_err(BackfillError::Replay)?,
         candidate.map_err(BackfillError::Replay)?,
     );
+    let pairs = devices.keys().map(|device| {
+        let b = base.remove(device).unwrap_or_default();
+        let c = candidate.remove(device).unwrap_or_default();
+        (device.clone(), (b, c))
+    });
+    Ok(compared(config, pairs.collect::<Vec<_>>()))
+}
+
+/// What a run read and decided, by either way of replaying.
+struct Outcome {
+    source: source::SourceCounts,
+    events: u64,
+    duplicates: u64,
+    devices: usize,
+    per_device: BTreeMap<String, report::DeviceComparison>,
+    verdicts: report::Verdicts,
+}
+
+/// The alerts of each device counted (not opened in the warm-up), compared.
+fn compared(
+    config: &BackfillConfig,
+    alerts: impl IntoIterator<Item = (String, (Vec<models::Alert>, Vec<models::Alert>))>,
+) -> BTreeMap<String, report::DeviceComparison> {
     let counted = |alerts: Vec<models::Alert>| -> Vec<models::Alert> {
         (alerts.into_iter())
             .filter(|a| a.opened_ms >= config.counted_from_ms())
             .collect()
     };
     let mut per_device = BTreeMap::new();
-    for device in devices.keys() {
-        let b = counted(base.remove(device).unwrap_or_default());
-        let c = counted(candidate.remove(device).unwrap_or_default());
+    for (device, (b, c)) in alerts {
+        let (b, c) = (counted(b), counted(c));
         if !b.is_empty() || !c.is_empty() {
-            per_device.insert(device.clone(), report::compare(b, c));
+            per_device.insert(device, report::compare(b, c));
         }
     }
-    Ok(per_device)
+    per_device
+}
+
+/// Read and replay at once (module [`stream`]); `None` when some device's readings did
+/// not come in Kafka order (then only [`in_memory`] decides as the scorer would).
+async fn streamed(
+    settings: &Settings,
+    (archive, config, baseline): (Option<&Sink>, &BackfillConfig, &ModelRun),
+    verdicts: &report::VerdictsById,
+    progress: &ProgressBar,
+) -> Result<Option<Outcome>, BackfillError> {
+    let mut wanted_times: HashMap<String, HashSet<u64>> = HashMap::new();
+    for (device, first, _, _) in verdicts.values() {
+        wanted_times
+            .entry(device.clone())
+            .or_default()
+            .insert(*first);
+    }
+    let rules = |run: &ModelRun| run.rules().map_err(BackfillError::Config);
+    let plan = stream::Plan {
+        baseline: (baseline.clone(), rules(baseline)?),
+        candidate: (config.candidate.clone(), rules(&config.candidate)?),
+        wanted_times,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (dispatch, replay) = stream::start(plan, threads);
+    progress.set_message("replaying");
+    let read = source::read(&settings.kafka, archive, config, progress, Some(dispatch)).await;
+    let (mut history, replayed) = match read {
+        Ok(mut history) => {
+            let dispatch = history.stream.take();
+            let replayed = replay.finish(dispatch).await;
+            (history, replayed.map_err(BackfillError::Replay)?)
+        }
+        Err(error) => {
+            let _ = replay.finish(None).await;
+            return Err(error);
+        }
+    };
+    if replayed.out_of_order > 0 {
+        tracing::warn!(
+            devices = replayed.out_of_order,
+            "readings of a device came out of Kafka order (in several partitions): replaying the range again in memory"
+        );
+        return Ok(None);
+    }
+    history.counts.reader_waits = replayed.reader_waits;
+    let devices = replayed.alerts.len();
+    let per_device = compared(config, replayed.alerts);
+    let times = &replayed.times;
+    let opened_ms = |device: &str, seq: u64| times.get(&(device.to_owned(), seq)).copied();
+    let counted_from = config.counted_from_ms();
+    Ok(Some(Outcome {
+        source: history.counts,
+        events: replayed.events,
+        duplicates: replayed.duplicates,
+        devices,
+        verdicts: report::score_verdicts(verdicts, &opened_ms, &per_device, counted_from),
+        per_device,
+    }))
+}
+
+/// Read the whole range, then replay it (module [`models`]): holds the range in memory.
+async fn in_memory(
+    settings: &Settings,
+    (archive, config, baseline): (Option<&Sink>, &BackfillConfig, &ModelRun),
+    verdicts: &report::VerdictsById,
+    progress: &ProgressBar,
+) -> Result<Outcome, BackfillError> {
+    progress.set_message("reading");
+    let mut history = source::read(&settings.kafka, archive, config, progress, None).await?;
+    let duplicates = models::deduplicate(&mut history.devices);
+    // The replay is CPU work on threads of its own; the runtime's threads stay free.
+    let (replay_config, bar, baseline) = (config.clone(), progress.clone(), baseline.clone());
+    let (per_device, history) = tokio::task::spawn_blocking(move || {
+        let per_device = replay_both(&replay_config, &baseline, &history.devices, &bar);
+        (per_device, history)
+    })
+    .await
+    .map_err(|e| BackfillError::Replay(format!("the replay task failed: {e}")))?;
+    let per_device = per_device?;
+    let times = report::reading_times(&history.devices);
+    let opened_ms = |device: &str, seq: u64| times.get(&(device, seq)).copied();
+    let counted_from = config.counted_from_ms();
+    Ok(Outcome {
+        verdicts: report::score_verdicts(verdicts, &opened_ms, &per_device, counted_from),
+        events: history.devices.values().map(|r| r.len() as u64).sum(),
+        devices: history.devices.len(),
+        duplicates,
+        per_device,
+        source: history.counts,
+    })
 }
 
 /// Run a backfill with `settings`' Kafka, archive and production configuration.
@@ -165,43 +279,33 @@ pub async fn run(
     } else {
         Some(Sink::open(&settings.archive).map_err(BackfillError::Archive)?)
     };
-    progress.set_message("reading");
-    let mut history = source::read(&settings.kafka, archive.as_ref(), config, progress).await?;
-    let duplicates = models::deduplicate(&mut history.devices);
+    // Verdicts first: the replay notes the record time of the readings they are about.
     let events = alarm_events(&settings.kafka, archive.as_ref(), config.from_ms).await?;
     let verdicts = report::latest_verdicts(&events);
-    // The replay is CPU work on threads of its own; the runtime's threads stay free.
-    let (replay_config, bar) = (config.clone(), progress.clone());
-    let (per_device, devices) = tokio::task::spawn_blocking(move || {
-        let per_device = replay_both(&replay_config, &baseline, &history.devices, &bar);
-        (per_device, history)
-    })
-    .await
-    .map_err(|e| BackfillError::Replay(format!("the replay task failed: {e}")))?;
-    let (per_device, history) = (per_device?, devices);
-    let devices = &history.devices;
-    let verdicts =
-        report::score_verdicts(&verdicts, devices, &per_device, config.counted_from_ms());
-    let events: u64 = devices.values().map(|r| r.len() as u64).sum();
+    let what = (archive.as_ref(), config, &baseline);
+    let outcome = match streamed(settings, what, &verdicts, progress).await? {
+        Some(outcome) => outcome,
+        None => in_memory(settings, what, &verdicts, progress).await?,
+    };
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let mut report = Report {
         from_ms: config.from_ms,
         to_ms: config.to_ms,
         counted_from_ms: config.counted_from_ms(),
-        source: history.counts.clone(),
-        events,
-        duplicates,
-        devices: devices.len(),
+        source: outcome.source,
+        events: outcome.events,
+        duplicates: outcome.duplicates,
+        devices: outcome.devices,
         seconds,
-        events_per_second: events as f64 / seconds.max(1e-9),
+        events_per_second: outcome.events as f64 / seconds.max(1e-9),
         baseline: report::Totals::default(),
         candidate: report::Totals::default(),
         matched: 0,
         new: 0,
         vanished: 0,
-        verdicts,
-        per_device,
+        verdicts: outcome.verdicts,
+        per_device: outcome.per_device,
     };
     report.count();
     Ok(report)

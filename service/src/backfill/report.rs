@@ -112,9 +112,12 @@ pub fn compare(baseline: Vec<Alert>, candidate: Vec<Alert>) -> DeviceComparison 
     comparison
 }
 
+/// Verdicts by alarm id: (device, opening seq, last alert seq, verdict).
+pub type VerdictsById = BTreeMap<String, (String, u64, u64, Verdict)>;
+
 /// The latest verdict of each alarm among `events` (records of `iot.alarms`), by alarm
 /// id: (device, opening seq, last alert seq, verdict).
-pub fn latest_verdicts(events: &[AlarmEvent]) -> BTreeMap<String, (String, u64, u64, Verdict)> {
+pub fn latest_verdicts(events: &[AlarmEvent]) -> VerdictsById {
     let mut verdicts = BTreeMap::new();
     for event in events {
         let alarm = &event.alarm;
@@ -132,21 +135,26 @@ pub fn latest_verdicts(events: &[AlarmEvent]) -> BTreeMap<String, (String, u64, 
     verdicts
 }
 
+/// The record time of every reading by (device, seq); of equal ones, the last.
+pub fn reading_times(devices: &BTreeMap<String, Vec<Reading>>) -> HashMap<(&str, u64), i64> {
+    devices
+        .iter()
+        .flat_map(|(d, rs)| rs.iter().map(move |r| ((d.as_str(), r.seq), r.record_ms)))
+        .collect()
+}
+
 /// Score both configurations on the verdicts whose alarm opened on a reading of the
-/// counted part of the range.
+/// counted part of the range; `opened_ms` gives a replayed reading's record time by
+/// (device, seq).
 pub fn score_verdicts(
-    verdicts: &BTreeMap<String, (String, u64, u64, Verdict)>,
-    devices: &BTreeMap<String, Vec<Reading>>,
+    verdicts: &VerdictsById,
+    opened_ms: &dyn Fn(&str, u64) -> Option<i64>,
     per_device: &BTreeMap<String, DeviceComparison>,
     counted_from_ms: i64,
 ) -> Verdicts {
     let mut figures = Verdicts::default();
-    let times: HashMap<(&str, u64), i64> = devices
-        .iter()
-        .flat_map(|(d, rs)| rs.iter().map(move |r| ((d.as_str(), r.seq), r.record_ms)))
-        .collect();
     for (alarm_id, (device, first, last, verdict)) in verdicts {
-        let Some(&opened_ms) = times.get(&(device.as_str(), *first)) else {
+        let Some(opened_ms) = opened_ms(device, *first) else {
             continue;
         };
         if opened_ms < counted_from_ms {

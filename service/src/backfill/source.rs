@@ -12,8 +12,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::config::{BackfillConfig, SourceChoice};
+use super::stream::Dispatch;
 use super::BackfillError;
-use crate::archive::file::{civil_from_days, read_rows};
+use crate::archive::file::{batch_records, civil_from_days, read_rows, record_batches};
 use crate::archive::Sink;
 use crate::kafka::{self, KafkaConfig, RangeRecord, Watermarks};
 
@@ -52,16 +53,22 @@ pub struct SourceCounts {
     pub other_events: u64,
     /// Records that are not a device event at all.
     pub undecodable: u64,
+    /// Times the reader waited for a replay thread to take readings (its bounded queue
+    /// was full): the replay, not the reading, set the pace.
+    pub reader_waits: u64,
     /// Partitions whose oldest offsets Kafka no longer holds and that no archive
     /// replaced (`source = kafka`, or no archive configured).
     pub kafka_trimmed_partitions: Vec<i32>,
 }
 
-/// The range's readings per device, in each device's Kafka order.
+/// The range's readings per device, in each device's Kafka order; or, when `stream` is
+/// set, what was read, the readings having gone to the replay threads as they came.
 #[derive(Debug, Default)]
 pub struct History {
     pub devices: BTreeMap<String, Vec<Reading>>,
     pub counts: SourceCounts,
+    /// Where readings go instead of `devices`: the replay threads (`stream`).
+    pub stream: Option<Dispatch>,
 }
 
 impl History {
@@ -100,11 +107,21 @@ impl History {
             ts: telemetry.ts,
             metrics: telemetry.metrics,
         };
+        if let Some(stream) = &mut self.stream {
+            return stream.push(String::from(event.device_id), reading);
+        }
         match self.devices.get_mut(device) {
             Some(readings) => readings.push(reading),
             None => {
                 self.devices.insert(device.to_owned(), vec![reading]);
             }
+        }
+    }
+
+    /// Send the readings taken so far to the replay threads (when streaming).
+    async fn send_ready(&mut self) {
+        if let Some(stream) = &mut self.stream {
+            stream.send_ready().await;
         }
     }
 
@@ -184,19 +201,25 @@ async fn read_archive(
             continue;
         }
         let bytes = sink.get(&file.name).await.map_err(BackfillError::archive)?;
-        let rows = read_rows(bytes)
-            .map_err(|e| BackfillError::Archive(format!("reading {}: {e}", file.name)))?;
+        let failed = |e: String| BackfillError::Archive(format!("reading {}: {e}", file.name));
         history.counts.archive_files += 1;
-        progress.inc_length(rows.len() as u64);
-        for (_, partition, row) in rows {
-            progress.inc(1);
-            if !wanted(partition, row.offset) {
-                continue;
+        let batches = record_batches(bytes).map_err(|e| failed(e.to_string()))?;
+        for batch in batches {
+            let batch = batch.map_err(|e| failed(e.to_string()))?;
+            progress.inc_length(batch.num_rows() as u64);
+            progress.inc(batch.num_rows() as u64);
+            for (partition, offset, ingest_ms, payload) in
+                batch_records(&batch).map_err(|e| failed(e.to_string()))?
+            {
+                if !wanted(partition, offset) {
+                    continue;
+                }
+                history.counts.archive_records += 1;
+                let at = last.entry(partition).or_insert(offset);
+                *at = (*at).max(offset);
+                history.take(config, (partition, offset), ingest_ms, payload);
             }
-            history.counts.archive_records += 1;
-            let at = last.entry(partition).or_insert(row.offset);
-            *at = (*at).max(row.offset);
-            history.take(config, (partition, row.offset), row.ingest_ms, &row.payload);
+            history.send_ready().await;
         }
     }
     Ok(last)
@@ -252,6 +275,7 @@ async fn read_kafka(
             history.counts.kafka_records += 1;
             let at = (record.partition, record.offset);
             history.take(config, at, record.timestamp_ms, &record.payload);
+            history.send_ready().await;
         }
     };
     let (read, ()) = tokio::join!(reading, taking);
@@ -264,13 +288,17 @@ pub async fn read(
     archive: Option<&Sink>,
     config: &BackfillConfig,
     progress: &ProgressBar,
+    stream: Option<Dispatch>,
 ) -> Result<History, BackfillError> {
     let topic = kafka_config.topics().telemetry();
     let marks = kafka::watermarks(kafka_config, &topic)
         .await
         .map_err(|e| BackfillError::Kafka(e.to_string()))?;
     let low: HashMap<i32, i64> = marks.iter().map(|m| (m.partition, m.low)).collect();
-    let mut history = History::default();
+    let mut history = History {
+        stream,
+        ..History::default()
+    };
     let mut from = low.clone();
     match (archive, config.source) {
         (Some(sink), SourceChoice::Auto) => {
