@@ -87,22 +87,31 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
     sim.anomalies_per_minute = 40.0;
     sim.outages_per_minute = 0.0;
     sim.seed = 20;
+    let stop_fleet = CancellationToken::new();
     let fleet = tokio::spawn(run_fleet(
         sim,
         Arc::new(FleetStats::default()),
-        CancellationToken::new(),
+        stop_fleet.clone(),
     ));
 
-    // In shadow: the candidate's alerts are recorded, none reaches a customer.
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    let shadow = blocking(|| alerts_on(&rig, &namespace, "iot.shadow-alerts"));
-    let candidate_raised = (shadow.iter())
-        .filter(|a| a.model_id.as_deref() == Some("cand-1") && a.state == AlertState::Raised)
-        .count();
-    assert!(
-        candidate_raised > 0,
-        "the candidate raised nothing in shadow"
-    );
+    // In shadow: the candidate's alerts are recorded, none reaches a customer. Checked
+    // once the candidate has raised alerts and the rule has decided on production alarms.
+    let candidate_raised = blocking(|| {
+        eventually(
+            Duration::from_secs(100),
+            "the candidate's alerts in shadow and a rule decision",
+            || {
+                let raised = (alerts_on(&rig, &namespace, "iot.shadow-alerts").iter())
+                    .filter(|a| {
+                        a.model_id.as_deref() == Some("cand-1") && a.state == AlertState::Raised
+                    })
+                    .count();
+                let decided = rule_actions(&rig, &namespace).next().is_some();
+                (raised > 1 && decided).then_some(raised)
+            },
+        )
+    });
+    println!("the candidate raised {candidate_raised} alerts in shadow");
     assert_no_candidate_for_customers(&rig, &namespace, &customer, "in shadow");
     blocking(|| rules_acted_on_production_alarms_only(&rig, &namespace));
 
@@ -150,13 +159,22 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
         );
     });
     let rolled_back_at = now_ms();
-    fleet.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Production's own alarms again: at least one created after the rollback, none of the
+    // candidate's (the devices keep injecting anomalies meanwhile).
     blocking(|| {
-        let late: Vec<(String, f64)> = (alarm_events(&rig, &namespace).into_iter())
-            .filter(|e| e.kind == AlarmEventKind::Created && e.at_ms > rolled_back_at + 1_000)
-            .map(|e| (e.alarm.alarm_id, e.alarm.threshold))
-            .collect();
+        let late = eventually(
+            Duration::from_secs(40),
+            "an alarm created after the rollback",
+            || {
+                let late: Vec<(String, f64)> = (alarm_events(&rig, &namespace).into_iter())
+                    .filter(|e| {
+                        e.kind == AlarmEventKind::Created && e.at_ms > rolled_back_at + 1_000
+                    })
+                    .map(|e| (e.alarm.alarm_id, e.alarm.threshold))
+                    .collect();
+                (!late.is_empty()).then_some(late)
+            },
+        );
         println!("alarms created after the rollback: {late:?}");
         assert!(late.iter().all(|(_, t)| !is_candidates(*t)), "{late:?}");
         let (_, model) = call(&service, "GET", "/models/cand-1", None);
@@ -166,6 +184,8 @@ async fn a_candidate_in_shadow_reaches_no_customer_until_promoted_and_rolls_back
         assert_eq!(metrics, 0.0);
         service.terminate(Duration::from_secs(30));
     });
+    stop_fleet.cancel();
+    fleet.await.unwrap().unwrap();
 }
 
 fn now_ms() -> i64 {
@@ -284,16 +304,22 @@ fn switch_delay(rig: &Rig, namespace: &Namespace, open: &[String]) -> Duration {
     Duration::from_millis((cleared_ms - promoted_ms).max(0) as u64)
 }
 
+/// The decisions on `iot.rule-actions` about an alarm.
+fn rule_actions(rig: &Rig, namespace: &Namespace) -> impl Iterator<Item = Value> {
+    (read_topic(&rig.kafka, &namespace.topic("iot.rule-actions")).into_iter())
+        .filter_map(|r| serde_json::from_str::<Value>(&r.payload).ok())
+        .filter(|a| a["alarm_id"].is_string())
+}
+
 /// The alarm rule decided on alarms, and only on alarms of `iot.alarms` (all
 /// production's while the candidate is in shadow).
 fn rules_acted_on_production_alarms_only(rig: &Rig, namespace: &Namespace) {
+    // Actions first: an alarm is on `iot.alarms` before any rule acts on it, so alarms read
+    // after the actions include every alarm they name.
+    let actions: Vec<Value> = rule_actions(rig, namespace).collect();
     let alarms: std::collections::HashSet<String> = (alarm_events(rig, namespace).into_iter())
         .filter(|e| !is_candidates(e.alarm.threshold))
         .map(|e| e.alarm.alarm_id)
-        .collect();
-    let actions: Vec<Value> = (read_topic(&rig.kafka, &namespace.topic("iot.rule-actions")).iter())
-        .filter_map(|r| serde_json::from_str::<Value>(&r.payload).ok())
-        .filter(|a| a["alarm_id"].is_string())
         .collect();
     assert!(!actions.is_empty(), "the rule decided nothing");
     for action in &actions {
