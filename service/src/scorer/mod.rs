@@ -22,10 +22,11 @@
 //! in `fleetwatch_scorer_devices_awaiting_promoted_params`).
 
 mod config;
+mod model_map;
 mod params;
 mod role;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use fleetwatch_models::production::{Episode, EpisodeRules, ModelScorer, Transition};
@@ -36,6 +37,7 @@ use fleetwatch_protocol::{
 };
 
 pub use config::ScorerConfig;
+pub use model_map::ModelMap;
 pub use params::{DeviceModels, DeviceParams, ParamsFollower, ParamsHandler, SharedParams};
 pub use role::ROLE;
 
@@ -69,7 +71,7 @@ struct ModelScoring {
 
 struct DeviceScoring {
     sequence: SequenceTracker,
-    models: BTreeMap<String, ModelScoring>,
+    models: ModelMap<ModelScoring>,
     /// The model whose alerts reach customers for this device.
     decides: String,
     /// The promoted model has no parameters here yet: the previous one still decides.
@@ -80,7 +82,7 @@ impl Default for DeviceScoring {
     fn default() -> Self {
         Self {
             sequence: SequenceTracker::default(),
-            models: BTreeMap::new(),
+            models: ModelMap::default(),
             decides: PRODUCTION_MODEL.to_owned(),
             awaiting: false,
         }
@@ -203,7 +205,7 @@ impl ScoringHandler {
             let Some(params) = params.get(&model_id) else {
                 continue;
             };
-            let scoring = device.models.entry(model_id.clone()).or_default();
+            let scoring = device.models.get_or_default(&model_id);
             let mut score = scoring.scorer.score(&params.params, &observation);
             damp(&mut score, &params.damping, telemetry.ts);
             if !score.ready {
@@ -274,7 +276,7 @@ impl ScoringHandler {
                 });
             }
             // The new model decides from a closed episode: its next crossing raises.
-            device.models.entry(promoted).or_default().episode = Episode::default();
+            device.models.get_or_default(&promoted).episode = Episode::default();
         }
         (models, changes)
     }

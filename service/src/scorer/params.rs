@@ -2,13 +2,14 @@
 //! this instance scores, read from `iot.model-params` (binary envelopes; records in the
 //! format from before model ids are the production model's).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fleetwatch_models::production::Params;
 use fleetwatch_protocol::{parse_params_key, DeviceId, ParamsEnvelope};
 use parking_lot::RwLock;
 
+use super::ModelMap;
 use crate::kafka::{Follower, HandleError, PartitionListener, Record, RecordHandler};
 use crate::metrics::Metrics;
 
@@ -25,7 +26,7 @@ pub struct DeviceParams {
 }
 
 /// A device's newest parameters, by model id.
-pub type DeviceModels = BTreeMap<String, Arc<DeviceParams>>;
+pub type DeviceModels = ModelMap<Arc<DeviceParams>>;
 
 pub type SharedParams = Arc<RwLock<HashMap<DeviceId, DeviceModels>>>;
 

@@ -380,7 +380,10 @@ async fn the_params_reader_keeps_what_the_envelope_says_and_the_partition() {
     rig.feed_params_at(3, "pump-1", &params_record("pump-1", 4, &params))
         .await;
 
-    let held = rig.params_reader.params.read()[&device("pump-1")]["production"].clone();
+    let held = rig.params_reader.params.read()[&device("pump-1")]
+        .get("production")
+        .unwrap()
+        .clone();
     assert_eq!(
         (
             held.version,

@@ -837,7 +837,10 @@ async fn candidate_parameters_land_on_the_device_partition_under_their_own_key()
         let read = Record::new(&topic, &record.key, &record.payload).at(3, record.offset);
         reader.handle(&read).await.expect("reads");
     }
-    let held: Vec<String> = params.read()[&device("pump-1")].keys().cloned().collect();
+    let held: Vec<String> = params.read()[&device("pump-1")]
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
     assert_eq!(held, ["cand-1", "production"]);
     let checkpoints = log.records(&rig.topics.trainer_state());
     assert!(checkpoints
