@@ -665,6 +665,32 @@ fn fast_ln(x: f64) -> f64 {
 }
 
 impl Context {
+    /// At a run's first repeat, remember the repeat rate it is to be judged by: only
+    /// metrics that almost never repeat are judged by the rate before the run; for the
+    /// others (and runs begun while warming up) the current rate.
+    fn note_run_start(&mut self, metric: &MetricParams, config: &DetectorConfig) {
+        if self.repeats == 1 {
+            let rare = metric.n >= config.warmup_events
+                && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE;
+            self.run_start_repeat_rate = if rare { metric.repeat_rate } else { f32::NAN };
+        } else if self.repeats == 0 {
+            self.run_start_repeat_rate = f32::NAN;
+        }
+    }
+
+    /// How unlikely the current run of repeated values is, once it is long enough to
+    /// judge (`None` before, or without stuck detection).
+    fn stuck_score(&self, metric: &MetricParams, config: &DetectorConfig) -> Option<f64> {
+        if !config.stuck_detection || self.repeats + 1 < config.stuck_min_repeats {
+            return None;
+        }
+        // NaN (no rate from before the run) leaves the current rate.
+        let rate = metric.repeat_rate.min(self.run_start_repeat_rate);
+        Some(tail_score(
+            self.repeats as f64 * f64::from(rate).max(MIN_REPEAT_RATE).ln(),
+        ))
+    }
+
     /// Remember `value` for shapes; returns the current shape, its nearest centroid and
     /// the averaged log distance to it (none before the history fills a shape or while
     /// there is no centroid).
@@ -1714,15 +1740,7 @@ impl DetectorScorer {
             *slot = value;
         }
         let (raw, prediction, average) = context.observe(value, metric.error_std, config);
-        if context.repeats == 1 {
-            // Only metrics that almost never repeat are judged by the rate before the
-            // run; for the others (and runs begun while warming up) the current rate.
-            let rare = metric.n >= config.warmup_events
-                && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE;
-            context.run_start_repeat_rate = if rare { metric.repeat_rate } else { f32::NAN };
-        } else if context.repeats == 0 {
-            context.run_start_repeat_rate = f32::NAN;
-        }
+        context.note_run_start(metric, config);
         let mut vector = [0.0; MAX_DIMS];
         let shape = context.observe_shape(
             value,
@@ -1754,17 +1772,11 @@ impl DetectorScorer {
         } else {
             history_score(metric, config, &reading)
         };
-        let repeats = context.repeats;
-        // NaN (no rate from before the run) leaves the current rate.
-        let rate = metric.repeat_rate.min(context.run_start_repeat_rate);
-        if config.stuck_detection && repeats + 1 >= config.stuck_min_repeats {
-            let stuck = tail_score(repeats as f64 * f64::from(rate).max(MIN_REPEAT_RATE).ln());
-            if stuck > score {
-                score = stuck;
-                cause = Cause::Stuck {
-                    repeats: repeats + 1,
-                };
-            }
+        if let Some(stuck) = context.stuck_score(metric, config).filter(|s| *s > score) {
+            score = stuck;
+            cause = Cause::Stuck {
+                repeats: context.repeats + 1,
+            };
         }
         if score < MIN_CONTRIBUTION {
             return None;

@@ -69,70 +69,7 @@ impl Score {
         let Some(top) = self.contributors.first() else {
             return "nothing unusual".to_owned();
         };
-        let main = match &top.cause {
-            Cause::Deviation { z } => format!(
-                "{} = {:.3} is {:.1} standard deviations {} the expected {:.3}",
-                top.metric,
-                top.value,
-                z.abs(),
-                if *z >= 0.0 { "above" } else { "below" },
-                top.expected
-            ),
-            Cause::Stuck { repeats } => format!(
-                "{} stuck at {:.3} for {repeats} readings although it normally varies",
-                top.metric, top.value
-            ),
-            Cause::Gap { gap_ms, ratio } => format!(
-                "no data for {:.1} s, {ratio:.0} times the usual interval",
-                *gap_ms as f64 / 1000.0
-            ),
-            Cause::OutOfRange { min, max } => format!(
-                "{} = {:.3} is outside the range seen so far ({min:.3} to {max:.3})",
-                top.metric, top.value
-            ),
-            Cause::NewShape { ratio } if *ratio > 1.0 => format!(
-                "{} = {:.3} moves in a way not seen before ({ratio:.1} times farther from \
-                 every remembered pattern than a new one)",
-                top.metric, top.value
-            ),
-            Cause::NewShape { .. } => format!(
-                "{} = {:.3} moves unlike its usual patterns",
-                top.metric, top.value
-            ),
-            Cause::Seasonal { z, usual } => format!(
-                "{} = {:.3} is {} its usual {:.3} for this time ({:.1} standard deviations of its usual lean)",
-                top.metric,
-                top.value,
-                if *z >= 0.0 { "above" } else { "below" },
-                usual,
-                z.abs()
-            ),
-            Cause::Drift { z } => format!(
-                "{} = {:.3} has drifted {} the expected {:.3} ({:.1} standard deviations of its usual drift)",
-                top.metric,
-                top.value,
-                if *z >= 0.0 { "above" } else { "below" },
-                top.expected,
-                z.abs()
-            ),
-            Cause::Joint { ratio } => format!(
-                "{} = {:.3} (usually {:.3}) takes the metrics together far from their usual \
-                 combinations ({ratio:.0} times the 99% control limit)",
-                top.metric, top.value, top.expected
-            ),
-            Cause::Relation { with, ratio } => {
-                let broken = if with.is_empty() {
-                    format!("{} no longer follows the other metrics", top.metric)
-                } else {
-                    format!("{} and {} no longer move together", top.metric, with.join(" and "))
-                };
-                format!(
-                    "{broken}: {} = {:.3} where the others imply {:.3} \
-                     (relation error {ratio:.0} times its 99% control limit)",
-                    top.metric, top.value, top.expected
-                )
-            }
-        };
+        let main = describe(top);
         let others: Vec<&str> = self
             .contributors
             .iter()
@@ -144,6 +81,74 @@ impl Score {
             main
         } else {
             format!("{main}; also unusual: {}", others.join(", "))
+        }
+    }
+}
+
+/// The sentence for the metric that contributes most: what it did and how unusual it is.
+fn describe(top: &MetricScore) -> String {
+    match &top.cause {
+        Cause::Deviation { z } => format!(
+            "{} = {:.3} is {:.1} standard deviations {} the expected {:.3}",
+            top.metric,
+            top.value,
+            z.abs(),
+            if *z >= 0.0 { "above" } else { "below" },
+            top.expected
+        ),
+        Cause::Stuck { repeats } => format!(
+            "{} stuck at {:.3} for {repeats} readings although it normally varies",
+            top.metric, top.value
+        ),
+        Cause::Gap { gap_ms, ratio } => format!(
+            "no data for {:.1} s, {ratio:.0} times the usual interval",
+            *gap_ms as f64 / 1000.0
+        ),
+        Cause::OutOfRange { min, max } => format!(
+            "{} = {:.3} is outside the range seen so far ({min:.3} to {max:.3})",
+            top.metric, top.value
+        ),
+        Cause::NewShape { ratio } if *ratio > 1.0 => format!(
+            "{} = {:.3} moves in a way not seen before ({ratio:.1} times farther from \
+             every remembered pattern than a new one)",
+            top.metric, top.value
+        ),
+        Cause::NewShape { .. } => format!(
+            "{} = {:.3} moves unlike its usual patterns",
+            top.metric, top.value
+        ),
+        Cause::Seasonal { z, usual } => format!(
+            "{} = {:.3} is {} its usual {:.3} for this time ({:.1} standard deviations of its usual lean)",
+            top.metric,
+            top.value,
+            if *z >= 0.0 { "above" } else { "below" },
+            usual,
+            z.abs()
+        ),
+        Cause::Drift { z } => format!(
+            "{} = {:.3} has drifted {} the expected {:.3} ({:.1} standard deviations of its usual drift)",
+            top.metric,
+            top.value,
+            if *z >= 0.0 { "above" } else { "below" },
+            top.expected,
+            z.abs()
+        ),
+        Cause::Joint { ratio } => format!(
+            "{} = {:.3} (usually {:.3}) takes the metrics together far from their usual \
+             combinations ({ratio:.0} times the 99% control limit)",
+            top.metric, top.value, top.expected
+        ),
+        Cause::Relation { with, ratio } => {
+            let broken = if with.is_empty() {
+                format!("{} no longer follows the other metrics", top.metric)
+            } else {
+                format!("{} and {} no longer move together", top.metric, with.join(" and "))
+            };
+            format!(
+                "{broken}: {} = {:.3} where the others imply {:.3} \
+                 (relation error {ratio:.0} times its 99% control limit)",
+                top.metric, top.value, top.expected
+            )
         }
     }
 }
