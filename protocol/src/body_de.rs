@@ -186,6 +186,17 @@ mod tests {
         }
     }
 
+    /// The one difference, on input no writer produces: the tag twice. The derived
+    /// decoder refuses it; this one takes the first and leaves the second to the
+    /// variant, which ignores unknown fields.
+    #[test]
+    fn a_repeated_tag_is_read_once() {
+        let body = r#"{"kind":"status","status":"online","kind":"ack"}"#;
+        assert!(serde_json::from_str::<Derived>(body).is_err());
+        let fast = serde_json::from_str::<DeviceEventBody>(body).expect("decoded");
+        assert!(matches!(fast, DeviceEventBody::Status(_)));
+    }
+
     /// Refusals with the tag first name the same cause as the derived decoder's.
     #[test]
     fn unknown_kinds_are_refused_with_the_derived_message() {
