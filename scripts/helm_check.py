@@ -21,6 +21,7 @@ What it checks:
   mounted; HPAs, PDBs, Services and the Ingress point at what exists, and the Ingress
   sends the live page, /alarms, /jobs, /schedules, /rules and /models to the roles that serve them;
 - the dashboards ConfigMaps carry the Grafana sidecar label and equal dashboards/*.json;
+- the PrometheusRule, where enabled, holds dashboards/alerts.yml's groups;
 - the topics Job names every topic of `fleetwatch topics` with its compaction and
   retention, with the partitions and replication of the rendered configuration; its
   script runs (bash, kafka-topics.sh replaced by a recorder, Secrets by stand-in files)
@@ -150,11 +151,31 @@ def check_crd_object(obj: dict, where: str) -> None:
     check(not unknown, f"{where}: unknown spec fields {unknown}")
 
 
+def check_prometheus_rule(obj: dict, where: str) -> None:
+    """A PrometheusRule's required fields (Prometheus Operator's CRD: spec.groups, each
+    named, each rule an alert or a record with an expr), and its spec equal to
+    dashboards/alerts.yml."""
+    check(obj.get("apiVersion") == "monitoring.coreos.com/v1", f"{where}: apiVersion {obj.get('apiVersion')}")
+    check(bool(obj.get("metadata", {}).get("name")), f"{where}: no metadata.name")
+    groups = (obj.get("spec") or {}).get("groups")
+    check(isinstance(groups, list) and groups, f"{where}: spec.groups missing")
+    for group in groups or []:
+        check(bool(group.get("name")), f"{where}: a group without a name")
+        for rule in group.get("rules") or []:
+            check(bool(rule.get("alert") or rule.get("record")) and bool(rule.get("expr")),
+                  f"{where}: rule {rule} has no alert/record name or no expr")
+    source = yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())
+    check(obj.get("spec") == source, f"{where}: spec differs from dashboards/alerts.yml")
+
+
 def validate_manifests(objects: list[dict], label: str) -> None:
     for obj in objects:
         where = f"{label}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         if obj.get("kind") == "ServiceMonitor":
             check_crd_object(obj, where)
+            continue
+        if obj.get("kind") == "PrometheusRule":
+            check_prometheus_rule(obj, where)
             continue
         for version in (KUBE_VERSION, OLDEST_KUBE_VERSION):
             try:
@@ -480,8 +501,9 @@ def sync_copies(fleetwatch: str) -> None:
         stale.unlink()
     for source in sorted((ROOT / "dashboards").glob("*.json")):
         shutil.copyfile(source, target / source.name)
+    shutil.copyfile(ROOT / "dashboards" / "alerts.yml", CHART / "files" / "alerts.yml")
     (CHART / "files" / "topics.jsonl").write_text(run(fleetwatch, "topics").stdout)
-    print("  --sync: copied dashboards/*.json and `fleetwatch topics` into helm/fleetwatch")
+    print("  --sync: copied dashboards/*.json, dashboards/alerts.yml and `fleetwatch topics` into helm/fleetwatch")
 
 
 def check_rejected(path: Path, expect: str) -> None:
@@ -549,6 +571,8 @@ def main() -> int:
     for source in (ROOT / "dashboards").glob("*.json"):
         copy = CHART / "dashboards" / source.name
         check(copy.exists() and copy.read_bytes() == source.read_bytes(), f"helm/fleetwatch/dashboards/{source.name} differs from dashboards/ (--sync copies it)")
+    check((CHART / "files" / "alerts.yml").read_bytes() == (ROOT / "dashboards" / "alerts.yml").read_bytes(),
+          "helm/fleetwatch/files/alerts.yml differs from dashboards/alerts.yml (--sync copies it)")
     if not args.sync:
         check_schema_follows_binary(fleetwatch)
     with tempfile.TemporaryDirectory(prefix="helm-check-") as scratch:
@@ -573,6 +597,9 @@ def main() -> int:
                     run_topics_job(objects, topics, values, label, Path(scratch))
             if values.get("dashboards", {}).get("enabled", True):
                 check_dashboards(objects, label)
+            rules = [o for o in objects if o["kind"] == "PrometheusRule"]
+            check(len(rules) == int(values.get("prometheusRule", {}).get("enabled", False)),
+                  f"{label}: {len(rules)} PrometheusRule objects")
             kinds = sorted({o["kind"] for o in objects})
             print(f"  {label}: {len(objects)} objects ({', '.join(kinds)}) valid; fleetwatch config accepts its fleetwatch.toml")
     check_rejected(ROOT / "tests" / "helm" / "bad-type-values.yaml", "/kafka/partitions")

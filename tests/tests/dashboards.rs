@@ -114,3 +114,28 @@ fn dashboards_are_valid_and_resolve_everything() {
         );
     }
 }
+
+/// Every `fleetwatch_…` metric an alerting rule names is one the service registers (a
+/// misspelt name would make its alert silently never fire).
+#[test]
+fn alerting_rules_name_only_metrics_the_service_exports() {
+    let rules = std::fs::read_to_string(dir().join("alerts.yml")).unwrap();
+    let registered =
+        std::fs::read_to_string(dir().join("../service/src/metrics.rs")).unwrap();
+    let mut named = BTreeSet::new();
+    let mut rest = rules.as_str();
+    while let Some(at) = rest.find("fleetwatch_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        named.insert(name);
+    }
+    assert!(named.len() >= 10, "{named:?}");
+    let unknown: Vec<&String> = named
+        .iter()
+        .filter(|name| !registered.contains(&format!("\"{name}\"")))
+        .collect();
+    assert!(unknown.is_empty(), "not registered by the service: {unknown:?}");
+}
