@@ -79,7 +79,9 @@ impl DeviceModel {
 /// The models of the partitions this instance owns; shared with the rebalance listener.
 #[derive(Default)]
 pub struct Models {
-    devices: HashMap<ModelKey, DeviceModel>,
+    /// Boxed: a map keeps room for more entries than it holds (up to twice as many),
+    /// and an empty slot costs the pointer, not the whole model (about 560 bytes).
+    devices: HashMap<ModelKey, Box<DeviceModel>>,
     /// Partitions whose models were read back from the checkpoints.
     restored: HashSet<i32>,
 }
@@ -91,6 +93,8 @@ type Outgoing = (String, i32, String, Vec<u8>);
 
 pub struct TrainerHandler {
     config: TrainerConfig,
+    /// `config.model`, shared by every device's production model.
+    production: Arc<production::Config>,
     params_topic: String,
     feedback_topic: String,
     state_topic: String,
@@ -112,6 +116,7 @@ impl TrainerHandler {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            production: Arc::new(config.model.clone()),
             config,
             params_topic: topics.model_params(),
             feedback_topic: topics.feedback(),
@@ -187,8 +192,7 @@ impl TrainerHandler {
         partition: i32,
         telemetry: &fleetwatch_protocol::TelemetryPayload,
     ) -> Vec<Outgoing> {
-        let production = Arc::new(self.config.model.clone());
-        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), production)];
+        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), self.production.clone())];
         self.registry.read(|registry| {
             let candidates = registry.models_for(device_id, tenant).into_iter();
             wanted.extend(candidates.map(|c| (c.model_id.clone(), c.config.clone())));
@@ -197,10 +201,10 @@ impl TrainerHandler {
         let mut records = Vec::new();
         for (model_id, config) in wanted {
             let key = (device_id.clone(), model_id);
-            let model = models
-                .devices
-                .entry(key.clone())
-                .or_insert_with(|| DeviceModel::new(production::trainer(&config), partition, 0));
+            let model = models.devices.entry(key.clone()).or_insert_with(|| {
+                let trainer = production::shared_trainer(&config);
+                Box::new(DeviceModel::new(trainer, partition, 0))
+            });
             if self.learn_one(&key, model, telemetry) {
                 records.extend(self.publication(&key, model));
             }
@@ -352,7 +356,7 @@ impl RecordHandler for TrainerHandler {
             .ensure_restored(
                 record.partition,
                 &self.models,
-                &self.config.model,
+                &self.production,
                 &self.registry,
             )
             .await
