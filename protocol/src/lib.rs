@@ -4,6 +4,7 @@
 //! version of this crate.
 
 mod alarm;
+mod body_de;
 mod device_id;
 mod job;
 mod kafka;

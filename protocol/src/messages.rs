@@ -186,7 +186,8 @@ pub struct DeviceEvent {
     pub body: DeviceEventBody,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Decoded by `body_de.rs` (the tag first, without buffering the body); encoded by serde.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeviceEventBody {
     Telemetry(TelemetryPayload),

@@ -18,6 +18,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Work that was cut short by a change it must not race (retry it).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("role {role} stopped: {reason}")]
     RoleFailed { role: &'static str, reason: String },
 }

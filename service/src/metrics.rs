@@ -158,9 +158,9 @@ pub struct Metrics {
     /// Alarm rules' decisions recorded, by outcome (performed, dry_run, limited,
     /// other_tenant).
     pub rule_actions: IntCounterVec,
-    /// Rule actions taken, by kind (command, job, notify) and result (`taken`; for
-    /// notifications also `delivered` or `failed` per webhook). A new owner's retake is
-    /// counted again (transport).
+    /// Rule actions taken, by kind (command, job, notify) and result (`taken`); a
+    /// notification's deliveries are the webhooks role's. A new owner's retake is counted
+    /// again (transport).
     pub rule_sends: IntCounterVec,
     /// Active alarms of the devices this instance decides for.
     pub rules_alarms_watched: IntGauge,

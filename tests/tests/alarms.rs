@@ -392,19 +392,24 @@ async fn webhooks_get_every_event_of_their_tenant_signed_after_failures_and_no_o
         })
         .collect();
     fleetwatch_e2e::produce(&rig.kafka, &namespace.topic("iot.alarms"), &records).await;
-    let ids_of = |tenant: &str| -> HashSet<String> {
-        events
-            .iter()
-            .filter(|e| {
-                e.alarm
-                    .tenant
-                    .as_ref()
-                    .is_some_and(|t| t.as_str() == tenant)
-            })
+    // Rules' notifications, as the rules role records them: delivered like alarm events;
+    // a dry run's never.
+    let notifications = [
+        rule_notification(&format!("{prefix}0"), Some("acme"), "performed"),
+        rule_notification(&format!("{prefix}1"), Some("acme"), "dry_run"),
+        rule_notification(&format!("{prefix}2"), Some("globex"), "performed"),
+        rule_notification(&format!("{prefix}3"), None, "performed"),
+    ];
+    let topic = namespace.topic("iot.rule-actions");
+    fleetwatch_e2e::produce(&rig.kafka, &topic, &notifications).await;
+    let ids_of = |tenant: &str, notified: &str| -> HashSet<String> {
+        (events.iter())
+            .filter(|e| (e.alarm.tenant.as_ref()).is_some_and(|t| t.as_str() == tenant))
             .map(|e| e.event_id.clone())
+            .chain([format!("rule-notify-{prefix}{notified}:100")])
             .collect()
     };
-    let (acme_ids, globex_ids) = (ids_of("acme"), ids_of("globex"));
+    let (acme_ids, globex_ids) = (ids_of("acme", "0"), ids_of("globex", "2"));
 
     let accepted = |log: &parking_lot::Mutex<Vec<Received>>| -> HashSet<String> {
         let log = log.lock();
@@ -445,7 +450,14 @@ async fn webhooks_get_every_event_of_their_tenant_signed_after_failures_and_no_o
     let attempts: Vec<u32> = tries.iter().map(|r| r.attempt).collect();
     assert_eq!(attempts, (1..=tries.len() as u32).collect::<Vec<_>>());
 
-    blocking(|| check_status(&service, &namespace, &first.event_id, tries.len()));
+    blocking(|| {
+        check_status(
+            &service,
+            &namespace,
+            (&first.event_id, tries.len()),
+            &acme_ids,
+        )
+    });
     service.terminate(Duration::from_secs(30));
 }
 
@@ -454,23 +466,51 @@ async fn webhooks_get_every_event_of_their_tenant_signed_after_failures_and_no_o
 fn check_requests(log: &[Received], secret: &str, expected: &HashSet<String>) {
     for request in log {
         assert_eq!(request.signature, signature_of(secret, &request.body));
-        let event: AlarmEvent = serde_json::from_slice(&request.body).unwrap();
-        assert_eq!(event.event_id, request.event_id);
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let event_id = match body["type"].as_str() {
+            Some("rule_action") => body["action"]["action_id"].clone(),
+            _ => body["event_id"].clone(),
+        };
+        assert_eq!(event_id, request.event_id.as_str());
         assert!(
-            expected.contains(&event.event_id),
-            "another tenant's event: {event:?}"
+            expected.contains(&request.event_id),
+            "another tenant's event: {body}"
         );
     }
 }
 
+/// A rule's notification on `device`'s alarm, as the rules role records its decision.
+fn rule_notification(device: &str, tenant: Option<&str>, outcome: &str) -> (String, Vec<u8>) {
+    let record = json!({
+        "action_id": format!("rule-notify-{device}:100"), "rule_id": "notify",
+        "rule_revision": 0, "tenant": tenant, "alarm_id": format!("{device}:100"),
+        "severity": "minor", "alarm_created_ms": fleetwatch_protocol::now_ms(),
+        "device_id": device, "action": {"kind": "notify", "message": "pump hot"},
+        "outcome": outcome, "at_ms": fleetwatch_protocol::now_ms(),
+    });
+    (device.to_owned(), serde_json::to_vec(&record).unwrap())
+}
+
 /// The delivery status answers from the alerts role, and the group commits only once
 /// everything is delivered.
-fn check_status(service: &Service, namespace: &Namespace, event_id: &str, attempts: usize) {
+fn check_status(
+    service: &Service,
+    namespace: &Namespace,
+    (event_id, attempts): (&str, usize),
+    expected: &HashSet<String>,
+) {
     let alarm_id = event_id.split_once('/').unwrap().0;
+    // Its events, and a rule's notification if one was about it.
+    let count = (expected.iter())
+        .filter(|id| {
+            id.split_once('/')
+                .map_or(id.ends_with(alarm_id), |(a, _)| a == alarm_id)
+        })
+        .count();
     let deliveries = eventually(Duration::from_secs(10), "the delivery status", || {
         let (status, body) = service.get(&format!("/alarms/{alarm_id}/deliveries"));
         let list = body["deliveries"].as_array()?.clone();
-        (status == 200 && list.len() == 4 && list.iter().all(|d| d["outcome"] == "delivered"))
+        (status == 200 && list.len() == count && list.iter().all(|d| d["outcome"] == "delivered"))
             .then_some(list)
     });
     let first = deliveries
@@ -483,11 +523,12 @@ fn check_status(service: &Service, namespace: &Namespace, event_id: &str, attemp
     let rig = Rig::from_env();
     eventually(Duration::from_secs(10), "offsets committed", || {
         let group = format!("{}-webhooks", namespace.name);
-        let offsets =
-            fleetwatch_e2e::committed_vs_end(&rig.kafka, &group, &namespace.topic("iot.alarms"));
-        offsets
+        ["iot.alarms", "iot.rule-actions"]
             .iter()
-            .all(|(_, committed, end)| *committed == Some(*end))
+            .flat_map(|topic| {
+                fleetwatch_e2e::committed_vs_end(&rig.kafka, &group, &namespace.topic(topic))
+            })
+            .all(|(_, committed, end)| committed == Some(end))
             .then_some(())
     });
 }

@@ -155,8 +155,9 @@ impl Changelog {
         self.producer.flush_blocking(timeout);
     }
 
-    /// Read a whole partition: the newest twin of every device in it, also indexed.
-    pub async fn restore_partition(&self, partition: i32) -> Result<Vec<Twin>> {
+    /// Read a whole partition: the newest twin of every device in it, with its offset.
+    /// Not indexed yet: the caller indexes them if the partition is still its own.
+    pub async fn restore_partition(&self, partition: i32) -> Result<Vec<(Twin, i64)>> {
         let started = Instant::now();
         let mut newest: HashMap<DeviceId, (Twin, i64)> = HashMap::new();
         let metrics = self.metrics.clone();
@@ -182,21 +183,7 @@ impl Changelog {
                 false
             })
             .await?;
-        let mut index = self.index.write();
-        let twins = newest
-            .into_values()
-            .map(|(twin, offset)| {
-                index.insert(
-                    twin.device_id.clone(),
-                    Stored {
-                        partition,
-                        offset,
-                        version: twin.version,
-                    },
-                );
-                twin
-            })
-            .collect::<Vec<_>>();
+        let twins = newest.into_values().collect::<Vec<_>>();
         tracing::info!(
             partition,
             devices = twins.len(),
@@ -206,34 +193,66 @@ impl Changelog {
         Ok(twins)
     }
 
+    /// Index where a restored partition's twins are, so `read` finds them.
+    pub fn index_restored(&self, partition: i32, twins: &[(Twin, i64)]) {
+        let mut index = self.index.write();
+        for (twin, offset) in twins {
+            index.insert(
+                twin.device_id.clone(),
+                Stored {
+                    partition,
+                    offset: *offset,
+                    version: twin.version,
+                },
+            );
+        }
+    }
+
     /// Read back one device's newest twin, `None` if it never had one here.
     pub async fn read(&self, device_id: &DeviceId) -> Result<Option<Twin>> {
         let Some(stored) = self.stored(device_id) else {
             return Ok(None);
         };
-        let mut found: Option<Twin> = None;
-        self.reader
-            .scan(
-                stored.partition,
-                ScanFrom::Offset(stored.offset),
-                |_, key, payload| {
-                    if key != device_id.as_str() {
-                        return false;
-                    }
-                    match serde_json::from_slice::<Twin>(payload) {
-                        Ok(twin) => {
-                            let done = twin.version >= stored.version;
-                            found = Some(twin);
-                            done
-                        }
-                        Err(_) => false,
-                    }
-                },
-            )
+        let mut found = self
+            .read_from(device_id, stored, ScanFrom::Offset(stored.offset))
             .await?;
+        if found.is_none() {
+            // A broker that answers a fetch from inside a record batch with the next
+            // batch (tansu 0.6.0 does) skips the twin: read its partition from the start.
+            tracing::debug!(%device_id, offset = stored.offset, "twin not at its offset; partition read again");
+            found = self
+                .read_from(device_id, stored, ScanFrom::Beginning)
+                .await?;
+        }
         if found.is_some() {
             self.metrics.twin_revivals.inc();
         }
+        Ok(found)
+    }
+
+    /// The device's first twin from `from` at least as new as `stored` (else its last).
+    async fn read_from(
+        &self,
+        device_id: &DeviceId,
+        stored: Stored,
+        from: ScanFrom,
+    ) -> Result<Option<Twin>> {
+        let mut found: Option<Twin> = None;
+        self.reader
+            .scan(stored.partition, from, |_, key, payload| {
+                if key != device_id.as_str() {
+                    return false;
+                }
+                match serde_json::from_slice::<Twin>(payload) {
+                    Ok(twin) => {
+                        let done = twin.version >= stored.version;
+                        found = Some(twin);
+                        done
+                    }
+                    Err(_) => false,
+                }
+            })
+            .await?;
         Ok(found)
     }
 }

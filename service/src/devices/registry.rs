@@ -16,7 +16,7 @@ use super::actor::{DeviceActor, Stop};
 use super::changelog::Changelog;
 use super::twin::Twin;
 use super::Shared;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kafka::PartitionListener;
 
 /// A live actor and the partition its device belongs to.
@@ -44,11 +44,33 @@ pub struct DeviceRegistry {
     arbiters: Vec<ArbiterHandle>,
     hasher: RandomState,
     shared: Arc<Shared>,
-    /// Partitions whose twins were read from the changelog since they were assigned.
-    restored: Mutex<HashSet<i32>>,
-    /// The partitions this instance owns now.
-    owned: Mutex<Vec<i32>>,
+    assignment: Mutex<Assignment>,
 }
+
+/// What this instance owns, under one lock: a restore that ran while the assignment
+/// changed must not mark its partition restored (its devices may have been forgotten, or
+/// written by another owner, in between).
+#[derive(Default)]
+struct Assignment {
+    /// The partitions this instance owns now.
+    owned: Vec<i32>,
+    /// Partitions whose twins were read from the changelog since they were assigned.
+    restored: HashSet<i32>,
+    /// Counts assignments, so a restore can tell whether one came while it read.
+    generation: u64,
+}
+
+impl Assignment {
+    fn unrestored(&self) -> Vec<i32> {
+        (self.owned.iter().copied())
+            .filter(|p| !self.restored.contains(p))
+            .collect()
+    }
+}
+
+/// How many times a partition's restore is tried when assignments keep coming while it
+/// reads (each try reads the partition again).
+const RESTORE_TRIES: usize = 3;
 
 /// How long giving partitions away waits for twin writes in flight.
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,14 +96,13 @@ impl DeviceRegistry {
             arbiters,
             hasher: RandomState::new(),
             shared,
-            restored: Mutex::new(HashSet::new()),
-            owned: Mutex::new(Vec::new()),
+            assignment: Mutex::new(Assignment::default()),
         }
     }
 
     /// Keep `fleetwatch_device_partitions_unrestored` (readiness) current.
-    fn count_unrestored(&self) {
-        let unrestored = self.unrestored().len() as i64;
+    fn count_unrestored(&self, assignment: &Assignment) {
+        let unrestored = assignment.unrestored().len() as i64;
         self.shared
             .metrics
             .device_partitions_unrestored
@@ -90,13 +111,7 @@ impl DeviceRegistry {
 
     /// Owned partitions not restored yet.
     pub fn unrestored(&self) -> Vec<i32> {
-        let restored = self.restored.lock();
-        self.owned
-            .lock()
-            .iter()
-            .copied()
-            .filter(|p| !restored.contains(p))
-            .collect()
+        self.assignment.lock().unrestored()
     }
 
     pub fn changelog(&self) -> &Arc<Changelog> {
@@ -129,21 +144,38 @@ impl DeviceRegistry {
     /// Twins with work to do (online, or commands waiting) get a live actor; the others
     /// stay passivated until a message comes for them.
     pub async fn ensure_restored(&self, partition: i32) -> Result<()> {
-        if self.restored.lock().contains(&partition) {
+        for _ in 0..RESTORE_TRIES {
+            let generation = {
+                let assignment = self.assignment.lock();
+                if assignment.restored.contains(&partition) {
+                    return Ok(());
+                }
+                assignment.generation
+            };
+            let twins = self.shared.changelog.restore_partition(partition).await?;
+            let mut assignment = self.assignment.lock();
+            if assignment.generation != generation {
+                continue;
+            }
+            if !assignment.owned.contains(&partition) {
+                return Ok(());
+            }
+            self.shared.changelog.index_restored(partition, &twins);
+            let mut started = 0;
+            for (twin, _) in twins {
+                if twin.is_online() || twin.pending_commands() > 0 {
+                    self.start(twin, partition);
+                    started += 1;
+                }
+            }
+            assignment.restored.insert(partition);
+            self.count_unrestored(&assignment);
+            tracing::info!(partition, started, "partition restored");
             return Ok(());
         }
-        let twins = self.shared.changelog.restore_partition(partition).await?;
-        let mut started = 0;
-        for twin in twins {
-            if twin.is_online() || twin.pending_commands() > 0 {
-                self.start(twin, partition);
-                started += 1;
-            }
-        }
-        tracing::info!(partition, started, "partition restored");
-        self.restored.lock().insert(partition);
-        self.count_unrestored();
-        Ok(())
+        Err(Error::Interrupted(format!(
+            "restoring partition {partition}: the assignment changed {RESTORE_TRIES} times meanwhile"
+        )))
     }
 
     /// The device's actor: live, read back from the changelog, or (with `create`) new.
@@ -227,6 +259,9 @@ impl PartitionListener for DeviceRegistry {
     /// in between); stop the others.
     fn assigned(&self, partitions: &[i32]) {
         let owned: HashSet<i32> = partitions.iter().copied().collect();
+        // Held throughout, before the actors' lock, as a restore takes them.
+        let mut assignment = self.assignment.lock();
+        assignment.generation += 1;
         let stopped: Vec<Addr<DeviceActor>> = {
             let mut live = self.shared.live.0.write();
             let gone: Vec<DeviceId> = live
@@ -241,9 +276,9 @@ impl PartitionListener for DeviceRegistry {
         for addr in &stopped {
             addr.do_send(Stop);
         }
-        self.restored.lock().retain(|p| owned.contains(p));
-        *self.owned.lock() = partitions.to_vec();
-        self.count_unrestored();
+        assignment.restored.retain(|p| owned.contains(p));
+        assignment.owned = partitions.to_vec();
+        self.count_unrestored(&assignment);
         self.shared
             .changelog
             .forget_partitions(|p| owned.contains(&p));

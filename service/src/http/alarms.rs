@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use fleetwatch_protocol::{Alarm, AlarmAction, DeviceRequestBody, Severity, Verdict};
 use serde::Deserialize;
 
-use super::{ask, bad_request, relay, ApiError, ApiResult, HttpState};
+use super::{ask, bad_request, caller_of, relay, ApiError, ApiResult, HttpState};
 use crate::alerts::{AlarmFilter, AlarmIndex};
 use crate::auth::Caller;
 
@@ -17,10 +17,6 @@ fn index(state: &HttpState) -> Result<&AlarmIndex, ApiError> {
             "the alerts role (which keeps the alarms) does not run in this process",
         )
     })
-}
-
-fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {
-    caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner())
 }
 
 #[derive(Deserialize)]

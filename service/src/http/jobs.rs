@@ -6,28 +6,17 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{bad_request, ApiError, ApiResult, HttpState};
+use super::{bad_request, caller_of, role_api, ApiError, ApiResult, HttpState};
 use crate::auth::Caller;
 use crate::jobs::{JobsApi, JobsError, NewJob};
 
 fn api(state: &HttpState) -> Result<&JobsApi, ApiError> {
-    let api = state.started()?.jobs.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the jobs role (which keeps the jobs) does not run in this process",
-        )
-    })?;
-    if !api.index.is_loaded() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the jobs are still being read; retry shortly",
-        ));
-    }
-    Ok(api)
-}
-
-fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {
-    caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner())
+    role_api(
+        state.started()?.jobs.as_deref(),
+        |api| api.index.is_loaded(),
+        "the jobs role (which keeps the jobs) does not run in this process",
+        "the jobs are still being read; retry shortly",
+    )
 }
 
 fn failed(error: JobsError) -> ApiError {

@@ -173,6 +173,26 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
+/// Who the auth guard admitted (an anonymous operator when auth is off).
+fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {
+    caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner())
+}
+
+/// A role's API, if its role runs in this process (else 503 `missing`) and has read its
+/// log (else 503 `loading`: retry shortly).
+fn role_api<'a, A>(
+    api: Option<&'a A>,
+    loaded: impl FnOnce(&A) -> bool,
+    missing: &str,
+    loading: &str,
+) -> Result<&'a A, ApiError> {
+    let api = api.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, missing))?;
+    if !loaded(api) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, loading));
+    }
+    Ok(api)
+}
+
 fn device_id(raw: &str) -> std::result::Result<DeviceId, ApiError> {
     DeviceId::parse(raw).map_err(|e| bad_request(e.to_string()))
 }

@@ -7,31 +7,22 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use fleetwatch_protocol::ShadowScope;
 
-use super::{bad_request, ApiError, ApiResult, HttpState};
+use super::{bad_request, caller_of, role_api, ApiError, ApiResult, HttpState};
 use crate::auth::Caller;
 use crate::shadow::api::{NewCandidate, Scope};
 use crate::shadow::{ModelsApi, ModelsError, RegistryError};
 
 fn api(state: &HttpState) -> Result<&ModelsApi, ApiError> {
-    let api = state.started()?.models.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "neither the trainer nor the scorer role (which read the model registry) runs in this process",
-        )
-    })?;
-    if !api.registry.loading.is_loaded() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the model registry is still being read; retry shortly",
-        ));
-    }
-    Ok(api)
+    role_api(
+        state.started()?.models.as_deref(),
+        |api| api.registry.loading.is_loaded(),
+        "neither the trainer nor the scorer role (which read the model registry) runs in this process",
+        "the model registry is still being read; retry shortly",
+    )
 }
 
 fn by(caller: Option<web::ReqData<Caller>>) -> String {
-    caller
-        .map_or_else(Caller::anonymous_operator, |c| c.into_inner())
-        .subject
+    caller_of(caller).subject
 }
 
 fn failed(error: ModelsError) -> ApiError {

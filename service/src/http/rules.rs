@@ -7,28 +7,17 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{bad_request, ApiError, ApiResult, HttpState};
+use super::{bad_request, caller_of, role_api, ApiError, ApiResult, HttpState};
 use crate::auth::Caller;
 use crate::rules::{NewRule, RulesApi, RulesError};
 
 fn api(state: &HttpState) -> Result<&RulesApi, ApiError> {
-    let api = state.started()?.rules.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the rules role (which keeps the rules) does not run in this process",
-        )
-    })?;
-    if !api.index.is_loaded() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the rules are still being read; retry shortly",
-        ));
-    }
-    Ok(api)
-}
-
-fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {
-    caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner())
+    role_api(
+        state.started()?.rules.as_deref(),
+        |api| api.index.is_loaded(),
+        "the rules role (which keeps the rules) does not run in this process",
+        "the rules are still being read; retry shortly",
+    )
 }
 
 fn failed(error: RulesError) -> ApiError {

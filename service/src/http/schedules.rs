@@ -6,28 +6,17 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{bad_request, ApiError, ApiResult, HttpState};
+use super::{bad_request, caller_of, role_api, ApiError, ApiResult, HttpState};
 use crate::auth::Caller;
 use crate::schedules::{NewSchedule, SchedulesApi, SchedulesError};
 
 fn api(state: &HttpState) -> Result<&SchedulesApi, ApiError> {
-    let api = state.started()?.schedules.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the schedules role (which keeps the schedules) does not run in this process",
-        )
-    })?;
-    if !api.index.is_loaded() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the schedules are still being read; retry shortly",
-        ));
-    }
-    Ok(api)
-}
-
-fn caller_of(caller: Option<web::ReqData<Caller>>) -> Caller {
-    caller.map_or_else(Caller::anonymous_operator, |c| c.into_inner())
+    role_api(
+        state.started()?.schedules.as_deref(),
+        |api| api.index.is_loaded(),
+        "the schedules role (which keeps the schedules) does not run in this process",
+        "the schedules are still being read; retry shortly",
+    )
 }
 
 fn failed(error: SchedulesError) -> ApiError {

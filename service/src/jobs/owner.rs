@@ -23,7 +23,9 @@ use super::fleet::FleetView;
 use super::plan::{step, StepRules};
 use super::state::{JobIndex, JobState};
 use super::JobsConfig;
-use crate::kafka::{HandleError, PartitionListener, Producer, Record, RecordHandler};
+use crate::kafka::{
+    decode_record, HandleError, PartitionListener, Producer, Record, RecordHandler,
+};
 use crate::metrics::Metrics;
 use crate::tenancy::Directory;
 
@@ -297,26 +299,15 @@ pub struct JobLogHandler {
 
 impl RecordHandler for JobLogHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
-        let position = Some((record.partition, record.offset));
         if record.payload.is_empty() {
             let key = record.key_str();
             if key.starts_with(&self.marker_prefix) {
                 self.index.saw_marker(&key);
             }
-            self.index.reached(position);
-            return Ok(());
+        } else if let Some(event) = decode_record::<JobEvent>(record, "jobs", &self.metrics) {
+            self.index.apply(&event, record.partition);
         }
-        match serde_json::from_slice::<JobEvent>(record.payload) {
-            Ok(event) => self.index.apply(&event, record.partition),
-            Err(error) => {
-                self.metrics
-                    .skipped
-                    .with_label_values(&["jobs", "undecodable"])
-                    .inc();
-                tracing::warn!(%error, "undecodable job event skipped");
-            }
-        }
-        self.index.reached(position);
+        self.index.reached(Some((record.partition, record.offset)));
         Ok(())
     }
 }

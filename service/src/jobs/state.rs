@@ -248,37 +248,23 @@ impl JobState {
 pub struct JobIndex {
     jobs: RwLock<HashMap<String, JobState>>,
     markers: Mutex<HashSet<String>>,
-    /// Partition → offset to reach before the index is complete (`None` until the
-    /// reader started).
-    remaining: Mutex<Option<crate::kafka::CatchUp>>,
-    loaded: std::sync::atomic::AtomicBool,
+    loading: crate::kafka::Loading,
 }
 
 impl JobIndex {
     /// The reader starts: the index is complete once it read up to these offsets.
     pub fn start(&self, end_offsets: HashMap<i32, i64>) {
-        *self.remaining.lock() = Some(crate::kafka::CatchUp::new(end_offsets));
-        self.reached(None);
+        self.loading.start(end_offsets);
     }
 
     /// Whether every job known at start has been read (REST answers only then).
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+        self.loading.is_loaded()
     }
 
     /// The reader is at `position` (partition, offset).
     pub fn reached(&self, position: Option<(i32, i64)>) {
-        if self.is_loaded() {
-            return;
-        }
-        let mut remaining = self.remaining.lock();
-        let Some(remaining) = remaining.as_mut() else {
-            return;
-        };
-        if remaining.reached(position) {
-            self.loaded
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.loading.reached(position);
     }
 
     /// Apply an event read from (or just written to) `partition`.

@@ -20,8 +20,6 @@ pub struct RulesConfig {
     pub max_per_tenant: usize,
     /// Most recent actions shown per rule by the REST API.
     pub recent_kept: usize,
-    /// How long a rule's notification waits for a webhook's answer, ms.
-    pub notify_timeout_ms: u64,
 }
 
 impl Default for RulesConfig {
@@ -33,7 +31,6 @@ impl Default for RulesConfig {
             command_ttl_ms: 10 * 60_000,
             max_per_tenant: 100,
             recent_kept: 50,
-            notify_timeout_ms: 5_000,
         }
     }
 }

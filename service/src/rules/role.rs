@@ -12,7 +12,7 @@ use super::perform::{Performer, PerformerSetup};
 use super::state::{ActiveAlarms, RulesIndex};
 use super::RulesApi;
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::jobs::fleet::{FleetHandler, FleetView};
 use crate::jobs::owner::Ownership;
 use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "rules",
-    summary: "alarm rules per tenant: when an alarm meets a rule's condition (severity, how long active, device prefix or twin selector, metric), records the decision with the alarm before sending a command, creating a job or notifying the tenant's webhooks; at most `rules.max_actions_per_device` per device per window, counted from the journal; dry run records only",
+    summary: "alarm rules per tenant: when an alarm meets a rule's condition (severity, how long active, device prefix or twin selector, metric), records the decision with the alarm before sending a command or creating a job (a notification is delivered by the webhooks role from that record); at most `rules.max_actions_per_device` per device per window, counted from the journal; dry run records only",
     consumes: &[Topic::Rules, Topic::RuleActions, Topic::Alarms, Topic::DeviceState],
     produces: &[Topic::Rules, Topic::RuleActions, Topic::Commands, Topic::Jobs],
     membership: Membership::Group("rules"),
@@ -63,15 +63,9 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         commands_topic: launch.topics.commands(),
         jobs_topic: launch.topics.jobs(),
         jobs: &settings.jobs,
-        webhooks: &settings.webhooks,
         ttl_ms: config.command_ttl_ms,
-        notify_timeout_ms: config.notify_timeout_ms,
         metrics: metrics.clone(),
-    })
-    .map_err(|reason| Error::RoleFailed {
-        role: "rules",
-        reason,
-    })?;
+    });
     let owner = RulesOwner {
         ownership,
         index: index.clone(),

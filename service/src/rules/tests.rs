@@ -236,12 +236,9 @@ async fn process(log: &MemoryLog, rules: &[RuleEvent]) -> Process {
         commands_topic: "cmd".into(),
         jobs_topic: "jobs".into(),
         jobs: &Default::default(),
-        webhooks: &Default::default(),
         ttl_ms: config.command_ttl_ms,
-        notify_timeout_ms: 100,
         metrics: metrics.clone(),
-    })
-    .unwrap();
+    });
     let owner = RulesOwner {
         ownership,
         index,
@@ -392,107 +389,6 @@ async fn a_flapping_alarm_is_limited_also_across_a_restart_dry_run_sends_nothing
     assert_eq!(view["recent"].as_array().unwrap().len(), 4);
 }
 
-/// Read one HTTP request from `listener` (headers and body), answer 200.
-async fn one_request(listener: tokio::net::TcpListener) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut stream, _) = listener.accept().await.unwrap();
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buffer).await.unwrap();
-        request.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&request).to_lowercase();
-        let Some(end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let length: usize = (text.lines())
-            .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
-            .unwrap_or(0);
-        if n == 0 || request.len() >= end + 4 + length {
-            break;
-        }
-    }
-    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-    stream.write_all(ok.as_bytes()).await.unwrap();
-    String::from_utf8(request).unwrap()
-}
-
-#[tokio::test]
-async fn a_notification_goes_signed_to_the_alarms_tenants_webhooks_only() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let secret = "a-secret-of-at-least-16-bytes";
-    let endpoint = |name: &str, tenant: &str, url: &str| crate::webhooks::WebhookEndpoint {
-        name: name.into(),
-        tenant: TenantId::parse(tenant).unwrap(),
-        url: url.into(),
-        secret: Some(crate::secret::Secret::new(secret)),
-        secret_file: None,
-    };
-    let webhooks = crate::webhooks::WebhooksConfig {
-        // globex's webhook points nowhere: a request there would fail the count below.
-        endpoints: vec![
-            endpoint("globex-hook", "globex", "http://127.0.0.1:9/none"),
-            endpoint("acme-hook", "acme", &url),
-        ],
-        ..Default::default()
-    };
-    let (log, metrics) = (MemoryLog::default(), Arc::new(Metrics::new()));
-    let performer = Performer::new(PerformerSetup {
-        producer: Producer::in_memory(&log, metrics.clone()),
-        commands_topic: "cmd".into(),
-        jobs_topic: "jobs".into(),
-        jobs: &Default::default(),
-        webhooks: &webhooks,
-        ttl_ms: 60_000,
-        notify_timeout_ms: 2_000,
-        metrics: metrics.clone(),
-    })
-    .unwrap();
-    let record = ActionRecord {
-        action_id: "rule-r1-acme-1:1".into(),
-        rule_id: "r1".into(),
-        rule_revision: 0,
-        tenant: Some(TenantId::parse("acme").unwrap()),
-        alarm_id: "acme-1:1".into(),
-        severity: Severity::Critical,
-        alarm_created_ms: 1,
-        device_id: DeviceId::parse("acme-1").unwrap(),
-        action: RuleAction::Notify {
-            message: Some("pump hot".into()),
-        },
-        outcome: ActionOutcome::Performed,
-        detail: None,
-        at_ms: 2,
-    };
-    let received = tokio::spawn(one_request(listener));
-    performer.perform(&record, 3).await.unwrap();
-    let request = received.await.unwrap();
-    let (head, body) = request.split_once("\r\n\r\n").unwrap();
-    let head = head.to_lowercase();
-    let signature = crate::webhooks::SigningKey::new(secret.as_bytes()).sign(body.as_bytes());
-    assert!(
-        head.contains(&format!("x-fleetwatch-signature: {signature}")),
-        "{head}"
-    );
-    assert!(
-        head.contains("x-fleetwatch-event-id: rule-r1-acme-1:1"),
-        "{head}"
-    );
-    let body: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert_eq!(body["type"], "rule_action");
-    assert_eq!(body["message"], "pump hot");
-    assert_eq!(body["action"]["alarm_id"], "acme-1:1");
-    let sends = |result: &str| {
-        metrics
-            .rule_sends
-            .with_label_values(&["notify", result])
-            .get()
-    };
-    assert_eq!((sends("delivered"), sends("failed")), (1, 0));
-    assert!(log.records("cmd").is_empty() && log.records("jobs").is_empty());
-}
-
 #[tokio::test]
 async fn a_job_action_is_a_job_on_the_device_whose_id_is_the_actions() {
     let (log, metrics) = (MemoryLog::default(), Arc::new(Metrics::new()));
@@ -501,12 +397,9 @@ async fn a_job_action_is_a_job_on_the_device_whose_id_is_the_actions() {
         commands_topic: "cmd".into(),
         jobs_topic: "jobs".into(),
         jobs: &Default::default(),
-        webhooks: &Default::default(),
         ttl_ms: 60_000,
-        notify_timeout_ms: 100,
         metrics,
-    })
-    .unwrap();
+    });
     let command = fleetwatch_protocol::JobCommand::Configuration {
         desired: json!({"mode": "safe"}).as_object().unwrap().clone(),
     };

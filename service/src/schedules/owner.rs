@@ -24,7 +24,7 @@ use super::plan::{due_occurrences, PlanRules};
 use super::state::{ScheduleIndex, ScheduleState};
 use super::{ScheduleClock, SchedulesConfig};
 use crate::jobs::owner::Ownership;
-use crate::kafka::{HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{decode_record, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
 use crate::tenancy::Directory;
 
@@ -244,26 +244,17 @@ pub struct ScheduleLogHandler {
 
 impl RecordHandler for ScheduleLogHandler {
     async fn handle(&mut self, record: &Record<'_>) -> Result<(), HandleError> {
-        let position = Some((record.partition, record.offset));
         if record.payload.is_empty() {
             let key = record.key_str();
             if key.starts_with(&self.marker_prefix) {
                 self.index.saw_marker(&key);
             }
-            self.index.reached(position);
-            return Ok(());
+        } else if let Some(event) =
+            decode_record::<ScheduleEvent>(record, "schedules", &self.metrics)
+        {
+            self.index.apply(&event, record.partition);
         }
-        match serde_json::from_slice::<ScheduleEvent>(record.payload) {
-            Ok(event) => self.index.apply(&event, record.partition),
-            Err(error) => {
-                self.metrics
-                    .skipped
-                    .with_label_values(&["schedules", "undecodable"])
-                    .inc();
-                tracing::warn!(%error, "undecodable schedule event skipped");
-            }
-        }
-        self.index.reached(position);
+        self.index.reached(Some((record.partition, record.offset)));
         Ok(())
     }
 }

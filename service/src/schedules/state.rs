@@ -129,8 +129,7 @@ impl ScheduleState {
 pub struct ScheduleIndex {
     schedules: RwLock<HashMap<String, ScheduleState>>,
     markers: Mutex<HashSet<String>>,
-    remaining: Mutex<Option<crate::kafka::CatchUp>>,
-    loaded: std::sync::atomic::AtomicBool,
+    loading: crate::kafka::Loading,
     /// Recent occurrences kept per schedule.
     keep: usize,
 }
@@ -140,34 +139,23 @@ impl ScheduleIndex {
         Self {
             schedules: RwLock::default(),
             markers: Mutex::default(),
-            remaining: Mutex::new(None),
-            loaded: false.into(),
+            loading: Default::default(),
             keep: keep.max(1),
         }
     }
 
     /// The reader starts: the index is complete once it read up to these offsets.
     pub fn start(&self, end_offsets: HashMap<i32, i64>) {
-        *self.remaining.lock() = Some(crate::kafka::CatchUp::new(end_offsets));
-        self.reached(None);
+        self.loading.start(end_offsets);
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+        self.loading.is_loaded()
     }
 
     /// The reader is at `position` (partition, offset).
     pub fn reached(&self, position: Option<(i32, i64)>) {
-        if self.is_loaded() {
-            return;
-        }
-        let mut remaining = self.remaining.lock();
-        if let Some(remaining) = remaining.as_mut() {
-            if remaining.reached(position) {
-                self.loaded
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        self.loading.reached(position);
     }
 
     /// Apply an event read from (or just written to) `partition`.

@@ -26,6 +26,7 @@ mod model_map;
 mod params;
 mod role;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -179,7 +180,11 @@ impl ScoringHandler {
         tenant: Option<&TenantId>,
         telemetry: &TelemetryPayload,
     ) -> Option<(Option<Score>, Vec<Change>)> {
-        let device = self.devices.entry(device_id.clone()).or_default();
+        if !self.devices.contains_key(device_id) {
+            self.devices
+                .insert(device_id.clone(), DeviceScoring::default());
+        }
+        let device = self.devices.get_mut(device_id).expect("inserted above");
         if !device.sequence.accept(telemetry.seq) {
             self.metrics
                 .skipped
@@ -187,25 +192,31 @@ impl ScoringHandler {
                 .inc();
             return None;
         }
-        let Some(params) = self.params.read().get(device_id).cloned() else {
+        // Read under the lock (no copy of the device's parameters per reading); the
+        // parameters reader waits for one reading's scoring at most.
+        let shared = Arc::clone(&self.params);
+        let known = shared.read();
+        let Some(params) = known.get(device_id) else {
             self.metrics
                 .skipped
                 .with_label_values(&["scorer", "no_params"])
                 .inc();
             return None;
         };
-        let (models, mut changes) = self.decide(device_id, tenant, &params);
+        let (candidates, mut changes) = self.decide(device_id, tenant, params);
         let device = self.devices.get_mut(device_id).expect("entered above");
         let observation = Observation {
             ts_ms: telemetry.ts,
             metrics: &telemetry.metrics,
         };
+        let models = std::iter::once((PRODUCTION_MODEL, self.rules))
+            .chain(candidates.iter().map(|(id, rules)| (id.as_str(), *rules)));
         let mut decided = None;
         for (model_id, rules) in models {
-            let Some(params) = params.get(&model_id) else {
+            let Some(params) = params.get(model_id) else {
                 continue;
             };
-            let scoring = device.models.get_or_default(&model_id);
+            let scoring = device.models.get_or_default(model_id);
             let mut score = scoring.scorer.score(&params.params, &observation);
             damp(&mut score, &params.damping, telemetry.ts);
             if !score.ready {
@@ -215,7 +226,7 @@ impl ScoringHandler {
             let transition = scoring.episode.observe(&rules, &score, telemetry.seq);
             if let Some(transition) = transition {
                 changes.push(Change {
-                    model_id: model_id.clone(),
+                    model_id: model_id.to_owned(),
                     transition,
                     score: Some(score.clone()),
                     opened_at: scoring.episode.opened_at(),
@@ -231,21 +242,27 @@ impl ScoringHandler {
         Some((decided, changes))
     }
 
-    /// The models that score a device of `tenant` (production first) with their
+    /// The candidates that score a device of `tenant` beside production, with their
     /// episode rules; switches the deciding model when another is promoted and has
-    /// parameters here, closing the old one's open episode (`model_promoted`).
+    /// parameters here, closing the old one's open episode (`model_promoted`). Without
+    /// any candidate in the registry: none, and production decides (no lock taken, no
+    /// allocation).
     fn decide(
         &mut self,
         device_id: &DeviceId,
         tenant: Option<&TenantId>,
         params: &DeviceModels,
     ) -> (Vec<(String, EpisodeRules)>, Vec<Change>) {
-        let mut models = vec![(PRODUCTION_MODEL.to_owned(), self.rules)];
-        let promoted = self.registry.read(|registry| {
-            let candidates = registry.models_for(device_id, tenant).into_iter();
-            models.extend(candidates.map(|c| (c.model_id.clone(), c.rules)));
-            registry.promoted_for(tenant).to_owned()
-        });
+        let mut candidates = Vec::new();
+        let promoted: Cow<'static, str> = if self.registry.has_candidates() {
+            self.registry.read(|registry| {
+                let named = registry.models_for(device_id, tenant).into_iter();
+                candidates.extend(named.map(|c| (c.model_id.clone(), c.rules)));
+                Cow::Owned(registry.promoted_for(tenant).to_owned())
+            })
+        } else {
+            Cow::Borrowed(PRODUCTION_MODEL)
+        };
         let device = self
             .devices
             .get_mut(device_id)
@@ -262,7 +279,7 @@ impl ScoringHandler {
             }
         }
         if promoted != device.decides && !awaiting {
-            let old = std::mem::replace(&mut device.decides, promoted.clone());
+            let old = std::mem::replace(&mut device.decides, promoted.clone().into_owned());
             let closed = (device.models.get_mut(&old))
                 .and_then(|m| m.episode.close().then(|| m.episode.opened_at()));
             if let Some(opened_at) = closed {
@@ -278,7 +295,7 @@ impl ScoringHandler {
             // The new model decides from a closed episode: its next crossing raises.
             device.models.get_or_default(&promoted).episode = Episode::default();
         }
-        (models, changes)
+        (candidates, changes)
     }
 
     fn alert(
@@ -359,19 +376,16 @@ fn damp(score: &mut Score, damping: &[fleetwatch_protocol::Damping], now_ms: i64
 }
 
 /// The compact record of one judged event for `iot.scores`: each metric of the reading
-/// with the largest part naming it.
-fn score_record(device_id: &DeviceId, telemetry: &TelemetryPayload, score: &Score) -> Vec<u8> {
-    let metrics = telemetry
-        .metrics
-        .keys()
-        .map(|metric| {
-            let part = (score.contributors.iter())
-                .filter(|part| &part.metric == metric)
-                .map(|part| part.score)
-                .fold(0.0, f64::max);
-            (metric.clone(), part)
-        })
-        .collect();
+/// with the largest part naming it. Takes the reading's own map (its names are kept, its
+/// values replaced) rather than copying every metric's name.
+fn score_record(device_id: &DeviceId, telemetry: TelemetryPayload, score: &Score) -> Vec<u8> {
+    let mut metrics = telemetry.metrics;
+    for (metric, value) in &mut metrics {
+        *value = (score.contributors.iter())
+            .filter(|part| &part.metric == metric)
+            .map(|part| part.score)
+            .fold(0.0, f64::max);
+    }
     let record = ScoreRecord {
         device_id: device_id.clone(),
         ts: telemetry.ts,
@@ -443,13 +457,13 @@ impl RecordHandler for ScoringHandler {
             self.finish(record, None).await;
             return Ok(());
         };
-        let payload = (score.as_ref())
-            .filter(|_| self.scores.is_some())
-            .map(|score| score_record(&device_id, &telemetry, score));
         for change in changes {
             let alert = self.alert(device_id.clone(), tenant.clone(), &telemetry, change);
             self.unsent.push_back(alert);
         }
+        let payload = (score.as_ref())
+            .filter(|_| self.scores.is_some())
+            .map(|score| score_record(&device_id, telemetry, score));
         self.finish(record, payload.map(|payload| (&device_id, payload)))
             .await;
         let sent = self.send_unsent().await;

@@ -16,6 +16,7 @@ pub mod api;
 mod config;
 pub mod registry;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct ModelRegistry {
     state: RwLock<Registry>,
+    /// Whether any candidate was created: read per reading without the lock, since until
+    /// one is, every device has production alone and production decides.
+    candidates: AtomicBool,
     pub loading: Loading,
     /// The offset after the last record applied.
     applied: Mutex<i64>,
@@ -51,6 +55,13 @@ impl ModelRegistry {
         read(&self.state.read())
     }
 
+    /// Whether any candidate exists. Candidates are never removed, so without one
+    /// [`Registry::models_for`] names none for any device and [`Registry::promoted_for`]
+    /// is production for every tenant.
+    pub fn has_candidates(&self) -> bool {
+        self.candidates.load(Ordering::Acquire)
+    }
+
     /// Apply the record at `offset` (idempotent on the offset: a record is applied once).
     pub fn apply_at(&self, offset: i64, event: &ModelEvent) -> bool {
         let mut applied = self.applied.lock();
@@ -58,7 +69,11 @@ impl ModelRegistry {
             return false;
         }
         *applied = offset + 1;
-        self.state.write().apply(event)
+        let mut state = self.state.write();
+        let changed = state.apply(event);
+        self.candidates
+            .store(state.created() > 0, Ordering::Release);
+        changed
     }
 
     /// Wait until the record at `offset` is applied, up to `timeout`.

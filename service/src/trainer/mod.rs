@@ -192,19 +192,25 @@ impl TrainerHandler {
         partition: i32,
         telemetry: &fleetwatch_protocol::TelemetryPayload,
     ) -> Vec<Outgoing> {
-        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), self.production.clone())];
-        self.registry.read(|registry| {
-            let candidates = registry.models_for(device_id, tenant).into_iter();
-            wanted.extend(candidates.map(|c| (c.model_id.clone(), c.config.clone())));
-        });
+        // Production, then the candidates the registry names (none, and no lock taken,
+        // while no candidate exists).
+        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), None)];
+        if self.registry.has_candidates() {
+            self.registry.read(|registry| {
+                let candidates = registry.models_for(device_id, tenant).into_iter();
+                wanted.extend(candidates.map(|c| (c.model_id.clone(), Some(c.config.clone()))));
+            });
+        }
         let mut models = self.models.lock();
         let mut records = Vec::new();
         for (model_id, config) in wanted {
             let key = (device_id.clone(), model_id);
-            let model = models.devices.entry(key.clone()).or_insert_with(|| {
-                let trainer = production::shared_trainer(&config);
-                Box::new(DeviceModel::new(trainer, partition, 0))
-            });
+            if !models.devices.contains_key(&key) {
+                let config = config.as_ref().unwrap_or(&self.production);
+                let model = DeviceModel::new(production::shared_trainer(config), partition, 0);
+                models.devices.insert(key.clone(), Box::new(model));
+            }
+            let model = models.devices.get_mut(&key).expect("inserted above");
             if self.learn_one(&key, model, telemetry) {
                 records.extend(self.publication(&key, model));
             }

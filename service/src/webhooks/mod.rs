@@ -1,18 +1,21 @@
-//! The webhooks role: each alarm event of `iot.alarms` is POSTed to the webhooks of its
-//! alarm's tenant (never another tenant's), signed, retried with exponential backoff,
-//! and its outcome recorded on `iot.webhook-deliveries` for `GET
+//! The webhooks role: each alarm event of `iot.alarms`, and each notification an alarm
+//! rule performed (its decision on `iot.rule-actions`, docs/rules.md), is POSTed to the
+//! webhooks of its alarm's tenant (never another tenant's), signed, retried with
+//! exponential backoff, and its outcome recorded on `iot.webhook-deliveries` for `GET
 //! /alarms/{id}/deliveries`.
 //!
-//! One deliverer per event: the role is one consumer group on `iot.alarms` (keyed by
-//! device), so each partition, hence each device's events, has one owner at a time.
+//! One deliverer per event: the role is one consumer group on `iot.alarms` and
+//! `iot.rule-actions` (both keyed by device), so each partition, hence each device's
+//! events, has one owner at a time.
 //! An event's offset is committed only once every delivery of it succeeded or was given
 //! up and that outcome is on Kafka ([`RecordHandler::defers_commit`]), and every earlier
 //! event of its partition too: at least once. After a crash or a rebalance the new
 //! owner delivers again what was not committed, with the same event id
 //! (`X-Fleetwatch-Event-Id`, `{alarm_id}/{n}`) so receivers deduplicate.
 //!
-//! The request: `POST <url>` with the [`fleetwatch_protocol::AlarmEvent`] as JSON, the
-//! same bytes on every attempt; `X-Fleetwatch-Signature: sha256=<hex>` is the
+//! The request: `POST <url>` with the [`fleetwatch_protocol::AlarmEvent`] as JSON (a
+//! rule's notification: `{"type":"rule_action","message","action"}`, event id the
+//! action's id), the same bytes on every attempt; `X-Fleetwatch-Signature: sha256=<hex>` is the
 //! HMAC-SHA256 of those bytes with the webhook's secret; `X-Fleetwatch-Attempt: n`
 //! (unsigned). A 2xx answer delivers; anything else, or no answer within
 //! `webhooks.request_timeout_ms`, is retried after `backoff_start_ms`, twice that, …
@@ -29,6 +32,8 @@ mod deliveries;
 mod outbox;
 mod role;
 mod sender;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -47,6 +52,7 @@ pub use sender::{Failure, Sender, SigningKey, ATTEMPT_HEADER, EVENT_ID_HEADER, S
 
 use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};
 use crate::metrics::Metrics;
+use crate::rules::rule::{ActionOutcome, ActionRecord, RuleAction};
 
 /// How often due deliveries are made.
 const TICK: Duration = Duration::from_millis(20);
@@ -54,6 +60,18 @@ const TICK: Duration = Duration::from_millis(20);
 const WORK_BUDGET: Duration = Duration::from_millis(250);
 /// Longest wait between looks at a full outbox.
 const FULL_WAIT: Duration = Duration::from_millis(200);
+
+/// Something to deliver to the webhooks of a tenant (alarms of no tenant have none).
+struct Notice {
+    tenant: TenantId,
+    event_id: String,
+    alarm_id: String,
+    device_id: fleetwatch_protocol::DeviceId,
+    /// When it happened: what `webhooks.max_event_age_ms` is counted from.
+    at_ms: i64,
+    /// The request's body.
+    body: Vec<u8>,
+}
 
 /// A configured webhook, ready to sign and send.
 struct Endpoint {
@@ -68,6 +86,7 @@ pub struct WebhookHandler {
     sender: Sender,
     producer: Producer,
     status_topic: String,
+    rule_actions_topic: String,
     outbox: Outbox,
     /// Final outcomes not yet on Kafka, oldest first, with the delivery they finish
     /// (none for events too old to deliver, which were finished at once).
@@ -111,6 +130,7 @@ impl WebhookHandler {
             sender: Sender::new(Duration::from_millis(config.request_timeout_ms))?,
             producer,
             status_topic: topics.webhook_deliveries(),
+            rule_actions_topic: topics.rule_actions(),
             outbox: Outbox::new(config.outbox_capacity, backoff),
             unrecorded: VecDeque::new(),
             max_event_age_ms: config.max_event_age_ms.min(i64::MAX as u64) as i64,
@@ -119,23 +139,51 @@ impl WebhookHandler {
         })
     }
 
-    /// The deliveries of `event`: one per webhook of its alarm's tenant. Alarms of no
-    /// tenant go to no webhook. An event too old is recorded as given up instead.
-    fn deliveries_of(&mut self, event: &AlarmEvent, source: &Source, now: i64) -> Vec<Pending> {
-        let Some(tenant) = &event.alarm.tenant else {
-            return Vec::new();
-        };
-        let body: Arc<[u8]> = serde_json::to_vec(event)
-            .expect("wire types serialize")
-            .into();
-        let deliveries: Vec<Pending> = (self.endpoints.iter().enumerate())
-            .filter(|(_, endpoint)| endpoint.tenant == *tenant)
-            .map(|(index, endpoint)| Pending {
-                endpoint: index,
+    /// What `record` asks to deliver: an alarm event, or a notification a rule performed
+    /// (its other decisions, and records that do not decode, deliver nothing).
+    fn notice_of(&self, record: &Record<'_>) -> Option<Notice> {
+        if record.topic != self.rule_actions_topic {
+            let event = decode_record::<AlarmEvent>(record, "webhooks", &self.metrics)?;
+            return Some(Notice {
+                tenant: event.alarm.tenant.clone()?,
                 event_id: event.event_id.clone(),
                 alarm_id: event.alarm.alarm_id.clone(),
                 device_id: event.alarm.device_id.clone(),
-                tenant: tenant.clone(),
+                at_ms: event.at_ms,
+                body: serde_json::to_vec(&event).expect("wire types serialize"),
+            });
+        }
+        let action = decode_record::<ActionRecord>(record, "webhooks", &self.metrics)?;
+        let RuleAction::Notify { message } = &action.action else {
+            return None;
+        };
+        if action.outcome != ActionOutcome::Performed {
+            return None;
+        }
+        let body =
+            serde_json::json!({"type": "rule_action", "message": message, "action": &action});
+        Some(Notice {
+            tenant: action.tenant.clone()?,
+            event_id: action.action_id.clone(),
+            alarm_id: action.alarm_id.clone(),
+            device_id: action.device_id.clone(),
+            at_ms: action.at_ms,
+            body: serde_json::to_vec(&body).expect("action records serialize"),
+        })
+    }
+
+    /// The deliveries of `notice`: one per webhook of its tenant. A notice too old is
+    /// recorded as given up instead.
+    fn deliveries_of(&mut self, notice: Notice, source: &Source, now: i64) -> Vec<Pending> {
+        let body: Arc<[u8]> = notice.body.into();
+        let deliveries: Vec<Pending> = (self.endpoints.iter().enumerate())
+            .filter(|(_, endpoint)| endpoint.tenant == notice.tenant)
+            .map(|(index, endpoint)| Pending {
+                endpoint: index,
+                event_id: notice.event_id.clone(),
+                alarm_id: notice.alarm_id.clone(),
+                device_id: notice.device_id.clone(),
+                tenant: notice.tenant.clone(),
                 signature: endpoint.key.sign(&body).into(),
                 body: body.clone(),
                 attempts: 0,
@@ -143,7 +191,7 @@ impl WebhookHandler {
                 source: source.clone(),
             })
             .collect();
-        if deliveries.is_empty() || now - event.at_ms <= self.max_event_age_ms {
+        if deliveries.is_empty() || now - notice.at_ms <= self.max_event_age_ms {
             return deliveries;
         }
         for pending in deliveries {
@@ -322,8 +370,8 @@ impl RecordHandler for WebhookHandler {
             offset: record.offset,
         };
         let now = now_ms();
-        let deliveries = match decode_record::<AlarmEvent>(record, "webhooks", &self.metrics) {
-            Some(event) => self.deliveries_of(&event, &source, now),
+        let deliveries = match self.notice_of(record) {
+            Some(notice) => self.deliveries_of(notice, &source, now),
             None => Vec::new(),
         };
         if !self.outbox.fits(deliveries.len()) && !self.make_room(deliveries.len()).await {

@@ -1,4 +1,5 @@
-//! The webhooks role as the process starts it: one consumer group on `iot.alarms`.
+//! The webhooks role as the process starts it: one consumer group on `iot.alarms` and
+//! `iot.rule-actions`.
 
 use fleetwatch_protocol::Topic;
 
@@ -10,8 +11,8 @@ use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
     name: "webhooks",
-    summary: "delivers each alarm event to the webhooks of its tenant (signed POST, retries with backoff, bounded outbox) and records each outcome; commits once delivered or given up",
-    consumes: &[Topic::Alarms],
+    summary: "delivers each alarm event, and each notification an alarm rule performed, to the webhooks of its tenant (signed POST, retries with backoff, bounded outbox) and records each outcome; commits once delivered or given up",
+    consumes: &[Topic::Alarms, Topic::RuleActions],
     produces: &[Topic::WebhookDeliveries],
     membership: Membership::Group("webhooks"),
     start,
@@ -27,7 +28,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         kafka,
         ConsumerRole::Webhooks,
         &kafka.group_id("webhooks"),
-        &[&launch.topics.alarms()],
+        &[&launch.topics.alarms(), &launch.topics.rule_actions()],
         StartAt::Earliest,
         launch.metrics.clone(),
         None,
