@@ -25,6 +25,9 @@
 //! The model never hides a score: repeats of one incident are the episode machine's
 //! business ([`crate::episode`]).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use linfa::ParamGuard;
 use serde::{Deserialize, Serialize};
 
@@ -219,6 +222,12 @@ impl Default for DetectorConfig {
 
 impl DetectorConfig {
     pub fn validate(self) -> Result<Self, ModelError> {
+        self.check()?;
+        Ok(self)
+    }
+
+    /// [`DetectorConfig::validate`] of a configuration kept where it is.
+    pub fn check(&self) -> Result<(), ModelError> {
         for (name, value) in [
             ("predictor_alpha", self.predictor_alpha),
             ("error_alpha", self.error_alpha),
@@ -278,7 +287,7 @@ impl DetectorConfig {
             ));
         }
         self.relation.check_ref()?;
-        Ok(self)
+        Ok(())
     }
 
     /// Prototypes per metric for a device with `metrics` metrics.
@@ -290,7 +299,8 @@ impl DetectorConfig {
 /// What the scorer needs of one metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricParams {
-    pub name: String,
+    /// Boxed slices, not `Vec`s: 8 bytes less each, per metric and device in a scorer.
+    pub name: Box<str>,
     /// Standard deviation of the prediction error.
     pub error_std: f64,
     /// Long-run mean and standard deviation of the averaged raw score (log space).
@@ -309,9 +319,9 @@ pub struct MetricParams {
     pub value_mean: f64,
     pub value_std: f64,
     /// Prototypes of recent shapes, one after the other, in units of 1/3000.
-    pub centroids: Vec<i16>,
+    pub centroids: Box<[i16]>,
     /// Typical squared distance of a prototype's members to it.
-    pub radii: Vec<f32>,
+    pub radii: Box<[f32]>,
     /// Long-run distribution of the averaged log distance to the nearest prototype.
     pub shape_mean: f64,
     pub shape_std: f32,
@@ -335,9 +345,13 @@ pub struct SeasonParams {
 /// A parameter snapshot for one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectorParams {
-    pub kind: String,
+    /// [`KIND`] without an allocation, unless read from JSON.
+    pub kind: Cow<'static, str>,
     pub format: u32,
-    pub config: DetectorConfig,
+    /// Shared: the parameters of all devices decoded with one [`ConfigCache`], and all
+    /// snapshots of one trainer, hold one copy (320 bytes each otherwise).
+    #[serde(with = "shared_config")]
+    pub config: Arc<DetectorConfig>,
     /// Sorted by name.
     pub metrics: Vec<MetricParams>,
     /// Usual interval between events and how samples go missing, once known.
@@ -349,14 +363,62 @@ pub struct DetectorParams {
     pub seasons: Vec<SeasonParams>,
 }
 
-/// The binary body of the parameters (kind and version travel in the header).
+/// The binary body of the parameters after the configuration (kind and version travel
+/// in the header, then the configuration).
 type ParamsBody = (
-    DetectorConfig,
     Vec<MetricParams>,
     Option<Cadence>,
     Option<RelationParams>,
     Vec<SeasonParams>,
 );
+
+/// Serde of the shared configuration: as the configuration itself.
+mod shared_config {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::DetectorConfig;
+
+    pub fn serialize<S: Serializer>(config: &Arc<DetectorConfig>, s: S) -> Result<S::Ok, S::Error> {
+        config.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<DetectorConfig>, D::Error> {
+        DetectorConfig::deserialize(d).map(Arc::new)
+    }
+}
+
+/// The configurations of parameters decoded before, by their encoding: parameters
+/// decoded with one cache ([`DetectorParams::from_bytes_with`]) share one copy of each
+/// configuration instead of holding one per device. Holds at most
+/// [`ConfigCache::CAPACITY`] configurations, and only those still in use.
+#[derive(Debug, Default)]
+pub struct ConfigCache {
+    known: Vec<(Box<[u8]>, Arc<DetectorConfig>)>,
+}
+
+impl ConfigCache {
+    pub const CAPACITY: usize = 16;
+
+    /// The configuration `body` begins with (validated; the cache's copy if it has one)
+    /// and the rest of `body`. A known encoding at the start of `body` is the whole of its
+    /// configuration: decoding reads the same bytes the same way.
+    fn take<'a>(&mut self, body: &'a [u8]) -> Result<(Arc<DetectorConfig>, &'a [u8]), ModelError> {
+        if let Some((bytes, config)) = self.known.iter().find(|(b, _)| body.starts_with(b)) {
+            return Ok((config.clone(), &body[bytes.len()..]));
+        }
+        let (config, rest) = postcard::take_from_bytes::<DetectorConfig>(body)
+            .map_err(|e| ModelError::Decode(e.to_string()))?;
+        let config = Arc::new(config.validate()?);
+        self.known.retain(|(_, known)| Arc::strong_count(known) > 1);
+        if self.known.len() < Self::CAPACITY {
+            let encoded = &body[..body.len() - rest.len()];
+            self.known.push((encoded.into(), config.clone()));
+        }
+        Ok((config, rest))
+    }
+}
 
 /// How a device's events arrive: the usual interval, and how often and how long samples
 /// go missing. Gap lengths are heavy-tailed (a device that drops out, drops out for a
@@ -409,7 +471,7 @@ impl DetectorParams {
     pub fn check(&self) -> Result<(), ModelError> {
         if self.kind != KIND || self.format != FORMAT_VERSION {
             return Err(ModelError::IncompatibleParams {
-                found: self.kind.clone(),
+                found: self.kind.to_string(),
                 found_version: self.format,
                 expected: KIND,
                 expected_version: FORMAT_VERSION,
@@ -442,7 +504,7 @@ impl DetectorParams {
     /// then the body (postcard).
     pub fn to_bytes(&self) -> Vec<u8> {
         let body = (
-            &self.config,
+            self.config.as_ref(),
             &self.metrics,
             &self.interval,
             &self.relation,
@@ -454,13 +516,21 @@ impl DetectorParams {
 
     /// Decode [`DetectorParams::to_bytes`]; refuses other kinds and versions.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        Self::from_bytes_with(bytes, &mut ConfigCache::default())
+    }
+
+    /// [`DetectorParams::from_bytes`], sharing the configuration with the parameters
+    /// decoded before with `configs` when it is the same (byte for byte).
+    pub fn from_bytes_with(bytes: &[u8], configs: &mut ConfigCache) -> Result<Self, ModelError> {
         check_header(bytes, PARAMS_MAGIC, FORMAT_VERSION as u16, "parameters")?;
-        let (config, metrics, interval, relation, seasons): ParamsBody =
-            postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
+        // A tuple's encoding is its parts' one after the other: the configuration first.
+        let (config, rest) = configs.take(&bytes[5..])?;
+        let (metrics, interval, relation, seasons): ParamsBody =
+            postcard::from_bytes(rest).map_err(|e| ModelError::Decode(e.to_string()))?;
         let params = Self {
-            kind: KIND.to_owned(),
+            kind: Cow::Borrowed(KIND),
             format: FORMAT_VERSION,
-            config: config.validate()?,
+            config,
             metrics,
             interval,
             relation,
@@ -472,11 +542,11 @@ impl DetectorParams {
 
     /// The parameters of `name` and their index; `hint` is where they usually are.
     fn metric(&self, name: &str, hint: usize) -> Option<(usize, &MetricParams)> {
-        if let Some(metric) = self.metrics.get(hint).filter(|m| m.name == name) {
+        if let Some(metric) = self.metrics.get(hint).filter(|m| &*m.name == name) {
             return Some((hint, metric));
         }
         self.metrics
-            .binary_search_by(|m| m.name.as_str().cmp(name))
+            .binary_search_by(|m| (*m.name).cmp(name))
             .ok()
             .map(|i| (i, &self.metrics[i]))
     }
@@ -783,8 +853,10 @@ struct MetricTrainer {
 /// The learning half, one per device.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetectorTrainer {
+    /// Shared with the service's other trainers of the same model (320 bytes each
+    /// otherwise).
     #[serde(skip)]
-    config: DetectorConfig,
+    config: Arc<DetectorConfig>,
     /// Sorted by name (`Box<str>`: 8 bytes less than a `String` per metric).
     metrics: Vec<(Box<str>, MetricTrainer)>,
     relation: RelationTrainer,
@@ -818,9 +890,10 @@ struct SeasonTrainer {
 const MIN_RELATIVE_ERROR_STD: f64 = 1e-6;
 
 impl DetectorTrainer {
-    pub fn new(config: DetectorConfig) -> Self {
+    /// A fresh trainer; `config` is validated by the caller.
+    pub fn new(config: impl Into<Arc<DetectorConfig>>) -> Self {
         Self {
-            config,
+            config: config.into(),
             metrics: Vec::new(),
             relation: RelationTrainer::default(),
             interval: Running::default(),
@@ -842,11 +915,16 @@ impl DetectorTrainer {
     }
 
     /// A trainer that continues exactly where the one that wrote `bytes` stopped.
-    pub fn from_state_bytes(config: DetectorConfig, bytes: &[u8]) -> Result<Self, ModelError> {
+    pub fn from_state_bytes(
+        config: impl Into<Arc<DetectorConfig>>,
+        bytes: &[u8],
+    ) -> Result<Self, ModelError> {
         check_header(bytes, STATE_MAGIC, STATE_VERSION, "trainer state")?;
         let mut trainer: Self =
             postcard::from_bytes(&bytes[5..]).map_err(|e| ModelError::Decode(e.to_string()))?;
-        trainer.config = config.validate()?;
+        let config = config.into();
+        config.check()?;
+        trainer.config = config;
         if !trainer.is_consistent() {
             return Err(ModelError::Decode(
                 "trainer state whose parts do not fit together".into(),
@@ -1167,6 +1245,8 @@ impl Trainer for DetectorTrainer {
                         max: value,
                         ..MetricTrainer::default()
                     };
+                    // One at a time: a device's metrics, not the doubling of a `Vec`.
+                    self.metrics.reserve_exact(1);
                     self.metrics.insert(i, (name.as_str().into(), fresh));
                     self.relation.metric_inserted(i);
                     self.season_inserted(i);
@@ -1202,7 +1282,7 @@ impl Trainer for DetectorTrainer {
             ..fitted.clone()
         });
         DetectorParams {
-            kind: KIND.to_owned(),
+            kind: Cow::Borrowed(KIND),
             format: FORMAT_VERSION,
             config: self.config.clone(),
             metrics: self
@@ -1265,7 +1345,7 @@ fn season_params(
 fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
     let magnitude = m.max.abs().max(m.min.abs());
     MetricParams {
-        name: name.to_owned(),
+        name: name.into(),
         error_std: m
             .error
             .std()
@@ -1281,7 +1361,7 @@ fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
         n: u64::from(m.n),
         value_mean: m.value.mean,
         value_std: m.value.std(),
-        centroids: m.centroids.clone(),
+        centroids: m.centroids.as_slice().into(),
         radii: m.members.iter().map(|[_, radius]| *radius).collect(),
         shape_mean: m.shape.mean(),
         shape_std: m.shape.std() as f32,
@@ -1576,7 +1656,8 @@ fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
 pub struct DetectorScorer {
     last_ts: Option<i64>,
     /// Sorted by name.
-    contexts: Vec<(String, Context, Excursion)>,
+    /// (`Box<str>`: 8 bytes less than a `String` per metric.)
+    contexts: Vec<(Box<str>, Context, Excursion)>,
     relation: RelationContext,
     /// The seasonal lean per metric (in the order of the parameters' metrics).
     leans: Vec<f32>,
@@ -1672,13 +1753,23 @@ impl DetectorScorer {
     /// The context of `name`; `hint` is where it usually is (the metrics of a device
     /// come in the same sorted order every event), which saves the search.
     fn context(&mut self, name: &String, hint: usize) -> (&mut Context, &mut Excursion) {
-        let index = if self.contexts.get(hint).is_some_and(|(n, _, _)| n == name) {
+        let index = if self
+            .contexts
+            .get(hint)
+            .is_some_and(|(n, _, _)| **n == **name)
+        {
             hint
         } else {
-            match self.contexts.binary_search_by(|(n, _, _)| n.cmp(name)) {
+            match self.contexts.binary_search_by(|(n, _, _)| (**n).cmp(name)) {
                 Ok(i) => i,
                 Err(i) => {
-                    let fresh = (name.clone(), Context::default(), Excursion::default());
+                    let fresh = (
+                        name.as_str().into(),
+                        Context::default(),
+                        Excursion::default(),
+                    );
+                    // One at a time: a device's metrics, not the doubling of a `Vec`.
+                    self.contexts.reserve_exact(1);
                     self.contexts.insert(i, fresh);
                     i
                 }
@@ -1812,7 +1903,9 @@ impl DetectorScorer {
             let column = usize::from(column);
             *slot = match seen.get(column) {
                 Some(&value) => value,
-                None => *observation.metrics.get(&params.metrics.get(column)?.name)?,
+                None => *observation
+                    .metrics
+                    .get(&*params.metrics.get(column)?.name)?,
             };
             if slot.is_nan() {
                 return None;
@@ -1853,11 +1946,7 @@ fn attribute(
     (t2_score, spe_score): (f64, f64),
 ) -> Option<MetricScore> {
     let m = values.len();
-    let name = |j: usize| {
-        params.metrics[usize::from(relation.columns[j])]
-            .name
-            .clone()
-    };
+    let name = |j: usize| String::from(&*params.metrics[usize::from(relation.columns[j])].name);
     if spe_score >= t2_score {
         let share = |j: usize| eval.residual[j] * eval.residual[j];
         let top = (0..m).max_by(|&a, &b| share(a).total_cmp(&share(b)))?;
@@ -2085,8 +2174,8 @@ mod tests {
             n: 5_000,
             value_mean: 0.0,
             value_std: 10.0,
-            centroids: vec![0; 8],
-            radii: vec![1.0],
+            centroids: vec![0; 8].into(),
+            radii: vec![1.0].into(),
             shape_mean: 0.0,
             shape_std: 1.0,
         };
@@ -2273,6 +2362,44 @@ mod tests {
     }
 
     #[test]
+    fn parameters_decoded_with_one_cache_share_their_configuration() {
+        let mut rig = Rig::new();
+        rig.warm(100);
+        let params = rig.trainer.snapshot();
+        let bytes = params.to_bytes();
+        let mut configs = ConfigCache::default();
+        let first = DetectorParams::from_bytes_with(&bytes, &mut configs).unwrap();
+        let second = DetectorParams::from_bytes_with(&bytes, &mut configs).unwrap();
+        assert_eq!((&first, &second), (&params, &params));
+        assert!(Arc::ptr_eq(&first.config, &second.config));
+        // Another configuration is its own, and decodes as without the cache.
+        let other = DetectorParams {
+            config: Arc::new(DetectorConfig {
+                threshold: 0.7,
+                ..DetectorConfig::default()
+            }),
+            ..params.clone()
+        };
+        let third = DetectorParams::from_bytes_with(&other.to_bytes(), &mut configs).unwrap();
+        assert_eq!(third, other);
+        assert!(!Arc::ptr_eq(&first.config, &third.config));
+        // A known configuration followed by too little is refused all the same.
+        assert!(DetectorParams::from_bytes_with(&bytes[..bytes.len() / 2], &mut configs).is_err());
+        // Configurations nobody holds any more are forgotten when another is added.
+        drop((first, second, third));
+        let fourth = DetectorConfig {
+            threshold: 0.8,
+            ..DetectorConfig::default()
+        };
+        let fourth = DetectorParams {
+            config: Arc::new(fourth),
+            ..params
+        };
+        DetectorParams::from_bytes_with(&fourth.to_bytes(), &mut configs).unwrap();
+        assert_eq!(configs.known.len(), 1);
+    }
+
+    #[test]
     fn params_round_trip_and_refuse_other_kinds() {
         let mut rig = Rig::new();
         rig.warm(100);
@@ -2292,7 +2419,9 @@ mod tests {
         assert!(DetectorParams::from_bytes(&bytes[..bytes.len() / 2]).is_err());
         // Arrays that do not fit together are refused, not indexed out of bounds.
         let mut broken = params.clone();
-        broken.metrics[0].centroids.push(1);
+        let mut centroids = broken.metrics[0].centroids.to_vec();
+        centroids.push(1);
+        broken.metrics[0].centroids = centroids.into();
         assert!(broken.check().is_err());
         assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
         assert!(DetectorParams::from_bytes(b"{}").is_err());

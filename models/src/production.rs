@@ -6,15 +6,23 @@
 //! `relation.enabled`, `drift_detection`).
 
 pub use crate::detector::{
-    DetectorConfig as Config, DetectorParams as Params, DetectorScorer as ModelScorer,
+    ConfigCache, DetectorConfig as Config, DetectorParams as Params, DetectorScorer as ModelScorer,
     DetectorTrainer as ModelTrainer,
 };
 pub use crate::episode::{Episode, EpisodeRules, Transition};
+
+use std::sync::Arc;
 
 /// Publish a device's parameters every this many events, unless configured otherwise.
 pub const DEFAULT_PUBLISH_EVERY: u32 = 10;
 
 pub fn trainer(config: &Config) -> ModelTrainer {
+    ModelTrainer::new(config.clone())
+}
+
+/// A trainer that shares `config` with the others made from it (a service's many
+/// devices: one copy of the configuration, not one per device).
+pub fn shared_trainer(config: &Arc<Config>) -> ModelTrainer {
     ModelTrainer::new(config.clone())
 }
 

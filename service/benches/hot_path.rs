@@ -136,10 +136,7 @@ impl Roles {
             metrics.clone(),
         );
         let params = SharedParams::default();
-        let params_handler = ParamsHandler {
-            params: params.clone(),
-            metrics: metrics.clone(),
-        };
+        let params_handler = ParamsHandler::new(params.clone(), metrics.clone());
         let scorer = ScoringHandler::new(
             &ScorerConfig::default(),
             threshold,

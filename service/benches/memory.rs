@@ -167,10 +167,7 @@ impl Roles {
             metrics.clone(),
         );
         let params = SharedParams::default();
-        let params_handler = ParamsHandler {
-            params: params.clone(),
-            metrics: metrics.clone(),
-        };
+        let params_handler = ParamsHandler::new(params.clone(), metrics.clone());
         let scorer = ScoringHandler::new(
             &ScorerConfig::default(),
             threshold,
@@ -255,7 +252,9 @@ fn breakdown(roles: &Roles, id: &DeviceId, readings: u64) {
     let copy = params.params.clone();
     let params_heap = held() - before;
     let before = held();
-    let (mut trainer, mut scorer) = (production::trainer(&copy.config), production::scorer());
+    // The configuration is shared (one per model and role), not the device's.
+    let trainer = production::shared_trainer(&copy.config);
+    let (mut trainer, mut scorer) = (trainer, production::scorer());
     let mut noise = Lcg(1);
     for seq in 0..readings {
         let reading = telemetry(0, seq, &mut noise, false);
@@ -287,7 +286,7 @@ fn breakdown(roles: &Roles, id: &DeviceId, readings: u64) {
             "model_scorer_heap_bytes": scorer_heap,
             "params_inline_bytes": std::mem::size_of::<production::Params>(),
             "params_heap_bytes": params_heap,
-            "params_config_copy_bytes": std::mem::size_of::<production::Config>(),
+            "config_bytes_shared_per_model": std::mem::size_of::<production::Config>(),
             "device_params_inline_bytes": std::mem::size_of::<fleetwatch::scorer::DeviceParams>(),
             "params_wire_bytes": copy.to_bytes().len(),
             "trainer_state_wire_bytes": trainer.state_bytes().len(),

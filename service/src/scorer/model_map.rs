@@ -2,7 +2,8 @@
 //!
 //! A device has one model (production) and, while candidates run in shadow, one or two
 //! more: a `BTreeMap` would allocate a node for eleven entries per device (about 2 KB
-//! of scoring state each, measured by `benches/memory.rs`), a vector holds what there is.
+//! of scoring state each, measured by `benches/memory.rs`), a vector holds what there is
+//! (grown one entry at a time: a `Vec` would make room for four at the first insert).
 
 /// Values by model id, sorted by id (iteration order as a `BTreeMap`'s).
 #[derive(Clone, Debug)]
@@ -42,7 +43,10 @@ impl<V> ModelMap<V> {
     pub fn insert(&mut self, model_id: String, value: V) {
         match self.position(&model_id) {
             Ok(at) => self.entries[at].1 = value,
-            Err(at) => self.entries.insert(at, (model_id, value)),
+            Err(at) => {
+                self.entries.reserve_exact(1);
+                self.entries.insert(at, (model_id, value));
+            }
         }
     }
 
@@ -70,6 +74,7 @@ impl<V: Default> ModelMap<V> {
         let at = match self.position(model_id) {
             Ok(at) => at,
             Err(at) => {
+                self.entries.reserve_exact(1);
                 self.entries.insert(at, (model_id.to_owned(), V::default()));
                 at
             }

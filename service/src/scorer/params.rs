@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleetwatch_models::production::Params;
+use fleetwatch_models::production::{ConfigCache, Params};
 use fleetwatch_protocol::{parse_params_key, DeviceId, ParamsEnvelope};
 use parking_lot::RwLock;
 
@@ -34,9 +34,19 @@ pub type SharedParams = Arc<RwLock<HashMap<DeviceId, DeviceModels>>>;
 pub struct ParamsHandler {
     pub params: SharedParams,
     pub metrics: Arc<Metrics>,
+    /// The models' configurations: one copy each, shared by the devices' parameters.
+    configs: ConfigCache,
 }
 
 impl ParamsHandler {
+    pub fn new(params: SharedParams, metrics: Arc<Metrics>) -> Self {
+        Self {
+            params,
+            metrics,
+            configs: ConfigCache::default(),
+        }
+    }
+
     fn skip(&self, reason: &str) {
         self.metrics
             .skipped
@@ -68,7 +78,7 @@ impl RecordHandler for ParamsHandler {
                 return Ok(());
             }
         };
-        let params = match Params::from_bytes(&envelope.params) {
+        let params = match Params::from_bytes_with(&envelope.params, &mut self.configs) {
             Ok(params) => params,
             Err(error) => {
                 tracing::warn!(device = %envelope.device_id, %error, "parameters skipped");

@@ -32,10 +32,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         &launch.topics.model_params(),
         launch.metrics.clone(),
     )?;
-    let params_handler = ParamsHandler {
-        params: params.clone(),
-        metrics: launch.metrics.clone(),
-    };
+    let params_handler = ParamsHandler::new(params.clone(), launch.metrics.clone());
     launch.consume("scorer-params", reader, params_handler);
     let listener = Arc::new(ParamsFollower {
         follower,

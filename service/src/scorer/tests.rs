@@ -221,10 +221,7 @@ impl Rig {
         );
         let params: SharedParams = Arc::default();
         let registry = crate::shadow::ModelRegistry::empty();
-        let params_reader = ParamsHandler {
-            params: params.clone(),
-            metrics: metrics.clone(),
-        };
+        let params_reader = ParamsHandler::new(params.clone(), metrics.clone());
         let recommended = production::Config::default().threshold;
         let producer = Producer::in_memory(&log, metrics.clone());
         let scoring = ScoringHandler::new(

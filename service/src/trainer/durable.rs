@@ -10,6 +10,7 @@
 //! what the new owner publishes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_models::production::{self, ModelTrainer};
@@ -72,7 +73,7 @@ impl Checkpoints {
         &self,
         partition: i32,
         models: &SharedModels,
-        config: &production::Config,
+        config: &Arc<production::Config>,
         registry: &ModelRegistry,
     ) -> Result<()> {
         if models.lock().restored.contains(&partition) {
@@ -95,7 +96,7 @@ impl Checkpoints {
             // A candidate the registry no longer knows is not trained any more.
             let config = match key.1.as_str() {
                 PRODUCTION_MODEL => config.clone(),
-                model_id => match registry.read(|r| r.get(model_id).map(|c| (*c.config).clone())) {
+                model_id => match registry.read(|r| r.get(model_id).map(|c| c.config.clone())) {
                     Some(config) => config,
                     None => continue,
                 },
@@ -105,11 +106,11 @@ impl Checkpoints {
                     self.trainer_from(&key, &checkpoint.params, &config),
                     checkpoint.damping,
                 ),
-                None => (production::trainer(&config), Vec::new()),
+                None => (production::shared_trainer(&config), Vec::new()),
             };
             let mut model = DeviceModel::new(trainer, partition, version);
             model.damping = damping;
-            models.devices.insert(key, model);
+            models.devices.insert(key, Box::new(model));
         }
         models.restored.insert(partition);
         tracing::info!(partition, restored, "trainer models restored");
@@ -120,12 +121,12 @@ impl Checkpoints {
         &self,
         (device_id, model_id): &ModelKey,
         state: &[u8],
-        config: &production::Config,
+        config: &Arc<production::Config>,
     ) -> ModelTrainer {
         ModelTrainer::from_state_bytes(config.clone(), state).unwrap_or_else(|error| {
             tracing::warn!(device = %device_id, model = %model_id, %error, "checkpoint unusable; the model starts afresh");
             self.skipped("unusable_checkpoint");
-            production::trainer(config)
+            production::shared_trainer(config)
         })
     }
 

@@ -79,7 +79,9 @@ impl DeviceModel {
 /// The models of the partitions this instance owns; shared with the rebalance listener.
 #[derive(Default)]
 pub struct Models {
-    devices: HashMap<ModelKey, DeviceModel>,
+    /// Boxed: a map keeps room for more entries than it holds (up to twice as many),
+    /// and an empty slot costs the pointer, not the whole model (about 560 bytes).
+    devices: HashMap<ModelKey, Box<DeviceModel>>,
     /// Partitions whose models were read back from the checkpoints.
     restored: HashSet<i32>,
 }
@@ -91,6 +93,8 @@ type Outgoing = (String, i32, String, Vec<u8>);
 
 pub struct TrainerHandler {
     config: TrainerConfig,
+    /// `config.model`, shared by every device's production model.
+    production: Arc<production::Config>,
     params_topic: String,
     feedback_topic: String,
     state_topic: String,
@@ -112,6 +116,7 @@ impl TrainerHandler {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            production: Arc::new(config.model.clone()),
             config,
             params_topic: topics.model_params(),
             feedback_topic: topics.feedback(),
@@ -201,9 +206,9 @@ impl TrainerHandler {
         for (model_id, config) in wanted {
             let key = (device_id.clone(), model_id);
             if !models.devices.contains_key(&key) {
-                let config = config.as_deref().unwrap_or(&self.config.model);
-                let model = DeviceModel::new(production::trainer(config), partition, 0);
-                models.devices.insert(key.clone(), model);
+                let config = config.as_ref().unwrap_or(&self.production);
+                let model = DeviceModel::new(production::shared_trainer(config), partition, 0);
+                models.devices.insert(key.clone(), Box::new(model));
             }
             let model = models.devices.get_mut(&key).expect("inserted above");
             if self.learn_one(&key, model, telemetry) {
@@ -357,7 +362,7 @@ impl RecordHandler for TrainerHandler {
             .ensure_restored(
                 record.partition,
                 &self.models,
-                &self.config.model,
+                &self.production,
                 &self.registry,
             )
             .await

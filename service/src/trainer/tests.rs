@@ -365,7 +365,7 @@ async fn publishes_every_n_events_with_versions_counting_from_one() {
         .params
         .metrics
         .iter()
-        .map(|metric| (metric.name.as_str(), metric.n))
+        .map(|metric| (&*metric.name, metric.n))
         .collect();
     assert_eq!(learned, vec![("temp", 15), ("vibration", 15)]);
 }
@@ -496,7 +496,7 @@ async fn each_device_has_its_own_model_and_version_count() {
             .iter()
             .rfind(|envelope| envelope.device_id.as_str() == device_id)
             .expect("published");
-        let temp = latest.params.metrics.iter().find(|m| m.name == "temp");
+        let temp = latest.params.metrics.iter().find(|m| &*m.name == "temp");
         temp.expect("temp learned").value_mean
     };
     let (pump, fan) = (latest_temp_mean("pump-1"), latest_temp_mean("fan-2"));
@@ -828,10 +828,7 @@ async fn candidate_parameters_land_on_the_device_partition_under_their_own_key()
     );
     // The scorer's reader of the partition ends with both.
     let params = crate::scorer::SharedParams::default();
-    let mut reader = crate::scorer::ParamsHandler {
-        params: params.clone(),
-        metrics: rig.metrics.clone(),
-    };
+    let mut reader = crate::scorer::ParamsHandler::new(params.clone(), rig.metrics.clone());
     let topic = rig.topics.model_params();
     for record in &records {
         let read = Record::new(&topic, &record.key, &record.payload).at(3, record.offset);
