@@ -120,8 +120,7 @@ fn dashboards_are_valid_and_resolve_everything() {
 #[test]
 fn alerting_rules_name_only_metrics_the_service_exports() {
     let rules = std::fs::read_to_string(dir().join("alerts.yml")).unwrap();
-    let registered =
-        std::fs::read_to_string(dir().join("../service/src/metrics.rs")).unwrap();
+    let registered = std::fs::read_to_string(dir().join("../service/src/metrics.rs")).unwrap();
     let mut named = BTreeSet::new();
     let mut rest = rules.as_str();
     while let Some(at) = rest.find("fleetwatch_") {
@@ -137,5 +136,8 @@ fn alerting_rules_name_only_metrics_the_service_exports() {
         .iter()
         .filter(|name| !registered.contains(&format!("\"{name}\"")))
         .collect();
-    assert!(unknown.is_empty(), "not registered by the service: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "not registered by the service: {unknown:?}"
+    );
 }
