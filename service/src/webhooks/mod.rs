@@ -140,8 +140,12 @@ impl WebhookHandler {
     }
 
     /// What `record` asks to deliver: an alarm event, or a notification a rule performed
-    /// (its other decisions, and records that do not decode, deliver nothing).
+    /// (its other decisions, markers, and records that do not decode, deliver nothing).
     fn notice_of(&self, record: &Record<'_>) -> Option<Notice> {
+        // Value-less records: the rules owners' markers on `iot.rule-actions`.
+        if record.payload.is_empty() {
+            return None;
+        }
         if record.topic != self.rule_actions_topic {
             let event = decode_record::<AlarmEvent>(record, "webhooks", &self.metrics)?;
             return Some(Notice {

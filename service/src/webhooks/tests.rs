@@ -68,7 +68,7 @@ fn action(id: &str, action: RuleAction, outcome: ActionOutcome) -> ActionRecord 
 
 /// A handler with an acme webhook at `url` and a globex one that points nowhere (a
 /// request there would be a failed delivery).
-fn handler_for(url: &str) -> (WebhookHandler, MemoryLog, KafkaTopics) {
+fn handler_for(url: &str) -> (WebhookHandler, MemoryLog, KafkaTopics, Arc<Metrics>) {
     let config = WebhooksConfig {
         endpoints: vec![
             endpoint("globex-hook", "globex", "http://127.0.0.1:9/none"),
@@ -86,18 +86,18 @@ fn handler_for(url: &str) -> (WebhookHandler, MemoryLog, KafkaTopics) {
         &config,
         producer,
         &topics,
-        metrics,
+        metrics.clone(),
         CancellationToken::new(),
     )
     .unwrap();
-    (handler, log, topics)
+    (handler, log, topics, metrics)
 }
 
 #[tokio::test]
 async fn a_rules_notification_is_delivered_signed_to_its_tenants_webhooks_only() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (mut handler, log, topics) = handler_for(&url);
+    let (mut handler, log, topics, metrics) = handler_for(&url);
     let notify = |message: &str| RuleAction::Notify {
         message: Some(message.into()),
     };
@@ -119,8 +119,9 @@ async fn a_rules_notification_is_delivered_signed_to_its_tenants_webhooks_only()
         ),
     ];
     let topic = topics.rule_actions();
-    for (offset, record) in records.iter().enumerate() {
-        let payload = serde_json::to_vec(record).unwrap();
+    // After them, a rules owner's marker (no value): nothing to deliver, nothing skipped.
+    let payloads = (records.iter().map(|r| serde_json::to_vec(r).unwrap())).chain([Vec::new()]);
+    for (offset, payload) in payloads.enumerate() {
         let record = Record {
             topic: &topic,
             partition: 0,
@@ -162,5 +163,9 @@ async fn a_rules_notification_is_delivered_signed_to_its_tenants_webhooks_only()
     );
     let durable = handler.take_durable();
     let durable: Vec<(&str, i32, i64)> = durable.iter().collect();
-    assert_eq!(durable, [(topic.as_str(), 0, 2)]);
+    assert_eq!(durable, [(topic.as_str(), 0, 3)]);
+    let skipped = metrics
+        .skipped
+        .with_label_values(&["webhooks", "undecodable"]);
+    assert_eq!(skipped.get(), 0, "a marker is no undecodable record");
 }
