@@ -158,7 +158,11 @@ impl DeviceRegistry {
                 continue;
             }
             if !assignment.owned.contains(&partition) {
-                return Ok(());
+                // Its record must not be handled here without its twins: the consume
+                // loop retries it, sees the partition gone and leaves it to the owner.
+                return Err(Error::Interrupted(format!(
+                    "partition {partition} was revoked while restoring"
+                )));
             }
             self.shared.changelog.index_restored(partition, &twins);
             let mut started = 0;
