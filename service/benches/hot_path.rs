@@ -13,40 +13,31 @@
 //! `valgrind --tool=callgrind` with two reading counts and divide the difference of the
 //! totals by the difference of the readings (docs/benchmarks.md).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetwatch::devices::{self, Changelog, DevicesHandler, PendingWrites, MAX_PENDING_WRITES};
 use fleetwatch::ingest::{classify, Limits, Verdict};
 use fleetwatch::kafka::memory::MemoryLog;
-use fleetwatch::kafka::{PartitionReader, Producer, Record, RecordHandler};
+use fleetwatch::kafka::{PartitionListener, PartitionReader, Producer, Record, RecordHandler};
 use fleetwatch::metrics::Metrics;
 use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
 use fleetwatch::scorer::{ParamsHandler, ScorerConfig, ScoringHandler, SharedParams};
 use fleetwatch::shadow::ModelRegistry;
 use fleetwatch::tenancy::Directory;
 use fleetwatch::trainer::{Checkpoints, SharedModels, TrainerConfig, TrainerHandler};
-use fleetwatch_protocol::{DeviceId, DeviceTopic, DeviceTopicKind, KafkaTopics, TelemetryPayload};
+use fleetwatch_protocol::{DeviceId, DeviceTopic, DeviceTopicKind, KafkaTopics};
 use tokio_util::sync::CancellationToken;
 
-const METRICS: [&str; 8] = [
-    "temperature",
-    "humidity",
-    "power",
-    "voltage",
-    "current",
-    "pressure",
-    "vibration",
-    "rpm",
-];
-/// Device clock of reading 0; readings are `INTERVAL_MS` apart.
-const T0_MS: i64 = 1_800_000_000_000;
-const INTERVAL_MS: i64 = 10_000;
 const LIMITS: Limits = Limits {
     max_payload_bytes: 65_536,
     max_ahead_ms: 60_000,
 };
+
+#[path = "common/readings.rs"]
+mod readings;
+
+use readings::{telemetry, Lcg, INTERVAL_MS, T0_MS};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -58,41 +49,9 @@ fn main() {
     actix_rt::System::new().block_on(run(count, readings));
 }
 
-/// Deterministic noise in [-1, 1): a 64-bit LCG (Knuth's MMIX constants).
-struct Lcg(u64);
-
-impl Lcg {
-    fn noise(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-}
-
-/// Reading `seq` of device `n` as the device sends it: each metric a sine (its own
-/// period, phase and level) plus noise.
+/// Reading `seq` of device `n` as the device sends it.
 fn payload(n: usize, seq: u64, noise: &mut Lcg) -> Vec<u8> {
-    let metrics = METRICS
-        .iter()
-        .enumerate()
-        .map(|(m, name)| {
-            let level = 10.0 * (m + 1) as f64 + (n % 7) as f64;
-            let period = 60.0 + 30.0 * m as f64;
-            let phase = (seq as f64 + n as f64) * std::f64::consts::TAU / period;
-            (
-                (*name).to_owned(),
-                level + 2.0 * phase.sin() + 0.3 * noise.noise(),
-            )
-        })
-        .collect::<BTreeMap<_, _>>();
-    let telemetry = TelemetryPayload {
-        ts: T0_MS + seq as i64 * INTERVAL_MS,
-        seq,
-        metrics,
-    };
-    serde_json::to_vec(&telemetry).expect("wire types serialize")
+    serde_json::to_vec(&telemetry(n, seq, noise, false)).expect("wire types serialize")
 }
 
 /// The roles of one process on one in-memory log.
@@ -224,6 +183,8 @@ fn devices_handler(
         ..Default::default()
     };
     let registry = devices::registry(config, changelog, downlink, directory, metrics.clone());
+    // As a consumer's assignment would: this instance owns every partition of the log.
+    registry.assigned(&(0..64).collect::<Vec<i32>>());
     DevicesHandler {
         registry: Arc::new(registry),
         commands_topic: topics.commands(),

@@ -14,7 +14,6 @@
 //! the resident set growth of the whole run is what the OS sees (allocator slack
 //! included). The devices role is measured as `actors.rs` does, with an 8-metric twin.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,28 +31,17 @@ use tokio_util::sync::CancellationToken;
 #[path = "common/counting.rs"]
 mod counting;
 
+#[path = "common/readings.rs"]
+mod readings;
 #[path = "common/registry.rs"]
 mod registry;
 
 use counting::{resident_bytes, Counting, HELD};
+use readings::{telemetry, Lcg, METRICS};
 use registry::offline_registry;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-const METRICS: [&str; 8] = [
-    "temperature",
-    "humidity",
-    "power",
-    "voltage",
-    "current",
-    "pressure",
-    "vibration",
-    "rpm",
-];
-/// Device clock of reading 0; readings are `INTERVAL_MS` apart.
-const T0_MS: i64 = 1_800_000_000_000;
-const INTERVAL_MS: i64 = 10_000;
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -78,45 +66,8 @@ fn trim() {
     }
 }
 
-/// Deterministic noise in [-1, 1): a 64-bit LCG (Knuth's MMIX constants).
-struct Lcg(u64);
-
-impl Lcg {
-    fn noise(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-}
-
 fn device_id(n: usize) -> DeviceId {
     DeviceId::parse(&format!("sim-{n:07}")).expect("valid device id")
-}
-
-/// Reading `seq` of device `n`: each metric a sine (its own period, phase and level) plus
-/// noise; `spike` lifts the first two metrics far out of their range.
-fn telemetry(n: usize, seq: u64, noise: &mut Lcg, spike: bool) -> TelemetryPayload {
-    let metrics = METRICS
-        .iter()
-        .enumerate()
-        .map(|(m, name)| {
-            let level = 10.0 * (m + 1) as f64 + (n % 7) as f64;
-            let period = 60.0 + 30.0 * m as f64;
-            let phase = (seq as f64 + n as f64) * std::f64::consts::TAU / period;
-            let mut value = level + 2.0 * phase.sin() + 0.3 * noise.noise();
-            if spike && m < 2 {
-                value += 50.0;
-            }
-            ((*name).to_owned(), value)
-        })
-        .collect::<BTreeMap<_, _>>();
-    TelemetryPayload {
-        ts: T0_MS + seq as i64 * INTERVAL_MS,
-        seq,
-        metrics,
-    }
 }
 
 /// A `DeviceEvent` as ingest writes it to `iot.telemetry`.
