@@ -17,7 +17,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::Running;
-use crate::ring::Ring;
+use crate::ring::{Ring, Rings};
 use crate::ModelError;
 
 /// Most metrics a relation model covers (the first ones seen, by name).
@@ -89,13 +89,14 @@ impl ParamGuard for RelationConfig {
 /// travel with every parameter snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RelationParams {
-    /// Indexes of the covered metrics in the detector's (sorted) metric list.
-    pub columns: Vec<u8>,
-    pub mean: Vec<f32>,
-    pub scale: Vec<f32>,
+    /// Indexes of the covered metrics in the detector's (sorted) metric list. Boxed
+    /// slices, not `Vec`s: 40 bytes less per copy (the same encoding).
+    pub columns: Box<[u8]>,
+    pub mean: Box<[f32]>,
+    pub scale: Box<[f32]>,
     /// `k` components of `columns.len()` loadings each, component after component.
-    pub loadings: Vec<f32>,
-    pub eigenvalues: Vec<f32>,
+    pub loadings: Box<[f32]>,
+    pub eigenvalues: Box<[f32]>,
     /// 99% control limits of T² and Q.
     pub t2_limit: f32,
     pub spe_limit: f32,
@@ -175,11 +176,45 @@ impl RelationParams {
     }
 }
 
-/// Short-term context: the last few ratios of T² and Q to their limits.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Short-term context: the last few ratios of T² and Q to their limits, in one buffer
+/// (ring `T2` and ring `SPE`); serialized as it was with a [`Ring`] each, so the
+/// trainer's state is unchanged.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(try_from = "RelationContextWire")]
 pub struct RelationContext {
+    recent: Rings<2>,
+}
+
+const T2: usize = 0;
+const SPE: usize = 1;
+
+/// [`RelationContext`] as the trainer's state holds it.
+#[derive(Deserialize)]
+#[serde(rename = "RelationContext")]
+struct RelationContextWire {
     t2: Ring<f32>,
     spe: Ring<f32>,
+}
+
+impl TryFrom<RelationContextWire> for RelationContext {
+    type Error = &'static str;
+
+    fn try_from(wire: RelationContextWire) -> Result<Self, Self::Error> {
+        let mut recent = Rings::default();
+        recent.restore(T2, &wire.t2)?;
+        recent.restore(SPE, &wire.spe)?;
+        Ok(Self { recent })
+    }
+}
+
+impl Serialize for RelationContext {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("RelationContext", 2)?;
+        out.serialize_field("t2", &self.recent.wire::<f32>(T2))?;
+        out.serialize_field("spe", &self.recent.wire::<f32>(SPE))?;
+        out.end()
+    }
 }
 
 impl RelationContext {
@@ -192,13 +227,13 @@ impl RelationContext {
     ) -> RelationReading {
         let t2 = eval.t2 / f64::from(params.t2_limit).max(1e-9);
         let spe = eval.spe / f64::from(params.spe_limit).max(1e-9);
-        self.t2.push(t2 as f32, window);
-        self.spe.push(spe as f32, window);
-        let average = |q: &Ring<f32>| {
-            let sum: f64 = q.iter().map(|&v| f64::from(v)).sum();
-            sum / q.len() as f64
+        self.recent.push(T2, t2 as f32, window);
+        self.recent.push(SPE, spe as f32, window);
+        let average = |r: usize| {
+            let sum: f64 = self.recent.iter::<f32>(r).map(f64::from).sum();
+            sum / self.recent.len(r) as f64
         };
-        let (t2_average, spe_average) = (average(&self.t2), average(&self.spe));
+        let (t2_average, spe_average) = (average(T2), average(SPE));
         RelationReading {
             t2: (t2_average + 1e-3).ln(),
             spe: (spe_average + 1e-3).ln(),
@@ -224,12 +259,13 @@ pub struct RelationReading {
 pub struct RelationTrainer {
     /// Indexes of the covered metrics in the detector's sorted metric list (kept right
     /// by [`RelationTrainer::metric_inserted`]); fixed once chosen.
-    columns: Vec<u8>,
+    /// (Boxed slices, not `Vec`s: fixed once chosen, 8 bytes less each.)
+    columns: Box<[u8]>,
     n: u64,
-    mean: Vec<f64>,
+    mean: Box<[f64]>,
     /// Packed upper triangle of the covariance, row after row (`f32`: half the memory,
     /// and a correlation needs no more precision).
-    cov: Vec<f32>,
+    cov: Box<[f32]>,
     since_refit: u32,
     fitted_events: u64,
     model: Option<RelationParams>,
@@ -267,7 +303,7 @@ impl RelationTrainer {
 
     /// The detector inserted a metric at `index` of its list: later indexes move up.
     pub fn metric_inserted(&mut self, index: usize) {
-        for column in &mut self.columns {
+        for column in self.columns.iter_mut() {
             if usize::from(*column) >= index {
                 *column = column.saturating_add(1);
             }
@@ -295,9 +331,8 @@ impl RelationTrainer {
             }
             self.columns = (0..metrics.min(MAX_COLUMNS)).map(|i| i as u8).collect();
             let m = self.columns.len();
-            self.mean = vec![0.0; m];
-            self.cov = vec![0.0; m * (m + 1) / 2];
-            self.mean.shrink_to_fit();
+            self.mean = vec![0.0; m].into();
+            self.cov = vec![0.0; m * (m + 1) / 2].into();
             return;
         }
         let Some(values) = values else { return };
@@ -390,20 +425,17 @@ impl RelationTrainer {
             k += 1;
         }
         let residual: Vec<f64> = values.iter().skip(k).map(|v| v.max(floor)).collect();
+        // Exactly `k × m` (collected from a `flat_map`, a `Vec` doubles past it).
+        let mut loadings = Vec::with_capacity(k * m);
+        for a in 0..k {
+            loadings.extend(vectors.column(a).iter().map(|&v| v as f32));
+        }
         let previous = self.model.take().unwrap_or_default();
         self.model = Some(RelationParams {
-            columns: Vec::new(),
+            columns: Box::default(),
             mean: self.mean.iter().map(|&v| v as f32).collect(),
             scale: scale.iter().map(|&v| v as f32).collect(),
-            loadings: (0..k)
-                .flat_map(|a| {
-                    vectors
-                        .column(a)
-                        .iter()
-                        .map(|&v| v as f32)
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
+            loadings: loadings.into(),
             eigenvalues: values.iter().take(k).map(|v| v.max(floor) as f32).collect(),
             t2_limit: chi_square_99(k as f64) as f32,
             spe_limit: spe_limit_99(&residual) as f32,
@@ -447,11 +479,11 @@ mod tests {
     #[test]
     fn malformed_parameters_do_not_panic() {
         let empty = RelationParams {
-            columns: Vec::new(),
-            mean: Vec::new(),
-            scale: Vec::new(),
-            loadings: Vec::new(),
-            eigenvalues: vec![1.0],
+            columns: Box::default(),
+            mean: Box::default(),
+            scale: Box::default(),
+            loadings: Box::default(),
+            eigenvalues: vec![1.0].into(),
             t2_limit: 1.0,
             spe_limit: 1.0,
             t2_calibration: (0.0, 1.0),
@@ -461,10 +493,10 @@ mod tests {
         assert!(!empty.is_consistent());
         assert_eq!(empty.evaluate(&[1.0, 2.0]).t2, 0.0);
         let lopsided = RelationParams {
-            mean: vec![0.0, 0.0],
-            scale: vec![1.0, 1.0],
-            loadings: vec![1.0; 6],
-            eigenvalues: vec![1.0],
+            mean: vec![0.0, 0.0].into(),
+            scale: vec![1.0, 1.0].into(),
+            loadings: vec![1.0; 6].into(),
+            eigenvalues: vec![1.0].into(),
             ..empty
         };
         assert!(!lopsided.is_consistent());
