@@ -352,24 +352,25 @@ pub struct DetectorParams {
     /// snapshots of one trainer, hold one copy (320 bytes each otherwise).
     #[serde(with = "shared_config")]
     pub config: Arc<DetectorConfig>,
-    /// Sorted by name.
-    pub metrics: Vec<MetricParams>,
+    /// Sorted by name. (Boxed slices, as below: 8 bytes less each than a `Vec`, the
+    /// same encoding.)
+    pub metrics: Box<[MetricParams]>,
     /// Usual interval between events and how samples go missing, once known.
     pub interval: Option<Cadence>,
     /// Relations between metrics, once fitted.
     pub relation: Option<RelationParams>,
     /// Seasonal profiles, one per metric in the order of `metrics`, or none (the check
     /// is off, or the device has too many metrics for the budget).
-    pub seasons: Vec<SeasonParams>,
+    pub seasons: Box<[SeasonParams]>,
 }
 
 /// The binary body of the parameters after the configuration (kind and version travel
 /// in the header, then the configuration).
 type ParamsBody = (
-    Vec<MetricParams>,
+    Box<[MetricParams]>,
     Option<Cadence>,
     Option<RelationParams>,
-    Vec<SeasonParams>,
+    Box<[SeasonParams]>,
 );
 
 /// Serde of the shared configuration: as the configuration itself.
@@ -2511,7 +2512,9 @@ mod tests {
             params
         );
         let mut broken = params.clone();
-        broken.seasons.push(SeasonParams::default());
+        let mut seasons = broken.seasons.to_vec();
+        seasons.push(SeasonParams::default());
+        broken.seasons = seasons.into();
         assert!(broken.check().is_err());
         assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
     }

@@ -73,8 +73,9 @@ struct ModelScoring {
 struct DeviceScoring {
     sequence: SequenceTracker,
     models: ModelMap<ModelScoring>,
-    /// The model whose alerts reach customers for this device.
-    decides: String,
+    /// The model whose alerts reach customers for this device (production's id is not
+    /// copied for every device).
+    decides: Cow<'static, str>,
     /// The promoted model has no parameters here yet: the previous one still decides.
     awaiting: bool,
 }
@@ -84,7 +85,7 @@ impl Default for DeviceScoring {
         Self {
             sequence: SequenceTracker::default(),
             models: ModelMap::default(),
-            decides: PRODUCTION_MODEL.to_owned(),
+            decides: Cow::Borrowed(PRODUCTION_MODEL),
             awaiting: false,
         }
     }
@@ -102,7 +103,9 @@ pub struct ScoringHandler {
     params: SharedParams,
     registry: Arc<ModelRegistry>,
     metrics: Arc<Metrics>,
-    devices: HashMap<DeviceId, DeviceScoring>,
+    /// Boxed: a map keeps room for up to twice the entries it holds, and an empty slot
+    /// then costs the pointer, not the whole state.
+    devices: HashMap<DeviceId, Box<DeviceScoring>>,
     /// Alerts not yet confirmed (a failed delivery is sent again before anything else).
     unsent: VecDeque<Outgoing>,
     /// With `publish_scores`: `iot.scores`, and the records whose scores are on their way.
@@ -181,8 +184,7 @@ impl ScoringHandler {
         telemetry: &TelemetryPayload,
     ) -> Option<(Option<Score>, Vec<Change>)> {
         if !self.devices.contains_key(device_id) {
-            self.devices
-                .insert(device_id.clone(), DeviceScoring::default());
+            self.devices.insert(device_id.clone(), Box::default());
         }
         let device = self.devices.get_mut(device_id).expect("inserted above");
         if !device.sequence.accept(telemetry.seq) {
@@ -279,7 +281,7 @@ impl ScoringHandler {
             }
         }
         if promoted != device.decides && !awaiting {
-            let old = std::mem::replace(&mut device.decides, promoted.clone().into_owned());
+            let old = std::mem::replace(&mut device.decides, promoted.clone()).into_owned();
             let closed = (device.models.get_mut(&old))
                 .and_then(|m| m.episode.close().then(|| m.episode.opened_at()));
             if let Some(opened_at) = closed {
