@@ -640,15 +640,15 @@ struct Context {
     run_start_repeat_rate: f32,
     /// Exponential average of the signed prediction errors (in error deviations).
     drift: f32,
-    /// The last raw scores (`RAW`, `f32`), values (`VALUES`, `f64`) and distances to the
-    /// nearest prototype (`SHAPE`, `f32`): 28 bytes and one allocation, where three
-    /// rings took 72 and three.
+    /// The last values (`VALUES`, `f64`, first: it begins on a whole word), raw scores
+    /// (`RAW`, `f32`) and distances to the nearest prototype (`SHAPE`, `f32`): 32 bytes
+    /// and one allocation, where three rings took 72 and three.
     recent: Rings<3>,
 }
 
 /// The rings of [`Context::recent`].
-const RAW: usize = 0;
-const VALUES: usize = 1;
+const VALUES: usize = 0;
+const RAW: usize = 1;
 const SHAPE: usize = 2;
 
 /// [`Context`] as the trainer's state holds it.

@@ -3,10 +3,7 @@
 //! [`Rings`] keeps several in one buffer; [`Ring`] is one ring's wire form in the
 //! trainer's state (and the behaviour `Rings` is tested against).
 
-use std::marker::PhantomData;
-
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// One ring as the trainer's state holds it: its buffer (as long as its capacity, empty
 /// before its first value), the index of its oldest value, and how many it holds.
@@ -56,46 +53,30 @@ impl<T: Copy + Default> Ring<T> {
     }
 }
 
-/// A value [`Rings`] holds, as 32-bit words.
-pub(crate) trait Word: Copy + Default + Serialize + 'static {
-    const WORDS: usize;
-    fn put(self, out: &mut [u32]);
-    fn get(words: &[u32]) -> Self;
+/// A value [`Rings`] holds: `f32` or `f64`.
+pub(crate) trait Word: Copy + Default + Serialize + bytemuck::Pod {
+    /// In 32-bit units.
+    const WIDTH: usize = std::mem::size_of::<Self>() / 4;
 }
 
-impl Word for f32 {
-    const WORDS: usize = 1;
-    fn put(self, out: &mut [u32]) {
-        out[0] = self.to_bits();
-    }
-    fn get(words: &[u32]) -> Self {
-        f32::from_bits(words[0])
-    }
-}
-
-impl Word for f64 {
-    const WORDS: usize = 2;
-    fn put(self, out: &mut [u32]) {
-        let bits = self.to_bits();
-        out[0] = bits as u32;
-        out[1] = (bits >> 32) as u32;
-    }
-    fn get(words: &[u32]) -> Self {
-        f64::from_bits(u64::from(words[0]) | (u64::from(words[1]) << 32))
-    }
-}
+impl Word for f32 {}
+impl Word for f64 {}
 
 /// `N` rings of the last few values in one allocation: each ring behaves as a [`Ring`]
 /// (and is written as one: [`Rings::wire`]), but the rings share one buffer and keep
-/// their capacity, start and length in a byte each. Three [`Ring`]s cost 72 bytes
-/// beside their buffers and three allocations; `Rings<3>` 28 and one. A metric's context
-/// is kept by the trainer and the scorer alike, for every metric of every device.
+/// where they begin, their capacity, start and length in a few bytes. Three [`Ring`]s
+/// cost 72 bytes beside their buffers and three allocations; `Rings<3>` 32 and one. A
+/// metric's context is kept by the trainer and the scorer alike, for every metric of
+/// every device.
 #[derive(Clone, Debug)]
 pub(crate) struct Rings<const N: usize> {
-    /// Ring after ring, each `caps[r] × widths[r]` words.
-    words: Box<[u32]>,
-    /// Words per value (0 until the ring's first push).
-    widths: [u8; N],
+    /// Ring after ring; `f64` rings begin on a whole word, so each ring is a slice of
+    /// its own type (no conversion on reading).
+    words: Box<[u64]>,
+    /// Where each ring begins, in 32-bit units.
+    begins: [u16; N],
+    /// Bit `r` set: ring `r` holds `f64`s.
+    wide: u8,
     /// Capacity (0 until the ring's first push; at most 255).
     caps: [u8; N],
     /// Index of the oldest value.
@@ -107,7 +88,8 @@ impl<const N: usize> Default for Rings<N> {
     fn default() -> Self {
         Self {
             words: Box::default(),
-            widths: [0; N],
+            begins: [0; N],
+            wide: 0,
             caps: [0; N],
             heads: [0; N],
             lens: [0; N],
@@ -116,60 +98,74 @@ impl<const N: usize> Default for Rings<N> {
 }
 
 impl<const N: usize> Rings<N> {
-    /// Where ring `r` begins in `words`.
-    fn offset(&self, r: usize) -> usize {
-        (0..r)
-            .map(|s| usize::from(self.caps[s]) * usize::from(self.widths[s]))
-            .sum()
+    /// Ring `r`'s buffer: `caps[r]` values.
+    fn buffer<T: Word>(&self, r: usize) -> &[T] {
+        let begin = usize::from(self.begins[r]) / T::WIDTH;
+        &bytemuck::cast_slice(&self.words)[begin..begin + usize::from(self.caps[r])]
     }
 
-    /// Give ring `r` room for `cap` values of `width` words, empty, keeping the others.
-    fn relayout(&mut self, r: usize, cap: u8, width: u8) {
-        let mut caps = self.caps;
-        let mut widths = self.widths;
-        caps[r] = cap;
-        widths[r] = width;
-        let size = |s: usize| usize::from(caps[s]) * usize::from(widths[s]);
-        let mut words = vec![0u32; (0..N).map(size).sum()].into_boxed_slice();
-        let (mut from, mut to) = (0, 0);
-        for s in 0..N {
-            let old = usize::from(self.caps[s]) * usize::from(self.widths[s]);
-            if s != r {
-                words[to..to + old].copy_from_slice(&self.words[from..from + old]);
-            }
-            from += old;
-            to += size(s);
+    /// Give ring `r` room for `cap` values of `width` units, empty, keeping the others.
+    fn relayout(&mut self, r: usize, cap: u8, width: usize) {
+        let wide = if width == 2 {
+            self.wide | (1 << r)
+        } else {
+            self.wide & !(1 << r)
+        };
+        let width_of = |s: usize| if wide & (1 << s) != 0 { 2 } else { 1 };
+        let cap_of = |s: usize| usize::from(if s == r { cap } else { self.caps[s] });
+        let mut begins = [0u16; N];
+        let mut end = 0usize;
+        for (s, begin) in begins.iter_mut().enumerate() {
+            // An `f64` ring begins on a whole word.
+            end = end.next_multiple_of(width_of(s));
+            *begin = end as u16;
+            end += cap_of(s) * width_of(s);
+        }
+        let mut words = vec![0u64; end.div_ceil(2)].into_boxed_slice();
+        let (from, to): (&[u32], &mut [u32]) = (
+            bytemuck::cast_slice(&self.words),
+            bytemuck::cast_slice_mut(&mut words),
+        );
+        for s in (0..N).filter(|&s| s != r) {
+            let size = cap_of(s) * width_of(s);
+            let (old, new) = (usize::from(self.begins[s]), usize::from(begins[s]));
+            to[new..new + size].copy_from_slice(&from[old..old + size]);
         }
         self.words = words;
-        self.caps = caps;
-        self.widths = widths;
+        self.begins = begins;
+        self.wide = wide;
+        self.caps[r] = cap;
         self.heads[r] = 0;
         self.lens[r] = 0;
     }
 
     /// Append `value` to ring `r`, dropping its oldest once `capacity` values are held,
     /// as [`Ring::push`] does (a capacity above 255, which no valid configuration asks
-    /// for, holds 255).
+    /// for, holds 255). Ring `r` always holds values of one type.
     pub fn push<T: Word>(&mut self, r: usize, value: T, capacity: usize) {
         if capacity == 0 {
             return;
         }
         let cap = u8::try_from(capacity).unwrap_or(u8::MAX);
-        let width = T::WORDS as u8;
-        if self.caps[r] != cap || self.widths[r] != width {
+        if self.caps[r] != cap {
             // First use (or a changed configuration): start over at the right size.
-            self.relayout(r, cap, width);
+            self.relayout(r, cap, T::WIDTH);
         }
         let (head, len) = (self.heads[r], self.lens[r]);
         let slot = if len < cap {
             self.lens[r] = len + 1;
-            (u16::from(head) + u16::from(len)) % u16::from(cap)
+            let slot = usize::from(head) + usize::from(len);
+            slot - if slot >= usize::from(cap) {
+                usize::from(cap)
+            } else {
+                0
+            }
         } else {
-            self.heads[r] = ((u16::from(head) + 1) % u16::from(cap)) as u8;
-            u16::from(head)
+            self.heads[r] = if head + 1 == cap { 0 } else { head + 1 };
+            usize::from(head)
         };
-        let at = self.offset(r) + usize::from(slot) * T::WORDS;
-        value.put(&mut self.words[at..at + T::WORDS]);
+        let at = usize::from(self.begins[r]) / T::WIDTH + slot;
+        bytemuck::cast_slice_mut::<u64, T>(&mut self.words)[at] = value;
     }
 
     pub fn len(&self, r: usize) -> usize {
@@ -178,30 +174,19 @@ impl<const N: usize> Rings<N> {
 
     /// Ring `r`'s values, oldest first.
     pub fn iter<T: Word>(&self, r: usize) -> impl Iterator<Item = T> + '_ {
-        let (buffer, head, len) = self.ring(r);
-        let first = head..(head + len).min(buffer.len() / T::WORDS);
-        let wrapped = len - first.len();
-        let first = &buffer[first.start * T::WORDS..first.end * T::WORDS];
-        let wrapped = &buffer[..wrapped * T::WORDS];
-        (first.chunks_exact(T::WORDS))
-            .chain(wrapped.chunks_exact(T::WORDS))
-            .map(T::get)
-    }
-
-    /// Ring `r`'s buffer, start and length.
-    fn ring(&self, r: usize) -> (&[u32], usize, usize) {
-        let at = self.offset(r);
-        let size = usize::from(self.caps[r]) * usize::from(self.widths[r]);
+        let buffer = self.buffer::<T>(r);
         let (head, len) = (usize::from(self.heads[r]), usize::from(self.lens[r]));
-        (&self.words[at..at + size], head, len)
+        let first = &buffer[head..(head + len).min(buffer.len())];
+        let wrapped = &buffer[..len - first.len()];
+        first.iter().chain(wrapped).copied()
     }
 
     /// Ring `r` as the [`Ring`] of values of type `T` it stands for, for serde.
-    pub fn wire<T: Word>(&self, r: usize) -> RingWire<'_, T, N> {
+    pub fn wire<T: Word>(&self, r: usize) -> RingWire<'_, T> {
         RingWire {
-            rings: self,
-            ring: r,
-            values: PhantomData,
+            buffer: self.buffer(r),
+            head: u32::from(self.heads[r]),
+            len: u32::from(self.lens[r]),
         }
     }
 
@@ -217,11 +202,10 @@ impl<const N: usize> Rings<N> {
         if cap == 0 {
             return Ok(());
         }
-        self.relayout(r, cap, T::WORDS as u8);
-        let at = self.offset(r);
-        for (i, &value) in ring.buffer.iter().enumerate() {
-            value.put(&mut self.words[at + i * T::WORDS..][..T::WORDS]);
-        }
+        self.relayout(r, cap, T::WIDTH);
+        let begin = usize::from(self.begins[r]) / T::WIDTH;
+        bytemuck::cast_slice_mut::<u64, T>(&mut self.words)[begin..begin + ring.buffer.len()]
+            .copy_from_slice(&ring.buffer);
         self.heads[r] = ring.head as u8;
         self.lens[r] = ring.len as u8;
         Ok(())
@@ -230,37 +214,12 @@ impl<const N: usize> Rings<N> {
 
 /// One of [`Rings`]' rings, serialized as the [`Ring`] it stands for (buffer, start,
 /// length): the trainer's state is the same bytes either way.
-pub(crate) struct RingWire<'a, T, const N: usize> {
-    rings: &'a Rings<N>,
-    ring: usize,
-    values: PhantomData<T>,
-}
-
-impl<T: Word, const N: usize> Serialize for RingWire<'_, T, N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (buffer, head, len) = self.rings.ring(self.ring);
-        let mut out = s.serialize_struct("Ring", 3)?;
-        let values = Values::<T> {
-            words: buffer,
-            values: PhantomData,
-        };
-        out.serialize_field("buffer", &values)?;
-        out.serialize_field("head", &(head as u32))?;
-        out.serialize_field("len", &(len as u32))?;
-        out.end()
-    }
-}
-
-/// A buffer's words as the sequence of values they hold.
-struct Values<'a, T> {
-    words: &'a [u32],
-    values: PhantomData<T>,
-}
-
-impl<T: Word> Serialize for Values<'_, T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.words.chunks_exact(T::WORDS).map(T::get))
-    }
+#[derive(Serialize)]
+#[serde(rename = "Ring")]
+pub(crate) struct RingWire<'a, T: Word> {
+    buffer: &'a [T],
+    head: u32,
+    len: u32,
 }
 
 #[cfg(test)]
