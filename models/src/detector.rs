@@ -995,11 +995,32 @@ impl DetectorTrainer {
             bin_ms
         };
         let per_visit = (bin_ms / interval).max(1.0);
+        let memory = 1.0 / (config.season_memory * per_visit);
         Some(Phase {
             bin: season_bin(ts_ms, config.season_bins, config.season_days),
-            alpha: (1.0 / (config.season_memory * per_visit)).clamp(1e-6, 1.0),
+            alpha: memory
+                .max(self.season_mean_weight(ts_ms, bin_ms, interval))
+                .clamp(1e-6, 1.0),
             ready: self.season_ready(),
         })
+    }
+
+    /// The weight of a plain mean of the readings the bin of `ts_ms` has seen, about:
+    /// its visits in the whole periods since the first reading, and this visit so far.
+    /// A young bin is the average of its readings, not its first reading remembered for
+    /// weeks (with a 7-period memory, the first reading of a bin weighed as much as the
+    /// next 84 of a 5-minute series); the exponential memory takes over once the bin
+    /// holds more readings than it remembers.
+    fn season_mean_weight(&self, ts_ms: i64, bin_ms: f64, interval: f64) -> f64 {
+        let Some(first_ts) = self.first_ts else {
+            return 1.0;
+        };
+        let period = bin_ms * self.config.season_bins as f64;
+        let since = (ts_ms - first_ts).max(0) as f64;
+        let periods = (since / period).floor();
+        let into_bin = (ts_ms.rem_euclid(period as i64) as f64) % bin_ms;
+        let seen_ms = periods * bin_ms + into_bin.min(since - periods * period);
+        1.0 / (seen_ms / interval + 1.0)
     }
 
     fn learn_interval(&mut self, ts_ms: i64) {
@@ -1506,7 +1527,11 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
         z: r.raw * (r.value - r.prediction).signum(),
     };
     let (min, max) = r.range;
-    let beyond_range = r.value > max || r.value < min;
+    // Beyond the range as the range check means it, by more than its tolerance: the
+    // extremes relax, so a value a hair beyond them (a square wave's daily switch back
+    // to the level it held yesterday) is not beyond every value seen.
+    let margin = config.range_tolerance * (max - min);
+    let beyond_range = r.value > max + margin || r.value < min - margin;
     if config.outlier_z_scale > 0.0 && beyond_range {
         let outlier = tail_score(ln_two_sided_tail(r.raw / config.outlier_z_scale));
         if outlier > score {
@@ -1659,7 +1684,8 @@ pub struct DetectorScorer {
     /// (`Box<str>`: 8 bytes less than a `String` per metric.)
     contexts: Vec<(Box<str>, Context, Excursion)>,
     relation: RelationContext,
-    /// The seasonal lean per metric (in the order of the parameters' metrics).
+    /// The seasonal lean per metric (in the order of the parameters' metrics; NaN while
+    /// its profile does not count).
     leans: Vec<f32>,
 }
 
@@ -1794,6 +1820,12 @@ impl DetectorScorer {
         let (index, metric) = params.metric(name, hint)?;
         let season = params.seasons.get(index)?;
         if season.profile.is_empty() {
+            // The profile does not count (now): the lean stops following it, and starts
+            // afresh from its usual value when it counts again, not from where it stood
+            // when it stopped (hours or days ago).
+            if let Some(lean) = self.leans.get_mut(index) {
+                *lean = f32::NAN;
+            }
             return None;
         }
         let config = &params.config;
@@ -1803,6 +1835,9 @@ impl DetectorScorer {
             q => season.offset + f64::from(season.unit) * f64::from(q),
         };
         let lean = self.leans.get_mut(index)?;
+        if lean.is_nan() {
+            *lean = season.lean_mean;
+        }
         *lean = lean_step(*lean, value, usual, metric.value_std, config.season_alpha);
         let z =
             (f64::from(*lean) - f64::from(season.lean_mean)) / f64::from(season.lean_std).max(0.05);
@@ -1988,7 +2023,7 @@ impl Scorer for DetectorScorer {
         parts.extend(self.gap_part(params, observation.ts_ms));
         if self.leans.len() != params.seasons.len() {
             // New parameters with another set of metrics: the leans start afresh.
-            self.leans = vec![0.0; params.seasons.len()];
+            self.leans = vec![f32::NAN; params.seasons.len()];
         }
         let tod = TimeOfDay::of(observation.ts_ms);
         let mut seen = [f64::NAN; SEEN_INDEXES];
@@ -2321,6 +2356,104 @@ mod tests {
             "multiplicative: {multiplicative}"
         );
         assert!(additive < THRESHOLD, "additive: {additive}");
+    }
+
+    /// A square wave, 20 for 180 readings and 80 for 108, every 5 minutes (a device
+    /// switching on a daily schedule). The extremes relax towards the mean between the
+    /// switches, so each switch lands a hair beyond them.
+    fn square_wave(i: u64) -> f64 {
+        if i % 288 < 180 {
+            20.0
+        } else {
+            80.0
+        }
+    }
+
+    #[test]
+    fn a_daily_switch_to_a_level_seen_before_is_not_a_wild_outlier() {
+        let mut rig = Rig::new();
+        let five_minutes = 300_000;
+        for i in 0..2 * 288 {
+            rig.step(square_wave(i), five_minutes);
+        }
+        // From the third day on the switches are a habit: before the outlier check
+        // asked for the range check's tolerance, each one scored 1 (a 16-error-spread
+        // jump "beyond every value seen": beyond the relaxed extremes by a hair).
+        let mut peak: f64 = 0.0;
+        for i in 2 * 288..6 * 288 {
+            peak = peak.max(rig.step(square_wave(i), five_minutes).value);
+        }
+        assert!(peak < THRESHOLD, "a switch alarmed: {peak}");
+        // A reading far beyond the levels it switches between still alarms.
+        let spike = rig.step(200.0, five_minutes);
+        assert!(spike.value >= THRESHOLD, "{spike:?}");
+    }
+
+    #[test]
+    fn the_seasonal_lean_starts_afresh_when_the_profile_counts_again() {
+        let mut rig = Rig::new();
+        let half_hour = 1_800_000;
+        let cycle = |i: u64| 100.0 + 20.0 * (std::f64::consts::TAU * i as f64 / 48.0).sin();
+        for i in 0..28 * 48 {
+            rig.step(cycle(i) + 2.0 * noise(i), half_hour);
+        }
+        let counting = rig.params.clone();
+        assert!(!counting.seasons[0].profile.is_empty());
+        // The same parameters with the profile not counting (as when its residuals
+        // cross `season_unexplained` for a while).
+        let mut quiet = counting.clone();
+        quiet.seasons[0].profile = Vec::new();
+        let mut ts = rig.ts;
+        let mut score = |params: &DetectorParams, value: f64| {
+            ts += half_hour;
+            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            let observation = Observation {
+                ts_ms: ts,
+                metrics: &metrics,
+            };
+            rig.scorer.score(params, &observation)
+        };
+        let start = 28 * 48;
+        // Far off the profile for a few readings: the lean leans far.
+        for i in start..start + 4 {
+            score(&counting, cycle(i) + 60.0);
+        }
+        // A day back on the cycle while the profile does not count, then it counts
+        // again: the lean starts from its usual value, not from where it stood a day ago.
+        for i in start + 4..start + 52 {
+            score(&quiet, cycle(i) + 2.0 * noise(i));
+        }
+        let i = start + 52;
+        let again = score(&counting, cycle(i) + 2.0 * noise(i));
+        assert!(again.value < THRESHOLD, "{again:?}");
+    }
+
+    #[test]
+    fn a_young_seasonal_bin_is_the_mean_of_its_readings() {
+        let mut trainer = DetectorTrainer::new(DetectorConfig::default());
+        let five_minutes = 300_000;
+        // On an hour's boundary (the weekly profile's bins are hours).
+        let mut ts = 1_699_999_200_000;
+        let mut learn = |value: f64| {
+            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            trainer.update(&Observation {
+                ts_ms: ts,
+                metrics: &metrics,
+            });
+            ts += five_minutes;
+        };
+        // A day at 50 (the cadence is learned), then an hour the profile has not seen:
+        // 0, 1, …, 11.
+        for _ in 0..288 {
+            learn(50.0);
+        }
+        for k in 0..12 {
+            learn(f64::from(k));
+        }
+        let bin = season_bin(ts - five_minutes, 168, 7);
+        let usual = f64::from(trainer.seasons[0].profile[bin]);
+        // The mean, 5.5; the first reading remembered with a 7-week memory gave 0.7.
+        assert!((usual - 5.5).abs() < 1e-3, "{usual}");
     }
 
     #[test]
