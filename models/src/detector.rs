@@ -1473,6 +1473,8 @@ struct Reading<'a> {
     season: Option<(f64, f64)>,
     /// The range the value is judged by (see [`Excursion`]).
     range: (f64, f64),
+    /// Readings in a row, before this one, beyond that range by more than its tolerance.
+    beyond_run: u32,
 }
 
 /// A value's excursion beyond its range, judged by the range *before it began*, as a
@@ -1485,6 +1487,8 @@ struct Reading<'a> {
 struct Excursion {
     /// The range when the excursion began; `None` while the value is inside its range.
     held: Option<(f64, f64)>,
+    /// Readings in a row beyond the range by more than its tolerance.
+    beyond_run: u32,
 }
 
 impl Excursion {
@@ -1520,7 +1524,11 @@ fn familiar(metric: &MetricParams, config: &DetectorConfig, shape: &Shape) -> bo
 
 /// The score of a metric with enough history: the likelihood of its recent prediction
 /// errors and shapes, its drift, and whether it left its range.
-fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
+fn history_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    r: &Reading<'_>,
+) -> (f64, Cause, bool) {
     let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(MIN_LOG_STD);
     let mut score = upper_score(z);
     let mut cause = Cause::Deviation {
@@ -1594,24 +1602,26 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Seasonal { z, usual };
         }
     }
-    let ranged = range_score(metric, config, r.value, r.range);
+    let ranged = range_score(metric, config, r.value, r.range, r.beyond_run);
     if ranged > score {
         score = ranged;
         cause = Cause::OutOfRange { min, max };
     }
-    (score, cause)
+    (score, cause, ranged > 0.0)
 }
 
 /// The score of a value beyond the seen range (0 inside it, or before the range counts).
 /// Two pieces of evidence, combined as independent: how improbable the value is under
 /// the long-run distribution, and how far it lies beyond the range in units of the
 /// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
-/// a fault jumps out of it by many.
+/// a fault jumps out of it by many, or stays out (`beyond_run`: readings in a row
+/// beyond it before this one, see [`SUSTAINED_EXIT_READINGS`]).
 fn range_score(
     metric: &MetricParams,
     config: &DetectorConfig,
     value: f64,
     (min, max): (f64, f64),
+    beyond_run: u32,
 ) -> f64 {
     let excess = (value - max).max(min - value);
     if max <= min || excess <= 0.0 || metric.n < config.range_events {
@@ -1640,13 +1650,25 @@ fn range_score(
     // Graded, so that the threshold can tell a slight new extreme from a wild one.
     let beyond = (fraction - config.range_tolerance).min(1.0);
     let ranged = config.range_score * (0.9 + 0.1 * beyond);
-    if config.range_prior <= 0.0 {
+    // Noise leaves the range for a reading or a few; a value that stays beyond it is
+    // not noise, however slight each reading's exit (a machine running cold for hours).
+    // On the additive scale only: the extremes relax additively, which on the log scale
+    // near zero is a large step (a cycle's broad trough would stay "beyond" its relaxed
+    // least value every period).
+    let sustained = !multiplicative && beyond_run + 1 >= SUSTAINED_EXIT_READINGS;
+    if config.range_prior <= 0.0 || sustained {
         return ranged;
     }
     let spreads = excess / metric.error_std.max(1e-12);
     let ln_p = ln_fisher2(ln_value_tail, ln_upper_tail(spreads));
     ranged.min(tail_score(ln_p + config.range_prior.ln()))
 }
+
+/// Readings in a row beyond the range by more than its tolerance from which a range exit
+/// is scored by how far beyond the range it lies alone, without the probability bound
+/// (`range_prior`): stationary noise leaves the slowly relaxing range now and then, for
+/// a reading or a few; it does not stay out.
+const SUSTAINED_EXIT_READINGS: u32 = 15;
 
 /// A positive metric is bounded by zero in a way that matters, and so judged on its own
 /// scale below its range, only while its long-run mean lies within this many spreads of
@@ -1887,16 +1909,23 @@ impl DetectorScorer {
             shape: shape.as_ref(),
             season,
             range: excursion.range(metric, config, value),
+            beyond_run: excursion.beyond_run,
         };
-        let (mut score, mut cause) = if metric.n < config.history_events {
+        let (mut score, mut cause, beyond) = if metric.n < config.history_events {
             (
                 tail_score(ln_two_sided_tail(raw)),
                 Cause::Deviation {
                     z: raw * (value - prediction).signum(),
                 },
+                false,
             )
         } else {
             history_score(metric, config, &reading)
+        };
+        excursion.beyond_run = if beyond {
+            excursion.beyond_run.saturating_add(1)
+        } else {
+            0
         };
         if let Some(stuck) = context.stuck_score(metric, config).filter(|s| *s > score) {
             score = stuck;
@@ -2231,6 +2260,7 @@ mod tests {
                 shape: Some(&shape),
                 season: None,
                 range: (metric.min, metric.max),
+                beyond_run: 0,
             };
             history_score(&metric, &config, &reading).0
         };
@@ -2454,6 +2484,34 @@ mod tests {
         let usual = f64::from(trainer.seasons[0].profile[bin]);
         // The mean, 5.5; the first reading remembered with a 7-week memory gave 0.7.
         assert!((usual - 5.5).abs() < 1e-3, "{usual}");
+    }
+
+    /// A cycle between -10 and 10 for 3,150 readings (ending at its trough), then
+    /// `readings` readings held 8% of the range below its least value (slightly beyond
+    /// the 5% tolerance, two value spreads from the mean), then back on the cycle. The
+    /// range part of each reading of the exit.
+    fn held_below(readings: u64) -> Vec<f64> {
+        let mut rig = Rig::new();
+        let cycle = |i: u64| 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
+        for i in 0..3_150 {
+            rig.step(cycle(i) + 0.3 * noise(i), 1000);
+        }
+        (0..readings)
+            .map(|k| rig.step(-11.6 + 0.05 * noise(10_000 + k), 1000))
+            .map(|score| range_part(&score))
+            .collect()
+    }
+
+    #[test]
+    fn a_value_that_stays_beyond_its_range_is_not_noise() {
+        let parts = held_below(40);
+        let brief = SUSTAINED_EXIT_READINGS as usize - 1;
+        // Each reading alone is a slight exit, as noise makes now and then.
+        let first = parts[..brief].iter().copied().fold(0.0, f64::max);
+        assert!(first > 0.0 && first < THRESHOLD, "{parts:?}");
+        // Staying out is not: from the 15th reading in a row on it scores as far beyond
+        // the range as it lies (0.9 + 0.1 × 3%).
+        assert!(parts[brief..].iter().all(|&p| p >= 0.9), "{parts:?}");
     }
 
     #[test]
