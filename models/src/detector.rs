@@ -1253,7 +1253,12 @@ impl Trainer for DetectorTrainer {
         self.learn_interval(observation.ts_ms);
         self.first_ts.get_or_insert(observation.ts_ms);
         let tod = TimeOfDay::of(observation.ts_ms);
-        let phase = self.phase(observation.ts_ms);
+        // Only devices within the profile budget keep profiles (and need the phase).
+        let phase = if self.seasons.is_empty() && !self.metrics.is_empty() {
+            None
+        } else {
+            self.phase(observation.ts_ms)
+        };
         // Values by metric index for the relation model; `None` once an insertion has
         // moved the indexes (then it looks them up).
         let mut seen = Some([f64::NAN; SEEN_INDEXES]);
