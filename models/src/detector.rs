@@ -1055,11 +1055,32 @@ impl DetectorTrainer {
             bin_ms
         };
         let per_visit = (bin_ms / interval).max(1.0);
+        let memory = 1.0 / (config.season_memory * per_visit);
         Some(Phase {
             bin: season_bin(ts_ms, config.season_bins, config.season_days),
-            alpha: (1.0 / (config.season_memory * per_visit)).clamp(1e-6, 1.0),
+            alpha: memory
+                .max(self.season_mean_weight(ts_ms, bin_ms, interval))
+                .clamp(1e-6, 1.0),
             ready: self.season_ready(),
         })
+    }
+
+    /// The weight of a plain mean of the readings the bin of `ts_ms` has seen, about:
+    /// its visits in the whole periods since the first reading, and this visit so far.
+    /// A young bin is the average of its readings, not its first reading remembered for
+    /// weeks (with a 7-period memory, the first reading of a bin weighed as much as the
+    /// next 84 of a 5-minute series); the exponential memory takes over once the bin
+    /// holds more readings than it remembers.
+    fn season_mean_weight(&self, ts_ms: i64, bin_ms: f64, interval: f64) -> f64 {
+        let Some(first_ts) = self.first_ts else {
+            return 1.0;
+        };
+        let period = bin_ms * self.config.season_bins as f64;
+        let since = (ts_ms - first_ts).max(0) as f64;
+        let periods = (since / period).floor();
+        let into_bin = (ts_ms.rem_euclid(period as i64) as f64) % bin_ms;
+        let seen_ms = periods * bin_ms + into_bin.min(since - periods * period);
+        1.0 / (seen_ms / interval + 1.0)
     }
 
     fn learn_interval(&mut self, ts_ms: i64) {
@@ -1285,7 +1306,12 @@ impl Trainer for DetectorTrainer {
         self.learn_interval(observation.ts_ms);
         self.first_ts.get_or_insert(observation.ts_ms);
         let tod = TimeOfDay::of(observation.ts_ms);
-        let phase = self.phase(observation.ts_ms);
+        // Only devices within the profile budget keep profiles (and need the phase).
+        let phase = if self.seasons.is_empty() && !self.metrics.is_empty() {
+            None
+        } else {
+            self.phase(observation.ts_ms)
+        };
         // Values by metric index for the relation model; `None` once an insertion has
         // moved the indexes (then it looks them up).
         let mut seen = Some([f64::NAN; SEEN_INDEXES]);
@@ -1505,6 +1531,8 @@ struct Reading<'a> {
     season: Option<(f64, f64)>,
     /// The range the value is judged by (see [`Excursion`]).
     range: (f64, f64),
+    /// Readings in a row, before this one, beyond that range by more than its tolerance.
+    beyond_run: u32,
 }
 
 /// A value's excursion beyond its range, judged by the range *before it began*, as a
@@ -1517,6 +1545,8 @@ struct Reading<'a> {
 struct Excursion {
     /// The range when the excursion began; `None` while the value is inside its range.
     held: Option<(f64, f64)>,
+    /// Readings in a row beyond the range by more than its tolerance.
+    beyond_run: u32,
 }
 
 impl Excursion {
@@ -1552,14 +1582,22 @@ fn familiar(metric: &MetricParams, config: &DetectorConfig, shape: &Shape) -> bo
 
 /// The score of a metric with enough history: the likelihood of its recent prediction
 /// errors and shapes, its drift, and whether it left its range.
-fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>) -> (f64, Cause) {
+fn history_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    r: &Reading<'_>,
+) -> (f64, Cause, bool) {
     let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(MIN_LOG_STD);
     let mut score = upper_score(z);
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
     };
     let (min, max) = r.range;
-    let beyond_range = r.value > max || r.value < min;
+    // Beyond the range as the range check means it, by more than its tolerance: the
+    // extremes relax, so a value a hair beyond them (a square wave's daily switch back
+    // to the level it held yesterday) is not beyond every value seen.
+    let margin = config.range_tolerance * (max - min);
+    let beyond_range = r.value > max + margin || r.value < min - margin;
     if config.outlier_z_scale > 0.0 && beyond_range {
         let outlier = tail_score(ln_two_sided_tail(r.raw / config.outlier_z_scale));
         if outlier > score {
@@ -1622,24 +1660,26 @@ fn history_score(metric: &MetricParams, config: &DetectorConfig, r: &Reading<'_>
             cause = Cause::Seasonal { z, usual };
         }
     }
-    let ranged = range_score(metric, config, r.value, r.range);
+    let ranged = range_score(metric, config, r.value, r.range, r.beyond_run);
     if ranged > score {
         score = ranged;
         cause = Cause::OutOfRange { min, max };
     }
-    (score, cause)
+    (score, cause, ranged > 0.0)
 }
 
 /// The score of a value beyond the seen range (0 inside it, or before the range counts).
 /// Two pieces of evidence, combined as independent: how improbable the value is under
 /// the long-run distribution, and how far it lies beyond the range in units of the
 /// prediction error's spread. Noise leaves a relaxed range by a fraction of its spread;
-/// a fault jumps out of it by many.
+/// a fault jumps out of it by many, or stays out (`beyond_run`: readings in a row
+/// beyond it before this one, see [`SUSTAINED_EXIT_READINGS`]).
 fn range_score(
     metric: &MetricParams,
     config: &DetectorConfig,
     value: f64,
     (min, max): (f64, f64),
+    beyond_run: u32,
 ) -> f64 {
     let excess = (value - max).max(min - value);
     if max <= min || excess <= 0.0 || metric.n < config.range_events {
@@ -1668,13 +1708,25 @@ fn range_score(
     // Graded, so that the threshold can tell a slight new extreme from a wild one.
     let beyond = (fraction - config.range_tolerance).min(1.0);
     let ranged = config.range_score * (0.9 + 0.1 * beyond);
-    if config.range_prior <= 0.0 {
+    // Noise leaves the range for a reading or a few; a value that stays beyond it is
+    // not noise, however slight each reading's exit (a machine running cold for hours).
+    // On the additive scale only: the extremes relax additively, which on the log scale
+    // near zero is a large step (a cycle's broad trough would stay "beyond" its relaxed
+    // least value every period).
+    let sustained = !multiplicative && beyond_run + 1 >= SUSTAINED_EXIT_READINGS;
+    if config.range_prior <= 0.0 || sustained {
         return ranged;
     }
     let spreads = excess / metric.error_std.max(1e-12);
     let ln_p = ln_fisher2(ln_value_tail, ln_upper_tail(spreads));
     ranged.min(tail_score(ln_p + config.range_prior.ln()))
 }
+
+/// Readings in a row beyond the range by more than its tolerance from which a range exit
+/// is scored by how far beyond the range it lies alone, without the probability bound
+/// (`range_prior`): stationary noise leaves the slowly relaxing range now and then, for
+/// a reading or a few; it does not stay out.
+const SUSTAINED_EXIT_READINGS: u32 = 15;
 
 /// A positive metric is bounded by zero in a way that matters, and so judged on its own
 /// scale below its range, only while its long-run mean lies within this many spreads of
@@ -1712,7 +1764,8 @@ pub struct DetectorScorer {
     /// (`Box<str>`: 8 bytes less than a `String` per metric.)
     contexts: Vec<(Box<str>, Context, Excursion)>,
     relation: RelationContext,
-    /// The seasonal lean per metric (in the order of the parameters' metrics).
+    /// The seasonal lean per metric (in the order of the parameters' metrics; NaN while
+    /// its profile does not count).
     leans: Vec<f32>,
 }
 
@@ -1847,6 +1900,12 @@ impl DetectorScorer {
         let (index, metric) = params.metric(name, hint)?;
         let season = params.seasons.get(index)?;
         if season.profile.is_empty() {
+            // The profile does not count (now): the lean stops following it, and starts
+            // afresh from its usual value when it counts again, not from where it stood
+            // when it stopped (hours or days ago).
+            if let Some(lean) = self.leans.get_mut(index) {
+                *lean = f32::NAN;
+            }
             return None;
         }
         let config = &params.config;
@@ -1856,6 +1915,9 @@ impl DetectorScorer {
             q => season.offset + f64::from(season.unit) * f64::from(q),
         };
         let lean = self.leans.get_mut(index)?;
+        if lean.is_nan() {
+            *lean = season.lean_mean;
+        }
         *lean = lean_step(*lean, value, usual, metric.value_std, config.season_alpha);
         let z =
             (f64::from(*lean) - f64::from(season.lean_mean)) / f64::from(season.lean_std).max(0.05);
@@ -1905,16 +1967,23 @@ impl DetectorScorer {
             shape: shape.as_ref(),
             season,
             range: excursion.range(metric, config, value),
+            beyond_run: excursion.beyond_run,
         };
-        let (mut score, mut cause) = if metric.n < config.history_events {
+        let (mut score, mut cause, beyond) = if metric.n < config.history_events {
             (
                 tail_score(ln_two_sided_tail(raw)),
                 Cause::Deviation {
                     z: raw * (value - prediction).signum(),
                 },
+                false,
             )
         } else {
             history_score(metric, config, &reading)
+        };
+        excursion.beyond_run = if beyond {
+            excursion.beyond_run.saturating_add(1)
+        } else {
+            0
         };
         if let Some(stuck) = context.stuck_score(metric, config).filter(|s| *s > score) {
             score = stuck;
@@ -2041,7 +2110,7 @@ impl Scorer for DetectorScorer {
         parts.extend(self.gap_part(params, observation.ts_ms));
         if self.leans.len() != params.seasons.len() {
             // New parameters with another set of metrics: the leans start afresh.
-            self.leans = vec![0.0; params.seasons.len()];
+            self.leans = vec![f32::NAN; params.seasons.len()];
         }
         let tod = TimeOfDay::of(observation.ts_ms);
         let mut seen = [f64::NAN; SEEN_INDEXES];
@@ -2249,6 +2318,7 @@ mod tests {
                 shape: Some(&shape),
                 season: None,
                 range: (metric.min, metric.max),
+                beyond_run: 0,
             };
             history_score(&metric, &config, &reading).0
         };
@@ -2374,6 +2444,132 @@ mod tests {
             "multiplicative: {multiplicative}"
         );
         assert!(additive < THRESHOLD, "additive: {additive}");
+    }
+
+    /// A square wave, 20 for 180 readings and 80 for 108, every 5 minutes (a device
+    /// switching on a daily schedule). The extremes relax towards the mean between the
+    /// switches, so each switch lands a hair beyond them.
+    fn square_wave(i: u64) -> f64 {
+        if i % 288 < 180 {
+            20.0
+        } else {
+            80.0
+        }
+    }
+
+    #[test]
+    fn a_daily_switch_to_a_level_seen_before_is_not_a_wild_outlier() {
+        let mut rig = Rig::new();
+        let five_minutes = 300_000;
+        for i in 0..2 * 288 {
+            rig.step(square_wave(i), five_minutes);
+        }
+        // From the third day on the switches are a habit: before the outlier check
+        // asked for the range check's tolerance, each one scored 1 (a 16-error-spread
+        // jump "beyond every value seen": beyond the relaxed extremes by a hair).
+        let mut peak: f64 = 0.0;
+        for i in 2 * 288..6 * 288 {
+            peak = peak.max(rig.step(square_wave(i), five_minutes).value);
+        }
+        assert!(peak < THRESHOLD, "a switch alarmed: {peak}");
+        // A reading far beyond the levels it switches between still alarms.
+        let spike = rig.step(200.0, five_minutes);
+        assert!(spike.value >= THRESHOLD, "{spike:?}");
+    }
+
+    #[test]
+    fn the_seasonal_lean_starts_afresh_when_the_profile_counts_again() {
+        let mut rig = Rig::new();
+        let half_hour = 1_800_000;
+        let cycle = |i: u64| 100.0 + 20.0 * (std::f64::consts::TAU * i as f64 / 48.0).sin();
+        for i in 0..28 * 48 {
+            rig.step(cycle(i) + 2.0 * noise(i), half_hour);
+        }
+        let counting = rig.params.clone();
+        assert!(!counting.seasons[0].profile.is_empty());
+        // The same parameters with the profile not counting (as when its residuals
+        // cross `season_unexplained` for a while).
+        let mut quiet = counting.clone();
+        quiet.seasons[0].profile = Vec::new();
+        let mut ts = rig.ts;
+        let mut score = |params: &DetectorParams, value: f64| {
+            ts += half_hour;
+            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            let observation = Observation {
+                ts_ms: ts,
+                metrics: &metrics,
+            };
+            rig.scorer.score(params, &observation)
+        };
+        let start = 28 * 48;
+        // Far off the profile for a few readings: the lean leans far.
+        for i in start..start + 4 {
+            score(&counting, cycle(i) + 60.0);
+        }
+        // A day back on the cycle while the profile does not count, then it counts
+        // again: the lean starts from its usual value, not from where it stood a day ago.
+        for i in start + 4..start + 52 {
+            score(&quiet, cycle(i) + 2.0 * noise(i));
+        }
+        let i = start + 52;
+        let again = score(&counting, cycle(i) + 2.0 * noise(i));
+        assert!(again.value < THRESHOLD, "{again:?}");
+    }
+
+    #[test]
+    fn a_young_seasonal_bin_is_the_mean_of_its_readings() {
+        let mut trainer = DetectorTrainer::new(DetectorConfig::default());
+        let five_minutes = 300_000;
+        // On an hour's boundary (the weekly profile's bins are hours).
+        let mut ts = 1_699_999_200_000;
+        let mut learn = |value: f64| {
+            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            trainer.update(&Observation {
+                ts_ms: ts,
+                metrics: &metrics,
+            });
+            ts += five_minutes;
+        };
+        // A day at 50 (the cadence is learned), then an hour the profile has not seen:
+        // 0, 1, …, 11.
+        for _ in 0..288 {
+            learn(50.0);
+        }
+        for k in 0..12 {
+            learn(f64::from(k));
+        }
+        let bin = season_bin(ts - five_minutes, 168, 7);
+        let usual = f64::from(trainer.seasons[0].profile[bin]);
+        // The mean, 5.5; the first reading remembered with a 7-week memory gave 0.7.
+        assert!((usual - 5.5).abs() < 1e-3, "{usual}");
+    }
+
+    /// A cycle between -10 and 10 for 3,150 readings (ending at its trough), then
+    /// `readings` readings held 8% of the range below its least value (slightly beyond
+    /// the 5% tolerance, two value spreads from the mean), then back on the cycle. The
+    /// range part of each reading of the exit.
+    fn held_below(readings: u64) -> Vec<f64> {
+        let mut rig = Rig::new();
+        let cycle = |i: u64| 10.0 * (std::f64::consts::TAU * i as f64 / 200.0).sin();
+        for i in 0..3_150 {
+            rig.step(cycle(i) + 0.3 * noise(i), 1000);
+        }
+        (0..readings)
+            .map(|k| rig.step(-11.6 + 0.05 * noise(10_000 + k), 1000))
+            .map(|score| range_part(&score))
+            .collect()
+    }
+
+    #[test]
+    fn a_value_that_stays_beyond_its_range_is_not_noise() {
+        let parts = held_below(40);
+        let brief = SUSTAINED_EXIT_READINGS as usize - 1;
+        // Each reading alone is a slight exit, as noise makes now and then.
+        let first = parts[..brief].iter().copied().fold(0.0, f64::max);
+        assert!(first > 0.0 && first < THRESHOLD, "{parts:?}");
+        // Staying out is not: from the 15th reading in a row on it scores as far beyond
+        // the range as it lies (0.9 + 0.1 × 3%).
+        assert!(parts[brief..].iter().all(|&p| p >= 0.9), "{parts:?}");
     }
 
     #[test]
