@@ -29,6 +29,12 @@ pub struct Evaluation {
     /// Episodes that opened outside every anomaly's window. One that opened early and
     /// then escalated in an anomaly's window counts here once, and detects that anomaly.
     pub false_alerts: usize,
+    /// What the first few false alerts said (`device at event_ts: reason`, the
+    /// triggering event's device time in ms, to look up in the ground truth; at most
+    /// [`FALSE_ALERTS_SHOWN`]): the count alone does not tell a noisy model from a
+    /// fault the simulator did not mean to make.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub false_alert_reasons: Vec<String>,
     /// The same alert (id and event) received again: should be 0; not counted
     /// anywhere else.
     pub redelivered_alerts: usize,
@@ -46,6 +52,9 @@ pub struct Evaluation {
     #[serde(skip)]
     pub latencies_ms: Vec<i64>,
 }
+
+/// How many false alerts [`Evaluation::false_alert_reasons`] quotes.
+pub const FALSE_ALERTS_SHOWN: usize = 10;
 
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
@@ -122,7 +131,16 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
         }
         evaluation.matches.push(episodes.len());
     }
-    evaluation.false_alerts = false_episodes(injected, &signals, grace_ms);
+    let false_openings = false_episodes(injected, &signals, grace_ms);
+    evaluation.false_alerts = false_openings.len();
+    evaluation.false_alert_reasons = false_openings
+        .iter()
+        .take(FALSE_ALERTS_SHOWN)
+        .map(|received| {
+            let alert = &received.alert;
+            format!("{} at {}: {}", alert.device_id, alert.event_ts, alert.reason)
+        })
+        .collect();
     let mut sorted = evaluation.latencies_ms.clone();
     sorted.sort_unstable();
     evaluation.latency_ms_p50 = percentile(&sorted, 50.0);
@@ -132,10 +150,15 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
 }
 
 /// Episodes whose first signal (by device time) lies in no anomaly's window of its device.
-fn false_episodes(injected: &[Injected], signals: &[&ReceivedAlert], grace_ms: i64) -> usize {
+fn false_episodes<'a>(
+    injected: &[Injected],
+    signals: &[&'a ReceivedAlert],
+    grace_ms: i64,
+) -> Vec<&'a ReceivedAlert> {
     let mut opened = HashSet::new();
     signals
         .iter()
+        .copied()
         .filter(|received| opened.insert(received.alert.alert_id.as_str()))
         .filter(|received| {
             let alert = &received.alert;
@@ -144,7 +167,7 @@ fn false_episodes(injected: &[Injected], signals: &[&ReceivedAlert], grace_ms: i
                     && windows(anomaly, grace_ms).0.contains(&alert.event_ts)
             })
         })
-        .count()
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,7 +200,7 @@ mod tests {
                 state,
                 score: 1.0,
                 threshold: 0.6,
-                reason: String::new(),
+                reason: format!("event at {event_ts}"),
                 contributors: vec![],
                 event_ts,
                 event_seq: event_ts as u64,
@@ -219,6 +242,7 @@ mod tests {
         assert_eq!(evaluation.anomalies_detected, 2);
         assert_eq!(evaluation.duplicate_alerts, 1);
         assert_eq!(evaluation.false_alerts, 1);
+        assert_eq!(evaluation.false_alert_reasons, vec!["b at 9000: event at 9000"]);
         assert_eq!(evaluation.matches, vec![2, 0, 1]);
         assert_eq!(evaluation.latencies_ms, vec![200, 500]);
         assert_eq!(evaluation.latency_ms_p50, Some(200));
