@@ -31,7 +31,7 @@ use std::sync::Arc;
 use linfa::ParamGuard;
 use serde::{Deserialize, Serialize};
 
-use crate::calibration::ln_two_sided_tail;
+use crate::calibration::{ln_two_sided_tail, student_as_normal};
 use crate::relation::{
     Evaluation, RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
 };
@@ -1970,8 +1970,9 @@ impl DetectorScorer {
             beyond_run: excursion.beyond_run,
         };
         let (mut score, mut cause, beyond) = if metric.n < config.history_events {
+            let dof = metric.n.saturating_sub(1).max(1) as f64;
             (
-                tail_score(ln_two_sided_tail(raw)),
+                tail_score(ln_two_sided_tail(student_as_normal(raw, dof))),
                 Cause::Deviation {
                     z: raw * (value - prediction).signum(),
                 },

@@ -138,7 +138,10 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
         .take(FALSE_ALERTS_SHOWN)
         .map(|received| {
             let alert = &received.alert;
-            format!("{} at {}: {}", alert.device_id, alert.event_ts, alert.reason)
+            format!(
+                "{} at {}: {}",
+                alert.device_id, alert.event_ts, alert.reason
+            )
         })
         .collect();
     let mut sorted = evaluation.latencies_ms.clone();
@@ -242,7 +245,10 @@ mod tests {
         assert_eq!(evaluation.anomalies_detected, 2);
         assert_eq!(evaluation.duplicate_alerts, 1);
         assert_eq!(evaluation.false_alerts, 1);
-        assert_eq!(evaluation.false_alert_reasons, vec!["b at 9000: event at 9000"]);
+        assert_eq!(
+            evaluation.false_alert_reasons,
+            vec!["b at 9000: event at 9000"]
+        );
         assert_eq!(evaluation.matches, vec![2, 0, 1]);
         assert_eq!(evaluation.latencies_ms, vec![200, 500]);
         assert_eq!(evaluation.latency_ms_p50, Some(200));

@@ -671,11 +671,11 @@ async fn repeated_anomalies_stay_one_episode_until_enough_calm_events_in_a_row()
 }
 
 /// The readings of [`a_bigger_fault_while_open_updates_the_alert_once`]: 20 calm, then
-/// `temp` lifted by 4 (120, 125; an anomaly well below a score of 1), by [`SPIKE`] (130,
+/// `temp` lifted by 4.5 (120, 125; an anomaly well below a score of 1), by [`SPIKE`] (130,
 /// 135) with 4 calm readings after each.
 fn small_then_big_faults(series: &mut Series) -> Vec<TelemetryPayload> {
     let mut readings: Vec<TelemetryPayload> = (0..20).map(|_| series.calm()).collect();
-    for lift in [4.0, 4.0, SPIKE, SPIKE] {
+    for lift in [4.5, 4.5, SPIKE, SPIKE] {
         readings.push(series.lift("temp", lift));
         readings.extend((0..4).map(|_| series.calm()));
     }
@@ -721,7 +721,7 @@ async fn a_bigger_fault_while_open_updates_the_alert_once() {
     assert!(
         updated
             .reason
-            .starts_with("temp = 36.514 is 15.2 standard deviations above"),
+            .starts_with("temp = 36.514 is 15.1 standard deviations above"),
         "{}",
         updated.reason
     );
