@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::RangeInclusive;
 
+use clap::ValueEnum;
 use fleetwatch_protocol::AlertState;
 use serde::Serialize;
 
@@ -35,6 +36,10 @@ pub struct Evaluation {
     /// fault the simulator did not mean to make.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub false_alert_reasons: Vec<String>,
+    /// The first few anomalies no alert detected (`device kind from start_ms to end_ms`,
+    /// device times in ms; at most [`FALSE_ALERTS_SHOWN`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<String>,
     /// The same alert (id and event) received again: should be 0; not counted
     /// anywhere else.
     pub redelivered_alerts: usize,
@@ -128,6 +133,17 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
             evaluation.anomalies_detected += 1;
             evaluation.duplicate_alerts += episodes.len() - 1;
             evaluation.latencies_ms.push(latency);
+        } else if evaluation.missed.len() < FALSE_ALERTS_SHOWN {
+            evaluation.missed.push(format!(
+                "{} {} from {} to {}",
+                anomaly.device,
+                anomaly
+                    .kind
+                    .to_possible_value()
+                    .map_or_else(String::new, |kind| kind.get_name().to_owned()),
+                anomaly.start_ms,
+                anomaly.end_ms
+            ));
         }
         evaluation.matches.push(episodes.len());
     }
@@ -249,6 +265,7 @@ mod tests {
             evaluation.false_alert_reasons,
             vec!["b at 9000: event at 9000"]
         );
+        assert_eq!(evaluation.missed, vec!["b spike from 1000 to 2000"]);
         assert_eq!(evaluation.matches, vec![2, 0, 1]);
         assert_eq!(evaluation.latencies_ms, vec![200, 500]);
         assert_eq!(evaluation.latency_ms_p50, Some(200));
