@@ -1605,56 +1605,20 @@ fn history_score(
         }
     }
     if let Some(shape) = r.shape {
-        let z = (shape.log_average_distance - metric.shape_mean)
-            / f64::from(metric.shape_std).max(MIN_LOG_STD)
-            / config.shape_z_scale.max(1e-9);
-        let likely = upper_score(z);
-        if familiar(metric, config, shape) {
-            // The deviation is explained by a shape seen before at this time of day.
-            score = score.min(likely);
-        }
-        if likely > score {
-            score = likely;
-            cause = Cause::NewShape { ratio: 0.0 };
-        }
-        if config.shape_vigilance > 0.0 && metric.n >= config.novelty_events {
-            let (index, distance) = shape.nearest;
-            let radius = metric
-                .radii
-                .get(index)
-                .map_or(1.0, |&r| f64::from(r))
-                .max(1e-6);
-            let ratio = distance / (config.shape_vigilance * radius);
-            let mut novel = 0.5 + 0.5 * (1.0 - 1.0 / ratio);
-            if ratio > 1.0 && novel > score && config.shape_prior > 0.0 {
-                novel = novel.min(tail_score(ln_upper_tail(z) + config.shape_prior.ln()));
-            }
-            if ratio > 1.0 && novel > score {
-                score = novel;
-                cause = Cause::NewShape { ratio };
-            }
-        }
+        shape_score(metric, config, shape, &mut score, &mut cause);
     }
     if config.drift_detection {
         // A floor on the spread: a series learned as perfectly regular must not call
         // every tiny lean a drift.
         let z = (r.drift - metric.drift_mean) / f64::from(metric.drift_std).max(0.05);
-        let drift = if z.abs() < NEGLIGIBLE_Z {
-            0.0
-        } else {
-            tail_score(ln_two_sided_tail(z))
-        };
+        let drift = two_sided_score(z);
         if drift > score {
             score = drift;
             cause = Cause::Drift { z };
         }
     }
     if let Some((z, usual)) = r.season {
-        let seasonal = if z.abs() < NEGLIGIBLE_Z {
-            0.0
-        } else {
-            tail_score(ln_two_sided_tail(z))
-        };
+        let seasonal = two_sided_score(z);
         if seasonal > score {
             score = seasonal;
             cause = Cause::Seasonal { z, usual };
@@ -1666,6 +1630,46 @@ fn history_score(
         cause = Cause::OutOfRange { min, max };
     }
     (score, cause, ranged > 0.0)
+}
+
+/// Raise `score` (and name the `cause`) where the metric's recent shape is unlikely or
+/// new; lower it where a familiar shape explains the deviation.
+fn shape_score(
+    metric: &MetricParams,
+    config: &DetectorConfig,
+    shape: &Shape,
+    score: &mut f64,
+    cause: &mut Cause,
+) {
+    let z = (shape.log_average_distance - metric.shape_mean)
+        / f64::from(metric.shape_std).max(MIN_LOG_STD)
+        / config.shape_z_scale.max(1e-9);
+    let likely = upper_score(z);
+    if familiar(metric, config, shape) {
+        // The deviation is explained by a shape seen before at this time of day.
+        *score = score.min(likely);
+    }
+    if likely > *score {
+        *score = likely;
+        *cause = Cause::NewShape { ratio: 0.0 };
+    }
+    if config.shape_vigilance > 0.0 && metric.n >= config.novelty_events {
+        let (index, distance) = shape.nearest;
+        let radius = metric
+            .radii
+            .get(index)
+            .map_or(1.0, |&r| f64::from(r))
+            .max(1e-6);
+        let ratio = distance / (config.shape_vigilance * radius);
+        let mut novel = 0.5 + 0.5 * (1.0 - 1.0 / ratio);
+        if ratio > 1.0 && novel > *score && config.shape_prior > 0.0 {
+            novel = novel.min(tail_score(ln_upper_tail(z) + config.shape_prior.ln()));
+        }
+        if ratio > 1.0 && novel > *score {
+            *score = novel;
+            *cause = Cause::NewShape { ratio };
+        }
+    }
 }
 
 /// The score of a value beyond the seen range (0 inside it, or before the range counts).
@@ -1778,6 +1782,15 @@ pub(crate) fn tail_score(ln_tail: f64) -> f64 {
 /// Below this z-score a tail scores under 0.05: not worth a logarithm per metric and
 /// event (the score is reported as 0).
 const NEGLIGIBLE_Z: f64 = 1.5;
+
+/// [`tail_score`] of both tails beyond `z`, 0 for negligible ones.
+fn two_sided_score(z: f64) -> f64 {
+    if z.abs() < NEGLIGIBLE_Z {
+        0.0
+    } else {
+        tail_score(ln_two_sided_tail(z))
+    }
+}
 
 /// [`tail_score`] of the upper tail beyond `z`, 0 for negligible ones.
 fn upper_score(z: f64) -> f64 {

@@ -32,12 +32,12 @@ pub struct Evaluation {
     pub false_alerts: usize,
     /// What the first few false alerts said (`device at event_ts: reason`, the
     /// triggering event's device time in ms, to look up in the ground truth; at most
-    /// [`FALSE_ALERTS_SHOWN`]): the count alone does not tell a noisy model from a
+    /// [`QUOTED_AT_MOST`]): the count alone does not tell a noisy model from a
     /// fault the simulator did not mean to make.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub false_alert_reasons: Vec<String>,
     /// The first few anomalies no alert detected (`device kind from start_ms to end_ms`,
-    /// device times in ms; at most [`FALSE_ALERTS_SHOWN`]).
+    /// device times in ms; at most [`QUOTED_AT_MOST`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missed: Vec<String>,
     /// The same alert (id and event) received again: should be 0; not counted
@@ -58,8 +58,9 @@ pub struct Evaluation {
     pub latencies_ms: Vec<i64>,
 }
 
-/// How many false alerts [`Evaluation::false_alert_reasons`] quotes.
-pub const FALSE_ALERTS_SHOWN: usize = 10;
+/// How many false alerts and missed anomalies the summary quotes
+/// ([`Evaluation::false_alert_reasons`], [`Evaluation::missed`]).
+pub const QUOTED_AT_MOST: usize = 10;
 
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
@@ -133,7 +134,7 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
             evaluation.anomalies_detected += 1;
             evaluation.duplicate_alerts += episodes.len() - 1;
             evaluation.latencies_ms.push(latency);
-        } else if evaluation.missed.len() < FALSE_ALERTS_SHOWN {
+        } else if evaluation.missed.len() < QUOTED_AT_MOST {
             evaluation.missed.push(format!(
                 "{} {} from {} to {}",
                 anomaly.device,
@@ -151,7 +152,7 @@ pub fn evaluate(injected: &[Injected], alerts: &[ReceivedAlert], grace_ms: i64) 
     evaluation.false_alerts = false_openings.len();
     evaluation.false_alert_reasons = false_openings
         .iter()
-        .take(FALSE_ALERTS_SHOWN)
+        .take(QUOTED_AT_MOST)
         .map(|received| {
             let alert = &received.alert;
             format!(
