@@ -100,6 +100,12 @@ impl DeviceRegistry {
         }
     }
 
+    /// The thread the role's consumer runs on: the first arbiter, where all actors live
+    /// when `devices.arbiters` is 1.
+    pub fn home_arbiter(&self) -> &ArbiterHandle {
+        &self.arbiters[0]
+    }
+
     /// Keep `fleetwatch_device_partitions_unrestored` (readiness) current.
     fn count_unrestored(&self, assignment: &Assignment) {
         let unrestored = assignment.unrestored().len() as i64;

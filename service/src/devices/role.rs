@@ -80,7 +80,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         metrics: launch.metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),
     };
-    launch.consume("devices", consumer, handler);
+    launch.consume_on(registry.home_arbiter(), "devices", consumer, handler);
     launch.registry = Some(registry);
     Ok(())
 }

@@ -34,7 +34,7 @@ impl Producer {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", config.linger_ms.to_string())
             .set("compression.type", "none")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create()
