@@ -414,7 +414,9 @@ fn probe(kafka: &str, topic: &str, stop: &AtomicBool) -> Vec<f64> {
         .set("bootstrap.servers", kafka)
         .set("group.id", crate::unique("floor"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
+        // The service's urgent consumers' wait (`kafka.urgent_fetch_wait_ms`), the
+        // consumers an alert crosses.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("probe consumer");
     let mut assignment = TopicPartitionList::new();

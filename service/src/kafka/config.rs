@@ -33,6 +33,19 @@ pub struct KafkaConfig {
     /// about 52 to 36 µs per reading and halved tansu's CPU, for up to that much more
     /// latency per topic a record crosses (docs/benchmarks.md, "Load").
     pub linger_ms: u64,
+    /// How long the broker may hold a fetch that finds nothing new (ms; librdkafka's
+    /// `fetch.wait.max.ms`), for the consumers nobody waits on (the trainer, the indexes
+    /// and logs, storage, archive). A broker that answers a fetch as soon as records
+    /// arrive (Kafka) adds no latency by it; one that holds every fetch until it
+    /// expires (tansu) adds up to this much per topic crossed. Shorter costs an idle
+    /// consumer more requests.
+    pub fetch_wait_ms: u64,
+    /// The same for the consumers on the paths a person waits on: the scorer and the
+    /// alerts role's reader of `iot.alerts` (a reading to its WebSocket alert), the
+    /// devices role (a command to its device). On tansu an alert crosses two of them:
+    /// 50 ms each gave publish → alert 127 / 207 ms (p50 / p99) at 5,000 readings/s,
+    /// 10 ms 61 / 71 (docs/benchmarks.md, "Load").
+    pub urgent_fetch_wait_ms: u64,
     /// How long a group member may go silent (ms) before the broker gives its partitions
     /// to the others: how long a crashed instance's share waits. Shorter recovers faster,
     /// longer tolerates longer pauses; the broker bounds it (Kafka: 6 s to 30 min).
@@ -49,7 +62,9 @@ pub struct KafkaConfig {
     pub partition_fetch_bytes: u32,
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" =
     /// "sasl_ssl"` (TLS and SASL PLAIN/SCRAM/OAUTHBEARER are compiled in; see the
-    /// configuration reference). Secret ones (names with `password`, `secret`, `token`,
+    /// configuration reference). They win over fleetwatch's tuning (`linger.ms`,
+    /// `fetch.wait.max.ms`, queue and fetch sizes), not over what it guarantees
+    /// (idempotence, `acks`, offsets stored only after handling, range assignment). Secret ones (names with `password`, `secret`, `token`,
     /// `key.pem`) print as `***`.
     pub properties: Properties,
     /// Properties whose value is read from a file at start (trailing newline dropped), as
@@ -69,6 +84,8 @@ impl Default for KafkaConfig {
             create_topics: true,
             delivery_timeout_ms: 120_000,
             linger_ms: 20,
+            fetch_wait_ms: 50,
+            urgent_fetch_wait_ms: 10,
             session_timeout_ms: 10_000,
             consumer_queue_kbytes: 4_096,
             partition_fetch_bytes: 262_144,

@@ -93,6 +93,16 @@ impl ConsumerRole {
     }
 }
 
+impl ConsumerRole {
+    /// Whether a person waits on what this consumer reads: a reading on its way to its
+    /// alert (the scorer, then the alerts role's reader), a command on its way to a
+    /// device (the devices role). These fetch with `kafka.urgent_fetch_wait_ms`. The
+    /// others wait longer when idle: each short wait is another request a second.
+    pub fn is_urgent(self) -> bool {
+        matches!(self, Self::Scorer | Self::Alerts | Self::Devices)
+    }
+}
+
 /// Told when a group member's partitions change; runs inside the rebalance, so the
 /// rebalance completes only once it returns.
 pub trait PartitionListener: Send + Sync {
@@ -197,8 +207,13 @@ impl RoleConsumer {
             metrics: metrics.clone(),
             listener,
         };
+        let fetch_wait_ms = if role.is_urgent() {
+            config.urgent_fetch_wait_ms
+        } else {
+            config.fetch_wait_ms
+        };
         let inner: StreamConsumer<RoleContext> = config
-            .consumer_config()
+            .consumer_config_waiting(fetch_wait_ms)
             .set("group.id", group_id)
             .set("enable.auto.commit", commit.to_string())
             .set("auto.commit.interval.ms", "1000")
@@ -212,9 +227,6 @@ impl RoleConsumer {
             )
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
-            // Alerts cross three consumers: a broker holding an empty fetch for the default
-            // 500 ms would add up to 1.5 s of latency when traffic is light.
-            .set("fetch.wait.max.ms", "50")
             // Range assignment gives one member the same partition numbers of every
             // subscribed topic: what co-partitioning relies on.
             .set("partition.assignment.strategy", "range")

@@ -52,9 +52,30 @@ impl KafkaConfig {
         config
     }
 
-    /// [`Self::client_config`] for a consumer: its prefetch buffers bounded by
-    /// `consumer_queue_kbytes` and `partition_fetch_bytes`. `properties` still win.
+    /// [`Self::client_config`] for the producer: `linger_ms`, no compression.
+    /// `properties` still win; what the producer guarantees (idempotence, `acks`) is
+    /// set over them by [`super::Producer::new`].
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("compression.type", "none");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// [`Self::consumer_config_waiting`] with `fetch_wait_ms`.
     pub fn consumer_config(&self) -> ClientConfig {
+        self.consumer_config_waiting(self.fetch_wait_ms)
+    }
+
+    /// [`Self::client_config`] for a consumer: its prefetch buffers bounded by
+    /// `consumer_queue_kbytes` and `partition_fetch_bytes`, an empty fetch held at most
+    /// `fetch_wait_ms`. `properties` still win.
+    pub fn consumer_config_waiting(&self, fetch_wait_ms: u64) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -68,7 +89,8 @@ impl KafkaConfig {
             )
             // A full queue postpones the partition's next fetch this long (librdkafka's
             // default, 1 s, would cap a small queue's catch-up at a queue per second).
-            .set("fetch.queue.backoff.ms", "20");
+            .set("fetch.queue.backoff.ms", "20")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
         for (key, value) in &self.properties {
             config.set(key, value);
         }

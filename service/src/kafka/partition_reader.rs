@@ -61,7 +61,6 @@ impl PartitionReader {
             .set("group.id", config.group_id(group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| Error::kafka(format!("creating reader of {topic}"), e))?;
         Ok(Self::with_source(

@@ -31,11 +31,9 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 impl Producer {
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let inner = config
-            .client_config()
+            .producer_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("compression.type", "none")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create()
             .map_err(|e| Error::kafka("creating producer", e))?;

@@ -54,7 +54,6 @@ fn replay_blocking(
         .set("group.id", config.group_id("replay"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "50")
         .create()
         .map_err(|e| Error::kafka(format!("creating replay reader of {topic}"), e))?;
     let mut outcome = ReplayOutcome::default();
