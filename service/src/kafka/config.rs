@@ -27,7 +27,7 @@ pub struct KafkaConfig {
     /// Ingest stops (and so leaves the MQTT message unacknowledged) when this runs out.
     pub delivery_timeout_ms: u64,
     /// How long the producer holds records to send them together (ms; librdkafka's
-    /// `linger.ms`, default 5). Each time its thread wakes it serves every partition it
+    /// `linger.ms`, whose own default is 5). Each time its thread wakes it serves every partition it
     /// writes to (a process writes about ten topics of `partitions` each), so fewer,
     /// larger requests cost much less: at 10,000 readings/s, 20 ms took the service from
     /// about 52 to 36 µs per reading and halved tansu's CPU, for up to that much more
@@ -64,8 +64,8 @@ pub struct KafkaConfig {
     /// "sasl_ssl"` (TLS and SASL PLAIN/SCRAM/OAUTHBEARER are compiled in; see the
     /// configuration reference). They win over fleetwatch's tuning (`linger.ms`,
     /// `fetch.wait.max.ms`, queue and fetch sizes), not over what it guarantees
-    /// (idempotence, `acks`, offsets stored only after handling, range assignment). Secret ones (names with `password`, `secret`, `token`,
-    /// `key.pem`) print as `***`.
+    /// (idempotence, `acks`, offsets stored only after handling, range assignment).
+    /// Secret ones (names with `password`, `secret`, `token`, `key.pem`) print as `***`.
     pub properties: Properties,
     /// Properties whose value is read from a file at start (trailing newline dropped), as
     /// Kubernetes mounts secrets: e.g. `"sasl.password" = "/run/secrets/kafka-password"`.

@@ -91,9 +91,7 @@ impl ConsumerRole {
             Self::Archive => "archive",
         }
     }
-}
 
-impl ConsumerRole {
     /// Whether a person waits on what this consumer reads: a reading on its way to its
     /// alert (the scorer, then the alerts role's reader), a command on its way to a
     /// device (the devices role). These fetch with `kafka.urgent_fetch_wait_ms`. The

@@ -44,8 +44,18 @@ use crate::metrics::Metrics;
 impl KafkaConfig {
     /// A librdkafka configuration with the brokers and the extra properties.
     pub fn client_config(&self) -> ClientConfig {
+        self.tuned(&[])
+    }
+
+    /// The brokers, then fleetwatch's `tuning`, then `properties` over it: an operator's
+    /// property wins over a choice made here. What a client guarantees (idempotence,
+    /// `acks`, offset storage) its creator sets over all of them.
+    fn tuned(&self, tuning: &[(&str, String)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in tuning {
+            config.set(*key, value);
+        }
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -56,15 +66,10 @@ impl KafkaConfig {
     /// `properties` still win; what the producer guarantees (idempotence, `acks`) is
     /// set over them by [`super::Producer::new`].
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.brokers)
-            .set("linger.ms", self.linger_ms.to_string())
-            .set("compression.type", "none");
-        for (key, value) in &self.properties {
-            config.set(key, value);
-        }
-        config
+        self.tuned(&[
+            ("linger.ms", self.linger_ms.to_string()),
+            ("compression.type", "none".to_owned()),
+        ])
     }
 
     /// [`Self::consumer_config_waiting`] with `fetch_wait_ms`.
@@ -76,25 +81,20 @@ impl KafkaConfig {
     /// `consumer_queue_kbytes` and `partition_fetch_bytes`, an empty fetch held at most
     /// `fetch_wait_ms`. `properties` still win.
     pub fn consumer_config_waiting(&self, fetch_wait_ms: u64) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.brokers)
-            .set(
+        self.tuned(&[
+            (
                 "queued.max.messages.kbytes",
                 self.consumer_queue_kbytes.to_string(),
-            )
-            .set(
+            ),
+            (
                 "max.partition.fetch.bytes",
                 self.partition_fetch_bytes.to_string(),
-            )
+            ),
             // A full queue postpones the partition's next fetch this long (librdkafka's
             // default, 1 s, would cap a small queue's catch-up at a queue per second).
-            .set("fetch.queue.backoff.ms", "20")
-            .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
-        for (key, value) in &self.properties {
-            config.set(key, value);
-        }
-        config
+            ("fetch.queue.backoff.ms", "20".to_owned()),
+            ("fetch.wait.max.ms", fetch_wait_ms.to_string()),
+        ])
     }
 
     pub fn topics(&self) -> KafkaTopics {
