@@ -8,7 +8,7 @@ use fleetwatch_protocol::Topic;
 use super::{Changelog, DevicesHandler};
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::Result;
-use crate::kafka::{ConsumerRole, PartitionReader, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, PartitionReader, Producer, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttPublisher;
 
@@ -31,15 +31,19 @@ pub const ROLE: RoleSpec = RoleSpec {
 fn start(launch: &mut Launch<'_>) -> Result<()> {
     let settings = launch.settings;
     let kafka = &settings.kafka;
+    // The role's own producer: a revoke waits until the twins' writes in flight have
+    // landed, and a producer shared with ingest's steady stream is never empty, so the
+    // wait would always run out (and the late member be rebalanced again and again).
+    let producer = Producer::new(kafka, launch.metrics.clone())?;
     let reader = PartitionReader::new(
         kafka,
         launch.topics.device_state(),
         "devices-changelog",
-        launch.producer.clone(),
+        producer.clone(),
         &launch.instance,
     )?;
     let changelog = Arc::new(Changelog::new(
-        launch.producer.clone(),
+        producer.clone(),
         reader,
         super::SideTopics::of(&launch.topics),
         launch.metrics.clone(),
@@ -76,7 +80,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         commands_topic: launch.topics.commands(),
         alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
-        producer: launch.producer.clone(),
+        producer,
         metrics: launch.metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),
     };

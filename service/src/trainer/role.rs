@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Checkpoints, SharedModels, TrainerHandler, TrainerPartitions};
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::Result;
-use crate::kafka::{ConsumerRole, PartitionReader, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, PartitionReader, Producer, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
@@ -24,14 +24,11 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let registry = crate::shadow::start(launch);
     let kafka = &launch.settings.kafka;
     let topics = &launch.topics;
+    // The role's own producer: a revoke waits until the checkpoints in flight have
+    // landed, which a producer shared with ingest's steady stream never is (devices/role.rs).
+    let producer = Producer::new(kafka, launch.metrics.clone())?;
     let reader = |topic: String, name: &str| {
-        PartitionReader::new(
-            kafka,
-            topic,
-            name,
-            launch.producer.clone(),
-            &launch.instance,
-        )
+        PartitionReader::new(kafka, topic, name, producer.clone(), &launch.instance)
     };
     let checkpoints = Checkpoints {
         params: reader(topics.model_params(), "trainer-params")?,
@@ -41,7 +38,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let models = SharedModels::default();
     let listener = Arc::new(TrainerPartitions {
         models: models.clone(),
-        producer: launch.producer.clone(),
+        producer: producer.clone(),
         state_topic: topics.trainer_state(),
     });
     let consumer = RoleConsumer::subscribe(
@@ -56,7 +53,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let handler = TrainerHandler::new(
         launch.settings.trainer.clone(),
         topics,
-        launch.producer.clone(),
+        producer,
         checkpoints,
         models,
         registry,
