@@ -22,7 +22,9 @@ use fleetwatch::kafka::memory::MemoryLog;
 use fleetwatch::kafka::{PartitionListener, PartitionReader, Producer, Record, RecordHandler};
 use fleetwatch::metrics::Metrics;
 use fleetwatch::mqtt::{MqttConfig, MqttPublisher};
-use fleetwatch::scorer::{ParamsHandler, ScorerConfig, ScoringHandler, SharedParams};
+use fleetwatch::scorer::{
+    ParamsHandler, ScorerConfig, ScorerProducers, ScoringHandler, SharedParams,
+};
 use fleetwatch::shadow::ModelRegistry;
 use fleetwatch::tenancy::Directory;
 use fleetwatch::trainer::{Checkpoints, SharedModels, TrainerConfig, TrainerHandler};
@@ -100,7 +102,10 @@ impl Roles {
             &ScorerConfig::default(),
             threshold,
             &topics,
-            producer.clone(),
+            ScorerProducers {
+                alerts: producer.clone(),
+                scores: producer.clone(),
+            },
             params,
             registry,
             metrics.clone(),

@@ -22,7 +22,9 @@ use fleetwatch::devices::Twin;
 use fleetwatch::kafka::memory::MemoryLog;
 use fleetwatch::kafka::{PartitionReader, Producer, Record, RecordHandler};
 use fleetwatch::metrics::Metrics;
-use fleetwatch::scorer::{ParamsHandler, ScorerConfig, ScoringHandler, SharedParams};
+use fleetwatch::scorer::{
+    ParamsHandler, ScorerConfig, ScorerProducers, ScoringHandler, SharedParams,
+};
 use fleetwatch::trainer::{Checkpoints, SharedModels, TrainerConfig, TrainerHandler};
 use fleetwatch_protocol::{DeviceEvent, DeviceEventBody, DeviceId, KafkaTopics, TelemetryPayload};
 use serde_json::json;
@@ -123,7 +125,10 @@ impl Roles {
             &ScorerConfig::default(),
             threshold,
             &topics,
-            producer,
+            ScorerProducers {
+                alerts: producer.clone(),
+                scores: producer,
+            },
             params.clone(),
             fleetwatch::shadow::ModelRegistry::empty(),
             metrics.clone(),

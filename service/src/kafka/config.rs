@@ -33,6 +33,10 @@ pub struct KafkaConfig {
     /// about 52 to 36 µs per reading and halved tansu's CPU, for up to that much more
     /// latency per topic a record crosses (docs/benchmarks.md, "Load").
     pub linger_ms: u64,
+    /// The same for the scorer's alerts (ms): they are few, a person waits on each, and
+    /// the scorer waits for each to be confirmed before it reads on, so `linger_ms` would
+    /// be added to every alert and hold back the readings behind it.
+    pub urgent_linger_ms: u64,
     /// How long the broker may hold a fetch that finds nothing new (ms; librdkafka's
     /// `fetch.wait.max.ms`), for the consumers nobody waits on (the trainer, the indexes
     /// and logs, storage, archive). A broker that answers a fetch as soon as records
@@ -84,6 +88,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             delivery_timeout_ms: 120_000,
             linger_ms: 20,
+            urgent_linger_ms: 1,
             fetch_wait_ms: 50,
             urgent_fetch_wait_ms: 10,
             session_timeout_ms: 10_000,

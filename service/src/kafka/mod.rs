@@ -62,12 +62,12 @@ impl KafkaConfig {
         config
     }
 
-    /// [`Self::client_config`] for the producer: `linger_ms`, no compression.
+    /// [`Self::client_config`] for a producer: `linger_ms`, no compression.
     /// `properties` still win; what the producer guarantees (idempotence, `acks`) is
-    /// set over them by [`super::Producer::new`].
-    pub fn producer_config(&self) -> ClientConfig {
+    /// set over them by [`super::Producer::lingering`].
+    pub fn producer_config(&self, linger_ms: u64) -> ClientConfig {
         self.tuned(&[
-            ("linger.ms", self.linger_ms.to_string()),
+            ("linger.ms", linger_ms.to_string()),
             ("compression.type", "none".to_owned()),
         ])
     }

@@ -29,9 +29,15 @@ enum Sink {
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 impl Producer {
+    /// A producer holding records `kafka.linger_ms` to send them together.
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        Self::lingering(config, config.linger_ms, metrics)
+    }
+
+    /// A producer holding records `linger_ms` to send them together.
+    pub fn lingering(config: &KafkaConfig, linger_ms: u64, metrics: Arc<Metrics>) -> Result<Self> {
         let inner = config
-            .producer_config()
+            .producer_config(linger_ms)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())

@@ -91,6 +91,13 @@ impl Default for DeviceScoring {
     }
 }
 
+/// Where the scorer writes: alerts on a producer that hardly lingers (a person waits
+/// on each, and the scorer waits for each before it reads on), scores on the bulk one.
+pub struct ScorerProducers {
+    pub alerts: Producer,
+    pub scores: Producer,
+}
+
 /// An alert to send, and whether it goes to customers (`iot.alerts`) or to
 /// `iot.shadow-alerts`.
 type Outgoing = (bool, Alert);
@@ -98,6 +105,7 @@ type Outgoing = (bool, Alert);
 pub struct ScoringHandler {
     rules: EpisodeRules,
     topic: String,
+    /// Of alerts and shadow alerts.
     producer: Producer,
     shadow_topic: String,
     params: SharedParams,
@@ -119,24 +127,24 @@ impl ScoringHandler {
         config: &ScorerConfig,
         recommended_threshold: f64,
         topics: &KafkaTopics,
-        producer: Producer,
+        producers: ScorerProducers,
         params: SharedParams,
         registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let producer_copy = producer.clone();
+        let ScorerProducers { alerts, scores } = producers;
         Self {
             rules: config.rules(recommended_threshold),
             topic: topics.alerts(),
             shadow_topic: topics.shadow_alerts(),
-            producer,
+            producer: alerts,
             params,
             registry,
             metrics,
             devices: HashMap::new(),
             unsent: VecDeque::new(),
             scores: config.publish_scores.then(|| {
-                let pending = PendingDeliveries::new(producer_copy, config.max_pending_scores);
+                let pending = PendingDeliveries::new(scores, config.max_pending_scores);
                 (topics.scores(), pending)
             }),
             durable: DurableOffsets::default(),

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use fleetwatch_protocol::Topic;
 
-use super::{ParamsFollower, ParamsHandler, ScoringHandler, SharedParams};
+use super::{ParamsFollower, ParamsHandler, ScorerProducers, ScoringHandler, SharedParams};
 use crate::app::{holds_partitions, Launch, Membership, RoleSpec};
 use crate::error::Result;
-use crate::kafka::{ConsumerRole, RoleConsumer, StartAt};
+use crate::kafka::{ConsumerRole, Producer, RoleConsumer, StartAt};
 use crate::metrics::Metrics;
 
 pub const ROLE: RoleSpec = RoleSpec {
@@ -47,11 +47,15 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.metrics.clone(),
         Some(listener),
     )?;
+    let producers = ScorerProducers {
+        alerts: Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?,
+        scores: launch.producer.clone(),
+    };
     let handler = ScoringHandler::new(
         &settings.scorer,
         settings.trainer.model.threshold,
         &launch.topics,
-        launch.producer.clone(),
+        producers,
         params.clone(),
         registry,
         launch.metrics.clone(),

@@ -228,7 +228,10 @@ impl Rig {
             &config,
             recommended,
             &topics,
-            producer,
+            ScorerProducers {
+                alerts: producer.clone(),
+                scores: producer,
+            },
             params,
             registry.clone(),
             metrics.clone(),
