@@ -416,7 +416,7 @@ fn probe(kafka: &str, topic: &str, stop: &AtomicBool) -> Vec<f64> {
         .set("enable.auto.commit", "false")
         // The service's urgent consumers' wait (`kafka.urgent_fetch_wait_ms`), the
         // consumers an alert crosses.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "5")
         .create()
         .expect("probe consumer");
     let mut assignment = TopicPartitionList::new();

@@ -48,7 +48,9 @@ pub struct KafkaConfig {
     /// alerts role's reader of `iot.alerts` (a reading to its WebSocket alert), the
     /// devices role (a command to its device). On tansu an alert crosses two of them:
     /// 50 ms each gave publish → alert 127 / 207 ms (p50 / p99) at 5,000 readings/s,
-    /// 10 ms 61 / 71 (docs/benchmarks.md, "Load").
+    /// 10 ms 61 / 71, and 5 ms (with the alerts' own producer) 27–33 / 40–42 for about
+    /// 1 µs more CPU per reading (docs/benchmarks.md, "Load"). On Kafka a shorter wait
+    /// only costs the idle consumers' requests.
     pub urgent_fetch_wait_ms: u64,
     /// How long a group member may go silent (ms) before the broker gives its partitions
     /// to the others: how long a crashed instance's share waits. Shorter recovers faster,
@@ -90,7 +92,7 @@ impl Default for KafkaConfig {
             linger_ms: 20,
             urgent_linger_ms: 1,
             fetch_wait_ms: 50,
-            urgent_fetch_wait_ms: 10,
+            urgent_fetch_wait_ms: 5,
             session_timeout_ms: 10_000,
             consumer_queue_kbytes: 4_096,
             partition_fetch_bytes: 262_144,
