@@ -51,14 +51,18 @@ fn main() {
         (load(1000, 200), Layout::PerRole),
         (load(10_000, 1000), Layout::OneProcess),
     ];
-    let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
-    let brokers = OwnBrokers::start_with_storage(dir, "memory://tansu/");
     let mut lines = std::fs::File::create(&out).expect("the output file");
     println!("{TABLE_HEADER}");
     for (index, (load, layout)) in plan.into_iter().enumerate() {
         if only.as_ref().is_some_and(|only| !only.contains(&index)) {
             continue;
         }
+        // Fresh brokers for each load: tansu's in-memory log only grows, and each fetch
+        // got slower with it (the 2026-11-27 plan on one tansu: 5,000/s publish → alert
+        // p99 268 ms, 39-42 in the same load's quick runs on a fresh one). A Kafka
+        // cluster does not slow down with the length of its log.
+        let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
+        let brokers = OwnBrokers::start_with_storage(dir, "memory://tansu/");
         let measured = run(&brokers, &fleetsim, load, layout);
         println!("{}", table_row(&measured));
         writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();
