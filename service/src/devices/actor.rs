@@ -342,7 +342,7 @@ pub struct Applied {
 /// from Kafka, never taken for a replay).
 #[derive(Message)]
 #[rtype(result = "Applied")]
-pub struct ApplyEvent(pub DeviceEvent, pub Option<SourcePosition>);
+pub struct ApplyEvent(pub Arc<DeviceEvent>, pub Option<SourcePosition>);
 
 impl Handler<ApplyEvent> for DeviceActor {
     type Result = MessageResult<ApplyEvent>;
@@ -366,7 +366,7 @@ impl Handler<ApplyEvent> for DeviceActor {
         let applied =
             match self
                 .twin
-                .apply_event(event.body, event.received_ms, &self.shared.config.twin)
+                .apply_event(&event.body, event.received_ms, &self.shared.config.twin)
             {
                 None => Applied {
                     duplicate: true,

@@ -162,9 +162,12 @@ impl DevicesHandler {
                 .await
                 .map(|()| None);
         }
+        // Shared, not cloned: a second attempt (the actor stopped with the first in its
+        // mailbox) sends the same event again.
+        let event = Arc::new(event);
         let applied = self
             .ask_actor(&device_id, partition, true, || {
-                ApplyEvent(event.clone(), Some(source))
+                ApplyEvent(Arc::clone(&event), Some(source))
             })
             .await?;
         match applied {

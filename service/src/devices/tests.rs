@@ -527,7 +527,7 @@ async fn a_new_owner_restores_twins_from_the_changelog() {
     let mut fx = fixture();
     let mut online = Twin::new(id("d1"));
     let rules = TwinRules::default();
-    online.apply_event(telemetry("d1", 7, 21.5).body, received_ms(), &rules);
+    online.apply_event(&telemetry("d1", 7, 21.5).body, received_ms(), &rules);
     let mut quiet = Twin::new(id("d2"));
     quiet
         .set_desired(object(json!({"fan": "on"})), false, None, received_ms())

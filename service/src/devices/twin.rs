@@ -122,6 +122,37 @@ pub struct LastTelemetry {
     pub metrics: Vec<(Box<str>, f64)>,
 }
 
+impl LastTelemetry {
+    /// Make `last` hold `payload`: its values overwritten in place when the names are
+    /// those of the previous reading (a device usually sends the same metrics every
+    /// time), so a reading costs the twin no allocation.
+    fn keep(last: &mut Option<Self>, payload: &TelemetryPayload) {
+        if let Some(last) = last {
+            let same_names = last.metrics.len() == payload.metrics.len()
+                && last
+                    .metrics
+                    .iter()
+                    .zip(&payload.metrics)
+                    .all(|((kept, _), (name, _))| **kept == **name);
+            if same_names {
+                last.ts = payload.ts;
+                last.seq = payload.seq;
+                for ((_, kept), (_, value)) in last.metrics.iter_mut().zip(&payload.metrics) {
+                    *kept = *value;
+                }
+                return;
+            }
+        }
+        *last = Some(Self {
+            ts: payload.ts,
+            seq: payload.seq,
+            metrics: (payload.metrics.iter())
+                .map(|(name, value)| (name.as_str().into(), *value))
+                .collect(),
+        });
+    }
+}
+
 impl From<TelemetryPayload> for LastTelemetry {
     fn from(payload: TelemetryPayload) -> Self {
         Self {
@@ -302,9 +333,11 @@ impl Twin {
     }
 
     /// Apply what the device said. `None` for a duplicate telemetry message.
+    /// Borrowed: a reading, by far the most common event, is copied into the twin's last
+    /// telemetry in place, and the caller keeps the event for a second attempt.
     pub fn apply_event(
         &mut self,
-        body: DeviceEventBody,
+        body: &DeviceEventBody,
         at_ms: i64,
         rules: &TwinRules,
     ) -> Option<Effects> {
@@ -315,11 +348,11 @@ impl Twin {
                     self.duplicates += 1;
                     return None;
                 }
-                self.telemetry = Some(LastTelemetry::from(telemetry));
+                LastTelemetry::keep(&mut self.telemetry, telemetry);
                 effects.merge(self.heard_from(at_ms, rules));
             }
             DeviceEventBody::State(state) => {
-                merge_patch(&mut self.reported, state.reported);
+                merge_patch(&mut self.reported, state.reported.clone());
                 self.reported_ms = Some(at_ms);
                 effects.persist = true;
                 effects.merge(self.heard_from(at_ms, rules));
@@ -405,7 +438,7 @@ impl Twin {
         effects
     }
 
-    fn apply_ack(&mut self, ack: AckPayload, at_ms: i64) -> Effects {
+    fn apply_ack(&mut self, ack: &AckPayload, at_ms: i64) -> Effects {
         let Some(command) = self
             .commands
             .iter_mut()
@@ -429,7 +462,7 @@ impl Twin {
         if command.state.is_terminal() || rank(to) <= rank(command.state) {
             return Effects::default();
         }
-        step(command, to, at_ms, ack.message);
+        step(command, to, at_ms, ack.message.clone());
         command.next_attempt_ms = None;
         let mut effects = Effects::persist();
         effects.entered.push(to);
@@ -667,6 +700,43 @@ mod tests {
         value.as_object().unwrap().clone()
     }
 
+    fn reading(seq: u64, metrics: &[(&str, f64)]) -> DeviceEventBody {
+        DeviceEventBody::Telemetry(TelemetryPayload {
+            ts: 1_000 + seq as i64,
+            seq,
+            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        })
+    }
+
+    #[test]
+    fn the_last_reading_replaces_the_one_before_whatever_its_names() {
+        let mut twin = twin();
+        let last = |twin: &Twin| {
+            let kept = twin.telemetry.as_ref().unwrap();
+            (kept.seq, kept.ts, kept.metrics.clone())
+        };
+        twin.apply_event(&reading(1, &[("a", 1.0), ("b", 2.0)]), 0, &rules());
+        // The same names: overwritten in place.
+        twin.apply_event(&reading(2, &[("a", 3.0), ("b", 4.0)]), 1, &rules());
+        assert_eq!(
+            last(&twin),
+            (2, 1_002, vec![("a".into(), 3.0), ("b".into(), 4.0)])
+        );
+        // Other names, fewer or more of them: rebuilt.
+        twin.apply_event(&reading(3, &[("a", 5.0), ("c", 6.0)]), 2, &rules());
+        assert_eq!(
+            last(&twin),
+            (3, 1_003, vec![("a".into(), 5.0), ("c".into(), 6.0)])
+        );
+        twin.apply_event(&reading(4, &[("a", 7.0)]), 3, &rules());
+        assert_eq!(last(&twin), (4, 1_004, vec![("a".into(), 7.0)]));
+        twin.apply_event(&reading(5, &[("a", 8.0), ("z", 9.0)]), 4, &rules());
+        assert_eq!(
+            last(&twin),
+            (5, 1_005, vec![("a".into(), 8.0), ("z".into(), 9.0)])
+        );
+    }
+
     fn status(to: Connectivity) -> DeviceEventBody {
         DeviceEventBody::Status(StatusPayload {
             status: to,
@@ -706,7 +776,7 @@ mod tests {
         assert!(effects.persist);
         assert!(effects.downlink.is_empty(), "offline: nothing published");
         twin.apply_event(
-            DeviceEventBody::State(StatePayload {
+            &DeviceEventBody::State(StatePayload {
                 ts: None,
                 reported: object(json!({"fan": "on", "rate": 1})),
             }),
@@ -750,7 +820,7 @@ mod tests {
             .unwrap();
 
         let effects = twin
-            .apply_event(status(Connectivity::Online), 5, &rules)
+            .apply_event(&status(Connectivity::Online), 5, &rules)
             .unwrap();
         assert_eq!(effects.downlink.len(), 2, "{effects:?}");
         assert!(
@@ -764,7 +834,7 @@ mod tests {
     fn unacknowledged_commands_are_resent_with_backoff_then_expire() {
         let rules = rules();
         let mut twin = twin();
-        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.apply_event(&status(Connectivity::Online), 0, &rules);
         twin.submit(command("c1", None), 0, &rules).unwrap();
         let mut resent_at = Vec::new();
         let mut now = 0;
@@ -790,11 +860,11 @@ mod tests {
     fn acks_move_forward_only() {
         let rules = rules();
         let mut twin = twin();
-        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.apply_event(&status(Connectivity::Online), 0, &rules);
         twin.submit(command("c1", None), 0, &rules).unwrap();
-        twin.apply_event(ack("c1", AckOutcome::Succeeded), 1, &rules);
+        twin.apply_event(&ack("c1", AckOutcome::Succeeded), 1, &rules);
         let effects = twin
-            .apply_event(ack("c1", AckOutcome::Received), 2, &rules)
+            .apply_event(&ack("c1", AckOutcome::Received), 2, &rules)
             .unwrap();
         assert!(!effects.persist);
         let states: Vec<_> = twin
@@ -839,7 +909,7 @@ mod tests {
     fn silence_marks_the_device_offline_with_the_cause() {
         let rules = rules();
         let mut twin = twin();
-        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.apply_event(&status(Connectivity::Online), 0, &rules);
         assert_eq!(twin.next_deadline(&rules), Some(10_000));
         let effects = twin.on_timer(10_000, &rules);
         assert!(effects.persist);
@@ -855,10 +925,10 @@ mod tests {
     fn finished_commands_beyond_the_limit_are_forgotten() {
         let rules = rules();
         let mut twin = twin();
-        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.apply_event(&status(Connectivity::Online), 0, &rules);
         for id in ["c1", "c2", "c3"] {
             twin.submit(command(id, None), 0, &rules).unwrap();
-            twin.apply_event(ack(id, AckOutcome::Failed), 1, &rules);
+            twin.apply_event(&ack(id, AckOutcome::Failed), 1, &rules);
         }
         let ids: Vec<_> = twin
             .commands
@@ -872,7 +942,7 @@ mod tests {
     fn the_changelog_record_round_trips() {
         let rules = rules();
         let mut twin = twin();
-        twin.apply_event(status(Connectivity::Online), 0, &rules);
+        twin.apply_event(&status(Connectivity::Online), 0, &rules);
         twin.submit(command("c1", Some("k")), 0, &rules).unwrap();
         twin.set_desired(object(json!({"fan": "on"})), false, None, 1)
             .unwrap();
