@@ -344,7 +344,7 @@ async fn devices_role(count: usize, readings: u64) {
         for seq in 0..readings.min(3) {
             let reading = telemetry(n, seq, &mut noise, false);
             let ts = reading.ts;
-            twin.apply_event(DeviceEventBody::Telemetry(reading), ts, &rules);
+            twin.apply_event(&DeviceEventBody::Telemetry(reading), ts, &rules);
         }
         twins.push(twin);
     }
