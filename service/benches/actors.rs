@@ -84,7 +84,7 @@ async fn run(count: usize) {
                     .collect(),
             };
             twin.apply_event(
-                DeviceEventBody::Telemetry(telemetry),
+                &DeviceEventBody::Telemetry(telemetry),
                 1_800_000_000_000,
                 &rules,
             );
