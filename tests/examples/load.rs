@@ -1,8 +1,9 @@
 //! The load harness's full run (docs/benchmarks.md, "Load"): rates of 2k, 5k, 10k and
 //! 20k readings a second (1,000 devices), the five pipeline roles in one process; 5k again
 //! with one process per role (each role's own cost); and 10,000 devices reading every
-//! second (the service's memory at 10k devices). Each load gets a fresh service; the
-//! brokers (its own Mosquitto, tansu in memory) are shared. Prints a Markdown table and
+//! second (the service's memory at 10k devices). Each load gets a fresh service and fresh
+//! brokers (its own Mosquitto, tansu in memory unless `FLEETWATCH_LOAD_TANSU_STORAGE`
+//! says otherwise, e.g. `sqlite://tansu.db`). Prints a Markdown table and
 //! writes one JSON line per load to OUT (default `target/load.jsonl`) for
 //! `scripts/load_plot.py`.
 //!
@@ -51,6 +52,10 @@ fn main() {
         (load(1000, 200), Layout::PerRole),
         (load(10_000, 1000), Layout::OneProcess),
     ];
+    // `FLEETWATCH_LOAD_TANSU_STORAGE=sqlite://tansu.db`: tansu on disk, as the fault
+    // tests run it (its path relative to the brokers' directory).
+    let tansu_storage = std::env::var("FLEETWATCH_LOAD_TANSU_STORAGE")
+        .unwrap_or_else(|_| "memory://tansu/".to_owned());
     let mut lines = std::fs::File::create(&out).expect("the output file");
     println!("{TABLE_HEADER}");
     for (index, (load, layout)) in plan.into_iter().enumerate() {
@@ -62,7 +67,7 @@ fn main() {
         // p99 268 ms, 39-42 in the same load's quick runs on a fresh one). A Kafka
         // cluster does not slow down with the length of its log.
         let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
-        let brokers = OwnBrokers::start_with_storage(dir, "memory://tansu/");
+        let brokers = OwnBrokers::start_with_storage(dir, &tansu_storage);
         let measured = run(&brokers, &fleetsim, load, layout);
         println!("{}", table_row(&measured));
         writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();
