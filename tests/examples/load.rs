@@ -15,11 +15,13 @@
 //! ```
 //! `--quick`: 10 s windows and 30 s warm-ups (no alert latency at the slow rates).
 //! `--only=3,5`: only those loads of the plan (0-based, in the order above).
+//! `--idle`: only the service with no devices (every role in one process, fresh brokers):
+//! ms of CPU per second of each process over 20 s, from 25 s after it is ready.
 
 use std::io::Write;
 
 use fleetwatch_e2e::brokers::OwnBrokers;
-use fleetwatch_e2e::load::{run, table_row, Layout, Load, TABLE_HEADER};
+use fleetwatch_e2e::load::{idle, run, table_row, Layout, Load, TABLE_HEADER};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +58,20 @@ fn main() {
     // tests run it (its path relative to the brokers' directory).
     let tansu_storage = std::env::var("FLEETWATCH_LOAD_TANSU_STORAGE")
         .unwrap_or_else(|_| "memory://tansu/".to_owned());
+    if args.iter().any(|a| a == "--idle") {
+        let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("idle-brokers"));
+        let brokers = OwnBrokers::start_with_storage(dir, &tansu_storage);
+        let costs = idle(&brokers, 25.0, 20.0);
+        let costs: Vec<String> = costs
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.1}"))
+            .collect();
+        println!(
+            "idle, no devices, ms of CPU per second: {}",
+            costs.join(", ")
+        );
+        return;
+    }
     let mut lines = std::fs::File::create(&out).expect("the output file");
     println!("{TABLE_HEADER}");
     for (index, (load, layout)) in plan.into_iter().enumerate() {

@@ -192,6 +192,30 @@ pub fn run(brokers: &OwnBrokers, fleetsim: &str, load: Load, layout: Layout) -> 
     measured
 }
 
+/// What the service and the brokers cost with no devices at all: ms of CPU per second of
+/// each process over `window_secs`, measured `settle_secs` after the service is ready.
+/// Fixed costs (fetches, polls, timers) are what a reading's cost falls towards as the
+/// rate grows, and what an idle pod costs.
+pub fn idle(brokers: &OwnBrokers, settle_secs: f64, window_secs: f64) -> BTreeMap<String, f64> {
+    let namespace = Namespace::new("idle");
+    let deployment = Deployment::start(brokers, &namespace, Layout::OneProcess);
+    std::thread::sleep(Duration::from_secs_f64(settle_secs));
+    let mut pids: Vec<(String, u32)> = deployment
+        .services
+        .iter()
+        .map(|(name, service)| (name.clone(), service.pid()))
+        .collect();
+    pids.extend(brokers.pids().map(|(name, pid)| (name.to_owned(), pid)));
+    let (before, started) = (cpu_of(&pids), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(window_secs));
+    let after = cpu_of(&pids);
+    let window = started.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before.iter().zip(&after))
+        .map(|((name, _), (before, after))| (name.clone(), (after - before) * 1e3 / window))
+        .collect()
+}
+
 const FORWARDED: &str = "fleetwatch_ingest_messages_total{outcome=\"forwarded\"}";
 const TWIN_DELAY: &str = "fleetwatch_twin_update_delay_seconds";
 
