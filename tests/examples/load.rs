@@ -58,10 +58,12 @@ fn main() {
     // tests run it (its path relative to the brokers' directory).
     let tansu_storage = std::env::var("FLEETWATCH_LOAD_TANSU_STORAGE")
         .unwrap_or_else(|_| "memory://tansu/".to_owned());
+    let fresh_brokers = || {
+        let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
+        OwnBrokers::start_with_storage(dir, &tansu_storage)
+    };
     if args.iter().any(|a| a == "--idle") {
-        let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("idle-brokers"));
-        let brokers = OwnBrokers::start_with_storage(dir, &tansu_storage);
-        let costs = idle(&brokers, 25.0, 20.0);
+        let costs = idle(&fresh_brokers(), 25.0, 20.0);
         let costs: Vec<String> = costs
             .iter()
             .map(|(name, ms)| format!("{name} {ms:.1}"))
@@ -78,12 +80,11 @@ fn main() {
         if only.as_ref().is_some_and(|only| !only.contains(&index)) {
             continue;
         }
-        // Fresh brokers for each load: tansu's in-memory log only grows, and each fetch
-        // got slower with it (the 2026-11-27 plan on one tansu: 5,000/s publish → alert
-        // p99 268 ms, 39-42 in the same load's quick runs on a fresh one). A Kafka
-        // cluster does not slow down with the length of its log.
-        let dir = std::env::temp_dir().join(fleetwatch_e2e::unique("load-brokers"));
-        let brokers = OwnBrokers::start_with_storage(dir, &tansu_storage);
+        // Fresh brokers for each load, so no load pays for what the ones before it left
+        // in tansu's in-memory log (on one tansu for the whole plan, 2026-11-27: 5,000/s
+        // publish → alert p99 268 ms, 39-42 in quick runs on a fresh one). tansu's cost
+        // still grows within a long load (docs/benchmarks.md, "Load").
+        let brokers = fresh_brokers();
         let measured = run(&brokers, &fleetsim, load, layout);
         println!("{}", table_row(&measured));
         writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();

@@ -119,6 +119,13 @@ impl Deployment {
             .expect("the role runs")
     }
 
+    /// The service's processes and the brokers', by name: what CPU is measured of.
+    fn pids_with(&self, brokers: &OwnBrokers) -> Vec<(String, u32)> {
+        let services = (self.services.iter()).map(|(name, service)| (name.clone(), service.pid()));
+        let brokers = brokers.pids().map(|(name, pid)| (name.to_owned(), pid));
+        services.chain(brokers).collect()
+    }
+
     /// Sum of a metric family's samples over every process (e.g. all partitions' lag).
     fn sum(&self, family: &str) -> f64 {
         self.services
@@ -145,12 +152,7 @@ pub fn run(brokers: &OwnBrokers, fleetsim: &str, load: Load, layout: Layout) -> 
     );
 
     std::thread::sleep(Duration::from_secs_f64(load.warmup_secs));
-    let mut pids: Vec<(String, u32)> = deployment
-        .services
-        .iter()
-        .map(|(name, service)| (name.clone(), service.pid()))
-        .collect();
-    pids.extend(brokers.pids().map(|(name, pid)| (name.to_owned(), pid)));
+    let mut pids = deployment.pids_with(brokers);
     pids.push(("fleetsim".to_owned(), sim.id()));
     let forwarded = || metric_family_sum(deployment.named("ingest"), FORWARDED);
     let (cpu_before, forwarded_before, started) = (cpu_of(&pids), forwarded(), Instant::now());
@@ -200,12 +202,7 @@ pub fn idle(brokers: &OwnBrokers, settle_secs: f64, window_secs: f64) -> BTreeMa
     let namespace = Namespace::new("idle");
     let deployment = Deployment::start(brokers, &namespace, Layout::OneProcess);
     std::thread::sleep(Duration::from_secs_f64(settle_secs));
-    let mut pids: Vec<(String, u32)> = deployment
-        .services
-        .iter()
-        .map(|(name, service)| (name.clone(), service.pid()))
-        .collect();
-    pids.extend(brokers.pids().map(|(name, pid)| (name.to_owned(), pid)));
+    let pids = deployment.pids_with(brokers);
     let (before, started) = (cpu_of(&pids), Instant::now());
     std::thread::sleep(Duration::from_secs_f64(window_secs));
     let after = cpu_of(&pids);
