@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use fleetwatch_protocol::{now_ms, KafkaTopics};
 use futures::stream::{FuturesOrdered, StreamExt};
+use prometheus::IntCounter;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
@@ -39,6 +40,29 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
 }
 
+/// What `forward` needs for every message, resolved once per run rather than per message
+/// (a topic name is formatted, a labelled counter looked up in a locked map).
+struct Outputs {
+    telemetry_topic: String,
+    dlq_topic: String,
+    forwarded: IntCounter,
+    dead_lettered: IntCounter,
+    ignored: IntCounter,
+}
+
+impl Outputs {
+    fn new(topics: &KafkaTopics, metrics: &Metrics) -> Self {
+        let outcome = |label| metrics.ingest_messages.with_label_values(&[label]);
+        Self {
+            telemetry_topic: topics.telemetry(),
+            dlq_topic: topics.dlq(),
+            forwarded: outcome("forwarded"),
+            dead_lettered: outcome("dead_lettered"),
+            ignored: outcome("ignored"),
+        }
+    }
+}
+
 /// A message on its way to Kafka: resolves to the confirmation and the message to ack.
 type InFlight = Pin<Box<dyn Future<Output = (Result<()>, Publish)> + Send>>;
 
@@ -61,6 +85,7 @@ impl Ingest {
         // once it and everything before it is confirmed: head-of-line order.
         let mut pending: FuturesOrdered<InFlight> = FuturesOrdered::new();
         let mut acks = AckQueue::default();
+        let outputs = Outputs::new(&self.topics, &self.metrics);
         // Events are stamped with their tenant: not before the directory is whole.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -89,7 +114,7 @@ impl Ingest {
                         self.metrics.ingest_subscribed.set(1);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if let Err(error) = self.accept(&mut acks, &mut pending, max_inflight, publish).await {
+                        if let Err(error) = self.accept(&mut acks, &mut pending, &outputs, max_inflight, publish).await {
                             break Err(error);
                         }
                     }
@@ -117,6 +142,7 @@ impl Ingest {
         &self,
         acks: &mut AckQueue,
         pending: &mut FuturesOrdered<InFlight>,
+        outputs: &Outputs,
         max_inflight: usize,
         publish: Publish,
     ) -> Result<()> {
@@ -125,7 +151,7 @@ impl Ingest {
             self.settle(acks, confirmed, oldest)?;
         }
         self.metrics.ingest_inflight.inc();
-        let delivery = self.forward(&publish).await;
+        let delivery = self.forward(outputs, &publish).await;
         pending.push_back(Box::pin(async move {
             let confirmed = match delivery {
                 Some(delivery) => delivery.confirmed().await,
@@ -181,7 +207,11 @@ impl Ingest {
     }
 
     /// Produce the message where it belongs; `None` when there is nothing to produce.
-    async fn forward(&self, publish: &Publish) -> Option<crate::kafka::Delivery> {
+    async fn forward(
+        &self,
+        outputs: &Outputs,
+        publish: &Publish,
+    ) -> Option<crate::kafka::Delivery> {
         let topic = String::from_utf8_lossy(&publish.topic);
         let limits = Limits {
             max_payload_bytes: self.config.max_payload_bytes,
@@ -190,23 +220,17 @@ impl Ingest {
         match classify(&topic, &publish.payload, limits, now_ms()) {
             Verdict::Forward(mut event) => {
                 event.tenant = self.directory.tenant_of(&event.device_id);
-                self.metrics
-                    .ingest_messages
-                    .with_label_values(&["forwarded"])
-                    .inc();
+                outputs.forwarded.inc();
                 let payload = serde_json::to_vec(&event).expect("wire types serialize");
                 Some(
                     self.producer
-                        .enqueue(&self.topics.telemetry(), event.device_id.as_str(), &payload)
+                        .enqueue(&outputs.telemetry_topic, event.device_id.as_str(), &payload)
                         .await,
                 )
             }
             Verdict::DeadLetter(letter, class) => {
                 tracing::debug!(topic = %topic, reason = %letter.reason, "dead letter");
-                self.metrics
-                    .ingest_messages
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+                outputs.dead_lettered.inc();
                 self.metrics.dead_letters.with_label_values(&[class]).inc();
                 let key = letter
                     .device_id
@@ -215,15 +239,12 @@ impl Ingest {
                 let payload = serde_json::to_vec(&letter).expect("wire types serialize");
                 Some(
                     self.producer
-                        .enqueue(&self.topics.dlq(), &key, &payload)
+                        .enqueue(&outputs.dlq_topic, &key, &payload)
                         .await,
                 )
             }
             Verdict::Ignore => {
-                self.metrics
-                    .ingest_messages
-                    .with_label_values(&["ignored"])
-                    .inc();
+                outputs.ignored.inc();
                 None
             }
         }

@@ -9,6 +9,7 @@
 //! [`RecordHandler::take_durable`]: super::RecordHandler::take_durable
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::{Delivery, HandleError, Producer, Record};
 
@@ -59,7 +60,7 @@ impl DurableOffsets {
 /// A record queued to Kafka as the effect of a consumed one, kept so it can be queued
 /// again if its delivery fails.
 struct Outgoing {
-    topic: String,
+    topic: Arc<str>,
     key: String,
     payload: Vec<u8>,
     delivery: Delivery,
@@ -70,7 +71,10 @@ struct Outgoing {
 pub struct PendingDeliveries {
     producer: Producer,
     capacity: usize,
-    queue: VecDeque<(String, i32, i64, Option<Outgoing>)>,
+    queue: VecDeque<(Arc<str>, i32, i64, Option<Outgoing>)>,
+    /// The topic names the queue's entries share (a handful), so an entry allocates
+    /// no copy of its topics.
+    topics: Vec<Arc<str>>,
 }
 
 impl PendingDeliveries {
@@ -79,6 +83,18 @@ impl PendingDeliveries {
             producer,
             capacity: capacity.max(1),
             queue: VecDeque::new(),
+            topics: Vec::new(),
+        }
+    }
+
+    fn shared_topic(&mut self, name: &str) -> Arc<str> {
+        match self.topics.iter().find(|known| &***known == name) {
+            Some(known) => Arc::clone(known),
+            None => {
+                let topic: Arc<str> = name.into();
+                self.topics.push(Arc::clone(&topic));
+                topic
+            }
         }
     }
 
@@ -99,13 +115,13 @@ impl PendingDeliveries {
         let outgoing = match effect {
             Some((topic, key, payload)) => Some(Outgoing {
                 delivery: self.producer.enqueue(topic, key, &payload).await,
-                topic: topic.to_owned(),
+                topic: self.shared_topic(topic),
                 key: key.to_owned(),
                 payload,
             }),
             None => None,
         };
-        let topic = consumed.topic.to_owned();
+        let topic = self.shared_topic(consumed.topic);
         self.queue
             .push_back((topic, consumed.partition, consumed.offset, outgoing));
     }

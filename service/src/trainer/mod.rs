@@ -31,6 +31,7 @@ use fleetwatch_protocol::{
     TenantId, Verdict, PRODUCTION_MODEL,
 };
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 
 pub use config::TrainerConfig;
 pub use durable::{Checkpoints, TrainerPartitions};
@@ -103,6 +104,8 @@ pub struct TrainerHandler {
     models: SharedModels,
     checkpoints: Checkpoints,
     registry: Arc<ModelRegistry>,
+    /// Production's update counters, looked up once: every reading counts in them.
+    production_updates: (IntCounter, IntCounter),
 }
 
 impl TrainerHandler {
@@ -115,7 +118,12 @@ impl TrainerHandler {
         registry: Arc<ModelRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let production_updates = (
+            (metrics.trainer_model_updates).with_label_values(&[PRODUCTION_MODEL]),
+            (metrics.trainer_model_micros).with_label_values(&[PRODUCTION_MODEL]),
+        );
         Self {
+            production_updates,
             production: Arc::new(config.model.clone()),
             config,
             params_topic: topics.model_params(),
@@ -238,12 +246,19 @@ impl TrainerHandler {
             metrics: &telemetry.metrics,
         });
         let spent = started.elapsed().as_micros() as u64;
-        let labels = [model_id.as_str()];
-        self.metrics
-            .trainer_model_updates
-            .with_label_values(&labels)
+        if model_id == PRODUCTION_MODEL {
+            let (updates, micros) = &self.production_updates;
+            updates.inc();
+            micros.inc_by(spent);
+        } else {
+            let labels = [model_id.as_str()];
+            (self
+                .metrics
+                .trainer_model_updates
+                .with_label_values(&labels))
             .inc();
-        (self.metrics.trainer_model_micros.with_label_values(&labels)).inc_by(spent);
+            (self.metrics.trainer_model_micros.with_label_values(&labels)).inc_by(spent);
+        }
         model.unpublished += 1;
         model.dirty = true;
         model.unpublished >= self.config.publish_every_events
