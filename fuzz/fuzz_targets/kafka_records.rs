@@ -1,5 +1,5 @@
 //! Every JSON record read back from a Kafka topic: telemetry events, dead letters,
-//! alerts, scores, alarm events, feedback, device requests (`iot.commands`) and replies,
+//! alerts, scores (batched and alone), alarm events, feedback, device requests (`iot.commands`) and replies,
 //! directory entries, command records, and twins (`iot.device-state`). Each must decode
 //! or be refused without a panic, and survive a trip through JSON unchanged.
 #![no_main]
@@ -8,7 +8,7 @@ use fleetwatch_fuzz::json_round_trip;
 use fleetwatch_fuzz::twin::Twin;
 use fleetwatch_protocol::{
     AlarmEvent, Alert, CommandRecord, DeadLetter, DeviceEvent, DeviceReply, DeviceRequest,
-    DirectoryEntry, Feedback, ScoreRecord,
+    DirectoryEntry, Feedback, ScoreBatch, ScoreRecord, ScoresRecord,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = json_round_trip::<DeadLetter>(data);
     let _ = json_round_trip::<Alert>(data);
     let _ = json_round_trip::<ScoreRecord>(data);
+    let _ = json_round_trip::<ScoreBatch>(data);
+    // What storage reads: either shape, refused without a panic otherwise.
+    let _ = serde_json::from_slice::<ScoresRecord>(data);
     let _ = json_round_trip::<AlarmEvent>(data);
     let _ = json_round_trip::<Feedback>(data);
     let _ = json_round_trip::<DeviceRequest>(data);

@@ -55,8 +55,8 @@ impl KafkaTopics {
     pub fn webhook_deliveries(&self) -> String {
         self.of(Topic::WebhookDeliveries)
     }
-    /// The score of every scored event ([`crate::ScoreRecord`]), for the storage role.
-    /// Key: device id.
+    /// The score of every scored event, in batches ([`crate::ScoreBatch`]), for the
+    /// storage role. Key: the scored `iot.telemetry` partition's number.
     pub fn scores(&self) -> String {
         self.of(Topic::Scores)
     }

@@ -505,9 +505,10 @@ pub struct Alert {
 /// model is promoted (or rolled back to) for the device.
 pub const MODEL_PROMOTED: &str = "model_promoted";
 
-/// The score of one scored event, on `iot.scores` (key: device id): what the storage
-/// role writes next to the reading. Only events the model could judge (not warming up)
-/// have one.
+/// The score of one scored event: what the storage role writes next to the reading.
+/// Only events the model could judge (not warming up) have one. On `iot.scores` in a
+/// [`ScoreBatch`]; a record of one score alone (key: device id) is what scorers wrote
+/// before batches, and readers still accept it ([`ScoresRecord`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRecord {
     pub device_id: DeviceId,
@@ -519,6 +520,33 @@ pub struct ScoreRecord {
     /// Each metric of the event with its own score: the largest part naming it, 0 when
     /// no part reached 0.05 (the model reports only parts from 0.05 up).
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// The scores of consecutive events of one `iot.telemetry` partition, in their order, as
+/// one record on `iot.scores` (key: that partition's number, so a device's scores stay
+/// in order in one partition). One record per batch instead of one per event: a Kafka
+/// record costs the scorer more than the score itself (docs/benchmarks.md, "Load").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreBatch {
+    pub scores: Vec<ScoreRecord>,
+}
+
+/// A record of `iot.scores` as readers take it: a batch, or one score alone (written
+/// before batches).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ScoresRecord {
+    Batch(ScoreBatch),
+    One(ScoreRecord),
+}
+
+impl ScoresRecord {
+    pub fn into_scores(self) -> Vec<ScoreRecord> {
+        match self {
+            Self::Batch(batch) => batch.scores,
+            Self::One(score) => vec![score],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use fleetwatch_protocol::{
     AlertState, CommandRecord, CommandState, CommandStep, Connectivity, Contributor, Damping,
     DeadLetter, DeviceEvent, DeviceEventBody, DeviceId, DeviceReply, DeviceRequest,
     DeviceRequestBody, DirectoryEntry, Feedback, JsonObject, NewCommand, ParamsEnvelope,
-    ReplyStatus, ScoreRecord, SequenceTracker, Severity, TelemetryPayload, TenantId, Verdict,
+    ReplyStatus, ScoreBatch, ScoreRecord, ScoresRecord, SequenceTracker, Severity,
+    TelemetryPayload, TenantId, Verdict,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
@@ -642,9 +643,22 @@ fn alerts_scores_and_dead_letters_read() {
         score: 0.91,
         metrics: BTreeMap::from([("pressure".into(), 0.91), ("temp".into(), 0.0)]),
     };
-    json_format("score", 1, score, |read: &ScoreRecord| {
+    json_format("score", 1, score.clone(), |read: &ScoreRecord| {
         assert_eq!(read.seq, 17);
     });
+    // What the scorer writes on `iot.scores`; a lone score (above) is what it wrote before
+    // batches, and storage reads both.
+    let batch = ScoreBatch {
+        scores: vec![score],
+    };
+    json_format("score-batch", 1, batch, |read: &ScoreBatch| {
+        assert_eq!(read.scores[0].seq, 17);
+    });
+    for name in ["score.v1.json", "score-batch.v1.json"] {
+        let text = std::fs::read_to_string(golden_dir().join(name)).unwrap();
+        let read: ScoresRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.into_scores()[0].seq, 17, "{name} as storage reads it");
+    }
     let letter = DeadLetter::new(
         "metric \"t\" is not a finite number".into(),
         "devices/golden-pump-7/telemetry",

@@ -112,6 +112,17 @@ impl PendingDeliveries {
 
     /// `consumed`'s effect is `payload` to `topic` (queued now), or nothing.
     pub async fn push(&mut self, consumed: &Record<'_>, effect: Option<(&str, &str, Vec<u8>)>) {
+        let position = (consumed.topic, consumed.partition, consumed.offset);
+        self.push_at(position, effect).await;
+    }
+
+    /// Like [`PendingDeliveries::push`] for the consumed record at (topic, partition,
+    /// offset): an effect that covers a partition's records up to that one (a batch).
+    pub async fn push_at(
+        &mut self,
+        (consumed_topic, partition, offset): (&str, i32, i64),
+        effect: Option<(&str, &str, Vec<u8>)>,
+    ) {
         let outgoing = match effect {
             Some((topic, key, payload)) => Some(Outgoing {
                 delivery: self.producer.enqueue(topic, key, &payload).await,
@@ -121,9 +132,8 @@ impl PendingDeliveries {
             }),
             None => None,
         };
-        let topic = self.shared_topic(consumed.topic);
-        self.queue
-            .push_back((topic, consumed.partition, consumed.offset, outgoing));
+        let topic = self.shared_topic(consumed_topic);
+        self.queue.push_back((topic, partition, offset, outgoing));
     }
 
     /// Like [`PendingDeliveries::settle`] without waiting: stops at the first record

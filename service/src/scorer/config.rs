@@ -21,13 +21,17 @@ pub struct ScorerConfig {
     /// Unset: 1.2.
     pub escalate_ratio: Option<f64>,
     /// Publish the score of every judged event to `iot.scores`, for the storage role
-    /// (one small record per reading; docs/benchmarks.md measures the cost). Off: only
-    /// alerts leave the scorer.
+    /// (in batches: see `score_batch_max`; docs/benchmarks.md measures the cost). Off:
+    /// only alerts leave the scorer.
     pub publish_scores: bool,
-    /// Score records queued to Kafka and not yet confirmed, at most; when reached, the
+    /// Score batches queued to Kafka and not yet confirmed, at most; when reached, the
     /// scorer waits for their confirmations before scoring more (their telemetry offsets
     /// are committed only once confirmed).
     pub max_pending_scores: usize,
+    /// Most scores in one `iot.scores` record. A batch per telemetry partition is written
+    /// when it has this many, and what is open every 200 ms, so a score reaches storage
+    /// at most that much later. At least 1 (1: a record per score).
+    pub score_batch_max: usize,
 }
 
 impl Default for ScorerConfig {
@@ -39,6 +43,7 @@ impl Default for ScorerConfig {
             escalate_ratio: None,
             publish_scores: true,
             max_pending_scores: 10_000,
+            score_batch_max: 256,
         }
     }
 }

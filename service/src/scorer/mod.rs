@@ -25,6 +25,7 @@ mod config;
 mod model_map;
 mod params;
 mod role;
+mod score_batches;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -48,6 +49,7 @@ use crate::kafka::{
 };
 use crate::metrics::Metrics;
 use crate::shadow::ModelRegistry;
+use score_batches::ScoreBatches;
 
 /// An episode transition of a model with the score that caused it and the parameters'
 /// version.
@@ -116,8 +118,9 @@ pub struct ScoringHandler {
     devices: HashMap<DeviceId, Box<DeviceScoring>>,
     /// Alerts not yet confirmed (a failed delivery is sent again before anything else).
     unsent: VecDeque<Outgoing>,
-    /// With `publish_scores`: `iot.scores`, and the records whose scores are on their way.
-    scores: Option<(String, PendingDeliveries)>,
+    /// With `publish_scores`: the batches of scores for `iot.scores`, open and on their
+    /// way.
+    scores: Option<ScoreBatches>,
     /// Offsets whose alerts and scores Kafka confirmed, for the consume loop.
     durable: DurableOffsets,
 }
@@ -145,7 +148,7 @@ impl ScoringHandler {
             unsent: VecDeque::new(),
             scores: config.publish_scores.then(|| {
                 let pending = PendingDeliveries::new(scores, config.max_pending_scores);
-                (topics.scores(), pending)
+                ScoreBatches::new(topics.scores(), pending, config.score_batch_max)
             }),
             durable: DurableOffsets::default(),
         }
@@ -388,7 +391,7 @@ fn damp(score: &mut Score, damping: &[fleetwatch_protocol::Damping], now_ms: i64
 /// The compact record of one judged event for `iot.scores`: each metric of the reading
 /// with the largest part naming it. Takes the reading's own map (its names are kept, its
 /// values replaced) rather than copying every metric's name.
-fn score_record(device_id: &DeviceId, telemetry: TelemetryPayload, score: &Score) -> Vec<u8> {
+fn score_record(device_id: &DeviceId, telemetry: TelemetryPayload, score: &Score) -> ScoreRecord {
     let mut metrics = telemetry.metrics;
     for (metric, value) in &mut metrics {
         *value = (score.contributors.iter())
@@ -396,37 +399,33 @@ fn score_record(device_id: &DeviceId, telemetry: TelemetryPayload, score: &Score
             .map(|part| part.score)
             .fold(0.0, f64::max);
     }
-    let record = ScoreRecord {
+    ScoreRecord {
         device_id: device_id.clone(),
         ts: telemetry.ts,
         seq: telemetry.seq,
         score: score.value,
         metrics,
-    };
-    serde_json::to_vec(&record).expect("wire types serialize")
+    }
 }
 
 impl ScoringHandler {
     /// Wait for the queued scores when there are too many, before taking a record.
     async fn make_room(&mut self) -> Result<(), HandleError> {
         match &mut self.scores {
-            Some((_, pending)) if pending.is_full() => pending.settle(&mut self.durable).await,
+            Some(batches) if batches.is_full() => batches.settle(&mut self.durable).await,
             _ => Ok(()),
         }
     }
 
-    /// After `record` is handled: queue its score, if any, or count it done.
-    async fn finish(&mut self, record: &Record<'_>, score: Option<(&DeviceId, Vec<u8>)>) {
-        let Some((topic, pending)) = &mut self.scores else {
+    /// After `record` is handled: its score, if any, joins a batch for `iot.scores`.
+    async fn finish(&mut self, record: &Record<'_>, score: Option<ScoreRecord>) {
+        let Some(batches) = &mut self.scores else {
             return;
         };
-        let effect =
-            score.map(|(device_id, payload)| (topic.as_str(), device_id.as_str(), payload));
-        let published = effect.is_some();
-        pending.push(record, effect).await;
-        if published {
+        if score.is_some() {
             self.metrics.scores_published.inc();
         }
+        batches.add(record, score).await;
     }
 }
 
@@ -471,11 +470,10 @@ impl RecordHandler for ScoringHandler {
             let alert = self.alert(device_id.clone(), tenant.clone(), &telemetry, change);
             self.unsent.push_back(alert);
         }
-        let payload = (score.as_ref())
+        let score_record = (score.as_ref())
             .filter(|_| self.scores.is_some())
             .map(|score| score_record(&device_id, telemetry, score));
-        self.finish(record, payload.map(|payload| (&device_id, payload)))
-            .await;
+        self.finish(record, score_record).await;
         let sent = self.send_unsent().await;
         if self.scores.is_none() {
             // Without scores the offset is stored when this returns: only once the alert
@@ -493,20 +491,25 @@ impl RecordHandler for ScoringHandler {
             .map(|_| std::time::Duration::from_millis(200))
     }
 
-    /// Collect the confirmations that arrived, without waiting for the others.
+    /// Write the open batches of scores and collect the confirmations that arrived,
+    /// without waiting for the others.
     async fn on_tick(&mut self) -> Result<(), HandleError> {
         self.send_unsent().await?;
         match &mut self.scores {
-            Some((_, pending)) => pending.settle_ready(&mut self.durable),
+            Some(batches) => {
+                batches.write_open().await;
+                batches.settle_ready(&mut self.durable)
+            }
             None => Ok(()),
         }
     }
 
-    /// Wait for every queued score before the final commit.
+    /// Write the open batches and wait for every one before the final commit.
     async fn on_shutdown(&mut self) {
         let mut outcome = self.send_unsent().await;
-        if let (Ok(()), Some((_, pending))) = (&outcome, &mut self.scores) {
-            outcome = pending.settle(&mut self.durable).await;
+        if let (Ok(()), Some(batches)) = (&outcome, &mut self.scores) {
+            batches.write_open().await;
+            outcome = batches.settle(&mut self.durable).await;
         }
         if let Err(HandleError::Retry(error) | HandleError::Fatal(error)) = outcome {
             tracing::warn!(%error, "scores not all confirmed at shutdown; they are scored again");

@@ -8,7 +8,7 @@
 //! `fleetwatch_alert_score{state="raised"}`, `fleetwatch_connectivity_change{to="offline"}`,
 //! `fleetwatch_command_step{state="expired"}`.
 
-use fleetwatch_protocol::{Alert, AlertState, KafkaTopics, ScoreRecord, Topic};
+use fleetwatch_protocol::{Alert, AlertState, KafkaTopics, ScoreRecord, ScoresRecord, Topic};
 use influxdb2::models::data_point::DataPointError;
 use influxdb2::models::DataPoint;
 
@@ -105,8 +105,10 @@ impl StoredTopics {
                 out.push(point);
             }
         } else if record.topic == self.scores {
-            if let Some(score) = decode_record::<ScoreRecord>(record, "storage", metrics) {
-                score_points(&score, out);
+            if let Some(scores) = decode_record::<ScoresRecord>(record, "storage", metrics) {
+                for score in scores.into_scores() {
+                    score_points(&score, out);
+                }
             }
         } else if record.topic == self.alerts {
             if let Some(alert) = decode_record::<Alert>(record, "storage", metrics) {

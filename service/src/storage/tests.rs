@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_protocol::{
-    DeviceEvent, DeviceEventBody, KafkaTopics, ScoreRecord, TelemetryPayload,
+    DeviceEvent, DeviceEventBody, KafkaTopics, ScoreBatch, ScoreRecord, TelemetryPayload,
 };
 
 use super::*;
@@ -128,6 +128,40 @@ async fn a_down_store_holds_consumption_and_loses_nothing() {
         "each reading once, in order"
     );
     assert_eq!(rig.metrics.storage_up.get(), 1);
+}
+
+/// What the scorer writes (batches) and what it wrote before (one score a record).
+#[tokio::test]
+async fn score_batches_and_lone_scores_both_become_points() {
+    let mut rig = Rig::new(100);
+    let score = |seq: u64| ScoreRecord {
+        device_id: fleetwatch_protocol::DeviceId::parse("d1").unwrap(),
+        ts: seq as i64,
+        seq,
+        score: 0.0,
+        metrics: [("temperature".to_owned(), 0.0)].into_iter().collect(),
+    };
+    let topic = rig.topics.scores();
+    let batch = ScoreBatch {
+        scores: vec![score(1), score(2)],
+    };
+    let payload = serde_json::to_vec(&batch).unwrap();
+    rig.handler
+        .handle(&Record::new(&topic, "0", &payload))
+        .await
+        .unwrap();
+    let payload = serde_json::to_vec(&score(3)).unwrap();
+    rig.handler
+        .handle(&Record::new(&topic, "d1", &payload).at(0, 1))
+        .await
+        .unwrap();
+    rig.handler.on_shutdown().await;
+    let stored = rig.points.lock().clone();
+    let anomaly: Vec<i64> = (stored.iter())
+        .filter(|p| p.measurement == "fleetwatch_anomaly")
+        .map(|p| p.ts_ms)
+        .collect();
+    assert_eq!(anomaly, vec![1, 2, 3]);
 }
 
 #[tokio::test]
