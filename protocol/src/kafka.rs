@@ -56,7 +56,7 @@ impl KafkaTopics {
         self.of(Topic::WebhookDeliveries)
     }
     /// The score of every scored event, in batches ([`crate::ScoreBatch`]), for the
-    /// storage role. Key: the scored `iot.telemetry` partition's number.
+    /// storage role. No key: a batch goes to the partition of its telemetry's number.
     pub fn scores(&self) -> String {
         self.of(Topic::Scores)
     }

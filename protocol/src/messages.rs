@@ -523,9 +523,10 @@ pub struct ScoreRecord {
 }
 
 /// The scores of consecutive events of one `iot.telemetry` partition, in their order, as
-/// one record on `iot.scores` (key: that partition's number, so a device's scores stay
-/// in order in one partition). One record per batch instead of one per event: a Kafka
-/// record costs the scorer more than the score itself (docs/benchmarks.md, "Load").
+/// one record on `iot.scores`, in the partition of the same number (the topics are
+/// co-partitioned: each score is where a record keyed by its device would be), without a
+/// key. One record per batch instead of one per event: a Kafka record costs the scorer
+/// more than the score itself (docs/benchmarks.md, "Load").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreBatch {
     pub scores: Vec<ScoreRecord>,

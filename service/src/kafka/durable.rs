@@ -57,13 +57,34 @@ impl DurableOffsets {
     }
 }
 
-/// A record queued to Kafka as the effect of a consumed one, kept so it can be queued
-/// again if its delivery fails.
+/// A record to queue to Kafka as the effect of consumed ones: to `partition` or where
+/// its key hashes, with or without a key (a batch about many devices has none).
+pub struct Effect<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub key: Option<&'a str>,
+    pub payload: Vec<u8>,
+}
+
+/// An [`Effect`] queued, kept so it can be queued again if its delivery fails.
 struct Outgoing {
     topic: Arc<str>,
-    key: String,
+    partition: Option<i32>,
+    key: Option<String>,
     payload: Vec<u8>,
     delivery: Delivery,
+}
+
+impl Outgoing {
+    fn enqueue_again_now(&mut self, producer: &Producer) {
+        let (topic, key) = (&*self.topic, self.key.as_deref());
+        self.delivery = producer.enqueue_at_now(topic, self.partition, key, &self.payload);
+    }
+
+    async fn enqueue_again(&mut self, producer: &Producer) {
+        let (topic, key) = (&*self.topic, self.key.as_deref());
+        self.delivery = (producer.enqueue_at(topic, self.partition, key, &self.payload)).await;
+    }
 }
 
 /// Consumed records whose effect is a Kafka record still on its way (or none), in
@@ -110,8 +131,8 @@ impl PendingDeliveries {
         self.queue.is_empty()
     }
 
-    /// `consumed`'s effect is `payload` to `topic` (queued now), or nothing.
-    pub async fn push(&mut self, consumed: &Record<'_>, effect: Option<(&str, &str, Vec<u8>)>) {
+    /// `consumed`'s effect is `effect` (queued now), or nothing.
+    pub async fn push(&mut self, consumed: &Record<'_>, effect: Option<Effect<'_>>) {
         let position = (consumed.topic, consumed.partition, consumed.offset);
         self.push_at(position, effect).await;
     }
@@ -120,18 +141,22 @@ impl PendingDeliveries {
     /// offset): an effect that covers a partition's records up to that one (a batch).
     pub async fn push_at(
         &mut self,
-        (consumed_topic, partition, offset): (&str, i32, i64),
-        effect: Option<(&str, &str, Vec<u8>)>,
+        (consumed_topic, consumed_partition, consumed_offset): (&str, i32, i64),
+        effect: Option<Effect<'_>>,
     ) {
         let outgoing = match effect {
-            Some((topic, key, payload)) => Some(Outgoing {
-                delivery: self.producer.enqueue(topic, key, &payload).await,
-                topic: self.shared_topic(topic),
-                key: key.to_owned(),
-                payload,
+            Some(effect) => Some(Outgoing {
+                delivery: (self.producer)
+                    .enqueue_at(effect.topic, effect.partition, effect.key, &effect.payload)
+                    .await,
+                topic: self.shared_topic(effect.topic),
+                partition: effect.partition,
+                key: effect.key.map(str::to_owned),
+                payload: effect.payload,
             }),
             None => None,
         };
+        let (partition, offset) = (consumed_partition, consumed_offset);
         let topic = self.shared_topic(consumed_topic);
         self.queue.push_back((topic, partition, offset, outgoing));
     }
@@ -147,9 +172,7 @@ impl PendingDeliveries {
                     Some(Ok(())) => {}
                     Some(Err(error)) => {
                         // Queued again; it stays first until it lands.
-                        let (topic, key, payload) =
-                            (&outgoing.topic, &outgoing.key, &outgoing.payload);
-                        outgoing.delivery = self.producer.enqueue_now(topic, key, payload);
+                        outgoing.enqueue_again_now(&self.producer);
                         return Err(HandleError::Retry(error.to_string()));
                     }
                 }
@@ -168,10 +191,7 @@ impl PendingDeliveries {
             if let Some(mut outgoing) = outgoing {
                 let delivery = std::mem::replace(&mut outgoing.delivery, Delivery::landed(0, 0));
                 if let Err(error) = delivery.confirmed().await {
-                    outgoing.delivery = self
-                        .producer
-                        .enqueue(&outgoing.topic, &outgoing.key, &outgoing.payload)
-                        .await;
+                    outgoing.enqueue_again(&self.producer).await;
                     self.queue
                         .push_front((topic, partition, offset, Some(outgoing)));
                     return Err(HandleError::Retry(error.to_string()));

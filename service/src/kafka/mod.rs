@@ -31,7 +31,7 @@ pub use consumer::{
     consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,
     PartitionListener, RecordHandler, RoleConsumer, StartAt,
 };
-pub use durable::{DurableOffsets, PendingDeliveries};
+pub use durable::{DurableOffsets, Effect, PendingDeliveries};
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};
 pub use producer::{Delivery, Producer};
 pub use range::{read_range, watermarks, RangeRecord, Watermarks};

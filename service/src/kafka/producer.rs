@@ -68,14 +68,14 @@ impl Producer {
     /// Queue a record and return its pending delivery. Records queued one after the other
     /// keep their order within a partition (the idempotent producer guarantees it).
     pub async fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
-        self.enqueue_at(topic, None, key, payload).await
+        self.enqueue_at(topic, None, Some(key), payload).await
     }
 
     /// Queue a record without awaiting: for actors, whose handlers are synchronous and
     /// whose records must keep the order they were made in. A full local queue blocks
     /// the calling thread briefly (backpressure on the actor), counted like a wait.
     pub fn enqueue_now(&self, topic: &str, key: &str, payload: &[u8]) -> Delivery {
-        self.enqueue_at_now(topic, None, key, payload)
+        self.enqueue_at_now(topic, None, Some(key), payload)
     }
 
     /// Queue a record for an explicit `partition` (a key that does not hash to the
@@ -88,7 +88,8 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Delivery {
-        self.enqueue_at(topic, Some(partition), key, payload).await
+        self.enqueue_at(topic, Some(partition), Some(key), payload)
+            .await
     }
 
     /// Like [`Producer::enqueue_to`], without awaiting (for rebalance callbacks).
@@ -99,16 +100,16 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Delivery {
-        self.enqueue_at_now(topic, Some(partition), key, payload)
+        self.enqueue_at_now(topic, Some(partition), Some(key), payload)
     }
 
-    /// Queue a record to `partition` (or where its key hashes); a full local queue is
-    /// waited out.
-    async fn enqueue_at(
+    /// Queue a record to `partition` (or where its key hashes), with or without a key
+    /// (a record about many devices has none); a full local queue is waited out.
+    pub(super) async fn enqueue_at(
         &self,
         topic: &str,
         partition: Option<i32>,
-        key: &str,
+        key: Option<&str>,
         payload: &[u8],
     ) -> Delivery {
         loop {
@@ -120,11 +121,11 @@ impl Producer {
     }
 
     /// [`Producer::enqueue_at`] blocking the calling thread while the queue is full.
-    fn enqueue_at_now(
+    pub(super) fn enqueue_at_now(
         &self,
         topic: &str,
         partition: Option<i32>,
-        key: &str,
+        key: Option<&str>,
         payload: &[u8],
     ) -> Delivery {
         loop {
@@ -140,14 +141,19 @@ impl Producer {
         &self,
         topic: &str,
         partition: Option<i32>,
-        key: &str,
+        key: Option<&str>,
         payload: &[u8],
     ) -> Option<Delivery> {
         let producer = match &self.inner {
             Sink::Kafka(producer) => producer,
-            Sink::Memory(log) => return Some(log.append(topic, partition, key, payload)),
+            Sink::Memory(log) => {
+                return Some(log.append(topic, partition, key.unwrap_or_default(), payload))
+            }
         };
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         if let Some(partition) = partition {
             record = record.partition(partition);
         }

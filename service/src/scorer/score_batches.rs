@@ -10,7 +10,7 @@
 
 use fleetwatch_protocol::ScoreRecord;
 
-use crate::kafka::{DurableOffsets, HandleError, PendingDeliveries, Record};
+use crate::kafka::{DurableOffsets, Effect, HandleError, PendingDeliveries, Record};
 
 /// The scores gathered for one consumed partition, already in the batch's JSON.
 struct OpenBatch {
@@ -111,9 +111,15 @@ impl ScoreBatches {
             ..
         } = self.open.swap_remove(index);
         payload.extend_from_slice(BATCH_END);
-        let key = partition.to_string();
+        // The telemetry's partition number (the topics are co-partitioned): each score is
+        // where a record keyed by its device would be. No key: it is many devices'.
+        let effect = Effect {
+            topic: &self.topic,
+            partition: Some(partition),
+            key: None,
+            payload,
+        };
         let covered = (consumed_topic.as_str(), partition, last_offset);
-        let effect = (self.topic.as_str(), key.as_str(), payload);
         self.pending.push_at(covered, Some(effect)).await;
     }
 
@@ -186,7 +192,7 @@ mod tests {
         assert_eq!(done.iter().collect::<Vec<_>>(), vec![("t", 0, 13)]);
         let written = log.records("s");
         assert_eq!(written.len(), 1);
-        assert_eq!(written[0].key, "0");
+        assert_eq!((written[0].partition, written[0].key.as_str()), (0, ""));
         let read: ScoresRecord = serde_json::from_slice(&written[0].payload).unwrap();
         assert_eq!(read.into_scores(), vec![score(1), score(3)]);
 
