@@ -29,8 +29,8 @@ pub struct ScorerConfig {
     /// are committed only once confirmed).
     pub max_pending_scores: usize,
     /// Most scores in one `iot.scores` record. A batch per telemetry partition is written
-    /// when it has this many, and what is open every 200 ms, so a score reaches storage
-    /// at most that much later. At least 1 (1: a record per score).
+    /// when it has this many or 256 KB of JSON, and what is open every 200 ms, so a score
+    /// reaches storage at most that much later. At least 1 (1: a record per score).
     pub score_batch_max: usize,
 }
 

@@ -24,6 +24,10 @@ struct OpenBatch {
 }
 
 const BATCH_START: &[u8] = b"{\"scores\":[";
+/// A batch is written once its JSON reaches this size, however few its scores: devices
+/// with many metrics make large scores, and a record must stay well under the broker's
+/// limit (Kafka's `message.max.bytes`, 1 MB by default).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 const BATCH_END: &[u8] = b"]}";
 
 impl OpenBatch {
@@ -90,7 +94,7 @@ impl ScoreBatches {
         if let Some(score) = &score {
             batch.add(score);
         }
-        if batch.scores >= self.max_scores {
+        if batch.scores >= self.max_scores || batch.payload.len() >= MAX_BATCH_BYTES {
             self.write(index).await;
         }
     }
@@ -203,5 +207,23 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![("t", 0, 13), ("t", 1, 5)]);
         assert_eq!(log.records("s").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_once_its_bytes_reach_the_bound_however_few_its_scores() {
+        let (mut batches, log) = batches(usize::MAX);
+        let mut large = score(1);
+        large.metrics = (0..2_000)
+            .map(|i| (format!("metric-{i:05}"), 0.0))
+            .collect();
+        assert!(serde_json::to_vec(&large).unwrap().len() > MAX_BATCH_BYTES / 8);
+        for offset in 0..8 {
+            let record = Record::new("t", "d1", b"").at(0, offset);
+            batches.add(&record, Some(large.clone())).await;
+        }
+        let written = log.records("s");
+        assert_eq!(written.len(), 1);
+        assert!(written[0].payload.len() >= MAX_BATCH_BYTES);
+        assert!(written[0].payload.len() < MAX_BATCH_BYTES + MAX_BATCH_BYTES / 4);
     }
 }
