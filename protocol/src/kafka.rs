@@ -1,4 +1,5 @@
-//! Kafka topic names. Every topic is keyed by device id; the co-partitioned ones
+//! Kafka topic names. Topics are keyed by device id (but for `iot.scores`, whose batches
+//! of many devices' scores go to the partition of their telemetry); the co-partitioned ones
 //! (telemetry, commands, device-state, model-params) share one partition count so that one
 //! consumer instance owns all of a device's streams.
 

@@ -522,8 +522,8 @@ pub struct ScoreRecord {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// The scores of consecutive events of one `iot.telemetry` partition, in their order, as
-/// one record on `iot.scores`, in the partition of the same number (the topics are
+/// The scores of events of one `iot.telemetry` partition, in the order they were scored,
+/// as one record on `iot.scores`, in the partition of the same number (the topics are
 /// co-partitioned: each score is where a record keyed by its device would be), without a
 /// key. One record per batch instead of one per event: a Kafka record costs the scorer
 /// more than the score itself (docs/benchmarks.md, "Load").

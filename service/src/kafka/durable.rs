@@ -64,6 +64,9 @@ pub struct Effect<'a> {
     pub partition: Option<i32>,
     pub key: Option<&'a str>,
     pub payload: Vec<u8>,
+    /// How much of [`PendingDeliveries`]' capacity it takes while on its way (a batch:
+    /// the items it holds, so the capacity bounds items, not records).
+    pub weight: usize,
 }
 
 /// An [`Effect`] queued, kept so it can be queued again if its delivery fails.
@@ -87,12 +90,18 @@ impl Outgoing {
     }
 }
 
+/// A consumed record (topic, partition, offset), its effect if any, and its weight.
+type Entry = (Arc<str>, i32, i64, Option<Outgoing>, usize);
+
 /// Consumed records whose effect is a Kafka record still on its way (or none), in
-/// order; bounded by `capacity` (when full, the handler settles before taking more).
+/// order; bounded by `capacity`, in the effects' weights (a record without an effect
+/// weighs 1): when full, the handler settles before taking more.
 pub struct PendingDeliveries {
     producer: Producer,
     capacity: usize,
-    queue: VecDeque<(Arc<str>, i32, i64, Option<Outgoing>)>,
+    queue: VecDeque<Entry>,
+    /// The weights of the queue's entries, summed.
+    load: usize,
     /// The topic names the queue's entries share (a handful), so an entry allocates
     /// no copy of its topics.
     topics: Vec<Arc<str>>,
@@ -104,6 +113,7 @@ impl PendingDeliveries {
             producer,
             capacity: capacity.max(1),
             queue: VecDeque::new(),
+            load: 0,
             topics: Vec::new(),
         }
     }
@@ -120,7 +130,7 @@ impl PendingDeliveries {
     }
 
     pub fn is_full(&self) -> bool {
-        self.queue.len() >= self.capacity
+        self.load >= self.capacity
     }
 
     pub fn len(&self) -> usize {
@@ -144,6 +154,7 @@ impl PendingDeliveries {
         (consumed_topic, consumed_partition, consumed_offset): (&str, i32, i64),
         effect: Option<Effect<'_>>,
     ) {
+        let weight = effect.as_ref().map_or(1, |effect| effect.weight.max(1));
         let outgoing = match effect {
             Some(effect) => Some(Outgoing {
                 delivery: (self.producer)
@@ -158,14 +169,16 @@ impl PendingDeliveries {
         };
         let (partition, offset) = (consumed_partition, consumed_offset);
         let topic = self.shared_topic(consumed_topic);
-        self.queue.push_back((topic, partition, offset, outgoing));
+        self.queue
+            .push_back((topic, partition, offset, outgoing, weight));
+        self.load += weight;
     }
 
     /// Like [`PendingDeliveries::settle`] without waiting: stops at the first record
     /// whose delivery is still on its way, so the consume loop never blocks on Kafka
     /// between records.
     pub fn settle_ready(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
-        while let Some((topic, partition, offset, outgoing)) = self.queue.front_mut() {
+        while let Some((topic, partition, offset, outgoing, weight)) = self.queue.front_mut() {
             if let Some(outgoing) = outgoing {
                 match outgoing.delivery.try_confirmed() {
                     None => return Ok(()),
@@ -178,6 +191,7 @@ impl PendingDeliveries {
                 }
             }
             done.at(topic, *partition, *offset);
+            self.load -= *weight;
             self.queue.pop_front();
         }
         Ok(())
@@ -187,17 +201,18 @@ impl PendingDeliveries {
     /// landed to `done`. A failed delivery is queued again and stops the settling with
     /// [`HandleError::Retry`]: it stays first, the next call waits for it anew.
     pub async fn settle(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
-        while let Some((topic, partition, offset, outgoing)) = self.queue.pop_front() {
+        while let Some((topic, partition, offset, outgoing, weight)) = self.queue.pop_front() {
             if let Some(mut outgoing) = outgoing {
                 let delivery = std::mem::replace(&mut outgoing.delivery, Delivery::landed(0, 0));
                 if let Err(error) = delivery.confirmed().await {
                     outgoing.enqueue_again(&self.producer).await;
-                    self.queue
-                        .push_front((topic, partition, offset, Some(outgoing)));
+                    let entry = (topic, partition, offset, Some(outgoing), weight);
+                    self.queue.push_front(entry);
                     return Err(HandleError::Retry(error.to_string()));
                 }
             }
             done.at(&topic, partition, offset);
+            self.load -= weight;
         }
         Ok(())
     }

@@ -24,9 +24,11 @@ pub struct ScorerConfig {
     /// (in batches: see `score_batch_max`; docs/benchmarks.md measures the cost). Off:
     /// only alerts leave the scorer.
     pub publish_scores: bool,
-    /// Score batches queued to Kafka and not yet confirmed, at most; when reached, the
+    /// Scores written to Kafka (in batches) and not yet confirmed, at most, counting a
+    /// telemetry record without a score outside any batch as one; when reached, the
     /// scorer waits for their confirmations before scoring more (their telemetry offsets
-    /// are committed only once confirmed).
+    /// are committed only once confirmed). Bounds the memory a stalled `iot.scores` can
+    /// take: about 250 bytes a score at 8 metrics.
     pub max_pending_scores: usize,
     /// Most scores in one `iot.scores` record. A batch per telemetry partition is written
     /// when it has this many or 256 KB of JSON, and what is open every 200 ms, so a score

@@ -69,7 +69,7 @@ impl ScoreBatches {
         }
     }
 
-    /// Whether the written batches waiting for Kafka are as many as allowed.
+    /// Whether the scores written and waiting for Kafka are as many as allowed.
     pub fn is_full(&self) -> bool {
         self.pending.is_full()
     }
@@ -112,7 +112,7 @@ impl ScoreBatches {
             partition,
             last_offset,
             mut payload,
-            ..
+            scores,
         } = self.open.swap_remove(index);
         payload.extend_from_slice(BATCH_END);
         // The telemetry's partition number (the topics are co-partitioned): each score is
@@ -122,6 +122,7 @@ impl ScoreBatches {
             partition: Some(partition),
             key: None,
             payload,
+            weight: scores,
         };
         let covered = (consumed_topic.as_str(), partition, last_offset);
         self.pending.push_at(covered, Some(effect)).await;
@@ -160,9 +161,13 @@ mod tests {
     }
 
     fn batches(max_scores: usize) -> (ScoreBatches, MemoryLog) {
+        batches_in_flight(max_scores, 100)
+    }
+
+    fn batches_in_flight(max_scores: usize, max_pending: usize) -> (ScoreBatches, MemoryLog) {
         let log = MemoryLog::default();
         let producer = Producer::in_memory(&log, Arc::new(Metrics::new()));
-        let pending = PendingDeliveries::new(producer, 100);
+        let pending = PendingDeliveries::new(producer, max_pending);
         (ScoreBatches::new("s".into(), pending, max_scores), log)
     }
 
@@ -207,6 +212,26 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![("t", 0, 13), ("t", 1, 5)]);
         assert_eq!(log.records("s").len(), 2);
+    }
+
+    /// `scorer.max_pending_scores` bounds scores in flight, not records: a stalled
+    /// `iot.scores` holds at most that many scores' bytes.
+    #[tokio::test]
+    async fn the_bound_on_what_is_in_flight_counts_scores() {
+        let (mut batches, _log) = batches_in_flight(2, 5);
+        for offset in 0..4 {
+            let record = Record::new("t", "d1", b"").at(0, offset);
+            batches.add(&record, Some(score(offset as u64))).await;
+        }
+        // Two batches of two written: four scores.
+        assert!(!batches.is_full());
+        batches
+            .add(&Record::new("t", "d2", b"").at(1, 0), None)
+            .await;
+        assert!(batches.is_full());
+        let mut done = DurableOffsets::default();
+        batches.settle_ready(&mut done).unwrap();
+        assert!(!batches.is_full());
     }
 
     #[tokio::test]
