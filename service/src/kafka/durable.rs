@@ -9,7 +9,6 @@
 //! [`RecordHandler::take_durable`]: super::RecordHandler::take_durable
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use super::{Delivery, HandleError, Producer, Record};
 
@@ -71,7 +70,7 @@ pub struct Effect<'a> {
 
 /// An [`Effect`] queued, kept so it can be queued again if its delivery fails.
 struct Outgoing {
-    topic: Arc<str>,
+    topic: String,
     partition: Option<i32>,
     key: Option<String>,
     payload: Vec<u8>,
@@ -80,18 +79,18 @@ struct Outgoing {
 
 impl Outgoing {
     fn enqueue_again_now(&mut self, producer: &Producer) {
-        let (topic, key) = (&*self.topic, self.key.as_deref());
+        let (topic, key) = (&self.topic, self.key.as_deref());
         self.delivery = producer.enqueue_at_now(topic, self.partition, key, &self.payload);
     }
 
     async fn enqueue_again(&mut self, producer: &Producer) {
-        let (topic, key) = (&*self.topic, self.key.as_deref());
+        let (topic, key) = (&self.topic, self.key.as_deref());
         self.delivery = (producer.enqueue_at(topic, self.partition, key, &self.payload)).await;
     }
 }
 
 /// A consumed record (topic, partition, offset), its effect if any, and its weight.
-type Entry = (Arc<str>, i32, i64, Option<Outgoing>, usize);
+type Entry = (String, i32, i64, Option<Outgoing>, usize);
 
 /// Consumed records whose effect is a Kafka record still on its way (or none), in
 /// order; bounded by `capacity`, in the effects' weights (a record without an effect
@@ -102,9 +101,6 @@ pub struct PendingDeliveries {
     queue: VecDeque<Entry>,
     /// The weights of the queue's entries, summed.
     load: usize,
-    /// The topic names the queue's entries share (a handful), so an entry allocates
-    /// no copy of its topics.
-    topics: Vec<Arc<str>>,
 }
 
 impl PendingDeliveries {
@@ -114,18 +110,6 @@ impl PendingDeliveries {
             capacity: capacity.max(1),
             queue: VecDeque::new(),
             load: 0,
-            topics: Vec::new(),
-        }
-    }
-
-    fn shared_topic(&mut self, name: &str) -> Arc<str> {
-        match self.topics.iter().find(|known| &***known == name) {
-            Some(known) => Arc::clone(known),
-            None => {
-                let topic: Arc<str> = name.into();
-                self.topics.push(Arc::clone(&topic));
-                topic
-            }
         }
     }
 
@@ -151,7 +135,7 @@ impl PendingDeliveries {
     /// offset): an effect that covers a partition's records up to that one (a batch).
     pub async fn push_at(
         &mut self,
-        (consumed_topic, consumed_partition, consumed_offset): (&str, i32, i64),
+        (consumed_topic, partition, offset): (&str, i32, i64),
         effect: Option<Effect<'_>>,
     ) {
         let weight = effect.as_ref().map_or(1, |effect| effect.weight.max(1));
@@ -160,15 +144,14 @@ impl PendingDeliveries {
                 delivery: (self.producer)
                     .enqueue_at(effect.topic, effect.partition, effect.key, &effect.payload)
                     .await,
-                topic: self.shared_topic(effect.topic),
+                topic: effect.topic.to_owned(),
                 partition: effect.partition,
                 key: effect.key.map(str::to_owned),
                 payload: effect.payload,
             }),
             None => None,
         };
-        let (partition, offset) = (consumed_partition, consumed_offset);
-        let topic = self.shared_topic(consumed_topic);
+        let topic = consumed_topic.to_owned();
         self.queue
             .push_back((topic, partition, offset, outgoing, weight));
         self.load += weight;
