@@ -622,7 +622,8 @@ const MIN_LOG_STD: f64 = 1e-4;
 
 /// Recent context of one metric, kept by trainer and scorer alike. Serialized as it
 /// was with a [`crate::ring::Ring`] per history (`recent_raw`, `recent_values`,
-/// `recent_shape`), so the trainer's state is unchanged by keeping them in one buffer.
+/// `recent_shape`), so the trainer's state is unchanged by keeping them in one buffer
+/// and the values as steps.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "ContextWire")]
 struct Context {
@@ -640,14 +641,14 @@ struct Context {
     run_start_repeat_rate: f32,
     /// Exponential average of the signed prediction errors (in error deviations).
     drift: f32,
-    /// The last values (`VALUES`, `f64`, first: it begins on a whole word), raw scores
-    /// (`RAW`, `f32`) and distances to the nearest prototype (`SHAPE`, `f32`): 32 bytes
-    /// and one allocation, where three rings took 72 and three.
+    /// The values before `last_value`, as the steps between them (`STEPS`, see
+    /// [`step`]), raw scores (`RAW`) and distances to the nearest prototype (`SHAPE`):
+    /// 32 bytes and one allocation, where three rings took 72 and three.
     recent: Rings<3>,
 }
 
 /// The rings of [`Context::recent`].
-const VALUES: usize = 0;
+const STEPS: usize = 0;
 const RAW: usize = 1;
 const SHAPE: usize = 2;
 
@@ -662,6 +663,7 @@ struct ContextWire {
     run_start_repeat_rate: f32,
     drift: f32,
     recent_raw: Ring<f32>,
+    /// The last values, oldest first; the newest is `last_value`.
     recent_values: Ring<f64>,
     recent_shape: Ring<f32>,
 }
@@ -672,8 +674,17 @@ impl TryFrom<ContextWire> for Context {
     fn try_from(wire: ContextWire) -> Result<Self, Self::Error> {
         let mut recent = Rings::default();
         recent.restore(RAW, &wire.recent_raw)?;
-        recent.restore(VALUES, &wire.recent_values)?;
         recent.restore(SHAPE, &wire.recent_shape)?;
+        let values = &wire.recent_values;
+        if !values.fits() {
+            return Err("a ring whose start or length does not fit its buffer");
+        }
+        if !wire.last_value.is_nan() {
+            let capacity = values.capacity().saturating_sub(1);
+            for (older, newer) in values.iter().zip(values.iter().skip(1)) {
+                recent.push(STEPS, step(newer - older), capacity);
+            }
+        }
         Ok(Self {
             prediction: wire.prediction,
             last_value: wire.last_value,
@@ -696,9 +707,16 @@ impl Serialize for Context {
         out.serialize_field("level_offset", &self.level_offset)?;
         out.serialize_field("run_start_repeat_rate", &self.run_start_repeat_rate)?;
         out.serialize_field("drift", &self.drift)?;
-        out.serialize_field("recent_raw", &self.recent.wire::<f32>(RAW))?;
-        out.serialize_field("recent_values", &self.recent.wire::<f64>(VALUES))?;
-        out.serialize_field("recent_shape", &self.recent.wire::<f32>(SHAPE))?;
+        out.serialize_field("recent_raw", &self.recent.wire(RAW))?;
+        let mut values: Vec<f64> = self.values_newest_first().collect();
+        values.reverse();
+        let capacity = if values.is_empty() {
+            0
+        } else {
+            self.recent.capacity(STEPS) + 1
+        };
+        out.serialize_field("recent_values", &Ring::holding(capacity, values))?;
+        out.serialize_field("recent_shape", &self.recent.wire(SHAPE))?;
         out.end()
     }
 }
@@ -717,21 +735,30 @@ impl Default for Context {
     }
 }
 
+/// A step between two successive values as a context keeps it: `f32`, whose rounding is
+/// relative to the step, not to the values (a value far from zero that moves little, a
+/// position or a meter, keeps its shape), within `f32`'s range.
+fn step(delta: f64) -> f32 {
+    delta.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+}
+
 /// The embedding of the current event: the last values normalised, and the time of day.
 /// Written into `out`; false before the history fills a shape.
 fn embed(
-    values: &Rings<3>,
+    context: &Context,
     tod: TimeOfDay,
     mean: f64,
     std: f64,
     config: &DetectorConfig,
     out: &mut [f64; MAX_DIMS],
 ) -> bool {
-    if config.shape_length == 0 || values.len(VALUES) < config.shape_length {
+    let length = config.shape_length;
+    if length == 0 || context.values_held() < length {
         return false;
     }
     let inverse = 1.0 / std.max(1e-9);
-    for (slot, v) in out.iter_mut().zip(values.iter::<f64>(VALUES)) {
+    let values = context.values_newest_first();
+    for (slot, v) in out[..length].iter_mut().rev().zip(values) {
         *slot = ((v - mean) * inverse).clamp(-10.0, 10.0);
     }
     out[config.shape_length] = config.time_of_day_weight * tod.cos;
@@ -795,6 +822,32 @@ fn fast_ln(x: f64) -> f64 {
 }
 
 impl Context {
+    /// How many of the last values the context holds: `last_value`, and one more per
+    /// step.
+    fn values_held(&self) -> usize {
+        if self.last_value.is_nan() {
+            0
+        } else {
+            self.recent.len(STEPS) + 1
+        }
+    }
+
+    /// The last values, newest first: `last_value` exactly, then each older one a step
+    /// back.
+    fn values_newest_first(&self) -> impl Iterator<Item = f64> + '_ {
+        let older = self
+            .recent
+            .iter(STEPS)
+            .rev()
+            .scan(self.last_value, |value, step| {
+                *value -= f64::from(step);
+                Some(*value)
+            });
+        std::iter::once(self.last_value)
+            .chain(older)
+            .take(self.values_held())
+    }
+
     /// At a run's first repeat, remember the repeat rate it is to be judged by: only
     /// metrics that almost never repeat are judged by the rate before the run; for the
     /// others (and runs begun while warming up) the current rate.
@@ -821,26 +874,24 @@ impl Context {
         ))
     }
 
-    /// Remember `value` for shapes; returns the current shape, its nearest centroid and
-    /// the averaged log distance to it (none before the history fills a shape or while
+    /// The current shape (of the values `observe` took), its nearest centroid and the
+    /// averaged log distance to it (none before the history fills a shape or while
     /// there is no centroid).
     fn observe_shape(
         &mut self,
-        value: f64,
         tod: TimeOfDay,
         metric: (f64, f64, &[i16]),
         config: &DetectorConfig,
         vector: &mut [f64; MAX_DIMS],
     ) -> Option<Shape> {
         let (mean, std, centroids) = metric;
-        self.recent.push(VALUES, value, config.shape_length);
-        if !embed(&self.recent, tod, mean, std, config, vector) {
+        if !embed(self, tod, mean, std, config, vector) {
             return None;
         }
         let dims = config.shape_length + 2;
         let nearest = nearest(centroids, dims, &vector[..dims])?;
         (self.recent).push(SHAPE, nearest.1 as f32, config.averaging_window);
-        let sum: f64 = self.recent.iter::<f32>(SHAPE).map(f64::from).sum();
+        let sum: f64 = self.recent.iter(SHAPE).map(f64::from).sum();
         let average = sum / self.recent.len(SHAPE) as f64;
         Some(Shape {
             log_average_distance: fast_ln(average + 1e-3),
@@ -880,9 +931,14 @@ impl Context {
         } else {
             0
         };
+        if !self.last_value.is_nan() {
+            let capacity = config.shape_length.saturating_sub(1);
+            self.recent
+                .push(STEPS, step(value - self.last_value), capacity);
+        }
         self.last_value = value;
         (self.recent).push(RAW, raw as f32, config.averaging_window);
-        let sum: f64 = self.recent.iter::<f32>(RAW).map(f64::from).sum();
+        let sum: f64 = self.recent.iter(RAW).map(f64::from).sum();
         let average = sum / self.recent.len(RAW) as f64;
         // Averages of heavy-tailed errors are far from Gaussian; their logarithm is close.
         (raw, prediction, fast_ln(average + 1e-3))
@@ -1250,7 +1306,7 @@ fn learn_metric(
             .drift
             .learn(f64::from(metric.context.drift), config.likelihood_alpha);
     }
-    learn_shape_of(metric, value, tod, cap, config);
+    learn_shape_of(metric, tod, cap, config);
     metric.value.learn(value, config.error_alpha / 10.0);
     if u64::from(metric.n) > config.warmup_events {
         metric.max -= config.range_decay * (metric.max - metric.value.mean).max(0.0);
@@ -1264,22 +1320,13 @@ fn learn_metric(
         (rate + config.error_alpha.max(1.0 / f64::from(metric.n)) * (target - rate)) as f32;
 }
 
-fn learn_shape_of(
-    metric: &mut MetricTrainer,
-    value: f64,
-    tod: TimeOfDay,
-    cap: usize,
-    config: &DetectorConfig,
-) {
+fn learn_shape_of(metric: &mut MetricTrainer, tod: TimeOfDay, cap: usize, config: &DetectorConfig) {
     let (mean, std) = (metric.value.mean, metric.value.std());
     let mut vector = [0.0; MAX_DIMS];
-    let shape = metric.context.observe_shape(
-        value,
-        tod,
-        (mean, std, &metric.centroids),
-        config,
-        &mut vector,
-    );
+    let shape =
+        metric
+            .context
+            .observe_shape(tod, (mean, std, &metric.centroids), config, &mut vector);
     if let Some(shape) = shape {
         if u64::from(metric.n) > config.warmup_events {
             metric
@@ -1288,7 +1335,7 @@ fn learn_shape_of(
         }
         learn_shape(metric, &vector, Some(shape.nearest), cap, config);
     } else if metric.centroids.is_empty()
-        && embed(&metric.context.recent, tod, mean, std, config, &mut vector)
+        && embed(&metric.context, tod, mean, std, config, &mut vector)
     {
         learn_shape(metric, &vector, None, cap, config);
     }
@@ -1982,7 +2029,6 @@ impl DetectorScorer {
         context.note_run_start(metric, config);
         let mut vector = [0.0; MAX_DIMS];
         let shape = context.observe_shape(
-            value,
             tod,
             (metric.value_mean, metric.value_std, &metric.centroids),
             config,
@@ -2604,6 +2650,35 @@ mod tests {
         // Staying out is not: from the 15th reading in a row on it scores as far beyond
         // the range as it lies (0.9 + 0.1 × 3%).
         assert!(parts[brief..].iter().all(|&p| p >= 0.9), "{parts:?}");
+    }
+
+    /// The last values are kept as `f32` steps from the exact last value: a value far
+    /// from zero that moves little (a position, a pressure, a meter) keeps its shape, which
+    /// `f32` values would round away (48.8566 is 4e-6 from its nearest `f32`).
+    #[test]
+    fn a_context_keeps_small_moves_of_a_value_far_from_zero() {
+        let config = DetectorConfig::default();
+        let mut context = Context::default();
+        let values: Vec<f64> = (0..10)
+            .map(|i| 48.856_6 + 1e-7 * f64::from(i * i))
+            .collect();
+        for &value in &values {
+            context.observe(value, 1.0, &config);
+        }
+        let held: Vec<f64> = context.values_newest_first().collect();
+        assert_eq!(held.len(), config.shape_length);
+        assert_eq!(held[0], values[9]);
+        for (got, want) in held.iter().zip(values.iter().rev()) {
+            assert!((got - want).abs() < 1e-12, "{got} for {want}");
+        }
+        // The same values through the trainer's state.
+        let bytes = postcard::to_allocvec(&context).unwrap();
+        let restored: Context = postcard::from_bytes(&bytes).unwrap();
+        let again: Vec<f64> = restored.values_newest_first().collect();
+        assert_eq!(again.len(), held.len());
+        for (got, want) in again.iter().zip(&held) {
+            assert!((got - want).abs() < 1e-12, "{got} for {want}");
+        }
     }
 
     #[test]

@@ -211,8 +211,8 @@ impl Serialize for RelationContext {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut out = s.serialize_struct("RelationContext", 2)?;
-        out.serialize_field("t2", &self.recent.wire::<f32>(T2))?;
-        out.serialize_field("spe", &self.recent.wire::<f32>(SPE))?;
+        out.serialize_field("t2", &self.recent.wire(T2))?;
+        out.serialize_field("spe", &self.recent.wire(SPE))?;
         out.end()
     }
 }
@@ -230,7 +230,7 @@ impl RelationContext {
         self.recent.push(T2, t2 as f32, window);
         self.recent.push(SPE, spe as f32, window);
         let average = |r: usize| {
-            let sum: f64 = self.recent.iter::<f32>(r).map(f64::from).sum();
+            let sum: f64 = self.recent.iter(r).map(f64::from).sum();
             sum / self.recent.len(r) as f64
         };
         let (t2_average, spe_average) = (average(T2), average(SPE));

@@ -43,9 +43,39 @@ impl<T: Copy + Default> Ring<T> {
     pub fn len(&self) -> usize {
         self.len as usize
     }
+}
+
+impl<T: Copy + Default> Ring<T> {
+    /// A ring of `capacity` holding `values` (oldest first, at most `capacity` of them).
+    pub fn holding(capacity: usize, values: impl IntoIterator<Item = T>) -> Self {
+        let mut buffer = vec![T::default(); capacity];
+        let mut len = 0;
+        for (slot, value) in buffer.iter_mut().zip(values) {
+            *slot = value;
+            len += 1;
+        }
+        Self {
+            buffer: buffer.into_boxed_slice(),
+            head: 0,
+            len,
+        }
+    }
+
+    /// Whether its start and length fit its buffer, and the buffer holds at most 255
+    /// values (a ring read from the wire is checked before use).
+    pub fn fits(&self) -> bool {
+        let cap = self.buffer.len();
+        cap <= usize::from(u8::MAX)
+            && self.len as usize <= cap
+            && ((self.head as usize) < cap || (cap == 0 && self.head == 0))
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buffer.len()
+    }
 
     /// Oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + '_ {
         let (head, len) = (self.head as usize, self.len as usize);
         let first = &self.buffer[head..(head + len).min(self.buffer.len())];
         let wrapped = &self.buffer[..len - first.len()];
@@ -53,30 +83,18 @@ impl<T: Copy + Default> Ring<T> {
     }
 }
 
-/// A value [`Rings`] holds: `f32` or `f64`.
-pub(crate) trait Word: Copy + Default + Serialize + bytemuck::Pod {
-    /// In 32-bit units.
-    const WIDTH: usize = std::mem::size_of::<Self>() / 4;
-}
-
-impl Word for f32 {}
-impl Word for f64 {}
-
-/// `N` rings of the last few values in one allocation: each ring behaves as a [`Ring`]
-/// (and is written as one: [`Rings::wire`]), but the rings share one buffer and keep
-/// where they begin, their capacity, start and length in a few bytes. Three [`Ring`]s
-/// cost 72 bytes beside their buffers and three allocations; `Rings<3>` 32 and one. A
-/// metric's context is kept by the trainer and the scorer alike, for every metric of
-/// every device.
+/// `N` rings of the last few `f32` values in one allocation: each ring behaves as a
+/// [`Ring`] (and is written as one: [`Rings::wire`]), but the rings share one buffer and
+/// keep where they begin, their capacity, start and length in a few bytes. Three
+/// [`Ring`]s cost 72 bytes beside their buffers and three allocations; `Rings<3>` 32 and
+/// one. A metric's context is kept by the trainer and the scorer alike, for every metric
+/// of every device.
 #[derive(Clone, Debug)]
 pub(crate) struct Rings<const N: usize> {
-    /// Ring after ring; `f64` rings begin on a whole word, so each ring is a slice of
-    /// its own type (no conversion on reading).
-    words: Box<[u64]>,
-    /// Where each ring begins, in 32-bit units.
+    /// Ring after ring.
+    values: Box<[f32]>,
+    /// Where each ring begins.
     begins: [u16; N],
-    /// Bit `r` set: ring `r` holds `f64`s.
-    wide: u8,
     /// Capacity (0 until the ring's first push; at most 255).
     caps: [u8; N],
     /// Index of the oldest value.
@@ -87,9 +105,8 @@ pub(crate) struct Rings<const N: usize> {
 impl<const N: usize> Default for Rings<N> {
     fn default() -> Self {
         Self {
-            words: Box::default(),
+            values: Box::default(),
             begins: [0; N],
-            wide: 0,
             caps: [0; N],
             heads: [0; N],
             lens: [0; N],
@@ -99,41 +116,27 @@ impl<const N: usize> Default for Rings<N> {
 
 impl<const N: usize> Rings<N> {
     /// Ring `r`'s buffer: `caps[r]` values.
-    fn buffer<T: Word>(&self, r: usize) -> &[T] {
-        let begin = usize::from(self.begins[r]) / T::WIDTH;
-        &bytemuck::cast_slice(&self.words)[begin..begin + usize::from(self.caps[r])]
+    fn buffer(&self, r: usize) -> &[f32] {
+        let begin = usize::from(self.begins[r]);
+        &self.values[begin..begin + usize::from(self.caps[r])]
     }
 
-    /// Give ring `r` room for `cap` values of `width` units, empty, keeping the others.
-    fn relayout(&mut self, r: usize, cap: u8, width: usize) {
-        let wide = if width == 2 {
-            self.wide | (1 << r)
-        } else {
-            self.wide & !(1 << r)
-        };
-        let width_of = |s: usize| if wide & (1 << s) != 0 { 2 } else { 1 };
+    /// Give ring `r` room for `cap` values, empty, keeping the others.
+    fn relayout(&mut self, r: usize, cap: u8) {
         let cap_of = |s: usize| usize::from(if s == r { cap } else { self.caps[s] });
         let mut begins = [0u16; N];
         let mut end = 0usize;
         for (s, begin) in begins.iter_mut().enumerate() {
-            // An `f64` ring begins on a whole word.
-            end = end.next_multiple_of(width_of(s));
             *begin = end as u16;
-            end += cap_of(s) * width_of(s);
+            end += cap_of(s);
         }
-        let mut words = vec![0u64; end.div_ceil(2)].into_boxed_slice();
-        let (from, to): (&[u32], &mut [u32]) = (
-            bytemuck::cast_slice(&self.words),
-            bytemuck::cast_slice_mut(&mut words),
-        );
+        let mut values = vec![0f32; end].into_boxed_slice();
         for s in (0..N).filter(|&s| s != r) {
-            let size = cap_of(s) * width_of(s);
             let (old, new) = (usize::from(self.begins[s]), usize::from(begins[s]));
-            to[new..new + size].copy_from_slice(&from[old..old + size]);
+            values[new..new + cap_of(s)].copy_from_slice(&self.values[old..old + cap_of(s)]);
         }
-        self.words = words;
+        self.values = values;
         self.begins = begins;
-        self.wide = wide;
         self.caps[r] = cap;
         self.heads[r] = 0;
         self.lens[r] = 0;
@@ -141,15 +144,15 @@ impl<const N: usize> Rings<N> {
 
     /// Append `value` to ring `r`, dropping its oldest once `capacity` values are held,
     /// as [`Ring::push`] does (a capacity above 255, which no valid configuration asks
-    /// for, holds 255). Ring `r` always holds values of one type.
-    pub fn push<T: Word>(&mut self, r: usize, value: T, capacity: usize) {
+    /// for, holds 255).
+    pub fn push(&mut self, r: usize, value: f32, capacity: usize) {
         if capacity == 0 {
             return;
         }
         let cap = u8::try_from(capacity).unwrap_or(u8::MAX);
         if self.caps[r] != cap {
             // First use (or a changed configuration): start over at the right size.
-            self.relayout(r, cap, T::WIDTH);
+            self.relayout(r, cap);
         }
         let (head, len) = (self.heads[r], self.lens[r]);
         let slot = if len < cap {
@@ -164,25 +167,28 @@ impl<const N: usize> Rings<N> {
             self.heads[r] = if head + 1 == cap { 0 } else { head + 1 };
             usize::from(head)
         };
-        let at = usize::from(self.begins[r]) / T::WIDTH + slot;
-        bytemuck::cast_slice_mut::<u64, T>(&mut self.words)[at] = value;
+        self.values[usize::from(self.begins[r]) + slot] = value;
     }
 
     pub fn len(&self, r: usize) -> usize {
         usize::from(self.lens[r])
     }
 
+    pub fn capacity(&self, r: usize) -> usize {
+        usize::from(self.caps[r])
+    }
+
     /// Ring `r`'s values, oldest first.
-    pub fn iter<T: Word>(&self, r: usize) -> impl Iterator<Item = T> + '_ {
-        let buffer = self.buffer::<T>(r);
+    pub fn iter(&self, r: usize) -> impl DoubleEndedIterator<Item = f32> + '_ {
+        let buffer = self.buffer(r);
         let (head, len) = (usize::from(self.heads[r]), usize::from(self.lens[r]));
         let first = &buffer[head..(head + len).min(buffer.len())];
         let wrapped = &buffer[..len - first.len()];
         first.iter().chain(wrapped).copied()
     }
 
-    /// Ring `r` as the [`Ring`] of values of type `T` it stands for, for serde.
-    pub fn wire<T: Word>(&self, r: usize) -> RingWire<'_, T> {
+    /// Ring `r` as the [`Ring`] it stands for, for serde.
+    pub fn wire(&self, r: usize) -> RingWire<'_> {
         RingWire {
             buffer: self.buffer(r),
             head: u32::from(self.heads[r]),
@@ -190,22 +196,18 @@ impl<const N: usize> Rings<N> {
         }
     }
 
-    /// Make ring `r` the `ring` read from the wire; refuses a ring whose start or length
-    /// does not fit its buffer, or whose buffer is longer than 255 values.
-    pub fn restore<T: Word>(&mut self, r: usize, ring: &Ring<T>) -> Result<(), &'static str> {
-        let cap = u8::try_from(ring.buffer.len()).map_err(|_| "a ring longer than 255")?;
-        let fits = ring.len <= u32::from(cap)
-            && (ring.head < u32::from(cap) || (cap == 0 && ring.head == 0));
-        if !fits {
-            return Err("a ring whose start or length does not fit its buffer");
+    /// Make ring `r` the `ring` read from the wire; refuses a ring that does not
+    /// [`Ring::fits`].
+    pub fn restore(&mut self, r: usize, ring: &Ring<f32>) -> Result<(), &'static str> {
+        if !ring.fits() {
+            return Err("a ring whose start or length does not fit its buffer, or longer than 255");
         }
-        if cap == 0 {
+        if ring.buffer.is_empty() {
             return Ok(());
         }
-        self.relayout(r, cap, T::WIDTH);
-        let begin = usize::from(self.begins[r]) / T::WIDTH;
-        bytemuck::cast_slice_mut::<u64, T>(&mut self.words)[begin..begin + ring.buffer.len()]
-            .copy_from_slice(&ring.buffer);
+        self.relayout(r, ring.buffer.len() as u8);
+        let begin = usize::from(self.begins[r]);
+        self.values[begin..begin + ring.buffer.len()].copy_from_slice(&ring.buffer);
         self.heads[r] = ring.head as u8;
         self.lens[r] = ring.len as u8;
         Ok(())
@@ -216,8 +218,8 @@ impl<const N: usize> Rings<N> {
 /// length): the trainer's state is the same bytes either way.
 #[derive(Serialize)]
 #[serde(rename = "Ring")]
-pub(crate) struct RingWire<'a, T: Word> {
-    buffer: &'a [T],
+pub(crate) struct RingWire<'a> {
+    buffer: &'a [f32],
     head: u32,
     len: u32,
 }
@@ -234,6 +236,10 @@ mod tests {
         }
         assert_eq!(ring.iter().copied().collect::<Vec<i32>>(), vec![5, 6, 7]);
         assert_eq!(ring.len(), 3);
+        let held = Ring::holding(4, [5, 6, 7]);
+        assert!(held.fits());
+        assert_eq!((held.capacity(), held.len()), (4, 3));
+        assert_eq!(held.iter().copied().collect::<Vec<i32>>(), vec![5, 6, 7]);
     }
 
     /// A `Rings` pushed as three `Ring`s gives their values and their wire form, through
@@ -242,14 +248,10 @@ mod tests {
     #[test]
     fn rings_behave_and_serialize_as_rings() {
         let mut rings = Rings::<3>::default();
-        let (mut a, mut b) = (Ring::<f32>::default(), Ring::<f64>::default());
+        let (mut a, mut b) = (Ring::<f32>::default(), Ring::<f32>::default());
         let c = Ring::<f32>::default();
         let wire = |rings: &Rings<3>| {
-            let parts = (
-                rings.wire::<f32>(0),
-                rings.wire::<f64>(1),
-                rings.wire::<f32>(2),
-            );
+            let parts = (rings.wire(0), rings.wire(1), rings.wire(2));
             postcard::to_allocvec(&parts).unwrap()
         };
         for v in 0..23 {
@@ -257,18 +259,18 @@ mod tests {
             a.push(v as f32 * 0.5, cap_a);
             rings.push(0, v as f32 * 0.5, cap_a);
             if v % 3 != 0 {
-                b.push(f64::from(v) / 7.0, 6);
-                rings.push(1, f64::from(v) / 7.0, 6);
+                b.push(v as f32 / 7.0, 6);
+                rings.push(1, v as f32 / 7.0, 6);
             }
             let got: Vec<f32> = rings.iter(0).collect();
             assert_eq!(got, a.iter().copied().collect::<Vec<_>>());
-            let got: Vec<f64> = rings.iter(1).collect();
-            assert_eq!(got, b.iter().copied().collect::<Vec<_>>());
+            let got: Vec<f32> = rings.iter(1).rev().collect();
+            assert_eq!(got, b.iter().rev().copied().collect::<Vec<_>>());
             assert_eq!(
                 (rings.len(0), rings.len(1), rings.len(2)),
                 (a.len(), b.len(), 0)
             );
-            assert_eq!(rings.iter::<f32>(2).count(), 0);
+            assert_eq!(rings.iter(2).count(), 0);
             assert_eq!(wire(&rings), postcard::to_allocvec(&(&a, &b, &c)).unwrap());
         }
         let mut restored = Rings::<3>::default();
