@@ -32,6 +32,7 @@ use linfa::ParamGuard;
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::{ln_two_sided_tail, student_as_normal};
+use crate::names::Named;
 use crate::relation::{
     Evaluation, RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
 };
@@ -973,8 +974,8 @@ pub struct DetectorTrainer {
     /// otherwise).
     #[serde(skip)]
     config: Arc<DetectorConfig>,
-    /// Sorted by name (`Box<str>`: 8 bytes less than a `String` per metric).
-    metrics: Vec<(Box<str>, MetricTrainer)>,
+    /// By name, the names shared with the other devices that have the same ones.
+    metrics: Named<MetricTrainer>,
     relation: RelationTrainer,
     interval: Running,
     /// Fraction of intervals in which samples went missing.
@@ -1010,7 +1011,7 @@ impl DetectorTrainer {
     pub fn new(config: impl Into<Arc<DetectorConfig>>) -> Self {
         Self {
             config: config.into(),
-            metrics: Vec::new(),
+            metrics: Named::default(),
             relation: RelationTrainer::default(),
             interval: Running::default(),
             gap_rate: 0.0,
@@ -1049,17 +1050,16 @@ impl DetectorTrainer {
         Ok(trainer)
     }
 
-    /// Whether a decoded trainer's parts fit together: metrics sorted and unique, the
-    /// relation's columns among them, one seasonal profile per metric or none, each
-    /// metric's prototypes whole (fuzz target `model_params`).
+    /// Whether a decoded trainer's parts fit together (its metrics are sorted and unique
+    /// once decoded): the relation's columns among them, one seasonal profile per metric
+    /// or none, each metric's prototypes whole (fuzz target `model_params`).
     fn is_consistent(&self) -> bool {
         let dims = self.config.shape_length + 2;
-        let sorted = self.metrics.windows(2).all(|w| w[0].0 < w[1].0);
-        let shapes_fit =
-            (self.metrics.iter()).all(|(_, m)| m.centroids.len() == m.members.len() * dims);
+        let shapes_fit = (self.metrics.values())
+            .iter()
+            .all(|m| m.centroids.len() == m.members.len() * dims);
         let seasons_fit = self.seasons.is_empty() || self.seasons.len() == self.metrics.len();
-        sorted
-            && shapes_fit
+        shapes_fit
             && seasons_fit
             && self.metrics.len() <= usize::from(u8::MAX)
             && self.relation.is_consistent(self.metrics.len())
@@ -1169,18 +1169,6 @@ impl DetectorTrainer {
         self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
     }
 
-    /// Where `name` is in the metric list (or would go); `hint` is where it usually is.
-    fn metric_index(&self, name: &str, hint: usize) -> Result<usize, usize> {
-        if self
-            .metrics
-            .get(hint)
-            .is_some_and(|(n, _)| n.as_ref() == name)
-        {
-            return Ok(hint);
-        }
-        self.metrics.binary_search_by(|(n, _)| n.as_ref().cmp(name))
-    }
-
     fn learn_relation(
         &mut self,
         observation: &Observation<'_>,
@@ -1194,12 +1182,8 @@ impl DetectorTrainer {
             let value = match seen.and_then(|s| s.get(column)) {
                 Some(&value) => value,
                 None => {
-                    let name = &self.metrics[column].0;
-                    observation
-                        .metrics
-                        .get(name.as_ref())
-                        .copied()
-                        .unwrap_or(f64::NAN)
+                    let name = &self.metrics.names()[column];
+                    observation.metrics.get(name).copied().unwrap_or(f64::NAN)
                 }
             };
             *slot = value;
@@ -1363,7 +1347,7 @@ impl Trainer for DetectorTrainer {
         // moved the indexes (then it looks them up).
         let mut seen = Some([f64::NAN; SEEN_INDEXES]);
         for (hint, (name, &value)) in observation.metrics.iter().enumerate() {
-            let index = match self.metric_index(name, hint) {
+            let index = match self.metrics.position(name, hint) {
                 Ok(i) => i,
                 Err(i) => {
                     let fresh = MetricTrainer {
@@ -1371,9 +1355,7 @@ impl Trainer for DetectorTrainer {
                         max: value,
                         ..MetricTrainer::default()
                     };
-                    // One at a time: a device's metrics, not the doubling of a `Vec`.
-                    self.metrics.reserve_exact(1);
-                    self.metrics.insert(i, (name.as_str().into(), fresh));
+                    self.metrics.insert(i, name, fresh);
                     self.relation.metric_inserted(i);
                     self.season_inserted(i);
                     seen = None;
@@ -1384,7 +1366,7 @@ impl Trainer for DetectorTrainer {
                 *slot = value;
             }
             let cap = self.config.centroid_cap(self.metrics.len());
-            let metric = &mut self.metrics[index].1;
+            let metric = &mut self.metrics[index];
             // The spread the scorer's parameters had before this reading.
             let value_std = metric.value.std();
             learn_metric(metric, value, tod, cap, &self.config);
@@ -1419,8 +1401,8 @@ impl Trainer for DetectorTrainer {
             seasons: self
                 .seasons
                 .iter()
-                .zip(&self.metrics)
-                .map(|(season, (_, m))| {
+                .zip(self.metrics.values())
+                .map(|(season, m)| {
                     let value = (m.value.mean, m.value.std());
                     season_params(season, value, season_ready, &self.config)
                 })
@@ -1831,9 +1813,8 @@ fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
 #[derive(Clone, Debug, Default)]
 pub struct DetectorScorer {
     last_ts: Option<i64>,
-    /// Sorted by name.
-    /// (`Box<str>`: 8 bytes less than a `String` per metric.)
-    contexts: Vec<(Box<str>, Context, Excursion)>,
+    /// By name, the names shared with the other devices that have the same ones.
+    contexts: Named<(Context, Excursion)>,
     relation: RelationContext,
     /// The seasonal lean per metric (in the order of the parameters' metrics; NaN while
     /// its profile does not count).
@@ -1938,30 +1919,16 @@ impl DetectorScorer {
 
     /// The context of `name`; `hint` is where it usually is (the metrics of a device
     /// come in the same sorted order every event), which saves the search.
-    fn context(&mut self, name: &String, hint: usize) -> (&mut Context, &mut Excursion) {
-        let index = if self
-            .contexts
-            .get(hint)
-            .is_some_and(|(n, _, _)| **n == **name)
-        {
-            hint
-        } else {
-            match self.contexts.binary_search_by(|(n, _, _)| (**n).cmp(name)) {
-                Ok(i) => i,
-                Err(i) => {
-                    let fresh = (
-                        name.as_str().into(),
-                        Context::default(),
-                        Excursion::default(),
-                    );
-                    // One at a time: a device's metrics, not the doubling of a `Vec`.
-                    self.contexts.reserve_exact(1);
-                    self.contexts.insert(i, fresh);
-                    i
-                }
+    fn context(&mut self, name: &str, hint: usize) -> (&mut Context, &mut Excursion) {
+        let index = match self.contexts.position(name, hint) {
+            Ok(i) => i,
+            Err(i) => {
+                let fresh = (Context::default(), Excursion::default());
+                self.contexts.insert(i, name, fresh);
+                i
             }
         };
-        let (_, context, excursion) = &mut self.contexts[index];
+        let (context, excursion) = &mut self.contexts[index];
         (context, excursion)
     }
 

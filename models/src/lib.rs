@@ -13,6 +13,7 @@ mod calibration;
 pub mod detector;
 pub mod episode;
 pub mod nab;
+pub mod names;
 mod observation;
 pub mod production;
 pub mod relation;
