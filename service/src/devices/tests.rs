@@ -203,7 +203,7 @@ async fn telemetry_creates_the_actor_and_updates_its_twin() {
     assert_eq!(first.last_seen_ms, Some(event.received_ms));
     let reading = first.telemetry.as_ref().unwrap();
     assert_eq!((reading.ts, reading.seq), (event.received_ms - 5, 1));
-    assert_eq!(reading.metrics, vec![("temperature".into(), 21.5)]);
+    assert_eq!(pairs(&reading.metrics), [("temperature", 21.5)]);
     let keys: Vec<String> = fx
         .log
         .records(&fx.topics.device_state())
@@ -220,7 +220,7 @@ async fn telemetry_creates_the_actor_and_updates_its_twin() {
     assert_eq!(twin.events, 2);
     let reading = twin.telemetry.as_ref().unwrap();
     assert_eq!(reading.seq, 2);
-    assert_eq!(reading.metrics, vec![("temperature".into(), 22.0)]);
+    assert_eq!(pairs(&reading.metrics), [("temperature", 22.0)]);
     assert_eq!(fx.twin_records().len(), 1);
 
     let metrics = &fx.metrics;
@@ -477,7 +477,7 @@ async fn telemetry_of_two_devices_goes_to_two_actors() {
     assert_eq!(registry.get(&id("d1")), Some(all[0].1.clone()));
     let (d1, d2) = (fx.twin("d1").await, fx.twin("d2").await);
     assert_eq!((d1.events, d2.events), (1, 2));
-    let reading = |twin: &Twin| twin.telemetry.as_ref().unwrap().metrics[0].1;
+    let reading = |twin: &Twin| twin.telemetry.as_ref().unwrap().metrics[0];
     assert_eq!((reading(&d1), reading(&d2)), (10.0, 31.0));
     let keys: Vec<String> = fx
         .log
@@ -501,7 +501,7 @@ async fn duplicate_telemetry_is_counted_and_not_applied() {
     let twin = fx.twin("d1").await;
     assert_eq!((twin.events, twin.duplicates), (2, 2));
     let reading = twin.telemetry.unwrap();
-    assert_eq!((reading.seq, reading.metrics[0].1), (2, 22.0));
+    assert_eq!((reading.seq, reading.metrics[0]), (2, 22.0));
 }
 
 #[actix_rt::test]
@@ -628,4 +628,9 @@ async fn an_event_read_again_after_a_crash_is_not_applied_twice() {
     };
     assert!(!restored.already_applied(other));
     assert!(restored.already_applied(other), "and then it is applied");
+}
+
+/// A twin's last reading as (name, value) pairs.
+fn pairs(metrics: &fleetwatch_models::names::Named<f64>) -> Vec<(&str, f64)> {
+    metrics.iter().map(|(name, value)| (name, *value)).collect()
 }

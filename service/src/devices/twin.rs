@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use fleetwatch_models::names::Named;
 use fleetwatch_protocol::{
     AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep, Connectivity,
     DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand, SequenceTracker,
@@ -111,15 +112,15 @@ pub struct SourcePosition {
     pub offset: i64,
 }
 
-/// The last telemetry reading, kept compactly: a live twin holds one per device, and a
-/// vector of (name, value) costs a third of the map the wire format uses. Serialized as
+/// The last telemetry reading, kept compactly: a live twin holds one per device, and
+/// values by shared names cost a fifth of the map the wire format uses. Serialized as
 /// that map all the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LastTelemetry {
     pub ts: i64,
     pub seq: u64,
     #[serde(with = "metrics_as_map")]
-    pub metrics: Vec<(Box<str>, f64)>,
+    pub metrics: Named<f64>,
 }
 
 impl LastTelemetry {
@@ -128,28 +129,27 @@ impl LastTelemetry {
     /// time), so a reading costs the twin no allocation.
     fn keep(last: &mut Option<Self>, payload: &TelemetryPayload) {
         if let Some(last) = last {
-            let same_names = last.metrics.len() == payload.metrics.len()
-                && last
-                    .metrics
+            let names = last.metrics.names();
+            let same_names = names.len() == payload.metrics.len()
+                && names
                     .iter()
-                    .zip(&payload.metrics)
-                    .all(|((kept, _), (name, _))| **kept == **name);
+                    .zip(payload.metrics.keys())
+                    .all(|(kept, name)| kept == name);
             if same_names {
                 last.ts = payload.ts;
                 last.seq = payload.seq;
-                for ((_, kept), (_, value)) in last.metrics.iter_mut().zip(&payload.metrics) {
+                for (kept, value) in last
+                    .metrics
+                    .values_mut()
+                    .iter_mut()
+                    .zip(payload.metrics.values())
+                {
                     *kept = *value;
                 }
                 return;
             }
         }
-        *last = Some(Self {
-            ts: payload.ts,
-            seq: payload.seq,
-            metrics: (payload.metrics.iter())
-                .map(|(name, value)| (name.as_str().into(), *value))
-                .collect(),
-        });
+        *last = Some(Self::from(payload.clone()));
     }
 }
 
@@ -158,11 +158,7 @@ impl From<TelemetryPayload> for LastTelemetry {
         Self {
             ts: payload.ts,
             seq: payload.seq,
-            metrics: payload
-                .metrics
-                .into_iter()
-                .map(|(name, value)| (name.into_boxed_str(), value))
-                .collect(),
+            metrics: metrics_as_map::named(payload.metrics),
         }
     }
 }
@@ -170,23 +166,26 @@ impl From<TelemetryPayload> for LastTelemetry {
 mod metrics_as_map {
     use std::collections::BTreeMap;
 
+    use fleetwatch_models::names::Named;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(
-        metrics: &[(Box<str>, f64)],
+        metrics: &Named<f64>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(metrics.iter().map(|(name, value)| (name, value)))
+        serializer.collect_map(metrics.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<(Box<str>, f64)>, D::Error> {
-        let map = BTreeMap::<String, f64>::deserialize(deserializer)?;
-        Ok(map
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Named<f64>, D::Error> {
+        BTreeMap::<String, f64>::deserialize(deserializer).map(named)
+    }
+
+    /// A map's keys are sorted and unique, as `Named` needs.
+    pub fn named(map: BTreeMap<String, f64>) -> Named<f64> {
+        let pairs = map
             .into_iter()
-            .map(|(name, value)| (name.into_boxed_str(), value))
-            .collect())
+            .map(|(name, value)| (name.into_boxed_str(), value));
+        Named::from_sorted(pairs.collect()).expect("a map's keys are sorted and unique")
     }
 }
 
@@ -713,7 +712,9 @@ mod tests {
         let mut twin = twin();
         let last = |twin: &Twin| {
             let kept = twin.telemetry.as_ref().unwrap();
-            (kept.seq, kept.ts, kept.metrics.clone())
+            let metrics = kept.metrics.iter();
+            let pairs: Vec<(String, f64)> = metrics.map(|(n, v)| (n.to_owned(), *v)).collect();
+            (kept.seq, kept.ts, pairs)
         };
         twin.apply_event(&reading(1, &[("a", 1.0), ("b", 2.0)]), 0, &rules());
         // The same names: overwritten in place.
