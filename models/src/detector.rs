@@ -297,11 +297,10 @@ impl DetectorConfig {
     }
 }
 
-/// What the scorer needs of one metric.
+/// What the scorer needs of one metric (its name beside it, in [`DetectorParams`]'
+/// [`Named`]: written before these fields, as a field of its own once was).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricParams {
-    /// Boxed slices, not `Vec`s: 8 bytes less each, per metric and device in a scorer.
-    pub name: Box<str>,
     /// Standard deviation of the prediction error.
     pub error_std: f64,
     /// Long-run mean and standard deviation of the averaged raw score (log space).
@@ -319,7 +318,8 @@ pub struct MetricParams {
     /// Long-run mean and standard deviation of the value, for normalising shapes.
     pub value_mean: f64,
     pub value_std: f64,
-    /// Prototypes of recent shapes, one after the other, in units of 1/3000.
+    /// Prototypes of recent shapes, one after the other, in units of 1/3000 (boxed
+    /// slices, not `Vec`s: 8 bytes less each, per metric and device in a scorer).
     pub centroids: Box<[i16]>,
     /// Typical squared distance of a prototype's members to it.
     pub radii: Box<[f32]>,
@@ -353,9 +353,8 @@ pub struct DetectorParams {
     /// snapshots of one trainer, hold one copy (320 bytes each otherwise).
     #[serde(with = "shared_config")]
     pub config: Arc<DetectorConfig>,
-    /// Sorted by name. (Boxed slices, as below: 8 bytes less each than a `Vec`, the
-    /// same encoding.)
-    pub metrics: Box<[MetricParams]>,
+    /// By name, the names shared with the other devices that have the same ones.
+    pub metrics: Named<MetricParams>,
     /// Usual interval between events and how samples go missing, once known.
     pub interval: Option<Cadence>,
     /// Relations between metrics, once fitted.
@@ -368,7 +367,7 @@ pub struct DetectorParams {
 /// The binary body of the parameters after the configuration (kind and version travel
 /// in the header, then the configuration).
 type ParamsBody = (
-    Box<[MetricParams]>,
+    Named<MetricParams>,
     Option<Cadence>,
     Option<RelationParams>,
     Box<[SeasonParams]>,
@@ -480,11 +479,9 @@ impl DetectorParams {
             });
         }
         let dims = self.config.shape_length + 2;
-        let shapes_fit = self
-            .metrics
+        let shapes_fit = (self.metrics.values())
             .iter()
             .all(|m| m.centroids.len() == m.radii.len() * dims);
-        let sorted = self.metrics.windows(2).all(|w| w[0].name < w[1].name);
         let relation_fits = self.relation.as_ref().is_none_or(|r| {
             r.is_consistent()
                 && r.columns
@@ -493,7 +490,7 @@ impl DetectorParams {
         });
         let seasons_fit = (self.seasons.is_empty() || self.seasons.len() == self.metrics.len())
             && self.seasons.iter().all(|s| s.profile.len() <= 1024);
-        if shapes_fit && sorted && relation_fits && seasons_fit {
+        if shapes_fit && relation_fits && seasons_fit {
             Ok(())
         } else {
             Err(ModelError::Decode(
@@ -544,13 +541,8 @@ impl DetectorParams {
 
     /// The parameters of `name` and their index; `hint` is where they usually are.
     fn metric(&self, name: &str, hint: usize) -> Option<(usize, &MetricParams)> {
-        if let Some(metric) = self.metrics.get(hint).filter(|m| &*m.name == name) {
-            return Some((hint, metric));
-        }
-        self.metrics
-            .binary_search_by(|m| (*m.name).cmp(name))
-            .ok()
-            .map(|i| (i, &self.metrics[i]))
+        let index = self.metrics.position(name, hint).ok()?;
+        Some((index, &self.metrics[index]))
     }
 }
 
@@ -1393,11 +1385,7 @@ impl Trainer for DetectorTrainer {
             kind: Cow::Borrowed(KIND),
             format: FORMAT_VERSION,
             config: self.config.clone(),
-            metrics: self
-                .metrics
-                .iter()
-                .map(|(name, m)| metric_params(name, m))
-                .collect(),
+            metrics: self.metrics.map(metric_params),
             seasons: self
                 .seasons
                 .iter()
@@ -1450,10 +1438,9 @@ fn season_params(
     }
 }
 
-fn metric_params(name: &str, m: &MetricTrainer) -> MetricParams {
+fn metric_params(m: &MetricTrainer) -> MetricParams {
     let magnitude = m.max.abs().max(m.min.abs());
     MetricParams {
-        name: name.into(),
         error_std: m
             .error
             .std()
@@ -2074,7 +2061,7 @@ impl DetectorScorer {
                 Some(&value) => value,
                 None => *observation
                     .metrics
-                    .get(&*params.metrics.get(column)?.name)?,
+                    .get(params.metrics.names().get(column)?)?,
             };
             if slot.is_nan() {
                 return None;
@@ -2115,7 +2102,7 @@ fn attribute(
     (t2_score, spe_score): (f64, f64),
 ) -> Option<MetricScore> {
     let m = values.len();
-    let name = |j: usize| String::from(&*params.metrics[usize::from(relation.columns[j])].name);
+    let name = |j: usize| params.metrics.names()[usize::from(relation.columns[j])].to_owned();
     if spe_score >= t2_score {
         let share = |j: usize| eval.residual[j] * eval.residual[j];
         let top = (0..m).max_by(|&a, &b| share(a).total_cmp(&share(b)))?;
@@ -2166,8 +2153,7 @@ impl Scorer for DetectorScorer {
         }
         parts.extend(self.relation_part(params, observation, &seen));
         let mut score = Score::from_parts(parts);
-        score.ready = params
-            .metrics
+        score.ready = (params.metrics.values())
             .iter()
             .any(|m| m.n >= params.config.warmup_events);
         score
@@ -2331,7 +2317,6 @@ mod tests {
     #[test]
     fn a_deviation_in_a_familiar_shape_is_no_more_anomalous_than_the_shape() {
         let metric = MetricParams {
-            name: "temp".into(),
             error_std: 1.0,
             average_mean: 0.0,
             average_std: 0.2,
@@ -2746,7 +2731,7 @@ mod tests {
         let mut broken = params.clone();
         let mut centroids = broken.metrics[0].centroids.to_vec();
         centroids.push(1);
-        broken.metrics[0].centroids = centroids.into();
+        broken.metrics.values_mut()[0].centroids = centroids.into();
         assert!(broken.check().is_err());
         assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
         assert!(DetectorParams::from_bytes(b"{}").is_err());

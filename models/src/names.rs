@@ -149,6 +149,14 @@ impl<T> Named<T> {
         &mut self.values
     }
 
+    /// The same names with a value made of each of these.
+    pub fn map<U>(&self, f: impl FnMut(&T) -> U) -> Named<U> {
+        Named {
+            names: self.names.clone(),
+            values: self.values.iter().map(f).collect(),
+        }
+    }
+
     /// Names and values, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &T)> + '_ {
         self.names.iter().zip(&self.values)

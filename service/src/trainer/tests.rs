@@ -365,7 +365,7 @@ async fn publishes_every_n_events_with_versions_counting_from_one() {
         .params
         .metrics
         .iter()
-        .map(|metric| (&*metric.name, metric.n))
+        .map(|(name, metric)| (name, metric.n))
         .collect();
     assert_eq!(learned, vec![("temp", 15), ("vibration", 15)]);
 }
@@ -496,7 +496,7 @@ async fn each_device_has_its_own_model_and_version_count() {
             .iter()
             .rfind(|envelope| envelope.device_id.as_str() == device_id)
             .expect("published");
-        let temp = latest.params.metrics.iter().find(|m| &*m.name == "temp");
+        let temp = latest.params.metrics.get("temp");
         temp.expect("temp learned").value_mean
     };
     let (pump, fan) = (latest_temp_mean("pump-1"), latest_temp_mean("fan-2"));
