@@ -750,9 +750,14 @@ fn embed(
         return false;
     }
     let inverse = 1.0 / std.max(1e-9);
-    let values = context.values_newest_first();
-    for (slot, v) in out[..length].iter_mut().rev().zip(values) {
-        *slot = ((v - mean) * inverse).clamp(-10.0, 10.0);
+    let normalised = |v: f64| ((v - mean) * inverse).clamp(-10.0, 10.0);
+    // Newest first: the last value exactly, then each older one a step back.
+    let mut value = context.last_value;
+    out[length - 1] = normalised(value);
+    let steps = context.recent.iter(STEPS).rev();
+    for (slot, step) in out[..length - 1].iter_mut().rev().zip(steps) {
+        value -= f64::from(step);
+        *slot = normalised(value);
     }
     out[config.shape_length] = config.time_of_day_weight * tod.cos;
     out[config.shape_length + 1] = config.time_of_day_weight * tod.sin;
@@ -895,7 +900,7 @@ impl Context {
     /// Raw score of `value` against the current prediction, then advance the context.
     /// Returns (raw, prediction, ln of the average of recent raw scores including this
     /// one).
-    #[inline]
+    #[inline(always)]
     fn observe(&mut self, value: f64, error_std: f64, config: &DetectorConfig) -> (f64, f64, f64) {
         let prediction = if self.prediction.is_nan() {
             value

@@ -61,6 +61,7 @@ impl MetricNames {
     }
 
     /// Where `name` is (or would go); `hint` is where it usually is.
+    #[inline]
     pub fn position(&self, name: &str, hint: usize) -> Result<usize, usize> {
         if self.0.get(hint).is_some_and(|n| **n == *name) {
             return Ok(hint);
@@ -131,6 +132,7 @@ impl<T> Named<T> {
     }
 
     /// Where `name` is (or would go); `hint` is where it usually is.
+    #[inline]
     pub fn position(&self, name: &str, hint: usize) -> Result<usize, usize> {
         self.names.position(name, hint)
     }
