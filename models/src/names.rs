@@ -60,6 +60,19 @@ impl MetricNames {
         Self(list)
     }
 
+    /// Drop `self`, and its list from the known ones if nobody else holds it: a device
+    /// that learns its metrics one at a time leaves no list behind per metric.
+    fn release(self) {
+        let mut known = known()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Under the lock nobody can take a copy from the table, and a count of two is
+        // this one and the table's.
+        if Arc::strong_count(&self.0) == 2 {
+            known.lists.remove(&self.0);
+        }
+    }
+
     /// Where `name` is (or would go); `hint` is where it usually is.
     #[inline]
     pub fn position(&self, name: &str, hint: usize) -> Result<usize, usize> {
@@ -147,7 +160,7 @@ impl<T> Named<T> {
     pub fn insert(&mut self, index: usize, name: &str, value: T) {
         let mut names: Vec<Box<str>> = self.names.0.to_vec();
         names.insert(index, name.into());
-        self.names = MetricNames::shared(names);
+        std::mem::replace(&mut self.names, MetricNames::shared(names)).release();
         let mut values = std::mem::take(&mut self.values).into_vec();
         values.insert(index, value);
         self.values = values.into_boxed_slice();
@@ -255,6 +268,13 @@ mod tests {
         }
         assert_eq!(a.names().iter().collect::<Vec<_>>(), ["h", "p", "t"]);
         assert!(Arc::ptr_eq(&a.names().0, &b.names().0));
+        // The lists on the way ([t], [p, t], [h, t], ...) are gone.
+        let known = known().lock().unwrap();
+        for gone in [&["t"][..], &["p", "t"], &["h", "t"]] {
+            let gone: Vec<Box<str>> = gone.iter().map(|&n| n.into()).collect();
+            assert!(!known.lists.contains(&gone[..]), "{gone:?}");
+        }
+        drop(known);
         assert_eq!(a.get("p"), Some(&1));
         assert_eq!((a.position("t", 2), a.position("q", 0)), (Ok(2), Err(2)));
     }
