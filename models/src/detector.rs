@@ -615,8 +615,8 @@ const MIN_LOG_STD: f64 = 1e-4;
 
 /// Recent context of one metric, kept by trainer and scorer alike. Serialized as it
 /// was with a [`crate::ring::Ring`] per history (`recent_raw`, `recent_values`,
-/// `recent_shape`), so the trainer's state is unchanged by keeping them in one buffer
-/// and the values as steps.
+/// `recent_shape`), so the trainer's state keeps its format with them in one buffer and
+/// the values as steps.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "ContextWire")]
 struct Context {
@@ -730,7 +730,10 @@ impl Default for Context {
 
 /// A step between two successive values as a context keeps it: `f32`, whose rounding is
 /// relative to the step, not to the values (a value far from zero that moves little, a
-/// position or a meter, keeps its shape), within `f32`'s range.
+/// position or a meter, keeps its shape), within `f32`'s range. The price: a jump of `J`
+/// moves the values before it by about `J / 2^25`, which matters only for a glitch tens
+/// of millions of spreads high (the values before it then embed at the ±10 clamp for a
+/// few readings, as the glitch itself does).
 fn step(delta: f64) -> f32 {
     delta.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
 }
@@ -929,6 +932,8 @@ impl Context {
         } else {
             0
         };
+        // Every value counts, also in a scorer whose parameters do not know the metric
+        // yet: its shapes begin with the real last values once they do.
         if !self.last_value.is_nan() {
             let capacity = config.shape_length.saturating_sub(1);
             self.recent

@@ -3,8 +3,8 @@
 //! A fleet's devices send the same metrics, and every role keeps state per metric of
 //! every device: a name kept beside each metric's state costs 16 bytes and an allocation
 //! per metric, device and role (about 180 bytes per device at 8 metrics). [`Named`]
-//! keeps the values in a `Vec` and the names in one list shared by every device that
-//! has the same ones ([`MetricNames`]).
+//! keeps the values in a boxed slice and the names in one list shared by every device
+//! that has the same ones ([`MetricNames`]).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,8 +19,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricNames(Arc<[Box<str>]>);
 
-/// Every list in use, and some no longer in use until the next sweep: at most twice the
-/// lists in use, plus [`KnownNames::MIN_SWEEP`].
+/// Every list in use, and some no longer in use until the next sweep (a sweep runs when a
+/// new list would pass `sweep_at`): at most twice the most lists in use at a sweep, and
+/// at least [`KnownNames::MIN_SWEEP`]. A list replaced by a longer one leaves at once
+/// ([`MetricNames::release`]).
 struct KnownNames {
     lists: HashSet<Arc<[Box<str>]>>,
     /// Drop the lists nobody else holds once this many are known.
@@ -67,8 +69,12 @@ impl MetricNames {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Under the lock nobody can take a copy from the table, and a count of two is
-        // this one and the table's.
-        if Arc::strong_count(&self.0) == 2 {
+        // this one and the table's (if the table's entry is this list, not an equal one).
+        let the_tables = known
+            .lists
+            .get(&self.0)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.0));
+        if the_tables && Arc::strong_count(&self.0) == 2 {
             known.lists.remove(&self.0);
         }
     }
@@ -101,8 +107,10 @@ impl MetricNames {
 }
 
 impl Default for MetricNames {
+    /// No names: one list for the process, without the table's lock.
     fn default() -> Self {
-        Self::shared(Vec::new())
+        static NONE: OnceLock<MetricNames> = OnceLock::new();
+        NONE.get_or_init(|| Self(Arc::from(Vec::new()))).clone()
     }
 }
 
@@ -158,6 +166,11 @@ impl<T> Named<T> {
 
     /// Add `name` with `value` at `index`, where [`Named::position`] said it goes.
     pub fn insert(&mut self, index: usize, name: &str, value: T) {
+        debug_assert_eq!(
+            self.position(name, index),
+            Err(index),
+            "{name} goes elsewhere"
+        );
         let mut names: Vec<Box<str>> = self.names.0.to_vec();
         names.insert(index, name.into());
         std::mem::replace(&mut self.names, MetricNames::shared(names)).release();

@@ -22,6 +22,7 @@ impl<T: Copy + Default> Ring<T> {
     /// is fixed by the first push (a configuration does not change under a ring).
     pub fn push(&mut self, value: T, capacity: usize) {
         if capacity == 0 {
+            *self = Self::default();
             return;
         }
         if self.buffer.len() != capacity {
@@ -144,9 +145,13 @@ impl<const N: usize> Rings<N> {
 
     /// Append `value` to ring `r`, dropping its oldest once `capacity` values are held,
     /// as [`Ring::push`] does (a capacity above 255, which no valid configuration asks
-    /// for, holds 255).
+    /// for, holds 255). A capacity of 0 empties the ring: a configuration that turned it
+    /// off leaves nothing behind to come back later.
     pub fn push(&mut self, r: usize, value: f32, capacity: usize) {
         if capacity == 0 {
+            if self.caps[r] != 0 {
+                self.relayout(r, 0);
+            }
             return;
         }
         let cap = u8::try_from(capacity).unwrap_or(u8::MAX);

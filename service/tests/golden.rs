@@ -323,6 +323,44 @@ fn trainer_state_of_every_version_reads() {
     );
 }
 
+/// A checkpoint written before the last values were kept as steps (`b294bce`: the values
+/// ring as `f64`s, its oldest not at the start): it reads, its values become steps, and it
+/// learns on as the same trainer written now does.
+#[test]
+fn trainer_state_from_before_the_steps_reads() {
+    let bytes = std::fs::read(golden_dir().join("trainer-state-before-steps.bin")).unwrap();
+    let envelope = ParamsEnvelope::decode(&bytes).expect("the envelope reads");
+    let config = production::Config::default();
+    let mut old = ModelTrainer::from_state_bytes(config.clone(), &envelope.params)
+        .expect("the checkpoint reads");
+    let mut now = trained();
+    assert_eq!(old.events(), now.events());
+    for step in 400..460 {
+        let metrics = metrics_at(step);
+        let observation = Observation {
+            ts_ms: T0 + i64::from(step) * 1_000,
+            metrics: &metrics,
+        };
+        old.update(&observation);
+        now.update(&observation);
+    }
+    // The same model, but for the last bits of the values (a shape's prototype may move
+    // a unit of 1/3000 one way or the other).
+    let (old, now) = (old.snapshot(), now.snapshot());
+    for ((name, a), (_, b)) in old.metrics.iter().zip(now.metrics.iter()) {
+        let close = |x: f64, y: f64, by: f64| (x - y).abs() <= by * x.abs().max(y.abs()).max(1.0);
+        assert!(close(a.value_mean, b.value_mean, 1e-9), "{name}");
+        assert!(close(a.error_std, b.error_std, 1e-9), "{name}");
+        assert!(
+            close(a.shape_mean, b.shape_mean, 1e-3),
+            "{name}: {} {}",
+            a.shape_mean,
+            b.shape_mean
+        );
+        assert_eq!(a.n, b.n, "{name}");
+    }
+}
+
 fn command() -> CommandRecord {
     CommandRecord {
         command_id: "cmd-1".into(),

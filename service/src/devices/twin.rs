@@ -149,7 +149,12 @@ impl LastTelemetry {
                 return;
             }
         }
-        *last = Some(Self::from(payload.clone()));
+        let pairs = (payload.metrics.iter()).map(|(name, value)| (name.as_str().into(), *value));
+        *last = Some(Self {
+            ts: payload.ts,
+            seq: payload.seq,
+            metrics: metrics_as_map::named(pairs),
+        });
     }
 }
 
@@ -158,7 +163,9 @@ impl From<TelemetryPayload> for LastTelemetry {
         Self {
             ts: payload.ts,
             seq: payload.seq,
-            metrics: metrics_as_map::named(payload.metrics),
+            metrics: metrics_as_map::named(
+                (payload.metrics.into_iter()).map(|(name, value)| (name.into_boxed_str(), value)),
+            ),
         }
     }
 }
@@ -177,14 +184,14 @@ mod metrics_as_map {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Named<f64>, D::Error> {
-        BTreeMap::<String, f64>::deserialize(deserializer).map(named)
+        let map = BTreeMap::<String, f64>::deserialize(deserializer)?;
+        Ok(named(
+            (map.into_iter()).map(|(name, value)| (name.into_boxed_str(), value)),
+        ))
     }
 
-    /// A map's keys are sorted and unique, as `Named` needs.
-    pub fn named(map: BTreeMap<String, f64>) -> Named<f64> {
-        let pairs = map
-            .into_iter()
-            .map(|(name, value)| (name.into_boxed_str(), value));
+    /// The pairs of a map, in its order: its keys are sorted and unique, as `Named` needs.
+    pub fn named(pairs: impl Iterator<Item = (Box<str>, f64)>) -> Named<f64> {
         Named::from_sorted(pairs.collect()).expect("a map's keys are sorted and unique")
     }
 }
