@@ -669,9 +669,7 @@ impl TryFrom<ContextWire> for Context {
         recent.restore(RAW, &wire.recent_raw)?;
         recent.restore(SHAPE, &wire.recent_shape)?;
         let values = &wire.recent_values;
-        if !values.fits() {
-            return Err("a ring whose start or length does not fit its buffer");
-        }
+        values.check()?;
         if !wire.last_value.is_nan() {
             let capacity = values.capacity().saturating_sub(1);
             for (older, newer) in values.iter().zip(values.iter().skip(1)) {

@@ -62,13 +62,18 @@ impl<T: Copy + Default> Ring<T> {
         }
     }
 
-    /// Whether its start and length fit its buffer, and the buffer holds at most 255
-    /// values (a ring read from the wire is checked before use).
-    pub fn fits(&self) -> bool {
+    /// Refuses a ring whose start or length does not fit its buffer, or whose buffer holds
+    /// more than 255 values (a ring read from the wire is checked before use).
+    pub fn check(&self) -> Result<(), &'static str> {
         let cap = self.buffer.len();
-        cap <= usize::from(u8::MAX)
+        let fits = cap <= usize::from(u8::MAX)
             && self.len as usize <= cap
-            && ((self.head as usize) < cap || (cap == 0 && self.head == 0))
+            && ((self.head as usize) < cap || (cap == 0 && self.head == 0));
+        if fits {
+            Ok(())
+        } else {
+            Err("a ring whose start or length does not fit its buffer, or longer than 255")
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -201,12 +206,9 @@ impl<const N: usize> Rings<N> {
         }
     }
 
-    /// Make ring `r` the `ring` read from the wire; refuses a ring that does not
-    /// [`Ring::fits`].
+    /// Make ring `r` the `ring` read from the wire, once [`Ring::check`]ed.
     pub fn restore(&mut self, r: usize, ring: &Ring<f32>) -> Result<(), &'static str> {
-        if !ring.fits() {
-            return Err("a ring whose start or length does not fit its buffer, or longer than 255");
-        }
+        ring.check()?;
         if ring.buffer.is_empty() {
             return Ok(());
         }
@@ -242,7 +244,7 @@ mod tests {
         assert_eq!(ring.iter().copied().collect::<Vec<i32>>(), vec![5, 6, 7]);
         assert_eq!(ring.len(), 3);
         let held = Ring::holding(4, [5, 6, 7]);
-        assert!(held.fits());
+        assert!(held.check().is_ok());
         assert_eq!((held.capacity(), held.len()), (4, 3));
         assert_eq!(held.iter().copied().collect::<Vec<i32>>(), vec![5, 6, 7]);
     }

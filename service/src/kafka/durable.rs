@@ -89,8 +89,14 @@ impl Outgoing {
     }
 }
 
-/// A consumed record (topic, partition, offset), its effect if any, and its weight.
-type Entry = (String, i32, i64, Option<Outgoing>, usize);
+/// A consumed record, its effect if any, and what it takes of the capacity.
+struct Entry {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    outgoing: Option<Outgoing>,
+    weight: usize,
+}
 
 /// Consumed records whose effect is a Kafka record still on its way (or none), in
 /// order; bounded by `capacity`, in the effects' weights (a record without an effect
@@ -151,9 +157,13 @@ impl PendingDeliveries {
             }),
             None => None,
         };
-        let topic = consumed_topic.to_owned();
-        self.queue
-            .push_back((topic, partition, offset, outgoing, weight));
+        self.queue.push_back(Entry {
+            topic: consumed_topic.to_owned(),
+            partition,
+            offset,
+            outgoing,
+            weight,
+        });
         self.load += weight;
     }
 
@@ -161,8 +171,8 @@ impl PendingDeliveries {
     /// whose delivery is still on its way, so the consume loop never blocks on Kafka
     /// between records.
     pub fn settle_ready(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
-        while let Some((topic, partition, offset, outgoing, weight)) = self.queue.front_mut() {
-            if let Some(outgoing) = outgoing {
+        while let Some(entry) = self.queue.front_mut() {
+            if let Some(outgoing) = &mut entry.outgoing {
                 match outgoing.delivery.try_confirmed() {
                     None => return Ok(()),
                     Some(Ok(())) => {}
@@ -173,8 +183,8 @@ impl PendingDeliveries {
                     }
                 }
             }
-            done.at(topic, *partition, *offset);
-            self.load -= *weight;
+            done.at(&entry.topic, entry.partition, entry.offset);
+            self.load -= entry.weight;
             self.queue.pop_front();
         }
         Ok(())
@@ -184,18 +194,17 @@ impl PendingDeliveries {
     /// landed to `done`. A failed delivery is queued again and stops the settling with
     /// [`HandleError::Retry`]: it stays first, the next call waits for it anew.
     pub async fn settle(&mut self, done: &mut DurableOffsets) -> Result<(), HandleError> {
-        while let Some((topic, partition, offset, outgoing, weight)) = self.queue.pop_front() {
-            if let Some(mut outgoing) = outgoing {
+        while let Some(mut entry) = self.queue.pop_front() {
+            if let Some(outgoing) = &mut entry.outgoing {
                 let delivery = std::mem::replace(&mut outgoing.delivery, Delivery::landed(0, 0));
                 if let Err(error) = delivery.confirmed().await {
                     outgoing.enqueue_again(&self.producer).await;
-                    let entry = (topic, partition, offset, Some(outgoing), weight);
                     self.queue.push_front(entry);
                     return Err(HandleError::Retry(error.to_string()));
                 }
             }
-            done.at(&topic, partition, offset);
-            self.load -= weight;
+            done.at(&entry.topic, entry.partition, entry.offset);
+            self.load -= entry.weight;
         }
         Ok(())
     }
