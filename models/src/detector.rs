@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibration::{ln_two_sided_tail, student_as_normal};
 use crate::names::Named;
+use crate::prototypes::Prototypes;
 use crate::relation::{
     Evaluation, RelationConfig, RelationContext, RelationParams, RelationTrainer, MAX_COLUMNS,
 };
@@ -303,29 +304,49 @@ impl DetectorConfig {
 pub struct MetricParams {
     /// Standard deviation of the prediction error.
     pub error_std: f64,
-    /// Long-run mean and standard deviation of the averaged raw score (log space).
-    pub average_mean: f64,
+    /// Long-run mean and standard deviation of the averaged raw score (log space). The
+    /// means of log-space statistics are learned in `f32` (`SmallRunning`), and kept so:
+    /// written as `f64`, as they always were.
+    #[serde(with = "f32_as_f64")]
+    pub average_mean: f32,
     pub average_std: f32,
     /// Long-run mean and standard deviation of the drift average.
-    pub drift_mean: f64,
+    #[serde(with = "f32_as_f64")]
+    pub drift_mean: f32,
     pub drift_std: f32,
     /// Range seen so far.
     pub min: f64,
     pub max: f64,
     /// How often the metric repeats its previous value exactly.
     pub repeat_rate: f32,
-    pub n: u64,
+    /// Observations learned: a `u32` in the trainer (written as the `u64` it was: the
+    /// same bytes).
+    pub n: u32,
     /// Long-run mean and standard deviation of the value, for normalising shapes.
     pub value_mean: f64,
     pub value_std: f64,
-    /// Prototypes of recent shapes, one after the other, in units of 1/3000 (boxed
-    /// slices, not `Vec`s: 8 bytes less each, per metric and device in a scorer).
-    pub centroids: Box<[i16]>,
-    /// Typical squared distance of a prototype's members to it.
-    pub radii: Box<[f32]>,
+    /// Prototypes of recent shapes in units of 1/3000, each with the typical squared
+    /// distance of its members to it (its radius). Written as the prototypes one after
+    /// the other, then the radii.
+    pub prototypes: Prototypes<1>,
     /// Long-run distribution of the averaged log distance to the nearest prototype.
-    pub shape_mean: f64,
+    #[serde(with = "f32_as_f64")]
+    pub shape_mean: f32,
     pub shape_std: f32,
+}
+
+/// Serde of an `f32` written as `f64` (the parameters' format from when these means were
+/// kept in `f64`).
+mod f32_as_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(*value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        f64::deserialize(d).map(|value| value as f32)
+    }
 }
 
 /// A metric's seasonal profile, as the scorer needs it.
@@ -481,7 +502,7 @@ impl DetectorParams {
         let dims = self.config.shape_length + 2;
         let shapes_fit = (self.metrics.values())
             .iter()
-            .all(|m| m.centroids.len() == m.radii.len() * dims);
+            .all(|m| m.prototypes.is_empty() || m.prototypes.dims() == dims);
         let relation_fits = self.relation.as_ref().is_none_or(|r| {
             r.is_consistent()
                 && r.columns
@@ -791,19 +812,18 @@ struct Shape {
 
 /// The nearest prototype and its squared distance. Computed in prototype units (the
 /// vector is scaled once rather than every prototype element).
-fn nearest(centroids: &[i16], dims: usize, vector: &[f64]) -> Option<(usize, f64)> {
+fn nearest<const E: usize>(prototypes: &Prototypes<E>, vector: &[f64]) -> Option<(usize, f64)> {
     let mut scaled = [0.0f64; MAX_DIMS];
     for (s, v) in scaled.iter_mut().zip(vector) {
         *s = v * UNITS_PER_VALUE;
     }
-    let scaled = &scaled[..dims];
-    centroids
-        .chunks_exact(dims)
+    prototypes
+        .centroids()
         .enumerate()
         .map(|(i, c)| {
             let distance = c
                 .iter()
-                .zip(scaled)
+                .zip(&scaled)
                 .map(|(&a, b)| {
                     let d = f64::from(a) - b;
                     d * d
@@ -852,7 +872,7 @@ impl Context {
     /// others (and runs begun while warming up) the current rate.
     fn note_run_start(&mut self, metric: &MetricParams, config: &DetectorConfig) {
         if self.repeats == 1 {
-            let rare = metric.n >= config.warmup_events
+            let rare = u64::from(metric.n) >= config.warmup_events
                 && f64::from(metric.repeat_rate) < RARE_REPEAT_RATE;
             self.run_start_repeat_rate = if rare { metric.repeat_rate } else { f32::NAN };
         } else if self.repeats == 0 {
@@ -876,19 +896,19 @@ impl Context {
     /// The current shape (of the values `observe` took), its nearest centroid and the
     /// averaged log distance to it (none before the history fills a shape or while
     /// there is no centroid).
-    fn observe_shape(
+    fn observe_shape<const E: usize>(
         &mut self,
         tod: TimeOfDay,
-        metric: (f64, f64, &[i16]),
+        metric: (f64, f64, &Prototypes<E>),
         config: &DetectorConfig,
         vector: &mut [f64; MAX_DIMS],
     ) -> Option<Shape> {
-        let (mean, std, centroids) = metric;
+        let (mean, std, prototypes) = metric;
         if !embed(self, tod, mean, std, config, vector) {
             return None;
         }
         let dims = config.shape_length + 2;
-        let nearest = nearest(centroids, dims, &vector[..dims])?;
+        let nearest = nearest(prototypes, &vector[..dims])?;
         (self.recent).push(SHAPE, nearest.1 as f32, config.averaging_window);
         let sum: f64 = self.recent.iter(SHAPE).map(f64::from).sum();
         let average = sum / self.recent.len(SHAPE) as f64;
@@ -946,6 +966,10 @@ impl Context {
     }
 }
 
+/// The numbers of a trainer's prototype.
+const WEIGHT: usize = 0;
+const RADIUS: usize = 1;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MetricTrainer {
     context: Context,
@@ -954,11 +978,9 @@ struct MetricTrainer {
     value: Running,
     shape: SmallRunning,
     drift: SmallRunning,
-    /// Prototypes (i16, see `CENTROID_UNIT`), and per prototype its use weight and
-    /// radius. Boxed slices, not `Vec`s: 8 bytes less each per metric (the trainer's
-    /// state is the same bytes).
-    centroids: Box<[i16]>,
-    members: Box<[[f32; 2]]>,
+    /// Prototypes (i16, see `CENTROID_UNIT`), each with its use weight and radius
+    /// ([`WEIGHT`], [`RADIUS`]). Written as the two boxed slices they were.
+    prototypes: Prototypes<2>,
     typical_distance: SmallRunning,
     min: f64,
     max: f64,
@@ -1057,7 +1079,7 @@ impl DetectorTrainer {
         let dims = self.config.shape_length + 2;
         let shapes_fit = (self.metrics.values())
             .iter()
-            .all(|m| m.centroids.len() == m.members.len() * dims);
+            .all(|m| m.prototypes.is_empty() || m.prototypes.dims() == dims);
         let seasons_fit = self.seasons.is_empty() || self.seasons.len() == self.metrics.len();
         shapes_fit
             && seasons_fit
@@ -1310,7 +1332,7 @@ fn learn_shape_of(metric: &mut MetricTrainer, tod: TimeOfDay, cap: usize, config
     let shape =
         metric
             .context
-            .observe_shape(tod, (mean, std, &metric.centroids), config, &mut vector);
+            .observe_shape(tod, (mean, std, &metric.prototypes), config, &mut vector);
     if let Some(shape) = shape {
         if u64::from(metric.n) > config.warmup_events {
             metric
@@ -1318,7 +1340,7 @@ fn learn_shape_of(metric: &mut MetricTrainer, tod: TimeOfDay, cap: usize, config
                 .learn(shape.log_average_distance, config.likelihood_alpha);
         }
         learn_shape(metric, &vector, Some(shape.nearest), cap, config);
-    } else if metric.centroids.is_empty()
+    } else if metric.prototypes.is_empty()
         && embed(&metric.context, tod, mean, std, config, &mut vector)
     {
         learn_shape(metric, &vector, None, cap, config);
@@ -1454,19 +1476,18 @@ fn metric_params(m: &MetricTrainer) -> MetricParams {
             .std()
             .max(MIN_RELATIVE_ERROR_STD * magnitude)
             .max(1e-12),
-        average_mean: m.average.mean(),
+        average_mean: m.average.mean,
         average_std: m.average.std() as f32,
-        drift_mean: m.drift.mean(),
+        drift_mean: m.drift.mean,
         drift_std: m.drift.std() as f32,
         min: m.min,
         max: m.max,
         repeat_rate: m.repeat_rate,
-        n: u64::from(m.n),
+        n: m.n,
         value_mean: m.value.mean,
         value_std: m.value.std(),
-        centroids: m.centroids.clone(),
-        radii: m.members.iter().map(|[_, radius]| *radius).collect(),
-        shape_mean: m.shape.mean(),
+        prototypes: m.prototypes.keeping([RADIUS]),
+        shape_mean: m.shape.mean,
         shape_std: m.shape.std() as f32,
     }
 }
@@ -1485,7 +1506,7 @@ fn learn_shape(
     let dims = config.shape_length + 2;
     let vector = &vector[..dims];
     let Some((index, distance)) = nearest else {
-        add_centroid(metric, vector, 1.0);
+        add_prototype(&mut metric.prototypes, vector, 1.0);
         return;
     };
     // Before any member distance was learned, one unit of normalised squared distance.
@@ -1494,52 +1515,52 @@ fn learn_shape(
     } else {
         metric.typical_distance.mean().max(1e-6)
     };
-    let count = metric.members.len();
+    let prototypes = &mut metric.prototypes;
+    let count = prototypes.len();
     let novel = config.shape_vigilance > 0.0
         && u64::from(metric.n) > config.warmup_events
-        && distance > config.shape_vigilance * f64::from(metric.members[index][1]).max(typical);
+        && distance
+            > config.shape_vigilance * f64::from(prototypes.number(index, RADIUS)).max(typical);
     if novel || (count < cap && distance > 0.5) {
         let radius = (typical * config.new_radius_fraction) as f32;
         if count < cap {
-            add_centroid(metric, vector, radius);
+            add_prototype(prototypes, vector, radius);
         } else {
             let least = (0..count)
-                .min_by(|&a, &b| metric.members[a][0].total_cmp(&metric.members[b][0]))
+                .min_by(|&a, &b| {
+                    let weight = |index| prototypes.number(index, WEIGHT);
+                    weight(a).total_cmp(&weight(b))
+                })
                 .unwrap_or(0);
-            for (c, &v) in metric.centroids[least * dims..][..dims]
-                .iter_mut()
-                .zip(vector)
-            {
+            for (c, &v) in prototypes.centroid_mut(least).iter_mut().zip(vector) {
                 *c = quantize(v);
             }
-            metric.members[least] = [1.0, radius];
+            prototypes.set_number(least, WEIGHT, 1.0);
+            prototypes.set_number(least, RADIUS, radius);
         }
         return;
     }
     metric.typical_distance.learn(distance, config.error_alpha);
-    metric.members[index][0] += 1.0;
-    let rate = (1.0 / f64::from(metric.members[index][0])).max(0.01);
-    let radius = &mut metric.members[index][1];
-    *radius += (rate * (distance - f64::from(*radius))) as f32;
-    for (c, v) in metric.centroids[index * dims..][..dims]
-        .iter_mut()
-        .zip(vector)
-    {
+    let weight = prototypes.number(index, WEIGHT) + 1.0;
+    prototypes.set_number(index, WEIGHT, weight);
+    let rate = (1.0 / f64::from(weight)).max(0.01);
+    let radius = prototypes.number(index, RADIUS);
+    let radius = radius + (rate * (distance - f64::from(radius))) as f32;
+    prototypes.set_number(index, RADIUS, radius);
+    for (c, v) in prototypes.centroid_mut(index).iter_mut().zip(vector) {
         let current = f64::from(*c) * CENTROID_UNIT;
         *c = quantize(current + rate * (v - current));
     }
     // Slowly forget, so rarely used centroids are the ones replaced.
-    for member in metric.members.iter_mut() {
-        member[0] *= 0.999;
+    for index in 0..count {
+        let weight = prototypes.number(index, WEIGHT);
+        prototypes.set_number(index, WEIGHT, weight * 0.999);
     }
 }
 
-/// A new prototype; the buffers grow exactly (no spare capacity per device).
-fn add_centroid(metric: &mut MetricTrainer, vector: &[f64], radius: f32) {
-    let added = vector.iter().map(|&v| quantize(v));
-    metric.centroids = metric.centroids.iter().copied().chain(added).collect();
-    let member = [1.0, radius];
-    metric.members = metric.members.iter().copied().chain([member]).collect();
+/// A new prototype, of use weight 1.
+fn add_prototype(prototypes: &mut Prototypes<2>, vector: &[f64], radius: f32) {
+    prototypes.push(vector.iter().map(|&v| quantize(v)), [1.0, radius]);
 }
 
 /// Everything the per-metric score looks at for one event.
@@ -1597,7 +1618,7 @@ impl Excursion {
     /// The range to judge `value` by, advancing the excursion.
     fn range(&mut self, metric: &MetricParams, config: &DetectorConfig, value: f64) -> (f64, f64) {
         let current = (metric.min, metric.max);
-        if !config.range_holds || metric.n < config.range_events {
+        if !config.range_holds || u64::from(metric.n) < config.range_events {
             self.hold(None);
             return current;
         }
@@ -1616,11 +1637,14 @@ impl Excursion {
 
 /// Whether the current shape lies close to a prototype (once shapes count at all).
 fn familiar(metric: &MetricParams, config: &DetectorConfig, shape: &Shape) -> bool {
-    if config.familiar_ratio <= 0.0 || metric.n < config.novelty_events {
+    if config.familiar_ratio <= 0.0 || u64::from(metric.n) < config.novelty_events {
         return false;
     }
     let (index, distance) = shape.nearest;
-    let radius = metric.radii.get(index).map_or(1.0, |&r| f64::from(r));
+    let radius = metric
+        .prototypes
+        .get_number(index, 0)
+        .map_or(1.0, f64::from);
     distance <= config.familiar_ratio * radius.max(1e-6)
 }
 
@@ -1631,7 +1655,8 @@ fn history_score(
     config: &DetectorConfig,
     r: &Reading<'_>,
 ) -> (f64, Cause, bool) {
-    let z = (r.average - metric.average_mean) / f64::from(metric.average_std).max(MIN_LOG_STD);
+    let z = (r.average - f64::from(metric.average_mean))
+        / f64::from(metric.average_std).max(MIN_LOG_STD);
     let mut score = upper_score(z);
     let mut cause = Cause::Deviation {
         z: r.raw * (r.value - r.prediction).signum(),
@@ -1654,7 +1679,7 @@ fn history_score(
     if config.drift_detection {
         // A floor on the spread: a series learned as perfectly regular must not call
         // every tiny lean a drift.
-        let z = (r.drift - metric.drift_mean) / f64::from(metric.drift_std).max(0.05);
+        let z = (r.drift - f64::from(metric.drift_mean)) / f64::from(metric.drift_std).max(0.05);
         let drift = two_sided_score(z);
         if drift > score {
             score = drift;
@@ -1685,7 +1710,7 @@ fn shape_score(
     score: &mut f64,
     cause: &mut Cause,
 ) {
-    let z = (shape.log_average_distance - metric.shape_mean)
+    let z = (shape.log_average_distance - f64::from(metric.shape_mean))
         / f64::from(metric.shape_std).max(MIN_LOG_STD)
         / config.shape_z_scale.max(1e-9);
     let likely = upper_score(z);
@@ -1697,12 +1722,10 @@ fn shape_score(
         *score = likely;
         *cause = Cause::NewShape { ratio: 0.0 };
     }
-    if config.shape_vigilance > 0.0 && metric.n >= config.novelty_events {
+    if config.shape_vigilance > 0.0 && u64::from(metric.n) >= config.novelty_events {
         let (index, distance) = shape.nearest;
-        let radius = metric
-            .radii
-            .get(index)
-            .map_or(1.0, |&r| f64::from(r))
+        let radius = (metric.prototypes.get_number(index, 0))
+            .map_or(1.0, f64::from)
             .max(1e-6);
         let ratio = distance / (config.shape_vigilance * radius);
         let mut novel = 0.5 + 0.5 * (1.0 - 1.0 / ratio);
@@ -1730,7 +1753,7 @@ fn range_score(
     beyond_run: u32,
 ) -> f64 {
     let excess = (value - max).max(min - value);
-    if max <= min || excess <= 0.0 || metric.n < config.range_events {
+    if max <= min || excess <= 0.0 || u64::from(metric.n) < config.range_events {
         return 0.0;
     }
     // A positive quantity (a count, a rate, a duration) falling below its range is
@@ -1992,11 +2015,11 @@ impl DetectorScorer {
         let mut vector = [0.0; MAX_DIMS];
         let shape = context.observe_shape(
             tod,
-            (metric.value_mean, metric.value_std, &metric.centroids),
+            (metric.value_mean, metric.value_std, &metric.prototypes),
             config,
             &mut vector,
         );
-        if metric.n < config.warmup_events {
+        if u64::from(metric.n) < config.warmup_events {
             return None;
         }
         let reading = Reading {
@@ -2010,7 +2033,7 @@ impl DetectorScorer {
             range: excursion.range(metric, config, value),
             beyond_run: excursion.beyond_run,
         };
-        let (mut score, mut cause, beyond) = if metric.n < config.history_events {
+        let (mut score, mut cause, beyond) = if u64::from(metric.n) < config.history_events {
             let dof = metric.n.saturating_sub(1).max(1) as f64;
             (
                 tail_score(ln_two_sided_tail(student_as_normal(raw, dof))),
@@ -2163,7 +2186,7 @@ impl Scorer for DetectorScorer {
         let mut score = Score::from_parts(parts);
         score.ready = (params.metrics.values())
             .iter()
-            .any(|m| m.n >= params.config.warmup_events);
+            .any(|m| u64::from(m.n) >= params.config.warmup_events);
         score
     }
 }
@@ -2322,6 +2345,13 @@ mod tests {
         assert!(second.value >= THRESHOLD, "{second:?}");
     }
 
+    /// A prototype at the origin of radius 1 (of the default 8 values).
+    fn one_prototype() -> Prototypes<1> {
+        let mut prototypes = Prototypes::default();
+        prototypes.push([0; 8].into_iter(), [1.0]);
+        prototypes
+    }
+
     #[test]
     fn a_deviation_in_a_familiar_shape_is_no_more_anomalous_than_the_shape() {
         let metric = MetricParams {
@@ -2336,8 +2366,7 @@ mod tests {
             n: 5_000,
             value_mean: 0.0,
             value_std: 10.0,
-            centroids: vec![0; 8].into(),
-            radii: vec![1.0].into(),
+            prototypes: one_prototype(),
             shape_mean: 0.0,
             shape_std: 1.0,
         };
@@ -2737,9 +2766,9 @@ mod tests {
         assert!(DetectorParams::from_bytes(&bytes[..bytes.len() / 2]).is_err());
         // Arrays that do not fit together are refused, not indexed out of bounds.
         let mut broken = params.clone();
-        let mut centroids = broken.metrics[0].centroids.to_vec();
-        centroids.push(1);
-        broken.metrics.values_mut()[0].centroids = centroids.into();
+        let mut longer = Prototypes::default();
+        longer.push([1; 9].into_iter(), [1.0]);
+        broken.metrics.values_mut()[0].prototypes = longer;
         assert!(broken.check().is_err());
         assert!(DetectorParams::from_bytes(&broken.to_bytes()).is_err());
         assert!(DetectorParams::from_bytes(b"{}").is_err());

@@ -16,6 +16,7 @@ pub mod nab;
 pub mod names;
 mod observation;
 pub mod production;
+pub mod prototypes;
 pub mod relation;
 pub mod replay;
 mod ring;

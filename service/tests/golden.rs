@@ -352,7 +352,7 @@ fn trainer_state_from_before_the_steps_reads() {
         assert!(close(a.value_mean, b.value_mean, 1e-9), "{name}");
         assert!(close(a.error_std, b.error_std, 1e-9), "{name}");
         assert!(
-            close(a.shape_mean, b.shape_mean, 1e-3),
+            close(a.shape_mean.into(), b.shape_mean.into(), 1e-3),
             "{name}: {} {}",
             a.shape_mean,
             b.shape_mean
