@@ -87,16 +87,18 @@ impl ParamGuard for RelationConfig {
 
 /// What the scorer needs: the fitted components, limits and calibration. `f32`: these
 /// travel with every parameter snapshot.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(try_from = "RelationParamsWire")]
 pub struct RelationParams {
     /// Indexes of the covered metrics in the detector's (sorted) metric list. Boxed
     /// slices, not `Vec`s: 40 bytes less per copy (the same encoding).
     pub columns: Box<[u8]>,
-    pub mean: Box<[f32]>,
-    pub scale: Box<[f32]>,
-    /// `k` components of `columns.len()` loadings each, component after component.
-    pub loadings: Box<[f32]>,
-    pub eigenvalues: Box<[f32]>,
+    /// The fit, in one allocation (the trainer and every scorer keep one per device):
+    /// `width` means, `width` scales, `components` eigenvalues, then `components` ×
+    /// `width` loadings, component after component. Written as four arrays, as it was.
+    fit: Box<[f32]>,
+    width: u8,
+    components: u8,
     /// 99% control limits of T² and Q.
     pub t2_limit: f32,
     pub spe_limit: f32,
@@ -105,6 +107,59 @@ pub struct RelationParams {
     pub spe_calibration: (f32, f32),
     /// The calibration has learned enough for the score to count.
     pub ready: bool,
+}
+
+/// [`RelationParams`] as written (the fit as four arrays).
+#[derive(Deserialize)]
+#[serde(rename = "RelationParams")]
+struct RelationParamsWire {
+    columns: Box<[u8]>,
+    mean: Vec<f32>,
+    scale: Vec<f32>,
+    loadings: Vec<f32>,
+    eigenvalues: Vec<f32>,
+    t2_limit: f32,
+    spe_limit: f32,
+    t2_calibration: (f32, f32),
+    spe_calibration: (f32, f32),
+    ready: bool,
+}
+
+impl TryFrom<RelationParamsWire> for RelationParams {
+    type Error = &'static str;
+
+    fn try_from(wire: RelationParamsWire) -> Result<Self, Self::Error> {
+        let fitted =
+            RelationParams::fitted(&wire.mean, &wire.scale, &wire.eigenvalues, &wire.loadings)
+                .ok_or("a relation whose arrays do not fit together")?;
+        Ok(RelationParams {
+            columns: wire.columns,
+            t2_limit: wire.t2_limit,
+            spe_limit: wire.spe_limit,
+            t2_calibration: wire.t2_calibration,
+            spe_calibration: wire.spe_calibration,
+            ready: wire.ready,
+            ..fitted
+        })
+    }
+}
+
+impl Serialize for RelationParams {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("RelationParams", 10)?;
+        out.serialize_field("columns", &self.columns)?;
+        out.serialize_field("mean", self.mean())?;
+        out.serialize_field("scale", self.scale())?;
+        out.serialize_field("loadings", self.loadings())?;
+        out.serialize_field("eigenvalues", self.eigenvalues())?;
+        out.serialize_field("t2_limit", &self.t2_limit)?;
+        out.serialize_field("spe_limit", &self.spe_limit)?;
+        out.serialize_field("t2_calibration", &self.t2_calibration)?;
+        out.serialize_field("spe_calibration", &self.spe_calibration)?;
+        out.serialize_field("ready", &self.ready)?;
+        out.end()
+    }
 }
 
 /// One reading against the model: standardised values and residuals per column.
@@ -118,15 +173,58 @@ pub struct Evaluation {
 }
 
 impl RelationParams {
-    /// Whether the arrays fit together (parameters come from outside the process).
+    /// A fit of `mean.len()` columns (at most 255) and `eigenvalues.len()` components (at
+    /// most 255), with no columns, limits or calibration yet; `None` when the arrays'
+    /// lengths do not fit together.
+    pub fn fitted(
+        mean: &[f32],
+        scale: &[f32],
+        eigenvalues: &[f32],
+        loadings: &[f32],
+    ) -> Option<Self> {
+        let (width, components) = (mean.len(), eigenvalues.len());
+        let fits = scale.len() == width && loadings.len() == width * components;
+        if !fits || width > usize::from(u8::MAX) || components > usize::from(u8::MAX) {
+            return None;
+        }
+        let parts = [mean, scale, eigenvalues, loadings];
+        Some(RelationParams {
+            fit: parts.concat().into_boxed_slice(),
+            width: width as u8,
+            components: components as u8,
+            ..RelationParams::default()
+        })
+    }
+
+    fn width(&self) -> usize {
+        usize::from(self.width)
+    }
+
+    pub fn mean(&self) -> &[f32] {
+        &self.fit[..self.width()]
+    }
+
+    pub fn scale(&self) -> &[f32] {
+        &self.fit[self.width()..][..self.width()]
+    }
+
+    pub fn eigenvalues(&self) -> &[f32] {
+        &self.fit[2 * self.width()..][..usize::from(self.components)]
+    }
+
+    /// `k` components of `width` loadings each, component after component.
+    pub fn loadings(&self) -> &[f32] {
+        &self.fit[2 * self.width() + usize::from(self.components)..]
+    }
+
+    /// Whether the fit is whole and usable, and its columns as many as its width
+    /// (parameters come from outside the process).
     pub fn is_consistent(&self) -> bool {
-        let m = self.mean.len();
+        let m = self.width();
         (1..=MAX_COLUMNS).contains(&m)
-            && self.scale.len() == m
             && (self.columns.is_empty() || self.columns.len() == m)
-            && self.loadings.len() == self.eigenvalues.len() * m
-            && self.eigenvalues.iter().all(|&l| l > 0.0)
-            && self.scale.iter().all(|&s| s > 0.0)
+            && self.eigenvalues().iter().all(|&l| l > 0.0)
+            && self.scale().iter().all(|&s| s > 0.0)
     }
 
     /// T², Q and the per-column parts of one reading (`values` in column order).
@@ -134,7 +232,7 @@ impl RelationParams {
         // Parameters come from outside the process: whatever their shape, no panic (a
         // relation of no column, more loadings than eigenvalues: fuzz target
         // `model_params`). Consistent ones (`is_consistent`) are evaluated in full.
-        let width = self.mean.len().min(MAX_COLUMNS);
+        let width = self.width().min(MAX_COLUMNS);
         let m = width.min(values.len());
         let mut out = Evaluation {
             t2: 0.0,
@@ -143,14 +241,15 @@ impl RelationParams {
             residual: [0.0; MAX_COLUMNS],
             t2_share: [0.0; MAX_COLUMNS],
         };
-        if width == 0 || self.scale.len() < m {
+        if width == 0 || self.width() > MAX_COLUMNS {
             return out;
         }
+        let (mean, scale) = (self.mean(), self.scale());
         for (j, &value) in values.iter().enumerate().take(m) {
-            out.z[j] = (value - f64::from(self.mean[j])) / f64::from(self.scale[j]);
+            out.z[j] = (value - f64::from(mean[j])) / f64::from(scale[j]);
             out.residual[j] = out.z[j];
         }
-        for (loadings, &lambda) in self.loadings.chunks_exact(width).zip(&self.eigenvalues) {
+        for (loadings, &lambda) in self.loadings().chunks_exact(width).zip(self.eigenvalues()) {
             let t: f64 = loadings
                 .iter()
                 .zip(&out.z)
@@ -172,7 +271,7 @@ impl RelationParams {
     /// components), in the metric's units.
     pub fn expected(&self, evaluation: &Evaluation, j: usize) -> f64 {
         let fitted = evaluation.z[j] - evaluation.residual[j];
-        f64::from(self.mean[j]) + f64::from(self.scale[j]) * fitted
+        f64::from(self.mean()[j]) + f64::from(self.scale()[j]) * fitted
     }
 }
 
@@ -298,7 +397,7 @@ impl RelationTrainer {
             && self
                 .model
                 .as_ref()
-                .is_none_or(|model| model.is_consistent() && model.mean.len() == m)
+                .is_none_or(|model| model.is_consistent() && model.mean().len() == m)
     }
 
     /// The detector inserted a metric at `index` of its list: later indexes move up.
@@ -430,15 +529,20 @@ impl RelationTrainer {
         for a in 0..k {
             loadings.extend(vectors.column(a).iter().map(|&v| v as f32));
         }
+        let mean: Vec<f32> = self.mean.iter().map(|&v| v as f32).collect();
+        let scale: Vec<f32> = scale.iter().map(|&v| v as f32).collect();
+        let eigenvalues: Vec<f32> = values.iter().take(k).map(|v| v.max(floor) as f32).collect();
+        let Some(fitted) = RelationParams::fitted(&mean, &scale, &eigenvalues, &loadings) else {
+            return;
+        };
         let previous = self.model.take().unwrap_or_default();
         self.model = Some(RelationParams {
             columns: Box::default(),
-            mean: self.mean.iter().map(|&v| v as f32).collect(),
-            scale: scale.iter().map(|&v| v as f32).collect(),
-            loadings: loadings.into(),
-            eigenvalues: values.iter().take(k).map(|v| v.max(floor) as f32).collect(),
             t2_limit: chi_square_99(k as f64) as f32,
             spe_limit: spe_limit_99(&residual) as f32,
+            fit: fitted.fit,
+            width: fitted.width,
+            components: fitted.components,
             ..previous
         });
     }
@@ -475,32 +579,58 @@ mod tests {
     use super::*;
 
     /// Found by fuzzing (`model_params`): parameters of no column, or more loadings than
-    /// eigenvalues, made `evaluate` panic.
+    /// eigenvalues, made `evaluate` panic. Arrays that do not fit together are refused
+    /// when read; a fit of no column is read, but is not consistent and scores nothing.
     #[test]
     fn malformed_parameters_do_not_panic() {
-        let empty = RelationParams {
-            columns: Box::default(),
-            mean: Box::default(),
-            scale: Box::default(),
-            loadings: Box::default(),
-            eigenvalues: vec![1.0].into(),
-            t2_limit: 1.0,
-            spe_limit: 1.0,
-            t2_calibration: (0.0, 1.0),
-            spe_calibration: (0.0, 1.0),
-            ready: true,
-        };
+        let written =
+            |mean: Vec<f32>, scale: Vec<f32>, loadings: Vec<f32>, eigenvalues: Vec<f32>| {
+                let wire = (Vec::<u8>::new(), mean, scale, loadings, eigenvalues);
+                let rest = (1.0f32, 1.0f32, (0.0f32, 1.0f32), (0.0f32, 1.0f32), true);
+                postcard::to_allocvec(&(wire, rest)).unwrap()
+            };
+        let empty = written(vec![], vec![], vec![], vec![1.0]);
+        let empty: RelationParams = postcard::from_bytes(&empty).unwrap();
         assert!(!empty.is_consistent());
         assert_eq!(empty.evaluate(&[1.0, 2.0]).t2, 0.0);
-        let lopsided = RelationParams {
-            mean: vec![0.0, 0.0].into(),
-            scale: vec![1.0, 1.0].into(),
-            loadings: vec![1.0; 6].into(),
-            eigenvalues: vec![1.0].into(),
-            ..empty
+        let lopsided = written(vec![0.0, 0.0], vec![1.0, 1.0], vec![1.0; 6], vec![1.0]);
+        assert!(postcard::from_bytes::<RelationParams>(&lopsided).is_err());
+    }
+
+    /// The fit in one allocation is written as the four arrays it was.
+    #[test]
+    fn the_fit_is_written_as_four_arrays() {
+        let fitted =
+            RelationParams::fitted(&[1.0, 2.0], &[0.5, 0.25], &[3.0], &[0.6, 0.8]).unwrap();
+        let params = RelationParams {
+            columns: vec![0, 1].into(),
+            t2_limit: 6.6,
+            ready: true,
+            ..fitted
         };
-        assert!(!lopsided.is_consistent());
-        assert!(lopsided.evaluate(&[1.0]).t2.is_finite());
+        assert_eq!(params.mean(), [1.0, 2.0]);
+        assert_eq!(params.scale(), [0.5, 0.25]);
+        assert_eq!(params.eigenvalues(), [3.0]);
+        assert_eq!(params.loadings(), [0.6, 0.8]);
+        let before = (
+            vec![0u8, 1],
+            vec![1.0f32, 2.0],
+            vec![0.5f32, 0.25],
+            vec![0.6f32, 0.8],
+            vec![3.0f32],
+            (6.6f32, 0.0f32, (0.0f32, 0.0f32), (0.0f32, 0.0f32), true),
+        );
+        let bytes = postcard::to_allocvec(&params).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        assert_eq!(
+            postcard::from_bytes::<RelationParams>(&bytes).unwrap(),
+            params
+        );
+        let json = serde_json::to_string(&params).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RelationParams>(&json).unwrap(),
+            params
+        );
     }
 
     #[test]

@@ -361,7 +361,7 @@ async fn publishes_every_n_events_with_versions_counting_from_one() {
     assert_eq!(rig.metrics.params_published.get(), 3);
     let latest = rig.published().pop().expect("published");
     assert!(latest.params.check().is_ok(), "{:?}", latest.params.check());
-    let learned: Vec<(&str, u64)> = latest
+    let learned: Vec<(&str, u32)> = latest
         .params
         .metrics
         .iter()
