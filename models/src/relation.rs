@@ -281,8 +281,11 @@ impl RelationParams {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(try_from = "RelationContextWire")]
 pub struct RelationContext {
-    recent: Rings<2>,
+    recent: Rings<2, RELATION_INLINE>,
 }
+
+/// Ratios kept without an allocation: both rings at the default averaging window (5).
+const RELATION_INLINE: usize = 10;
 
 const T2: usize = 0;
 const SPE: usize = 1;

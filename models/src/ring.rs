@@ -89,16 +89,18 @@ impl<T: Copy + Default> Ring<T> {
     }
 }
 
-/// `N` rings of the last few `f32` values in one allocation: each ring behaves as a
+/// `N` rings of the last few `f32` values in one buffer: each ring behaves as a
 /// [`Ring`] (and is written as one: [`Rings::wire`]), but the rings share one buffer and
-/// keep where they begin, their capacity, start and length in a few bytes. Three
-/// [`Ring`]s cost 72 bytes beside their buffers and three allocations; `Rings<3>` 32 and
-/// one. A metric's context is kept by the trainer and the scorer alike, for every metric
-/// of every device.
+/// keep where they begin, their capacity, start and length in a few bytes. The buffer is
+/// kept inside the `Rings` while the capacities add up to at most `INLINE` values (the
+/// default configuration's), on the heap beyond. A metric's context is kept by the
+/// trainer and the scorer alike, for every metric of every device: three [`Ring`]s cost
+/// 72 bytes beside their buffers and three allocations; `Rings<3, 15>` with the default
+/// configuration 80 and none.
 #[derive(Clone, Debug)]
-pub(crate) struct Rings<const N: usize> {
+pub(crate) struct Rings<const N: usize, const INLINE: usize> {
     /// Ring after ring.
-    values: Box<[f32]>,
+    values: Buffer<INLINE>,
     /// Where each ring begins.
     begins: [u16; N],
     /// Capacity (0 until the ring's first push; at most 255).
@@ -108,10 +110,42 @@ pub(crate) struct Rings<const N: usize> {
     lens: [u8; N],
 }
 
-impl<const N: usize> Default for Rings<N> {
+/// The values of [`Rings`]: inside it while they fit, on the heap when not.
+#[derive(Clone, Debug)]
+enum Buffer<const INLINE: usize> {
+    Inline([f32; INLINE]),
+    Heap(Box<[f32]>),
+}
+
+impl<const INLINE: usize> Buffer<INLINE> {
+    /// Room for `len` values, all 0.
+    fn zeroed(len: usize) -> Self {
+        if len <= INLINE {
+            Self::Inline([0.0; INLINE])
+        } else {
+            Self::Heap(vec![0.0; len].into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Self::Inline(values) => values,
+            Self::Heap(values) => values,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        match self {
+            Self::Inline(values) => values,
+            Self::Heap(values) => values,
+        }
+    }
+}
+
+impl<const N: usize, const INLINE: usize> Default for Rings<N, INLINE> {
     fn default() -> Self {
         Self {
-            values: Box::default(),
+            values: Buffer::Inline([0.0; INLINE]),
             begins: [0; N],
             caps: [0; N],
             heads: [0; N],
@@ -120,11 +154,11 @@ impl<const N: usize> Default for Rings<N> {
     }
 }
 
-impl<const N: usize> Rings<N> {
+impl<const N: usize, const INLINE: usize> Rings<N, INLINE> {
     /// Ring `r`'s buffer: `caps[r]` values.
     fn buffer(&self, r: usize) -> &[f32] {
         let begin = usize::from(self.begins[r]);
-        &self.values[begin..begin + usize::from(self.caps[r])]
+        &self.values.as_slice()[begin..begin + usize::from(self.caps[r])]
     }
 
     /// Give ring `r` room for `cap` values, empty, keeping the others.
@@ -136,10 +170,11 @@ impl<const N: usize> Rings<N> {
             *begin = end as u16;
             end += cap_of(s);
         }
-        let mut values = vec![0f32; end].into_boxed_slice();
+        let mut values = Buffer::zeroed(end);
         for s in (0..N).filter(|&s| s != r) {
             let (old, new) = (usize::from(self.begins[s]), usize::from(begins[s]));
-            values[new..new + cap_of(s)].copy_from_slice(&self.values[old..old + cap_of(s)]);
+            let old = &self.values.as_slice()[old..old + cap_of(s)];
+            values.as_mut_slice()[new..new + cap_of(s)].copy_from_slice(old);
         }
         self.values = values;
         self.begins = begins;
@@ -177,7 +212,7 @@ impl<const N: usize> Rings<N> {
             self.heads[r] = if head + 1 == cap { 0 } else { head + 1 };
             usize::from(head)
         };
-        self.values[usize::from(self.begins[r]) + slot] = value;
+        self.values.as_mut_slice()[usize::from(self.begins[r]) + slot] = value;
     }
 
     pub fn len(&self, r: usize) -> usize {
@@ -214,7 +249,7 @@ impl<const N: usize> Rings<N> {
         }
         self.relayout(r, ring.buffer.len() as u8);
         let begin = usize::from(self.begins[r]);
-        self.values[begin..begin + ring.buffer.len()].copy_from_slice(&ring.buffer);
+        self.values.as_mut_slice()[begin..begin + ring.buffer.len()].copy_from_slice(&ring.buffer);
         self.heads[r] = ring.head as u8;
         self.lens[r] = ring.len as u8;
         Ok(())
@@ -254,10 +289,16 @@ mod tests {
     /// the same.
     #[test]
     fn rings_behave_and_serialize_as_rings() {
-        let mut rings = Rings::<3>::default();
+        // On the heap (the capacities add up to more than 4) and inside (up to 16).
+        rings_behave_as_rings::<4>();
+        rings_behave_as_rings::<16>();
+    }
+
+    fn rings_behave_as_rings<const INLINE: usize>() {
+        let mut rings = Rings::<3, INLINE>::default();
         let (mut a, mut b) = (Ring::<f32>::default(), Ring::<f32>::default());
         let c = Ring::<f32>::default();
-        let wire = |rings: &Rings<3>| {
+        let wire = |rings: &Rings<3, INLINE>| {
             let parts = (rings.wire(0), rings.wire(1), rings.wire(2));
             postcard::to_allocvec(&parts).unwrap()
         };
@@ -280,7 +321,7 @@ mod tests {
             assert_eq!(rings.iter(2).count(), 0);
             assert_eq!(wire(&rings), postcard::to_allocvec(&(&a, &b, &c)).unwrap());
         }
-        let mut restored = Rings::<3>::default();
+        let mut restored = Rings::<3, INLINE>::default();
         restored.restore(0, &a).unwrap();
         restored.restore(1, &b).unwrap();
         restored.restore(2, &c).unwrap();
@@ -291,12 +332,12 @@ mod tests {
             head: 3,
             len: 1,
         };
-        assert!(Rings::<3>::default().restore(0, &late).is_err());
+        assert!(Rings::<3, 4>::default().restore(0, &late).is_err());
         let long = Ring {
             buffer,
             head: 0,
             len: 4,
         };
-        assert!(Rings::<3>::default().restore(0, &long).is_err());
+        assert!(Rings::<3, 4>::default().restore(0, &long).is_err());
     }
 }
