@@ -845,13 +845,14 @@ fn nearest<const E: usize>(prototypes: &Prototypes<E>, vector: &[f64]) -> Option
     for (s, v) in scaled.iter_mut().zip(vector) {
         *s = v * UNITS_PER_VALUE;
     }
+    let scaled = &scaled[..prototypes.dims()];
     prototypes
         .centroids()
         .enumerate()
         .map(|(i, c)| {
             let distance = c
                 .iter()
-                .zip(&scaled)
+                .zip(scaled)
                 .map(|(&a, b)| {
                     let d = f64::from(a) - b;
                     d * d
@@ -1584,10 +1585,7 @@ fn learn_shape(
         *c = quantize(current + rate * (v - current));
     }
     // Slowly forget, so rarely used centroids are the ones replaced.
-    for index in 0..count {
-        let weight = prototypes.number(index, WEIGHT);
-        prototypes.set_number(index, WEIGHT, weight * 0.999);
-    }
+    prototypes.update_numbers(WEIGHT, |weight| weight * 0.999);
 }
 
 /// A new prototype, of use weight 1.

@@ -21,14 +21,17 @@ pub struct Prototypes<const EXTRA: usize> {
 
 impl<const EXTRA: usize> Prototypes<EXTRA> {
     /// Values per prototype (0 while there is none).
+    #[inline]
     pub fn dims(&self) -> usize {
         self.slots.first().map_or(0, |&dims| dims as usize)
     }
 
+    #[inline]
     fn stride(&self) -> usize {
         self.dims() + 2 * EXTRA
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         match self.slots.len() {
             0 => 0,
@@ -36,31 +39,37 @@ impl<const EXTRA: usize> Prototypes<EXTRA> {
         }
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
+    #[inline]
     fn slot(&self, index: usize) -> &[i16] {
         let stride = self.stride();
         &self.slots[1 + index * stride..][..stride]
     }
 
+    #[inline]
     fn slot_mut(&mut self, index: usize) -> &mut [i16] {
         let stride = self.stride();
         &mut self.slots[1 + index * stride..][..stride]
     }
 
     /// The values of prototype `index`.
+    #[inline]
     pub fn centroid(&self, index: usize) -> &[i16] {
         &self.slot(index)[..self.dims()]
     }
 
+    #[inline]
     pub fn centroid_mut(&mut self, index: usize) -> &mut [i16] {
         let dims = self.dims();
         &mut self.slot_mut(index)[..dims]
     }
 
     /// The values of every prototype, in order.
+    #[inline]
     pub fn centroids(&self) -> impl Iterator<Item = &[i16]> + '_ {
         let (dims, stride) = (self.dims(), self.stride());
         let body = self.slots.get(1..).unwrap_or_default();
@@ -68,12 +77,14 @@ impl<const EXTRA: usize> Prototypes<EXTRA> {
     }
 
     /// Number `which` of prototype `index`.
+    #[inline]
     pub fn number(&self, index: usize, which: usize) -> f32 {
         let at = self.dims() + 2 * which;
         let slot = self.slot(index);
         join(slot[at], slot[at + 1])
     }
 
+    #[inline]
     pub fn set_number(&mut self, index: usize, which: usize, value: f32) {
         let at = self.dims() + 2 * which;
         let slot = self.slot_mut(index);
@@ -81,8 +92,11 @@ impl<const EXTRA: usize> Prototypes<EXTRA> {
     }
 
     /// [`Prototypes::number`], or `None` past the last prototype.
+    #[inline]
     pub fn get_number(&self, index: usize, which: usize) -> Option<f32> {
-        (index < self.len()).then(|| self.number(index, which))
+        // `index < len()` without its division: slot `index` ends within the slots.
+        let end = 1 + (index + 1) * self.stride();
+        (end <= self.slots.len()).then(|| self.number(index, which))
     }
 
     /// The same prototypes with only the numbers `which` (the parameters' radius of the
@@ -102,6 +116,15 @@ impl<const EXTRA: usize> Prototypes<EXTRA> {
         }
         Prototypes {
             slots: slots.into_boxed_slice(),
+        }
+    }
+
+    /// Replace number `which` of every prototype by `update` of it.
+    pub fn update_numbers(&mut self, which: usize, update: impl Fn(f32) -> f32) {
+        let (at, stride) = (self.dims() + 2 * which, self.stride());
+        let body = self.slots.get_mut(1..).unwrap_or_default();
+        for slot in body.chunks_exact_mut(stride) {
+            [slot[at], slot[at + 1]] = split(update(join(slot[at], slot[at + 1])));
         }
     }
 
@@ -156,11 +179,13 @@ impl<const EXTRA: usize> Prototypes<EXTRA> {
     }
 }
 
+#[inline]
 fn split(value: f32) -> [i16; 2] {
     let bits = value.to_bits();
     [bits as u16 as i16, (bits >> 16) as u16 as i16]
 }
 
+#[inline]
 fn join(low: i16, high: i16) -> f32 {
     f32::from_bits(u32::from(low as u16) | (u32::from(high as u16) << 16))
 }

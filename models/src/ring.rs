@@ -127,6 +127,7 @@ impl<const INLINE: usize> Buffer<INLINE> {
         }
     }
 
+    #[inline]
     fn as_slice(&self) -> &[f32] {
         match self {
             Self::Inline(values) => values,
@@ -134,6 +135,7 @@ impl<const INLINE: usize> Buffer<INLINE> {
         }
     }
 
+    #[inline]
     fn as_mut_slice(&mut self) -> &mut [f32] {
         match self {
             Self::Inline(values) => values,
@@ -156,6 +158,7 @@ impl<const N: usize, const INLINE: usize> Default for Rings<N, INLINE> {
 
 impl<const N: usize, const INLINE: usize> Rings<N, INLINE> {
     /// Ring `r`'s buffer: `caps[r]` values.
+    #[inline]
     fn buffer(&self, r: usize) -> &[f32] {
         let begin = usize::from(self.begins[r]);
         &self.values.as_slice()[begin..begin + usize::from(self.caps[r])]
@@ -187,6 +190,7 @@ impl<const N: usize, const INLINE: usize> Rings<N, INLINE> {
     /// as [`Ring::push`] does (a capacity above 255, which no valid configuration asks
     /// for, holds 255). A capacity of 0 empties the ring: a configuration that turned it
     /// off leaves nothing behind to come back later.
+    #[inline]
     pub fn push(&mut self, r: usize, value: f32, capacity: usize) {
         if capacity == 0 {
             if self.caps[r] != 0 {
