@@ -147,7 +147,7 @@ impl Episode {
             self.calm_events = 0;
             self.causes.clear();
             if !label.is_empty() {
-                self.causes.push(metric_of(label).to_owned());
+                self.add_cause(metric_of(label));
             }
             return Some(Transition::Opened);
         }
@@ -168,13 +168,20 @@ impl Episode {
         let metric = metric_of(label);
         let new_cause = !metric.is_empty() && !self.causes.iter().any(|c| c == metric);
         if new_cause && self.causes.len() < MAX_CAUSES {
-            self.causes.push(metric.to_owned());
+            self.add_cause(metric);
         }
         if !(bigger || new_cause) {
             return None;
         }
         self.reported = self.reported.max(value);
         Some(Transition::Escalated)
+    }
+
+    /// The list grows by exactly one (a `Vec` would make room for four at the first): an
+    /// episode usually has one cause, and every device keeps its last episode's.
+    fn add_cause(&mut self, metric: &str) {
+        self.causes.reserve_exact(1);
+        self.causes.push(metric.to_owned());
     }
 
     pub fn is_open(&self) -> bool {
