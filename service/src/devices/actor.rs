@@ -249,7 +249,7 @@ impl DeviceActor {
             },
             DeviceRequestBody::ListCommands => (
                 ReplyStatus::Ok,
-                json!({ "commands": self.twin.commands }),
+                json!({ "commands": self.twin.commands() }),
                 Effects::default(),
             ),
             DeviceRequestBody::SendCommand(new) => match self.twin.submit(new, at_ms, rules) {
@@ -292,8 +292,8 @@ impl DeviceActor {
                 Ok(effects) => (
                     ReplyStatus::Ok,
                     json!({
-                        "desired": self.twin.desired,
-                        "version": self.twin.desired_version,
+                        "desired": self.twin.desired(),
+                        "version": self.twin.desired_version(),
                         "delta": self.twin.delta(),
                     }),
                     effects,

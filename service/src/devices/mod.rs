@@ -31,7 +31,7 @@ pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
     ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, SourcePosition, Twin,
-    TwinError,
+    TwinError, TwinExtras,
 };
 
 use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};

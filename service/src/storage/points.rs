@@ -158,7 +158,7 @@ fn twin_points(twin: &Twin, out: &mut Vec<Point>) {
                 .field("change", 1.0),
         );
     }
-    for command in &twin.commands {
+    for command in twin.commands() {
         for step in &command.history {
             out.push(
                 Point::new(COMMAND, device, step.at_ms)
