@@ -14,7 +14,7 @@
 //! `FLEETWATCH_WRITE_GOLDEN=1 cargo test -p fleetwatch --test golden`.
 //! Older versions are never rewritten.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fleetwatch::devices::{ConnectivityCause, ConnectivityChange, LastTelemetry, Twin};
@@ -439,11 +439,11 @@ fn twin() -> Twin {
     twin.reported = object(json!({"led": "red", "firmware": {"version": "1.2.3"}}));
     twin.reported_ms = Some(T0 + 1_000);
     twin.connectivity = Some(Connectivity::Online);
-    twin.connectivity_history = VecDeque::from([ConnectivityChange {
+    twin.connectivity_history.push(ConnectivityChange {
         to: Connectivity::Online,
         at_ms: T0,
         cause: ConnectivityCause::StatusMessage,
-    }]);
+    });
     twin.last_seen_ms = Some(T0 + 3_000);
     twin.telemetry = Some(LastTelemetry::from(TelemetryPayload {
         ts: T0 + 2_900,

@@ -30,8 +30,8 @@ pub use pending::{PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
-    ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, SourcePosition, Twin,
-    TwinError, TwinExtras,
+    ConnectivityCause, ConnectivityChange, ConnectivityHistory, Downlink, Effects, LastTelemetry,
+    SourcePosition, Twin, TwinError, TwinExtras,
 };
 
 use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};

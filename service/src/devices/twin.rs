@@ -3,7 +3,6 @@
 //! must happen outside (persist, publish), so the rules are tested deterministically.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::ops::Deref;
 
 use fleetwatch_models::names::Named;
@@ -51,6 +50,30 @@ pub struct ConnectivityChange {
     pub cause: ConnectivityCause,
 }
 
+/// The last [`CONNECTIVITY_HISTORY`] changes of connectivity, oldest first. Exactly as
+/// long as it is: changes come seldom (a reconnect), so the list is rebuilt then rather
+/// than held with spare room, as a growing `VecDeque` would hold four from the first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectivityHistory(Box<[ConnectivityChange]>);
+
+impl ConnectivityHistory {
+    /// Append `change`, forgetting the oldest beyond [`CONNECTIVITY_HISTORY`].
+    pub fn push(&mut self, change: ConnectivityChange) {
+        let kept = self.0.len().min(CONNECTIVITY_HISTORY - 1);
+        let kept = &self.0[self.0.len() - kept..];
+        self.0 = kept.iter().cloned().chain([change]).collect();
+    }
+}
+
+impl Deref for ConnectivityHistory {
+    type Target = [ConnectivityChange];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// Everything the service knows about a device. This is also the record on
 /// `iot.device-state`, so every field survives a restart or a rebalance.
 ///
@@ -69,7 +92,7 @@ pub struct Twin {
     pub reported_ms: Option<i64>,
     /// `None` until the device said or showed anything.
     pub connectivity: Option<Connectivity>,
-    pub connectivity_history: VecDeque<ConnectivityChange>,
+    pub connectivity_history: ConnectivityHistory,
     /// When the last event arrived (service clock, ms).
     pub last_seen_ms: Option<i64>,
     pub telemetry: Option<LastTelemetry>,
@@ -122,7 +145,7 @@ struct TwinRecord<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connectivity: Option<Connectivity>,
     #[serde(default, skip_serializing_if = "no_changes")]
-    connectivity_history: Cow<'a, VecDeque<ConnectivityChange>>,
+    connectivity_history: Cow<'a, ConnectivityHistory>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,7 +168,7 @@ struct TwinRecord<'a> {
     alarms: Cow<'a, [Alarm]>,
 }
 
-fn no_changes(history: &impl Deref<Target = VecDeque<ConnectivityChange>>) -> bool {
+fn no_changes(history: &impl Deref<Target = ConnectivityHistory>) -> bool {
     history.is_empty()
 }
 
@@ -379,7 +402,7 @@ impl Twin {
             reported: JsonObject::new(),
             reported_ms: None,
             connectivity: None,
-            connectivity_history: VecDeque::new(),
+            connectivity_history: ConnectivityHistory::default(),
             last_seen_ms: None,
             telemetry: None,
             sequence: SequenceTracker::default(),
@@ -558,10 +581,7 @@ impl Twin {
         }
         self.connectivity = Some(to);
         let change = ConnectivityChange { to, at_ms, cause };
-        self.connectivity_history.push_back(change.clone());
-        while self.connectivity_history.len() > CONNECTIVITY_HISTORY {
-            self.connectivity_history.pop_front();
-        }
+        self.connectivity_history.push(change.clone());
         let mut effects = if to == Connectivity::Online {
             self.on_reconnect(at_ms, rules)
         } else {
@@ -1076,7 +1096,7 @@ mod tests {
         assert!(effects.persist);
         assert_eq!(twin.connectivity, Some(Connectivity::Offline));
         assert_eq!(
-            twin.connectivity_history.back().unwrap().cause,
+            twin.connectivity_history.last().unwrap().cause,
             ConnectivityCause::Silence
         );
         assert_eq!(twin.next_deadline(&rules), None);
