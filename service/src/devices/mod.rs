@@ -12,6 +12,7 @@ mod config;
 mod pending;
 mod registry;
 mod role;
+mod timers;
 mod twin;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub downlink: MqttPublisher,
     pub metrics: Arc<Metrics>,
     pub live: LiveActors,
+    /// Every actor's timer (`timers.rs`).
+    pub timers: Arc<timers::ActorTimers>,
     /// Tenants of devices not yet seen here (provisioning rules, or an assignment made
     /// before the twin existed).
     pub directory: Arc<Directory>,
@@ -65,6 +68,7 @@ pub fn registry(
         downlink,
         metrics,
         live: LiveActors::default(),
+        timers: Arc::default(),
         directory,
     }))
 }

@@ -91,7 +91,9 @@ impl DeviceRegistry {
                 std::mem::forget(arbiter);
                 handle
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // The actors' timers run on the first arbiter, as long as the System does.
+        arbiters[0].spawn(shared.timers.clone().run());
         Self {
             arbiters,
             hasher: RandomState::new(),
