@@ -14,7 +14,7 @@
 //! `FLEETWATCH_WRITE_GOLDEN=1 cargo test -p fleetwatch --test golden`.
 //! Older versions are never rewritten.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fleetwatch::devices::{ConnectivityCause, ConnectivityChange, LastTelemetry, Twin};
@@ -430,17 +430,20 @@ fn twin() -> Twin {
     }
     let mut twin = Twin::new(device());
     twin.version = 9;
-    twin.desired_version = 2;
-    twin.desired = object(json!({"led": "blue", "rate_s": 5}));
+    let extras = twin.extras_mut();
+    extras.desired_version = 2;
+    extras.desired = object(json!({"led": "blue", "rate_s": 5}));
+    extras.desired_ms = Some(T0 + 2_000);
+    extras.commands = vec![command()];
+    extras.alarms = vec![alarm()];
     twin.reported = object(json!({"led": "red", "firmware": {"version": "1.2.3"}}));
     twin.reported_ms = Some(T0 + 1_000);
-    twin.desired_ms = Some(T0 + 2_000);
     twin.connectivity = Some(Connectivity::Online);
-    twin.connectivity_history = VecDeque::from([ConnectivityChange {
+    twin.connectivity_history.push(ConnectivityChange {
         to: Connectivity::Online,
         at_ms: T0,
         cause: ConnectivityCause::StatusMessage,
-    }]);
+    });
     twin.last_seen_ms = Some(T0 + 3_000);
     twin.telemetry = Some(LastTelemetry::from(TelemetryPayload {
         ts: T0 + 2_900,
@@ -448,12 +451,10 @@ fn twin() -> Twin {
         metrics: metrics_at(130),
     }));
     twin.sequence = sequence;
-    twin.commands = vec![command()];
     twin.events = 131;
     twin.duplicates = 4;
     twin.tenant = Some(tenant());
     twin.listed = true;
-    twin.alarms = vec![alarm()];
     twin
 }
 
@@ -464,8 +465,8 @@ fn twin_changelog_reads() {
         assert_eq!(read.device_id, device());
         assert_eq!((read.version, read.events), (9, 131));
         assert_eq!(read.sequence.highest(), Some(130));
-        assert_eq!(read.commands[0].state, CommandState::Sent);
-        assert_eq!(read.alarms[0].verdict, Some(Verdict::FalsePositive));
+        assert_eq!(read.commands()[0].state, CommandState::Sent);
+        assert_eq!(read.alarms()[0].verdict, Some(Verdict::FalsePositive));
     });
 }
 

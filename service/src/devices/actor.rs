@@ -3,11 +3,10 @@
 //! itself when idle (passivation).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
-    SpawnHandle, WrapFuture,
+    WrapFuture,
 };
 use fleetwatch_protocol::{
     now_ms, DeviceEvent, DeviceRequestBody, DeviceTopic, DeviceTopicKind, JsonObject, ReplyStatus,
@@ -16,14 +15,17 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::changelog::ChangelogWrite;
+use super::timers::{TimerDue, TimerId};
 use super::twin::{Downlink, Effects, SourcePosition, Twin, TwinError};
 use super::Shared;
 
 pub struct DeviceActor {
     twin: Twin,
     shared: Arc<Shared>,
-    /// The pending timer and when it fires (service clock, ms).
-    timer: Option<(SpawnHandle, i64)>,
+    /// This actor's timer in the shared [`super::timers::ActorTimers`], and when it is
+    /// armed for (service clock, ms).
+    timer_id: TimerId,
+    timer: Option<i64>,
     /// When the actor last handled an event or a request (service clock, ms).
     last_activity_ms: i64,
     /// Whether this device is counted in `fleetwatch_devices_online`.
@@ -42,6 +44,7 @@ impl DeviceActor {
     pub(super) fn new(twin: Twin, shared: Arc<Shared>) -> Self {
         Self {
             twin,
+            timer_id: shared.timers.new_id(),
             shared,
             timer: None,
             last_activity_ms: now_ms(),
@@ -146,22 +149,13 @@ impl DeviceActor {
         // An armed timer due no later than needed stays: when it fires, the rules look at
         // the real deadlines and the timer is armed again. So a device's every message
         // (which moves its silence deadline) does not cancel and re-create a timer.
-        match (self.timer, next) {
-            (Some((_, armed)), Some(at)) if armed <= at => return,
-            (_, None) => return,
-            _ => {}
+        let Some(at) = next else { return };
+        if self.timer.is_some_and(|armed| armed <= at) {
+            return;
         }
-        if let Some((handle, _)) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = next {
-            let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
-            let handle = ctx.run_later(wait, |actor, ctx| {
-                actor.timer = None;
-                actor.on_timer(ctx);
-            });
-            self.timer = Some((handle, at));
-        }
+        let replaced = self.timer.replace(at);
+        let me = ctx.address().downgrade();
+        self.shared.timers.arm(self.timer_id, replaced, at, me);
     }
 
     fn on_timer(&mut self, ctx: &mut Context<Self>) {
@@ -249,7 +243,7 @@ impl DeviceActor {
             },
             DeviceRequestBody::ListCommands => (
                 ReplyStatus::Ok,
-                json!({ "commands": self.twin.commands }),
+                json!({ "commands": self.twin.commands() }),
                 Effects::default(),
             ),
             DeviceRequestBody::SendCommand(new) => match self.twin.submit(new, at_ms, rules) {
@@ -292,8 +286,8 @@ impl DeviceActor {
                 Ok(effects) => (
                     ReplyStatus::Ok,
                     json!({
-                        "desired": self.twin.desired,
-                        "version": self.twin.desired_version,
+                        "desired": self.twin.desired(),
+                        "version": self.twin.desired_version(),
                         "delta": self.twin.delta(),
                     }),
                     effects,
@@ -324,6 +318,9 @@ impl Actor for DeviceActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(at) = self.timer.take() {
+            self.shared.timers.disarm(self.timer_id, at);
+        }
         self.shared.metrics.device_actors.dec();
         if self.counted_online {
             self.shared.metrics.devices_online.dec();
@@ -448,6 +445,19 @@ impl Handler<GetTwin> for DeviceActor {
 
     fn handle(&mut self, _: GetTwin, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.view())
+    }
+}
+
+impl Handler<TimerDue> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, TimerDue(at): TimerDue, ctx: &mut Context<Self>) {
+        // Re-armed for another time meanwhile: that one comes on its own.
+        if self.timer != Some(at) {
+            return;
+        }
+        self.timer = None;
+        self.on_timer(ctx);
     }
 }
 

@@ -60,16 +60,14 @@ impl Twin {
     /// after a restart) change nothing.
     pub fn apply_alert(&mut self, alert: &Alert, at_ms: i64) -> Effects {
         let tenant = self.tenant.clone();
-        let index = self
-            .alarms
-            .iter()
-            .position(|a| a.alarm_id == alert.alert_id);
+        let index = (self.alarms().iter()).position(|a| a.alarm_id == alert.alert_id);
         let change = match (index, alert.state) {
             (None, AlertState::Cleared) => return Effects::default(),
             (None, _) => {
-                self.alarms.push(fleetwatch_protocol::Alarm {
+                let device_id = self.device_id.clone();
+                self.extras_mut().alarms.push(fleetwatch_protocol::Alarm {
                     alarm_id: alert.alert_id.clone(),
-                    device_id: self.device_id.clone(),
+                    device_id,
                     tenant,
                     severity: severity(alert.score, alert.threshold, 0),
                     active: true,
@@ -90,7 +88,7 @@ impl Twin {
                 AlarmEventKind::Created
             }
             (Some(i), _) => {
-                let alarm = &mut self.alarms[i];
+                let alarm = &mut self.extras_mut().alarms[i];
                 if alert.event_seq <= alarm.last_alert_seq || !alarm.active {
                     // A duplicate, or an episode a user already cleared by hand.
                     return Effects::default();
@@ -109,7 +107,7 @@ impl Twin {
                 }
             }
         };
-        let index = index.unwrap_or(self.alarms.len() - 1);
+        let index = index.unwrap_or(self.alarms().len() - 1);
         // Closed because another model now decides for the device (docs/shadow.md).
         let detail = (change == AlarmEventKind::Cleared
             && alert.reason == fleetwatch_protocol::MODEL_PROMOTED)
@@ -126,15 +124,13 @@ impl Twin {
         by: &str,
         at_ms: i64,
     ) -> Result<(fleetwatch_protocol::Alarm, Effects), AlarmError> {
-        let index = self
-            .alarms
-            .iter()
+        let index = (self.alarms().iter())
             .position(|a| a.alarm_id == alarm_id)
             .ok_or_else(|| AlarmError::NotFound {
                 device: self.device_id.to_string(),
                 alarm_id: alarm_id.to_owned(),
             })?;
-        let alarm = &mut self.alarms[index];
+        let alarm = &mut self.extras_mut().alarms[index];
         let effects = match action {
             AlarmAction::Acknowledge { verdict }
                 if !alarm.acknowledged || verdict != alarm.verdict =>
@@ -154,11 +150,11 @@ impl Twin {
             }
             _ => Effects::default(),
         };
-        Ok((self.alarms[index].clone(), effects))
+        Ok((self.alarms()[index].clone(), effects))
     }
 
     fn feedback(&self, index: usize, verdict: Verdict, by: &str, at_ms: i64) -> Feedback {
-        let alarm = &self.alarms[index];
+        let alarm = &self.alarms()[index];
         Feedback {
             device_id: self.device_id.clone(),
             alarm_id: alarm.alarm_id.clone(),
@@ -180,7 +176,7 @@ impl Twin {
         by: &str,
         detail: Option<String>,
     ) -> Effects {
-        let alarm = &mut self.alarms[index];
+        let alarm = &mut self.extras_mut().alarms[index];
         alarm.updated_ms = at_ms;
         let lasted = alarm.cleared_ms.unwrap_or(at_ms) - alarm.created_ms;
         alarm.severity = alarm
@@ -211,10 +207,11 @@ impl Twin {
     }
 
     fn forget_old_alarms(&mut self) {
-        while self.alarms.len() > KEPT_ALARMS {
-            match self.alarms.iter().position(|a| !a.active) {
+        let alarms = &mut self.extras_mut().alarms;
+        while alarms.len() > KEPT_ALARMS {
+            match alarms.iter().position(|a| !a.active) {
                 Some(oldest_cleared) => {
-                    self.alarms.remove(oldest_cleared);
+                    alarms.remove(oldest_cleared);
                 }
                 None => break,
             }
@@ -286,7 +283,7 @@ mod tests {
         assert!(!alarm.active && alarm.cleared_ms == Some(3_000));
         assert_eq!(alarm.history.len(), 3);
         assert!(alarm.history.iter().all(|change| change.by == SCORER));
-        assert_eq!(twin.alarms.len(), 1);
+        assert_eq!(twin.alarms().len(), 1);
     }
 
     #[test]
@@ -344,8 +341,8 @@ mod tests {
             cleared.alert_id = raised.alert_id;
             twin.apply_alert(&cleared, 2_000);
         }
-        assert_eq!(twin.alarms.len(), KEPT_ALARMS);
-        assert_eq!(twin.alarms[0].alarm_id, "pump-1:30");
+        assert_eq!(twin.alarms().len(), KEPT_ALARMS);
+        assert_eq!(twin.alarms()[0].alarm_id, "pump-1:30");
         assert_eq!(severity(0.66, 0.65, 0), Severity::Warning);
         assert_eq!(severity(0.66, 0.65, 40_000), Severity::Minor);
         assert_eq!(severity(0.66, 0.65, 150_000), Severity::Major);

@@ -12,6 +12,7 @@ mod config;
 mod pending;
 mod registry;
 mod role;
+mod timers;
 mod twin;
 
 use std::sync::Arc;
@@ -30,8 +31,8 @@ pub use pending::{PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
-    ConnectivityCause, ConnectivityChange, Downlink, Effects, LastTelemetry, SourcePosition, Twin,
-    TwinError,
+    ConnectivityCause, ConnectivityChange, ConnectivityHistory, Downlink, Effects, LastTelemetry,
+    SourcePosition, Twin, TwinError, TwinExtras,
 };
 
 use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};
@@ -46,6 +47,8 @@ pub struct Shared {
     pub downlink: MqttPublisher,
     pub metrics: Arc<Metrics>,
     pub live: LiveActors,
+    /// Every actor's timer (`timers.rs`).
+    pub timers: Arc<timers::ActorTimers>,
     /// Tenants of devices not yet seen here (provisioning rules, or an assignment made
     /// before the twin existed).
     pub directory: Arc<Directory>,
@@ -65,6 +68,7 @@ pub fn registry(
         downlink,
         metrics,
         live: LiveActors::default(),
+        timers: Arc::default(),
         directory,
     }))
 }

@@ -24,6 +24,14 @@ struct Fixture {
 
 /// Must run inside an actix `System` (the registry starts arbiters).
 fn fixture() -> Fixture {
+    fixture_with(DevicesConfig {
+        arbiters: 2,
+        ..DevicesConfig::default()
+    })
+}
+
+/// [`fixture`] with the devices configuration given.
+fn fixture_with(config: DevicesConfig) -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let log = MemoryLog::default();
     let topics = KafkaTopics::default();
@@ -36,10 +44,6 @@ fn fixture() -> Fixture {
         metrics.clone(),
     ));
     let (downlink, published) = MqttPublisher::in_memory(metrics.clone());
-    let config = DevicesConfig {
-        arbiters: 2,
-        ..DevicesConfig::default()
-    };
     let registry = Arc::new(registry(
         config,
         changelog,
@@ -287,8 +291,8 @@ async fn a_desired_state_write_is_answered_and_a_stale_if_match_conflicts() {
     assert_eq!(fx.log.records(&fx.topics.replies())[0].key, "i1");
     let records = fx.twin_records();
     assert_eq!(records.len(), 1, "written before the reply");
-    assert_eq!((records[0].version, records[0].desired_version), (1, 1));
-    assert_eq!(records[0].desired, object(json!({"fan": "on"})));
+    assert_eq!((records[0].version, records[0].desired_version()), (1, 1));
+    assert_eq!(records[0].desired(), &object(json!({"fan": "on"})));
 
     fx.ask(&request(
         "r2",
@@ -308,7 +312,7 @@ async fn a_desired_state_write_is_answered_and_a_stale_if_match_conflicts() {
         1,
         "a refused write changes nothing"
     );
-    assert_eq!(fx.twin("d1").await.desired, object(json!({"fan": "on"})));
+    assert_eq!(fx.twin("d1").await.desired(), &object(json!({"fan": "on"})));
     assert_eq!(fx.requests("set_desired", "ok"), 1);
     assert_eq!(fx.requests("set_desired", "conflict"), 1);
     assert!(
@@ -352,7 +356,7 @@ async fn a_command_for_an_offline_device_is_queued_then_sent_when_it_appears() {
     assert_eq!(states, [CommandState::Queued]);
     let journaled = fx.twin_records();
     assert_eq!(journaled.len(), 1);
-    assert_eq!(journaled[0].commands, vec![command]);
+    assert_eq!(journaled[0].commands(), [command]);
     assert!(fx.published.all().is_empty());
     let transitions = fx.metrics.clone();
     let transitions = &transitions.command_transitions;
@@ -371,8 +375,8 @@ async fn a_command_for_an_offline_device_is_queued_then_sent_when_it_appears() {
     );
     assert_eq!(sent.args, json!({"delay_s": 1}));
     let last = fx.twin_records().pop().unwrap();
-    assert_eq!(last.commands[0].state, CommandState::Sent);
-    assert_eq!(last.commands[0].attempts, 1);
+    assert_eq!(last.commands()[0].state, CommandState::Sent);
+    assert_eq!(last.commands()[0].attempts, 1);
     assert_eq!(transitions.with_label_values(&["sent"]).get(), 1);
 }
 
@@ -457,7 +461,10 @@ async fn a_request_without_reply_to_is_applied_without_a_reply() {
     silent.reply_to = None;
     fx.ask(&silent).await;
     assert!(fx.replies().is_empty());
-    assert_eq!(fx.twin_records()[0].desired, object(json!({"fan": "on"})));
+    assert_eq!(
+        fx.twin_records()[0].desired(),
+        &object(json!({"fan": "on"}))
+    );
     assert_eq!(fx.requests("set_desired", "ok"), 1);
 }
 
@@ -628,6 +635,64 @@ async fn an_event_read_again_after_a_crash_is_not_applied_twice() {
     };
     assert!(!restored.already_applied(other));
     assert!(restored.already_applied(other), "and then it is applied");
+}
+
+/// Timers that fire within a test: silence after 100 ms, passivation after 300 ms idle.
+fn fast_timers() -> DevicesConfig {
+    let mut config = DevicesConfig {
+        arbiters: 2,
+        passivate_after_ms: 300,
+        ..DevicesConfig::default()
+    };
+    config.twin.offline_after_ms = 100;
+    config
+}
+
+/// Wait (real time) until `done`, or panic after a few seconds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[actix_rt::test]
+async fn a_silent_device_goes_offline_then_its_idle_actor_passivates() {
+    let mut fx = fixture_with(fast_timers());
+    fx.event(&telemetry("d1", 1, 21.5)).await;
+    let passivations = fx.metrics.device_passivations.clone();
+    eventually("the actor passivated", || passivations.get() == 1).await;
+    assert!(fx.handler.registry.get(&id("d1")).is_none());
+    let records = fx.twin_records();
+    let offline = records
+        .iter()
+        .find(|twin| twin.connectivity == Some(Connectivity::Offline))
+        .expect("silence is persisted");
+    let change = offline.connectivity_history.last().unwrap();
+    assert_eq!(change.cause, super::twin::ConnectivityCause::Silence);
+    let last = records.last().unwrap();
+    assert_eq!(
+        last.telemetry.as_ref().unwrap().seq,
+        1,
+        "written on leaving"
+    );
+}
+
+#[actix_rt::test]
+async fn a_command_never_acknowledged_expires_and_then_the_actor_passivates() {
+    let mut fx = fixture_with(fast_timers());
+    let mut command = reboot("c1");
+    if let DeviceRequestBody::SendCommand(new) = &mut command {
+        new.ttl_ms = 200;
+    }
+    fx.ask(&request("r1", "d1", command)).await;
+    let passivations = fx.metrics.device_passivations.clone();
+    eventually("the actor passivated", || passivations.get() == 1).await;
+    let last = fx.twin_records().pop().unwrap();
+    assert_eq!(last.commands()[0].state, CommandState::Expired);
 }
 
 /// A twin's last reading as (name, value) pairs.

@@ -2,13 +2,14 @@
 //! change it. No actor, clock or I/O here: every method takes the time and returns what
 //! must happen outside (persist, publish), so the rules are tested deterministically.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::ops::Deref;
 
 use fleetwatch_models::names::Named;
 use fleetwatch_protocol::{
-    AckOutcome, AckPayload, CommandPayload, CommandRecord, CommandState, CommandStep, Connectivity,
-    DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand, SequenceTracker,
-    TelemetryPayload, TenantId,
+    AckOutcome, AckPayload, Alarm, CommandPayload, CommandRecord, CommandState, CommandStep,
+    Connectivity, DesiredPayload, DeviceEventBody, DeviceId, JsonObject, NewCommand,
+    SequenceTracker, TelemetryPayload, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,60 +50,187 @@ pub struct ConnectivityChange {
     pub cause: ConnectivityCause,
 }
 
+/// The last [`CONNECTIVITY_HISTORY`] changes of connectivity, oldest first. Exactly as
+/// long as it is: changes come seldom (a reconnect), so the list is rebuilt then rather
+/// than held with spare room, as a growing `VecDeque` would hold four from the first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectivityHistory(Box<[ConnectivityChange]>);
+
+impl ConnectivityHistory {
+    /// Append `change`, forgetting the oldest beyond [`CONNECTIVITY_HISTORY`].
+    pub fn push(&mut self, change: ConnectivityChange) {
+        let kept = self.0.len().min(CONNECTIVITY_HISTORY - 1);
+        let kept = &self.0[self.0.len() - kept..];
+        self.0 = kept.iter().cloned().chain([change]).collect();
+    }
+}
+
+impl Deref for ConnectivityHistory {
+    type Target = [ConnectivityChange];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// Everything the service knows about a device. This is also the record on
 /// `iot.device-state`, so every field survives a restart or a rebalance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// A live twin is held per device, so what most devices never have (a desired state,
+/// commands, alarms) is boxed in [`TwinExtras`]: a typical twin pays one pointer for
+/// it. On the wire the twin is the flat record it always was ([`TwinRecord`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Twin {
     pub device_id: DeviceId,
     /// Increases with every change that is persisted (reported, desired, connectivity,
     /// commands). Telemetry alone does not count: it would change it every second.
     pub version: u64,
-    /// Increases with every desired-state write; `If-Match` compares against it.
-    pub desired_version: u64,
-    pub desired: JsonObject,
     /// What the device reported on `devices/{id}/state`, merged key by key.
     pub reported: JsonObject,
-    /// Service clock (ms) of the last reported-state and desired-state changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Service clock (ms) of the last reported-state change.
     pub reported_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired_ms: Option<i64>,
     /// `None` until the device said or showed anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity: Option<Connectivity>,
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    pub connectivity_history: VecDeque<ConnectivityChange>,
+    pub connectivity_history: ConnectivityHistory,
     /// When the last event arrived (service clock, ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<LastTelemetry>,
-    #[serde(default)]
     pub sequence: SequenceTracker,
     /// The newest `iot.telemetry` record applied to this twin: after a crash the records
     /// from the last committed offset come again, and those this twin already holds
     /// (its changelog record was written after them) are not applied twice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<SourcePosition>,
-    /// Pending commands and the most recent finished ones, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub commands: Vec<CommandRecord>,
     /// Events applied, and duplicates dropped.
-    #[serde(default)]
     pub events: u64,
-    #[serde(default)]
     pub duplicates: u64,
     /// The tenant the device belongs to (`None`: operators only). Set by operators or,
     /// for a new device, by the provisioning rules.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantId>,
     /// Whether `iot.device-directory` has this twin with its current tenant; the next
     /// twin write lists it when not.
-    #[serde(default)]
     pub listed: bool,
+    /// `None` while every part of it is empty (read with [`Twin::desired`] and the
+    /// like, written through [`Twin::extras_mut`]).
+    extras: Option<Box<TwinExtras>>,
+}
+
+/// The parts of a twin most devices never have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TwinExtras {
+    /// Increases with every desired-state write; `If-Match` compares against it.
+    pub desired_version: u64,
+    pub desired: JsonObject,
+    /// Service clock (ms) of the last desired-state change.
+    pub desired_ms: Option<i64>,
+    /// Pending commands and the most recent finished ones, oldest first.
+    pub commands: Vec<CommandRecord>,
     /// Active alarms and the most recent cleared ones (`alarms.rs`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub alarms: Vec<fleetwatch_protocol::Alarm>,
+    pub alarms: Vec<Alarm>,
+}
+
+/// A twin as `iot.device-state` and the REST API carry it: every field flat, in this
+/// order. Borrowed from the twin when written, owned when read.
+#[derive(Serialize, Deserialize)]
+struct TwinRecord<'a> {
+    device_id: Cow<'a, DeviceId>,
+    version: u64,
+    desired_version: u64,
+    desired: Cow<'a, JsonObject>,
+    reported: Cow<'a, JsonObject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reported_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    desired_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connectivity: Option<Connectivity>,
+    #[serde(default, skip_serializing_if = "no_changes")]
+    connectivity_history: Cow<'a, ConnectivityHistory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    telemetry: Option<Cow<'a, LastTelemetry>>,
+    #[serde(default)]
+    sequence: Cow<'a, SequenceTracker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied: Option<SourcePosition>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    commands: Cow<'a, [CommandRecord]>,
+    #[serde(default)]
+    events: u64,
+    #[serde(default)]
+    duplicates: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<Cow<'a, TenantId>>,
+    #[serde(default)]
+    listed: bool,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    alarms: Cow<'a, [Alarm]>,
+}
+
+fn no_changes(history: &impl Deref<Target = ConnectivityHistory>) -> bool {
+    history.is_empty()
+}
+
+fn is_empty<T>(items: &impl Deref<Target = [T]>) -> bool {
+    items.is_empty()
+}
+
+impl Serialize for Twin {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        TwinRecord {
+            device_id: Cow::Borrowed(&self.device_id),
+            version: self.version,
+            desired_version: self.desired_version(),
+            desired: Cow::Borrowed(self.desired()),
+            reported: Cow::Borrowed(&self.reported),
+            reported_ms: self.reported_ms,
+            desired_ms: self.desired_ms(),
+            connectivity: self.connectivity,
+            connectivity_history: Cow::Borrowed(&self.connectivity_history),
+            last_seen_ms: self.last_seen_ms,
+            telemetry: self.telemetry.as_ref().map(Cow::Borrowed),
+            sequence: Cow::Borrowed(&self.sequence),
+            applied: self.applied,
+            commands: Cow::Borrowed(self.commands()),
+            events: self.events,
+            duplicates: self.duplicates,
+            tenant: self.tenant.as_ref().map(Cow::Borrowed),
+            listed: self.listed,
+            alarms: Cow::Borrowed(self.alarms()),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Twin {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let record = TwinRecord::deserialize(deserializer)?;
+        let extras = TwinExtras {
+            desired_version: record.desired_version,
+            desired: record.desired.into_owned(),
+            desired_ms: record.desired_ms,
+            commands: record.commands.into_owned(),
+            alarms: record.alarms.into_owned(),
+        };
+        Ok(Self {
+            device_id: record.device_id.into_owned(),
+            version: record.version,
+            reported: record.reported.into_owned(),
+            reported_ms: record.reported_ms,
+            connectivity: record.connectivity,
+            connectivity_history: record.connectivity_history.into_owned(),
+            last_seen_ms: record.last_seen_ms,
+            telemetry: record.telemetry.map(Cow::into_owned),
+            sequence: record.sequence.into_owned(),
+            applied: record.applied,
+            events: record.events,
+            duplicates: record.duplicates,
+            tenant: record.tenant.map(Cow::into_owned),
+            listed: record.listed,
+            extras: (extras != TwinExtras::default()).then(|| Box::new(extras)),
+        })
+    }
 }
 
 /// Where a device event was read: its `iot.telemetry` partition and offset.
@@ -271,24 +399,68 @@ impl Twin {
         Self {
             device_id,
             version: 0,
-            desired_version: 0,
-            desired: JsonObject::new(),
             reported: JsonObject::new(),
             reported_ms: None,
-            desired_ms: None,
             connectivity: None,
-            connectivity_history: VecDeque::new(),
+            connectivity_history: ConnectivityHistory::default(),
             last_seen_ms: None,
             telemetry: None,
             sequence: SequenceTracker::default(),
             applied: None,
-            commands: Vec::new(),
             events: 0,
             duplicates: 0,
             tenant: None,
             listed: false,
-            alarms: Vec::new(),
+            extras: None,
         }
+    }
+
+    /// Increases with every desired-state write; `If-Match` compares against it.
+    pub fn desired_version(&self) -> u64 {
+        self.extras
+            .as_ref()
+            .map_or(0, |extras| extras.desired_version)
+    }
+
+    pub fn desired(&self) -> &JsonObject {
+        static NONE: std::sync::OnceLock<JsonObject> = std::sync::OnceLock::new();
+        match &self.extras {
+            Some(extras) => &extras.desired,
+            None => NONE.get_or_init(JsonObject::new),
+        }
+    }
+
+    /// Service clock (ms) of the last desired-state change.
+    pub fn desired_ms(&self) -> Option<i64> {
+        self.extras.as_ref().and_then(|extras| extras.desired_ms)
+    }
+
+    /// Pending commands and the most recent finished ones, oldest first.
+    pub fn commands(&self) -> &[CommandRecord] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.commands)
+    }
+
+    /// Active alarms and the most recent cleared ones (`alarms.rs`).
+    pub fn alarms(&self) -> &[Alarm] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.alarms)
+    }
+
+    /// The commands, to change in place (none: nothing is allocated for them).
+    pub(super) fn commands_mut(&mut self) -> &mut [CommandRecord] {
+        match &mut self.extras {
+            Some(extras) => &mut extras.commands,
+            None => &mut [],
+        }
+    }
+
+    /// The parts most devices never have, allocated when first written.
+    pub fn extras_mut(&mut self) -> &mut TwinExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Take the parts most devices never have, leaving them empty.
+    pub fn take_extras(&mut self) -> TwinExtras {
+        self.extras.take().map(|extras| *extras).unwrap_or_default()
     }
 
     /// Move the device to `tenant` (`None`: to no tenant). The directory is updated by
@@ -302,7 +474,7 @@ impl Twin {
 
     /// Desired keys whose value differs from the reported one.
     pub fn delta(&self) -> JsonObject {
-        self.desired
+        self.desired()
             .iter()
             .filter(|(key, value)| self.reported.get(*key) != Some(value))
             .map(|(key, value)| (key.clone(), value.clone()))
@@ -314,14 +486,14 @@ impl Twin {
     }
 
     pub fn pending_commands(&self) -> usize {
-        self.commands
+        self.commands()
             .iter()
             .filter(|c| !c.state.is_terminal())
             .count()
     }
 
     pub fn command(&self, command_id: &str) -> Option<&CommandRecord> {
-        self.commands.iter().find(|c| c.command_id == command_id)
+        self.commands().iter().find(|c| c.command_id == command_id)
     }
 
     /// Whether the event read at `source` is in this twin already (counted as a
@@ -409,10 +581,7 @@ impl Twin {
         }
         self.connectivity = Some(to);
         let change = ConnectivityChange { to, at_ms, cause };
-        self.connectivity_history.push_back(change.clone());
-        while self.connectivity_history.len() > CONNECTIVITY_HISTORY {
-            self.connectivity_history.pop_front();
-        }
+        self.connectivity_history.push(change.clone());
         let mut effects = if to == Connectivity::Online {
             self.on_reconnect(at_ms, rules)
         } else {
@@ -428,13 +597,13 @@ impl Twin {
         let delta = self.delta();
         if !delta.is_empty() {
             effects.downlink.push(Downlink::Desired(DesiredPayload {
-                version: self.desired_version,
+                version: self.desired_version(),
                 delta,
                 ts: at_ms,
             }));
         }
         for command in self
-            .commands
+            .commands_mut()
             .iter_mut()
             .filter(|c| matches!(c.state, CommandState::Queued | CommandState::Sent))
             .filter(|c| c.expires_ms > at_ms)
@@ -446,7 +615,7 @@ impl Twin {
 
     fn apply_ack(&mut self, ack: &AckPayload, at_ms: i64) -> Effects {
         let Some(command) = self
-            .commands
+            .commands_mut()
             .iter_mut()
             .find(|c| c.command_id == ack.command_id)
         else {
@@ -485,26 +654,27 @@ impl Twin {
         at_ms: i64,
     ) -> Result<Effects, TwinError> {
         if let Some(expected) = if_match {
-            if expected != self.desired_version {
+            if expected != self.desired_version() {
                 return Err(TwinError::VersionMismatch {
                     expected,
-                    current: self.desired_version,
+                    current: self.desired_version(),
                 });
             }
         }
+        let extras = self.extras_mut();
         if merge {
-            merge_patch(&mut self.desired, desired);
+            merge_patch(&mut extras.desired, desired);
         } else {
-            self.desired = desired.into_iter().filter(|(_, v)| !v.is_null()).collect();
+            extras.desired = desired.into_iter().filter(|(_, v)| !v.is_null()).collect();
         }
-        self.desired_version += 1;
-        self.desired_ms = Some(at_ms);
+        extras.desired_version += 1;
+        extras.desired_ms = Some(at_ms);
         self.version += 1;
         let mut effects = Effects::persist();
         let delta = self.delta();
         if self.is_online() && !delta.is_empty() {
             effects.downlink.push(Downlink::Desired(DesiredPayload {
-                version: self.desired_version,
+                version: self.desired_version(),
                 delta,
                 ts: at_ms,
             }));
@@ -520,7 +690,7 @@ impl Twin {
         at_ms: i64,
         rules: &TwinRules,
     ) -> Result<Submitted, TwinError> {
-        let existing = self.commands.iter().find(|c| {
+        let existing = self.commands().iter().find(|c| {
             c.command_id == new.command_id
                 || (new.idempotency_key.is_some() && c.idempotency_key == new.idempotency_key)
         });
@@ -564,7 +734,7 @@ impl Twin {
         if self.is_online() {
             effects.send(&mut command, at_ms, rules);
         }
-        self.commands.push(command.clone());
+        self.extras_mut().commands.push(command.clone());
         self.forget_old_commands(rules.kept_finished_commands);
         self.version += 1;
         Ok(Submitted {
@@ -578,7 +748,7 @@ impl Twin {
     pub fn on_timer(&mut self, now_ms: i64, rules: &TwinRules) -> Effects {
         let mut effects = Effects::default();
         let online = self.is_online();
-        for command in self.commands.iter_mut().filter(|c| !c.state.is_terminal()) {
+        for command in (self.commands_mut().iter_mut()).filter(|c| !c.state.is_terminal()) {
             if command.expires_ms <= now_ms {
                 let detail = format!("no outcome after {} attempt(s)", command.attempts);
                 step(command, CommandState::Expired, now_ms, Some(detail));
@@ -615,7 +785,7 @@ impl Twin {
     pub fn next_deadline(&self, rules: &TwinRules) -> Option<i64> {
         let online = self.is_online();
         let commands = self
-            .commands
+            .commands()
             .iter()
             .filter(|c| !c.state.is_terminal())
             .flat_map(|c| {
@@ -631,9 +801,12 @@ impl Twin {
     }
 
     fn forget_old_commands(&mut self, keep_finished: usize) {
-        let finished = self.commands.len() - self.pending_commands();
+        let finished = self.commands().len() - self.pending_commands();
         let mut excess = finished.saturating_sub(keep_finished);
-        self.commands.retain(|c| {
+        if excess == 0 {
+            return;
+        }
+        self.extras_mut().commands.retain(|c| {
             if excess > 0 && c.state.is_terminal() {
                 excess -= 1;
                 false
@@ -799,7 +972,7 @@ mod tests {
         let mut twin = twin();
         twin.set_desired(object(json!({"a": 1})), false, Some(0), 1)
             .unwrap();
-        assert_eq!(twin.desired_version, 1);
+        assert_eq!(twin.desired_version(), 1);
         let error = twin
             .set_desired(object(json!({"a": 2})), false, Some(0), 2)
             .unwrap_err();
@@ -810,10 +983,10 @@ mod tests {
                 current: 1
             }
         );
-        assert_eq!(twin.desired, object(json!({"a": 1})));
+        assert_eq!(twin.desired(), &object(json!({"a": 1})));
         twin.set_desired(object(json!({"b": 2, "a": null})), true, Some(1), 3)
             .unwrap();
-        assert_eq!(twin.desired, object(json!({"b": 2})));
+        assert_eq!(twin.desired(), &object(json!({"b": 2})));
     }
 
     #[test]
@@ -923,7 +1096,7 @@ mod tests {
         assert!(effects.persist);
         assert_eq!(twin.connectivity, Some(Connectivity::Offline));
         assert_eq!(
-            twin.connectivity_history.back().unwrap().cause,
+            twin.connectivity_history.last().unwrap().cause,
             ConnectivityCause::Silence
         );
         assert_eq!(twin.next_deadline(&rules), None);
@@ -939,7 +1112,7 @@ mod tests {
             twin.apply_event(&ack(id, AckOutcome::Failed), 1, &rules);
         }
         let ids: Vec<_> = twin
-            .commands
+            .commands()
             .iter()
             .map(|c| c.command_id.as_str())
             .collect();

@@ -77,21 +77,22 @@ impl FleetView {
     /// Apply a twin record (`None`: the device was decommissioned).
     pub fn apply(&self, device_id: DeviceId, twin: Option<Twin>) {
         let mut devices = self.devices.write();
-        let Some(twin) = twin else {
+        let Some(mut twin) = twin else {
             devices.remove(&device_id);
             return;
         };
+        let extras = twin.take_extras();
         let view = devices.entry(device_id).or_default();
         view.tenant = twin.tenant;
         view.online = twin.connectivity == Some(Connectivity::Online);
         view.reported = twin.reported;
-        view.desired = twin.desired;
-        for command in twin.commands {
+        view.desired = extras.desired;
+        for command in extras.commands {
             if command.command_id.starts_with("job-") {
                 view.job_commands.insert(command.command_id, command.state);
             }
         }
-        for alarm in twin.alarms {
+        for alarm in extras.alarms {
             if !view.alarms.iter().any(|(id, _)| *id == alarm.alarm_id) {
                 view.alarms.push_back((alarm.alarm_id, alarm.created_ms));
             }

@@ -64,7 +64,7 @@ fn twin(i: usize, firmware: &str, alarms_at: &[i64]) -> Twin {
         .enumerate()
         .map(|(n, at)| alarm(i, n, *at))
         .collect();
-    twin.alarms = serde_json::from_value(json!(alarms)).unwrap();
+    twin.extras_mut().alarms = serde_json::from_value(json!(alarms)).unwrap();
     twin
 }
 
@@ -246,7 +246,7 @@ fn a_configuration_change_succeeds_when_the_reported_state_closes_its_delta() {
     assert_eq!(run(&mut job, &fleet, 0).send.len(), 3);
     let with = |i: usize, desired: serde_json::Value, reported: serde_json::Value, online: bool| {
         let mut twin = twin(i, "1.0", &[]);
-        twin.desired = object(desired);
+        twin.extras_mut().desired = object(desired);
         twin.reported.extend(object(reported));
         if !online {
             twin.connectivity = Some(fleetwatch_protocol::Connectivity::Offline);
@@ -293,7 +293,7 @@ fn a_configuration_change_succeeds_when_the_reported_state_closes_its_delta() {
         "led still reported"
     );
     let mut twin1 = twin(1, "1.0", &[]);
-    twin1.desired = object(patched);
+    twin1.extras_mut().desired = object(patched);
     twin1.reported = object(json!({"sampling_ms": 500, "net": {"apn": "iot"}}));
     fleet.apply(id(1), Some(twin1));
     run(&mut job, &fleet, 750);

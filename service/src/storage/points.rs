@@ -150,7 +150,7 @@ fn alert_point(alert: &Alert) -> Point {
 /// the earlier ones: they come out as the same points again, which the store overwrites.
 fn twin_points(twin: &Twin, out: &mut Vec<Point>) {
     let device = twin.device_id.as_str();
-    for change in &twin.connectivity_history {
+    for change in twin.connectivity_history.iter() {
         out.push(
             Point::new(CONNECTIVITY, device, change.at_ms)
                 .tag("to", change.to.as_str())
@@ -158,7 +158,7 @@ fn twin_points(twin: &Twin, out: &mut Vec<Point>) {
                 .field("change", 1.0),
         );
     }
-    for command in &twin.commands {
+    for command in twin.commands() {
         for step in &command.history {
             out.push(
                 Point::new(COMMAND, device, step.at_ms)

@@ -180,7 +180,7 @@ async fn scores_alerts_and_twin_events_become_their_own_measurements() {
     rig.handler.handle(&record).await.unwrap();
     let mut twin = crate::devices::Twin::new(score.device_id.clone());
     twin.connectivity_history
-        .push_back(crate::devices::ConnectivityChange {
+        .push(crate::devices::ConnectivityChange {
             to: fleetwatch_protocol::Connectivity::Offline,
             at_ms: 9,
             cause: crate::devices::ConnectivityCause::Silence,
