@@ -9,13 +9,45 @@ use serde::{Deserialize, Serialize};
 /// duplicate — unless it is below [`SequenceTracker::WINDOW`] itself: devices count from 0
 /// after a reboot, so that is a restart and tracking starts over.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TrackerRecord", into = "TrackerRecord")]
 pub struct SequenceTracker {
+    /// The highest number accepted, once one was (`seen` is not 0).
+    highest: u64,
+    /// Bit `i` set: `highest - i` was seen (bit 0 once a number was accepted), as the low
+    /// and high halves of a `u128`: a `u128` field would align the tracker, and the twin
+    /// and model state around it, to 16 bytes (a tracker is kept per device and role).
+    seen: [u64; 2],
+}
+
+/// [`SequenceTracker`] as written.
+#[derive(Clone, Serialize, Deserialize)]
+struct TrackerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     highest: Option<u64>,
-    /// Bit `i` set: `highest - i` was seen. Hex text on the wire: JSON readers
-    /// commonly lose integers above 2^53.
+    /// Hex text on the wire: JSON readers commonly lose integers above 2^53.
     #[serde(default, with = "hex_u128")]
     seen: u128,
+}
+
+impl From<TrackerRecord> for SequenceTracker {
+    fn from(record: TrackerRecord) -> Self {
+        let mut tracker = Self::default();
+        if let Some(highest) = record.highest {
+            // The highest number was accepted, whatever the record says.
+            tracker.highest = highest;
+            tracker.set_seen(record.seen | 1);
+        }
+        tracker
+    }
+}
+
+impl From<SequenceTracker> for TrackerRecord {
+    fn from(tracker: SequenceTracker) -> Self {
+        Self {
+            highest: tracker.highest(),
+            seen: tracker.seen(),
+        }
+    }
 }
 
 mod hex_u128 {
@@ -36,26 +68,26 @@ impl SequenceTracker {
 
     /// Record `seq`; false when it is a duplicate.
     pub fn accept(&mut self, seq: u64) -> bool {
-        let Some(highest) = self.highest else {
+        let Some(highest) = self.highest() else {
             self.restart(seq);
             return true;
         };
         if seq > highest {
             let shift = seq - highest;
-            self.seen = if shift >= Self::WINDOW {
+            let seen = if shift >= Self::WINDOW {
                 0
             } else {
-                self.seen << shift
+                self.seen() << shift
             };
-            self.seen |= 1;
-            self.highest = Some(seq);
+            self.set_seen(seen | 1);
+            self.highest = seq;
             return true;
         }
         let behind = highest - seq;
         if behind < Self::WINDOW {
             let bit = 1u128 << behind;
-            let fresh = self.seen & bit == 0;
-            self.seen |= bit;
+            let fresh = self.seen() & bit == 0;
+            self.set_seen(self.seen() | bit);
             return fresh;
         }
         if seq < Self::WINDOW {
@@ -66,13 +98,22 @@ impl SequenceTracker {
     }
 
     fn restart(&mut self, seq: u64) {
-        self.highest = Some(seq);
-        self.seen = 1;
+        self.highest = seq;
+        self.set_seen(1);
     }
 
     /// The highest sequence number accepted so far.
     pub fn highest(&self) -> Option<u64> {
-        self.highest
+        (self.seen != [0, 0]).then_some(self.highest)
+    }
+
+    fn seen(&self) -> u128 {
+        let [low, high] = self.seen;
+        u128::from(low) | (u128::from(high) << 64)
+    }
+
+    fn set_seen(&mut self, seen: u128) {
+        self.seen = [seen as u64, (seen >> 64) as u64];
     }
 }
 
@@ -113,5 +154,24 @@ mod tests {
         assert!(tracker.accept(0), "reboot");
         assert!(tracker.accept(1));
         assert_eq!(tracker.highest(), Some(1));
+    }
+
+    /// The record is what it was when the tracker held a `u128` beside an `Option`.
+    #[test]
+    fn written_as_before() {
+        assert_eq!(std::mem::align_of::<SequenceTracker>(), 8);
+        let empty = serde_json::to_string(&SequenceTracker::default()).unwrap();
+        assert_eq!(empty, r#"{"seen":"0"}"#);
+        let mut tracker = SequenceTracker::default();
+        for seq in [70, 200, 199, 130] {
+            tracker.accept(seq);
+        }
+        let json = serde_json::to_string(&tracker).unwrap();
+        assert_eq!(json, r#"{"highest":200,"seen":"400000000000000003"}"#);
+        // (Bit 70, in the high half: 130 is 70 behind 200.) A highest number with no bits
+        // is read as accepted.
+        let read: SequenceTracker = serde_json::from_str(r#"{"highest":9}"#).unwrap();
+        assert_eq!(read.highest(), Some(9));
+        assert!(!read.clone().accept(9));
     }
 }
