@@ -26,16 +26,14 @@ struct LiveActor {
     partition: i32,
 }
 
-/// The live actors of this instance, by device id. Keyed by the id's text: a `Box<str>`
-/// is 8 bytes smaller than a `DeviceId`'s `String`, in every slot of the table.
+/// The live actors of this instance.
 #[derive(Default)]
-pub struct LiveActors(RwLock<HashMap<Box<str>, LiveActor>>);
+pub struct LiveActors(RwLock<HashMap<DeviceId, LiveActor>>);
 
 impl LiveActors {
     /// Remove the device's entry if it is still `addr` (a passivating actor leaving).
     pub fn remove_if(&self, device_id: &DeviceId, addr: &Addr<DeviceActor>) {
         let mut live = self.0.write();
-        let device_id = device_id.as_str();
         if live.get(device_id).is_some_and(|entry| &entry.addr == addr) {
             live.remove(device_id);
         }
@@ -131,11 +129,11 @@ impl DeviceRegistry {
     /// Start an actor for `twin`, unless the device has one already.
     pub fn start(&self, twin: Twin, partition: i32) -> Addr<DeviceActor> {
         let mut live = self.shared.live.0.write();
-        if let Some(existing) = live.get(twin.device_id.as_str()) {
+        if let Some(existing) = live.get(&twin.device_id) {
             return existing.addr.clone();
         }
         let shard = self.hasher.hash_one(&twin.device_id) as usize % self.arbiters.len();
-        let device_id = twin.device_id.as_str().into();
+        let device_id = twin.device_id.clone();
         let shared = self.shared.clone();
         let addr = DeviceActor::start_in_arbiter(&self.arbiters[shard], move |_| {
             DeviceActor::new(twin, shared)
@@ -225,7 +223,7 @@ impl DeviceRegistry {
             .live
             .0
             .read()
-            .get(device_id.as_str())
+            .get(device_id)
             .map(|live| live.addr.clone())
     }
 
@@ -237,10 +235,7 @@ impl DeviceRegistry {
             .0
             .read()
             .iter()
-            .map(|(id, live)| {
-                let id = DeviceId::parse(id).expect("a live actor's key is its device id");
-                (id, live.addr.clone())
-            })
+            .map(|(id, live)| (id.clone(), live.addr.clone()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -281,7 +276,7 @@ impl PartitionListener for DeviceRegistry {
         assignment.generation += 1;
         let stopped: Vec<Addr<DeviceActor>> = {
             let mut live = self.shared.live.0.write();
-            let gone: Vec<Box<str>> = live
+            let gone: Vec<DeviceId> = live
                 .iter()
                 .filter(|(_, actor)| !owned.contains(&actor.partition))
                 .map(|(id, _)| id.clone())
