@@ -367,9 +367,10 @@ pub struct SeasonParams {
 /// A parameter snapshot for one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectorParams {
-    /// [`KIND`]: nothing in memory (every device keeps parameters), the name in JSON.
+    /// [`KIND`] and [`FORMAT_VERSION`]: nothing in memory (every device keeps
+    /// parameters), the name and the number in JSON.
     pub kind: DetectorKind,
-    pub format: u32,
+    pub format: DetectorFormat,
     /// Shared: the parameters of all devices decoded with one [`ConfigCache`], and all
     /// snapshots of one trainer, hold one copy (320 bytes each otherwise).
     #[serde(with = "shared_config")]
@@ -403,6 +404,30 @@ impl<'de> Deserialize<'de> for DetectorKind {
         } else {
             Err(serde::de::Error::custom(format!(
                 "parameters of kind {kind}, expected {KIND}"
+            )))
+        }
+    }
+}
+
+/// The format of [`DetectorParams`]: [`FORMAT_VERSION`] in JSON, where another is
+/// refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DetectorFormat;
+
+impl Serialize for DetectorFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(FORMAT_VERSION)
+    }
+}
+
+impl<'de> Deserialize<'de> for DetectorFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let format = u32::deserialize(d)?;
+        if format == FORMAT_VERSION {
+            Ok(DetectorFormat)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "parameters of format {format}, expected {FORMAT_VERSION}"
             )))
         }
     }
@@ -511,17 +536,10 @@ fn header(magic: &[u8; 2], version: u16) -> Vec<u8> {
 }
 
 impl DetectorParams {
-    /// Refuses other kinds and versions, and arrays that do not fit together (parameters
-    /// come from outside the process: a scorer must not index out of bounds on them).
+    /// Refuses arrays that do not fit together (parameters come from outside the process:
+    /// a scorer must not index out of bounds on them). Other kinds and versions are
+    /// refused when read.
     pub fn check(&self) -> Result<(), ModelError> {
-        if self.format != FORMAT_VERSION {
-            return Err(ModelError::IncompatibleParams {
-                found: KIND.to_owned(),
-                found_version: self.format,
-                expected: KIND,
-                expected_version: FORMAT_VERSION,
-            });
-        }
         let dims = self.config.shape_length + 2;
         let shapes_fit = (self.metrics.values())
             .iter()
@@ -572,7 +590,7 @@ impl DetectorParams {
             postcard::from_bytes(rest).map_err(|e| ModelError::Decode(e.to_string()))?;
         let params = Self {
             kind: DetectorKind,
-            format: FORMAT_VERSION,
+            format: DetectorFormat,
             config,
             metrics,
             interval,
@@ -1033,12 +1051,53 @@ pub struct DetectorTrainer {
     gap_rate: f64,
     /// Mean of `ln((1 + k) / 2)` over the gaps seen (`k` samples missing).
     gap_log_length: SmallRunning,
-    last_ts: Option<i64>,
-    first_ts: Option<i64>,
+    last_ts: OptionalMs,
+    first_ts: OptionalMs,
     /// Seasonal profiles, one per metric in the order of `metrics`, or none (a boxed
     /// slice: the same bytes as the `Vec` it was, 8 less in memory).
     seasons: Box<[SeasonTrainer]>,
     events: u64,
+}
+
+/// A time in milliseconds, or none (`i64::MIN`, which no clock gives): 8 bytes where an
+/// `Option<i64>` takes 16, kept per device by the trainer and the scorer. Written as the
+/// `Option<i64>` it was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OptionalMs(i64);
+
+impl OptionalMs {
+    const NONE: Self = Self(i64::MIN);
+
+    fn some(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    fn get(self) -> Option<i64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+
+    /// The later of the time held and `ms`.
+    fn advance_to(&mut self, ms: i64) {
+        self.0 = self.get().map_or(ms, |held| held.max(ms));
+    }
+}
+
+impl Default for OptionalMs {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl Serialize for OptionalMs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionalMs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.map_or(Self::NONE, Self::some))
+    }
 }
 
 /// The learning half of a metric's seasonal profile.
@@ -1068,8 +1127,8 @@ impl DetectorTrainer {
             interval: Running::default(),
             gap_rate: 0.0,
             gap_log_length: SmallRunning::default(),
-            last_ts: None,
-            first_ts: None,
+            last_ts: OptionalMs::NONE,
+            first_ts: OptionalMs::NONE,
             seasons: Box::default(),
             events: 0,
         }
@@ -1144,7 +1203,7 @@ impl DetectorTrainer {
     fn season_ready(&self) -> bool {
         let config = &self.config;
         let period = f64::from(config.season_days) * 86_400_000.0;
-        match (self.first_ts, self.last_ts) {
+        match (self.first_ts.get(), self.last_ts.get()) {
             (Some(first), Some(last)) => {
                 config.season_bins > 0 && (last - first) as f64 >= config.season_periods * period
             }
@@ -1182,7 +1241,7 @@ impl DetectorTrainer {
     /// next 84 of a 5-minute series); the exponential memory takes over once the bin
     /// holds more readings than it remembers.
     fn season_mean_weight(&self, ts_ms: i64, bin_ms: f64, interval: f64) -> f64 {
-        let Some(first_ts) = self.first_ts else {
+        let Some(first_ts) = self.first_ts.get() else {
             return 1.0;
         };
         let period = bin_ms * self.config.season_bins as f64;
@@ -1195,7 +1254,7 @@ impl DetectorTrainer {
 
     fn learn_interval(&mut self, ts_ms: i64) {
         let config = &self.config;
-        if let Some(last_ts) = self.last_ts {
+        if let Some(last_ts) = self.last_ts.get() {
             let interval = (ts_ms - last_ts) as f64;
             let known = self.interval.count() >= config.warmup_events;
             // Intervals of about the usual length teach the usual length; longer ones teach
@@ -1220,7 +1279,7 @@ impl DetectorTrainer {
                 }
             }
         }
-        self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
+        self.last_ts.advance_to(ts_ms);
     }
 
     fn learn_relation(
@@ -1389,7 +1448,9 @@ impl Trainer for DetectorTrainer {
     fn update(&mut self, observation: &Observation<'_>) {
         self.events += 1;
         self.learn_interval(observation.ts_ms);
-        self.first_ts.get_or_insert(observation.ts_ms);
+        if self.first_ts.get().is_none() {
+            self.first_ts = OptionalMs::some(observation.ts_ms);
+        }
         let tod = TimeOfDay::of(observation.ts_ms);
         // Only devices within the profile budget keep profiles (and need the phase).
         let phase = if self.seasons.is_empty() && !self.metrics.is_empty() {
@@ -1446,7 +1507,7 @@ impl Trainer for DetectorTrainer {
         });
         DetectorParams {
             kind: DetectorKind,
-            format: FORMAT_VERSION,
+            format: DetectorFormat,
             config: self.config.clone(),
             metrics: self.metrics.map(metric_params),
             seasons: self
@@ -1850,7 +1911,7 @@ fn ln_fisher2(ln_p1: f64, ln_p2: f64) -> f64 {
 /// The scoring half, one per device.
 #[derive(Clone, Debug, Default)]
 pub struct DetectorScorer {
-    last_ts: Option<i64>,
+    last_ts: OptionalMs,
     /// By name, the names shared with the other devices that have the same ones.
     contexts: Named<(Context, Excursion)>,
     relation: RelationContext,
@@ -1931,8 +1992,8 @@ impl DetectorScorer {
     fn gap_part(&mut self, params: &DetectorParams, ts_ms: i64) -> Option<MetricScore> {
         let config = &params.config;
         let interval = params.interval.filter(|_| config.gap_detection);
-        let previous = self.last_ts;
-        self.last_ts = Some(self.last_ts.map_or(ts_ms, |t| t.max(ts_ms)));
+        let previous = self.last_ts.get();
+        self.last_ts.advance_to(ts_ms);
         let (last_ts, cadence) = (previous?, interval?);
         let mean = cadence.interval_ms;
         let gap_ms = ts_ms - last_ts;
@@ -2797,6 +2858,14 @@ mod tests {
         let error = serde_json::from_str::<DetectorParams>(&other_kind).unwrap_err();
         assert!(
             error.to_string().contains("parameters of kind other"),
+            "{error}"
+        );
+        let format = format!("\"format\":{FORMAT_VERSION}");
+        let other_format = json.replacen(&format, "\"format\":999", 1);
+        assert_ne!(other_format, json);
+        let error = serde_json::from_str::<DetectorParams>(&other_format).unwrap_err();
+        assert!(
+            error.to_string().contains("parameters of format 999"),
             "{error}"
         );
     }

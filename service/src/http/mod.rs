@@ -363,7 +363,7 @@ async fn get_model(state: web::Data<HttpState>, path: web::Path<String>) -> ApiR
             .read(|r| r.promoted_for(tenant.as_ref()).to_owned())
     });
     let per_model: serde_json::Map<String, serde_json::Value> = (models.iter())
-        .map(|(id, p)| (id.clone(), json!({"version": p.version, "trained_events": p.trained_events, "published_ms": p.published_ms})))
+        .map(|(id, p)| (id.to_owned(), json!({"version": p.version, "trained_events": p.trained_events, "published_ms": p.published_ms})))
         .collect();
     Ok(HttpResponse::Ok().json(json!({
         "device_id": device_id,

@@ -4,11 +4,25 @@
 //! more: a `BTreeMap` would allocate a node for eleven entries per device (about 2 KB
 //! of scoring state each, measured by `benches/memory.rs`), a vector holds what there is
 //! (grown one entry at a time: a `Vec` would make room for four at the first insert).
+//! Production's id, which every device has, is not copied per device.
+
+use std::borrow::Cow;
+
+use fleetwatch_protocol::PRODUCTION_MODEL;
 
 /// Values by model id, sorted by id (iteration order as a `BTreeMap`'s).
 #[derive(Clone, Debug)]
 pub struct ModelMap<V> {
-    entries: Vec<(String, V)>,
+    entries: Vec<(Cow<'static, str>, V)>,
+}
+
+/// `model_id` as kept: production's borrowed.
+fn kept(model_id: impl Into<String> + AsRef<str>) -> Cow<'static, str> {
+    if model_id.as_ref() == PRODUCTION_MODEL {
+        Cow::Borrowed(PRODUCTION_MODEL)
+    } else {
+        Cow::Owned(model_id.into())
+    }
 }
 
 impl<V> Default for ModelMap<V> {
@@ -22,7 +36,7 @@ impl<V> Default for ModelMap<V> {
 impl<V> ModelMap<V> {
     fn position(&self, model_id: &str) -> Result<usize, usize> {
         self.entries
-            .binary_search_by(|(id, _)| id.as_str().cmp(model_id))
+            .binary_search_by(|(id, _)| id.as_ref().cmp(model_id))
     }
 
     pub fn get(&self, model_id: &str) -> Option<&V> {
@@ -45,7 +59,7 @@ impl<V> ModelMap<V> {
             Ok(at) => self.entries[at].1 = value,
             Err(at) => {
                 self.entries.reserve_exact(1);
-                self.entries.insert(at, (model_id, value));
+                self.entries.insert(at, (kept(model_id), value));
             }
         }
     }
@@ -63,8 +77,8 @@ impl<V> ModelMap<V> {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.entries.iter().map(|(id, value)| (id, value))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries.iter().map(|(id, value)| (id.as_ref(), value))
     }
 }
 
@@ -75,7 +89,7 @@ impl<V: Default> ModelMap<V> {
             Ok(at) => at,
             Err(at) => {
                 self.entries.reserve_exact(1);
-                self.entries.insert(at, (model_id.to_owned(), V::default()));
+                self.entries.insert(at, (kept(model_id), V::default()));
                 at
             }
         };
@@ -96,14 +110,14 @@ mod tests {
         map.insert("production".to_owned(), 4);
         *map.get_or_default("cand-3") += 5;
         *map.get_or_default("cand-1") += 10;
-        let ids: Vec<(&String, &i32)> = map.iter().collect();
+        let ids: Vec<(&str, &i32)> = map.iter().collect();
         assert_eq!(
             ids,
             [
-                (&"cand-1".to_owned(), &13),
-                (&"cand-2".to_owned(), &2),
-                (&"cand-3".to_owned(), &5),
-                (&"production".to_owned(), &4),
+                ("cand-1", &13),
+                ("cand-2", &2),
+                ("cand-3", &5),
+                ("production", &4),
             ]
         );
         assert_eq!(map.remove("cand-2"), Some(2));

@@ -17,7 +17,7 @@ use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::Trainer;
 use fleetwatch_protocol::{now_ms, params_key, parse_params_key, ParamsEnvelope, PRODUCTION_MODEL};
 
-use super::{DeviceModel, ModelKey, Outgoing, SharedModels};
+use super::{model_key, DeviceModel, ModelKey, Outgoing, SharedModels};
 use crate::error::Result;
 use crate::kafka::{PartitionListener, PartitionReader, Producer, ScanFrom};
 use crate::metrics::Metrics;
@@ -37,7 +37,7 @@ pub(super) fn checkpoint(
     model.dirty = false;
     let envelope = ParamsEnvelope {
         device_id: device_id.clone(),
-        model_id: model_id.clone(),
+        model_id: model_id.to_string(),
         version: model.version,
         trained_events: model.trainer.events(),
         published_ms: now_ms(),
@@ -94,7 +94,7 @@ impl Checkpoints {
         let restored = devices.len();
         for (key, version) in devices {
             // A candidate the registry no longer knows is not trained any more.
-            let config = match key.1.as_str() {
+            let config = match key.1.as_ref() {
                 PRODUCTION_MODEL => config.clone(),
                 model_id => match registry.read(|r| r.get(model_id).map(|c| c.config.clone())) {
                     Some(config) => config,
@@ -142,8 +142,8 @@ impl Checkpoints {
         reader
             .scan(partition, ScanFrom::Beginning, |_, key, payload| {
                 if payload.is_empty() {
-                    if let Some(key) = parse_params_key(key) {
-                        newest.remove(&key);
+                    if let Some((device_id, model_id)) = parse_params_key(key) {
+                        newest.remove(&model_key(device_id, model_id));
                     }
                     return false;
                 }
@@ -154,7 +154,7 @@ impl Checkpoints {
                 if !keep_bytes {
                     envelope.params = Vec::new();
                 }
-                let key = (envelope.device_id.clone(), envelope.model_id.clone());
+                let key = model_key(envelope.device_id.clone(), envelope.model_id.clone());
                 let known = newest.get(&key).map(|e| e.version);
                 if known.is_none_or(|version| version <= envelope.version) {
                     newest.insert(key, envelope);

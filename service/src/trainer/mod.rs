@@ -20,6 +20,7 @@ mod config;
 mod durable;
 mod role;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +44,17 @@ use crate::kafka::{
 use crate::metrics::Metrics;
 use crate::shadow::ModelRegistry;
 
-/// A device and one of its models.
-pub type ModelKey = (DeviceId, String);
+/// A device and one of its models (production's id borrowed, not copied per device).
+pub type ModelKey = (DeviceId, Cow<'static, str>);
+
+/// The key of `model_id` of `device_id`.
+pub fn model_key(device_id: DeviceId, model_id: String) -> ModelKey {
+    if model_id == PRODUCTION_MODEL {
+        (device_id, Cow::Borrowed(PRODUCTION_MODEL))
+    } else {
+        (device_id, Cow::Owned(model_id))
+    }
+}
 
 struct DeviceModel {
     trainer: ModelTrainer,
@@ -150,7 +160,7 @@ impl TrainerHandler {
         model.since_checkpoint += 1;
         let envelope = ParamsEnvelope {
             device_id: device_id.clone(),
-            model_id: model_id.clone(),
+            model_id: model_id.to_string(),
             version: model.version,
             trained_events: model.trainer.events(),
             published_ms: now_ms(),
@@ -202,11 +212,13 @@ impl TrainerHandler {
     ) -> Vec<Outgoing> {
         // Production, then the candidates the registry names (none, and no lock taken,
         // while no candidate exists).
-        let mut wanted = vec![(PRODUCTION_MODEL.to_owned(), None)];
+        let mut wanted = vec![(Cow::Borrowed(PRODUCTION_MODEL), None)];
         if self.registry.has_candidates() {
             self.registry.read(|registry| {
                 let candidates = registry.models_for(device_id, tenant).into_iter();
-                wanted.extend(candidates.map(|c| (c.model_id.clone(), Some(c.config.clone()))));
+                wanted.extend(
+                    candidates.map(|c| (Cow::Owned(c.model_id.clone()), Some(c.config.clone()))),
+                );
             });
         }
         let mut models = self.models.lock();
@@ -251,7 +263,7 @@ impl TrainerHandler {
             updates.inc();
             micros.inc_by(spent);
         } else {
-            let labels = [model_id.as_str()];
+            let labels = [model_id.as_ref()];
             (self
                 .metrics
                 .trainer_model_updates
@@ -354,7 +366,7 @@ impl TrainerHandler {
     /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
     /// paused clock would not do: the handler reads `std::time::Instant`.)
     pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
-        let key = (device_id.clone(), PRODUCTION_MODEL.to_owned());
+        let key = (device_id.clone(), Cow::Borrowed(PRODUCTION_MODEL));
         if let Some(model) = self.models.lock().devices.get_mut(&key) {
             model.last_published = model
                 .last_published

@@ -836,7 +836,7 @@ async fn candidate_parameters_land_on_the_device_partition_under_their_own_key()
     }
     let held: Vec<String> = params.read()[&device("pump-1")]
         .iter()
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_owned())
         .collect();
     assert_eq!(held, ["cand-1", "production"]);
     let checkpoints = log.records(&rig.topics.trainer_state());
@@ -858,7 +858,7 @@ async fn a_new_owner_continues_candidate_models_from_their_checkpoints() {
     drop(first);
     let mut next = Rig::on_log_with(config, &log, registry_with_candidate()).await;
     next.feed_readings("pump-1", 20..25, 20.0).await;
-    let key = (device("pump-1"), "cand-1".to_owned());
+    let key = super::model_key(device("pump-1"), "cand-1".to_owned());
     let models = next.models.lock();
     let candidate = &models.devices[&key];
     assert_eq!(candidate.version, 5, "versions continue");
