@@ -1677,23 +1677,56 @@ struct Reading<'a> {
 /// each reading only a slight new extreme. The excursion ends when the value returns
 /// inside that range, or when the value's long-run mean has itself moved beyond it (the
 /// new level has become the usual one). The scorer's own context.
+///
+/// Boxed, and only while there is one: excursions are rare, and the box is 8 bytes where
+/// its state is 24, per metric and device.
 #[derive(Clone, Debug, Default)]
-struct Excursion {
+struct Excursion(Option<Box<ExcursionState>>);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ExcursionState {
     /// The range when the excursion began; `None` while the value is inside its range.
-    /// Boxed: excursions are rare, and the box is 8 bytes where the range is 16, per
-    /// metric and device.
-    held: Option<Box<(f64, f64)>>,
+    held: Option<(f64, f64)>,
     /// Readings in a row beyond the range by more than its tolerance.
     beyond_run: u32,
 }
 
 impl Excursion {
     fn held(&self) -> Option<(f64, f64)> {
-        self.held.as_deref().copied()
+        self.0.as_ref().and_then(|state| state.held)
+    }
+
+    fn beyond_run(&self) -> u32 {
+        self.0.as_ref().map_or(0, |state| state.beyond_run)
     }
 
     fn hold(&mut self, range: Option<(f64, f64)>) {
-        self.held = range.map(Box::new);
+        self.change(|state| state.held = range);
+    }
+
+    fn set_beyond_run(&mut self, run: u32) {
+        self.change(|state| state.beyond_run = run);
+    }
+
+    /// Change the state, keeping a box only while it is not the default (and allocating
+    /// none for a change that leaves it so: most readings are no excursion).
+    fn change(&mut self, change: impl FnOnce(&mut ExcursionState)) {
+        let none = ExcursionState::default();
+        match &mut self.0 {
+            Some(state) => {
+                change(state);
+                if **state == none {
+                    self.0 = None;
+                }
+            }
+            None => {
+                let mut state = ExcursionState::default();
+                change(&mut state);
+                if state != none {
+                    self.0 = Some(Box::new(state));
+                }
+            }
+        }
     }
 
     /// The range to judge `value` by, advancing the excursion.
@@ -2112,7 +2145,7 @@ impl DetectorScorer {
             shape: shape.as_ref(),
             season,
             range: excursion.range(metric, config, value),
-            beyond_run: excursion.beyond_run,
+            beyond_run: excursion.beyond_run(),
         };
         let (mut score, mut cause, beyond) = if u64::from(metric.n) < config.history_events {
             let dof = metric.n.saturating_sub(1).max(1) as f64;
@@ -2126,11 +2159,11 @@ impl DetectorScorer {
         } else {
             history_score(metric, config, &reading)
         };
-        excursion.beyond_run = if beyond {
-            excursion.beyond_run.saturating_add(1)
+        excursion.set_beyond_run(if beyond {
+            excursion.beyond_run().saturating_add(1)
         } else {
             0
-        };
+        });
         if let Some(stuck) = context.stuck_score(metric, config).filter(|s| *s > score) {
             score = stuck;
             cause = Cause::Stuck {

@@ -22,7 +22,7 @@ pub struct DeviceParams {
     pub partition: i32,
     pub params: Params,
     /// Causes damped by users' false-positive verdicts.
-    pub damping: Vec<fleetwatch_protocol::Damping>,
+    pub damping: Box<[fleetwatch_protocol::Damping]>,
 }
 
 /// A device's newest parameters, by model id.
@@ -99,7 +99,7 @@ impl RecordHandler for ParamsHandler {
                 published_ms: envelope.published_ms,
                 partition: record.partition,
                 params,
-                damping: envelope.damping,
+                damping: envelope.damping.into_boxed_slice(),
             };
             models.insert(envelope.model_id, Arc::new(device));
         }
