@@ -637,6 +637,48 @@ impl Running {
     }
 }
 
+/// The spread of the prediction errors: a [`Running`] variance centred on zero, not on
+/// the errors' mean (so it keeps no mean: 8 bytes, per metric and device). Written as
+/// the `Running` it was, whose mean was set back to 0 after every update.
+#[derive(Clone, Debug, Default)]
+struct ErrorSpread {
+    var: f32,
+    n: u32,
+}
+
+impl ErrorSpread {
+    /// [`Running::learn`] from a mean of 0, the same arithmetic.
+    fn learn(&mut self, error: f64, alpha: f64) {
+        self.n = self.n.saturating_add(1);
+        let weight = alpha.max(1.0 / f64::from(self.n));
+        let mean = weight * error;
+        let var = f64::from(self.var);
+        self.var = (var + weight * (error * (error - mean) - var)) as f32;
+    }
+
+    fn std(&self) -> f64 {
+        f64::from(self.var).max(0.0).sqrt()
+    }
+}
+
+impl Serialize for ErrorSpread {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let running = Running {
+            mean: 0.0,
+            var: self.var,
+            n: self.n,
+        };
+        running.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorSpread {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Running { var, n, .. } = Running::deserialize(d)?;
+        Ok(Self { var, n })
+    }
+}
+
 /// [`Running`] in `f32` for statistics of log-space averages and distances, whose means
 /// need no more precision (the scorer's spread floor is far above `f32` rounding): 12
 /// bytes.
@@ -1020,7 +1062,7 @@ const RADIUS: usize = 1;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MetricTrainer {
     context: Context,
-    error: Running,
+    error: ErrorSpread,
     average: SmallRunning,
     value: Running,
     shape: SmallRunning,
@@ -1389,8 +1431,6 @@ fn learn_metric(
     if !had_prediction.is_nan() {
         let prediction = had_prediction;
         metric.error.learn(value - prediction, config.error_alpha);
-        // The error variance is centred on zero, not on its mean.
-        metric.error.mean = 0.0;
     }
     if u64::from(metric.n) > config.averaging_window as u64 {
         metric.average.learn(average, config.likelihood_alpha);

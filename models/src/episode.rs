@@ -110,7 +110,9 @@ pub struct Episode {
     /// The score last reported (opened or escalated): escalation is measured from it.
     reported: f64,
     calm_events: u32,
-    causes: Vec<String>,
+    /// A boxed slice, grown by one (rebuilt: causes come seldom): every device keeps its
+    /// last episode's.
+    causes: Box<[String]>,
 }
 
 impl Episode {
@@ -145,7 +147,7 @@ impl Episode {
             self.peak = value;
             self.reported = value;
             self.calm_events = 0;
-            self.causes.clear();
+            self.causes = Box::default();
             if !label.is_empty() {
                 self.add_cause(metric_of(label));
             }
@@ -177,11 +179,10 @@ impl Episode {
         Some(Transition::Escalated)
     }
 
-    /// The list grows by exactly one (a `Vec` would make room for four at the first): an
-    /// episode usually has one cause, and every device keeps its last episode's.
     fn add_cause(&mut self, metric: &str) {
-        self.causes.reserve_exact(1);
-        self.causes.push(metric.to_owned());
+        let causes = std::mem::take(&mut self.causes).into_vec();
+        let added = causes.into_iter().chain([metric.to_owned()]);
+        self.causes = added.collect();
     }
 
     pub fn is_open(&self) -> bool {

@@ -15,6 +15,55 @@ use crate::{DeviceId, TenantId};
 /// The model every device has, trained with the service's `[trainer.model]`.
 pub const PRODUCTION_MODEL: &str = "production";
 
+/// A model's id as the roles keep it per device: production's, which every device has,
+/// with no allocation; another's, its text. 16 bytes (a `String` is 24).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModelId(Option<Box<str>>);
+
+impl ModelId {
+    pub fn new(id: impl Into<String> + AsRef<str>) -> Self {
+        if id.as_ref() == PRODUCTION_MODEL {
+            Self::production()
+        } else {
+            Self(Some(id.into().into_boxed_str()))
+        }
+    }
+
+    pub fn production() -> Self {
+        Self(None)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or(PRODUCTION_MODEL)
+    }
+}
+
+impl std::ops::Deref for ModelId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for ModelId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ModelId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Longest model id.
 pub const MAX_MODEL_ID_LEN: usize = 32;
 
@@ -131,6 +180,15 @@ pub enum ModelEventBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_is_one_id_however_made() {
+        assert_eq!(ModelId::new(PRODUCTION_MODEL), ModelId::production());
+        assert_eq!(ModelId::new("production".to_owned()).as_str(), "production");
+        assert_eq!(ModelId::new("cand-1"), "cand-1");
+        assert_ne!(ModelId::new("cand-1"), ModelId::production());
+        assert_eq!(std::mem::size_of::<ModelId>(), 16);
+    }
 
     #[test]
     fn keys_name_device_and_model() {

@@ -27,15 +27,14 @@ mod params;
 mod role;
 mod score_batches;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use fleetwatch_models::production::{Episode, EpisodeRules, ModelScorer, Transition};
 use fleetwatch_models::{Observation, Score, Scorer};
 use fleetwatch_protocol::{
-    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ScoreRecord, SequenceTracker,
-    TelemetryPayload, TenantId, MODEL_PROMOTED, PRODUCTION_MODEL,
+    now_ms, Alert, AlertState, Contributor, DeviceId, KafkaTopics, ModelId, ScoreRecord,
+    SequenceTracker, TelemetryPayload, TenantId, MODEL_PROMOTED, PRODUCTION_MODEL,
 };
 
 pub use config::ScorerConfig;
@@ -77,7 +76,7 @@ struct DeviceScoring {
     models: ModelMap<ModelScoring>,
     /// The model whose alerts reach customers for this device (production's id is not
     /// copied for every device).
-    decides: Cow<'static, str>,
+    decides: ModelId,
     /// The promoted model has no parameters here yet: the previous one still decides.
     awaiting: bool,
 }
@@ -87,7 +86,7 @@ impl Default for DeviceScoring {
         Self {
             sequence: SequenceTracker::default(),
             models: ModelMap::default(),
-            decides: Cow::Borrowed(PRODUCTION_MODEL),
+            decides: ModelId::production(),
             awaiting: false,
         }
     }
@@ -235,7 +234,7 @@ impl ScoringHandler {
             if !score.ready {
                 continue;
             }
-            let decides = model_id == device.decides;
+            let decides = device.decides == model_id;
             let transition = scoring.episode.observe(&rules, &score, telemetry.seq);
             if let Some(transition) = transition {
                 changes.push(Change {
@@ -267,14 +266,14 @@ impl ScoringHandler {
         params: &DeviceModels,
     ) -> (Vec<(String, EpisodeRules)>, Vec<Change>) {
         let mut candidates = Vec::new();
-        let promoted: Cow<'static, str> = if self.registry.has_candidates() {
+        let promoted = if self.registry.has_candidates() {
             self.registry.read(|registry| {
                 let named = registry.models_for(device_id, tenant).into_iter();
                 candidates.extend(named.map(|c| (c.model_id.clone(), c.rules)));
-                Cow::Owned(registry.promoted_for(tenant).to_owned())
+                ModelId::new(registry.promoted_for(tenant))
             })
         } else {
-            Cow::Borrowed(PRODUCTION_MODEL)
+            ModelId::production()
         };
         let device = self
             .devices
@@ -292,14 +291,14 @@ impl ScoringHandler {
             }
         }
         if promoted != device.decides && !awaiting {
-            let old = std::mem::replace(&mut device.decides, promoted.clone()).into_owned();
+            let old = std::mem::replace(&mut device.decides, promoted.clone());
             let closed = (device.models.get_mut(&old))
                 .and_then(|m| m.episode.close().then(|| m.episode.opened_at()));
             if let Some(opened_at) = closed {
                 changes.push(Change {
                     opened_at,
                     version: params.get(&old).map_or(0, |p| p.version),
-                    model_id: old,
+                    model_id: old.to_string(),
                     transition: Transition::Closed,
                     score: None,
                     decides: true,

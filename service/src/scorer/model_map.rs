@@ -2,33 +2,23 @@
 //!
 //! A device has one model (production) and, while candidates run in shadow, one or two
 //! more: a `BTreeMap` would allocate a node for eleven entries per device (about 2 KB
-//! of scoring state each, measured by `benches/memory.rs`), a vector holds what there is
-//! (grown one entry at a time: a `Vec` would make room for four at the first insert).
-//! Production's id, which every device has, is not copied per device.
+//! of scoring state each, measured by `benches/memory.rs`), a boxed slice holds what
+//! there is (rebuilt when a model comes or goes, which is rare; a `Vec` would make room
+//! for four at the first insert, and keep its capacity beside its length). Production's
+//! id, which every device has, is not copied per device.
 
-use std::borrow::Cow;
-
-use fleetwatch_protocol::PRODUCTION_MODEL;
+use fleetwatch_protocol::ModelId;
 
 /// Values by model id, sorted by id (iteration order as a `BTreeMap`'s).
 #[derive(Clone, Debug)]
 pub struct ModelMap<V> {
-    entries: Vec<(Cow<'static, str>, V)>,
-}
-
-/// `model_id` as kept: production's borrowed.
-fn kept(model_id: impl Into<String> + AsRef<str>) -> Cow<'static, str> {
-    if model_id.as_ref() == PRODUCTION_MODEL {
-        Cow::Borrowed(PRODUCTION_MODEL)
-    } else {
-        Cow::Owned(model_id.into())
-    }
+    entries: Box<[(ModelId, V)]>,
 }
 
 impl<V> Default for ModelMap<V> {
     fn default() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: Box::default(),
         }
     }
 }
@@ -36,7 +26,7 @@ impl<V> Default for ModelMap<V> {
 impl<V> ModelMap<V> {
     fn position(&self, model_id: &str) -> Result<usize, usize> {
         self.entries
-            .binary_search_by(|(id, _)| id.as_ref().cmp(model_id))
+            .binary_search_by(|(id, _)| id.as_str().cmp(model_id))
     }
 
     pub fn get(&self, model_id: &str) -> Option<&V> {
@@ -57,20 +47,25 @@ impl<V> ModelMap<V> {
     pub fn insert(&mut self, model_id: String, value: V) {
         match self.position(&model_id) {
             Ok(at) => self.entries[at].1 = value,
-            Err(at) => {
-                self.entries.reserve_exact(1);
-                self.entries.insert(at, (kept(model_id), value));
-            }
+            Err(at) => self.change(|entries| entries.insert(at, (ModelId::new(model_id), value))),
         }
     }
 
     pub fn remove(&mut self, model_id: &str) -> Option<V> {
         let at = self.position(model_id).ok()?;
-        Some(self.entries.remove(at).1)
+        Some(self.change(|entries| entries.remove(at)).1)
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
-        self.entries.retain_mut(|(id, value)| keep(id, value));
+        self.change(|entries| entries.retain_mut(|(id, value)| keep(id, value)));
+    }
+
+    /// Change the entries as a `Vec`, then keep exactly as many as there are.
+    fn change<R>(&mut self, change: impl FnOnce(&mut Vec<(ModelId, V)>) -> R) -> R {
+        let mut entries = std::mem::take(&mut self.entries).into_vec();
+        let result = change(&mut entries);
+        self.entries = entries.into_boxed_slice();
+        result
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,7 +73,7 @@ impl<V> ModelMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.entries.iter().map(|(id, value)| (id.as_ref(), value))
+        self.entries.iter().map(|(id, value)| (id.as_str(), value))
     }
 }
 
@@ -88,8 +83,7 @@ impl<V: Default> ModelMap<V> {
         let at = match self.position(model_id) {
             Ok(at) => at,
             Err(at) => {
-                self.entries.reserve_exact(1);
-                self.entries.insert(at, (kept(model_id), V::default()));
+                self.change(|entries| entries.insert(at, (ModelId::new(model_id), V::default())));
                 at
             }
         };

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::Trainer;
-use fleetwatch_protocol::{now_ms, params_key, parse_params_key, ParamsEnvelope, PRODUCTION_MODEL};
+use fleetwatch_protocol::{
+    now_ms, params_key, parse_params_key, ModelId, ParamsEnvelope, PRODUCTION_MODEL,
+};
 
-use super::{model_key, DeviceModel, ModelKey, Outgoing, SharedModels};
+use super::{DeviceModel, ModelKey, Outgoing, SharedModels};
 use crate::error::Result;
 use crate::kafka::{PartitionListener, PartitionReader, Producer, ScanFrom};
 use crate::metrics::Metrics;
@@ -94,7 +96,7 @@ impl Checkpoints {
         let restored = devices.len();
         for (key, version) in devices {
             // A candidate the registry no longer knows is not trained any more.
-            let config = match key.1.as_ref() {
+            let config = match key.1.as_str() {
                 PRODUCTION_MODEL => config.clone(),
                 model_id => match registry.read(|r| r.get(model_id).map(|c| c.config.clone())) {
                     Some(config) => config,
@@ -143,7 +145,7 @@ impl Checkpoints {
             .scan(partition, ScanFrom::Beginning, |_, key, payload| {
                 if payload.is_empty() {
                     if let Some((device_id, model_id)) = parse_params_key(key) {
-                        newest.remove(&model_key(device_id, model_id));
+                        newest.remove(&(device_id, ModelId::new(model_id)));
                     }
                     return false;
                 }
@@ -154,7 +156,10 @@ impl Checkpoints {
                 if !keep_bytes {
                     envelope.params = Vec::new();
                 }
-                let key = model_key(envelope.device_id.clone(), envelope.model_id.clone());
+                let key = (
+                    envelope.device_id.clone(),
+                    ModelId::new(envelope.model_id.as_str()),
+                );
                 let known = newest.get(&key).map(|e| e.version);
                 if known.is_none_or(|version| version <= envelope.version) {
                     newest.insert(key, envelope);

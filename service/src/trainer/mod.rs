@@ -20,7 +20,6 @@ mod config;
 mod durable;
 mod role;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +27,8 @@ use std::time::{Duration, Instant};
 use fleetwatch_models::production::{self, ModelTrainer};
 use fleetwatch_models::{Observation, Trainer};
 use fleetwatch_protocol::{
-    now_ms, params_key, Damping, DeviceId, Feedback, KafkaTopics, ParamsEnvelope, SequenceTracker,
-    TenantId, Verdict, PRODUCTION_MODEL,
+    now_ms, params_key, Damping, DeviceId, Feedback, KafkaTopics, ModelId, ParamsEnvelope,
+    SequenceTracker, TenantId, Verdict, PRODUCTION_MODEL,
 };
 use parking_lot::Mutex;
 use prometheus::IntCounter;
@@ -44,17 +43,8 @@ use crate::kafka::{
 use crate::metrics::Metrics;
 use crate::shadow::ModelRegistry;
 
-/// A device and one of its models (production's id borrowed, not copied per device).
-pub type ModelKey = (DeviceId, Cow<'static, str>);
-
-/// The key of `model_id` of `device_id`.
-pub fn model_key(device_id: DeviceId, model_id: String) -> ModelKey {
-    if model_id == PRODUCTION_MODEL {
-        (device_id, Cow::Borrowed(PRODUCTION_MODEL))
-    } else {
-        (device_id, Cow::Owned(model_id))
-    }
-}
+/// A device and one of its models.
+pub type ModelKey = (DeviceId, ModelId);
 
 struct DeviceModel {
     trainer: ModelTrainer,
@@ -212,12 +202,12 @@ impl TrainerHandler {
     ) -> Vec<Outgoing> {
         // Production, then the candidates the registry names (none, and no lock taken,
         // while no candidate exists).
-        let mut wanted = vec![(Cow::Borrowed(PRODUCTION_MODEL), None)];
+        let mut wanted = vec![(ModelId::production(), None)];
         if self.registry.has_candidates() {
             self.registry.read(|registry| {
                 let candidates = registry.models_for(device_id, tenant).into_iter();
                 wanted.extend(
-                    candidates.map(|c| (Cow::Owned(c.model_id.clone()), Some(c.config.clone()))),
+                    candidates.map(|c| (ModelId::new(c.model_id.as_str()), Some(c.config.clone()))),
                 );
             });
         }
@@ -263,7 +253,7 @@ impl TrainerHandler {
             updates.inc();
             micros.inc_by(spent);
         } else {
-            let labels = [model_id.as_ref()];
+            let labels = [model_id.as_str()];
             (self
                 .metrics
                 .trainer_model_updates
@@ -366,7 +356,7 @@ impl TrainerHandler {
     /// time had passed: lets tests reach `publish_every_ms` without sleeping. (tokio's
     /// paused clock would not do: the handler reads `std::time::Instant`.)
     pub(crate) fn backdate_last_publication(&mut self, device_id: &DeviceId, ago: Duration) {
-        let key = (device_id.clone(), Cow::Borrowed(PRODUCTION_MODEL));
+        let key = (device_id.clone(), ModelId::production());
         if let Some(model) = self.models.lock().devices.get_mut(&key) {
             model.last_published = model
                 .last_published

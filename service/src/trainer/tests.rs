@@ -858,7 +858,10 @@ async fn a_new_owner_continues_candidate_models_from_their_checkpoints() {
     drop(first);
     let mut next = Rig::on_log_with(config, &log, registry_with_candidate()).await;
     next.feed_readings("pump-1", 20..25, 20.0).await;
-    let key = super::model_key(device("pump-1"), "cand-1".to_owned());
+    let key = (
+        device("pump-1"),
+        fleetwatch_protocol::ModelId::new("cand-1"),
+    );
     let models = next.models.lock();
     let candidate = &models.devices[&key];
     assert_eq!(candidate.version, 5, "versions continue");
