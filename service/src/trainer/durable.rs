@@ -43,7 +43,7 @@ pub(super) fn checkpoint(
         version: model.version,
         trained_events: model.trainer.events(),
         published_ms: now_ms(),
-        damping: model.damping.clone(),
+        damping: model.damping.to_vec(),
         params: model.trainer.state_bytes(),
     };
     let key = params_key(device_id, model_id);
@@ -111,7 +111,7 @@ impl Checkpoints {
                 None => (production::shared_trainer(&config), Vec::new()),
             };
             let mut model = DeviceModel::new(trainer, partition, version);
-            model.damping = damping;
+            model.damping = damping.into_boxed_slice();
             models.devices.insert(key, Box::new(model));
         }
         models.restored.insert(partition);

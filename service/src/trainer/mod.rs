@@ -57,8 +57,9 @@ struct DeviceModel {
     since_checkpoint: u32,
     /// Learned something the last checkpoint does not hold.
     dirty: bool,
-    /// Causes users marked as false positives, published with the parameters.
-    damping: Vec<Damping>,
+    /// Causes users marked as false positives, published with the parameters (a boxed
+    /// slice: verdicts are rare, and every device keeps one).
+    damping: Box<[Damping]>,
 }
 
 impl DeviceModel {
@@ -72,7 +73,7 @@ impl DeviceModel {
             last_published: Instant::now(),
             since_checkpoint: 0,
             dirty: false,
-            damping: Vec::new(),
+            damping: Box::default(),
         }
     }
 }
@@ -154,7 +155,7 @@ impl TrainerHandler {
             version: model.version,
             trained_events: model.trainer.events(),
             published_ms: now_ms(),
-            damping: model.damping.clone(),
+            damping: model.damping.to_vec(),
             params: model.trainer.snapshot().to_bytes(),
         };
         let mut records = vec![(
@@ -314,7 +315,9 @@ impl TrainerHandler {
             let mut models = self.models.lock();
             let mine = (models.devices.iter_mut()).filter(|((id, _), _)| *id == feedback.device_id);
             mine.flat_map(|(key, model)| {
-                learn_verdict(&mut model.damping, &feedback, self.config.model.threshold);
+                let mut damping = std::mem::take(&mut model.damping).into_vec();
+                learn_verdict(&mut damping, &feedback, self.config.model.threshold);
+                model.damping = damping.into_boxed_slice();
                 model.dirty = true;
                 self.publication(key, model)
             })
