@@ -1098,7 +1098,24 @@ pub struct DetectorTrainer {
     /// Seasonal profiles, one per metric in the order of `metrics`, or none (a boxed
     /// slice: the same bytes as the `Vec` it was, 8 less in memory).
     seasons: Box<[SeasonTrainer]>,
-    events: u64,
+    /// Written as the `u64` it was (u32: a device sending every second for 136 years).
+    #[serde(with = "count_as_u64")]
+    events: u32,
+}
+
+/// Serde of a count kept as `u32` and written as the `u64` it was (the same bytes: both
+/// are varints in the binary form); a larger one read saturates.
+pub(crate) mod count_as_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(count: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::from(*count))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let count = u64::deserialize(d)?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
 }
 
 /// A time in milliseconds, or none (`i64::MIN`, which no clock gives): 8 bytes where an
@@ -1486,7 +1503,7 @@ impl Trainer for DetectorTrainer {
     type Params = DetectorParams;
 
     fn update(&mut self, observation: &Observation<'_>) {
-        self.events += 1;
+        self.events = self.events.saturating_add(1);
         self.learn_interval(observation.ts_ms);
         if self.first_ts.get().is_none() {
             self.first_ts = OptionalMs::some(observation.ts_ms);
@@ -1565,7 +1582,7 @@ impl Trainer for DetectorTrainer {
     }
 
     fn events(&self) -> u64 {
-        self.events
+        u64::from(self.events)
     }
 }
 

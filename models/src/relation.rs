@@ -363,13 +363,15 @@ pub struct RelationTrainer {
     /// by [`RelationTrainer::metric_inserted`]); fixed once chosen.
     /// (Boxed slices, not `Vec`s: fixed once chosen, 8 bytes less each.)
     columns: Box<[u8]>,
-    n: u64,
+    #[serde(with = "crate::detector::count_as_u64")]
+    n: u32,
     mean: Box<[f64]>,
     /// Packed upper triangle of the covariance, row after row (`f32`: half the memory,
     /// and a correlation needs no more precision).
     cov: Box<[f32]>,
     since_refit: u32,
-    fitted_events: u64,
+    #[serde(with = "crate::detector::count_as_u64")]
+    fitted_events: u32,
     model: Option<RelationParams>,
     context: RelationContext,
     t2: Running,
@@ -441,19 +443,20 @@ impl RelationTrainer {
         self.learn_calibration(config, window, calibration_alpha, values);
         self.learn_moments(config, values);
         self.since_refit += 1;
-        let interval = (self.n / 5).clamp(
+        let n = u64::from(self.n);
+        let interval = (n / 5).clamp(
             u64::from(config.first_refit_every),
             u64::from(config.refit_every),
         );
-        if self.n >= config.min_events && u64::from(self.since_refit) >= interval {
+        if n >= config.min_events && u64::from(self.since_refit) >= interval {
             self.refit(config);
         }
     }
 
     fn learn_moments(&mut self, config: &RelationConfig, values: &[f64]) {
         let m = self.columns.len();
-        self.n += 1;
-        let weight = config.alpha.max(1.0 / self.n as f64);
+        self.n = self.n.saturating_add(1);
+        let weight = config.alpha.max(1.0 / f64::from(self.n));
         let mut delta = [0.0; MAX_COLUMNS];
         for j in 0..m {
             delta[j] = values[j] - self.mean[j];
@@ -482,14 +485,14 @@ impl RelationTrainer {
         };
         let eval = model.evaluate(values);
         let reading = self.context.observe(model, &eval, window);
-        self.fitted_events += 1;
-        if self.fitted_events > window as u64 {
+        self.fitted_events = self.fitted_events.saturating_add(1);
+        if u64::from(self.fitted_events) > window as u64 {
             self.t2.learn(reading.t2, alpha);
             self.spe.learn(reading.spe, alpha);
         }
         model.t2_calibration = (self.t2.mean as f32, self.t2.std() as f32);
         model.spe_calibration = (self.spe.mean as f32, self.spe.std() as f32);
-        model.ready = self.fitted_events >= config.calibration_events;
+        model.ready = u64::from(self.fitted_events) >= config.calibration_events;
     }
 
     /// Principal components of the correlation matrix, keeping enough to explain
