@@ -327,7 +327,8 @@ pub struct MetricParams {
     pub value_std: f64,
     /// Prototypes of recent shapes in units of 1/3000, each with the typical squared
     /// distance of its members to it (its radius). Written as the prototypes one after
-    /// the other, then the radii.
+    /// the other, then the radii (the bytes the fields `centroids` and `radii` were; in
+    /// JSON one field, `prototypes`).
     pub prototypes: Prototypes<1>,
     /// Long-run distribution of the averaged log distance to the nearest prototype.
     #[serde(with = "f32_as_f64")]
@@ -740,8 +741,9 @@ struct Context {
     drift: f32,
     /// The values before `last_value`, as the steps between them (`STEPS`, see
     /// [`step`]), raw scores (`RAW`) and distances to the nearest prototype (`SHAPE`):
-    /// 80 bytes and no allocation at the default configuration, where three rings took
-    /// 72 bytes, three allocations and their 60 bytes.
+    /// 80 bytes and no allocation at the default configuration, where the rings in one
+    /// allocation took 32 bytes, the allocation and its 60 bytes (three separate rings,
+    /// before them, 72 bytes and three allocations).
     recent: Rings<3, CONTEXT_INLINE>,
 }
 

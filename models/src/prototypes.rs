@@ -11,7 +11,9 @@ const MAX_DIMS: usize = 16;
 
 /// Prototypes of `dims` values each (`i16`, in the detector's prototype units), each with
 /// `EXTRA` `f32` numbers. Written as two sequences, the prototypes one after the other
-/// and their numbers, as the two boxed slices this replaces were (the same bytes).
+/// and their numbers, as the two boxed slices this replaces were: the same bytes in the
+/// binary forms. In JSON they are one field holding the two (each number set an array),
+/// where the slices were two fields.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Prototypes<const EXTRA: usize> {
     /// Empty, or `dims` followed, per prototype, by its values and then its numbers, each
