@@ -1,7 +1,8 @@
 //! The load harness's full run (docs/benchmarks.md, "Load"): rates of 2k, 5k, 10k and
 //! 20k readings a second (1,000 devices), the five pipeline roles in one process; 5k again
 //! with one process per role (each role's own cost); and 10,000 devices reading every
-//! second (the service's memory at 10k devices). Each load gets a fresh service and fresh
+//! second (the service's memory at 10k devices); 5k again with 4 partitions per topic,
+//! where the others have one. Each load gets a fresh service and fresh
 //! brokers (its own Mosquitto, tansu in memory unless `FLEETWATCH_LOAD_TANSU_STORAGE`
 //! says otherwise, e.g. `sqlite://tansu.db`). Prints a Markdown table and
 //! writes one JSON line per load to OUT (default `target/load.jsonl`) for
@@ -23,6 +24,11 @@ use std::io::Write;
 use fleetwatch_e2e::brokers::OwnBrokers;
 use fleetwatch_e2e::load::{idle, run, table_row, Layout, Load, TABLE_HEADER};
 
+/// Partitions per topic: one instance of each role runs, and one partition is all it can
+/// use. The plan's last load runs the e2e rig's 4, to show what partitions cost on
+/// tansu (docs/benchmarks.md, "Load").
+const ONE_INSTANCE: u32 = 1;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -36,7 +42,7 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "target/load.jsonl".into());
     let fleetsim = std::env::var("FLEETSIM_BIN").expect("FLEETSIM_BIN: the fleetsim binary");
-    let load = |devices: usize, interval_ms: u64| {
+    let load = |devices: usize, interval_ms: u64, partitions: u32| {
         // Long enough for the models to pass their warm-up (about 400 readings).
         let warmup = (400.0 * interval_ms as f64 / 1000.0).clamp(30.0, 120.0);
         Load {
@@ -44,15 +50,20 @@ fn main() {
             interval_ms,
             warmup_secs: if quick { 30.0 } else { warmup },
             window_secs: if quick { 10.0 } else { 20.0 },
+            partitions,
+            // At least 500 a minute: over a 20 s window, about 160 alert latencies, so
+            // the p99 is not simply the slowest of a few dozen.
+            anomalies_per_minute: (devices as f64 / 10.0).max(500.0),
         }
     };
     let plan = [
-        (load(1000, 500), Layout::OneProcess),
-        (load(1000, 200), Layout::OneProcess),
-        (load(1000, 100), Layout::OneProcess),
-        (load(1000, 50), Layout::OneProcess),
-        (load(1000, 200), Layout::PerRole),
-        (load(10_000, 1000), Layout::OneProcess),
+        (load(1000, 500, ONE_INSTANCE), Layout::OneProcess),
+        (load(1000, 200, ONE_INSTANCE), Layout::OneProcess),
+        (load(1000, 100, ONE_INSTANCE), Layout::OneProcess),
+        (load(1000, 50, ONE_INSTANCE), Layout::OneProcess),
+        (load(1000, 200, ONE_INSTANCE), Layout::PerRole),
+        (load(10_000, 1000, ONE_INSTANCE), Layout::OneProcess),
+        (load(1000, 200, 4), Layout::OneProcess),
     ];
     // `FLEETWATCH_LOAD_TANSU_STORAGE=sqlite://tansu.db`: tansu on disk, as the fault
     // tests run it (its path relative to the brokers' directory).
@@ -63,7 +74,7 @@ fn main() {
         OwnBrokers::start_with_storage(dir, &tansu_storage)
     };
     if args.iter().any(|a| a == "--idle") {
-        let costs = idle(&fresh_brokers(), 25.0, 20.0);
+        let costs = idle(&fresh_brokers(), ONE_INSTANCE, 25.0, 20.0);
         let costs: Vec<String> = costs
             .iter()
             .map(|(name, ms)| format!("{name} {ms:.1}"))

@@ -34,6 +34,15 @@ pub struct Load {
     pub warmup_secs: f64,
     /// Seconds measured.
     pub window_secs: f64,
+    /// Partitions of every topic (`kafka.partitions`): as many as instances of a role
+    /// may share the work. tansu's in-memory engine lists every batch stored in a
+    /// partition on each fetch that finds new records there, so on tansu more partitions
+    /// cost every consumer of the topic in proportion (docs/benchmarks.md, "Load"); on
+    /// Kafka a fetch costs the same whatever the partition holds.
+    pub partitions: u32,
+    /// Anomalies fleetsim injects a minute over the whole fleet: the alert latency's
+    /// samples.
+    pub anomalies_per_minute: f64,
 }
 
 impl Load {
@@ -58,6 +67,7 @@ pub const PIPELINE_ROLES: [&str; 5] = ["ingest", "devices", "trainer", "scorer",
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Measured {
     pub layout: String,
+    pub partitions: u32,
     pub devices: usize,
     pub interval_ms: u64,
     pub target_rate: f64,
@@ -88,8 +98,12 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn start(brokers: &OwnBrokers, namespace: &Namespace, layout: Layout) -> Self {
-        let env = [("RUST_LOG", "warn")];
+    fn start(brokers: &OwnBrokers, namespace: &Namespace, layout: Layout, partitions: u32) -> Self {
+        let partitions = partitions.to_string();
+        let env = [
+            ("RUST_LOG", "warn"),
+            ("FLEETWATCH_KAFKA__PARTITIONS", partitions.as_str()),
+        ];
         let mut services = Vec::new();
         match layout {
             Layout::OneProcess => {
@@ -138,7 +152,7 @@ impl Deployment {
 /// Run `load` against `brokers` and measure it. `fleetsim` is the simulator's binary.
 pub fn run(brokers: &OwnBrokers, fleetsim: &str, load: Load, layout: Layout) -> Measured {
     let namespace = Namespace::new("load");
-    let deployment = Deployment::start(brokers, &namespace, layout);
+    let deployment = Deployment::start(brokers, &namespace, layout, load.partitions);
     let floor = FloorProbe::start(&brokers.rig.kafka, &namespace.topic("load-floor"));
     let output_dir = std::env::temp_dir().join(&namespace.name);
     std::fs::create_dir_all(&output_dir).expect("a directory for fleetsim's output");
@@ -163,6 +177,7 @@ pub fn run(brokers: &OwnBrokers, fleetsim: &str, load: Load, layout: Layout) -> 
 
     let mut measured = Measured {
         layout: format!("{layout:?}"),
+        partitions: load.partitions,
         devices: load.devices,
         interval_ms: load.interval_ms,
         target_rate: load.rate(),
@@ -198,9 +213,14 @@ pub fn run(brokers: &OwnBrokers, fleetsim: &str, load: Load, layout: Layout) -> 
 /// each process over `window_secs`, measured `settle_secs` after the service is ready.
 /// Fixed costs (fetches, polls, timers) are what a reading's cost falls towards as the
 /// rate grows, and what an idle pod costs.
-pub fn idle(brokers: &OwnBrokers, settle_secs: f64, window_secs: f64) -> BTreeMap<String, f64> {
+pub fn idle(
+    brokers: &OwnBrokers,
+    partitions: u32,
+    settle_secs: f64,
+    window_secs: f64,
+) -> BTreeMap<String, f64> {
     let namespace = Namespace::new("idle");
-    let deployment = Deployment::start(brokers, &namespace, Layout::OneProcess);
+    let deployment = Deployment::start(brokers, &namespace, Layout::OneProcess, partitions);
     std::thread::sleep(Duration::from_secs_f64(settle_secs));
     let pids = deployment.pids_with(brokers);
     let (before, started) = (cpu_of(&pids), Instant::now());
@@ -228,8 +248,6 @@ fn start_fleetsim(
     // stall it.
     let file = |name: &str| std::fs::File::create(output_dir.join(name)).expect("output file");
     let duration = load.warmup_secs + load.window_secs + 2.0;
-    // Anomalies enough for latency figures: one per 10 devices a minute.
-    let anomalies = (load.devices as f64 / 10.0).max(6.0);
     Command::new(fleetsim)
         .args(["--mqtt-port", &brokers.rig.mqtt_port.to_string()])
         .args(["--devices", &load.devices.to_string()])
@@ -238,7 +256,10 @@ fn start_fleetsim(
         .args(["--warmup-secs", &load.warmup_secs.to_string()])
         .args(["--duration-secs", &duration.to_string()])
         .args(["--quiet-tail-secs", "1"])
-        .args(["--anomalies-per-minute", &anomalies.to_string()])
+        .args([
+            "--anomalies-per-minute",
+            &load.anomalies_per_minute.to_string(),
+        ])
         .args(["--alerts-url", &deployment.named("alerts").ws_url()])
         .args(["--drain-secs", "3"])
         .env("RUST_LOG", "warn")
@@ -490,8 +511,8 @@ pub fn table_row(m: &Measured) -> String {
     let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
     let msi = |v: Option<i64>| v.map_or("—".into(), |v| v.to_string());
     format!(
-        "| {} | {:.0} | {:.0} | {} / {} ({} lost) | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} / {} | {} / {} | {} / {} |",
-        m.layout, m.target_rate, m.rate, m.stored, m.acknowledged, m.lost,
+        "| {} | {} | {:.0} | {:.0} | {} / {} ({} lost) | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} / {} | {} / {} | {} / {} |",
+        m.layout, m.partitions, m.target_rate, m.rate, m.stored, m.acknowledged, m.lost,
         cpu("fleetwatch") - cpu("fleetwatch storage"), cpu("tansu"), cpu("mosquitto"), cpu("fleetsim"),
         m.service_rss_mb, m.lag_at_end,
         msi(m.alert_ms_p50), msi(m.alert_ms_p99), ms(m.twin_ms_p50), ms(m.twin_ms_p99),
@@ -499,4 +520,4 @@ pub fn table_row(m: &Measured) -> String {
     )
 }
 
-pub const TABLE_HEADER: &str = "| layout | target msg/s | measured msg/s | stored / acknowledged | fleetwatch µs/msg | tansu | Mosquitto | fleetsim | fleetwatch RSS MB | lag at end | publish → alert p50 / p99 ms | publish → twin p50 / p99 ms (bucket bound) | broker floor p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| layout | partitions | target msg/s | measured msg/s | stored / acknowledged | fleetwatch µs/msg | tansu | Mosquitto | fleetsim | fleetwatch RSS MB | lag at end | publish → alert p50 / p99 ms | publish → twin p50 / p99 ms (bucket bound) | broker floor p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
