@@ -46,7 +46,8 @@ pub struct KafkaConfig {
     pub fetch_wait_ms: u64,
     /// The same for the consumers on the paths a person waits on: the scorer and the
     /// alerts role's reader of `iot.alerts` (a reading to its WebSocket alert), the
-    /// devices role (a command to its device). On tansu an alert crosses two of them:
+    /// devices role (a command to its device) and the reader of its replies (a REST
+    /// request's answer). On tansu an alert crosses two of them:
     /// 50 ms each gave publish → alert 127 / 207 ms (p50 / p99) at 5,000 readings/s,
     /// 10 ms 61 / 71, and 5 ms (with the alerts' own producer) 27–33 / 40–42 for about
     /// 1 µs more CPU per reading (docs/benchmarks.md, "Load"). On Kafka a shorter wait
