@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Plot the load harness's run (tests/examples/load.rs): CPU per message of each process
 and the latencies against the measured rate, for the one-process runs at 1,000 devices on
-one partition per topic (the plan's 4-partition load is a table row, not a point).
+one partition per topic (the plan's load on more partitions is a table row, not a point;
+lines without a partition count, from before they were recorded, had 4).
 Usage: scripts/load_plot.py target/load.jsonl docs/load.png
 Needs matplotlib: python3 -m venv target/plot-venv && target/plot-venv/bin/pip install matplotlib"""
 import json, sys
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt
 
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 points = sorted((r for r in runs if r["layout"] == "OneProcess" and r["devices"] == 1000
-                 and r.get("partitions", 1) == 1),
+                 and r.get("partitions") == 1),
                 key=lambda r: r["rate"])
 rates = [r["rate"] for r in points]
 figure, (cpu, latency) = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -23,10 +23,11 @@ use std::io::Write;
 
 use fleetwatch_e2e::brokers::OwnBrokers;
 use fleetwatch_e2e::load::{idle, run, table_row, Layout, Load, TABLE_HEADER};
+use fleetwatch_e2e::RIG_PARTITIONS;
 
 /// Partitions per topic: one instance of each role runs, and one partition is all it can
-/// use. The plan's last load runs the e2e rig's 4, to show what partitions cost on
-/// tansu (docs/benchmarks.md, "Load").
+/// use. The plan's last load runs the e2e rig's count, to show what partitions cost on
+/// tansu (docs/benchmarks.md, "Partitions on tansu").
 const ONE_INSTANCE: u32 = 1;
 
 fn main() {
@@ -63,7 +64,7 @@ fn main() {
         (load(1000, 50, ONE_INSTANCE), Layout::OneProcess),
         (load(1000, 200, ONE_INSTANCE), Layout::PerRole),
         (load(10_000, 1000, ONE_INSTANCE), Layout::OneProcess),
-        (load(1000, 200, 4), Layout::OneProcess),
+        (load(1000, 200, RIG_PARTITIONS), Layout::OneProcess),
     ];
     // `FLEETWATCH_LOAD_TANSU_STORAGE=sqlite://tansu.db`: tansu on disk, as the fault
     // tests run it (its path relative to the brokers' directory).

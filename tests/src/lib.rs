@@ -47,6 +47,10 @@ impl Rig {
 }
 
 /// A name unique to this test run, for prefixes.
+/// Partitions of every topic a test's service creates, unless the test sets its own:
+/// more than one, so that the tests run the paths that split work by partition.
+pub const RIG_PARTITIONS: u32 = 4;
+
 pub fn unique(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,7 +146,7 @@ impl Service {
                 "FLEETWATCH_KAFKA__GROUP_PREFIX",
                 format!("{}-", namespace.name),
             )
-            .env("FLEETWATCH_KAFKA__PARTITIONS", "4")
+            .env("FLEETWATCH_KAFKA__PARTITIONS", RIG_PARTITIONS.to_string())
             .env("FLEETWATCH_MQTT__HOST", &rig.mqtt_host)
             .env("FLEETWATCH_MQTT__PORT", rig.mqtt_port.to_string())
             .env(

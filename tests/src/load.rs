@@ -37,8 +37,8 @@ pub struct Load {
     /// Partitions of every topic (`kafka.partitions`): as many as instances of a role
     /// may share the work. tansu's in-memory engine lists every batch stored in a
     /// partition on each fetch that finds new records there, so on tansu more partitions
-    /// cost every consumer of the topic in proportion (docs/benchmarks.md, "Load"); on
-    /// Kafka a fetch costs the same whatever the partition holds.
+    /// cost every consumer of the topic in proportion (docs/benchmarks.md, "Partitions
+    /// on tansu"); on Kafka a fetch costs the same whatever the partition holds.
     pub partitions: u32,
     /// Anomalies fleetsim injects a minute over the whole fleet: the alert latency's
     /// samples.

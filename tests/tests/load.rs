@@ -19,8 +19,7 @@ fn a_short_load_loses_nothing_and_is_measured() {
         interval_ms: 100,
         warmup_secs: 4.0,
         window_secs: 4.0,
-        // The e2e rig's count: the smoke runs the multi-partition paths.
-        partitions: 4,
+        partitions: fleetwatch_e2e::RIG_PARTITIONS,
         anomalies_per_minute: 6.0,
     };
     let measured = run(

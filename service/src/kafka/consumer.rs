@@ -95,8 +95,9 @@ impl ConsumerRole {
     /// Whether a person waits on what this consumer reads: a reading on its way to its
     /// alert (the scorer, then the alerts role's reader), a command on its way to a
     /// device (the devices role), the devices role's reply to a REST request (the
-    /// replies reader: 50 ms gave the demo's commands a p50 of 103 ms, 5 ms 69). These fetch with `kafka.urgent_fetch_wait_ms`. The
-    /// others wait longer when idle: each short wait is another request a second.
+    /// replies reader: 50 ms gave the demo's commands a p50 of 103 ms, 5 ms 69). These
+    /// fetch with `kafka.urgent_fetch_wait_ms`. The others wait longer when idle: each
+    /// short wait is another request a second.
     pub fn is_urgent(self) -> bool {
         matches!(
             self,
