@@ -195,7 +195,7 @@ fn devices_handler(
         commands_topic: topics.commands(),
         alerts_topic: topics.alerts(),
         replies_topic: topics.replies(),
-        producer: producer.clone(),
+        replies: producer.clone(),
         metrics: metrics.clone(),
         pending: PendingWrites::new(MAX_PENDING_WRITES, metrics.clone()),
     }

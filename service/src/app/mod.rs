@@ -66,10 +66,7 @@ pub async fn start(
     ensure_topics(kafka).await?;
     let producer = Producer::new(kafka, metrics.clone())?;
     let instance = instance_name(settings);
-    let requests = start_replies(
-        settings, &instance, &producer, &metrics, &mut tasks, &shutdown,
-    )
-    .await?;
+    let requests = start_replies(settings, &instance, &metrics, &mut tasks, &shutdown).await?;
     let directory = crate::tenancy::start_directory(
         kafka,
         &settings.tenancy,
@@ -192,20 +189,22 @@ fn instance_name(settings: &Settings) -> String {
 }
 
 /// Every process answers REST requests, so every process reads the replies addressed
-/// to it, whatever roles it runs.
+/// to it, whatever roles it runs. Requests go through a producer of their own lingering
+/// `kafka.urgent_linger_ms`: a person waits on each, and on the process's shared
+/// producer a request would linger `kafka.linger_ms` and queue behind ingest's stream.
 async fn start_replies(
     settings: &Settings,
     instance: &str,
-    producer: &Producer,
     metrics: &Arc<Metrics>,
     tasks: &mut RoleTasks,
     shutdown: &CancellationToken,
 ) -> Result<Arc<RequestClient>> {
     let topics = settings.kafka.topics();
+    let kafka = &settings.kafka;
     let requests = Arc::new(RequestClient::new(
         instance.to_owned(),
         &topics,
-        producer.clone(),
+        Producer::lingering(kafka, kafka.urgent_linger_ms, metrics.clone())?,
         settings.http.max_pending_requests,
         Duration::from_millis(settings.http.request_timeout_ms),
         metrics.clone(),

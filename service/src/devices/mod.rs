@@ -80,7 +80,10 @@ pub struct DevicesHandler {
     pub commands_topic: String,
     pub alerts_topic: String,
     pub replies_topic: String,
-    pub producer: Producer,
+    /// Replies to REST requests: a producer of their own lingering
+    /// `kafka.urgent_linger_ms`, as a person waits on each (the twins' producer lingers
+    /// `kafka.linger_ms`).
+    pub replies: Producer,
     pub metrics: Arc<Metrics>,
     /// Twin writes on their way, with the records that caused them.
     pub pending: PendingWrites,
@@ -241,7 +244,7 @@ impl DevicesHandler {
             // and retry, which idempotency keys make safe.
             let payload = serde_json::to_vec(&reply).expect("replies serialize");
             let delivery = self
-                .producer
+                .replies
                 .enqueue(&self.replies_topic, &reply.reply_to, &payload)
                 .await;
             tokio::spawn(async move {

@@ -43,7 +43,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         &launch.instance,
     )?;
     let changelog = Arc::new(Changelog::new(
-        producer.clone(),
+        producer,
         reader,
         super::SideTopics::of(&launch.topics),
         launch.metrics.clone(),
@@ -80,7 +80,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         commands_topic: launch.topics.commands(),
         alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
-        producer,
+        replies: Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?,
         metrics: launch.metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),
     };

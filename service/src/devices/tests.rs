@@ -57,7 +57,7 @@ fn fixture_with(config: DevicesConfig) -> Fixture {
         commands_topic: topics.commands(),
         alerts_topic: topics.alerts(),
         replies_topic: topics.replies(),
-        producer,
+        replies: producer,
         metrics: metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, metrics.clone()),
     };
@@ -539,11 +539,11 @@ async fn a_new_owner_restores_twins_from_the_changelog() {
     quiet
         .set_desired(object(json!({"fan": "on"})), false, None, received_ms())
         .unwrap();
+    let earlier_owner = Producer::in_memory(&fx.log, fx.metrics.clone());
     for twin in [&online, &quiet] {
         let payload = serde_json::to_vec(twin).unwrap();
         let topic = fx.topics.device_state();
-        fx.handler
-            .producer
+        earlier_owner
             .enqueue(&topic, twin.device_id.as_str(), &payload)
             .await;
     }

@@ -33,9 +33,11 @@ pub struct KafkaConfig {
     /// about 52 to 36 µs per reading and halved tansu's CPU, for up to that much more
     /// latency per topic a record crosses (docs/benchmarks.md, "Load").
     pub linger_ms: u64,
-    /// The same for the scorer's alerts (ms): they are few, a person waits on each, and
-    /// the scorer waits for each to be confirmed before it reads on, so `linger_ms` would
-    /// be added to every alert and hold back the readings behind it.
+    /// The same for the records a person waits on (ms), each through a producer of its
+    /// own: the scorer's alerts (the scorer waits for each to be confirmed before it
+    /// reads on, so `linger_ms` would be added to every alert and hold back the readings
+    /// behind it), REST requests to the devices role and its replies (the demo's
+    /// commands: p50 69 → 31 ms; docs/benchmarks.md, "First command after start").
     pub urgent_linger_ms: u64,
     /// How long the broker may hold a fetch that finds nothing new (ms; librdkafka's
     /// `fetch.wait.max.ms`), for the consumers nobody waits on (the trainer, the indexes
