@@ -196,6 +196,7 @@ fn devices_handler(
         alerts_topic: topics.alerts(),
         replies_topic: topics.replies(),
         replies: producer.clone(),
+        answers: tokio::runtime::Handle::current(),
         metrics: metrics.clone(),
         pending: PendingWrites::new(MAX_PENDING_WRITES, metrics.clone()),
     }

@@ -27,7 +27,7 @@ pub use actor::{
 pub use alarms::{severity, AlarmError, KEPT_ALARMS};
 pub use changelog::{Changelog, SideTopics};
 pub use config::{DevicesConfig, TwinRules};
-pub use pending::{PendingWrites, MAX_PENDING_WRITES};
+pub use pending::{Landing, PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
 pub use role::ROLE;
 pub use twin::{
@@ -84,6 +84,10 @@ pub struct DevicesHandler {
     /// `kafka.urgent_linger_ms`, as a person waits on each (the twins' producer lingers
     /// `kafka.linger_ms`).
     pub replies: Producer,
+    /// Where a command's answer waits for its journal write: the process's runtime, not
+    /// the arbiter this consumer runs on, whose thread a burst of records keeps busy
+    /// (there the demo's first command waited 10–30 ms longer for its reply).
+    pub answers: tokio::runtime::Handle,
     pub metrics: Arc<Metrics>,
     /// Twin writes on their way, with the records that caused them.
     pub pending: PendingWrites,
@@ -187,7 +191,7 @@ impl DevicesHandler {
                     .inc();
                 Ok(None)
             }
-            Some(Applied { write, .. }) => Ok(write),
+            Some(Applied { write, .. }) => Ok(write.map(Landing::from)),
             None => Ok(None),
         }
     }
@@ -199,15 +203,17 @@ impl DevicesHandler {
         let write = self
             .ask_actor(&device_id, partition, false, || ApplyAlert(alert.clone()))
             .await?;
-        Ok(write.flatten())
+        Ok(write.flatten().map(Landing::from))
     }
 
+    /// Ask the device's actor; the answer goes back once the command's journal write
+    /// (if any) has landed, from a task of its own, so the next record is not held up
+    /// for a produce round trip. The record's offset waits for that task.
     async fn handle_request(
         &self,
         request: DeviceRequest,
         partition: i32,
-    ) -> Result<(), HandleError> {
-        let kind = request.body.kind();
+    ) -> Result<Option<Landing>, HandleError> {
         let create = request.body.creates_twin();
         let answered = self
             .ask_actor(&request.device_id, partition, create, || HandleRequest {
@@ -226,34 +232,66 @@ impl DevicesHandler {
             }),
             write: None,
         });
-        if let Some(write) = write {
-            write.confirmed().await.map_err(Self::write_failed)?;
-        }
-        self.metrics
-            .device_requests
-            .with_label_values(&[kind, status.as_str()])
-            .inc();
-        if let Some(reply_to) = request.reply_to {
-            let reply = DeviceReply {
+        let answer = Answer {
+            kind: request.body.kind(),
+            reply: request.reply_to.map(|reply_to| DeviceReply {
                 request_id: request.request_id,
                 reply_to,
                 status,
                 body,
-            };
-            // Not awaited: the effect is done; a lost reply makes the asker time out
-            // and retry, which idempotency keys make safe.
-            let payload = serde_json::to_vec(&reply).expect("replies serialize");
-            let delivery = self
-                .replies
-                .enqueue(&self.replies_topic, &reply.reply_to, &payload)
-                .await;
-            tokio::spawn(async move {
-                if let Err(error) = delivery.confirmed().await {
-                    tracing::warn!(%error, "reply not delivered");
-                }
-            });
-        }
-        Ok(())
+            }),
+            status,
+            replies: self.replies.clone(),
+            replies_topic: self.replies_topic.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let Some(write) = write else {
+            answer.send().await;
+            return Ok(None);
+        };
+        let (landed, landing) = tokio::sync::oneshot::channel();
+        self.answers.spawn(async move {
+            let outcome = write.confirmed().await;
+            if outcome.is_ok() {
+                answer.send().await;
+            }
+            let _ = landed.send(outcome);
+        });
+        Ok(Some(Landing::Task(landing)))
+    }
+}
+
+/// A request's answer, sent once its effect is durable.
+struct Answer {
+    kind: &'static str,
+    status: ReplyStatus,
+    /// `None` when nobody waits for it (a job's command).
+    reply: Option<DeviceReply>,
+    replies: Producer,
+    replies_topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Answer {
+    async fn send(self) {
+        self.metrics
+            .device_requests
+            .with_label_values(&[self.kind, self.status.as_str()])
+            .inc();
+        let Some(reply) = self.reply else {
+            return;
+        };
+        let payload = serde_json::to_vec(&reply).expect("replies serialize");
+        let delivery = (self.replies)
+            .enqueue(&self.replies_topic, &reply.reply_to, &payload)
+            .await;
+        // Not awaited: the effect is done; a lost reply makes the asker time out and
+        // retry, which idempotency keys make safe.
+        tokio::spawn(async move {
+            if let Err(error) = delivery.confirmed().await {
+                tracing::warn!(%error, "reply not delivered");
+            }
+        });
     }
 }
 
@@ -320,7 +358,7 @@ impl DevicesHandler {
             }
         } else if record.topic == self.commands_topic {
             match decode_record::<DeviceRequest>(record, "devices", &self.metrics) {
-                Some(request) => self.handle_request(request, partition).await.map(|()| None),
+                Some(request) => self.handle_request(request, partition).await,
                 None => Ok(None),
             }
         } else {
@@ -339,7 +377,7 @@ impl DevicesHandler {
 }
 
 /// What handling a record left on its way: the twin write it caused, if any.
-type Handled = Result<Option<changelog::ChangelogWrite>, HandleError>;
+type Handled = Result<Option<Landing>, HandleError>;
 
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
         replies: Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?,
+        answers: tokio::runtime::Handle::current(),
         metrics: launch.metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),
     };

@@ -58,6 +58,7 @@ fn fixture_with(config: DevicesConfig) -> Fixture {
         alerts_topic: topics.alerts(),
         replies_topic: topics.replies(),
         replies: producer,
+        answers: tokio::runtime::Handle::current(),
         metrics: metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, metrics.clone()),
     };
@@ -158,6 +159,21 @@ impl Fixture {
         let payload = serde_json::to_vec(request).unwrap();
         self.feed(&topic, request.device_id.as_str(), &payload)
             .await;
+        // The reply goes out from a task once the journal write landed.
+        self.handler
+            .pending
+            .settle_all()
+            .await
+            .expect("writes land");
+    }
+
+    /// The offsets the handler reports durable since the last call.
+    fn durable(&mut self) -> Vec<(String, i32, i64)> {
+        let durable = self.handler.take_durable();
+        durable
+            .iter()
+            .map(|(topic, partition, offset)| (topic.to_owned(), partition, offset))
+            .collect()
     }
 
     /// Every reply written to `iot.replies`, oldest first.
@@ -580,16 +596,40 @@ async fn a_records_offset_is_reported_durable_once_its_twin_write_landed() {
     // The in-memory log confirms at once: the first record's write (coming online) has
     // landed by the time the second is handled, and nothing stays pending.
     fx.handler.on_tick().await.expect("ticks");
-    let durable: Vec<_> = fx
-        .handler
-        .take_durable()
-        .iter()
-        .map(|(topic, partition, offset)| (topic.to_owned(), partition, offset))
-        .collect();
-    assert_eq!(durable, vec![(topic, 0, 8)]);
+    assert_eq!(fx.durable(), vec![(topic, 0, 8)]);
     assert_eq!(fx.handler.pending.len(), 0);
     assert_eq!(fx.metrics.twin_writes_pending.get(), 0);
     assert!(fx.handler.take_durable().is_empty(), "reported once");
+}
+
+#[actix_rt::test]
+async fn a_command_is_answered_and_its_offset_durable_only_once_its_journal_write_landed() {
+    let mut fx = fixture();
+    let topic = fx.topics.commands();
+    let payload = serde_json::to_vec(&request("r1", "d1", reboot("c1"))).unwrap();
+    let record = Record::new(&topic, "d1", &payload).at(0, 3);
+    fx.handler.handle(&record).await.expect("handled");
+    // Handled without waiting for the journal write: the task that waits for it (and
+    // then replies) has not run yet, so nothing is answered and nothing is durable.
+    assert_eq!(fx.handler.pending.len(), 1);
+    assert!(fx.replies().is_empty());
+    assert!(fx.handler.take_durable().is_empty());
+
+    fx.handler.pending.settle_all().await.expect("writes land");
+    let journaled = fx
+        .twin_records()
+        .pop()
+        .expect("the command's journal write");
+    assert_eq!(journaled.commands().len(), 1);
+    assert_eq!(fx.replies()[0].status, ReplyStatus::Created);
+    assert_eq!(fx.durable(), vec![(topic, 0, 3)]);
+    assert_eq!(
+        fx.metrics
+            .device_requests
+            .with_label_values(&["send_command", "created"])
+            .get(),
+        1
+    );
 }
 
 #[actix_rt::test]
