@@ -2,45 +2,17 @@
 """First command after start (issue 14): starts `fleetwatch demo` on free ports, waits for
 /readyz, then POSTs 50 commands to simulated devices, 100 ms apart, and prints the first
 one's latency next to the p50/p99 of the others. Usage: scripts/first_command.py FLEETWATCH_BIN [RUNS]"""
-import json, re, subprocess, sys, time, urllib.request, urllib.error
+import json, sys, time
 
-def post(base, device):
-    body = json.dumps({"name": "reboot", "args": {"simulate": "ok"}}).encode()
-    req = urllib.request.Request(f"{base}/devices/{device}/commands", data=body, method="POST",
-                                 headers={"content-type": "application/json"})
-    started = time.time()
-    with urllib.request.urlopen(req, timeout=15) as r:
-        assert r.status == 201, r.status
-    return (time.time() - started) * 1000
+from demo_session import post_command, ready_demo
 
 def one_run(binary):
-    demo = subprocess.Popen([binary, "demo", "--exit-after", "60", "--http-port", "0", "--ws-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        base = None
-        for line in demo.stdout:
-            found = re.search(r"REST\s+(http://[0-9.:]+)/devices", line)
-            if found:
-                base = found.group(1)
-                break
-        started = time.time()
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.05)
-        ready_ms = (time.time() - started) * 1000
+    with ready_demo(binary) as (base, ready_ms):
         latencies = []
         for i in range(50):
-            latencies.append(post(base, f"sim-{(i * 7) % 300:05d}"))
+            latencies.append(post_command(base, f"sim-{(i * 7) % 300:05d}"))
             time.sleep(0.1)
         return ready_ms, latencies
-    finally:
-        demo.terminate()
-        demo.wait()
 
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 for _ in range(runs):
