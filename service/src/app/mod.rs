@@ -201,10 +201,12 @@ async fn start_replies(
 ) -> Result<Arc<RequestClient>> {
     let topics = settings.kafka.topics();
     let kafka = &settings.kafka;
+    let producer = Producer::lingering(kafka, kafka.urgent_linger_ms, metrics.clone())?;
+    producer.prepare(vec![topics.commands(), topics.telemetry()]);
     let requests = Arc::new(RequestClient::new(
         instance.to_owned(),
         &topics,
-        Producer::lingering(kafka, kafka.urgent_linger_ms, metrics.clone())?,
+        producer,
         settings.http.max_pending_requests,
         Duration::from_millis(settings.http.request_timeout_ms),
         metrics.clone(),

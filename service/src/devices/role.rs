@@ -35,6 +35,15 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     // landed, and a producer shared with ingest's steady stream is never empty, so the
     // wait would always run out (and the late member be rebalanced again and again).
     let producer = Producer::new(kafka, launch.metrics.clone())?;
+    let side_topics = super::SideTopics::of(&launch.topics);
+    // A command's journal write and its reply are on a person's path: their producers
+    // know their topics before the role says it is ready.
+    producer.prepare(vec![
+        launch.topics.device_state(),
+        side_topics.directory.clone(),
+        side_topics.alarms.clone(),
+        side_topics.feedback.clone(),
+    ]);
     let reader = PartitionReader::new(
         kafka,
         launch.topics.device_state(),
@@ -45,7 +54,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     let changelog = Arc::new(Changelog::new(
         producer,
         reader,
-        super::SideTopics::of(&launch.topics),
+        side_topics,
         launch.metrics.clone(),
     ));
     let downlink = MqttPublisher::start(
@@ -75,12 +84,14 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.metrics.clone(),
         Some(registry.clone()),
     )?;
+    let replies = Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?;
+    replies.prepare(vec![launch.topics.replies()]);
     let handler = DevicesHandler {
         registry: registry.clone(),
         commands_topic: launch.topics.commands(),
         alerts_topic: launch.topics.alerts(),
         replies_topic: launch.topics.replies(),
-        replies: Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?,
+        replies,
         answers: tokio::runtime::Handle::current(),
         metrics: launch.metrics.clone(),
         pending: super::PendingWrites::new(super::MAX_PENDING_WRITES, launch.metrics.clone()),

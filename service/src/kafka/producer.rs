@@ -27,6 +27,8 @@ enum Sink {
 
 /// How long to wait before retrying when librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+/// How long [`Producer::prepare`] waits for a topic's metadata.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Producer {
     /// A producer holding records `kafka.linger_ms` to send them together.
@@ -188,6 +190,29 @@ impl Producer {
     pub async fn send_json<T: Serialize>(&self, topic: &str, key: &str, value: &T) -> Result<()> {
         let payload = serde_json::to_vec(value).expect("wire types serialize");
         self.enqueue(topic, key, &payload).await.confirmed().await
+    }
+
+    /// Look up `topics` (partitions, leaders) now, in the background, so that the first
+    /// record to each does not wait for it: a fresh producer's first record to a topic
+    /// waited up to ~50 ms for that lookup, which a person sending the first command after
+    /// start paid on each producer the command crosses. A lookup that fails only leaves
+    /// it to the first record, as before.
+    pub fn prepare(&self, topics: Vec<String>) {
+        use rdkafka::producer::Producer as _;
+        let Some(producer) = self.kafka() else {
+            return;
+        };
+        let producer = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            for topic in &topics {
+                if let Err(error) = producer
+                    .client()
+                    .fetch_metadata(Some(topic), PREPARE_TIMEOUT)
+                {
+                    tracing::debug!(topic, %error, "looking up a topic before its first record failed");
+                }
+            }
+        });
     }
 
     /// Block the calling thread until everything queued so far is delivered, up to

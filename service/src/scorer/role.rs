@@ -47,8 +47,11 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.metrics.clone(),
         Some(listener),
     )?;
+    let alerts = Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?;
+    // The first alert after start need not wait for its topic's lookup.
+    alerts.prepare(vec![launch.topics.alerts()]);
     let producers = ScorerProducers {
-        alerts: Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?,
+        alerts,
         scores: launch.producer.clone(),
     };
     let handler = ScoringHandler::new(
