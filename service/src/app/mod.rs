@@ -201,8 +201,11 @@ async fn start_replies(
 ) -> Result<Arc<RequestClient>> {
     let topics = settings.kafka.topics();
     let kafka = &settings.kafka;
-    let producer = Producer::lingering(kafka, kafka.urgent_linger_ms, metrics.clone())?;
-    producer.prepare(vec![topics.commands(), topics.telemetry()]);
+    let producer = Producer::urgent(
+        kafka,
+        vec![topics.commands(), topics.telemetry()],
+        metrics.clone(),
+    )?;
     let requests = Arc::new(RequestClient::new(
         instance.to_owned(),
         &topics,

@@ -70,11 +70,7 @@ impl Rig {
     }
 
     fn durable(&mut self) -> Vec<(String, i32, i64)> {
-        let mut all: Vec<_> = (self.handler.take_durable().iter())
-            .map(|(t, p, o)| (t.to_owned(), p, o))
-            .collect();
-        all.sort();
-        all
+        self.handler.take_durable().sorted()
     }
 
     async fn files(&self) -> Vec<String> {

@@ -84,8 +84,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.metrics.clone(),
         Some(registry.clone()),
     )?;
-    let replies = Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?;
-    replies.prepare(vec![launch.topics.replies()]);
+    let replies = Producer::urgent(kafka, vec![launch.topics.replies()], launch.metrics.clone())?;
     let handler = DevicesHandler {
         registry: registry.clone(),
         commands_topic: launch.topics.commands(),

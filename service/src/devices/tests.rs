@@ -169,11 +169,7 @@ impl Fixture {
 
     /// The offsets the handler reports durable since the last call.
     fn durable(&mut self) -> Vec<(String, i32, i64)> {
-        let durable = self.handler.take_durable();
-        durable
-            .iter()
-            .map(|(topic, partition, offset)| (topic.to_owned(), partition, offset))
-            .collect()
+        self.handler.take_durable().sorted()
     }
 
     /// Every reply written to `iot.replies`, oldest first.

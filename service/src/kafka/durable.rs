@@ -46,6 +46,14 @@ impl DurableOffsets {
         self.highest.is_empty()
     }
 
+    /// (topic, partition, highest durable offset), sorted: for tests' assertions.
+    #[cfg(test)]
+    pub fn sorted(&self) -> Vec<(String, i32, i64)> {
+        let mut all: Vec<_> = self.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+        all.sort();
+        all
+    }
+
     /// (topic, partition, highest durable offset).
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
         self.highest.iter().flat_map(|(topic, partitions)| {

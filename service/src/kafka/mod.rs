@@ -64,7 +64,7 @@ impl KafkaConfig {
 
     /// [`Self::client_config`] for a producer: `linger_ms`, no compression.
     /// `properties` still win; what the producer guarantees (idempotence, `acks`) is
-    /// set over them by [`super::Producer::lingering`].
+    /// set over them by [`super::Producer`]'s constructors.
     pub fn producer_config(&self, linger_ms: u64) -> ClientConfig {
         self.tuned(&[
             ("linger.ms", linger_ms.to_string()),

@@ -36,8 +36,21 @@ impl Producer {
         Self::lingering(config, config.linger_ms, metrics)
     }
 
+    /// A producer for records a person waits on (a REST request, its reply, an alert):
+    /// it lingers `kafka.urgent_linger_ms` and looks up `topics` at once
+    /// ([`Producer::prepare`]), so the first record after start is as quick as the next.
+    pub fn urgent(
+        config: &KafkaConfig,
+        topics: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let producer = Self::lingering(config, config.urgent_linger_ms, metrics)?;
+        producer.prepare(topics);
+        Ok(producer)
+    }
+
     /// A producer holding records `linger_ms` to send them together.
-    pub fn lingering(config: &KafkaConfig, linger_ms: u64, metrics: Arc<Metrics>) -> Result<Self> {
+    fn lingering(config: &KafkaConfig, linger_ms: u64, metrics: Arc<Metrics>) -> Result<Self> {
         let inner = config
             .producer_config(linger_ms)
             .set("enable.idempotence", "true")

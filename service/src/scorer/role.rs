@@ -47,11 +47,8 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
         launch.metrics.clone(),
         Some(listener),
     )?;
-    let alerts = Producer::lingering(kafka, kafka.urgent_linger_ms, launch.metrics.clone())?;
-    // The first alert after start need not wait for its topic's lookup.
-    alerts.prepare(vec![launch.topics.alerts()]);
     let producers = ScorerProducers {
-        alerts,
+        alerts: Producer::urgent(kafka, vec![launch.topics.alerts()], launch.metrics.clone())?,
         scores: launch.producer.clone(),
     };
     let handler = ScoringHandler::new(

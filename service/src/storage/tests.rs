@@ -69,11 +69,7 @@ impl Rig {
     }
 
     fn durable(&mut self) -> Vec<(String, i32, i64)> {
-        let durable = self.handler.take_durable();
-        durable
-            .iter()
-            .map(|(t, p, o)| (t.to_owned(), p, o))
-            .collect()
+        self.handler.take_durable().sorted()
     }
 }
 
