@@ -172,6 +172,7 @@ fn devices_handler(
     let reader = PartitionReader::in_memory(log, topics.device_state(), producer.clone());
     let changelog = Arc::new(Changelog::new(
         producer.clone(),
+        producer.clone(),
         reader,
         devices::SideTopics::of(topics),
         metrics.clone(),

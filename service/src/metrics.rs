@@ -44,6 +44,11 @@ pub struct Metrics {
     pub device_passivations: IntCounter,
     /// Twin records written to `iot.device-state`.
     pub twin_writes: IntCounter,
+    /// Of those, the ones written through the urgent lane (`devices::Lane`).
+    pub twin_urgent_writes: IntCounter,
+    /// Writes that asked for the urgent lane but followed the device's write still
+    /// lingering in the bulk lane (which was then sent at once).
+    pub twin_urgent_writes_held: IntCounter,
     /// Twin records that failed to reach the changelog (timer-driven writes only;
     /// event-driven ones stop the partition until they succeed).
     pub twin_write_failures: IntCounter,
@@ -278,6 +283,14 @@ impl Metrics {
             twin_writes: counter(
                 "fleetwatch_twin_writes_total",
                 "Twin records written to the changelog",
+            ),
+            twin_urgent_writes: counter(
+                "fleetwatch_twin_urgent_writes_total",
+                "Twin records written through the urgent lane (a command a person waits on)",
+            ),
+            twin_urgent_writes_held: counter(
+                "fleetwatch_twin_urgent_writes_held_total",
+                "Twin records that asked for the urgent lane but followed the device's lingering write",
             ),
             twin_write_failures: counter(
                 "fleetwatch_twin_write_failures_total",

@@ -28,7 +28,9 @@ pub fn offline_registry(
     let producer = Producer::new(&kafka, metrics.clone()).expect("producer");
     let reader = PartitionReader::new(&kafka, "bench".into(), "bench", producer.clone(), "bench")
         .expect("changelog reader");
+    // Nothing is written here: one client serves both lanes.
     let changelog = Arc::new(Changelog::new(
+        producer.clone(),
         producer,
         reader,
         devices::SideTopics::of(&Default::default()),

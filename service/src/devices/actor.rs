@@ -14,7 +14,7 @@ use fleetwatch_protocol::{
 use serde::Serialize;
 use serde_json::json;
 
-use super::changelog::ChangelogWrite;
+use super::changelog::{ChangelogWrite, Lane, LastWrite};
 use super::timers::{TimerDue, TimerId};
 use super::twin::{Downlink, Effects, SourcePosition, Twin, TwinError};
 use super::Shared;
@@ -30,6 +30,8 @@ pub struct DeviceActor {
     last_activity_ms: i64,
     /// Whether this device is counted in `fleetwatch_devices_online`.
     counted_online: bool,
+    /// The twin's newest write: which lane the next one may take.
+    last_write: Option<LastWrite>,
 }
 
 /// What `GET /devices/{id}` shows: the twin and its delta.
@@ -49,6 +51,7 @@ impl DeviceActor {
             timer: None,
             last_activity_ms: now_ms(),
             counted_online: false,
+            last_write: None,
         }
     }
 
@@ -73,9 +76,10 @@ impl DeviceActor {
         }
     }
 
-    /// Persist first (queued now, so records keep the order of the changes), then
-    /// publish to the device. Returns the pending write.
-    fn carry_out(&mut self, effects: Effects) -> Option<ChangelogWrite> {
+    /// Persist first (queued now, so records keep the order of the changes; through the
+    /// `lane` asked for when the order allows it), then publish to the device. Returns
+    /// the pending write.
+    fn carry_out(&mut self, effects: Effects, lane: Lane) -> Option<ChangelogWrite> {
         self.count_online();
         let device = self.twin.device_id.clone();
         let metrics = &self.shared.metrics;
@@ -100,9 +104,11 @@ impl DeviceActor {
                 "connectivity changed"
             );
         }
-        let write = effects
-            .persist
-            .then(|| self.shared.changelog.write(&mut self.twin, &effects));
+        let write = effects.persist.then(|| {
+            self.shared
+                .changelog
+                .write(&mut self.twin, &effects, lane, &mut self.last_write)
+        });
         for message in effects.downlink {
             let (kind, payload) = match &message {
                 Downlink::Command(command) => {
@@ -123,7 +129,7 @@ impl DeviceActor {
     /// Carry out effects that no consumer waits for (timers): the write is confirmed in
     /// the background and a failure is counted; the twin is rewritten by its next change.
     fn carry_out_detached(&mut self, effects: Effects, ctx: &mut Context<Self>) {
-        if let Some(write) = self.carry_out(effects) {
+        if let Some(write) = self.carry_out(effects, Lane::Bulk) {
             let metrics = self.shared.metrics.clone();
             ctx.spawn(
                 async move {
@@ -185,10 +191,12 @@ impl DeviceActor {
             ctx.stop();
             return;
         }
-        let write = self
-            .shared
-            .changelog
-            .write(&mut self.twin, &Effects::default());
+        let write = self.shared.changelog.write(
+            &mut self.twin,
+            &Effects::default(),
+            Lane::Bulk,
+            &mut self.last_write,
+        );
         let (shared, device, me) = (
             self.shared.clone(),
             self.twin.device_id.clone(),
@@ -379,7 +387,7 @@ impl Handler<ApplyEvent> for DeviceActor {
                     }
                     Applied {
                         duplicate: false,
-                        write: self.carry_out(effects),
+                        write: self.carry_out(effects, Lane::Bulk),
                     }
                 }
             };
@@ -398,7 +406,7 @@ impl Handler<ApplyAlert> for DeviceActor {
 
     fn handle(&mut self, ApplyAlert(alert): ApplyAlert, ctx: &mut Context<Self>) -> Self::Result {
         let effects = self.twin.apply_alert(&alert, now_ms());
-        let write = self.carry_out(effects);
+        let write = self.carry_out(effects, Lane::Bulk);
         self.schedule(ctx);
         MessageResult(write)
     }
@@ -417,6 +425,8 @@ pub struct Answered {
 pub struct HandleRequest {
     pub body: DeviceRequestBody,
     pub at_ms: i64,
+    /// [`Lane::Urgent`] when a person waits for the answer.
+    pub lane: Lane,
 }
 
 impl Handler<HandleRequest> for DeviceActor {
@@ -425,7 +435,7 @@ impl Handler<HandleRequest> for DeviceActor {
     fn handle(&mut self, request: HandleRequest, ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity_ms = now_ms();
         let (status, body, effects) = self.handle_request(request.body, request.at_ms);
-        let write = self.carry_out(effects);
+        let write = self.carry_out(effects, request.lane);
         self.schedule(ctx);
         MessageResult(Answered {
             status,

@@ -6,6 +6,7 @@
 //! a marker and reads until it meets it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,51 @@ pub struct Stored {
     pub version: u64,
 }
 
+/// Which producer a twin write goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// The twins' producer, lingering `kafka.linger_ms` to send many writes together:
+    /// telemetry, timers, passivation, fleet jobs' commands.
+    Bulk,
+    /// A producer lingering `kafka.urgent_linger_ms`: the journal write of a command a
+    /// person waits on (on the bulk lane it waited the whole linger, 20 of a command's
+    /// 30 ms in the demo).
+    Urgent,
+}
+
+/// A device's newest twin write: its lane, and whether it has landed. Two producers
+/// keep no order between them, and a device's records must land in the order they were
+/// made (compaction keeps the last one, a restore reads the last one): so a device's
+/// writes change lane only once its newest write has landed; until then they stay in
+/// its lane.
+#[derive(Debug)]
+pub struct LastWrite {
+    lane: Lane,
+    /// Set once the write is confirmed; seen as soon as whoever waits for the write
+    /// (the devices consumer, a command's answer, a timer's task) has noticed.
+    landed: Arc<AtomicBool>,
+}
+
+impl LastWrite {
+    /// The lane a device's next write takes when it asks for `wanted`.
+    pub fn lane_for(last: Option<&LastWrite>, wanted: Lane) -> Lane {
+        match last {
+            Some(last) if last.lane != wanted && !last.landed.load(Ordering::Acquire) => last.lane,
+            _ => wanted,
+        }
+    }
+}
+
+/// How long a decommissioning waits for the urgent lane's writes in flight.
+const REMOVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the bulk lane sends at once when an urgent write had to join it: enough for
+/// the broker to confirm what it held (about 2 ms on loopback).
+const EXPEDITE_WITHIN: Duration = Duration::from_millis(5);
+
 pub struct Changelog {
     producer: Producer,
+    /// The [`Lane::Urgent`] producer.
+    urgent: Producer,
     /// Scans run in the devices consumer's task, one after the other.
     reader: PartitionReader,
     /// Where a twin write's companions go.
@@ -54,15 +98,18 @@ pub struct Changelog {
 }
 
 impl Changelog {
-    /// The changelog written by `producer` and read back by `reader` (same topic).
+    /// The changelog written by `producer` (and `urgent`, [`Lane`]) and read back by
+    /// `reader` (same topic).
     pub fn new(
         producer: Producer,
+        urgent: Producer,
         reader: PartitionReader,
         topics: SideTopics,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             producer,
+            urgent,
             reader,
             topics,
             index: RwLock::new(HashMap::new()),
@@ -75,11 +122,38 @@ impl Changelog {
     /// a change whose events were not written: alarm events, a verdict for the trainer,
     /// and, for a twin not yet `listed`, its directory entry (marked before the twin is
     /// serialized).
-    pub fn write(self: &Arc<Self>, twin: &mut Twin, effects: &Effects) -> ChangelogWrite {
+    ///
+    /// It goes through the `wanted` lane unless the device's `last` write, in the other
+    /// lane, has not landed yet; `last` becomes this write. An urgent write held in the
+    /// bulk lane has the bulk lane send what it holds at once.
+    pub fn write(
+        self: &Arc<Self>,
+        twin: &mut Twin,
+        effects: &Effects,
+        wanted: Lane,
+        last: &mut Option<LastWrite>,
+    ) -> ChangelogWrite {
+        let lane = LastWrite::lane_for(last.as_ref(), wanted);
+        // Someone waits behind the device's write still lingering in the bulk lane.
+        let held = wanted == Lane::Urgent && lane == Lane::Bulk;
+        if lane == Lane::Urgent {
+            self.metrics.twin_urgent_writes.inc();
+        } else if held {
+            self.metrics.twin_urgent_writes_held.inc();
+        }
+        let producer = match lane {
+            Lane::Bulk => &self.producer,
+            Lane::Urgent => &self.urgent,
+        };
+        let landed = Arc::new(AtomicBool::new(false));
+        *last = Some(LastWrite {
+            lane,
+            landed: landed.clone(),
+        });
         let key = twin.device_id.to_string();
         let mut companions = Vec::new();
         let mut send = |topic: &str, payload: Vec<u8>| {
-            companions.push(self.producer.enqueue_now(topic, &key, &payload));
+            companions.push(producer.enqueue_now(topic, &key, &payload));
         };
         for event in &effects.alarm_events {
             send(
@@ -106,20 +180,26 @@ impl Changelog {
         }
         let payload = serde_json::to_vec(twin).expect("twins serialize");
         self.metrics.twin_writes.inc();
+        let delivery = producer.enqueue_now(self.reader.topic(), &key, &payload);
+        if held {
+            self.producer.expedite(EXPEDITE_WITHIN);
+        }
         ChangelogWrite {
             changelog: self.clone(),
             device_id: twin.device_id.clone(),
             version: twin.version,
-            delivery: self
-                .producer
-                .enqueue_now(self.reader.topic(), &key, &payload),
+            delivery,
             companions,
+            landed,
         }
     }
 
     /// Tombstone the device's twin and directory entry (decommissioning): compaction
-    /// then removes them, and no restart or new owner brings them back.
+    /// then removes them, and no restart or new owner brings them back. The device's
+    /// actor is stopped; its newest write may still be on its way in the urgent lane,
+    /// and must land before the tombstone.
     pub async fn remove(&self, device_id: &DeviceId, partition: i32) -> Result<()> {
+        self.urgent.flush(REMOVE_FLUSH_TIMEOUT).await?;
         let key = device_id.as_str();
         let twin = self
             .producer
@@ -150,8 +230,10 @@ impl Changelog {
             .retain(|_, stored| keep(stored.partition));
     }
 
-    /// Wait until every queued write is delivered (before giving partitions away).
+    /// Wait until every queued write of both lanes is delivered (before giving
+    /// partitions away), up to `timeout` for each lane.
     pub fn flush(&self, timeout: Duration) {
+        self.urgent.flush_blocking(timeout);
         self.producer.flush_blocking(timeout);
     }
 
@@ -265,6 +347,8 @@ pub struct ChangelogWrite {
     delivery: Delivery,
     /// The records written with it (alarm events, a verdict, a directory entry).
     companions: Vec<Delivery>,
+    /// The device's [`LastWrite`] flag, set once all of them are confirmed.
+    landed: Arc<AtomicBool>,
 }
 
 impl ChangelogWrite {
@@ -275,6 +359,7 @@ impl ChangelogWrite {
             companion.confirmed().await?;
         }
         let (partition, offset) = self.delivery.confirmed_at().await?;
+        self.landed.store(true, Ordering::Release);
         remember(
             &self.changelog,
             self.device_id,
@@ -297,6 +382,7 @@ impl ChangelogWrite {
             Ok(at) => at,
             Err(error) => return Some(Err(error)),
         };
+        self.landed.store(true, Ordering::Release);
         let device_id = self.device_id.clone();
         remember(&self.changelog, device_id, self.version, partition, offset);
         Some(Ok(()))

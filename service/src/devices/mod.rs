@@ -25,7 +25,7 @@ pub use actor::{
     Answered, Applied, ApplyAlert, ApplyEvent, DeviceActor, GetTwin, HandleRequest, Stop, TwinView,
 };
 pub use alarms::{severity, AlarmError, KEPT_ALARMS};
-pub use changelog::{Changelog, SideTopics};
+pub use changelog::{Changelog, Lane, LastWrite, SideTopics};
 pub use config::{DevicesConfig, TwinRules};
 pub use pending::{Landing, PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
@@ -215,10 +215,16 @@ impl DevicesHandler {
         partition: i32,
     ) -> Result<Option<Landing>, HandleError> {
         let create = request.body.creates_twin();
+        // A fleet job's commands (nobody waits on each) go with the telemetry.
+        let lane = match request.reply_to {
+            Some(_) => Lane::Urgent,
+            None => Lane::Bulk,
+        };
         let answered = self
             .ask_actor(&request.device_id, partition, create, || HandleRequest {
                 body: request.body.clone(),
                 at_ms: fleetwatch_protocol::now_ms(),
+                lane,
             })
             .await?;
         let Answered {

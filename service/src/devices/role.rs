@@ -36,14 +36,17 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     // wait would always run out (and the late member be rebalanced again and again).
     let producer = Producer::new(kafka, launch.metrics.clone())?;
     let side_topics = super::SideTopics::of(&launch.topics);
-    // A command's journal write and its reply are on a person's path: their producers
-    // know their topics before the role says it is ready.
-    producer.prepare(vec![
+    let twin_topics = vec![
         launch.topics.device_state(),
         side_topics.directory.clone(),
         side_topics.alarms.clone(),
         side_topics.feedback.clone(),
-    ]);
+    ];
+    // A command's journal write and its reply are on a person's path: their producers
+    // know their topics before the role says it is ready.
+    producer.prepare(twin_topics.clone());
+    // The journal writes of commands a person waits on (`Lane::Urgent`).
+    let urgent = Producer::urgent(kafka, twin_topics, launch.metrics.clone())?;
     let reader = PartitionReader::new(
         kafka,
         launch.topics.device_state(),
@@ -53,6 +56,7 @@ fn start(launch: &mut Launch<'_>) -> Result<()> {
     )?;
     let changelog = Arc::new(Changelog::new(
         producer,
+        urgent,
         reader,
         side_topics,
         launch.metrics.clone(),

@@ -39,6 +39,7 @@ fn fixture_with(config: DevicesConfig) -> Fixture {
     let reader = PartitionReader::in_memory(&log, topics.device_state(), producer.clone());
     let changelog = Arc::new(Changelog::new(
         producer.clone(),
+        producer.clone(),
         reader,
         SideTopics::of(&Default::default()),
         metrics.clone(),
@@ -415,6 +416,9 @@ async fn a_command_for_an_online_device_is_sent_at_once_and_only_once() {
     assert!(fx.published.all().is_empty());
     assert_eq!(fx.requests("send_command", "created"), 1);
     assert_eq!(fx.requests("send_command", "ok"), 1);
+    // A person waits for each answer: the journal write goes through the urgent lane
+    // (the retried request changed nothing, so wrote nothing).
+    assert_eq!(fx.metrics.twin_urgent_writes.get(), 1);
 }
 
 #[actix_rt::test]
@@ -478,6 +482,51 @@ async fn a_request_without_reply_to_is_applied_without_a_reply() {
         &object(json!({"fan": "on"}))
     );
     assert_eq!(fx.requests("set_desired", "ok"), 1);
+    // Nobody waits for it (a fleet job's command): it goes with the telemetry.
+    assert_eq!(fx.metrics.twin_urgent_writes.get(), 0);
+}
+
+/// Two producers keep no order between them, and compaction keeps a device's last
+/// record: a device's writes change lane only once its newest write has landed.
+#[actix_rt::test]
+async fn a_devices_writes_change_lane_only_once_its_newest_write_landed() {
+    let metrics = Arc::new(Metrics::new());
+    let (bulk_log, urgent_log) = (MemoryLog::default(), MemoryLog::default());
+    let topics = KafkaTopics::default();
+    let bulk = Producer::in_memory(&bulk_log, metrics.clone());
+    let reader = PartitionReader::in_memory(&bulk_log, topics.device_state(), bulk.clone());
+    let changelog = Arc::new(Changelog::new(
+        bulk,
+        Producer::in_memory(&urgent_log, metrics.clone()),
+        reader,
+        SideTopics::of(&topics),
+        metrics.clone(),
+    ));
+    let twins_in = |log: &MemoryLog| log.records(&topics.device_state()).len();
+    let (mut twin, mut last) = (Twin::new(id("d1")), None);
+    let mut write = |lane| changelog.write(&mut twin, &Effects::persist(), lane, &mut last);
+    let landed =
+        |mut write: changelog::ChangelogWrite| write.try_confirmed().expect("in memory").unwrap();
+
+    let command = write(Lane::Urgent);
+    // The command's write has not landed: the telemetry behind it follows it.
+    let telemetry = write(Lane::Bulk);
+    assert_eq!((twins_in(&bulk_log), twins_in(&urgent_log)), (0, 2));
+    landed(command);
+    landed(telemetry);
+    let telemetry = write(Lane::Bulk);
+    assert_eq!((twins_in(&bulk_log), twins_in(&urgent_log)), (1, 2));
+    // Nor does a command overtake telemetry still on its way.
+    let command = write(Lane::Urgent);
+    assert_eq!((twins_in(&bulk_log), twins_in(&urgent_log)), (2, 2));
+    landed(telemetry);
+    landed(command);
+    write(Lane::Urgent);
+    assert_eq!((twins_in(&bulk_log), twins_in(&urgent_log)), (2, 3));
+    // The first write's directory entry went with it.
+    assert_eq!(urgent_log.records(&topics.device_directory()).len(), 1);
+    assert_eq!(metrics.twin_urgent_writes.get(), 3);
+    assert_eq!(metrics.twin_urgent_writes_held.get(), 1);
 }
 
 #[actix_rt::test]

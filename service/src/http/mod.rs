@@ -28,7 +28,7 @@ pub use requests::{RepliesHandler, RequestClient, RequestError};
 
 use crate::app::Roles;
 use crate::auth::{Authenticator, Caller};
-use crate::devices::{DeviceRegistry, HandleRequest};
+use crate::devices::{DeviceRegistry, HandleRequest, Lane};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::scorer::SharedParams;
@@ -325,6 +325,8 @@ async fn read(
         let request = HandleRequest {
             body: body.clone(),
             at_ms: fleetwatch_protocol::now_ms(),
+            // A read writes nothing.
+            lane: Lane::Urgent,
         };
         if let Ok(answer) = actor.send(request).await {
             return Ok((answer.status, answer.body));

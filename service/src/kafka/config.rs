@@ -36,8 +36,9 @@ pub struct KafkaConfig {
     /// The same for the records a person waits on (ms), each through a producer of its
     /// own: the scorer's alerts (the scorer waits for each to be confirmed before it
     /// reads on, so `linger_ms` would be added to every alert and hold back the readings
-    /// behind it), REST requests to the devices role and its replies (the demo's
-    /// commands: p50 69 → 30 ms; docs/benchmarks.md, "First command after start").
+    /// behind it), REST requests to the devices role, their journal writes and their
+    /// replies (the demo's commands: p50 69 → 30 → 11 ms; docs/benchmarks.md, "First
+    /// command after start").
     pub urgent_linger_ms: u64,
     /// How long the broker may hold a fetch that finds nothing new (ms; librdkafka's
     /// `fetch.wait.max.ms`), for the consumers nobody waits on (the trainer, the indexes

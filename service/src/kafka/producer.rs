@@ -240,14 +240,33 @@ impl Producer {
         }
     }
 
-    /// Wait until everything queued so far is delivered, up to `timeout`.
-    pub async fn flush(&self, timeout: Duration) {
+    /// Send what this producer holds now rather than after its linger, for a record a
+    /// person waits on that had to join them: librdkafka ignores `linger.ms` while a
+    /// flush runs. The flush runs on a blocking thread for at most `within`; running out
+    /// of it only means others kept writing meanwhile (their records went out at once).
+    pub fn expedite(&self, within: Duration) {
         use rdkafka::producer::Producer as _;
         let Some(producer) = self.kafka() else {
             return;
         };
         let producer = producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        tokio::task::spawn_blocking(move || {
+            let _ = producer.flush(within);
+        });
+    }
+
+    /// Wait until everything queued so far is delivered, up to `timeout` (an error
+    /// when it runs out).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        use rdkafka::producer::Producer as _;
+        let Some(producer) = self.kafka() else {
+            return Ok(());
+        };
+        let producer = producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| Error::Config(format!("flush task failed: {e}")))?
+            .map_err(|e| Error::kafka("flushing producer", e))
     }
 }
 
