@@ -71,7 +71,7 @@ pub struct LastWrite {
 
 impl LastWrite {
     /// The lane a device's next write takes when it asks for `wanted`.
-    pub fn lane_for(last: Option<&LastWrite>, wanted: Lane) -> Lane {
+    fn lane_for(last: Option<&LastWrite>, wanted: Lane) -> Lane {
         match last {
             Some(last) if last.lane != wanted && !last.landed.load(Ordering::Acquire) => last.lane,
             _ => wanted,

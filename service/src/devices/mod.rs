@@ -25,7 +25,7 @@ pub use actor::{
     Answered, Applied, ApplyAlert, ApplyEvent, DeviceActor, GetTwin, HandleRequest, Stop, TwinView,
 };
 pub use alarms::{severity, AlarmError, KEPT_ALARMS};
-pub use changelog::{Changelog, Lane, LastWrite, SideTopics};
+pub use changelog::{Changelog, Lane, SideTopics};
 pub use config::{DevicesConfig, TwinRules};
 pub use pending::{Landing, PendingWrites, MAX_PENDING_WRITES};
 pub use registry::{DeviceRegistry, LiveActors};
