@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from demo_session import post_command, ready_demo
 
 def one_run(binary, count):
-    with ready_demo(binary) as (base, _):
+    with ready_demo(binary) as (base, _, _):
         time.sleep(5)
         started = time.time()
         with ThreadPoolExecutor(count) as pool:

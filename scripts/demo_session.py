@@ -5,7 +5,7 @@ import contextlib, json, re, subprocess, time, urllib.request, urllib.error
 @contextlib.contextmanager
 def ready_demo(binary):
     """Start the demo, wait for /readyz; yields (REST base URL, ms from the printed
-    address to ready). The demo is stopped on leaving."""
+    address to ready, the demo's pid). The demo is stopped on leaving."""
     demo = subprocess.Popen([binary, "demo", "--exit-after", "60", "--http-port", "0", "--ws-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -24,7 +24,7 @@ def ready_demo(binary):
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(0.05)
-        yield base, (time.time() - started) * 1000
+        yield base, (time.time() - started) * 1000, demo.pid
     finally:
         demo.terminate()
         demo.wait()

@@ -7,7 +7,7 @@ import json, sys, time
 from demo_session import post_command, ready_demo
 
 def one_run(binary):
-    with ready_demo(binary) as (base, ready_ms):
+    with ready_demo(binary) as (base, ready_ms, _):
         latencies = []
         for i in range(50):
             latencies.append(post_command(base, f"sim-{(i * 7) % 300:05d}"))

@@ -15,6 +15,20 @@ use fleetwatch::Shutdown;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The demo's process also holds its broker and Kafka cluster, whose buffers per
+/// connection are sized for the worst case and mostly never written. mimalloc asks for
+/// transparent huge pages, and the kernel zeroes a whole 2 MiB page on the first touch of
+/// any of it: the demo held 412 MB where it needs 145, and zeroing pages took a quarter of
+/// the CPU while its 300 devices connected, which is when its first command is answered.
+/// `run` keeps them: with its fleet's state spread over the heap, a 10,000-device load
+/// fell further behind without (docs/benchmarks.md, "Transparent huge pages").
+fn without_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes no pointer; it sets one flag on this process.
+    // On a kernel without it the call fails and huge pages stay: nothing else changes.
+    #[cfg(target_os = "linux")]
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "fleetwatch",
@@ -162,6 +176,9 @@ fn cancel_on_signals(shutdown: Shutdown) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_)) {
+        without_transparent_huge_pages();
+    }
     init_logging(&cli.log_format)?;
     // An actix System for the device actors, over a multi-threaded tokio runtime for the
     // Kafka and MQTT loops.
