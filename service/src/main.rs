@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// any of it: the demo held 412 MB where it needs 145, and zeroing pages took a quarter of
 /// the CPU while its 300 devices connected, which is when its first command is answered.
 /// `run` keeps them: with its fleet's state spread over the heap, a 10,000-device load
-/// fell further behind without (docs/benchmarks.md, "Transparent huge pages").
+/// fell further behind without (docs/benchmarks.md, "Transparent huge pages off in the demo").
 fn without_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes no pointer; it sets one flag on this process.
     // On a kernel without it the call fails and huge pages stay: nothing else changes.
