@@ -18,6 +18,9 @@ pub struct Metrics {
     pub ingest_subscribed: IntGauge,
     /// 1 while this process can reach Kafka (a metadata request answered).
     pub kafka_reachable: IntGauge,
+    /// Producers still looking up their topics and getting their producer id
+    /// (`Producer::prepare`); the process is not ready before they are done.
+    pub kafka_producers_preparing: IntGauge,
     /// Seconds since the epoch when the async runtime last ran the heartbeat task.
     pub runtime_heartbeat: IntGauge,
     /// Dead letters by reason class (json, topic, device_id, size, ...).
@@ -230,6 +233,10 @@ impl Metrics {
             kafka_reachable: gauge(
                 "fleetwatch_kafka_reachable",
                 "1 while this process can reach Kafka",
+            ),
+            kafka_producers_preparing: gauge(
+                "fleetwatch_kafka_producers_preparing",
+                "Producers still looking up their topics and getting their producer id",
             ),
             runtime_heartbeat: gauge(
                 "fleetwatch_runtime_heartbeat_seconds",

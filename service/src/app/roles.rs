@@ -207,17 +207,21 @@ impl Roles {
     }
 
     /// Ready when every role is, with each role's detail. A role that reads or writes
-    /// Kafka is not ready while the process cannot reach Kafka.
+    /// Kafka is not ready while the process cannot reach Kafka, nor before its producers
+    /// can send at once (`Producer::prepare`).
     pub fn readiness(&self, metrics: &Metrics) -> (bool, serde_json::Value) {
         let kafka_reachable = metrics.kafka_reachable.get() == 1;
+        let producers_preparing = metrics.kafka_producers_preparing.get();
+        let kafka_ready = kafka_reachable && producers_preparing == 0;
         let mut all_ready = true;
         let mut detail = serde_json::Map::new();
         for role in &self.0 {
             let (ready, mut figures) = (role.ready)(metrics);
             let uses_kafka = !role.consumes.is_empty() || !role.produces.is_empty();
-            let ready = ready && (kafka_reachable || !uses_kafka);
+            let ready = ready && (kafka_ready || !uses_kafka);
             if uses_kafka {
                 figures["kafka_reachable"] = kafka_reachable.into();
+                figures["kafka_producers_preparing"] = producers_preparing.into();
             }
             all_ready &= ready;
             detail.insert(

@@ -271,6 +271,17 @@ fn start_job(
     Ok((api, task, stop))
 }
 
+/// How long the first member of a consumer group waits for others on the in-process
+/// cluster. Each of the demo's groups has one member, started with the others, so the
+/// broker's default of 3 s would only delay readiness.
+const GROUP_INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(100);
+
+/// Pause between two topic creations on the in-process cluster. Its thread drains its
+/// wake-up pipe after serving its queue of operations, so an operation queued right
+/// after the previous one's answer loses its wake-up and waits out a 1 s poll: 5 s for
+/// the demo's topics. The pause lets the thread go back to its poll first.
+const TOPIC_CREATION_PAUSE: Duration = Duration::from_millis(5);
+
 /// The in-process Kafka cluster with every topic provisioned. librdkafka's mock cluster
 /// does not implement CreateTopics, so the demo provisions the topics itself, as an
 /// operator would on a cluster that forbids creating them; `ensure_topics` then finds
@@ -281,9 +292,11 @@ fn kafka_cluster(
 ) -> Result<MockCluster<'static, DefaultProducerContext>> {
     let cluster = MockCluster::new(1)
         .map_err(|e| Error::kafka("starting the in-process Kafka cluster", e))?;
+    cluster.group_initial_rebalance_delay(GROUP_INITIAL_REBALANCE_DELAY);
     settings.kafka.brokers = cluster.bootstrap_servers();
     settings.kafka.partitions = partitions;
     for spec in settings.kafka.topics().all() {
+        std::thread::sleep(TOPIC_CREATION_PAUSE);
         cluster
             .create_topic(&spec.name, partitions, 1)
             .map_err(|e| {

@@ -130,6 +130,8 @@ pub struct RoleContext {
     role: ConsumerRole,
     metrics: Arc<Metrics>,
     listener: Option<Arc<dyn PartitionListener>>,
+    /// Woken after each assignment: the loop then ticks at once (see [`consume`]).
+    assigned: Arc<tokio::sync::Notify>,
 }
 
 impl ClientContext for RoleContext {}
@@ -144,6 +146,9 @@ impl ConsumerContext for RoleContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Some(listener), Rebalance::Assign(partitions)) = (&self.listener, rebalance) {
             listener.assigned(&partition_numbers(partitions));
+        }
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.notify_one();
         }
         let gauge = self
             .metrics
@@ -209,6 +214,7 @@ impl RoleConsumer {
             role,
             metrics: metrics.clone(),
             listener,
+            assigned: Arc::new(tokio::sync::Notify::new()),
         };
         let fetch_wait_ms = if role.is_urgent() {
             config.urgent_fetch_wait_ms
@@ -551,7 +557,9 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Run a role's consumer until shutdown: each record is handled, then its offset stored;
 /// transient failures retry the same record with backoff. At shutdown the stored offsets
-/// are committed synchronously.
+/// are committed synchronously. A handler with a tick also ticks right after each
+/// assignment: what it does for new partitions (a restore, say) need not wait for the
+/// next tick, nor hold readiness that long.
 pub async fn consume<H: RecordHandler>(
     consumer: RoleConsumer,
     mut handler: H,
@@ -570,10 +578,16 @@ pub async fn consume<H: RecordHandler>(
     if consumer.commits {
         watch_lag(&consumer, lag_stop.clone());
     }
+    let assigned = consumer.inner.context().assigned.clone();
     let outcome = loop {
         let tick = async {
             match ticker.as_mut() {
-                Some(ticker) => ticker.tick().await,
+                Some(ticker) => {
+                    tokio::select! {
+                        _ = ticker.tick() => {}
+                        _ = assigned.notified() => {}
+                    }
+                }
                 None => std::future::pending().await,
             }
         };

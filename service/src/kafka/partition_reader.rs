@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 pub const MARKER_PREFIX: &str = "marker/";
 /// A scan that has not met its marker by then fails (and is retried by the caller).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the first scan waits for the topic's partitions and leaders before it
+/// assigns anyway (and librdkafka looks them up on its own, within a second).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a scan starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +46,14 @@ pub struct PartitionReader {
 
 enum Source {
     /// One client, used by one scan at a time.
-    Kafka(Arc<Mutex<BaseConsumer>>),
+    Kafka(Arc<Mutex<Client>>),
     Memory(MemoryLog),
+}
+
+struct Client {
+    consumer: BaseConsumer,
+    /// Whether the client knows the topic's partitions and leaders yet.
+    topic_known: bool,
 }
 
 impl PartitionReader {
@@ -66,7 +75,10 @@ impl PartitionReader {
         Ok(Self::with_source(
             topic,
             producer,
-            Source::Kafka(Arc::new(Mutex::new(consumer))),
+            Source::Kafka(Arc::new(Mutex::new(Client {
+                consumer,
+                topic_known: false,
+            }))),
             instance,
         ))
     }
@@ -111,8 +123,8 @@ impl PartitionReader {
             .enqueue_empty(&self.topic, partition, &marker)
             .confirmed()
             .await?;
-        let consumer = match &self.source {
-            Source::Kafka(consumer) => consumer.clone(),
+        let client = match &self.source {
+            Source::Kafka(client) => client.clone(),
             Source::Memory(log) => {
                 let from = match from {
                     ScanFrom::Beginning => 0,
@@ -142,8 +154,11 @@ impl PartitionReader {
             },
         );
         let scanning = tokio::task::spawn_blocking(move || {
-            let consumer = consumer.lock();
-            read_blocking(&consumer, &topic, partition, from, &marker, &batches)
+            let mut client = client.lock();
+            if !client.topic_known {
+                client.topic_known = look_up(&client.consumer, &topic);
+            }
+            read_blocking(&client.consumer, &topic, partition, from, &marker, &batches)
         });
         let mut stopped = false;
         while let Some(batch) = receive.recv().await {
@@ -161,6 +176,19 @@ impl PartitionReader {
         scanning
             .await
             .map_err(|e| Error::Config(format!("partition scan task failed: {e}")))?
+    }
+}
+
+/// Look `topic` up before the client's first assignment. A client assigned a partition
+/// of a topic it has not seen waits for its next periodic refresh (about 1 s) to learn
+/// the leader: a restore of the first partition took 1.02 s, the next ones 50 ms.
+fn look_up(consumer: &BaseConsumer, topic: &str) -> bool {
+    match consumer.fetch_metadata(Some(topic), LOOKUP_TIMEOUT) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(topic, %error, "looking up a topic before reading it failed");
+            false
+        }
     }
 }
 

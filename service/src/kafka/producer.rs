@@ -29,11 +29,18 @@ enum Sink {
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// How long [`Producer::prepare`] waits for a topic's metadata.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lookups [`Producer::prepare`] makes at most waiting for a named broker's answer.
+const PREPARE_LOOKUPS: usize = 5;
+/// The broker id librdkafka gives a bootstrap address before it knows the cluster.
+const BOOTSTRAP_BROKER_ID: i32 = -1;
 
 impl Producer {
-    /// A producer holding records `kafka.linger_ms` to send them together.
+    /// A producer holding records `kafka.linger_ms` to send them together. It gets its
+    /// producer id at once ([`Producer::prepare`] with no topic).
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self> {
-        Self::lingering(config, config.linger_ms, metrics)
+        let producer = Self::lingering(config, config.linger_ms, metrics)?;
+        producer.prepare(Vec::new());
+        Ok(producer)
     }
 
     /// A producer for records a person waits on (a REST request, its reply, an alert):
@@ -210,21 +217,45 @@ impl Producer {
     /// waited up to ~50 ms for that lookup, which a person sending the first command after
     /// start paid on each producer the command crosses. A lookup that fails only leaves
     /// it to the first record, as before.
+    ///
+    /// The lookups go on until a broker the cluster names answers one. An idempotent
+    /// producer asks for its producer id when a lookup is answered while a broker is up,
+    /// or else every 500 ms; the first answers come over the bootstrap connection, which
+    /// librdkafka drops once it knows the brokers. Without the later answer the first
+    /// record of a fresh producer waited up to 500 ms for its id. With no `topics`, the
+    /// lookups are of the whole cluster.
     pub fn prepare(&self, topics: Vec<String>) {
         use rdkafka::producer::Producer as _;
         let Some(producer) = self.kafka() else {
             return;
         };
         let producer = producer.clone();
+        let preparing = self.metrics.kafka_producers_preparing.clone();
+        preparing.inc();
         tokio::task::spawn_blocking(move || {
-            for topic in &topics {
-                if let Err(error) = producer
-                    .client()
-                    .fetch_metadata(Some(topic), PREPARE_TIMEOUT)
-                {
+            let look_up = |topic: Option<&str>| match producer
+                .client()
+                .fetch_metadata(topic, PREPARE_TIMEOUT)
+            {
+                Ok(metadata) => Some(metadata.orig_broker_id()),
+                Err(error) => {
                     tracing::debug!(topic, %error, "looking up a topic before its first record failed");
+                    None
+                }
+            };
+            let mut answered_by = look_up(topics.first().map(String::as_str));
+            for topic in topics.iter().skip(1) {
+                answered_by = look_up(Some(topic));
+            }
+            for _ in 0..PREPARE_LOOKUPS {
+                match answered_by {
+                    Some(BOOTSTRAP_BROKER_ID) => {
+                        answered_by = look_up(topics.first().map(String::as_str))
+                    }
+                    _ => break,
                 }
             }
+            preparing.dec();
         });
     }
 

@@ -316,6 +316,16 @@ where
         }
     }
 
+    /// Sets the brokers' `group.initial.rebalance.delay.ms`: how long the first member
+    /// to join an empty consumer group waits for others before the group is balanced
+    /// (3 s by default, as on a real broker).
+    pub fn group_initial_rebalance_delay(&self, delay: Duration) {
+        let delay_ms = delay.as_millis().try_into().unwrap_or(i32::MAX);
+        unsafe {
+            rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(self.mock_cluster, delay_ms)
+        }
+    }
+
     /// Sets the broker's rack as reported in Metadata to the client.
     /// Use -1 for all brokers, or >= 0 for a specific broker.
     pub fn broker_rack(&self, broker_id: i32, rack: &str) -> KafkaResult<()> {
