@@ -36,10 +36,11 @@ const BOOTSTRAP_BROKER_ID: i32 = -1;
 
 impl Producer {
     /// A producer holding records `kafka.linger_ms` to send them together. It gets its
-    /// producer id at once ([`Producer::prepare`] with no topic).
+    /// producer id at once ([`Producer::prepare`], with the telemetry topic: any topic
+    /// would do, and one is a smaller answer than the whole cluster's).
     pub fn new(config: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let producer = Self::lingering(config, config.linger_ms, metrics)?;
-        producer.prepare(Vec::new());
+        producer.prepare(vec![config.topics().telemetry()]);
         Ok(producer)
     }
 
