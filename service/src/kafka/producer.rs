@@ -223,20 +223,19 @@ impl Producer {
     /// producer asks for its producer id when a lookup is answered while a broker is up,
     /// or else every 500 ms; the first answers come over the bootstrap connection, which
     /// librdkafka drops once it knows the brokers. Without the later answer the first
-    /// record of a fresh producer waited up to 500 ms for its id. With no `topics`, the
-    /// lookups are of the whole cluster.
+    /// record of a fresh producer waited up to 500 ms for its id.
     pub fn prepare(&self, topics: Vec<String>) {
         use rdkafka::producer::Producer as _;
-        let Some(producer) = self.kafka() else {
+        let (Some(producer), Some(first)) = (self.kafka(), topics.first().cloned()) else {
             return;
         };
         let producer = producer.clone();
         let preparing = self.metrics.kafka_producers_preparing.clone();
         preparing.inc();
         tokio::task::spawn_blocking(move || {
-            let look_up = |topic: Option<&str>| match producer
+            let look_up = |topic: &str| match producer
                 .client()
-                .fetch_metadata(topic, PREPARE_TIMEOUT)
+                .fetch_metadata(Some(topic), PREPARE_TIMEOUT)
             {
                 Ok(metadata) => Some(metadata.orig_broker_id()),
                 Err(error) => {
@@ -244,17 +243,15 @@ impl Producer {
                     None
                 }
             };
-            let mut answered_by = look_up(topics.first().map(String::as_str));
-            for topic in topics.iter().skip(1) {
-                answered_by = look_up(Some(topic));
+            let mut answered_by = None;
+            for topic in &topics {
+                answered_by = look_up(topic);
             }
             for _ in 0..PREPARE_LOOKUPS {
-                match answered_by {
-                    Some(BOOTSTRAP_BROKER_ID) => {
-                        answered_by = look_up(topics.first().map(String::as_str))
-                    }
-                    _ => break,
+                if answered_by != Some(BOOTSTRAP_BROKER_ID) {
+                    break;
                 }
+                answered_by = look_up(&first);
             }
             preparing.dec();
         });
