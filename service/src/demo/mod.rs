@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use fleetwatch_protocol::{now_ms, Verdict};
+use fleetwatch_sim::fleet::SimError;
 use fleetwatch_sim::{
-    evaluate, run_fleet, AlarmReviewer, AlertListener, Evaluation, FleetStats, Review,
+    evaluate, run_fleet, AlarmReviewer, AlertListener, Evaluation, FleetStats, Injected, Review,
     ReviewerConfig, SimConfig,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Roles};
@@ -514,12 +516,13 @@ async fn drive(
     sim: SimConfig,
     stats: Arc<FleetStats>,
     interrupted: CancellationToken,
-) -> Result<Vec<fleetwatch_sim::Injected>> {
+) -> Result<Vec<Injected>> {
     let failed = |reason: String| Error::RoleFailed {
         role: "simulator",
         reason,
     };
-    let fleet = tokio::spawn(run_fleet(sim, stats.clone(), interrupted.child_token()));
+    let fleet = fleet_on_its_own_runtime(sim, stats.clone(), interrupted.child_token())
+        .map_err(|e| failed(e.to_string()))?;
     tokio::pin!(fleet);
     let started = Instant::now();
     let mut progress = tokio::time::interval(Duration::from_secs(5));
@@ -528,7 +531,7 @@ async fn drive(
         tokio::select! {
             finished = &mut fleet => {
                 return finished
-                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|_| failed("its thread stopped".to_owned()))?
                     .map_err(|e| failed(e.to_string()));
             }
             _ = progress.tick() => {
@@ -544,6 +547,27 @@ async fn drive(
             }
         }
     }
+}
+
+/// Run the simulated fleet on a thread and runtime of its own, as `fleetsim` runs in a
+/// process of its own beside a deployment. On the service's runtime, its devices' tasks
+/// (all of them connecting at once, the moment the service is ready) queued ahead of the
+/// service's own: a command sent then took 24–38 ms instead of about 12.
+fn fleet_on_its_own_runtime(
+    sim: SimConfig,
+    stats: Arc<FleetStats>,
+    stop: CancellationToken,
+) -> std::io::Result<oneshot::Receiver<std::result::Result<Vec<Injected>, SimError>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("simulator".to_owned())
+        .spawn(move || {
+            let _ = done.send(runtime.block_on(run_fleet(sim, stats, stop)));
+        })?;
+    Ok(finished)
 }
 
 #[cfg(test)]
