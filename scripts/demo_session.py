@@ -3,9 +3,10 @@ free ports, ready, and a timed command POST to one of its simulated devices."""
 import contextlib, json, re, subprocess, time, urllib.request, urllib.error
 
 @contextlib.contextmanager
-def ready_demo(binary):
-    """Start the demo, wait for /readyz; yields (REST base URL, ms from the printed
-    address to ready, the demo's pid). The demo is stopped on leaving."""
+def ready_demo(binary, then_until_line=None):
+    """Start the demo, wait for /readyz (and then, if given, for a line of its output
+    containing `then_until_line`); yields (REST base URL, ms from the printed address to
+    ready, the demo's pid). The demo is stopped on leaving."""
     demo = subprocess.Popen([binary, "demo", "--exit-after", "60", "--http-port", "0", "--ws-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -24,7 +25,12 @@ def ready_demo(binary):
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(0.05)
-        yield base, (time.time() - started) * 1000, demo.pid
+        ready_ms = (time.time() - started) * 1000
+        if then_until_line:
+            for line in demo.stdout:
+                if then_until_line in line:
+                    break
+        yield base, ready_ms, demo.pid
     finally:
         demo.terminate()
         demo.wait()
