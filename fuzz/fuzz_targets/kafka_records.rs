@@ -1,10 +1,10 @@
-//! Every JSON record read back from a Kafka topic: telemetry events, dead letters,
+//! Every record read back from a Kafka topic: telemetry events (JSON and compact), dead letters,
 //! alerts, scores (batched and alone), alarm events, feedback, device requests (`iot.commands`) and replies,
 //! directory entries, command records, and twins (`iot.device-state`). Each must decode
 //! or be refused without a panic, and survive a trip through JSON unchanged.
 #![no_main]
 
-use fleetwatch_fuzz::json_round_trip;
+use fleetwatch_fuzz::{event_record_round_trip, json_round_trip};
 use fleetwatch_fuzz::twin::Twin;
 use fleetwatch_protocol::{
     AlarmEvent, Alert, CommandRecord, DeadLetter, DeviceEvent, DeviceReply, DeviceRequest,
@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = json_round_trip::<DeviceEvent>(data);
+    let _ = event_record_round_trip(data);
     let _ = json_round_trip::<DeadLetter>(data);
     let _ = json_round_trip::<Alert>(data);
     let _ = json_round_trip::<ScoreRecord>(data);

@@ -15,6 +15,7 @@ pub mod config;
 #[path = "../../service/src/devices/twin.rs"]
 pub mod twin;
 
+use fleetwatch_protocol::{DeviceEvent, RecordEncoding};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Decode `bytes` as a JSON record of type `T`; when it decodes, writing it again and
@@ -26,4 +27,16 @@ pub fn json_round_trip<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Option<
     let twice = serde_json::to_vec(&again).expect("a decoded record serializes");
     assert_eq!(once, twice, "a record changed on its way through JSON");
     Some(value)
+}
+
+/// A record of `iot.telemetry` in either encoding, refused without a panic or read, and
+/// then unchanged through both encodings.
+pub fn event_record_round_trip(bytes: &[u8]) -> Option<DeviceEvent> {
+    let event = DeviceEvent::from_record(bytes).ok()?;
+    for encoding in [RecordEncoding::Compact, RecordEncoding::Json] {
+        let again = DeviceEvent::from_record(&event.to_record(encoding))
+            .expect("a written record decodes");
+        assert_eq!(again, event, "a record changed on its way through {encoding:?}");
+    }
+    Some(event)
 }

@@ -6,6 +6,7 @@
 mod alarm;
 mod body_de;
 mod device_id;
+mod event_record;
 mod job;
 mod kafka;
 mod messages;
@@ -21,6 +22,7 @@ pub use alarm::{
     WebhookDelivery,
 };
 pub use device_id::{DeviceId, DeviceIdError};
+pub use event_record::{EventRecordError, RecordEncoding};
 pub use job::*;
 pub use kafka::{KafkaTopics, Topic, TopicSpec};
 pub use messages::*;

@@ -128,7 +128,7 @@ impl Roles {
         let Verdict::Forward(event) = classify(mqtt_topic, payload, LIMITS, received_ms) else {
             panic!("the bench's readings are valid");
         };
-        let encoded = serde_json::to_vec(&event).expect("wire types serialize");
+        let encoded = event.to_record(fleetwatch_protocol::RecordEncoding::default());
         let topic = self.topics.telemetry();
         let record =
             Record::new(&topic, event.device_id.as_str(), &encoded).at(0, self.next_offset);

@@ -319,12 +319,10 @@ fn stored_readings(kafka: &str, namespace: &Namespace, expected: u64) -> u64 {
 fn count_readings(kafka: &str, topic: &str) -> u64 {
     let mut readings: HashSet<(String, u64)> = HashSet::new();
     for record in crate::read_topic(kafka, topic) {
-        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.bytes) else {
-            continue;
-        };
-        if event["body"]["kind"] == "telemetry" {
-            let seq = event["body"]["seq"].as_u64().unwrap_or_default();
-            readings.insert((record.key, seq));
+        if let Some(fleetwatch_protocol::DeviceEventBody::Telemetry(reading)) =
+            record.device_event().map(|event| event.body)
+        {
+            readings.insert((record.key, reading.seq));
         }
     }
     readings.len() as u64

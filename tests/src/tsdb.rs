@@ -339,10 +339,10 @@ pub fn telemetry_readings(
     topic: &str,
     prefix: &str,
 ) -> BTreeMap<(String, String), u64> {
-    use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
+    use fleetwatch_protocol::DeviceEventBody;
     let mut seen = std::collections::BTreeSet::new();
     for record in crate::read_topic(kafka, topic) {
-        let Ok(event) = serde_json::from_slice::<DeviceEvent>(&record.bytes) else {
+        let Some(event) = record.device_event() else {
             continue;
         };
         let DeviceEventBody::Telemetry(telemetry) = event.body else {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use fleetwatch_e2e::brokers::{OwnBrokers, Stop};
 use fleetwatch_e2e::{committed_vs_end, eventually, read_topic, unique, Namespace, Rig, Service};
-use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
+use fleetwatch_protocol::DeviceEventBody;
 use fleetwatch_sim::{run_fleet, FleetStats, SimConfig};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ fn readings_in_kafka(kafka: &str, topic: &str) -> (usize, usize) {
     let records = read_topic(kafka, topic);
     let mut readings = BTreeSet::new();
     for record in &records {
-        let Ok(event) = serde_json::from_slice::<DeviceEvent>(&record.bytes) else {
+        let Some(event) = record.device_event() else {
             continue;
         };
         if let DeviceEventBody::Telemetry(telemetry) = event.body {

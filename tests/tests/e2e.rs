@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleetwatch_e2e::{
     committed_vs_end, eventually, publish_raw, read_topic, Namespace, Rig, Service,
 };
-use fleetwatch_protocol::{AlertState, DeadLetter, DeviceEvent, DeviceEventBody};
+use fleetwatch_protocol::{AlertState, DeadLetter, DeviceEventBody};
 use fleetwatch_sim::{evaluate, run_fleet, AlertListener, AnomalyKind, FleetStats, SimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +119,7 @@ async fn every_spike_and_level_shift_raises_exactly_one_alert_within_five_second
     let stored: HashSet<(String, u64)> = read_topic(&rig.kafka, &namespace.topic("iot.telemetry"))
         .into_iter()
         .filter_map(|record| {
-            let event: DeviceEvent = serde_json::from_str(&record.payload).unwrap();
+            let event = record.device_event().unwrap();
             match event.body {
                 DeviceEventBody::Telemetry(t) => Some((event.device_id.to_string(), t.seq)),
                 _ => None,

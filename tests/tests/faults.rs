@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use fleetwatch_e2e::brokers::{OwnBrokers, Stop};
 use fleetwatch_e2e::{http_request, read_topic, Namespace, Rig, Service};
-use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
+use fleetwatch_protocol::DeviceEventBody;
 use fleetwatch_sim::{run_fleet, FleetStats, SimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -441,7 +441,7 @@ fn telemetry_of(
     let (mut readings, mut others): (HashMap<_, HashSet<u64>>, HashMap<_, u64>) =
         Default::default();
     for record in records {
-        let Ok(event) = serde_json::from_str::<DeviceEvent>(&record.payload) else {
+        let Some(event) = record.device_event() else {
             continue;
         };
         let device = event.device_id.to_string();

@@ -235,7 +235,7 @@ async fn every_bad_mqtt_input_is_dead_lettered_or_counted(
         eventually(Duration::from_secs(60), "the valid readings", || {
             let events: Vec<DeviceEvent> = read_topic(&rig.kafka, &telemetry_topic)
                 .into_iter()
-                .map(|record| serde_json::from_str(&record.payload).expect("events decode"))
+                .map(|record| record.device_event().expect("events decode"))
                 .collect();
             (events.len() > cases.len()).then_some(events)
         });

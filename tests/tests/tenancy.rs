@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwatch_e2e::{eventually, read_topic, Namespace, Rig, Service};
-use fleetwatch_protocol::DeviceEvent;
 use fleetwatch_sim::{run_fleet, AlertListener, FleetStats, SimConfig};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -252,7 +251,7 @@ async fn each_tenant_sees_its_own_devices_and_alerts_only() {
             || {
                 read_topic(&rig.kafka, &topic)
                     .into_iter()
-                    .filter_map(|record| serde_json::from_str::<DeviceEvent>(&record.payload).ok())
+                    .filter_map(|record| record.device_event())
                     .rfind(|event| event.device_id.as_str() == acme_device)
                     .filter(|event| event.tenant.as_ref().map(|t| t.as_str()) == Some("globex"))
             },

@@ -54,6 +54,30 @@ struct Probe {
     kind: Option<String>,
 }
 
+impl Probe {
+    /// A reading of `iot.telemetry` in the compact encoding (the first byte tells: JSON
+    /// text never starts with it).
+    fn compact_reading(payload: &[u8]) -> Option<Self> {
+        use fleetwatch_protocol::RecordEncoding;
+        if RecordEncoding::of_record(payload) != RecordEncoding::Compact {
+            return None;
+        }
+        let event = fleetwatch_protocol::DeviceEvent::from_record(payload).ok()?;
+        let fleetwatch_protocol::DeviceEventBody::Telemetry(reading) = event.body else {
+            return None;
+        };
+        Some(Self {
+            device_id: Some(event.device_id.into()),
+            body: Some(BodyProbe {
+                kind: Some("telemetry".to_owned()),
+                seq: Some(reading.seq),
+                ts: Some(reading.ts),
+            }),
+            ..Self::default()
+        })
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct BodyProbe {
@@ -76,9 +100,11 @@ pub struct Row {
 }
 
 impl Row {
-    /// The record as a row; a payload that is not JSON is kept as it is, unprobed.
+    /// The record as a row; a payload that is neither JSON nor a compact reading is kept as
+    /// it is, unprobed.
     pub fn of(record: &Record<'_>) -> Self {
-        let probe: Probe = serde_json::from_slice(record.payload).unwrap_or_default();
+        let probe = Probe::compact_reading(record.payload)
+            .unwrap_or_else(|| serde_json::from_slice(record.payload).unwrap_or_default());
         let body = probe.body.unwrap_or_default();
         let key = record.key.map(|k| String::from_utf8_lossy(k).into_owned());
         Self {

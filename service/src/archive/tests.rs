@@ -15,7 +15,12 @@ const HOUR: i64 = 3_600_000;
 /// 2026-11-24 06:00 UTC.
 const T0: i64 = 1_795_500_000_000 - 1_795_500_000_000 % HOUR;
 
+/// A reading as ingest writes it (compact by default).
 fn reading(device: &str, seq: u64) -> Vec<u8> {
+    reading_in(device, seq, fleetwatch_protocol::RecordEncoding::default())
+}
+
+fn reading_in(device: &str, seq: u64, encoding: fleetwatch_protocol::RecordEncoding) -> Vec<u8> {
     let event = DeviceEvent {
         tenant: None,
         device_id: fleetwatch_protocol::DeviceId::parse(device).unwrap(),
@@ -26,7 +31,7 @@ fn reading(device: &str, seq: u64) -> Vec<u8> {
             metrics: [("temperature".to_owned(), 20.0)].into_iter().collect(),
         }),
     };
-    serde_json::to_vec(&event).unwrap()
+    event.to_record(encoding)
 }
 
 struct Rig {
@@ -133,6 +138,26 @@ async fn a_file_is_stored_on_age_and_only_then_are_its_offsets_durable() {
     assert_eq!(row.payload, reading("d1", 12));
     assert_eq!(rig.metrics.archive_rows.get(), 6);
     assert_eq!(rig.metrics.archive_files.get(), 2);
+}
+
+#[test]
+fn readings_are_probed_in_either_encoding_and_kept_byte_for_byte() {
+    use fleetwatch_protocol::RecordEncoding;
+    for encoding in [RecordEncoding::Compact, RecordEncoding::Json] {
+        let payload = reading_in("d1", 7, encoding);
+        let row = Row::of(&Record::new("iot.telemetry", "d1", &payload));
+        assert_eq!(
+            (row.device.as_deref(), row.kind.as_deref()),
+            (Some("d1"), Some("telemetry")),
+            "{encoding:?}"
+        );
+        assert_eq!(
+            (row.seq, row.event_ts_ms),
+            (Some(7), Some(1_007)),
+            "{encoding:?}"
+        );
+        assert_eq!(row.payload, payload);
+    }
 }
 
 #[tokio::test]

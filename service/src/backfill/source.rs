@@ -85,7 +85,7 @@ impl History {
             self.counts.outside += 1;
             return;
         };
-        let Ok(event) = serde_json::from_slice::<DeviceEvent>(payload) else {
+        let Ok(event) = DeviceEvent::from_record(payload) else {
             self.counts.undecodable += 1;
             return;
         };

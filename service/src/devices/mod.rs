@@ -35,7 +35,9 @@ pub use twin::{
     SourcePosition, Twin, TwinError, TwinExtras,
 };
 
-use crate::kafka::{decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler};
+use crate::kafka::{
+    decode_event, decode_record, DurableOffsets, HandleError, Producer, Record, RecordHandler,
+};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttPublisher;
 use crate::tenancy::Directory;
@@ -368,7 +370,7 @@ impl DevicesHandler {
                 None => Ok(None),
             }
         } else {
-            match decode_record::<DeviceEvent>(record, "devices", &self.metrics) {
+            match decode_event(record, "devices", &self.metrics) {
                 Some(event) => {
                     let source = SourcePosition {
                         partition,

@@ -221,7 +221,7 @@ impl Ingest {
             Verdict::Forward(mut event) => {
                 event.tenant = self.directory.tenant_of(&event.device_id);
                 outputs.forwarded.inc();
-                let payload = serde_json::to_vec(&event).expect("wire types serialize");
+                let payload = event.to_record(self.config.record_encoding);
                 Some(
                     self.producer
                         .enqueue(&outputs.telemetry_topic, event.device_id.as_str(), &payload)

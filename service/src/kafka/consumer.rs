@@ -703,7 +703,32 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(
     role: &str,
     metrics: &Metrics,
 ) -> Option<T> {
-    match serde_json::from_slice(record.payload) {
+    skip_undecodable(
+        serde_json::from_slice(record.payload),
+        record,
+        role,
+        metrics,
+    )
+}
+
+/// Decode a record of `iot.telemetry`, in either of its encodings
+/// ([`fleetwatch_protocol::RecordEncoding`]); skipped as [`decode_record`] skips.
+pub fn decode_event(
+    record: &Record<'_>,
+    role: &str,
+    metrics: &Metrics,
+) -> Option<fleetwatch_protocol::DeviceEvent> {
+    let event = fleetwatch_protocol::DeviceEvent::from_record(record.payload);
+    skip_undecodable(event, record, role, metrics)
+}
+
+fn skip_undecodable<T, E: std::fmt::Display>(
+    decoded: Result<T, E>,
+    record: &Record<'_>,
+    role: &str,
+    metrics: &Metrics,
+) -> Option<T> {
+    match decoded {
         Ok(value) => Some(value),
         Err(error) => {
             tracing::warn!(role, %error, partition = record.partition, offset = record.offset, "undecodable record skipped");
@@ -741,7 +766,7 @@ pub fn decode_model_input(
         tenant,
         body,
         ..
-    } = decode_record(record, role, metrics)?;
+    } = decode_event(record, role, metrics)?;
     match body {
         DeviceEventBody::Telemetry(telemetry) => Some(ModelInput::Reading {
             device_id,

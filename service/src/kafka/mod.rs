@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub use catch_up::{CatchUp, Loading};
 pub use config::KafkaConfig;
 pub use consumer::{
-    consume, decode_model_input, decode_record, ConsumerRole, Follower, HandleError, ModelInput,
-    PartitionListener, RecordHandler, RoleConsumer, StartAt,
+    consume, decode_event, decode_model_input, decode_record, ConsumerRole, Follower, HandleError,
+    ModelInput, PartitionListener, RecordHandler, RoleConsumer, StartAt,
 };
 pub use durable::{DurableOffsets, Effect, PendingDeliveries};
 pub use partition_reader::{PartitionReader, ScanFrom, MARKER_PREFIX};

@@ -173,7 +173,7 @@ fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
         received_ms: T0_MS,
         body,
     };
-    serde_json::to_vec(&event).expect("wire types serialize")
+    event.to_record(fleetwatch_protocol::RecordEncoding::default())
 }
 
 fn state_event(device_id: &str) -> Vec<u8> {

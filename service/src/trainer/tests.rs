@@ -75,7 +75,7 @@ fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
         received_ms: T0_MS,
         body,
     };
-    serde_json::to_vec(&event).expect("wire types serialize")
+    event.to_record(fleetwatch_protocol::RecordEncoding::default())
 }
 
 fn telemetry_event(device_id: &str, telemetry: TelemetryPayload) -> Vec<u8> {
@@ -447,10 +447,10 @@ async fn state_status_and_undecodable_records_are_skipped_without_failing() {
     rig.feed("pump-1", b"{not json").await;
     rig.feed("pump-1", b"").await;
     rig.feed("pump-1", br#"{"device_id":"pump-1"}"#).await;
-    let bad_id = String::from_utf8(telemetry_event("pump-1", reading(0, 20.0, &mut Lcg(1))))
-        .expect("JSON is UTF-8")
-        .replace("pump-1", "pump/1");
-    rig.feed("pump-1", bad_id.as_bytes()).await;
+    let mut bad_id = telemetry_event("pump-1", reading(0, 20.0, &mut Lcg(1)));
+    let id_at = bad_id.windows(6).position(|w| w == b"pump-1").unwrap();
+    bad_id[id_at + 4] = b'/';
+    rig.feed("pump-1", &bad_id).await;
 
     assert_eq!(rig.published(), vec![]);
     assert_eq!(
