@@ -383,16 +383,18 @@ impl Record {
 
 /// How long a topic must stay quiet before [`read_topic`] considers it read.
 const READ_IDLE: Duration = Duration::from_secs(2);
-/// How long [`read_topic`] waits for the first record of a topic that holds some: tansu's
-/// first fetch from the beginning of a long topic can take longer than `READ_IDLE` (the
-/// load harness's 400,000 readings on a slow day).
-const FIRST_RECORD_WAIT: Duration = Duration::from_secs(30);
 
 /// Every record of `topic` from the beginning, read until nothing new arrives for a
-/// moment. Watermarks only tell whether the topic holds records, not where it ends:
-/// tansu 0.6.0 reports the high watermark as the last batch's base offset + 1, not the
-/// last record's offset + 1 (docs/architecture.md).
+/// moment. Watermarks are not used: tansu 0.6.0 reports the high watermark as the last
+/// batch's base offset + 1, not the last record's offset + 1 (docs/architecture.md).
 pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
+    read_topic_waiting(kafka, topic, READ_IDLE)
+}
+
+/// [`read_topic`], waiting up to `first_record_wait` for the first record: tansu's first
+/// fetch from the beginning of a long topic can take longer than `READ_IDLE` (the load
+/// harness's 400,000 readings on a slow day).
+pub fn read_topic_waiting(kafka: &str, topic: &str, first_record_wait: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("group.id", unique("reader"))
@@ -408,19 +410,10 @@ pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
             .add_partition_offset(topic, partition.id(), Offset::Beginning)
             .unwrap();
     }
-    let holds_records = metadata.topics()[0].partitions().iter().any(|partition| {
-        consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-            .map_or(true, |(low, high)| high > low)
-    });
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
     let mut last_news = Instant::now();
-    let mut quiet_limit = if holds_records {
-        FIRST_RECORD_WAIT
-    } else {
-        READ_IDLE
-    };
+    let mut quiet_limit = first_record_wait;
     let deadline = Instant::now() + Duration::from_secs(60);
     while last_news.elapsed() < quiet_limit && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {

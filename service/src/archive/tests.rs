@@ -15,7 +15,7 @@ const HOUR: i64 = 3_600_000;
 /// 2026-11-24 06:00 UTC.
 const T0: i64 = 1_795_500_000_000 - 1_795_500_000_000 % HOUR;
 
-/// A reading as ingest writes it (compact by default).
+/// A reading as ingest writes it by default.
 fn reading(device: &str, seq: u64) -> Vec<u8> {
     reading_in(device, seq, fleetwatch_protocol::RecordEncoding::default())
 }

@@ -151,7 +151,7 @@ impl Fixture {
 
     async fn event(&mut self, event: &DeviceEvent) {
         let topic = self.topics.telemetry();
-        let payload = event.to_record(fleetwatch_protocol::RecordEncoding::default());
+        let payload = event.to_record(fleetwatch_protocol::RecordEncoding::Compact);
         self.feed(&topic, event.device_id.as_str(), &payload).await;
     }
 

@@ -165,7 +165,8 @@ fn at_or_above(readings: &[TelemetryPayload], scores: &[f64], threshold: f64) ->
         .collect()
 }
 
-/// A `DeviceEvent` as ingest writes it to `iot.telemetry`.
+/// A `DeviceEvent` as ingest writes it to `iot.telemetry` (in the compact form: JSON, the
+/// default, is what the other tests of this crate produce).
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
         tenant: None,
@@ -173,7 +174,7 @@ fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
         received_ms: T0_MS,
         body,
     };
-    event.to_record(fleetwatch_protocol::RecordEncoding::default())
+    event.to_record(fleetwatch_protocol::RecordEncoding::Compact)
 }
 
 fn state_event(device_id: &str) -> Vec<u8> {

@@ -67,7 +67,8 @@ fn readings(seqs: std::ops::Range<u64>, level: f64) -> Vec<TelemetryPayload> {
     all[seqs.start as usize..].to_vec()
 }
 
-/// A `DeviceEvent` as ingest writes it to `iot.telemetry`.
+/// A `DeviceEvent` as ingest writes it to `iot.telemetry` (in the compact form: JSON, the
+/// default, is what the other tests of this crate produce).
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
         tenant: None,
@@ -75,7 +76,7 @@ fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
         received_ms: T0_MS,
         body,
     };
-    event.to_record(fleetwatch_protocol::RecordEncoding::default())
+    event.to_record(fleetwatch_protocol::RecordEncoding::Compact)
 }
 
 fn telemetry_event(device_id: &str, telemetry: TelemetryPayload) -> Vec<u8> {
