@@ -38,7 +38,7 @@ const COMPACT_V1: u8 = 0x01;
 pub enum RecordEncoding {
     /// Binary ([`DeviceEvent::to_record`]): about half the bytes, and cheaper for every
     /// role that reads them. Not the default yet: with it, the fault matrix's five
-    /// service kills on tansu 0.6.0 (sqlite) lost readings in 3 of 4 runs, for a reason
+    /// service kills on tansu 0.6.0 (sqlite) lost readings in 3 of 7 runs, for a reason
     /// not found yet (docs/benchmarks.md, "A compact record for readings").
     Compact,
     /// JSON, readable by any Kafka tool and by fleetwatch releases before the compact
