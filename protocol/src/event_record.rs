@@ -37,13 +37,11 @@ const COMPACT_V1: u8 = 0x01;
 #[serde(rename_all = "snake_case")]
 pub enum RecordEncoding {
     /// Binary ([`DeviceEvent::to_record`]): about half the bytes, and cheaper for every
-    /// role that reads them. Not the default yet: with it, the fault matrix's five
-    /// service kills on tansu 0.6.0 (sqlite) lost readings in 3 of 7 runs, for a reason
-    /// not found yet (docs/benchmarks.md, "A compact record for readings").
+    /// role that reads them.
+    #[default]
     Compact,
     /// JSON, readable by any Kafka tool and by fleetwatch releases before the compact
-    /// form (for a rolling upgrade: readers first, then ingest).
-    #[default]
+    /// form (for a rolling upgrade from one: JSON until every reader is upgraded).
     Json,
 }
 

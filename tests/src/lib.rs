@@ -381,20 +381,24 @@ impl Record {
     }
 }
 
-/// How long a topic must stay quiet before [`read_topic`] considers it read.
+/// How long a topic must stay quiet, once read to its end, before [`read_topic`] returns.
 const READ_IDLE: Duration = Duration::from_secs(2);
+/// A topic still being written is read for this long at most, once read to its end.
+const READ_BUSY_LIMIT: Duration = Duration::from_secs(60);
+/// A read that has not reached the end a topic had when it started by then fails: a
+/// count from a partial read would report readings as lost that were never read.
+const READ_STALL_LIMIT: Duration = Duration::from_secs(300);
 
-/// Every record of `topic` from the beginning, read until nothing new arrives for a
-/// moment. Watermarks are not used: tansu 0.6.0 reports the high watermark as the last
-/// batch's base offset + 1, not the last record's offset + 1 (docs/architecture.md).
+/// Every record of `topic` from the beginning: at least every record it held when the
+/// read started, then whatever arrives until it stays quiet for a moment.
+///
+/// tansu 0.6.0 reports the high watermark as the last batch's base offset + 1, not the
+/// last record's offset + 1 (docs/architecture.md), so the end is reached when the record
+/// at the high watermark - 1 has come: the rest of its batch comes in the same fetch. That
+/// holds for Kafka too (without transactions). Quiet alone is not enough: tansu's fetch
+/// from the start of a long topic can stall for seconds on a slow day, and a read that
+/// stopped there counted whole partitions as lost.
 pub fn read_topic(kafka: &str, topic: &str) -> Vec<Record> {
-    read_topic_waiting(kafka, topic, READ_IDLE)
-}
-
-/// [`read_topic`], waiting up to `first_record_wait` for the first record: tansu's first
-/// fetch from the beginning of a long topic can take longer than `READ_IDLE` (the load
-/// harness's 400,000 readings on a slow day).
-pub fn read_topic_waiting(kafka: &str, topic: &str, first_record_wait: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka)
         .set("group.id", unique("reader"))
@@ -405,20 +409,43 @@ pub fn read_topic_waiting(kafka: &str, topic: &str, first_record_wait: Duration)
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let mut assignment = TopicPartitionList::new();
+    // Per partition not yet read to its end: the offset whose record ends the read.
+    let mut behind: std::collections::BTreeMap<i32, i64> = Default::default();
     for partition in metadata.topics()[0].partitions() {
         assignment
             .add_partition_offset(topic, partition.id(), Offset::Beginning)
             .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            behind.insert(partition.id(), high - 1);
+        }
     }
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
+    let started = Instant::now();
     let mut last_news = Instant::now();
-    let mut quiet_limit = first_record_wait;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while last_news.elapsed() < quiet_limit && Instant::now() < deadline {
+    loop {
+        if behind.is_empty()
+            && (last_news.elapsed() >= READ_IDLE || started.elapsed() >= READ_BUSY_LIMIT)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < READ_STALL_LIMIT,
+            "reading {topic}: {} records in {READ_STALL_LIMIT:?}, partitions not read to \
+             their end (partition: last offset wanted): {behind:?}",
+            records.len()
+        );
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
             last_news = Instant::now();
-            quiet_limit = READ_IDLE;
+            if behind
+                .get(&message.partition())
+                .is_some_and(|&last| message.offset() >= last)
+            {
+                behind.remove(&message.partition());
+            }
             records.push(Record {
                 partition: message.partition(),
                 offset: message.offset(),

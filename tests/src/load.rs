@@ -318,8 +318,7 @@ fn stored_readings(kafka: &str, namespace: &Namespace, expected: u64) -> u64 {
 
 fn count_readings(kafka: &str, topic: &str) -> u64 {
     let mut readings: HashSet<(String, u64)> = HashSet::new();
-    // Called once the topic holds readings: its first fetch may be slow, not empty.
-    for record in crate::read_topic_waiting(kafka, topic, Duration::from_secs(30)) {
+    for record in crate::read_topic(kafka, topic) {
         if let Some(fleetwatch_protocol::DeviceEventBody::Telemetry(reading)) =
             record.device_event().map(|event| event.body)
         {

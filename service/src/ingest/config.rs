@@ -26,11 +26,11 @@ pub struct IngestConfig {
     /// clock in the future would put the device's readings after everything it sends
     /// once its clock is right. (Timestamps before 2001 are refused by the protocol.)
     pub max_ahead_ms: i64,
-    /// How readings are written on `iot.telemetry`: `json` (readable by any Kafka tool and
-    /// by releases before the compact form) or `compact` (binary, about half the bytes and
-    /// cheaper for each role that reads them; not the default while a loss under service
-    /// kills on tansu is not understood: docs/protocol.md). Other events are JSON either
-    /// way, and every role reads both (docs/protocol.md, "Records on iot.telemetry").
+    /// How readings are written on `iot.telemetry`: `compact` (binary, about half the
+    /// bytes and cheaper for each role that reads them) or `json` (readable by any Kafka
+    /// tool and by releases before the compact form: set it while upgrading from one,
+    /// until every reader runs this release). Other events are JSON either way, and every
+    /// role reads both (docs/protocol.md, "Records on iot.telemetry").
     pub record_encoding: fleetwatch_protocol::RecordEncoding,
 }
 
@@ -41,7 +41,7 @@ impl Default for IngestConfig {
             max_payload_bytes: 64 * 1024,
             max_inflight: 5000,
             max_ahead_ms: 24 * 60 * 60 * 1000,
-            record_encoding: fleetwatch_protocol::RecordEncoding::Json,
+            record_encoding: fleetwatch_protocol::RecordEncoding::Compact,
         }
     }
 }
