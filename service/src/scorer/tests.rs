@@ -165,8 +165,7 @@ fn at_or_above(readings: &[TelemetryPayload], scores: &[f64], threshold: f64) ->
         .collect()
 }
 
-/// A `DeviceEvent` as ingest writes it to `iot.telemetry` (in the compact form: JSON, the
-/// default, is what the other tests of this crate produce).
+/// A `DeviceEvent` as ingest writes it to `iot.telemetry` by default: the compact form.
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
         tenant: None,

@@ -67,8 +67,7 @@ fn readings(seqs: std::ops::Range<u64>, level: f64) -> Vec<TelemetryPayload> {
     all[seqs.start as usize..].to_vec()
 }
 
-/// A `DeviceEvent` as ingest writes it to `iot.telemetry` (in the compact form: JSON, the
-/// default, is what the other tests of this crate produce).
+/// A `DeviceEvent` as ingest writes it to `iot.telemetry` by default: the compact form.
 fn device_event(device_id: &str, body: DeviceEventBody) -> Vec<u8> {
     let event = DeviceEvent {
         tenant: None,
