@@ -4,17 +4,15 @@
 //! trainer learns and checkpoints again).
 #![no_main]
 
-use std::collections::BTreeMap;
-
 use fleetwatch_models::production::{self, ModelTrainer, Params};
-use fleetwatch_models::{Observation, Scorer, Trainer};
+use fleetwatch_models::{MetricValues, Observation, Scorer, Trainer};
 use fleetwatch_protocol::ParamsEnvelope;
 use libfuzzer_sys::fuzz_target;
 
-fn observation_metrics() -> BTreeMap<String, f64> {
+fn observation_metrics() -> MetricValues {
     [("temp", 21.5), ("pressure", 101.3), ("vibration", 0.02)]
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
+        .map(|(name, value)| (name.into(), value))
         .collect()
 }
 

@@ -6,8 +6,8 @@
 //!
 //! `cargo bench -p fleetwatch-models --bench model`
 
+use fleetwatch_models::MetricValues;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// Metrics that share a daily-like cycle in pairs, with noise: relations to learn.
-fn series(metrics: usize, events: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
+fn series(metrics: usize, events: usize) -> Vec<(i64, MetricValues)> {
     series_every(metrics, events, 1000, 100.0 * std::f64::consts::PI)
 }
 
@@ -52,7 +52,7 @@ fn series_every(
     events: usize,
     interval_ms: i64,
     period: f64,
-) -> Vec<(i64, BTreeMap<String, f64>)> {
+) -> Vec<(i64, MetricValues)> {
     let mut rng = Rng::new(42);
     (0..events)
         .map(|i| {
@@ -61,7 +61,7 @@ fn series_every(
                 .map(|m| {
                     let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
                     let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
-                    (format!("metric_{m:02}"), value)
+                    (format!("metric_{m:02}").into(), value)
                 })
                 .collect();
             (1_700_000_000_000 + i as i64 * interval_ms, values)
@@ -69,7 +69,7 @@ fn series_every(
         .collect()
 }
 
-fn trained(config: &Config, data: &[(i64, BTreeMap<String, f64>)]) -> ModelTrainer {
+fn trained(config: &Config, data: &[(i64, MetricValues)]) -> ModelTrainer {
     let mut trainer = production::trainer(config);
     for (ts, values) in data {
         trainer.update(&Observation {
@@ -80,7 +80,7 @@ fn trained(config: &Config, data: &[(i64, BTreeMap<String, f64>)]) -> ModelTrain
     trainer
 }
 
-fn sizes(metrics: usize, config: &Config, data: &[(i64, BTreeMap<String, f64>)]) {
+fn sizes(metrics: usize, config: &Config, data: &[(i64, MetricValues)]) {
     let before = LIVE.load(Ordering::Relaxed);
     let trainer = trained(config, data);
     let heap = LIVE.load(Ordering::Relaxed) - before;

@@ -11,6 +11,7 @@
 //! cycle in readings (default 600): `-- 100000 3 - 1 3600 168` is hourly readings with a
 //! weekly cycle, which the seasonal profile (weekly, hourly bins) learns and judges.
 
+use fleetwatch_models::MetricValues;
 use std::collections::BTreeMap;
 
 use fleetwatch_models::episode::{cause_label, Episode, EpisodeRules, Transition};
@@ -80,10 +81,10 @@ fn device_alerts(
         .map(|_| series(rng, process, amplitude, period, readings))
         .collect();
     let data = (0..readings).map(|i| {
-        let values: BTreeMap<String, f64> = columns
+        let values: MetricValues = columns
             .iter()
             .enumerate()
-            .map(|(m, c)| (format!("m{m}"), c[i]))
+            .map(|(m, c)| (format!("m{m}").into(), c[i]))
             .collect();
         (1_700_000_000_000 + i as i64 * interval_ms, values)
     });

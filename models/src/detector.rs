@@ -2168,7 +2168,7 @@ impl DetectorScorer {
     fn metric_part(
         &mut self,
         params: &DetectorParams,
-        reading: (&String, f64, usize),
+        reading: (&str, f64, usize),
         tod: TimeOfDay,
         seen: &mut [f64; SEEN_INDEXES],
     ) -> Option<MetricScore> {
@@ -2233,7 +2233,7 @@ impl DetectorScorer {
             return None;
         }
         Some(MetricScore {
-            metric: name.clone(),
+            metric: name.to_owned(),
             value,
             expected: prediction,
             score,
@@ -2403,7 +2403,7 @@ mod tests {
         /// Score, then train, publishing every 10 events: the production pairing.
         fn step(&mut self, value: f64, advance_ms: i64) -> Score {
             self.ts += advance_ms;
-            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            let metrics = BTreeMap::from([("temp".into(), value)]);
             let observation = Observation {
                 ts_ms: self.ts,
                 metrics: &metrics,
@@ -2611,8 +2611,9 @@ mod tests {
     fn a_device_with_too_many_metrics_for_the_budget_keeps_no_profiles() {
         let mut trainer = DetectorTrainer::new(DetectorConfig::default());
         for (i, metrics) in [1usize, 2, 3].into_iter().enumerate() {
-            let values: BTreeMap<String, f64> =
-                (0..metrics).map(|m| (format!("m{m}"), 1.0)).collect();
+            let values: crate::MetricValues = (0..metrics)
+                .map(|m| (format!("m{m}").into(), 1.0))
+                .collect();
             trainer.update(&Observation {
                 ts_ms: i as i64 * 1000,
                 metrics: &values,
@@ -2736,7 +2737,7 @@ mod tests {
         let mut ts = rig.ts;
         let mut score = |params: &DetectorParams, value: f64| {
             ts += half_hour;
-            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            let metrics = BTreeMap::from([("temp".into(), value)]);
             let observation = Observation {
                 ts_ms: ts,
                 metrics: &metrics,
@@ -2765,7 +2766,7 @@ mod tests {
         // On an hour's boundary (the weekly profile's bins are hours).
         let mut ts = 1_699_999_200_000;
         let mut learn = |value: f64| {
-            let metrics = BTreeMap::from([("temp".to_owned(), value)]);
+            let metrics = BTreeMap::from([("temp".into(), value)]);
             trainer.update(&Observation {
                 ts_ms: ts,
                 metrics: &metrics,

@@ -23,7 +23,7 @@ mod ring;
 mod score;
 pub mod synthetic;
 
-pub use observation::Observation;
+pub use observation::{MetricName, MetricValues, Observation};
 pub use score::{Cause, MetricScore, Score};
 
 /// Errors of model configuration and parameter handling.

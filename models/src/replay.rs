@@ -3,10 +3,8 @@
 //! the trainer publishes every `publish_every` events. The event is scored before the
 //! trainer learns it: a scorer never sees parameters that already know the event.
 
-use std::collections::BTreeMap;
-
 use crate::episode::{Episode, EpisodeRules, Transition};
-use crate::{Observation, Score, Scorer, Trainer};
+use crate::{MetricValues, Observation, Score, Scorer, Trainer};
 
 /// Score every observation in order; returns one score per observation.
 /// The metrics may be owned or borrowed (`&BTreeMap`), so that several configurations can
@@ -20,7 +18,7 @@ pub fn replay<T, S, M>(
 where
     T: Trainer,
     S: Scorer<Params = T::Params>,
-    M: std::borrow::Borrow<BTreeMap<String, f64>>,
+    M: std::borrow::Borrow<MetricValues>,
 {
     let mut replayer = Replayer::new(trainer, scorer, publish_every);
     observations
@@ -56,7 +54,7 @@ where
     }
 
     /// Score the next observation with the parameters last published, then learn it.
-    pub fn step(&mut self, ts_ms: i64, metrics: &BTreeMap<String, f64>) -> Score {
+    pub fn step(&mut self, ts_ms: i64, metrics: &MetricValues) -> Score {
         let observation = Observation { ts_ms, metrics };
         let score = self.scorer.score(&self.params, &observation);
         self.trainer.update(&observation);
@@ -236,7 +234,7 @@ pub fn replay_table<R: std::io::Read, W: std::io::Write>(
 struct Table {
     header: Vec<String>,
     records: Vec<csv::StringRecord>,
-    observations: Vec<(i64, BTreeMap<String, f64>)>,
+    observations: Vec<(i64, MetricValues)>,
 }
 
 /// The header's names, the timestamp column and the metric columns (name, index).
@@ -313,7 +311,7 @@ fn read_table<R: std::io::Read>(input: R, options: &TableOptions) -> Result<Tabl
                 cell(ts_index)
             ),
         })?;
-        let mut metrics = BTreeMap::new();
+        let mut metrics = MetricValues::new();
         for (name, i) in &metric_columns {
             let text = cell(*i);
             if text.is_empty() {
@@ -328,7 +326,7 @@ fn read_table<R: std::io::Read>(input: R, options: &TableOptions) -> Result<Tabl
                     column: name.clone(),
                     problem: format!("{text:?} is not a finite number"),
                 })?;
-            metrics.insert(name.clone(), value);
+            metrics.insert(name.as_str().into(), value);
         }
         observations.push((ts, metrics));
         records.push(record);

@@ -2,7 +2,7 @@
 //! relations found and named, slow drifts found, seasons and stationary noise left alone,
 //! and a trainer restored from its state bytes continuing exactly.
 
-use std::collections::BTreeMap;
+use fleetwatch_models::MetricValues;
 
 use fleetwatch_models::episode::{Episode, EpisodeRules, Transition};
 use fleetwatch_models::production::{self, Config, ModelTrainer};
@@ -13,20 +13,20 @@ use fleetwatch_models::{Cause, Score, Trainer};
 const T0: i64 = 1_700_000_000_000;
 
 /// Rows of named columns, one second apart.
-fn rows(columns: &[(&str, Vec<f64>)]) -> Vec<(i64, BTreeMap<String, f64>)> {
+fn rows(columns: &[(&str, Vec<f64>)]) -> Vec<(i64, MetricValues)> {
     let n = columns[0].1.len();
     (0..n)
         .map(|i| {
             let metrics = columns
                 .iter()
-                .map(|(name, values)| ((*name).to_owned(), values[i]))
+                .map(|(name, values)| ((*name).into(), values[i]))
                 .collect();
             (T0 + i as i64 * 1000, metrics)
         })
         .collect()
 }
 
-fn run(config: &Config, data: Vec<(i64, BTreeMap<String, f64>)>) -> Vec<Score> {
+fn run(config: &Config, data: Vec<(i64, MetricValues)>) -> Vec<Score> {
     replay(
         production::trainer(config),
         production::scorer(),
@@ -131,7 +131,7 @@ fn a_large_shift_right_after_a_noise_alert_is_marked_whole() {
 
 /// x1 and x2 follow one cycle; x3 is independent. From `break_at` on, x2 follows the
 /// mirrored cycle (the same values, the other way): each metric stays inside its range.
-fn related(break_at: usize, n: usize) -> Vec<(i64, BTreeMap<String, f64>)> {
+fn related(break_at: usize, n: usize) -> Vec<(i64, MetricValues)> {
     let mut rng = Rng::new(11);
     let cycle = |i: usize| (std::f64::consts::TAU * i as f64 / 200.0).sin();
     let x1 = (0..n)
@@ -208,7 +208,7 @@ fn a_relation_break_on_a_young_device_is_found() {
     assert!(found.is_some(), "{opened:?}");
 }
 
-fn one_metric(values: Vec<f64>) -> Vec<(i64, BTreeMap<String, f64>)> {
+fn one_metric(values: Vec<f64>) -> Vec<(i64, MetricValues)> {
     rows(&[("level", values)])
 }
 
@@ -289,7 +289,7 @@ fn a_restored_trainer_continues_exactly() {
     let data = related(100_000, 1_500);
     let mut whole = production::trainer(&config);
     let mut first = production::trainer(&config);
-    let observe = |trainer: &mut ModelTrainer, (ts, metrics): &(i64, BTreeMap<String, f64>)| {
+    let observe = |trainer: &mut ModelTrainer, (ts, metrics): &(i64, MetricValues)| {
         trainer.update(&fleetwatch_models::Observation {
             ts_ms: *ts,
             metrics,

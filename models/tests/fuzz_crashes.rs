@@ -2,7 +2,7 @@
 //! again as the target runs it: each must now be decoded or refused without a panic.
 //! docs/reliability.md: a crash found by fuzzing becomes a file here.
 
-use std::collections::BTreeMap;
+use fleetwatch_models::MetricValues;
 use std::path::PathBuf;
 
 use fleetwatch_models::production::{self, ModelTrainer, Params};
@@ -28,9 +28,9 @@ fn crashes(target: &str) -> Vec<(String, Vec<u8>)> {
 fn model_params_crashes_are_fixed() {
     let found = crashes("model_params");
     assert!(!found.is_empty());
-    let metrics: BTreeMap<String, f64> = [("temp", 21.5), ("pressure", 101.3), ("vibration", 0.02)]
+    let metrics: MetricValues = [("temp", 21.5), ("pressure", 101.3), ("vibration", 0.02)]
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
+        .map(|(name, value)| (name.into(), value))
         .collect();
     let observation = Observation {
         ts_ms: 1_700_000_000_000,

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DeviceEvent, DeviceEventBody, DeviceId, TelemetryPayload, TenantId, MAX_METRICS,
+    DeviceEvent, DeviceEventBody, DeviceId, MetricName, TelemetryPayload, TenantId, MAX_METRICS,
     MAX_METRIC_NAME_LEN,
 };
 
@@ -155,7 +155,7 @@ impl<'a> Compact<'a> {
             if !value.is_finite() {
                 return Err(bad("metric value"));
             }
-            metrics.push((name.to_owned(), value));
+            metrics.push((MetricName::from(name), value));
         }
         if !self.0.is_empty() {
             return Err(bad("bytes after the last metric"));
@@ -207,9 +207,9 @@ mod tests {
                 ts: 1_764_000_000_000,
                 seq: 42,
                 metrics: BTreeMap::from([
-                    ("temp".to_owned(), 21.375),
-                    ("vibration.rms".to_owned(), -0.1),
-                    ("x".to_owned(), 1e300),
+                    ("temp".into(), 21.375),
+                    ("vibration.rms".into(), -0.1),
+                    ("x".into(), 1e300),
                 ]),
             }),
         }
@@ -258,7 +258,7 @@ mod tests {
         };
         payload
             .metrics
-            .insert("n".repeat(MAX_METRIC_NAME_LEN + 1), 1.0);
+            .insert("n".repeat(MAX_METRIC_NAME_LEN + 1).into(), 1.0);
         let record = event.to_record(RecordEncoding::Compact);
         assert_eq!(record[0], b'{');
         assert_eq!(DeviceEvent::from_record(&record).unwrap(), event);

@@ -7,6 +7,15 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{DeviceId, TenantId};
 
+/// A metric's name. Names up to 24 bytes are stored inline: the roles that decode each
+/// reading build its map without a heap allocation per name (docs/benchmarks.md, "names
+/// without a heap allocation per reading"). The same type as
+/// `fleetwatch_models::MetricName`.
+pub type MetricName = compact_str::CompactString;
+
+/// A reading's values: metric name → value, in name order.
+pub type MetricValues = BTreeMap<MetricName, f64>;
+
 /// Most metrics one telemetry message may carry.
 pub const MAX_METRICS: usize = 64;
 /// Longest metric name.
@@ -54,7 +63,7 @@ pub struct TelemetryPayload {
     /// Used to drop duplicates (QoS 1 is at-least-once).
     pub seq: u64,
     /// Metric name → finite value.
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: MetricValues,
 }
 
 impl TelemetryPayload {
@@ -79,10 +88,10 @@ impl TelemetryPayload {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
             if !name_ok {
-                return Err(PayloadError::BadMetricName(name.clone()));
+                return Err(PayloadError::BadMetricName(name.to_string()));
             }
             if !value.is_finite() {
-                return Err(PayloadError::NotFinite(name.clone()));
+                return Err(PayloadError::NotFinite(name.to_string()));
             }
         }
         Ok(())
@@ -519,7 +528,7 @@ pub struct ScoreRecord {
     pub score: f64,
     /// Each metric of the event with its own score: the largest part naming it, 0 when
     /// no part reached 0.05 (the model reports only parts from 0.05 up).
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: MetricValues,
 }
 
 /// The scores of events of one `iot.telemetry` partition, in the order they were scored,

@@ -80,7 +80,7 @@ async fn run(count: usize) {
                 seq: 1,
                 metrics: [("temperature", 21.5), ("humidity", 40.0), ("power", 120.0)]
                     .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value))
+                    .map(|(name, value)| (name.into(), value))
                     .collect(),
             };
             twin.apply_event(

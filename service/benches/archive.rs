@@ -27,12 +27,7 @@ const METRICS: [&str; 8] = [
 
 fn event(device: usize, seq: u64) -> Vec<u8> {
     let metrics = (METRICS.iter().enumerate())
-        .map(|(i, name)| {
-            (
-                (*name).to_owned(),
-                20.0 + i as f64 + (seq % 97) as f64 * 0.01,
-            )
-        })
+        .map(|(i, name)| ((*name).into(), 20.0 + i as f64 + (seq % 97) as f64 * 0.01))
         .collect();
     serde_json::to_vec(&DeviceEvent {
         device_id: DeviceId::parse(&format!("bench-{device:05}")).unwrap(),

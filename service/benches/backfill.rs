@@ -40,7 +40,7 @@ fn event(device: usize, seq: u64) -> (String, i64, Vec<u8>) {
     let metrics = (METRICS.iter().enumerate())
         .map(|(i, name)| {
             let wave = ((seq as f64 + device as f64) * 0.05 * (i + 1) as f64).sin();
-            ((*name).to_owned(), 20.0 + i as f64 + wave)
+            ((*name).into(), 20.0 + i as f64 + wave)
         })
         .collect();
     let payload = serde_json::to_vec(&DeviceEvent {

@@ -14,6 +14,7 @@
 //! `FLEETWATCH_WRITE_GOLDEN=1 cargo test -p fleetwatch --test golden`.
 //! Older versions are never rewritten.
 
+use fleetwatch_protocol::MetricValues;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -133,12 +134,12 @@ fn binary_format<T>(
     }
 }
 
-fn metrics_at(step: u32) -> BTreeMap<String, f64> {
+fn metrics_at(step: u32) -> MetricValues {
     let x = f64::from(step);
     BTreeMap::from([
-        ("temp".to_owned(), 20.0 + (x / 7.0).sin()),
-        ("pressure".to_owned(), 101.0 + (x / 11.0).cos() * 0.5),
-        ("vibration".to_owned(), 0.02 + (x % 5.0) * 0.001),
+        ("temp".into(), 20.0 + (x / 7.0).sin()),
+        ("pressure".into(), 101.0 + (x / 11.0).cos() * 0.5),
+        ("vibration".into(), 0.02 + (x % 5.0) * 0.001),
     ])
 }
 

@@ -6,10 +6,10 @@
 //! `cargo run --release -p fleetwatch-e2e --example drift_probe -- [CONFIG.json|-] [WARM]`
 use fleetwatch_models::production::{self, Episode, EpisodeRules};
 use fleetwatch_models::{Observation, Scorer, Trainer};
+use fleetwatch_protocol::MetricValues;
 use fleetwatch_sim::signal::DeviceSignal;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::BTreeMap;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -44,8 +44,7 @@ fn main() {
                 let k = (i - warm + 1).min(ramp) as f64;
                 values[metric] += 0.1 * sigma * k * if seed % 2 == 0 { 1.0 } else { -1.0 };
             }
-            let map: BTreeMap<String, f64> =
-                names.iter().map(|n| n.to_string()).zip(values).collect();
+            let map: MetricValues = names.iter().map(|&n| n.into()).zip(values).collect();
             let obs = Observation {
                 ts_ms: t,
                 metrics: &map,

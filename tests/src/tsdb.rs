@@ -353,7 +353,7 @@ pub fn telemetry_readings(
             continue;
         }
         for (metric, _) in telemetry.metrics.iter().filter(|(_, v)| v.is_finite()) {
-            seen.insert((device.clone(), metric.clone(), telemetry.ts));
+            seen.insert((device.clone(), metric.to_string(), telemetry.ts));
         }
     }
     let mut counts = BTreeMap::new();

@@ -31,8 +31,8 @@ fn telemetry(devices: &[String], first_seq: u64) -> Vec<(String, Vec<u8>)> {
                     ts: 1_800_000_000_000 + seq as i64 * 1000,
                     seq,
                     metrics: BTreeMap::from([
-                        ("temp".to_owned(), 20.0 + wobble),
-                        ("load".to_owned(), 50.0 + 3.0 * wobble),
+                        ("temp".into(), 20.0 + wobble),
+                        ("load".into(), 50.0 + 3.0 * wobble),
                     ]),
                 }),
             };

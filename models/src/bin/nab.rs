@@ -114,7 +114,7 @@ fn score_file(file: &NabFile, config: &production::Config, publish_every: u32) -
         .timestamps
         .iter()
         .zip(&file.values)
-        .map(|(&ts, &value)| (ts, BTreeMap::from([("value".to_owned(), value)])));
+        .map(|(&ts, &value)| (ts, BTreeMap::from([("value".into(), value)])));
     replay(
         production::trainer(config),
         production::scorer(),

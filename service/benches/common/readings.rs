@@ -45,7 +45,7 @@ pub fn telemetry(n: usize, seq: u64, noise: &mut Lcg, spike: bool) -> TelemetryP
             if spike && m < 2 {
                 value += 50.0;
             }
-            ((*name).to_owned(), value)
+            ((*name).into(), value)
         })
         .collect::<BTreeMap<_, _>>();
     TelemetryPayload {

@@ -28,7 +28,7 @@ fn reading_in(device: &str, seq: u64, encoding: fleetwatch_protocol::RecordEncod
         body: DeviceEventBody::Telemetry(TelemetryPayload {
             ts: 1_000 + seq as i64,
             seq,
-            metrics: [("temperature".to_owned(), 20.0)].into_iter().collect(),
+            metrics: [("temperature".into(), 20.0)].into_iter().collect(),
         }),
     };
     event.to_record(encoding)

@@ -4,6 +4,7 @@
 //! so every record is read once; both go through the same decoding (the archive keeps
 //! each record's value byte for byte).
 
+use fleetwatch_protocol::MetricValues;
 use std::collections::{BTreeMap, HashMap};
 
 use fleetwatch_protocol::{DeviceEvent, DeviceEventBody};
@@ -33,7 +34,7 @@ pub struct Reading {
     pub seq: u64,
     /// The device's clock.
     pub ts: i64,
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: MetricValues,
 }
 
 /// What was read, from where.

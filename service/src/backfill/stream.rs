@@ -313,11 +313,14 @@ mod tests {
             for device in 0..DEVICES {
                 let partition = (device % 3) as i32;
                 let shifted = seq > 400 && device % 4 == 1;
-                let metrics: BTreeMap<String, f64> = (0..4)
+                let metrics: fleetwatch_protocol::MetricValues = (0..4)
                     .map(|m| {
                         let spike = if rng.uniform() < 0.004 { 12.0 } else { 0.0 };
                         let shift = if shifted && m == 2 { 6.0 } else { 0.0 };
-                        (format!("m{m}"), 50.0 + rng.gaussian() + spike + shift)
+                        (
+                            format!("m{m}").into(),
+                            50.0 + rng.gaussian() + spike + shift,
+                        )
                     })
                     .collect();
                 let copies = if rng.uniform() < 0.01 { 2 } else { 1 };

@@ -108,7 +108,7 @@ fn telemetry(device: &str, seq: u64, temperature: f64) -> DeviceEvent {
         body: DeviceEventBody::Telemetry(TelemetryPayload {
             ts: received_ms - 5,
             seq,
-            metrics: [("temperature".to_owned(), temperature)].into(),
+            metrics: [("temperature".into(), temperature)].into(),
         }),
     }
 }

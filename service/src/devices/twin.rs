@@ -292,7 +292,7 @@ impl From<TelemetryPayload> for LastTelemetry {
             ts: payload.ts,
             seq: payload.seq,
             metrics: metrics_as_map::named(
-                (payload.metrics.into_iter()).map(|(name, value)| (name.into_boxed_str(), value)),
+                (payload.metrics.into_iter()).map(|(name, value)| (name.as_str().into(), value)),
             ),
         }
     }
@@ -883,7 +883,7 @@ mod tests {
         DeviceEventBody::Telemetry(TelemetryPayload {
             ts: 1_000 + seq as i64,
             seq,
-            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            metrics: metrics.iter().map(|(n, v)| ((*n).into(), *v)).collect(),
         })
     }
 

@@ -3,6 +3,7 @@
 //! another kind on the same device still alarms. Scored event by event as production
 //! does (score with the parameters of the readings before, then learn).
 
+use fleetwatch_protocol::MetricValues;
 use std::collections::BTreeMap;
 
 use fleetwatch_models::production::{self, Episode, EpisodeRules, Transition};
@@ -34,14 +35,14 @@ impl Noise {
 const PERIOD: u64 = 200;
 const DIP: f64 = 2.4;
 
-fn reading(seq: u64, noise: &mut Noise, stuck_flow: bool) -> BTreeMap<String, f64> {
+fn reading(seq: u64, noise: &mut Noise, stuck_flow: bool) -> MetricValues {
     let in_dip = seq % PERIOD < 3 && seq > 1_000;
     let pressure = 10.0 + noise.next() - if in_dip { DIP } else { 0.0 };
     let flow = if stuck_flow { 5.0 } else { 5.0 + noise.next() };
     BTreeMap::from([
-        ("pressure".to_owned(), pressure),
-        ("flow".to_owned(), flow),
-        ("temp".to_owned(), 40.0 + noise.next()),
+        ("pressure".into(), pressure),
+        ("flow".into(), flow),
+        ("temp".into(), 40.0 + noise.next()),
     ])
 }
 

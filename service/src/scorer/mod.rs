@@ -394,7 +394,7 @@ fn score_record(device_id: &DeviceId, telemetry: TelemetryPayload, score: &Score
     let mut metrics = telemetry.metrics;
     for (metric, value) in &mut metrics {
         *value = (score.contributors.iter())
-            .filter(|part| &part.metric == metric)
+            .filter(|part| part.metric == metric)
             .map(|part| part.score)
             .fold(0.0, f64::max);
     }

@@ -156,7 +156,7 @@ mod tests {
             ts: seq as i64 * 1000,
             seq,
             score: 0.5,
-            metrics: [("temperature".to_owned(), 0.5)].into_iter().collect(),
+            metrics: [("temperature".into(), 0.5)].into_iter().collect(),
         }
     }
 
@@ -239,7 +239,7 @@ mod tests {
         let (mut batches, log) = batches(usize::MAX);
         let mut large = score(1);
         large.metrics = (0..2_000)
-            .map(|i| (format!("metric-{i:05}"), 0.0))
+            .map(|i| (format!("metric-{i:05}").into(), 0.0))
             .collect();
         assert!(serde_json::to_vec(&large).unwrap().len() > MAX_BATCH_BYTES / 8);
         for offset in 0..8 {

@@ -67,10 +67,7 @@ impl Series {
         TelemetryPayload {
             ts: T0_MS + seq as i64 * 1000,
             seq,
-            metrics: BTreeMap::from([
-                ("temp".to_owned(), temp),
-                ("vibration".to_owned(), vibration),
-            ]),
+            metrics: BTreeMap::from([("temp".into(), temp), ("vibration".into(), vibration)]),
         }
     }
 

@@ -20,12 +20,9 @@ fn reading(device: &str, seq: u64) -> Vec<u8> {
         body: DeviceEventBody::Telemetry(TelemetryPayload {
             ts: 1_000 + seq as i64,
             seq,
-            metrics: [
-                ("temperature".to_owned(), 20.0),
-                ("power".to_owned(), 100.0),
-            ]
-            .into_iter()
-            .collect(),
+            metrics: [("temperature".into(), 20.0), ("power".into(), 100.0)]
+                .into_iter()
+                .collect(),
         }),
     };
     serde_json::to_vec(&event).unwrap()
@@ -135,7 +132,7 @@ async fn score_batches_and_lone_scores_both_become_points() {
         ts: seq as i64,
         seq,
         score: 0.0,
-        metrics: [("temperature".to_owned(), 0.0)].into_iter().collect(),
+        metrics: [("temperature".into(), 0.0)].into_iter().collect(),
     };
     let topic = rig.topics.scores();
     let batch = ScoreBatch {
@@ -168,7 +165,7 @@ async fn scores_alerts_and_twin_events_become_their_own_measurements() {
         ts: 7,
         seq: 1,
         score: 0.4,
-        metrics: [("temperature".to_owned(), 0.4)].into_iter().collect(),
+        metrics: [("temperature".into(), 0.4)].into_iter().collect(),
     };
     let payload = serde_json::to_vec(&score).unwrap();
     let topic = rig.topics.scores();

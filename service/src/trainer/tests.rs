@@ -45,10 +45,10 @@ fn reading(seq: u64, level: f64, noise: &mut Lcg) -> TelemetryPayload {
     let phase = seq as f64 * std::f64::consts::TAU / 60.0;
     let metrics = BTreeMap::from([
         (
-            "temp".to_owned(),
+            "temp".into(),
             level + 2.0 * phase.sin() + 0.3 * noise.noise(),
         ),
-        ("vibration".to_owned(), 1.0 + 0.05 * noise.noise()),
+        ("vibration".into(), 1.0 + 0.05 * noise.noise()),
     ]);
     TelemetryPayload {
         ts: T0_MS + seq as i64 * 1000,

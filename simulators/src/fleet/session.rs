@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fleetwatch_protocol::{
     now_ms, AckOutcome, AckPayload, CommandPayload, Connectivity, DesiredPayload, DeviceId,
-    DeviceTopic, DeviceTopicKind, StatePayload, StatusPayload, TelemetryPayload,
+    DeviceTopic, DeviceTopicKind, MetricName, StatePayload, StatusPayload, TelemetryPayload,
 };
 use rumqttc::QoS;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish};
@@ -193,7 +193,7 @@ impl Link {
             metrics: device
                 .metric_names
                 .iter()
-                .map(|n| n.to_string())
+                .map(|&n| MetricName::from(n))
                 .zip(values.iter().copied())
                 .collect(),
         };

@@ -8,6 +8,7 @@
 //! - the verdict figures are those computed from the verdicts this test gave (acknowledged
 //!   alarms of the live pipeline, over REST).
 
+use fleetwatch_protocol::MetricValues;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -62,7 +63,7 @@ impl Noise {
 }
 
 /// One reading: (device, seq, Kafka timestamp = device clock, metrics).
-type Reading = (String, u64, i64, BTreeMap<String, f64>);
+type Reading = (String, u64, i64, MetricValues);
 
 /// The day: every device's readings, in production order (by minute).
 fn simulate(prefix: &str, day_start: i64) -> Vec<Reading> {
@@ -81,7 +82,7 @@ fn simulate(prefix: &str, day_start: i64) -> Vec<Reading> {
                         .filter(|f| f.0 == device && f.3 == k && (f.1..f.1 + f.2).contains(&i))
                         .map(|f| f.4)
                         .sum();
-                    ((*name).to_owned(), base + noise.gaussian() + fault)
+                    ((*name).into(), base + noise.gaussian() + fault)
                 })
                 .collect();
             let ts = day_start + i as i64 * MINUTE_MS + device as i64 * 1_000;
