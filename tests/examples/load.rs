@@ -16,13 +16,17 @@
 //! ```
 //! `--quick`: 10 s windows and 30 s warm-ups (no alert latency at the slow rates).
 //! `--only=3,5`: only those loads of the plan (0-based, in the order above).
+//! Before each load it measures the machine's speed (`machine_reference_us`, the last
+//! column): the shared machine's speed moves by a factor of 3 or more from hour to hour.
 //! `--idle`: only the service with no devices (every role in one process, fresh brokers):
 //! ms of CPU per second of each process over 20 s, from 25 s after it is ready.
 
 use std::io::Write;
 
 use fleetwatch_e2e::brokers::OwnBrokers;
-use fleetwatch_e2e::load::{idle, run, table_row, Layout, Load, TABLE_HEADER};
+use fleetwatch_e2e::load::{
+    idle, machine_reference_us, run, table_row, Layout, Load, TABLE_HEADER,
+};
 use fleetwatch_e2e::RIG_PARTITIONS;
 
 /// Partitions per topic: one instance of each role runs, and one partition is all it can
@@ -96,8 +100,10 @@ fn main() {
         // in tansu's in-memory log (on one tansu for the whole plan, 2026-11-27: 5,000/s
         // publish → alert p99 268 ms, 39-42 in quick runs on a fresh one). tansu's cost
         // still grows within a long load (docs/benchmarks.md, "Load").
+        let machine_reference_us = machine_reference_us();
         let brokers = fresh_brokers();
-        let measured = run(&brokers, &fleetsim, load, layout);
+        let mut measured = run(&brokers, &fleetsim, load, layout);
+        measured.machine_reference_us = Some(machine_reference_us);
         println!("{}", table_row(&measured));
         writeln!(lines, "{}", serde_json::to_string(&measured).unwrap()).unwrap();
     }

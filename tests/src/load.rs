@@ -90,6 +90,9 @@ pub struct Measured {
     pub twin_ms_p99: Option<f64>,
     pub floor_ms_p50: Option<f64>,
     pub floor_ms_p99: Option<f64>,
+    /// The machine's speed just before the load ([`machine_reference_us`]), when the
+    /// caller measured it.
+    pub machine_reference_us: Option<f64>,
 }
 
 /// The service's processes of one run, by name.
@@ -497,6 +500,62 @@ fn create_topic(kafka: &str, topic: &str) {
         .expect("the probe's topic is created");
 }
 
+/// The machine's speed at the moment: CPU µs to score one reading of 8 metrics with the
+/// production model, on this thread, nothing else of the harness running. The same work
+/// as criterion's `score/8_metrics` (`cargo bench -p fleetwatch-models --bench model`),
+/// which measured 0.963 µs on a quiet machine (2026-11-26) and 3.0–3.9 µs on the night of
+/// 2026-11-28: the shared machine's speed moves by that much from hour to hour, so a
+/// load's CPU figures are read beside this one. Call it from a release build (about 1 s).
+pub fn machine_reference_us() -> f64 {
+    use fleetwatch_models::production::{self, Config};
+    use fleetwatch_models::{MetricValues, Observation, Scorer, Trainer};
+    const TRAINED: usize = 2_000;
+    const SCORES: usize = 400_000;
+    let mut rng = fleetwatch_models::synthetic::Rng::new(42);
+    let readings: Vec<(i64, MetricValues)> = (0..3_000)
+        .map(|i| {
+            let cycle = (std::f64::consts::TAU * i as f64 / (100.0 * std::f64::consts::PI)).sin();
+            let values = (0..8)
+                .map(|m| {
+                    let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
+                    let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
+                    (format!("metric_{m:02}").into(), value)
+                })
+                .collect();
+            (1_700_000_000_000 + i as i64 * 1000, values)
+        })
+        .collect();
+    fn observe((ts_ms, metrics): &(i64, MetricValues)) -> Observation<'_> {
+        Observation {
+            ts_ms: *ts_ms,
+            metrics,
+        }
+    }
+    let mut trainer = production::trainer(&Config::default());
+    readings[..TRAINED]
+        .iter()
+        .for_each(|reading| trainer.update(&observe(reading)));
+    let params = trainer.snapshot();
+    let mut scorer = production::scorer();
+    let scored = &readings[TRAINED..];
+    let started = thread_cpu_ns();
+    let mut checksum = 0.0;
+    for reading in scored.iter().cycle().take(SCORES) {
+        checksum += scorer.score(&params, &observe(reading)).value;
+    }
+    let spent_ns = thread_cpu_ns() - started;
+    std::hint::black_box(checksum);
+    spent_ns as f64 / 1000.0 / SCORES as f64
+}
+
+/// CPU time of the calling thread, in ns (`/proc/thread-self/schedstat`'s first field).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .expect("/proc/thread-self/schedstat (Linux)")
+}
+
 /// The run as a Markdown table row (see [`TABLE_HEADER`]).
 pub fn table_row(m: &Measured) -> String {
     let cpu = |name: &str| {
@@ -509,13 +568,14 @@ pub fn table_row(m: &Measured) -> String {
     let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
     let msi = |v: Option<i64>| v.map_or("—".into(), |v| v.to_string());
     format!(
-        "| {} | {} | {:.0} | {:.0} | {} / {} ({} lost) | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} / {} | {} / {} | {} / {} |",
+        "| {} | {} | {:.0} | {:.0} | {} / {} ({} lost) | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {} / {} | {} / {} | {} / {} | {} |",
         m.layout, m.partitions, m.target_rate, m.rate, m.stored, m.acknowledged, m.lost,
         cpu("fleetwatch") - cpu("fleetwatch storage"), cpu("tansu"), cpu("mosquitto"), cpu("fleetsim"),
         m.service_rss_mb, m.lag_at_end,
         msi(m.alert_ms_p50), msi(m.alert_ms_p99), ms(m.twin_ms_p50), ms(m.twin_ms_p99),
         ms(m.floor_ms_p50), ms(m.floor_ms_p99),
+        m.machine_reference_us.map_or("—".into(), |us| format!("{us:.2}")),
     )
 }
 
-pub const TABLE_HEADER: &str = "| layout | partitions | target msg/s | measured msg/s | stored / acknowledged | fleetwatch µs/msg | tansu | Mosquitto | fleetsim | fleetwatch RSS MB | lag at end | publish → alert p50 / p99 ms | publish → twin p50 / p99 ms (bucket bound) | broker floor p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| layout | partitions | target msg/s | measured msg/s | stored / acknowledged | fleetwatch µs/msg | tansu | Mosquitto | fleetsim | fleetwatch RSS MB | lag at end | publish → alert p50 / p99 ms | publish → twin p50 / p99 ms (bucket bound) | broker floor p50 / p99 ms | machine reference µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
