@@ -6,15 +6,14 @@
 //!
 //! `cargo bench -p fleetwatch-models --bench model`
 
-use fleetwatch_models::MetricValues;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fleetwatch_models::production::{self, Config, ModelTrainer};
-use fleetwatch_models::synthetic::Rng;
-use fleetwatch_models::{Observation, Scorer, Trainer};
+use fleetwatch_models::synthetic::related_readings;
+use fleetwatch_models::{MetricValues, Observation, Scorer, Trainer};
 
 /// Live heap bytes of this process.
 struct Counting;
@@ -43,30 +42,7 @@ static ALLOCATOR: Counting = Counting;
 
 /// Metrics that share a daily-like cycle in pairs, with noise: relations to learn.
 fn series(metrics: usize, events: usize) -> Vec<(i64, MetricValues)> {
-    series_every(metrics, events, 1000, 100.0 * std::f64::consts::PI)
-}
-
-/// [`series`] with readings `interval_ms` apart and a cycle of `period` readings.
-fn series_every(
-    metrics: usize,
-    events: usize,
-    interval_ms: i64,
-    period: f64,
-) -> Vec<(i64, MetricValues)> {
-    let mut rng = Rng::new(42);
-    (0..events)
-        .map(|i| {
-            let cycle = (std::f64::consts::TAU * i as f64 / period).sin();
-            let values = (0..metrics)
-                .map(|m| {
-                    let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
-                    let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
-                    (format!("metric_{m:02}").into(), value)
-                })
-                .collect();
-            (1_700_000_000_000 + i as i64 * interval_ms, values)
-        })
-        .collect()
+    related_readings(metrics, events, 1000, 100.0 * std::f64::consts::PI)
 }
 
 fn trained(config: &Config, data: &[(i64, MetricValues)]) -> ModelTrainer {
@@ -111,7 +87,7 @@ fn model(c: &mut Criterion) {
         sizes(
             metrics,
             &config,
-            &series_every(metrics, 3_000, 3_600_000, 168.0),
+            &related_readings(metrics, 3_000, 3_600_000, 168.0),
         );
     }
     for metrics in [1, 8, 32] {

@@ -61,3 +61,29 @@ pub fn series(rng: &mut Rng, process: Process, amplitude: f64, period: f64, n: u
         })
         .collect()
 }
+
+/// Readings of `metrics` metrics that share a cycle of `period` readings in pairs (even
+/// metrics rise with it, odd ones fall), with Gaussian noise of 0.5, `interval_ms` apart:
+/// relations for the model to learn. Seed 42, so every caller gets the same series: the
+/// model's criterion bench and the load harness's machine reference time the same work.
+pub fn related_readings(
+    metrics: usize,
+    events: usize,
+    interval_ms: i64,
+    period: f64,
+) -> Vec<(i64, crate::MetricValues)> {
+    let mut rng = Rng::new(42);
+    (0..events)
+        .map(|i| {
+            let cycle = (std::f64::consts::TAU * i as f64 / period).sin();
+            let values = (0..metrics)
+                .map(|m| {
+                    let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
+                    let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
+                    (format!("metric_{m:02}").into(), value)
+                })
+                .collect();
+            (1_700_000_000_000 + i as i64 * interval_ms, values)
+        })
+        .collect()
+}

@@ -30,24 +30,29 @@ pub enum DeviceIdError {
 
 impl DeviceId {
     pub fn parse(candidate: &str) -> Result<Self, DeviceIdError> {
-        if candidate.is_empty() {
-            return Err(DeviceIdError::Empty);
-        }
-        if candidate.len() > MAX_DEVICE_ID_LEN {
-            return Err(DeviceIdError::TooLong(candidate.len()));
-        }
-        if let Some(bad) = candidate
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-        {
-            return Err(DeviceIdError::BadCharacter(bad));
-        }
+        check(candidate)?;
         Ok(Self(candidate.into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+fn check(candidate: &str) -> Result<(), DeviceIdError> {
+    if candidate.is_empty() {
+        return Err(DeviceIdError::Empty);
+    }
+    if candidate.len() > MAX_DEVICE_ID_LEN {
+        return Err(DeviceIdError::TooLong(candidate.len()));
+    }
+    if let Some(bad) = candidate
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(DeviceIdError::BadCharacter(bad));
+    }
+    Ok(())
 }
 
 impl TryFrom<String> for DeviceId {
@@ -61,7 +66,8 @@ impl TryFrom<String> for DeviceId {
 impl TryFrom<CompactString> for DeviceId {
     type Error = DeviceIdError;
     fn try_from(value: CompactString) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        check(&value)?;
+        Ok(Self(value))
     }
 }
 

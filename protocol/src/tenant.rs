@@ -28,24 +28,29 @@ pub enum TenantIdError {
 
 impl TenantId {
     pub fn parse(candidate: &str) -> Result<Self, TenantIdError> {
-        if candidate.is_empty() {
-            return Err(TenantIdError::Empty);
-        }
-        if candidate.len() > MAX_TENANT_ID_LEN {
-            return Err(TenantIdError::TooLong(candidate.len()));
-        }
-        if let Some(bad) = candidate
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-        {
-            return Err(TenantIdError::BadCharacter(bad));
-        }
+        check(candidate)?;
         Ok(Self(candidate.into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+fn check(candidate: &str) -> Result<(), TenantIdError> {
+    if candidate.is_empty() {
+        return Err(TenantIdError::Empty);
+    }
+    if candidate.len() > MAX_TENANT_ID_LEN {
+        return Err(TenantIdError::TooLong(candidate.len()));
+    }
+    if let Some(bad) = candidate
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(TenantIdError::BadCharacter(bad));
+    }
+    Ok(())
 }
 
 impl TryFrom<String> for TenantId {
@@ -59,7 +64,8 @@ impl TryFrom<String> for TenantId {
 impl TryFrom<CompactString> for TenantId {
     type Error = TenantIdError;
     fn try_from(value: CompactString) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        check(&value)?;
+        Ok(Self(value))
     }
 }
 

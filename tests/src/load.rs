@@ -508,23 +508,11 @@ fn create_topic(kafka: &str, topic: &str) {
 /// load's CPU figures are read beside this one. Call it from a release build (about 1 s).
 pub fn machine_reference_us() -> f64 {
     use fleetwatch_models::production::{self, Config};
+    use fleetwatch_models::synthetic::related_readings;
     use fleetwatch_models::{MetricValues, Observation, Scorer, Trainer};
     const TRAINED: usize = 2_000;
     const SCORES: usize = 400_000;
-    let mut rng = fleetwatch_models::synthetic::Rng::new(42);
-    let readings: Vec<(i64, MetricValues)> = (0..3_000)
-        .map(|i| {
-            let cycle = (std::f64::consts::TAU * i as f64 / (100.0 * std::f64::consts::PI)).sin();
-            let values = (0..8)
-                .map(|m| {
-                    let weight = if m % 2 == 0 { 3.0 } else { -2.0 };
-                    let value = 20.0 + m as f64 + weight * cycle + rng.gaussian() * 0.5;
-                    (format!("metric_{m:02}").into(), value)
-                })
-                .collect();
-            (1_700_000_000_000 + i as i64 * 1000, values)
-        })
-        .collect();
+    let readings = related_readings(8, 3_000, 1000, 100.0 * std::f64::consts::PI);
     fn observe((ts_ms, metrics): &(i64, MetricValues)) -> Observation<'_> {
         Observation {
             ts_ms: *ts_ms,
